@@ -1,0 +1,52 @@
+"""Read-only InfluxQL queries for the API. Identifiers are validated before they reach a query;
+values are never pasted into InfluxQL unchecked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from contract.config import InfluxSettings
+from contract.errors import DatabaseUnavailable
+
+
+class InfluxReader:
+    def __init__(self, settings: InfluxSettings, client: httpx.AsyncClient | None = None) -> None:
+        self.s = settings
+        self.http = client or httpx.AsyncClient(timeout=settings.timeout_s)
+        self.base = settings.url.rstrip("/")
+        self.db = settings.bucket or settings.database if settings.api == "v2" else settings.database
+        self.auth: dict[str, str] = {}
+        self.headers: dict[str, str] = {}
+        if settings.api == "v2" and settings.token:
+            self.headers["Authorization"] = f"Token {settings.token.get_secret_value()}"
+        elif settings.username:
+            self.auth = {"u": settings.username,
+                         "p": settings.password.get_secret_value() if settings.password else ""}
+
+    async def ping(self) -> bool:
+        try:
+            r = await self.http.get(f"{self.base}/ping")
+        except httpx.HTTPError:
+            return False
+        return r.status_code in (200, 204)
+
+    async def query(self, q: str) -> list[dict[str, Any]]:
+        """Series of the first statement: [{"name", "tags", "columns", "values"}]."""
+        try:
+            r = await self.http.get(f"{self.base}/query", headers=self.headers,
+                                    params={"db": self.db, "q": q, "epoch": "ms", **self.auth})
+        except httpx.HTTPError as exc:
+            raise DatabaseUnavailable(f"InfluxDB: {exc}") from None
+        if r.status_code != 200:
+            raise DatabaseUnavailable(f"InfluxDB answered {r.status_code}: {r.text[:200]}")
+        body = r.json()
+        results = body.get("results") or [{}]
+        if "error" in results[0]:
+            raise DatabaseUnavailable(f"InfluxDB query error: {results[0]['error']}")
+        series: list[dict[str, Any]] = results[0].get("series", [])
+        return series
+
+    async def close(self) -> None:
+        await self.http.aclose()

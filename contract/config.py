@@ -1,0 +1,535 @@
+"""Config files (YAML) parsed into typed models; every error names the file, the path and the key.
+
+Four kinds of file, told apart by their ``kind:`` key:
+
+- ``register_map``: the registers of one controller model (a template shared by every station
+  that has that cabinet: "一站一案" differences go in the gateway config);
+- ``gateway``: one gateway: its station, broker, outbox, poll groups and devices;
+- ``collector`` and ``api``: broker and InfluxDB settings of those services.
+
+``${NAME}`` and ``${NAME:-default}`` in string values are taken from the environment, so
+secrets and per-machine paths stay out of the files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from contract.codec import FLOATS, INTEGERS, MULTI_WORD, DataType, WordOrder, word_count
+from contract.errors import ConfigError
+from contract.points import Kind, Level, PointDef, check_name
+from contract.topics import Ident
+
+Table = Literal["coil", "discrete_input", "input_register", "holding_register"]
+Addressing = Literal["zero_based", "one_based", "modicon"]
+BIT_TABLES = ("coil", "discrete_input")
+_MODICON_PREFIX = {"coil": 0, "discrete_input": 1, "input_register": 3, "holding_register": 4}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PointMap(_Strict):
+    """One point of a register map. Which keys a type demands or forbids is checked per key."""
+
+    point: str
+    building: Ident | None = None
+    household: Ident | None = None
+    type: DataType
+    table: Table
+    address: int = Field(ge=0, le=465536)
+    bit: int | None = Field(default=None, validate_default=True)
+    length: int | None = Field(default=None, validate_default=True)
+    word_order: WordOrder | None = Field(default=None, validate_default=True)
+    scale: float = Field(default=1.0, validate_default=True)
+    offset: float = Field(default=0.0, validate_default=True)
+    unit: str | None = Field(default=None, validate_default=True)
+    range: tuple[float, float] | None = None
+    invalid_raw: list[int] = Field(default_factory=list, validate_default=True)
+    group: Ident = "fast"
+    writable: bool = Field(default=False, validate_default=True)
+
+    @field_validator("point")
+    @classmethod
+    def _point(cls, v: str) -> str:
+        check_name(v)
+        return v
+
+    @property
+    def definition(self) -> PointDef | None:
+        return check_name(self.point)
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, v: str, info: ValidationInfo) -> str:
+        t = info.data.get("type")
+        if t is None:
+            return v
+        if (t is DataType.BOOL) != (v in BIT_TABLES):
+            raise ValueError("type bool goes with coil or discrete_input, and only it does")
+        return v
+
+    @field_validator("bit")
+    @classmethod
+    def _bit(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if info.data.get("type") is DataType.BIT:
+            if v is None or not 0 <= v <= 15:
+                raise ValueError("type bit needs bit: 0..15")
+        elif v is not None:
+            raise ValueError("only for type bit")
+        return v
+
+    @field_validator("length")
+    @classmethod
+    def _length(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if info.data.get("type") is DataType.STRING:
+            if v is None or not 1 <= v <= 64:
+                raise ValueError("type string needs length: 1..64 registers")
+        elif v is not None:
+            raise ValueError("only for type string")
+        return v
+
+    @field_validator("word_order")
+    @classmethod
+    def _word_order(cls, v: WordOrder | None, info: ValidationInfo) -> WordOrder | None:
+        t = info.data.get("type")
+        if v is None or t is None:
+            return v
+        if t is DataType.STRING and v in (WordOrder.ABCD, WordOrder.BADC):
+            return v
+        if t not in MULTI_WORD:
+            raise ValueError("only for 32/64-bit types (and ABCD/BADC for strings)")
+        return v
+
+    @field_validator("scale", "offset")
+    @classmethod
+    def _scaling(cls, v: float, info: ValidationInfo) -> float:
+        t = info.data.get("type")
+        default = 1.0 if info.field_name == "scale" else 0.0
+        if t is not None and t not in INTEGERS | FLOATS and v != default:
+            raise ValueError("only for numeric types")
+        if info.field_name == "scale" and v == 0:
+            raise ValueError("must not be 0")
+        return v
+
+    @field_validator("unit")
+    @classmethod
+    def _unit(cls, v: str | None, info: ValidationInfo) -> str:
+        name, t = info.data.get("point"), info.data.get("type")
+        d = check_name(name) if name else None
+        if d is None:
+            if v is None and t is not None and t in INTEGERS | FLOATS:
+                raise ValueError("a custom numeric point needs its unit")
+            return v or ""
+        if v is not None and v != d.unit:
+            raise ValueError(f"{name} is measured in {d.unit!r}, not {v!r}")
+        if t is not None:
+            kind = (Kind.BOOL if t in (DataType.BOOL, DataType.BIT)
+                    else Kind.TEXT if t is DataType.STRING else Kind.NUMBER)
+            if kind is not d.kind:
+                raise ValueError(f"{name} is a {d.kind} point; type {t} gives a {kind}")
+        return d.unit
+
+    @field_validator("invalid_raw")
+    @classmethod
+    def _invalid(cls, v: list[int], info: ValidationInfo) -> list[int]:
+        if v and info.data.get("type") not in INTEGERS:
+            raise ValueError("only for integer types")
+        return v
+
+    @field_validator("writable")
+    @classmethod
+    def _writable(cls, v: bool, info: ValidationInfo) -> bool:
+        if not v:
+            return v
+        if info.data.get("table") not in ("holding_register", "coil"):
+            raise ValueError("only holding registers and coils can be written")
+        name = info.data.get("point")
+        d = check_name(name) if name else None
+        if d is not None and not d.writable:
+            raise ValueError(f"{name} is a measurement, not a setpoint")
+        return v
+
+    @model_validator(mode="after")
+    def _entity(self) -> PointMap:
+        d = self.definition
+        level = (Level.HOUSEHOLD if self.household else
+                 Level.BUILDING if self.building else Level.STATION)
+        if self.household and not self.building:
+            raise ValueError("@building: a household point needs its building")
+        if d is not None and d.level is not level:
+            key = "household" if d.level is Level.HOUSEHOLD else "building"
+            raise ValueError(f"@{key}: {self.point} is a {d.level} point")
+        if self.range is not None and self.range[0] >= self.range[1]:
+            raise ValueError("@range: low must be below high")
+        return self
+
+    @property
+    def key(self) -> tuple[str, str | None, str | None]:
+        return (self.point, self.building, self.household)
+
+    @property
+    def words(self) -> int:
+        return word_count(self.type, self.length)
+
+    @property
+    def plausible(self) -> tuple[float | None, float | None]:
+        if self.range is not None:
+            return self.range
+        d = self.definition
+        return (d.lo, d.hi) if d else (None, None)
+
+    def wire_address(self, addressing: Addressing) -> int:
+        """The 0-based protocol address. Raises ValueError if the address does not fit the mode."""
+        a = self.address
+        if addressing == "zero_based":
+            wire = a
+        elif addressing == "one_based":
+            if a < 1:
+                raise ValueError("one_based addresses start at 1")
+            wire = a - 1
+        else:
+            p = _MODICON_PREFIX[self.table]
+            base = p * 100000 if a > 99999 else p * 10000
+            if not base + 1 <= a <= base + (65536 if a > 99999 else 9999):
+                raise ValueError(
+                    f"modicon address {a} is not a {self.table} reference "
+                    f"({p}xxxx or {p}xxxxx)"
+                )
+            wire = a - base - 1
+        if wire + self.words > 65536:
+            raise ValueError("runs past the end of the register space")
+        return wire
+
+
+class RegisterMap(_Strict):
+    """A controller model's register map, shared by every station with that cabinet."""
+
+    kind: Literal["register_map"] = "register_map"
+    model: str
+    addressing: Addressing
+    max_registers_per_request: int = Field(default=125, ge=1, le=125)
+    word_order: WordOrder = WordOrder.ABCD  # default for multi-word points that name none
+    points: list[PointMap] = Field(min_length=1)
+
+
+class DeviceConfig(_Strict):
+    name: Ident
+    transport: Literal["tcp"] = "tcp"
+    host: str
+    port: int = Field(default=502, ge=1, le=65535)
+    device_id: int = Field(default=1, ge=0, le=247)
+    timeout_s: float = Field(default=1.0, gt=0, le=30)
+    map: str | None = None  # path of a register_map file, relative to this config
+    addressing: Addressing | None = None  # with inline points
+    max_registers_per_request: int | None = Field(default=None, ge=1, le=125)
+    word_order: WordOrder | None = None
+    points: list[PointMap] = Field(default_factory=list)
+
+
+class PollGroup(_Strict):
+    interval_s: float = Field(gt=0, le=86400)
+
+
+class MqttSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+
+
+class OutboxSettings(_Strict):
+    path: str
+    max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
+    max_age_h: float = Field(default=72, ge=1)
+    max_inflight: int = Field(default=200, ge=1, le=10000)
+
+
+class ResolvedDevice(_Strict):
+    """A device with its map applied: what the gateway and simulator actually use."""
+
+    name: Ident
+    host: str
+    port: int
+    device_id: int
+    timeout_s: float
+    addressing: Addressing
+    max_registers_per_request: int
+    points: list[PointMap]
+
+
+class GatewayConfig(_Strict):
+    kind: Literal["gateway"]
+    gateway: Ident
+    station: Ident
+    mqtt: MqttSettings = MqttSettings()
+    outbox: OutboxSettings
+    poll_groups: dict[Ident, PollGroup] = Field(default_factory=lambda: {"fast": PollGroup(interval_s=5)})
+    devices: list[DeviceConfig] = Field(min_length=1)
+    # Filled by load_config from devices[].map; not written by hand.
+    resolved: list[ResolvedDevice] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> GatewayConfig:
+        names = [d.name for d in self.devices]
+        if len(set(names)) != len(names):
+            raise ValueError("devices: device names must be unique")
+        seen: dict[tuple[str, str | None, str | None], str] = {}
+        for i, dev in enumerate(self.resolved):
+            claimed: dict[tuple[str, int], str] = {}
+            for j, p in enumerate(dev.points):
+                where = f"devices.{i} ({dev.name}).points.{j} ({p.point})"
+                if p.group not in self.poll_groups:
+                    raise ValueError(f"{where}.group: no poll group {p.group!r} "
+                                     f"(have {', '.join(self.poll_groups)})")
+                if p.key in seen:
+                    raise ValueError(f"{where}.point: {p.point} {p.building or ''} "
+                                     f"{p.household or ''} is also mapped on {seen[p.key]}")
+                seen[p.key] = f"{dev.name} points.{j}"
+                try:
+                    wire = p.wire_address(dev.addressing)
+                except ValueError as exc:
+                    raise ValueError(f"{where}.address: {exc}") from None
+                if p.type is DataType.BIT:
+                    continue  # several bits share one register
+                for w in range(wire, wire + p.words):
+                    other = claimed.get((p.table, w))
+                    if other is not None:
+                        raise ValueError(f"{where}.address: {p.table} {w} is also used by {other}")
+                    claimed[(p.table, w)] = p.point
+        return self
+
+
+class InfluxSettings(_Strict):
+    url: str = "http://127.0.0.1:8086"
+    api: Literal["v1", "v2"] = "v1"
+    database: str = "heatwatch"  # v1 database; for v2 the bucket if bucket is not set
+    retention_policy: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    org: str | None = None
+    bucket: str | None = None
+    token: SecretStr | None = None
+    create_database: bool = True
+    timeout_s: float = Field(default=10, gt=0)
+
+    @model_validator(mode="after")
+    def _v2(self) -> InfluxSettings:
+        if self.api == "v2" and not (self.org and self.token):
+            raise ValueError("@org: api v2 needs org and token")
+        return self
+
+
+class BatchSettings(_Strict):
+    max_lines: int = Field(default=5000, ge=1, le=100_000)
+    max_delay_s: float = Field(default=0.5, gt=0, le=60)
+
+
+class IngestSettings(_Strict):
+    max_future_s: float = Field(default=300, ge=0)
+    max_past_days: float = Field(default=30, gt=0)
+
+
+class CollectorConfig(_Strict):
+    kind: Literal["collector"]
+    client_id: Ident = "heatwatch-collector"
+    mqtt: MqttSettings = MqttSettings()
+    receive_maximum: int = Field(default=1000, ge=1, le=65535)
+    session_expiry_s: int = Field(default=7 * 86400, ge=0)
+    influx: InfluxSettings = InfluxSettings()
+    batch: BatchSettings = BatchSettings()
+    ingest: IngestSettings = IngestSettings()
+
+
+class ListenSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+
+class ApiConfig(_Strict):
+    kind: Literal["api"]
+    listen: ListenSettings = ListenSettings()
+    influx: InfluxSettings = InfluxSettings()
+
+
+AnyConfig = Annotated[GatewayConfig | CollectorConfig | ApiConfig | RegisterMap, Field(discriminator="kind")]
+_MODELS: dict[str, type[BaseModel]] = {
+    "gateway": GatewayConfig, "collector": CollectorConfig, "api": ApiConfig,
+    "register_map": RegisterMap,
+}
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(node: Any, file: str, path: str, problems: list[str]) -> Any:
+    if isinstance(node, str):
+        def sub(m: re.Match[str]) -> str:
+            val = os.environ.get(m.group(1))
+            if val is None:
+                if m.group(2) is None:
+                    problems.append(f"{path}: environment variable {m.group(1)} is not set")
+                    return ""
+                return m.group(2)
+            return val
+        return _ENV_RE.sub(sub, node)
+    if isinstance(node, dict):
+        return {k: _expand(v, file, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand(v, file, f"{path}.{i}", problems) for i, v in enumerate(node)]
+    return node
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(file, [f"cannot read: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(file, [f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(file, ["must be a mapping with a 'kind:' key"])
+    problems: list[str] = []
+    data = _expand(data, file, "", problems)
+    if problems:
+        raise ConfigError(file, problems)
+    return data
+
+
+def _label(data: Any, loc: tuple[int | str, ...]) -> str:
+    """Dotted path, with the point name after each ``points.N`` so the error says which point."""
+    out: list[str] = []
+    node = data
+    for part in loc:
+        try:
+            node = node[part] if node is not None else None
+        except (KeyError, IndexError, TypeError):
+            node = None
+        label = "devices" if not out and part == "resolved" else str(part)
+        if out and out[-1] == "points" and isinstance(node, dict) and isinstance(node.get("point"), str):
+            label = f"{part} ({node['point']})"
+        out.append(label)
+    return ".".join(out)
+
+
+def render_errors(exc: ValidationError, data: Any) -> list[str]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if msg.startswith("@"):  # a path relative to where the validator ran
+            rel, _, msg = msg[1:].partition(": ")
+            loc = loc + tuple(int(p) if p.isdigit() else p for p in rel.split("."))
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        problems.append(f"{_label(data, loc)}: {msg}" if loc else msg)
+    return problems
+
+
+def _validate(model: type[Any], data: dict[str, Any], file: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(file, render_errors(exc, data)) from None
+
+
+def load_register_map(path: Path) -> RegisterMap:
+    data = read_yaml(path)
+    if data.get("kind") != "register_map":
+        raise ConfigError(str(path), ["kind: must be register_map"])
+    rmap: RegisterMap = _validate(RegisterMap, data, str(path))
+    return rmap
+
+
+def _resolve_devices(data: dict[str, Any], base: Path, file: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i, dev in enumerate(data.get("devices") or []):
+        if not isinstance(dev, dict):
+            continue  # the model reports it
+        map_ref, inline = dev.get("map"), dev.get("points")
+        if bool(map_ref) == bool(inline):
+            raise ConfigError(file, [f"devices.{i}: give either map: FILE or points:, not both or neither"])
+        if map_ref:
+            rmap = load_register_map((base / str(map_ref)).resolve())
+            points = [p.model_dump(exclude_unset=True) for p in rmap.points]
+            addressing, maxreg, order = rmap.addressing, rmap.max_registers_per_request, rmap.word_order
+        else:
+            points = inline
+            addressing = dev.get("addressing")
+            if addressing is None:
+                raise ConfigError(file, [f"devices.{i}.addressing: inline points must say "
+                                         "zero_based, one_based or modicon"])
+            maxreg, order = 125, WordOrder.ABCD
+        order = dev.get("word_order") or order
+        for p in points:
+            if isinstance(p, dict) and p.get("type") in {t.value for t in MULTI_WORD}:
+                p.setdefault("word_order", order)
+        out.append({
+            "name": dev.get("name"), "host": dev.get("host"), "port": dev.get("port", 502),
+            "device_id": dev.get("device_id", 1), "timeout_s": dev.get("timeout_s", 1.0),
+            "addressing": addressing,
+            "max_registers_per_request": dev.get("max_registers_per_request") or maxreg,
+            "points": points,
+        })
+    return out
+
+
+def load_config(path: str | Path) -> GatewayConfig | CollectorConfig | ApiConfig | RegisterMap:
+    """Load and validate any heatwatch config; raise ConfigError naming file, path and key."""
+    p = Path(path)
+    data = read_yaml(p)
+    kind = data.get("kind")
+    model = _MODELS.get(str(kind))
+    if model is None:
+        raise ConfigError(str(p), [f"kind: must be one of {', '.join(_MODELS)}, got {kind!r}"])
+    if model is GatewayConfig:
+        data["resolved"] = _resolve_devices(data, p.parent, str(p))
+    cfg: GatewayConfig | CollectorConfig | ApiConfig | RegisterMap = _validate(model, data, str(p))
+    return cfg
+
+
+def load_gateway_config(path: str | Path) -> GatewayConfig:
+    cfg = load_config(path)
+    if not isinstance(cfg, GatewayConfig):
+        raise ConfigError(str(path), [f"kind: expected gateway, got {cfg.kind}"])
+    return cfg
+
+
+def load_collector_config(path: str | Path) -> CollectorConfig:
+    cfg = load_config(path)
+    if not isinstance(cfg, CollectorConfig):
+        raise ConfigError(str(path), [f"kind: expected collector, got {cfg.kind}"])
+    return cfg
+
+
+def load_api_config(path: str | Path) -> ApiConfig:
+    cfg = load_config(path)
+    if not isinstance(cfg, ApiConfig):
+        raise ConfigError(str(path), [f"kind: expected api, got {cfg.kind}"])
+    return cfg

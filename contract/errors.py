@@ -1,0 +1,74 @@
+"""The one exception tree of heatwatch, mapped once at each adapter.
+
+    HeatwatchError
+    ├── ConfigError          broken config: fail fast at start-up, never retried
+    ├── InvalidInput         bad data from outside: rejected, counted, logged once, never retried
+    │   ├── TopicError
+    │   ├── PayloadError
+    │   └── DecodeError      register words that cannot be a value of the declared type
+    └── TransientError       the other side is away: keep the data, retry with capped backoff
+        ├── BrokerUnavailable
+        ├── DatabaseUnavailable
+        └── DeviceUnavailable
+
+Every InvalidInput carries a short machine-readable ``reason`` (a counter label) and a message
+that names what is wrong.
+"""
+
+from __future__ import annotations
+
+
+class HeatwatchError(Exception):
+    """Root of every error heatwatch raises on purpose."""
+
+
+class ConfigError(HeatwatchError):
+    """A config file that cannot be used. The message names the file, the path and the key."""
+
+    def __init__(self, file: str, problems: list[str]) -> None:
+        self.file = file
+        self.problems = problems
+        super().__init__("\n".join(f"{file}: {p}" for p in problems))
+
+
+class InvalidInput(HeatwatchError):
+    """Input from outside that is wrong. ``reason`` is a stable label for counters."""
+
+    reason = "invalid"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class TopicError(InvalidInput):
+    reason = "bad_topic"
+
+
+class PayloadError(InvalidInput):
+    reason = "bad_payload"
+
+
+class DecodeError(InvalidInput):
+    reason = "bad_registers"
+
+
+class TransientError(HeatwatchError):
+    """The peer is unavailable for now. ``retry_after`` (seconds) is a hint, if the peer gave one."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BrokerUnavailable(TransientError):
+    pass
+
+
+class DatabaseUnavailable(TransientError):
+    pass
+
+
+class DeviceUnavailable(TransientError):
+    pass

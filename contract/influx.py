@@ -1,0 +1,78 @@
+"""The InfluxDB schema, and the pure encoder from telemetry to line protocol.
+
+One line per entity per sample time, all of a message's points for that entity as fields::
+
+    station,station=st001 secondary_supply_temp=55.2,circ_pump_running=true 1763700000000
+    building,station=st001,building=b01 building_valve_position=45.0 1763700000000
+    household,station=st001,building=b01,household=b01-0301 room_temp=19.6 1763700000000
+
+- measurements ``station``, ``building``, ``household`` (the entity level of the point);
+- tags ``station`` [, ``building`` [, ``household``]]: identifiers, never escaped (see topics);
+- one field per point, named by its canonical name; numbers are always floats (so an int16
+  register and a float32 one never conflict), booleans booleans, text strings;
+- a reading whose quality is not good also writes ``<point>_quality`` = "uncertain" | "bad";
+  a bad reading has no value field at all;
+- timestamp: the gateway's sample time in ms (``precision=ms``). ``backfill`` is deliberately
+  not a tag: a tag would put a replayed sample in a second series instead of overwriting.
+
+Rejected input goes to ``rejects`` (tags ``reason``, ``station``; fields ``count``=1i,
+``detail`` string, ``topic`` string), timestamped at receipt.
+"""
+
+from __future__ import annotations
+
+from contract.payload import Quality, Telemetry
+from contract.points import QUALITY_SUFFIX
+
+MEASUREMENT_STATION = "station"
+MEASUREMENT_BUILDING = "building"
+MEASUREMENT_HOUSEHOLD = "household"
+MEASUREMENT_REJECTS = "rejects"
+PRECISION = "ms"
+
+
+def escape_string_field(s: str) -> str:
+    return s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _escape_tag(s: str) -> str:
+    return s.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+
+
+def _fmt(v: bool | float | str) -> str:
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, str):
+        return f'"{escape_string_field(v)}"'
+    return repr(float(v))
+
+
+def telemetry_lines(t: Telemetry) -> list[str]:
+    """Line protocol for one validated telemetry message."""
+    fields: dict[tuple[str | None, str | None], list[str]] = {}
+    for r in t.values:
+        f = fields.setdefault((r.building, r.household), [])
+        if r.value is not None:
+            f.append(f"{r.point}={_fmt(r.value)}")
+        if r.quality is not Quality.GOOD:
+            f.append(f'{r.point}{QUALITY_SUFFIX}="{r.quality.value}"')
+    s, ts, out = t.station, t.ts, []
+    for (b, h), f in fields.items():
+        if h is not None:
+            head = f"{MEASUREMENT_HOUSEHOLD},station={s},building={b},household={h}"
+        elif b is not None:
+            head = f"{MEASUREMENT_BUILDING},station={s},building={b}"
+        else:
+            head = f"{MEASUREMENT_STATION},station={s}"
+        out.append(f"{head} {','.join(f)} {ts}")
+    return out
+
+
+def reject_line(reason: str, station: str | None, topic: str, detail: str, ts_ms: int) -> str:
+    tags = f"reason={_escape_tag(reason)}"
+    if station:
+        tags += f",station={_escape_tag(station)}"
+    return (f'{MEASUREMENT_REJECTS},{tags} count=1i,detail="{escape_string_field(detail[:500])}",'
+            f'topic="{escape_string_field(topic[:200])}" {ts_ms}')

@@ -1,0 +1,210 @@
+"""Versioned MQTT payloads: telemetry, station status, gateway status.
+
+Telemetry (JSON, UTF-8), one message per poll group per cycle::
+
+    {"schema": 1, "station": "st001", "gateway": "gw-st001",
+     "boot": "5f0c…", "seq": 42, "ts": 1763700000000, "backfill": false,
+     "values": [
+       {"point": "secondary_supply_temp", "value": 55.2, "unit": "°C", "quality": "good"},
+       {"point": "building_valve_position", "building": "b01", "value": 45.0, "unit": "%",
+        "quality": "good"},
+       {"point": "room_temp", "building": "b01", "household": "b01-0301", "value": null,
+        "unit": "°C", "quality": "bad"}]}
+
+``ts`` is the sample time taken at the gateway (ms since the Unix epoch, UTC); it becomes the
+InfluxDB timestamp, so a redelivered message overwrites instead of duplicating. ``boot`` is a
+random id drawn at each gateway start and ``seq`` counts messages within one boot, so the
+collector can count gaps and restarts.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
+
+from contract.errors import PayloadError
+from contract.points import Kind, Level, PointDef, check_name
+from contract.topics import Ident
+
+SCHEMA_VERSION = 1
+MAX_PAYLOAD_BYTES = 1_000_000  # a 5,000-value message is about 400 kB
+MAX_VALUES = 5_000
+
+# 2000-01-01 … 2100-01-01 in ms: anything else is a unit mistake (seconds, µs) not a time.
+TS_MIN_MS = 946_684_800_000
+TS_MAX_MS = 4_102_444_800_000
+
+BootId = Annotated[str, Field(pattern=r"^[0-9a-f]{8,64}$")]
+
+
+class Quality(StrEnum):
+    GOOD = "good"
+    UNCERTAIN = "uncertain"  # read fine, but outside the point's plausible range
+    BAD = "bad"  # read failed, or a NaN / sentinel: the value is absent
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Reading(_Frozen):
+    point: str
+    building: Ident | None = None
+    household: Ident | None = None
+    value: StrictBool | float | StrictStr | None
+    unit: str = Field(max_length=16)
+    quality: Quality = Quality.GOOD
+
+    @property
+    def level(self) -> Level:
+        if self.household is not None:
+            return Level.HOUSEHOLD
+        return Level.BUILDING if self.building is not None else Level.STATION
+
+
+class Telemetry(_Frozen):
+    schema_: Literal[1] = Field(alias="schema")
+    station: Ident
+    gateway: Ident
+    boot: BootId
+    seq: int = Field(ge=0)
+    ts: int = Field(ge=TS_MIN_MS, le=TS_MAX_MS)
+    backfill: bool = False
+    values: list[Reading] = Field(min_length=1, max_length=MAX_VALUES)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _check_readings(self) -> Telemetry:
+        for i, r in enumerate(self.values):
+            problem = reading_problem(r)
+            if problem:
+                raise ValueError(f"values.{i} ({r.point}): {problem}")
+        return self
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(by_alias=True, exclude_none=True))
+
+
+@lru_cache(maxsize=4096)
+def _point(name: str) -> PointDef | None:
+    return check_name(name)
+
+
+def reading_problem(r: Reading) -> str | None:
+    """What is wrong with one reading against the vocabulary, or None."""
+    try:
+        d = _point(r.point)
+    except ValueError as exc:
+        return str(exc)
+    if r.household is not None and r.building is None:
+        return "a household reading needs its building"
+    if isinstance(r.value, float) and not math.isfinite(r.value):
+        return "value must be finite (send quality 'bad' and value null instead)"
+    if r.value is None and r.quality is not Quality.BAD:
+        return "value null is only allowed with quality 'bad'"
+    if d is None:
+        return None
+    if r.level is not d.level:
+        need = {Level.STATION: "no building or household", Level.BUILDING: "a building",
+                Level.HOUSEHOLD: "a building and a household"}[d.level]
+        return f"is a {d.level} point and needs {need}"
+    if r.unit != d.unit:
+        return f"unit must be {d.unit!r}, got {r.unit!r}"
+    if r.value is not None:
+        is_bool = isinstance(r.value, bool)
+        if d.kind is Kind.BOOL and not is_bool:
+            return "value must be true or false"
+        if d.kind is Kind.NUMBER and (is_bool or isinstance(r.value, str)):
+            return "value must be a number"
+    return None
+
+
+class DeviceState(StrEnum):
+    ONLINE = "online"
+    DEGRADED = "degraded"  # answers, but some points fail
+    OFFLINE = "offline"
+
+
+class DeviceStatus(_Frozen):
+    state: DeviceState
+    error: str | None = None
+
+
+class StationStatus(_Frozen):
+    schema_: Literal[1] = Field(alias="schema")
+    station: Ident
+    gateway: Ident
+    state: DeviceState
+    devices: dict[str, DeviceStatus]
+    ts: int = Field(ge=TS_MIN_MS, le=TS_MAX_MS)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class GatewayStatus(_Frozen):
+    """Retained. Published ``online`` at connect; the broker publishes the ``offline`` will."""
+
+    schema_: Literal[1] = Field(alias="schema")
+    gateway: Ident
+    state: Literal["online", "offline"]
+    boot: BootId
+    stations: list[Ident]
+    ts: int = Field(ge=TS_MIN_MS, le=TS_MAX_MS)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(f"payload of {len(raw)} bytes exceeds {MAX_PAYLOAD_BYTES}", "too_large")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"not JSON: {exc}", "bad_json") from None
+    if not isinstance(obj, dict):
+        raise PayloadError(f"payload must be a JSON object, got {type(obj).__name__}", "bad_json")
+    if obj.get("schema") != SCHEMA_VERSION:
+        raise PayloadError(
+            f"schema version {obj.get('schema')!r} is not supported (expected {SCHEMA_VERSION})",
+            "schema_version",
+        )
+    return obj
+
+
+def parse_telemetry(raw: bytes) -> Telemetry:
+    """Parse and validate a telemetry payload; raise PayloadError with a reason and a path."""
+    obj = parse_json_object(raw)
+    try:
+        return Telemetry.model_validate(obj)
+    except ValidationError as exc:
+        raise PayloadError(_first_error(exc), "schema") from None
+
+
+def parse_station_status(raw: bytes) -> StationStatus:
+    obj = parse_json_object(raw)
+    try:
+        return StationStatus.model_validate(obj)
+    except ValidationError as exc:
+        raise PayloadError(_first_error(exc), "schema") from None
+
+
+def parse_gateway_status(raw: bytes) -> GatewayStatus:
+    obj = parse_json_object(raw)
+    try:
+        return GatewayStatus.model_validate(obj)
+    except ValidationError as exc:
+        raise PayloadError(_first_error(exc), "schema") from None

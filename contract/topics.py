@@ -1,0 +1,129 @@
+"""The MQTT topic tree, as validated values.
+
+    heatwatch/v1/station/{station}/telemetry         gateway → collector   QoS 1, not retained
+    heatwatch/v1/station/{station}/status            gateway → all         QoS 1, retained
+    heatwatch/v1/gateway/{gateway}/status            gateway → all         QoS 1, retained;
+                                                     birth "online", last will "offline"
+    heatwatch/v1/station/{station}/command/{id}      control room → gateway (reserved)
+    heatwatch/v1/station/{station}/command-result/{id}  gateway → control room (reserved)
+    heatwatch/v1/alert/{station}                     collector → all       (reserved)
+
+Identifiers (station, gateway, building, household, command id) are 1–64 characters of
+letters, digits, ``_ . -``: never ``/ + #`` or spaces, so they are safe as topic levels and
+as InfluxDB tag values without escaping.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import StringConstraints
+
+from contract.errors import TopicError
+
+ROOT = "heatwatch/v1"
+IDENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_IDENT_RE = re.compile(IDENT_PATTERN)
+
+Ident = Annotated[str, StringConstraints(pattern=IDENT_PATTERN)]
+
+
+class TopicKind(StrEnum):
+    TELEMETRY = "telemetry"
+    STATION_STATUS = "station_status"
+    GATEWAY_STATUS = "gateway_status"
+    COMMAND = "command"
+    COMMAND_RESULT = "command_result"
+    ALERT = "alert"
+
+
+def check_ident(value: str, what: str) -> str:
+    if not _IDENT_RE.match(value):
+        raise TopicError(
+            f"{what} {value!r} must be 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """One concrete topic. Built by the constructors below or by :func:`parse_topic`."""
+
+    kind: TopicKind
+    subject: str  # station id, or gateway id for GATEWAY_STATUS
+    item: str | None = None  # command id
+
+    def __post_init__(self) -> None:
+        check_ident(self.subject, "gateway" if self.kind is TopicKind.GATEWAY_STATUS else "station")
+        needs_item = self.kind in (TopicKind.COMMAND, TopicKind.COMMAND_RESULT)
+        if needs_item != (self.item is not None):
+            raise TopicError(f"{self.kind} topic {'needs' if needs_item else 'takes no'} id")
+        if self.item is not None:
+            check_ident(self.item, "command id")
+
+    def __str__(self) -> str:
+        k, s = self.kind, self.subject
+        if k is TopicKind.TELEMETRY:
+            return f"{ROOT}/station/{s}/telemetry"
+        if k is TopicKind.STATION_STATUS:
+            return f"{ROOT}/station/{s}/status"
+        if k is TopicKind.GATEWAY_STATUS:
+            return f"{ROOT}/gateway/{s}/status"
+        if k is TopicKind.COMMAND:
+            return f"{ROOT}/station/{s}/command/{self.item}"
+        if k is TopicKind.COMMAND_RESULT:
+            return f"{ROOT}/station/{s}/command-result/{self.item}"
+        return f"{ROOT}/alert/{s}"
+
+
+def telemetry(station: str) -> Topic:
+    return Topic(TopicKind.TELEMETRY, station)
+
+
+def station_status(station: str) -> Topic:
+    return Topic(TopicKind.STATION_STATUS, station)
+
+
+def gateway_status(gateway: str) -> Topic:
+    return Topic(TopicKind.GATEWAY_STATUS, gateway)
+
+
+# Subscriptions the collector makes.
+TELEMETRY_FILTER = f"{ROOT}/station/+/telemetry"
+STATUS_FILTERS = (f"{ROOT}/station/+/status", f"{ROOT}/gateway/+/status")
+
+
+def parse_topic(topic: str) -> Topic:
+    """Parse a topic string; raise TopicError saying why it is not in the tree."""
+    if not topic.startswith(ROOT + "/"):
+        raise TopicError(f"topic {topic[:120]!r} is outside the tree {ROOT}/")
+    parts = topic[len(ROOT) + 1 :].split("/")
+    match parts:
+        case ["station", s, "telemetry"]:
+            return Topic(TopicKind.TELEMETRY, s)
+        case ["station", s, "status"]:
+            return Topic(TopicKind.STATION_STATUS, s)
+        case ["gateway", g, "status"]:
+            return Topic(TopicKind.GATEWAY_STATUS, g)
+        case ["station", s, "command", i]:
+            return Topic(TopicKind.COMMAND, s, i)
+        case ["station", s, "command-result", i]:
+            return Topic(TopicKind.COMMAND_RESULT, s, i)
+        case ["alert", s]:
+            return Topic(TopicKind.ALERT, s)
+    raise TopicError(f"topic {topic[:120]!r} is not a heatwatch topic")
+
+
+def matches(topic_filter: str, topic: str) -> bool:
+    """MQTT filter matching (``+`` one level, ``#`` the rest)."""
+    f_parts, t_parts = topic_filter.split("/"), topic.split("/")
+    for i, f in enumerate(f_parts):
+        if f == "#":
+            return True
+        if i >= len(t_parts) or (f != "+" and f != t_parts[i]):
+            return False
+    return len(f_parts) == len(t_parts)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what heatwatch needs on a fresh Debian/Ubuntu machine; safe to re-run.
+#   - mosquitto and influxd from the distribution (sudo when not root);
+#   - .venv with the exact versions of requirements.lock and heatwatch itself (editable).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
+command -v influxd >/dev/null 2>&1 || need_pkgs+=(influxdb)
+command -v influx >/dev/null 2>&1 || need_pkgs+=(influxdb-client)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
+
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
+    echo "bootstrap: need ${need_pkgs[*]} and neither root nor sudo: run 'apt-get install -y ${need_pkgs[*]}' as root" >&2
+    exit 1
+  fi
+  echo "bootstrap: installing ${need_pkgs[*]} from the distribution"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+# The packages start system services on some distributions; heatwatch runs its own on other
+# ports and never touches those.
+
+py=python3
+"$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || {
+  echo "bootstrap: heatwatch needs Python >= 3.11 (found $($py --version))" >&2; exit 1; }
+
+stamp=.venv/.installed
+if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ requirements.lock -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "bootstrap: creating .venv from requirements.lock"
+  [ -x .venv/bin/python ] || "$py" -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.lock
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+  touch "$stamp"
+fi

@@ -1,0 +1,142 @@
+"""Wiring of the gateway: one task per poll group, the publisher, and housekeeping.
+
+Every cycle of a poll group reads all devices concurrently (devices behind one port take
+turns), decodes each point with its quality, and appends one telemetry message to the outbox
+stamped with the cycle's sample time. Only then is the publisher woken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import orjson
+import structlog
+
+from contract import topics
+from contract.config import GatewayConfig
+from contract.payload import DeviceState, DeviceStatus, GatewayStatus, Reading, StationStatus, Telemetry
+from gateway.decode import bad, reading
+from gateway.modbus import Device, Link
+from gateway.outbox import Outbox
+from gateway.plan import Request, plan_requests
+from gateway.publisher import Publisher
+
+log = structlog.get_logger("heatwatch.gateway")
+T = TypeVar("T")
+
+
+async def blocking(fn: Callable[..., T], *args: Any) -> T:
+    """The one way gateway code runs blocking I/O (SQLite) off the event loop."""
+    return await asyncio.to_thread(fn, *args)
+
+
+def decode_requests(requests: list[Request], words: list[list[int] | None]) -> list[Reading]:
+    out: list[Reading] = []
+    for req, ws in zip(requests, words, strict=True):
+        for p, wire in req.points:
+            if ws is None:
+                out.append(bad(p))
+            else:
+                off = wire - req.address
+                out.append(reading(p, ws[off : off + p.words]))
+    return out
+
+
+class Gateway:
+    def __init__(self, cfg: GatewayConfig) -> None:
+        self.cfg = cfg
+        self.boot = uuid.uuid4().hex
+        self.seq = 0
+        self.outbox = Outbox(cfg.outbox.path, max_bytes=cfg.outbox.max_bytes,
+                             max_age_s=cfg.outbox.max_age_h * 3600)
+        links: dict[tuple[str, int], Link] = {}
+        self.devices: list[Device] = []
+        for d in cfg.resolved:
+            link = links.setdefault((d.host, d.port), Link(d.host, d.port, d.timeout_s))
+            self.devices.append(Device(d, link))
+        self.links = list(links.values())
+        self.plans: dict[str, list[list[Request]]] = {
+            g: [plan_requests(d.cfg, g) for d in self.devices] for g in cfg.poll_groups
+        }
+        self.topic = str(topics.telemetry(cfg.station))
+        self.status_topic = str(topics.station_status(cfg.station))
+        self.gw_topic = str(topics.gateway_status(cfg.gateway))
+        self._last_status: bytes | None = None
+        self.messages = 0
+        self.publisher: Publisher | None = None
+
+    def _gateway_status(self, state: str) -> bytes:
+        return GatewayStatus(schema=1, gateway=self.cfg.gateway, state=state,  # type: ignore[arg-type]
+                             boot=self.boot, stations=[self.cfg.station],
+                             ts=int(time.time() * 1000)).model_dump_json(by_alias=True).encode()
+
+    async def run(self) -> None:
+        log.info("gateway starting", gateway=self.cfg.gateway, station=self.cfg.station,
+                 boot=self.boot, backlog=self.outbox.count,
+                 requests={g: sum(len(p) for p in plans) for g, plans in self.plans.items()})
+        self.publisher = Publisher(self.cfg, self.outbox, blocking=blocking,
+                                   birth=self._gateway_status("online"),
+                                   will=self._gateway_status("offline"), will_topic=self.gw_topic)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.publisher.run())
+                for group, pg in self.cfg.poll_groups.items():
+                    if any(self.plans[group]):
+                        tg.create_task(self._poll_loop(group, pg.interval_s))
+                tg.create_task(self._housekeeping())
+        finally:
+            for link in self.links:
+                link.close()
+            self.outbox.close()
+
+    async def _poll_loop(self, group: str, interval: float) -> None:
+        next_t = time.monotonic()
+        while True:
+            await self.poll_once(group)
+            next_t += interval
+            now = time.monotonic()
+            if next_t < now:  # a slow cycle: skip the missed ones rather than bunch up
+                next_t = now + interval - ((now - next_t) % interval)
+            await asyncio.sleep(next_t - now)
+
+    async def poll_once(self, group: str) -> Telemetry:
+        ts = int(time.time() * 1000)
+        plans = self.plans[group]
+        words = await asyncio.gather(*(d.read_all(p) for d, p in zip(self.devices, plans, strict=True)))
+        readings: list[Reading] = []
+        for plan, ws in zip(plans, words, strict=True):
+            readings.extend(decode_requests(plan, ws))
+        msg = Telemetry(schema=1, station=self.cfg.station, gateway=self.cfg.gateway, boot=self.boot,
+                        seq=self.seq, ts=ts, values=readings)
+        self.seq += 1
+        await blocking(self.outbox.append, self.topic, msg.to_json(), ts)
+        self.messages += 1
+        if self.publisher is not None:
+            self.publisher.notify()
+            self._publish_status(ts)
+        return msg
+
+    def _publish_status(self, ts: int) -> None:
+        devs = {d.cfg.name: DeviceStatus(state=d.health.state, error=d.health.error) for d in self.devices}
+        states = {s.state for s in devs.values()}
+        state = (DeviceState.ONLINE if states == {DeviceState.ONLINE} else
+                 DeviceState.OFFLINE if states == {DeviceState.OFFLINE} else DeviceState.DEGRADED)
+        body = orjson.dumps({"state": state, "devices": {k: v.model_dump() for k, v in devs.items()}})
+        if body == self._last_status:
+            return  # retained: publish changes only
+        self._last_status = body
+        status = StationStatus(schema=1, station=self.cfg.station, gateway=self.cfg.gateway,
+                               state=state, devices=devs, ts=ts)
+        assert self.publisher is not None
+        self.publisher.publish_retained(self.status_topic, status.model_dump_json(by_alias=True).encode())
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            n = await blocking(self.outbox.expire)
+            if n:
+                log.warning("outbox messages expired unsent", dropped=n, total_dropped=self.outbox.dropped)

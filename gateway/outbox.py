@@ -1,0 +1,151 @@
+"""The gateway's durable outbox: every telemetry message is here before it is published.
+
+SQLite in WAL mode with ``synchronous=FULL``: a message whose insert returned survives
+``kill -9`` and a power cut. A row is deleted only when the broker's PUBACK for it has arrived.
+The outbox is bounded by bytes and by age; when a bound is hit the oldest rows go first, and
+every dropped message is counted (``dropped``) and reported, never lost silently.
+
+Blocking: every method does disk I/O; the async gateway calls them through its one
+``to_thread`` wrapper.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic      TEXT    NOT NULL,
+    payload    BLOB    NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: int
+    topic: str
+    payload: bytes
+    created_ms: int
+
+
+class Outbox:
+    def __init__(self, path: str | Path, *, max_bytes: int, max_age_s: float) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = str(path)
+        self.max_bytes, self.max_age_s = max_bytes, max_age_s
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()  # one connection, used from the to_thread workers
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
+            self.count, self.bytes = int(row[0]), int(row[1])
+        self.dropped = self._counter("dropped")
+
+    def _counter(self, name: str) -> int:
+        row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def append(self, topic: str, payload: bytes, created_ms: int | None = None) -> int:
+        """Store one message durably; return its id. Enforces the byte bound."""
+        created = created_ms if created_ms is not None else int(time.time() * 1000)
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO outbox (topic, payload, created_ms) VALUES (?, ?, ?)",
+                (topic, payload, created))
+            self.count += 1
+            self.bytes += len(payload)
+            if self.bytes > self.max_bytes:
+                self._drop_oldest_locked()
+            return int(cur.lastrowid or 0)
+
+    def _drop_oldest_locked(self) -> None:
+        target = int(self.max_bytes * 0.9)  # drop in chunks, not one row per insert
+        dropped = 0
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            while self.bytes > target:
+                rows = self._db.execute(
+                    "SELECT id, LENGTH(payload) FROM outbox ORDER BY id LIMIT 500").fetchall()
+                if not rows:
+                    break
+                freed, n, cut_id = 0, 0, 0
+                for rid, size in rows:
+                    freed, n, cut_id = freed + int(size), n + 1, int(rid)
+                    if self.bytes - freed <= target:
+                        break
+                self._db.execute("DELETE FROM outbox WHERE id <= ?", (cut_id,))
+                self.bytes -= freed
+                self.count -= n
+                dropped += n
+            self._add_counter_locked("dropped", dropped)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self.dropped += dropped
+
+    def _add_counter_locked(self, name: str, n: int) -> None:
+        self._db.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, n))
+
+    def expire(self, now_ms: int | None = None) -> int:
+        """Drop rows older than the age bound; return how many."""
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        cutoff = now - int(self.max_age_s * 1000)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            row = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox WHERE created_ms < ?",
+                (cutoff,)).fetchone()
+            n = int(row[0])
+            if n:
+                self._db.execute("DELETE FROM outbox WHERE created_ms < ?", (cutoff,))
+                self._add_counter_locked("dropped", n)
+            self._db.execute("COMMIT")
+            self.count -= n
+            self.bytes -= int(row[1])
+            self.dropped += n
+            return n
+
+    def fetch_after(self, after_id: int, limit: int) -> list[Row]:
+        """The oldest rows with id > after_id (publish order is id order)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, topic, payload, created_ms FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit)).fetchall()
+        return [Row(int(r[0]), str(r[1]), bytes(r[2]), int(r[3])) for r in rows]
+
+    def delete(self, ids: list[int]) -> None:
+        """The broker confirmed these; forget them."""
+        if not ids:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            gone = 0
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                row = self._db.execute(
+                    f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox WHERE id IN ({marks})",
+                    chunk).fetchone()
+                self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
+                gone += int(row[0])
+                self.bytes -= int(row[1])
+            self._db.execute("COMMIT")
+            self.count -= gone
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

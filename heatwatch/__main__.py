@@ -1,0 +1,3 @@
+from heatwatch.cli import main
+
+raise SystemExit(main())

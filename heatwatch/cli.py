@@ -1,0 +1,160 @@
+"""``heatwatch``: one command, a subcommand per process.
+
+    heatwatch gateway CONFIG | gateway plan CONFIG
+    heatwatch collector CONFIG
+    heatwatch api CONFIG
+    heatwatch simulate CONFIG... [--speed X] [--scenario FILE]
+    heatwatch demo [--stations N] [--dir DIR] [--seconds S]
+    heatwatch check-config FILE...
+
+Settings are built here, in main(), and passed down; nothing reads config at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from contract.config import GatewayConfig, load_api_config, load_collector_config, load_config, load_gateway_config
+from contract.errors import ConfigError
+from heatwatch import logs
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from gateway.app import Gateway
+    from gateway.plan import plan_requests
+
+    words = list(args.target)
+    if words and words[0] == "plan":
+        if len(words) != 2:
+            print("usage: heatwatch gateway plan CONFIG", file=sys.stderr)
+            return 2
+        cfg = load_gateway_config(words[1])
+        for dev in cfg.resolved:
+            optimal = 0
+            print(f"{dev.name} ({dev.host}:{dev.port} id {dev.device_id}, max "
+                  f"{dev.max_registers_per_request} words/request)")
+            for group in cfg.poll_groups:
+                reqs = plan_requests(dev, group)
+                optimal += len(reqs)
+                for r in reqs:
+                    print(f"  {group:<8} {r}")
+        return 0
+    if len(words) != 1:
+        print("usage: heatwatch gateway CONFIG", file=sys.stderr)
+        return 2
+    gw_cfg = load_gateway_config(words[0])
+
+    async def run() -> None:  # pymodbus clients need the running loop at construction
+        await Gateway(gw_cfg).run()
+
+    asyncio.run(run())
+    return 0
+
+
+def _collector(args: argparse.Namespace) -> int:
+    from collector.app import Collector
+
+    cfg = load_collector_config(args.config)
+
+    async def run() -> None:
+        await Collector(cfg).run()
+
+    asyncio.run(run())
+    return 0
+
+
+def _api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    cfg = load_api_config(args.config)
+    uvicorn.run(create_app(cfg), host=cfg.listen.host, port=cfg.listen.port, log_level="warning")
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from simulator.scenario import load_scenario
+    from simulator.server import Simulator
+
+    configs = [load_gateway_config(c) for c in args.configs]
+    speed, events = 1.0, []
+    if args.scenario:
+        speed, events = load_scenario(args.scenario)
+    if args.speed is not None:
+        speed = args.speed
+
+    async def run() -> None:
+        sim = Simulator(configs, speed=speed, seed=args.seed)
+        for station, ev in events:
+            sim.add_event(station, ev.shifted(sim.now()))
+        await sim.run()
+
+    asyncio.run(run())
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    bad = 0
+    for f in args.files:
+        try:
+            cfg = load_config(f)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            bad += 1
+            continue
+        extra = ""
+        if isinstance(cfg, GatewayConfig):
+            n = sum(len(d.points) for d in cfg.resolved)
+            extra = f": station {cfg.station}, {len(cfg.resolved)} devices, {n} points"
+        print(f"{f}: ok ({cfg.kind}{extra})")
+    return 1 if bad else 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from heatwatch.demo import run_demo
+
+    return run_demo(stations=args.stations, folder=args.dir, seconds=args.seconds)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="heatwatch", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--log-level", default="info")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("gateway", help="poll a station and publish (or: gateway plan CONFIG)")
+    p.add_argument("target", nargs="+", metavar="[plan] CONFIG")
+    p.set_defaults(fn=_gateway)
+    p = sub.add_parser("collector", help="MQTT → InfluxDB")
+    p.add_argument("config")
+    p.set_defaults(fn=_collector)
+    p = sub.add_parser("api", help="the HTTP API")
+    p.add_argument("config")
+    p.set_defaults(fn=_api)
+    p = sub.add_parser("simulate", help="serve simulated stations over Modbus TCP")
+    p.add_argument("configs", nargs="+", metavar="GATEWAY_CONFIG")
+    p.add_argument("--speed", type=float, default=None, help="sim seconds per real second")
+    p.add_argument("--scenario", help="YAML file of timed events")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=_simulate)
+    p = sub.add_parser("demo", help="the whole pipeline on simulated stations")
+    p.add_argument("--stations", type=int, default=3)
+    p.add_argument("--dir", default=".demo")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    p.set_defaults(fn=_demo)
+    p = sub.add_parser("check-config", help="validate config files")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(fn=_check)
+    args = ap.parse_args(argv)
+    logs.setup(args.log_level)
+    try:
+        rc: int = args.fn(args)
+        return rc
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

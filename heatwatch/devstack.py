@@ -1,0 +1,190 @@
+"""mosquitto and influxd as child processes on loopback, for `heatwatch demo` and the tests.
+
+Each takes a folder for its config and data and a port; the shipped configs under deploy/ are
+the base, so the tests exercise what a site deploys. A missing binary raises with the command
+that installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+
+
+class MissingBinary(RuntimeError):
+    pass
+
+
+def find_binary(name: str, package: str) -> str:
+    for cand in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
+        if cand and os.access(cand, os.X_OK):
+            return cand
+    raise MissingBinary(f"{name} is not installed: run `sudo apt-get install -y {package}` "
+                        "(or `make bootstrap`, which does it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_until(pred: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(pred) and pred():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
+
+
+class _Service:
+    name = "service"
+
+    def __init__(self, folder: Path, port: int) -> None:
+        self.folder, self.port = folder, port
+        self.proc: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+        self.log_path = folder / f"{self.name}.log"
+
+    def _cmd(self) -> list[str]:
+        raise NotImplementedError
+
+    def _ready(self) -> bool:
+        return port_open(self.port)
+
+    def start(self, timeout: float = 30) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self._cmd(), stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        try:
+            wait_until(lambda: self._ready() or (self.proc is not None and self.proc.poll() is not None),
+                       timeout, self.name)
+        except TimeoutError:
+            self.stop()
+            raise
+        if self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{self.name} exited at start (code {self.proc.returncode}):\n{tail}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        p, self.proc = self.proc, None
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(sig)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+class Mosquitto(_Service):
+    name = "mosquitto"
+
+    def __init__(self, folder: Path, port: int) -> None:
+        super().__init__(folder, port)
+        self.binary = find_binary("mosquitto", "mosquitto")
+        (folder / "data").mkdir(exist_ok=True)
+        conf = folder / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+            f"persistence_location {folder / 'data'}/\n"
+            + (DEPLOY / "mosquitto" / "heatwatch.conf").read_text()
+        )
+        self.conf = conf
+
+    def _cmd(self) -> list[str]:
+        return [self.binary, "-c", str(self.conf)]
+
+
+class Influxd(_Service):
+    name = "influxd"
+
+    def __init__(self, folder: Path, port: int, rpc_port: int | None = None) -> None:
+        super().__init__(folder, port)
+        self.binary = find_binary("influxd", "influxdb")
+        text = (DEPLOY / "influxdb" / "influxdb.conf.template").read_text()
+        for k, v in {"DIR": str(folder), "HTTP_PORT": str(port),
+                     "RPC_PORT": str(rpc_port or free_port())}.items():
+            text = text.replace("${" + k + "}", v)
+        self.conf = folder / "influxdb.conf"
+        self.conf.write_text(text)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def _cmd(self) -> list[str]:
+        return [self.binary, "-config", str(self.conf)]
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/ping", timeout=0.5).status_code == 204
+        except httpx.HTTPError:
+            return False
+
+
+class SimThread:
+    """The simulator on its own event loop in a background thread (tests and benchmarks).
+
+    ``call(fn, *args)`` runs a function on the simulator's loop and returns its result, so
+    tests can pause the clock, read what is served, or add events safely.
+    """
+
+    def __init__(self, configs: list[object], **kwargs: object) -> None:
+        import asyncio
+        import threading
+
+        from simulator.server import Simulator
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="simulator")
+        self._thread.start()
+
+        async def make() -> Simulator:
+            return Simulator(configs, **kwargs)  # type: ignore[arg-type]
+
+        self.sim = asyncio.run_coroutine_threadsafe(make(), self.loop).result(10)
+        self._task = asyncio.run_coroutine_threadsafe(self.sim.run(), self.loop)
+        ports = {(d.host, d.port) for c in configs for d in c.resolved}  # type: ignore[attr-defined]
+        wait_until(lambda: all(port_open(p, h) for h, p in ports), 10, "simulator")
+
+    def call(self, fn: object, *args: object) -> object:
+        import asyncio
+
+        async def run() -> object:
+            return fn(*args)  # type: ignore[operator]
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def stop(self) -> None:
+        import asyncio
+
+        async def cancel() -> None:
+            task = asyncio.wrap_future(self._task)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await self.sim.stop()
+
+        asyncio.run_coroutine_threadsafe(cancel(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)

@@ -1,0 +1,87 @@
+"""Scenario files: timed events for ``heatwatch simulate --scenario FILE``.
+
+    speed: 60                  # sim seconds per real second
+    events:
+      - {at: 10m, station: st001, event: leak, for: 2h}
+      - {at: 0s, station: st002, event: cold_building, building: b02}
+      - {at: 30m, station: st003, event: dead_device, device: makeup_meter, for: 10m}
+
+``at`` and ``for`` are sim time after the start: a number of seconds or 30s / 10m / 2h / 1d.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from contract.config import read_yaml, render_errors
+from contract.errors import ConfigError
+from simulator.physics import EVENT_KINDS, Event
+
+_DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def seconds(v: object) -> float:
+    if isinstance(v, (int, float)):
+        return float(v)
+    m = _DUR_RE.match(str(v))
+    if not m:
+        raise ValueError(f"{v!r} is not a duration like 90, 30s, 10m, 2h or 1d")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+class _EventSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    at: float
+    for_: float | None = Field(default=None, alias="for")
+    station: str
+    event: str
+    building: str | None = None
+    household: str | None = None
+    point: str | None = None
+    device: str | None = None
+
+    @field_validator("at", "for_", mode="before")
+    @classmethod
+    def _dur(cls, v: object) -> float | None:
+        return None if v is None else seconds(v)
+
+    @field_validator("event")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in EVENT_KINDS:
+            raise ValueError(f"unknown event; known: {', '.join(sorted(EVENT_KINDS))}")
+        return v
+
+
+class _Scenario(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    speed: float = Field(default=1.0, gt=0)
+    events: list[_EventSpec] = Field(default_factory=list)
+
+
+class RelativeEvent(Event):
+    """An event whose times are offsets from the simulation start."""
+
+    def shifted(self, t0: float) -> Event:
+        return replace(Event(self.kind, self.start, self.end, self.building, self.household,
+                             self.point, self.device),
+                       start=self.start + t0, end=None if self.end is None else self.end + t0)
+
+
+def load_scenario(path: str | Path) -> tuple[float, list[tuple[str, RelativeEvent]]]:
+    data = read_yaml(Path(path))
+    try:
+        sc = _Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(str(path), render_errors(exc, data)) from None
+    out = []
+    for e in sc.events:
+        end = None if e.for_ is None else e.at + e.for_
+        out.append((e.station, RelativeEvent(e.event, e.at, end, e.building, e.household,
+                                             e.point, e.device)))
+    return sc.speed, out

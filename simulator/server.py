@@ -1,0 +1,278 @@
+"""Serve simulated stations over Modbus TCP with pymodbus's own server (SimDevice API).
+
+Each (host, port) of the gateway configs becomes one server; each device on it one device id,
+like a serial gateway in front of an RS-485 bus. Registers are laid out by the same register
+maps the gateway reads. On every request the device's ``action`` hook copies the current
+register image into pymodbus's block (reads) or applies the written values to the model's
+setpoints (writes); a device under a ``dead_device`` event never answers, so the client times
+out as it would against a dead slave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import struct
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType as SimType
+from pymodbus.simulator import SimData, SimDevice
+
+from contract.codec import FLOATS, INTEGERS, DataType, WordOrder, decode, encode
+from contract.config import GatewayConfig, PointMap, ResolvedDevice
+from simulator.physics import Event, Key, StationModel
+
+log = logging.getLogger("heatwatch.simulator")
+logging.getLogger("pymodbus").setLevel(logging.ERROR)
+
+_ABCD = WordOrder.ABCD
+_READ_TABLE = {1: "coil", 2: "discrete_input", 3: "holding_register", 4: "input_register"}
+_WRITE_TABLE = {5: "coil", 15: "coil", 6: "holding_register", 16: "holding_register"}
+_INT_RANGE = {
+    DataType.INT16: (-(2**15), 2**15 - 1), DataType.UINT16: (0, 2**16 - 1),
+    DataType.INT32: (-(2**31), 2**31 - 1), DataType.UINT32: (0, 2**32 - 1),
+    DataType.INT64: (-(2**63), 2**63 - 1), DataType.UINT64: (0, 2**64 - 1),
+}
+
+
+def to_raw(p: PointMap, value: float | bool | str) -> int | float | str | bool:
+    """Engineering value → the raw value a device would hold for this point."""
+    if p.type in (DataType.BOOL, DataType.BIT, DataType.STRING):
+        return value
+    raw = (float(value) - p.offset) / p.scale
+    if p.type in INTEGERS:
+        lo, hi = _INT_RANGE[p.type]
+        return max(lo, min(hi, round(raw)))
+    return raw
+
+
+def served_value(p: PointMap, value: float | bool | str) -> float | bool | str:
+    """What a correct gateway must read back for ``value``: the raw value's quantisation undone.
+
+    Computed independently of contract.codec (float32 via struct, integers via round) so the
+    end-to-end test does not trust the codec it is testing.
+    """
+    raw = to_raw(p, value)
+    if isinstance(raw, (bool, str)):
+        return raw
+    if p.type is DataType.FLOAT32:
+        raw = struct.unpack(">f", struct.pack(">f", raw))[0]
+    return float(raw) * p.scale + p.offset
+
+
+@dataclass
+class _Slot:
+    point: PointMap
+    key: Key
+    table: str
+    wire: int
+
+
+class DeviceImage:
+    """The register image of one simulated device, rendered from its station model."""
+
+    def __init__(self, dev: ResolvedDevice, model: StationModel) -> None:
+        self.dev, self.model = dev, model
+        self.slots = [_Slot(p, p.key, p.table, p.wire_address(dev.addressing)) for p in dev.points]
+        self.span: dict[str, tuple[int, int]] = {}
+        for s in self.slots:
+            lo, hi = self.span.get(s.table, (s.wire, s.wire))
+            self.span[s.table] = (min(lo, s.wire), max(hi, s.wire + s.point.words - 1))
+        self.words: dict[str, list[int]] = {}
+        self.render()
+
+    def simdevice(self) -> SimDevice:
+        blocks: dict[str, list[SimData]] = {}
+        for table in ("coil", "discrete_input", "holding_register", "input_register"):
+            if table not in self.span:
+                # pymodbus wants all four blocks: an unused bit table gets 16 idle bits, an
+                # unused register table one invalid word (answers "illegal address")
+                blocks[table] = (
+                    [SimData(0, count=16, values=False, datatype=SimType.BITS)]
+                    if table in ("coil", "discrete_input")
+                    else [SimData(0, count=1, datatype=SimType.INVALID)])
+            elif table in ("coil", "discrete_input"):
+                n = (self.span[table][1] // 16 + 1) * 16
+                blocks[table] = [SimData(0, count=n, values=False, datatype=SimType.BITS)]
+            else:
+                lo, hi = self.span[table]
+                blocks[table] = [SimData(lo, count=hi - lo + 1, values=0, datatype=SimType.REGISTERS)]
+        return SimDevice(
+            self.dev.device_id,
+            simdata=(blocks["coil"], blocks["discrete_input"], blocks["holding_register"],
+                     blocks["input_register"]),
+            action=partial(_action, self),
+        )
+
+    def render(self) -> None:
+        """Encode the model's current values into per-table word images."""
+        values, t = self.model.values, self.model.t or time.time()
+        out: dict[str, list[int]] = {}
+        for table, (lo, hi) in self.span.items():
+            if table in ("coil", "discrete_input"):
+                out[table] = [0] * ((hi // 16) + 1)
+            else:
+                out[table] = [0] * (hi - lo + 1)
+        for s in self.slots:
+            v = values.get(s.key)
+            if v is None:
+                continue
+            p = s.point
+            words = out[s.table]
+            if s.table in ("coil", "discrete_input"):
+                if v:
+                    words[s.wire // 16] |= 1 << (s.wire % 16)
+                continue
+            base = s.wire - self.span[s.table][0]
+            if self.model.broken(s.key, t):
+                if p.invalid_raw:
+                    enc = encode(p.invalid_raw[0], p.type, p.word_order or _ABCD, p.length)
+                elif p.type in FLOATS:
+                    enc = encode(math.nan, p.type, p.word_order or _ABCD)
+                else:
+                    continue
+            elif p.type is DataType.BIT:
+                if v:
+                    words[base] |= 1 << (p.bit or 0)
+                continue
+            else:
+                enc = encode(to_raw(p, v), p.type, p.word_order or _ABCD, p.length)
+            words[base : base + len(enc)] = enc
+        self.words = out
+
+    def apply_write(self, table: str, address: int, values: Sequence[int] | Sequence[bool]) -> None:
+        """A client wrote registers or coils: set the model's setpoints from the written points."""
+        words = {t: list(w) for t, w in self.words.items()}
+        if table == "coil":
+            for i, bit in enumerate(values):
+                a = address + i
+                if bit:
+                    words["coil"][a // 16] |= 1 << (a % 16)
+                else:
+                    words["coil"][a // 16] &= ~(1 << (a % 16))
+        else:
+            lo = self.span[table][0]
+            for i, w in enumerate(values):
+                words[table][address - lo + i] = int(w)
+        end = address + len(values)
+        for s in self.slots:
+            if s.table != table or not (s.wire < end and address < s.wire + s.point.words):
+                continue
+            p = s.point
+            if table == "coil":
+                val: float | bool | str = bool(words["coil"][s.wire // 16] >> (s.wire % 16) & 1)
+            else:
+                base = s.wire - self.span[table][0]
+                raw = decode(words[table][base : base + p.words], p.type, p.word_order or _ABCD,
+                             p.bit or 0)
+                val = raw if isinstance(raw, (bool, str)) else float(raw) * p.scale + p.offset
+            if not isinstance(val, str):
+                self.model.setpoints[s.key] = val
+        self.model.values.update({k: v for k, v in self.model.setpoints.items() if k in self.model.values})
+        self.render()
+
+
+async def _action(img: DeviceImage, fc: int, start: int, address: int, count: int,
+                  registers: list[int], set_values: list[int] | list[bool] | None) -> ExcCodes | None:
+    if img.model.t is not None and img.dev.name in img.model.dead_devices(img.model.t):
+        await asyncio.Event().wait()  # a dead slave: never answer; the client times out
+    if set_values is not None:
+        table = _WRITE_TABLE.get(fc)
+        if table is not None:
+            img.apply_write(table, address, set_values)
+        return None
+    table = _READ_TABLE.get(fc)
+    if table is not None and table in img.words:
+        registers[:] = img.words[table]
+    return None
+
+
+class Simulator:
+    """Every configured station, on a simulated clock running ``speed`` times real time."""
+
+    def __init__(self, configs: Sequence[GatewayConfig], *, speed: float = 1.0,
+                 start: float | None = None, seed: int = 0, tick_s: float = 1.0) -> None:
+        self.configs = list(configs)
+        self.speed, self.tick_s = speed, tick_s
+        self._t0_real = time.time()
+        self._t0_sim = start if start is not None else self._t0_real
+        self.paused_at: float | None = None
+        self.models: dict[str, StationModel] = {}
+        self.images: list[DeviceImage] = []
+        keys: dict[str, list[Key]] = defaultdict(list)
+        for cfg in self.configs:
+            for dev in cfg.resolved:
+                keys[cfg.station].extend(p.key for p in dev.points)
+        for station, ks in keys.items():
+            self.models[station] = StationModel(station, ks, seed=seed)
+        self._servers: list[ModbusTcpServer] = []
+        self.step()
+
+    # -- clock ---------------------------------------------------------------------------------
+    def now(self) -> float:
+        if self.paused_at is not None:
+            return self.paused_at
+        return self._t0_sim + (time.time() - self._t0_real) * self.speed
+
+    def pause(self) -> None:
+        """Freeze the clock and every value (tests compare what was served with what arrived)."""
+        self.paused_at = self.now()
+
+    def add_event(self, station: str, event: Event) -> None:
+        self.models[station].events.append(event)
+
+    def step(self) -> None:
+        t = self.now()
+        for m in self.models.values():
+            m.step(t)
+        for img in self.images:
+            img.render()
+
+    def served(self, station: str) -> dict[Key, float | bool | str]:
+        """The engineering value a correct gateway reads for every point, right now."""
+        out: dict[Key, float | bool | str] = {}
+        m = self.models[station]
+        for cfg in self.configs:
+            if cfg.station != station:
+                continue
+            for dev in cfg.resolved:
+                for p in dev.points:
+                    out[p.key] = served_value(p, m.values[p.key])
+        return out
+
+    # -- serving -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        by_addr: dict[tuple[str, int], list[SimDevice]] = defaultdict(list)
+        for cfg in self.configs:
+            for dev in cfg.resolved:
+                img = DeviceImage(dev, self.models[cfg.station])
+                self.images.append(img)
+                by_addr[(dev.host, dev.port)].append(img.simdevice())
+        for addr, devices in by_addr.items():
+            server = ModbusTcpServer(devices, address=addr)
+            await server.serve_forever(background=True)
+            self._servers.append(server)
+            log.info("serving %d device(s) on %s:%d", len(devices), *addr)
+
+    async def run(self) -> None:
+        """Serve and advance the physics until cancelled."""
+        await self.start()
+        try:
+            while True:
+                await asyncio.sleep(self.tick_s)
+                if self.paused_at is None:
+                    self.step()
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        for s in self._servers:
+            await s.shutdown()
+        self._servers.clear()

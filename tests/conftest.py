@@ -1,0 +1,196 @@
+"""Fixtures on real parts: mosquitto and influxd processes on free loopback ports with
+throwaway folders, the simulator serving real Modbus TCP, and heatwatch processes.
+
+A missing mosquitto or influxd fails the fixture with the command that installs it; nothing
+is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from contract.config import GatewayConfig, load_gateway_config
+from heatwatch.devstack import DEPLOY, REPO, Influxd, Mosquitto, SimThread, free_port
+
+
+@pytest.fixture(scope="session")
+def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Influxd]:
+    db = Influxd(tmp_path_factory.mktemp("influxd"), free_port())
+    db.start()
+    yield db
+    db.stop()
+
+
+@pytest.fixture
+def influx_db(influxd: Influxd) -> str:
+    """A fresh database name for one test (the collector creates it)."""
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = Mosquitto(tmp_path / "mosquitto", free_port())
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def influx_query(db: Influxd, database: str, q: str) -> list[dict[str, Any]]:
+    r = httpx.get(f"{db.url}/query", params={"db": database, "q": q, "epoch": "ms"}, timeout=10)
+    r.raise_for_status()
+    res = r.json()["results"][0]
+    assert "error" not in res, res
+    series: list[dict[str, Any]] = res.get("series", [])
+    return series
+
+
+def rows(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for s in series:
+        for v in s["values"]:
+            out.append({**s.get("tags", {}), **dict(zip(s["columns"], v, strict=True))})
+    return out
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def write_gateway_config(folder: Path, station: str, *, mqtt_port: int, plc_port: int,
+                         bus_port: int, fast_s: float = 1.0, slow_s: float = 2.0) -> Path:
+    """A gateway config for one simulated station, using the shipped register maps."""
+    maps = DEPLOY / "maps"
+    cfg = {
+        "kind": "gateway", "gateway": f"gw-{station}", "station": station,
+        "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "keepalive_s": 5},
+        "outbox": {"path": str(folder / f"gw-{station}.outbox.sqlite")},
+        "poll_groups": {"fast": {"interval_s": fast_s}, "status": {"interval_s": fast_s},
+                        "slow": {"interval_s": slow_s}},
+        "devices": [
+            {"name": "plc", "host": "127.0.0.1", "port": plc_port, "device_id": 1,
+             "timeout_s": 0.5, "map": str(maps / "plc-s7-200smart-hx.yaml")},
+            {"name": "makeup_meter", "host": "127.0.0.1", "port": bus_port, "device_id": 2,
+             "timeout_s": 0.5, "map": str(maps / "tuf2000m-makeup.yaml")},
+            {"name": "rooms", "host": "127.0.0.1", "port": bus_port, "device_id": 3,
+             "timeout_s": 0.5, "map": str(maps / "room-concentrator.yaml")},
+        ],
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{station}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def station_config(tmp_path: Path, mosquitto: Mosquitto) -> GatewayConfig:
+    path = write_gateway_config(tmp_path / "gw", "st001", mqtt_port=mosquitto.port,
+                                plc_port=free_port(), bus_port=free_port())
+    return load_gateway_config(path)
+
+
+@pytest.fixture
+def simulator(station_config: GatewayConfig) -> Iterator[SimThread]:
+    sim = SimThread([station_config])
+    yield sim
+    sim.stop()
+
+
+def write_collector_config(folder: Path, *, mqtt_port: int, influx_url: str, database: str,
+                           client_id: str = "test-collector", **extra: Any) -> Path:
+    cfg = {"kind": "collector", "client_id": client_id,
+           "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "keepalive_s": 5},
+           "influx": {"url": influx_url, "database": database},
+           "batch": {"max_lines": 5000, "max_delay_s": 0.2}, **extra}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "collector.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+class Processes:
+    """heatwatch subprocesses of one test, stopped at its end; their output kept for failures."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.folder / f"{name}.log", "ab")  # noqa: SIM115
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        p = subprocess.Popen([sys.executable, "-m", "heatwatch", "--log-level", "debug", *args],
+                             stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        self.procs[name] = p
+        return p
+
+    def log(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text(errors="replace")
+
+    def stop_all(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    ps = Processes(tmp_path)
+    yield ps
+    ps.stop_all()
+
+
+class Subscriber:
+    """A plain paho client recording what arrives on a topic filter (test observer)."""
+
+    def __init__(self, port: int, topic_filter: str) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"obs-{uuid.uuid4().hex[:8]}")
+        subscribed: list[bool] = []
+        self.client.on_connect = lambda c, *_: c.subscribe(topic_filter, qos=1)
+        self.client.on_subscribe = lambda *_: subscribed.append(True)
+        self.client.on_message = lambda _c, _u, m: self.messages.append((m.topic, m.payload))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        wait_for(lambda: subscribed, 10, "observer subscription")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def publish(port: int, messages: list[tuple[str, bytes]]) -> None:
+    """Publish at QoS 1 and wait for every PUBACK."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        infos = [c.publish(t, p, qos=1) for t, p in messages]
+        for i in infos:
+            i.wait_for_publish(10)
+    finally:
+        c.disconnect()
+        c.loop_stop()
