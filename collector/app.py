@@ -26,12 +26,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from collector.influx import InfluxWriter
 from contract import topics
 from contract.config import CollectorConfig
 from contract.errors import InvalidInput, PayloadError
 from contract.influx import escape_string_field, reject_line, telemetry_lines
 from contract.payload import parse_gateway_status, parse_station_status, parse_telemetry
-from collector.influx import InfluxWriter
 
 log = structlog.get_logger("heatwatch.collector")
 
@@ -153,9 +153,10 @@ class Collector:
             loop.call_soon_threadsafe(self.connected.set)
 
         def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-            if not state["failed"]:
-                log.warning("broker connection lost", reason=str(rc))
-            state["failed"] = True
+            if rc.is_failure:
+                if not state["failed"]:
+                    log.warning("broker connection lost", reason=str(rc))
+                state["failed"] = True
             loop.call_soon_threadsafe(self.connected.clear)
 
         def on_message(_c: mqtt.Client, _u: Any, m: mqtt.MQTTMessage) -> None:
@@ -180,7 +181,7 @@ class Collector:
         batches: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=2)  # a slow InfluxDB slows us
         client = self._mqtt_client(loop, inbox)
         self._client = client
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.cfg.session_expiry_s
         props.ReceiveMaximum = self.cfg.receive_maximum
         await self.writer.ensure_database_retrying()
@@ -201,7 +202,8 @@ class Collector:
         b = _Batch()
         max_lines, max_delay = self.cfg.batch.max_lines, self.cfg.batch.max_delay_s
         while True:
-            timeout = None if not b.mids and not b.lines else max(0.0, b.started + max_delay - time.monotonic())
+            empty = not b.mids and not b.lines
+            timeout = None if empty else max(0.0, b.started + max_delay - time.monotonic())
             try:
                 mid, topic, payload = await asyncio.wait_for(inbox.get(), timeout)
             except TimeoutError:

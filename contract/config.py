@@ -218,6 +218,24 @@ class PointMap(_Strict):
         return wire
 
 
+def check_layout(points: list[PointMap], addressing: Addressing, where: str = "") -> None:
+    """Every address fits the addressing mode and no two points claim one register."""
+    claimed: dict[tuple[str, int], str] = {}
+    for j, p in enumerate(points):
+        at = f"{where}points.{j} ({p.point})"
+        try:
+            wire = p.wire_address(addressing)
+        except ValueError as exc:
+            raise ValueError(f"{at}.address: {exc}") from None
+        if p.type is DataType.BIT:
+            continue  # several bits share one register
+        for w in range(wire, wire + p.words):
+            other = claimed.get((p.table, w))
+            if other is not None:
+                raise ValueError(f"{at}.address: {p.table} {w} is also used by {other}")
+            claimed[(p.table, w)] = p.point
+
+
 class RegisterMap(_Strict):
     """A controller model's register map, shared by every station with that cabinet."""
 
@@ -227,6 +245,11 @@ class RegisterMap(_Strict):
     max_registers_per_request: int = Field(default=125, ge=1, le=125)
     word_order: WordOrder = WordOrder.ABCD  # default for multi-word points that name none
     points: list[PointMap] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _layout(self) -> RegisterMap:
+        check_layout(self.points, self.addressing)
+        return self
 
 
 class DeviceConfig(_Strict):
@@ -293,7 +316,6 @@ class GatewayConfig(_Strict):
             raise ValueError("devices: device names must be unique")
         seen: dict[tuple[str, str | None, str | None], str] = {}
         for i, dev in enumerate(self.resolved):
-            claimed: dict[tuple[str, int], str] = {}
             for j, p in enumerate(dev.points):
                 where = f"devices.{i} ({dev.name}).points.{j} ({p.point})"
                 if p.group not in self.poll_groups:
@@ -303,17 +325,7 @@ class GatewayConfig(_Strict):
                     raise ValueError(f"{where}.point: {p.point} {p.building or ''} "
                                      f"{p.household or ''} is also mapped on {seen[p.key]}")
                 seen[p.key] = f"{dev.name} points.{j}"
-                try:
-                    wire = p.wire_address(dev.addressing)
-                except ValueError as exc:
-                    raise ValueError(f"{where}.address: {exc}") from None
-                if p.type is DataType.BIT:
-                    continue  # several bits share one register
-                for w in range(wire, wire + p.words):
-                    other = claimed.get((p.table, w))
-                    if other is not None:
-                        raise ValueError(f"{where}.address: {p.table} {w} is also used by {other}")
-                    claimed[(p.table, w)] = p.point
+            check_layout(dev.points, dev.addressing, f"devices.{i} ({dev.name}).")
         return self
 
 
@@ -414,10 +426,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(file, ["must be a mapping with a 'kind:' key"])
     problems: list[str] = []
-    data = _expand(data, file, "", problems)
+    expanded: dict[str, Any] = _expand(data, file, "", problems)
     if problems:
         raise ConfigError(file, problems)
-    return data
+    return expanded
 
 
 def _label(data: Any, loc: tuple[int | str, ...]) -> str:
@@ -475,12 +487,14 @@ def _resolve_devices(data: dict[str, Any], base: Path, file: str) -> list[dict[s
         map_ref, inline = dev.get("map"), dev.get("points")
         if bool(map_ref) == bool(inline):
             raise ConfigError(file, [f"devices.{i}: give either map: FILE or points:, not both or neither"])
+        points: list[Any]
+        addressing: Any  # the model checks it
         if map_ref:
             rmap = load_register_map((base / str(map_ref)).resolve())
             points = [p.model_dump(exclude_unset=True) for p in rmap.points]
             addressing, maxreg, order = rmap.addressing, rmap.max_registers_per_request, rmap.word_order
         else:
-            points = inline
+            points = list(inline) if isinstance(inline, list) else []
             addressing = dev.get("addressing")
             if addressing is None:
                 raise ConfigError(file, [f"devices.{i}.addressing: inline points must say "

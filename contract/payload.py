@@ -56,7 +56,7 @@ class Reading(_Frozen):
     point: str
     building: Ident | None = None
     household: Ident | None = None
-    value: StrictBool | float | StrictStr | None
+    value: StrictBool | float | StrictStr | None = None  # absent = null: only with quality bad
     unit: str = Field(max_length=16)
     quality: Quality = Quality.GOOD
 

@@ -11,7 +11,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 import structlog
@@ -69,8 +69,8 @@ class Gateway:
         self.messages = 0
         self.publisher: Publisher | None = None
 
-    def _gateway_status(self, state: str) -> bytes:
-        return GatewayStatus(schema=1, gateway=self.cfg.gateway, state=state,  # type: ignore[arg-type]
+    def _gateway_status(self, state: Literal["online", "offline"]) -> bytes:
+        return GatewayStatus(schema_=1, gateway=self.cfg.gateway, state=state,
                              boot=self.boot, stations=[self.cfg.station],
                              ts=int(time.time() * 1000)).model_dump_json(by_alias=True).encode()
 
@@ -110,7 +110,7 @@ class Gateway:
         readings: list[Reading] = []
         for plan, ws in zip(plans, words, strict=True):
             readings.extend(decode_requests(plan, ws))
-        msg = Telemetry(schema=1, station=self.cfg.station, gateway=self.cfg.gateway, boot=self.boot,
+        msg = Telemetry(schema_=1, station=self.cfg.station, gateway=self.cfg.gateway, boot=self.boot,
                         seq=self.seq, ts=ts, values=readings)
         self.seq += 1
         await blocking(self.outbox.append, self.topic, msg.to_json(), ts)
@@ -129,7 +129,7 @@ class Gateway:
         if body == self._last_status:
             return  # retained: publish changes only
         self._last_status = body
-        status = StationStatus(schema=1, station=self.cfg.station, gateway=self.cfg.gateway,
+        status = StationStatus(schema_=1, station=self.cfg.station, gateway=self.cfg.gateway,
                                state=state, devices=devs, ts=ts)
         assert self.publisher is not None
         self.publisher.publish_retained(self.status_topic, status.model_dump_json(by_alias=True).encode())

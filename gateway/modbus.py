@@ -48,9 +48,8 @@ class Link:
 
     async def read(self, req: Request, device_id: int) -> list[int]:
         c = self.client
-        if not c.connected:
-            if not await c.connect():
-                raise ReadFailed(f"cannot connect to {self.host}:{self.port}")
+        if not c.connected and not await c.connect():
+            raise ReadFailed(f"cannot connect to {self.host}:{self.port}")
         try:
             if req.table == "holding_register":
                 rr = await c.read_holding_registers(req.address, count=req.count, device_id=device_id)
@@ -60,7 +59,7 @@ class Link:
                 rr = await c.read_coils(req.address, count=req.count, device_id=device_id)
             else:
                 rr = await c.read_discrete_inputs(req.address, count=req.count, device_id=device_id)
-        except (ModbusException, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ModbusException, OSError) as exc:
             raise ReadFailed(f"{type(exc).__name__}: {exc}") from None
         if rr.isError():
             raise ReadRejected(int(getattr(rr, "exception_code", 0)))

@@ -13,6 +13,7 @@ allowed: the collector overwrites by sample time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -122,10 +123,8 @@ class Publisher:
 
     async def _pump(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
             self._wake.clear()
             if self._acked:
                 done, self._acked = self._acked, []

@@ -17,7 +17,13 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from contract.config import GatewayConfig, load_api_config, load_collector_config, load_config, load_gateway_config
+from contract.config import (
+    GatewayConfig,
+    load_api_config,
+    load_collector_config,
+    load_config,
+    load_gateway_config,
+)
 from contract.errors import ConfigError
 from heatwatch import logs
 
@@ -77,11 +83,12 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from simulator.scenario import load_scenario
+    from simulator.scenario import RelativeEvent, load_scenario
     from simulator.server import Simulator
 
     configs = [load_gateway_config(c) for c in args.configs]
-    speed, events = 1.0, []
+    speed: float = 1.0
+    events: list[tuple[str, RelativeEvent]] = []
     if args.scenario:
         speed, events = load_scenario(args.scenario)
     if args.speed is not None:

@@ -93,7 +93,8 @@ data is arriving ({time.monotonic() - start:.0f} s after start).
 
   API:        http://127.0.0.1:{API_PORT}/v1/stations      (docs: http://127.0.0.1:{API_PORT}/docs)
   InfluxDB:   influx -port {INFLUX_PORT} -database heatwatch -precision rfc3339 -execute \\
-                'SELECT secondary_supply_temp, outdoor_temp, makeup_flow FROM station WHERE time > now() - 1m GROUP BY station'
+                'SELECT secondary_supply_temp, outdoor_temp, makeup_flow FROM station
+                 WHERE time > now() - 1m GROUP BY station'
   MQTT:       mosquitto_sub -p {MQTT_PORT} -t 'heatwatch/v1/#' -v
 
 Ctrl-C stops everything.""", flush=True)

@@ -80,9 +80,7 @@ class StationModel:
         self.frozen: dict[Key, float | bool | str] = {}
         for k in self.keys:
             p = k[0]
-            if p == "building_valve_setpoint":
-                self.setpoints.setdefault(k, 60.0)
-            elif p == "secondary_supply_temp_setpoint":
+            if p == "building_valve_setpoint" or p == "secondary_supply_temp_setpoint":
                 self.setpoints.setdefault(k, 60.0)
             elif p.endswith("_setpoint") or p == "work_mode":
                 self.setpoints.setdefault(k, {"primary_valve_setpoint": 50.0, "work_mode": 1.0,

@@ -274,5 +274,5 @@ class Simulator:
 
     async def stop(self) -> None:
         for s in self._servers:
-            await s.shutdown()
+            await s.shutdown()  # type: ignore[no-untyped-call]
         self._servers.clear()

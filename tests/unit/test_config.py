@@ -1,0 +1,91 @@
+"""Config loading: every shipped config is valid; broken ones name the file, point and key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from contract.config import load_config, load_gateway_config
+from contract.errors import ConfigError
+from heatwatch.devstack import DEPLOY, REPO
+
+SHIPPED = sorted(p for p in DEPLOY.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(DEPLOY)) for p in SHIPPED])
+def test_every_shipped_config_is_valid(path: Path) -> None:
+    load_config(path)
+
+
+def _gateway(tmp_path: Path, **change: object) -> Path:
+    cfg = yaml.safe_load((DEPLOY / "gateway" / "st001.yaml").read_text())
+    for d in cfg["devices"]:
+        d["map"] = str((DEPLOY / "gateway" / d["map"]).resolve())
+    cfg.update(change)
+    p = tmp_path / "gw.yaml"
+    p.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    return p
+
+
+def test_env_expansion_and_missing_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEATWATCH_MQTT_PORT", "2883")
+    assert load_gateway_config(_gateway(tmp_path)).mqtt.port == 2883
+    p = _gateway(tmp_path, mqtt={"host": "${NO_SUCH_VAR_HW}"})
+    with pytest.raises(ConfigError, match=r"gw\.yaml: mqtt\.host: environment variable NO_SUCH_VAR_HW"):
+        load_gateway_config(p)
+
+
+def test_unknown_group_names_device_point_and_key(tmp_path: Path) -> None:
+    p = _gateway(tmp_path, poll_groups={"fast": {"interval_s": 5}})
+    with pytest.raises(ConfigError) as exc:
+        load_gateway_config(p)
+    msg = str(exc.value)
+    assert msg.startswith(f"{p}: devices.0 (plc).points.")
+    assert ".group: no poll group 'slow'" in msg or ".group: no poll group 'status'" in msg
+
+
+def test_same_point_twice_is_refused(tmp_path: Path) -> None:
+    cfg = yaml.safe_load(_gateway(tmp_path).read_text())
+    cfg["devices"].append({"name": "plc2", "host": "127.0.0.1", "port": 1, "map": cfg["devices"][0]["map"]})
+    p = tmp_path / "dup.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    want = r"devices\.3 \(plc2\)\.points\.0 \(secondary_supply_temp\)\.point: .* also mapped on plc"
+    with pytest.raises(ConfigError, match=want):
+        load_gateway_config(p)
+
+
+def test_inline_points_and_typos(tmp_path: Path) -> None:
+    p = tmp_path / "gw.yaml"
+    p.write_text(yaml.safe_dump({
+        "kind": "gateway", "gateway": "g", "station": "s", "outbox": {"path": "/tmp/x"},
+        "devices": [{"name": "d", "host": "h", "addressing": "zero_based", "points": [
+            {"point": "outdoor_temp", "table": "holding_register", "address": 0, "type": "int16",
+             "scael": 0.1}]}]}))
+    with pytest.raises(ConfigError, match=r"devices\.0\.points\.0 \(outdoor_temp\)\.scael: unknown key"):
+        load_gateway_config(p)
+
+
+def test_yaml_syntax_error_gives_line(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("kind: gateway\ndevices: [\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: line 3, column 1: not valid YAML"):
+        load_config(p)
+
+
+def test_check_config_command(tmp_path: Path) -> None:
+    broken = tmp_path / "map.yaml"
+    broken.write_text(yaml.safe_dump({"kind": "register_map", "model": "m", "addressing": "zero_based",
+                                      "points": [{"point": "outdoor_temp", "table": "holding_register",
+                                                  "address": 0, "type": "int16", "word_order": "CDAB"}]}))
+    run = [sys.executable, "-m", "heatwatch", "check-config"]
+    ok = subprocess.run([*run, str(DEPLOY / "gateway" / "st001.yaml")], capture_output=True, text=True,
+                        cwd=REPO, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert "ok (gateway: station st001, 3 devices, 61 points)" in ok.stdout
+    bad = subprocess.run([*run, str(broken)], capture_output=True, text=True, cwd=REPO, check=False)
+    assert bad.returncode == 1
+    assert f"{broken}: points.0 (outdoor_temp).word_order: only for 32/64-bit types" in bad.stderr

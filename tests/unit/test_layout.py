@@ -1,0 +1,36 @@
+"""Imports flow one way: gateway, collector, api and simulator import contract, never each other."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGES = {"gateway", "collector", "api", "simulator"}
+
+
+def _imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_stages_do_not_import_each_other() -> None:
+    bad = []
+    for stage in STAGES | {"contract"}:
+        for f in (ROOT / stage).rglob("*.py"):
+            forbidden = (STAGES | {"heatwatch"}) - {stage}
+            hit = _imports(f) & forbidden
+            if hit:
+                bad.append(f"{f.relative_to(ROOT)} imports {sorted(hit)}")
+    assert not bad, bad
+
+
+def test_contract_does_no_io() -> None:
+    io_modules = {"socket", "sqlite3", "httpx", "paho", "pymodbus", "asyncio", "subprocess"}
+    for f in (ROOT / "contract").rglob("*.py"):
+        assert not (_imports(f) & io_modules), f

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from contract import topics
+from contract.errors import TopicError
+
+
+def test_round_trip_every_kind() -> None:
+    for t in (topics.telemetry("st001"), topics.station_status("st-2.b"), topics.gateway_status("gw_1"),
+              topics.Topic(topics.TopicKind.COMMAND, "st001", "c42"),
+              topics.Topic(topics.TopicKind.COMMAND_RESULT, "st001", "c42"),
+              topics.Topic(topics.TopicKind.ALERT, "st001")):
+        assert topics.parse_topic(str(t)) == t
+
+
+@pytest.mark.parametrize(("topic", "words"), [
+    ("other/v1/station/st001/telemetry", "outside the tree"),
+    ("heatwatch/v1/station/st001/telemetryx", "not a heatwatch topic"),
+    ("heatwatch/v1/station/st 001/telemetry", "station 'st 001'"),
+    ("heatwatch/v1/station/+/telemetry", r"station '\+'"),
+    ("heatwatch/v1/station//telemetry", "station ''"),
+    ("heatwatch/v1/station/st001/command", "not a heatwatch topic"),
+])
+def test_bad_topics_say_why(topic: str, words: str) -> None:
+    with pytest.raises(TopicError, match=words):
+        topics.parse_topic(topic)
+
+
+def test_filters_match() -> None:
+    assert topics.matches(topics.TELEMETRY_FILTER, str(topics.telemetry("st9")))
+    assert not topics.matches(topics.TELEMETRY_FILTER, str(topics.station_status("st9")))
+    assert topics.matches("heatwatch/#", "heatwatch/v1/alert/st1")
+
+
+@given(st.text(max_size=80))
+def test_any_string_parses_or_raises_topic_error(s: str) -> None:
+    with contextlib.suppress(TopicError):
+        topics.parse_topic(s)
