@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -157,6 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(fn=_check)
     args = ap.parse_args(argv)
     logs.setup(args.log_level)
+    # Ctrl-C and SIGTERM both stop cleanly, even when started with SIGINT ignored (a
+    # background job): the stages' finally blocks close sockets and the outbox.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         rc: int = args.fn(args)
         return rc

@@ -62,7 +62,6 @@ def run_demo(stations: int, folder: str, seconds: float | None) -> int:
         children.append((name, p))
 
     stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     try:
         print(f"starting mosquitto on 127.0.0.1:{MQTT_PORT} and influxd on {influx_url} (data in {root})")
         broker.start()
@@ -109,7 +108,7 @@ Ctrl-C stops everything.""", flush=True)
         print("stopping …", flush=True)
         for _, p in reversed(children):
             if p.poll() is None:
-                p.send_signal(signal.SIGINT)
+                p.send_signal(signal.SIGTERM)
         for _, p in reversed(children):
             try:
                 p.wait(10)
