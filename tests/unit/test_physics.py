@@ -1,0 +1,113 @@
+"""Simulator physics on a fake clock: believable baselines, and each event shows in the data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from heatwatch.devstack import DEPLOY
+from simulator.physics import Event, Key, StationModel
+from simulator.scenario import load_scenario
+
+T0 = 1_795_000_000.0  # sim time, s
+KEYS: list[Key] = [
+    ("outdoor_temp", None, None), ("secondary_supply_temp", None, None),
+    ("secondary_return_temp", None, None), ("secondary_return_pressure", None, None),
+    ("makeup_flow", None, None), ("makeup_total", None, None), ("tank_level", None, None),
+    ("secondary_flow", None, None), ("building_valve_setpoint", "b01", None),
+    ("building_valve_position", "b01", None), ("building_supply_temp", "b01", None),
+    ("room_temp", "b01", "h1"), ("room_temp", "b01", "h2"), ("room_temp", "b02", "h3"),
+]
+
+
+def run(model: StationModel, hours: float, step_s: float = 60) -> dict[Key, float | bool | str]:
+    v: dict[Key, float | bool | str] = {}
+    t = model.t if model.t is not None else T0
+    for i in range(int(hours * 3600 / step_s) + 1):
+        v = model.step(t + i * step_s)
+    return v
+
+
+def f(v: dict[Key, float | bool | str], key: Key) -> float:
+    x = v[key]
+    assert isinstance(x, float)
+    return x
+
+
+def test_baseline_is_believable() -> None:
+    m = StationModel("st001", KEYS)
+    v0 = run(m, 0)
+    total0 = f(v0, ("makeup_total", None, None))
+    v = run(m, 24)
+    assert 35 <= f(v, ("secondary_supply_temp", None, None)) <= 75
+    assert f(v, ("secondary_return_temp", None, None)) < f(v, ("secondary_supply_temp", None, None))
+    assert -40 < f(v, ("outdoor_temp", None, None)) < 40
+    rate = (f(v, ("makeup_total", None, None)) - total0) / 24  # m³/h over a day
+    assert 0.001 * 120 < rate < 0.01 * 120  # a small share of circulation
+    for h in ("h1", "h2"):
+        assert 17.5 < f(v, ("room_temp", "b01", h)) < 23.5
+    assert abs(f(v, ("building_valve_position", "b01", None)) - 60) < 0.1
+
+
+def test_leak_surges_makeup_and_drops_return_pressure() -> None:
+    m = StationModel("st001", KEYS)
+    before = run(m, 1)
+    m.events.append(Event("leak", start=m.t or 0))
+    after = run(m, 0.5)
+    assert f(after, ("makeup_flow", None, None)) > 10 * f(before, ("makeup_flow", None, None))
+    rp: Key = ("secondary_return_pressure", None, None)
+    drop = f(before, rp) - f(after, rp)
+    assert drop > 0.05
+
+
+def test_cold_building_and_household_and_window() -> None:
+    m = StationModel("st001", KEYS)
+    run(m, 1)
+    t = m.t or 0
+    m.events += [Event("cold_building", start=t, building="b01"),
+                 Event("cold_household", start=t, household="h3")]
+    v = run(m, 4)
+    assert f(v, ("room_temp", "b01", "h1")) < 16 and f(v, ("room_temp", "b01", "h2")) < 16
+    assert f(v, ("room_temp", "b02", "h3")) < 15
+    m2 = StationModel("st001", KEYS)
+    run(m2, 1)
+    m2.events.append(Event("open_window", start=m2.t or 0, end=(m2.t or 0) + 1200, household="h1"))
+    dip = run(m2, 20 / 60)
+    assert f(dip, ("room_temp", "b01", "h1")) < 19
+    back = run(m2, 3)
+    assert f(back, ("room_temp", "b01", "h1")) > 18
+
+
+def test_stuck_sensor_flat_lines_then_recovers() -> None:
+    m = StationModel("st001", KEYS)
+    run(m, 1)
+    key: Key = ("room_temp", "b01", "h1")
+    t = m.t or 0
+    m.events.append(Event("stuck_sensor", start=t + 60, end=t + 7200, point="room_temp",
+                          building="b01", household="h1"))
+    seen = {f(run(m, 1 / 60), key) for _ in range(100)}
+    assert len(seen) == 1
+    assert len({f(run(m, 1 / 60), key) for _ in range(30)}) > 1
+
+
+def test_remote_setpoint_moves_the_valve() -> None:
+    m = StationModel("st001", KEYS)
+    run(m, 0.1)
+    m.setpoints[("building_valve_setpoint", "b01", None)] = 30.0
+    v = run(m, 0.2)
+    assert f(v, ("building_valve_setpoint", "b01", None)) == 30.0
+    assert abs(f(v, ("building_valve_position", "b01", None)) - 30.0) < 1
+
+
+def test_shipped_scenario_loads(tmp_path: Path) -> None:
+    speed, events = load_scenario(DEPLOY / "scenarios" / "winter-faults.yaml")
+    assert speed == 60
+    kinds = [e.kind for _, e in events]
+    assert kinds == ["leak", "cold_building", "stuck_sensor", "dead_device", "open_window"]
+    leak = events[0][1].shifted(T0)
+    assert (leak.start, leak.end) == (T0 + 600, T0 + 600 + 7200)
+    bad = tmp_path / "s.yaml"
+    bad.write_text("events:\n  - {at: 5x, station: s, event: flood}\n")
+    with pytest.raises(Exception, match=r"events\.0\.at: .*not a duration"):
+        load_scenario(bad)
