@@ -13,7 +13,7 @@ from contract.config import load_config, load_gateway_config
 from contract.errors import ConfigError
 from heatwatch.devstack import DEPLOY, REPO
 
-SHIPPED = sorted(p for p in DEPLOY.rglob("*.yaml"))
+SHIPPED = sorted(p for p in DEPLOY.rglob("*.yaml") if p.parent.name != "scenarios")  # own loader
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(DEPLOY)) for p in SHIPPED])
