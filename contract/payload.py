@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from enum import StrEnum
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
@@ -185,26 +185,25 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return obj
 
 
-def parse_telemetry(raw: bytes) -> Telemetry:
-    """Parse and validate a telemetry payload; raise PayloadError with a reason and a path."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], raw: bytes) -> M:
+    """Parse and validate one payload; raise PayloadError with a reason and a path."""
     obj = parse_json_object(raw)
     try:
-        return Telemetry.model_validate(obj)
+        return model.model_validate(obj)
     except ValidationError as exc:
         raise PayloadError(_first_error(exc), "schema") from None
+
+
+def parse_telemetry(raw: bytes) -> Telemetry:
+    return parse(Telemetry, raw)
 
 
 def parse_station_status(raw: bytes) -> StationStatus:
-    obj = parse_json_object(raw)
-    try:
-        return StationStatus.model_validate(obj)
-    except ValidationError as exc:
-        raise PayloadError(_first_error(exc), "schema") from None
+    return parse(StationStatus, raw)
 
 
 def parse_gateway_status(raw: bytes) -> GatewayStatus:
-    obj = parse_json_object(raw)
-    try:
-        return GatewayStatus.model_validate(obj)
-    except ValidationError as exc:
-        raise PayloadError(_first_error(exc), "schema") from None
+    return parse(GatewayStatus, raw)
