@@ -71,7 +71,13 @@ def run_demo(stations: int, folder: str, seconds: float | None) -> int:
         spawn("collector", "collector", str(DEPLOY / "collector" / "collector.yaml"))
         spawn("api", "api", str(DEPLOY / "api" / "api.yaml"))
         spawn("simulator", "simulate", *map(str, configs))
-        time.sleep(2)
+        collector_log = root / "logs" / "collector.log"
+        deadline = time.monotonic() + 30
+        while b'"subscribed"' not in collector_log.read_bytes():  # its JSON log line
+            if time.monotonic() > deadline or children[0][1].poll() is not None:
+                print(f"the collector did not subscribe; see {collector_log}", file=sys.stderr)
+                return 1
+            time.sleep(0.1)
         for c in configs:
             spawn(f"gateway-{c.stem}", "gateway", str(c))
         print(f"{len(configs)} simulated stations, their gateways, the collector and the API are starting;"
