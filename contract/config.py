@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -381,7 +381,6 @@ class ApiConfig(_Strict):
     influx: InfluxSettings = InfluxSettings()
 
 
-AnyConfig = Annotated[GatewayConfig | CollectorConfig | ApiConfig | RegisterMap, Field(discriminator="kind")]
 _MODELS: dict[str, type[BaseModel]] = {
     "gateway": GatewayConfig, "collector": CollectorConfig, "api": ApiConfig,
     "register_map": RegisterMap,
