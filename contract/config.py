@@ -392,7 +392,7 @@ _MODELS: dict[str, type[BaseModel]] = {
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _expand(node: Any, file: str, path: str, problems: list[str]) -> Any:
+def _expand(node: Any, path: str, problems: list[str]) -> Any:
     if isinstance(node, str):
         def sub(m: re.Match[str]) -> str:
             val = os.environ.get(m.group(1))
@@ -404,9 +404,9 @@ def _expand(node: Any, file: str, path: str, problems: list[str]) -> Any:
             return val
         return _ENV_RE.sub(sub, node)
     if isinstance(node, dict):
-        return {k: _expand(v, file, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()}
+        return {k: _expand(v, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()}
     if isinstance(node, list):
-        return [_expand(v, file, f"{path}.{i}", problems) for i, v in enumerate(node)]
+        return [_expand(v, f"{path}.{i}", problems) for i, v in enumerate(node)]
     return node
 
 
@@ -425,7 +425,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(file, ["must be a mapping with a 'kind:' key"])
     problems: list[str] = []
-    expanded: dict[str, Any] = _expand(data, file, "", problems)
+    expanded: dict[str, Any] = _expand(data, "", problems)
     if problems:
         raise ConfigError(file, problems)
     return expanded
