@@ -31,7 +31,7 @@ from contract import topics
 from contract.config import CollectorConfig
 from contract.errors import InvalidInput, PayloadError
 from contract.influx import escape_string_field, reject_line, telemetry_lines
-from contract.payload import parse_gateway_status, parse_station_status, parse_telemetry
+from contract.payload import decode_telemetry, parse_gateway_status, parse_station_status
 
 log = structlog.get_logger("heatwatch.collector")
 
@@ -95,7 +95,7 @@ class Collector:
             return [self._reject(exc.reason, station, topic, str(exc))]
 
     def _telemetry(self, station: str, payload: bytes) -> list[str]:
-        msg = parse_telemetry(payload)
+        msg = decode_telemetry(payload)
         if msg.station != station:
             raise PayloadError(f"payload station {msg.station!r} ≠ topic station {station!r}",
                                "station_mismatch")
@@ -115,7 +115,7 @@ class Collector:
         if last is None or last[0] != msg.boot or msg.seq > last[1]:
             self._last_seq[station] = (msg.boot, msg.seq)
         self.stats.accepted += 1
-        self.stats.values += len(msg.values)
+        self.stats.values += len(msg.samples)
         return telemetry_lines(msg)
 
     def _reject(self, reason: str, station: str | None, topic: str, detail: str) -> str:

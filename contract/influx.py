@@ -21,7 +21,7 @@ Rejected input goes to ``rejects`` (tags ``reason``, ``station``; fields ``count
 
 from __future__ import annotations
 
-from contract.payload import Quality, Telemetry
+from contract.payload import Frame
 from contract.points import QUALITY_SUFFIX
 
 MEASUREMENT_STATION = "station"
@@ -49,25 +49,41 @@ def _fmt(v: bool | float | str) -> str:
     return repr(float(v))
 
 
-def telemetry_lines(t: Telemetry) -> list[str]:
+_HEADS: dict[tuple[str, str | None, str | None], str] = {}
+
+
+def _head(s: str, b: str | None, h: str | None) -> str:
+    key = (s, b, h)
+    head = _HEADS.get(key)
+    if head is None:
+        if h is not None:
+            head = f"{MEASUREMENT_HOUSEHOLD},station={s},building={b},household={h} "
+        elif b is not None:
+            head = f"{MEASUREMENT_BUILDING},station={s},building={b} "
+        else:
+            head = f"{MEASUREMENT_STATION},station={s} "
+        if len(_HEADS) > 1_000_000:
+            _HEADS.clear()
+        _HEADS[key] = head
+    return head
+
+
+def telemetry_lines(t: Frame) -> list[str]:
     """Line protocol for one validated telemetry message."""
     fields: dict[tuple[str | None, str | None], list[str]] = {}
-    for r in t.values:
-        f = fields.setdefault((r.building, r.household), [])
-        if r.value is not None:
-            f.append(f"{r.point}={_fmt(r.value)}")
-        if r.quality is not Quality.GOOD:
-            f.append(f'{r.point}{QUALITY_SUFFIX}="{r.quality.value}"')
-    s, ts, out = t.station, t.ts, []
-    for (b, h), f in fields.items():
-        if h is not None:
-            head = f"{MEASUREMENT_HOUSEHOLD},station={s},building={b},household={h}"
-        elif b is not None:
-            head = f"{MEASUREMENT_BUILDING},station={s},building={b}"
-        else:
-            head = f"{MEASUREMENT_STATION},station={s}"
-        out.append(f"{head} {','.join(f)} {ts}")
-    return out
+    for point, b, h, v, _unit, quality in t.samples:
+        f = fields.get((b, h))
+        if f is None:
+            f = fields[(b, h)] = []
+        tv = type(v)
+        if tv is float:
+            f.append(f"{point}={v!r}")
+        elif v is not None:
+            f.append(f"{point}={_fmt(v)}")
+        if quality != "good":
+            f.append(f'{point}{QUALITY_SUFFIX}="{quality}"')
+    s, ts = t.station, f" {t.ts}"
+    return [_head(s, b, h) + ",".join(f) + ts for (b, h), f in fields.items()]
 
 
 def reject_line(reason: str, station: str | None, topic: str, detail: str, ts_ms: int) -> str:

@@ -12,7 +12,7 @@ from api.app import create_app
 from collector.influx import InfluxWriter
 from contract.config import ApiConfig, InfluxSettings
 from contract.influx import telemetry_lines
-from contract.payload import parse_telemetry
+from contract.payload import decode_telemetry
 from heatwatch.devstack import Influxd, free_port
 from tests.unit.test_payload import GOOD
 
@@ -22,7 +22,7 @@ def test_health_and_station_list(influxd: Influxd, influx_db: str) -> None:
     now = int(time.time() * 1000)
     lines = []
     for i, st in enumerate(("st002", "st001")):
-        msg = parse_telemetry(orjson.dumps({**GOOD, "station": st, "ts": now - 1000 + i}))
+        msg = decode_telemetry(orjson.dumps({**GOOD, "station": st, "ts": now - 1000 + i}))
         lines += telemetry_lines(msg)
     lines.append(f'station_status,station=st001 state="degraded",devices_not_online=1i {now}')
 

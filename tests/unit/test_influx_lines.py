@@ -3,12 +3,12 @@ from __future__ import annotations
 import orjson
 
 from contract.influx import reject_line, telemetry_lines
-from contract.payload import parse_telemetry
+from contract.payload import decode_telemetry
 from tests.unit.test_payload import GOOD
 
 
 def test_one_line_per_entity_numbers_as_floats_quality_fields() -> None:
-    lines = telemetry_lines(parse_telemetry(orjson.dumps(GOOD)))
+    lines = telemetry_lines(decode_telemetry(orjson.dumps(GOOD)))
     assert lines == [
         'station,station=st001 secondary_supply_temp=55.2,circ_pump_running=true,'
         'x_plc_program="HX-V1" 1795000000000',
