@@ -9,11 +9,23 @@ Every message, good or rejected, travels through the same batches in arrival ord
 PUBACKs go out in the order the PUBLISHes came in (MQTT requires it). A rejected message is
 "stored" as a line of the ``rejects`` measurement, then acknowledged: bad input is never
 redelivered forever, and never silently dropped.
+
+Durable means one of two things before a PUBACK goes out: InfluxDB answered 204 (or refused
+the lines for good, which is counted), or the batch is in the on-disk spool
+(``durable.queue.DiskQueue``, fsync'd). A write that keeps failing for ``spool.after_s``
+switches the collector to spooling, so an InfluxDB outage does not stop consumption and the
+broker's queue does not grow; a drainer writes the spool back oldest first as soon as InfluxDB
+answers, while live batches go straight to InfluxDB again.
+
+Counters: ``Stats``, served on a Prometheus ``/metrics`` endpoint and written every
+``stats.interval_s`` to InfluxDB (measurements ``collector`` and, per station, ``ingest``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,12 +38,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from collector.influx import InfluxWriter
+from collector import metrics
+from collector.influx import BACKOFF_MAX_S, BACKOFF_MIN_S, InfluxWriter
 from contract import topics
 from contract.config import CollectorConfig
-from contract.errors import InvalidInput, PayloadError
+from contract.errors import DatabaseUnavailable, InvalidInput, PayloadError
 from contract.influx import escape_string_field, reject_line, telemetry_lines
 from contract.payload import decode_telemetry, parse_gateway_status, parse_station_status
+from durable.queue import DiskQueue
 
 log = structlog.get_logger("heatwatch.collector")
 
@@ -45,6 +59,9 @@ class Stats:
     written: int = 0  # lines InfluxDB took
     write_rejected: int = 0  # lines InfluxDB refused
     acked: int = 0
+    spooled: int = 0  # lines put in the disk spool
+    drained: int = 0  # lines written from the spool to InfluxDB
+    messages: Counter[str] = field(default_factory=Counter)  # accepted telemetry by station
     seq_gaps: Counter[str] = field(default_factory=Counter)  # by station
     restarts: Counter[str] = field(default_factory=Counter)  # by station (new boot id)
 
@@ -61,6 +78,14 @@ class Collector:
         self.cfg, self.clock = cfg, clock
         self.stats = Stats()
         self.writer = InfluxWriter(cfg.influx)
+        self.spool = DiskQueue(cfg.spool.path, max_bytes=cfg.spool.max_bytes,
+                               max_age_s=cfg.spool.max_age_h * 3600)
+        self.spooling = False  # InfluxDB is failing: batches go to the spool
+        self._spool_wake = asyncio.Event()
+        self._spool_broken = False
+        self._known = set(cfg.ingest.known_stations) if cfg.ingest.known_stations is not None else None
+        self._stats_lines: list[str] = []
+        self.metrics_port: int | None = None
         self._logged: set[tuple[str, str]] = set()
         self._last_seq: dict[str, tuple[str, int]] = {}
         self._last_reject_ms = 0
@@ -95,6 +120,8 @@ class Collector:
             return [self._reject(exc.reason, station, topic, str(exc))]
 
     def _telemetry(self, station: str, payload: bytes) -> list[str]:
+        if self._known is not None and station not in self._known:
+            raise PayloadError(f"station {station!r} is not in ingest.known_stations", "unknown_station")
         msg = decode_telemetry(payload)
         if msg.station != station:
             raise PayloadError(f"payload station {msg.station!r} ≠ topic station {station!r}",
@@ -115,12 +142,13 @@ class Collector:
         if last is None or last[0] != msg.boot or msg.seq > last[1]:
             self._last_seq[station] = (msg.boot, msg.seq)
         self.stats.accepted += 1
+        self.stats.messages[station] += 1
         self.stats.values += len(msg.samples)
         return telemetry_lines(msg)
 
     def _reject(self, reason: str, station: str | None, topic: str, detail: str) -> str:
         self.stats.rejected[reason] += 1
-        key = (reason, station or topic[:80])
+        key = (reason, station or "")
         if key not in self._logged:  # once per reason and source; the counters keep the rest
             self._logged.add(key)
             log.warning("message rejected", reason=reason, station=station, topic=topic[:200],
@@ -184,6 +212,9 @@ class Collector:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.cfg.session_expiry_s
         props.ReceiveMaximum = self.cfg.receive_maximum
+        if self.cfg.stats.metrics_port is not None:
+            self.metrics_port = metrics.serve(self, self.cfg.stats.metrics_host, self.cfg.stats.metrics_port)
+            log.info("metrics", url=f"http://{self.cfg.stats.metrics_host}:{self.metrics_port}/metrics")
         await self.writer.ensure_database_retrying()
         client.connect_async(self.cfg.mqtt.host, self.cfg.mqtt.port, self.cfg.mqtt.keepalive_s,
                              clean_start=False, properties=props)
@@ -192,10 +223,13 @@ class Collector:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._batcher(inbox, batches))
                 tg.create_task(self._writer(batches, client))
+                tg.create_task(self._drainer())
+                tg.create_task(self._reporter(inbox))
         finally:
             client.disconnect()
             client.loop_stop()
             await self.writer.close()
+            self.spool.close()
 
     async def _batcher(self, inbox: asyncio.Queue[tuple[int, str, bytes]],
                        batches: asyncio.Queue[_Batch]) -> None:
@@ -212,6 +246,11 @@ class Collector:
                 continue
             if not b.mids and not b.lines:
                 b.started = time.monotonic()
+            if self._stats_lines:
+                b.lines.extend(self._stats_lines)
+                self._stats_lines = []
+            if not topic:  # the reporter's wake-up
+                continue
             b.lines.extend(self.handle(topic, payload))
             if mid:
                 b.mids.append(mid)
@@ -223,9 +262,99 @@ class Collector:
         while True:
             b = await batches.get()
             if b.lines:
-                out = await self.writer.write(b.lines)
-                self.stats.written += out.written
-                self.stats.write_rejected += out.rejected
+                await self._store(b.lines)
             for mid in b.mids:  # durable now: let the broker forget them, in arrival order
                 client.ack(mid, 1)
             self.stats.acked += len(b.mids)
+
+    async def _store(self, lines: list[str]) -> None:
+        """Return once the lines are in InfluxDB (or refused by it for good) or in the spool."""
+        if not self.spooling:
+            try:
+                out = await self.writer.write(lines, give_up_after_s=self.cfg.spool.after_s)
+            except DatabaseUnavailable as exc:
+                self.spooling = True
+                log.warning("InfluxDB unavailable; spooling batches to disk", error=str(exc),
+                            spool=self.cfg.spool.path)
+            else:
+                self.stats.written += out.written
+                self.stats.write_rejected += out.rejected
+                return
+        if not self._spool_broken:
+            try:
+                # always gzip'd on disk (~5× smaller); InfluxDB takes gzip bodies as they are
+                body = gzip.compress("\n".join(lines).encode(), compresslevel=1, mtime=0)
+                dropped = self.spool.dropped
+                await asyncio.to_thread(self.spool.append, str(len(lines)), body)
+                self.stats.spooled += len(lines)
+                if self.spool.dropped > dropped:
+                    log.error("spool full: oldest batches dropped", dropped=self.spool.dropped - dropped,
+                              total_dropped=self.spool.dropped, max_bytes=self.cfg.spool.max_bytes)
+                self._spool_wake.set()
+                return
+            except sqlite3.Error as exc:  # disk full, broken file: the broker keeps the data instead
+                self._spool_broken = True
+                log.error("spool unusable; holding messages unacknowledged until InfluxDB is back",
+                          error=str(exc), spool=self.cfg.spool.path)
+        out = await self.writer.write(lines)  # never gives up: backpressure to the broker
+        self.stats.written += out.written
+        self.stats.write_rejected += out.rejected
+        self.spooling = False
+
+    async def _drainer(self) -> None:
+        """Write the spool back to InfluxDB, oldest batch first, deleting each once written."""
+        delay = BACKOFF_MIN_S
+        while True:
+            rows = await asyncio.to_thread(self.spool.fetch_after, 0, 1) if self.spool.count else []
+            if not rows:
+                self._spool_wake.clear()
+                await self._spool_wake.wait()
+                continue
+            row = rows[0]
+            try:
+                out = await self.writer.write_body(row.payload, int(row.key), True)
+            except DatabaseUnavailable:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+                continue
+            if delay > BACKOFF_MIN_S or self.spooling:
+                log.info("InfluxDB takes writes again; draining the spool", rows=self.spool.count)
+            delay = BACKOFF_MIN_S
+            self.spooling = False  # live batches go straight to InfluxDB again
+            await asyncio.to_thread(self.spool.delete, [row.id])
+            self.stats.drained += out.written
+            self.stats.written += out.written
+            self.stats.write_rejected += out.rejected
+            if not self.spool.count:
+                log.info("spool drained", drained=self.stats.drained)
+
+    # -- counters --------------------------------------------------------------------------------
+    def stats_lines(self, now_ms: int) -> list[str]:
+        """The counters as InfluxDB lines (cumulative since start; Grafana takes the rate)."""
+        st = self.stats
+        fields = {
+            "received": st.received, "accepted": st.accepted, "values": st.values,
+            "rejected": sum(st.rejected.values()), "written": st.written,
+            "write_rejected": st.write_rejected, "retried": self.writer.retries,
+            "spooled": st.spooled, "drained": st.drained, "spool_dropped": self.spool.dropped,
+            "spool_rows": self.spool.count, "spool_bytes": self.spool.bytes, "acked": st.acked,
+            "seq_gaps": sum(st.seq_gaps.values()), "restarts": sum(st.restarts.values()),
+        }
+        client = self.cfg.client_id
+        out = [f"collector,client_id={client} " + ",".join(f"{k}={v}i" for k, v in fields.items())
+               + f" {now_ms}"]
+        out += [f"collector_rejects,client_id={client},reason={reason} count={n}i {now_ms}"
+                for reason, n in st.rejected.items()]
+        out += [f"ingest,station={s} messages={n}i,seq_gaps={st.seq_gaps[s]}i,"
+                f"restarts={st.restarts[s]}i {now_ms}" for s, n in st.messages.items()]
+        return out
+
+    async def _reporter(self, inbox: asyncio.Queue[tuple[int, str, bytes]]) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.stats.interval_s)
+            if self.spool.count:
+                n = await asyncio.to_thread(self.spool.expire)
+                if n:
+                    log.error("spooled batches older than spool.max_age_h dropped", dropped=n)
+            self._stats_lines = self.stats_lines(int(self.clock() * 1000))
+            inbox.put_nowait((0, "", b""))  # wake the batcher so the lines go out now

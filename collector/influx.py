@@ -15,8 +15,11 @@ API: ``v1`` uses ``/write?db=…`` (InfluxDB 1.x; 2.x and 3.x accept it too); ``
 from __future__ import annotations
 
 import asyncio
+import gzip
 import re
+import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 import structlog
@@ -66,6 +69,9 @@ class InfluxWriter:
             token = settings.token.get_secret_value() if settings.token else ""
             self.headers = {"Authorization": f"Token {token}"}
         self.retries = 0
+        host = urlsplit(settings.url).hostname or ""
+        local = host in {"localhost", "::1"} or host.startswith("127.")
+        self.gzip = settings.gzip == "on" or (settings.gzip == "auto" and not local)
 
     async def ensure_database(self) -> None:
         if self.s.api != "v1" or not self.s.create_database:
@@ -95,26 +101,40 @@ class InfluxWriter:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
 
-    async def _post(self, body: bytes) -> httpx.Response:
+    def encode(self, lines: list[str]) -> bytes:
+        """A write body: the lines, gzip'd (level 1) when this writer compresses."""
+        body = "\n".join(lines).encode()
+        return gzip.compress(body, compresslevel=1, mtime=0) if self.gzip else body
+
+    async def _post(self, body: bytes, gzipped: bool) -> httpx.Response:
+        headers = {**self.headers, "Content-Encoding": "gzip"} if gzipped else self.headers
         try:
-            return await self.http.post(self.url, params=self.params, headers=self.headers, content=body)
+            return await self.http.post(self.url, params=self.params, headers=headers, content=body)
         except httpx.HTTPError as exc:
             raise DatabaseUnavailable(f"InfluxDB at {self.s.url}: {type(exc).__name__}: {exc}") from None
 
     async def write_once(self, lines: list[str]) -> WriteOutcome:
         """One attempt. Raises DatabaseUnavailable when the data must be kept and retried."""
-        resp = await self._post("\n".join(lines).encode())
+        return await self.write_body(self.encode(lines), len(lines), self.gzip, lines)
+
+    async def write_body(self, body: bytes, n: int, gzipped: bool,
+                         lines: list[str] | None = None) -> WriteOutcome:
+        """One attempt with a ready body of ``n`` lines (``lines`` only needed to split on 413)."""
+        resp = await self._post(body, gzipped)
         code = resp.status_code
         if code == 204 or code == 200:
-            return WriteOutcome(written=len(lines))
+            return WriteOutcome(written=n)
         text = resp.text[:1000]
         if code == 400:
             m = _DROPPED_RE.search(text)
             if "partial write" in text and m:
-                n = int(m.group(1))
-                return WriteOutcome(written=len(lines) - n, rejected=n, reason=text)
-            return WriteOutcome(rejected=len(lines), reason=text)
-        if code == 413 and len(lines) > 1:
+                dropped = int(m.group(1))
+                return WriteOutcome(written=n - dropped, rejected=dropped, reason=text)
+            return WriteOutcome(rejected=n, reason=text)
+        if code == 413 and n > 1:
+            if lines is None:
+                raw = gzip.decompress(body) if gzipped else body
+                lines = raw.decode().split("\n")
             half = len(lines) // 2
             a = await self.write_once(lines[:half])
             b = await self.write_once(lines[half:])
@@ -124,20 +144,29 @@ class InfluxWriter:
             raise DatabaseUnavailable("database not found; created it", 0.1)
         raise DatabaseUnavailable(f"InfluxDB answered {code}: {text[:200]}", _retry_after(resp))
 
-    async def write(self, lines: list[str]) -> WriteOutcome:
-        """Write until InfluxDB has taken or refused every line; never gives data up."""
+    async def write(self, lines: list[str], *, give_up_after_s: float | None = None) -> WriteOutcome:
+        """Write until InfluxDB has taken or refused every line.
+
+        Retries with capped backoff (honouring Retry-After) forever, or until
+        ``give_up_after_s`` has passed: then DatabaseUnavailable is raised and the caller keeps
+        the data some other way (the collector spools it).
+        """
         delay, reported = BACKOFF_MIN_S, False
+        deadline = None if give_up_after_s is None else time.monotonic() + give_up_after_s
+        body = self.encode(lines)
         while True:
             try:
-                out = await self.write_once(lines)
+                out = await self.write_body(body, len(lines), self.gzip, lines)
             except DatabaseUnavailable as exc:
                 self.retries += 1
-                wait = exc.retry_after if exc.retry_after is not None else delay
+                wait = min(exc.retry_after if exc.retry_after is not None else delay, BACKOFF_MAX_S)
                 if not reported:
                     log.warning("InfluxDB write failed; keeping the batch and retrying",
                                 error=str(exc), lines=len(lines))
                     reported = True
-                await asyncio.sleep(min(wait, BACKOFF_MAX_S))
+                if deadline is not None and time.monotonic() + wait > deadline:
+                    raise
+                await asyncio.sleep(wait)
                 delay = min(delay * 2, BACKOFF_MAX_S)
                 continue
             if reported:

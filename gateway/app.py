@@ -19,9 +19,9 @@ import structlog
 from contract import topics
 from contract.config import GatewayConfig
 from contract.payload import DeviceState, DeviceStatus, GatewayStatus, Reading, StationStatus, Telemetry
+from durable.queue import DiskQueue
 from gateway.decode import bad, reading
 from gateway.modbus import Device, Link
-from gateway.outbox import Outbox
 from gateway.plan import Request, plan_requests
 from gateway.publisher import Publisher
 
@@ -51,8 +51,8 @@ class Gateway:
         self.cfg = cfg
         self.boot = uuid.uuid4().hex
         self.seq = 0
-        self.outbox = Outbox(cfg.outbox.path, max_bytes=cfg.outbox.max_bytes,
-                             max_age_s=cfg.outbox.max_age_h * 3600)
+        self.outbox = DiskQueue(cfg.outbox.path, max_bytes=cfg.outbox.max_bytes,
+                                 max_age_s=cfg.outbox.max_age_h * 3600)
         links: dict[tuple[str, int], Link] = {}
         self.devices: list[Device] = []
         for d in cfg.resolved:

@@ -23,7 +23,7 @@ import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from contract.config import GatewayConfig
-from gateway.outbox import Outbox
+from durable.queue import DiskQueue
 
 log = structlog.get_logger("heatwatch.gateway.publisher")
 
@@ -38,7 +38,7 @@ def mark_backfill(payload: bytes) -> bytes:
 
 
 class Publisher:
-    def __init__(self, cfg: GatewayConfig, outbox: Outbox, *,
+    def __init__(self, cfg: GatewayConfig, outbox: DiskQueue, *,
                  blocking: Callable[..., Any], birth: bytes, will: bytes, will_topic: str) -> None:
         self.cfg, self.outbox, self._blocking = cfg, outbox, blocking
         self.loop = asyncio.get_running_loop()
@@ -142,7 +142,7 @@ class Publisher:
                 if now_ms - row.created_ms > BACKFILL_AFTER_S * 1000:
                     payload = mark_backfill(payload)
                     self.backfilled += 1
-                info = self.client.publish(row.topic, payload, qos=1)
+                info = self.client.publish(row.key, payload, qos=1)
                 if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                     break  # e.g. queue full: retry this row on the next turn
                 # NO_CONN: paho queued it and sends it after the reconnect.

@@ -120,7 +120,8 @@ def write_collector_config(folder: Path, *, mqtt_port: int, influx_url: str, dat
     cfg = {"kind": "collector", "client_id": client_id,
            "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "keepalive_s": 5},
            "influx": {"url": influx_url, "database": database},
-           "batch": {"max_lines": 5000, "max_delay_s": 0.2}, **extra}
+           "batch": {"max_lines": 5000, "max_delay_s": 0.2},
+           "spool": {"path": str(folder / "spool.sqlite"), "after_s": 2}, **extra}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "collector.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -1,15 +1,17 @@
 """The collector on real mosquitto and influxd: bad input is rejected, counted, recorded, and
-the next good message is stored; data it could not write stays with the broker."""
+the next good message is stored; data InfluxDB cannot take is spooled to disk and drained."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
@@ -55,7 +57,8 @@ class CollectorThread:
 @pytest.fixture
 def collector(tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, influx_db: str) -> Iterator[Collector]:
     ct = CollectorThread(write_collector_config(tmp_path, mqtt_port=mosquitto.port,
-                                                influx_url=influxd.url, database=influx_db))
+                                                influx_url=influxd.url, database=influx_db,
+                                                stats={"interval_s": 0.5, "metrics_port": 0}))
     assert ct.collector is not None
     yield ct.collector
     ct.stop()
@@ -101,6 +104,18 @@ def test_bad_input_is_rejected_counted_recorded_and_the_next_good_one_stored(
     assert "in the future" in detail["ts_future"]
     assert "st 1" in detail["bad_topic"]
 
+    # the same counters, for Prometheus and in InfluxDB for Grafana
+    metrics = httpx.get(f"http://127.0.0.1:{collector.metrics_port}/metrics").text
+    assert 'heatwatch_collector_rejected_total{reason="schema_version"} 2.0' in metrics
+    assert 'heatwatch_collector_messages_total{station="st001"} 1.0' in metrics
+
+    def counters() -> list[dict[str, object]]:
+        got = rows(influx_query(influxd, influx_db, "SELECT last(*) FROM collector"))
+        return got if got and got[0]["last_acked"] == len(bad) + 1 else []
+
+    last = wait_for(counters, 10, "counters in InfluxDB")[0]
+    assert last["last_rejected"] == 8 and last["last_accepted"] == 1 and last["last_values"] == 1
+
 
 def test_redelivered_message_overwrites(collector: Collector, mosquitto: Mosquitto,
                                         influxd: Influxd, influx_db: str) -> None:
@@ -111,7 +126,7 @@ def test_redelivered_message_overwrites(collector: Collector, mosquitto: Mosquit
     assert [(r["time"], r["secondary_supply_temp"]) for r in got] == [(now, 50.0)]
 
 
-def test_data_waits_on_the_broker_while_influxdb_is_down(
+def test_influxdb_down_batches_are_spooled_acknowledged_and_drained_after_a_restart(
     tmp_path: Path, mosquitto: Mosquitto, influx_db: str,
 ) -> None:
     db = Influxd(tmp_path / "influx2", free_port())
@@ -123,15 +138,72 @@ def test_data_waits_on_the_broker_while_influxdb_is_down(
         db.stop()
         now = int(time.time() * 1000)
         publish(mosquitto.port, [(TOPIC, _msg(i, now + i, float(i))) for i in range(50)])
-        time.sleep(2)
-        assert ct.collector is not None and ct.collector.stats.acked == 0  # nothing durable yet
-        ct.stop()  # the collector goes away with 50 unacknowledged messages
+        time.sleep(0.5)
+        assert ct.collector is not None and ct.collector.stats.acked == 0  # not durable yet
+        # after spool.after_s (2 s) of failed writes the batch goes to disk and is acknowledged
+        wait_for(lambda: ct.collector is not None and ct.collector.stats.acked == 50, 15, "spooled + acked")
+        assert ct.collector.spooling and ct.collector.spool.count >= 1
+        assert ct.collector.stats.spooled == 50
+        publish(mosquitto.port, [(TOPIC, _msg(i, now + i, float(i))) for i in range(50, 60)])
+        wait_for(lambda: ct.collector is not None and ct.collector.stats.acked == 60, 15, "spooled at once")
+        ct.stop()  # gone, with everything in its spool and nothing left at the broker
         db.start()
-        ct = CollectorThread(cfg)
-        got = wait_for(lambda: rows(influx_query(db, influx_db, "SELECT * FROM station")), 30, "data")
-        wait_for(lambda: len(rows(influx_query(db, influx_db, "SELECT * FROM station"))) == 50, 20, "all 50")
-        got = rows(influx_query(db, influx_db, "SELECT * FROM station"))
-        assert sorted(r["secondary_supply_temp"] for r in got) == [float(i) for i in range(50)]
+        ct = CollectorThread(cfg)  # a new process would find the same file
+        want = [float(i) for i in range(60)]
+        wait_for(lambda: sorted(r["secondary_supply_temp"] for r in rows(
+            influx_query(db, influx_db, "SELECT * FROM station"))) == want, 30, "all 60 drained")
+        wait_for(lambda: ct.collector is not None and ct.collector.spool.count == 0, 10, "spool empty")
+        assert ct.collector is not None and not ct.collector.spooling
+        publish(mosquitto.port, [(TOPIC, _msg(60, now + 60, 60.0))])  # and live data flows again
+        wait_for(lambda: len(rows(influx_query(db, influx_db, "SELECT * FROM station"))) == 61, 10, "live")
     finally:
         ct.stop()
         db.stop()
+
+
+def test_gzip_writes(tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, influx_db: str) -> None:
+    cfg = write_collector_config(tmp_path, mqtt_port=mosquitto.port, influx_url=influxd.url,
+                                 database=influx_db,
+                                 influx={"url": influxd.url, "database": influx_db, "gzip": "on"})
+    ct = CollectorThread(cfg)
+    try:
+        assert ct.collector is not None and ct.collector.writer.gzip
+        now = int(time.time() * 1000)
+        publish(mosquitto.port, [(TOPIC, _msg(i, now + i, float(i))) for i in range(20)])
+        wait_for(lambda: len(rows(influx_query(influxd, influx_db, "SELECT * FROM station"))) == 20, 10,
+                 "20 rows")
+    finally:
+        ct.stop()
+
+
+def test_garbage_through_the_real_broker_is_all_recorded_and_consumption_goes_on(
+    collector: Collector, mosquitto: Mosquitto, influxd: Influxd, influx_db: str,
+) -> None:
+    rnd = random.Random(7)
+    now = int(time.time() * 1000)
+    stations = ["st001", "st 1", "站点1", "a\\b", 'q"x', "x=y,z", "-"]
+    garbage: list[tuple[str, bytes]] = []
+    for i in range(300):
+        # every topic inside what the collector subscribes to (it never sees the others)
+        kind_of_topic = "station/{}/telemetry" if i % 3 else "gateway/{}/status"
+        topic = "heatwatch/v1/" + kind_of_topic.format(rnd.choice(stations))
+        kind = i % 4
+        if kind == 0:
+            payload = rnd.randbytes(rnd.randint(0, 200))
+        elif kind == 1:  # good JSON, one key replaced by something odd
+            doc = orjson.loads(_msg(i, now))
+            doc[rnd.choice(sorted(doc))] = rnd.choice([None, -1, 'x\n"\\', [1, {"a": "\\"}], 1e308, "é" * 40])
+            payload = orjson.dumps(doc)
+        elif kind == 2:
+            payload = _msg(i, now)[: rnd.randint(0, 60)]  # truncated
+        else:
+            payload = orjson.dumps({"values": [{"point": 'x_"\\,= ', "value": "\\", "unit": "\\n"}]})
+        garbage.append((topic, payload))
+    publish(mosquitto.port, [*garbage, (TOPIC, _msg(999, now, 42.0))])
+    wait_for(lambda: collector.stats.acked == len(garbage) + 1, 20, "everything acknowledged")
+    stored = rows(influx_query(influxd, influx_db, "SELECT * FROM station"))
+    assert [r["secondary_supply_temp"] for r in stored] == [42.0]
+    assert sum(collector.stats.rejected.values()) == len(garbage)
+    assert collector.stats.write_rejected == 0  # every reject record was valid line protocol
+    recorded = rows(influx_query(influxd, influx_db, 'SELECT count("count") FROM "rejects"'))
+    assert recorded[0]["count"] == len(garbage)

@@ -1,12 +1,15 @@
-"""The gateway's durable outbox: every telemetry message is here before it is published.
+"""A durable FIFO on disk: the gateway's outbox and the collector's spool.
 
-SQLite in WAL mode with ``synchronous=FULL``: a message whose insert returned survives
-``kill -9`` and a power cut. A row is deleted only when the broker's PUBACK for it has arrived.
-The outbox is bounded by bytes and by age; when a bound is hit the oldest rows go first, and
-every dropped message is counted (``dropped``) and reported, never lost silently.
+SQLite in WAL mode with ``synchronous=FULL``: a row whose ``append`` returned survives
+``kill -9`` and a power cut. The owner deletes a row only once its data is safe elsewhere (the
+gateway on the broker's PUBACK, the collector once InfluxDB took the batch). The queue is
+bounded by bytes and by age; when a bound is hit the oldest rows go first, and every dropped
+row is counted (``dropped``, persisted across restarts) and reported, never lost silently.
 
-Blocking: every method does disk I/O; the async gateway calls them through its one
-``to_thread`` wrapper.
+Each row carries a short ``key`` (the gateway: the MQTT topic; the collector: the line count)
+and an opaque ``payload``.
+
+Blocking: every method does disk I/O; async owners call them through ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
+CREATE TABLE IF NOT EXISTS queue (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic      TEXT    NOT NULL,
+    key        TEXT    NOT NULL,
     payload    BLOB    NOT NULL,
     created_ms INTEGER NOT NULL
 );
@@ -31,12 +34,12 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 @dataclass(frozen=True, slots=True)
 class Row:
     id: int
-    topic: str
+    key: str
     payload: bytes
     created_ms: int
 
 
-class Outbox:
+class DiskQueue:
     def __init__(self, path: str | Path, *, max_bytes: int, max_age_s: float) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = str(path)
@@ -48,7 +51,7 @@ class Outbox:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             row = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM queue").fetchone()
             self.count, self.bytes = int(row[0]), int(row[1])
         self.dropped = self._counter("dropped")
 
@@ -56,13 +59,13 @@ class Outbox:
         row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
         return int(row[0]) if row else 0
 
-    def append(self, topic: str, payload: bytes, created_ms: int | None = None) -> int:
-        """Store one message durably; return its id. Enforces the byte bound."""
+    def append(self, key: str, payload: bytes, created_ms: int | None = None) -> int:
+        """Store one row durably; return its id. Enforces the byte bound."""
         created = created_ms if created_ms is not None else int(time.time() * 1000)
         with self._lock:
             cur = self._db.execute(
-                "INSERT INTO outbox (topic, payload, created_ms) VALUES (?, ?, ?)",
-                (topic, payload, created))
+                "INSERT INTO queue (key, payload, created_ms) VALUES (?, ?, ?)",
+                (key, payload, created))
             self.count += 1
             self.bytes += len(payload)
             if self.bytes > self.max_bytes:
@@ -76,7 +79,7 @@ class Outbox:
         try:
             while self.bytes > target:
                 rows = self._db.execute(
-                    "SELECT id, LENGTH(payload) FROM outbox ORDER BY id LIMIT 500").fetchall()
+                    "SELECT id, LENGTH(payload) FROM queue ORDER BY id LIMIT 500").fetchall()
                 if not rows:
                     break
                 freed, n, cut_id = 0, 0, 0
@@ -84,7 +87,7 @@ class Outbox:
                     freed, n, cut_id = freed + int(size), n + 1, int(rid)
                     if self.bytes - freed <= target:
                         break
-                self._db.execute("DELETE FROM outbox WHERE id <= ?", (cut_id,))
+                self._db.execute("DELETE FROM queue WHERE id <= ?", (cut_id,))
                 self.bytes -= freed
                 self.count -= n
                 dropped += n
@@ -107,11 +110,11 @@ class Outbox:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox WHERE created_ms < ?",
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM queue WHERE created_ms < ?",
                 (cutoff,)).fetchone()
             n = int(row[0])
             if n:
-                self._db.execute("DELETE FROM outbox WHERE created_ms < ?", (cutoff,))
+                self._db.execute("DELETE FROM queue WHERE created_ms < ?", (cutoff,))
                 self._add_counter_locked("dropped", n)
             self._db.execute("COMMIT")
             self.count -= n
@@ -123,7 +126,7 @@ class Outbox:
         """The oldest rows with id > after_id (publish order is id order)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, topic, payload, created_ms FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                "SELECT id, key, payload, created_ms FROM queue WHERE id > ? ORDER BY id LIMIT ?",
                 (after_id, limit)).fetchall()
         return [Row(int(r[0]), str(r[1]), bytes(r[2]), int(r[3])) for r in rows]
 
@@ -138,9 +141,9 @@ class Outbox:
                 chunk = ids[i : i + 500]
                 marks = ",".join("?" * len(chunk))
                 row = self._db.execute(
-                    f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox WHERE id IN ({marks})",
+                    f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM queue WHERE id IN ({marks})",
                     chunk).fetchone()
-                self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
+                self._db.execute(f"DELETE FROM queue WHERE id IN ({marks})", chunk)
                 gone += int(row[0])
                 self.bytes -= int(row[1])
             self._db.execute("COMMIT")

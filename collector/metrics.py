@@ -1,0 +1,64 @@
+"""Prometheus ``/metrics`` for the collector, read from its counters at scrape time.
+
+A custom prometheus_client collector: the hot path only bumps plain ints in ``Stats``; nothing
+is locked or copied per message. Names follow Prometheus conventions (``_total`` counters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector as _PromCollector
+
+if TYPE_CHECKING:
+    from collector.app import Collector
+
+P = "heatwatch_collector_"
+
+
+class _Source(_PromCollector):
+    def __init__(self, c: Collector) -> None:
+        self.c = c
+
+    def collect(self) -> Iterator[Metric]:
+        st, c = self.c.stats, self.c
+        for name, doc, value in (
+            ("received", "MQTT messages received", st.received),
+            ("accepted", "telemetry messages that passed validation", st.accepted),
+            ("values", "readings in accepted telemetry", st.values),
+            ("written", "lines InfluxDB accepted", st.written),
+            ("write_rejected", "lines InfluxDB refused for good", st.write_rejected),
+            ("retried", "InfluxDB write attempts that failed and were retried", c.writer.retries),
+            ("spooled", "lines put in the disk spool while InfluxDB was unavailable", st.spooled),
+            ("drained", "lines written from the spool to InfluxDB", st.drained),
+            ("spool_dropped", "spooled batches dropped by the spool's byte or age bound", c.spool.dropped),
+            ("acked", "messages acknowledged to the broker", st.acked),
+        ):
+            yield CounterMetricFamily(P + name, doc, value=value)
+        rejected = CounterMetricFamily(P + "rejected", "messages rejected, by reason", labels=["reason"])
+        for reason, n in sorted(st.rejected.items()):
+            rejected.add_metric([reason], n)
+        yield rejected
+        per_station = (("messages", "accepted telemetry messages", st.messages),
+                       ("seq_gaps", "messages missing from gateways' sequence numbers", st.seq_gaps),
+                       ("restarts", "gateway restarts seen (new boot id)", st.restarts))
+        for name, doc, counter in per_station:
+            m = CounterMetricFamily(P + name, doc + ", by station", labels=["station"])
+            for station, n in sorted(counter.items()):
+                m.add_metric([station], n)
+            yield m
+        yield GaugeMetricFamily(P + "spool_rows", "batches waiting in the spool", value=c.spool.count)
+        yield GaugeMetricFamily(P + "spool_bytes", "bytes waiting in the spool", value=c.spool.bytes)
+        yield GaugeMetricFamily(P + "spooling", "1 while InfluxDB is failing and batches are spooled",
+                                value=int(c.spooling))
+
+
+def serve(c: Collector, host: str, port: int) -> int:
+    """Start the endpoint in a daemon thread; return the port it listens on."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Source(c))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return int(server.server_port)
