@@ -50,6 +50,8 @@ class _Source(_PromCollector):
             for station, n in sorted(counter.items()):
                 m.add_metric([station], n)
             yield m
+        yield GaugeMetricFamily(P + "inbox", "received messages waiting to be validated and batched",
+                                value=c.inbox.qsize() if c.inbox is not None else 0)
         yield GaugeMetricFamily(P + "spool_rows", "batches waiting in the spool", value=c.spool.count)
         yield GaugeMetricFamily(P + "spool_bytes", "bytes waiting in the spool", value=c.spool.bytes)
         yield GaugeMetricFamily(P + "spooling", "1 while InfluxDB is failing and batches are spooled",

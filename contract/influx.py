@@ -71,7 +71,8 @@ def _head(s: str, b: str | None, h: str | None) -> str:
 def telemetry_lines(t: Frame) -> list[str]:
     """Line protocol for one validated telemetry message."""
     fields: dict[tuple[str | None, str | None], list[str]] = {}
-    for point, b, h, v, _unit, quality in t.samples:
+    for r in t.samples:
+        point, b, h, v, quality = r.point, r.building, r.household, r.value, r.quality
         f = fields.get((b, h))
         if f is None:
             f = fields[(b, h)] = []

@@ -7,6 +7,7 @@ that installs it.
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -111,6 +112,9 @@ class Mosquitto(_Service):
         conf.write_text(
             f"listener {port} 127.0.0.1\nallow_anonymous true\n"
             f"persistence_location {folder / 'data'}/\n"
+            # run as whoever owns the folder: started as root, mosquitto would otherwise drop to
+            # user "mosquitto", fail to write its database, and lose every session on restart
+            f"user {getpass.getuser()}\n"
             + (DEPLOY / "mosquitto" / "heatwatch.conf").read_text()
         )
         self.conf = conf

@@ -1,0 +1,198 @@
+"""Collector throughput, latency, CPU and memory on real mosquitto and influxd (issue #4).
+
+Synthetic gateways (``heatwatch.loadgen`` processes) publish 200-value station messages at a
+controlled rate; one collector process writes them to InfluxDB. Reports
+
+- sustained values/s from first publish to the last value visible in InfluxDB,
+- collector CPU per 1,000 values (from /proc, user + system),
+- collector peak memory (VmHWM),
+- end-to-end latency p50/p99: a probe station publishes one message every 100 ms stamped with
+  its send time; a poller sees it appear in InfluxDB (100 ms polling resolution),
+- with ``--outage S``: InfluxDB is stopped S seconds into the run for S seconds; reports the
+  collector's peak memory during the outage and the drain afterwards.
+
+Run: ``.venv/bin/python bench/collector_bench.py --rate 1500 --seconds 30`` (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import paho.mqtt.client as mqtt
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from heatwatch.devstack import REPO, Influxd, Mosquitto, free_port
+from heatwatch.loadgen import Shape
+
+DB = "bench"
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_mem_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def query(db: Influxd, q: str) -> list[list[object]]:
+    r = httpx.get(f"{db.url}/query", params={"db": DB, "q": q, "epoch": "ms"}, timeout=30).json()
+    series = r["results"][0].get("series") or []
+    return series[0]["values"] if series else []
+
+
+class Probe:
+    """One tiny message every 100 ms; latency = when InfluxDB shows it − when it was sent."""
+
+    def __init__(self, mqtt_port: int, db: Influxd) -> None:
+        self.db, self.latencies_ms = db, []  # type: ignore[var-annotated]
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-probe", clean_session=False)
+        self.client.connect("127.0.0.1", mqtt_port)
+        self.client.loop_start()
+        self.stop_ev = threading.Event()
+        self.sent: dict[int, float] = {}
+        self.threads = [threading.Thread(target=self._send, daemon=True),
+                        threading.Thread(target=self._poll, daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def _send(self) -> None:
+        seq = 0
+        while not self.stop_ev.wait(0.1):
+            ts = int(time.time() * 1000)
+            self.sent[ts] = time.time()
+            msg = {"schema": 1, "station": "probe", "gateway": "bench-probe", "boot": "00000000",
+                   "seq": seq, "ts": ts, "values": [{"point": "x_probe", "value": float(seq), "unit": ""}]}
+            self.client.publish("heatwatch/v1/station/probe/telemetry", orjson.dumps(msg), qos=1)
+            seq += 1
+
+    def _poll(self) -> None:
+        seen = 0
+        while not self.stop_ev.is_set():
+            try:
+                got = query(self.db, f"SELECT x_probe FROM station WHERE station='probe' AND time > {seen}ms")
+            except (httpx.HTTPError, KeyError, ValueError):
+                got = []
+            now = time.time()
+            for ts, _v in got:
+                sent = self.sent.get(int(ts))  # type: ignore[call-overload]
+                if sent is not None:
+                    self.latencies_ms.append((now - sent) * 1000)
+                seen = max(seen, int(ts))  # type: ignore[call-overload]
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.stop_ev.set()
+        for t in self.threads:
+            t.join(5)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p / 100))] if xs else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rate", type=float, default=1500, help="messages/s in total (200 values each)")
+    ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--stations", type=int, default=500)
+    ap.add_argument("--gateways", type=int, default=20)
+    ap.add_argument("--loadgens", type=int, default=1, help="publisher processes")
+    ap.add_argument("--outage", type=float, default=0, help="stop InfluxDB this many seconds")
+    a = ap.parse_args()
+    shape = Shape()
+    tmp = Path(tempfile.mkdtemp(prefix="hw-bench-"))
+    broker, db = Mosquitto(tmp / "mosquitto", free_port()), Influxd(tmp / "influxd", free_port())
+    broker.start()
+    db.start()
+    cfg = {"kind": "collector", "client_id": "bench-collector", "mqtt": {"port": broker.port},
+           "receive_maximum": 2000, "influx": {"url": db.url, "database": DB},
+           "batch": {"max_lines": 5000, "max_delay_s": 0.2},
+           "spool": {"path": str(tmp / "spool.sqlite"), "after_s": 2},
+           "stats": {"metrics_port": free_port()}}
+    (tmp / "collector.yaml").write_text(yaml.safe_dump(cfg))
+    log = open(tmp / "collector.log", "wb")  # noqa: SIM115
+    collector = subprocess.Popen(
+        [sys.executable, "-m", "heatwatch", "collector", str(tmp / "collector.yaml")],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 30
+        while b'"subscribed"' not in (tmp / "collector.log").read_bytes():
+            if time.monotonic() > deadline or collector.poll() is not None:
+                raise SystemExit(f"collector did not start; see {tmp / 'collector.log'}")
+            time.sleep(0.1)
+        probe = Probe(broker.port, db)
+        cpu0, t0 = proc_cpu_s(collector.pid), time.time()
+        per = a.stations // a.loadgens
+        gens = [subprocess.Popen([sys.executable, "-m", "heatwatch.loadgen", "--port", str(broker.port),
+                                  "--gateways", str(max(1, a.gateways // a.loadgens)), "--stations", str(per),
+                                  "--first-station", str(i * per), "--rate", str(a.rate / a.loadgens),
+                                  "--seconds", str(a.seconds), "--fixed-values"],
+                                 stdout=subprocess.PIPE, cwd=REPO)
+                for i in range(a.loadgens)]
+        peak_outage_kb = 0
+        if a.outage:
+            time.sleep(min(5, a.seconds / 4))
+            db.stop()
+            end = time.monotonic() + a.outage
+            while time.monotonic() < end:
+                peak_outage_kb = max(peak_outage_kb, proc_mem_kb(collector.pid, "VmRSS"))
+                time.sleep(1)
+            peak_outage_kb = max(peak_outage_kb, proc_mem_kb(collector.pid, "VmHWM"))
+            db.start()
+        results = [orjson.loads(g.communicate(timeout=a.seconds + a.outage + 300)[0]) for g in gens]
+        published = sum(r["published"] for r in results)
+        first_ts = min(r["first_ts"] for r in results) / 1000
+        deadline = time.monotonic() + 600
+        while True:
+            got = query(db, "SELECT count(x_p000) FROM station WHERE station != 'probe'")
+            stored = int(got[0][1]) if got else 0  # type: ignore[call-overload]
+            if stored >= published or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        t_done = time.time()
+        cpu = proc_cpu_s(collector.pid) - cpu0
+        probe.close()
+        values = published * shape.values
+        lat = probe.latencies_ms
+        print(orjson.dumps({
+            "target_msgs_per_s": a.rate, "seconds": a.seconds, "stations": a.stations,
+            "published_msgs": published, "stored_msgs": stored, "values": values,
+            "sustained_values_per_s": round(values / (t_done - first_ts)),
+            "offered_values_per_s": round(a.rate * shape.values),
+            "collector_cpu_s": round(cpu, 2),
+            "collector_cpu_us_per_1000_values": round(cpu / values * 1e9, 1),
+            "collector_cpu_share_of_one_core": round(cpu / (t_done - t0), 2),
+            "collector_peak_rss_mb": round(proc_mem_kb(collector.pid, "VmHWM") / 1024, 1),
+            "outage_s": a.outage,
+            "collector_peak_rss_during_outage_mb": round(peak_outage_kb / 1024, 1) if a.outage else None,
+            "latency_ms_p50": round(pct(lat, 50)), "latency_ms_p99": round(pct(lat, 99)),
+            "latency_samples": len(lat), "dir": str(tmp),
+        }, option=orjson.OPT_INDENT_2).decode())
+        return 0 if stored == published else 1
+    finally:
+        collector.terminate()
+        collector.wait(30)
+        db.stop()
+        broker.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
