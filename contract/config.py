@@ -264,6 +264,10 @@ class DeviceConfig(_Strict):
     max_registers_per_request: int | None = Field(default=None, ge=1, le=125)
     word_order: WordOrder | None = None
     points: list[PointMap] = Field(default_factory=list)
+    # "一站一案": this station's differences from the shared map (applied by load_config)
+    overrides: list[dict[str, Any]] = Field(default_factory=list)  # match keys + keys to change
+    without: list[dict[str, Any]] = Field(default_factory=list)  # template points not fitted here
+    extra_points: list[PointMap] = Field(default_factory=list)  # points only this station has
 
 
 class PollGroup(_Strict):
@@ -463,6 +467,8 @@ def _label(data: Any, loc: tuple[int | str, ...]) -> str:
         except (KeyError, IndexError, TypeError):
             node = None
         label = "devices" if not out and part == "resolved" else str(part)
+        if out == ["devices"] and isinstance(node, dict) and isinstance(node.get("name"), str):
+            label = f"{part} ({node['name']})"
         if out and out[-1] == "points" and isinstance(node, dict) and isinstance(node.get("point"), str):
             label = f"{part} ({node['point']})"
         out.append(label)
@@ -482,7 +488,7 @@ def render_errors(exc: ValidationError, data: Any) -> list[str]:
         elif err["type"] == "missing":
             msg = "required key is missing"
         problems.append(f"{_label(data, loc)}: {msg}" if loc else msg)
-    return problems
+    return list(dict.fromkeys(problems))  # inline points are checked as given and as resolved
 
 
 def _validate(model: type[Any], data: dict[str, Any], file: str) -> Any:
@@ -500,6 +506,57 @@ def load_register_map(path: Path) -> RegisterMap:
     return rmap
 
 
+_MATCH_KEYS = ("point", "building", "household")
+
+
+def _station_differences(points: list[dict[str, Any]], dev: dict[str, Any], where: str,
+                         file: str) -> list[dict[str, Any]]:
+    """Apply a device's ``without``, ``overrides`` and ``extra_points`` to its template's points.
+
+    A rule names a template point by ``point`` (and ``building``/``household`` where the map has
+    several); it must match exactly one, or the error says which rule and why.
+    """
+    problems: list[str] = []
+
+    def find(rule: Any, at: str) -> int | None:
+        if not isinstance(rule, dict) or not isinstance(rule.get("point"), str):
+            problems.append(f"{at}.point: name the template point to change")
+            return None
+        hits = [j for j, p in enumerate(points)
+                if all(p.get(k) == rule[k] for k in _MATCH_KEYS if k in rule)]
+        label = " ".join(str(rule[k]) for k in _MATCH_KEYS if k in rule)
+        if not hits:
+            problems.append(f"{at}.point: the map has no point {label}")
+            return None
+        if len(hits) > 1:
+            problems.append(f"{at}.point: {label} matches {len(hits)} points of the map; "
+                            "add building/household to say which")
+            return None
+        return hits[0]
+
+    drop: set[int] = set()
+    for k, rule in enumerate(dev.get("without") or []):
+        j = find(rule, f"{where}.without.{k}")
+        if j is not None:
+            drop.add(j)
+    for k, rule in enumerate(dev.get("overrides") or []):
+        j = find(rule, f"{where}.overrides.{k}")
+        if j is None:
+            continue
+        if j in drop:
+            problems.append(f"{where}.overrides.{k}: {rule['point']} is also listed under without")
+            continue
+        changes = {key: v for key, v in rule.items() if key not in _MATCH_KEYS}
+        if not changes:
+            problems.append(f"{where}.overrides.{k}: says which point but not what to change")
+        points[j] = {**points[j], **changes}
+    if problems:
+        raise ConfigError(file, problems)
+    extra = dev.get("extra_points") or []
+    kept = [p for j, p in enumerate(points) if j not in drop]
+    return kept + (list(extra) if isinstance(extra, list) else [])
+
+
 def _resolve_devices(data: dict[str, Any], base: Path, file: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, dev in enumerate(data.get("devices") or []):
@@ -514,7 +571,11 @@ def _resolve_devices(data: dict[str, Any], base: Path, file: str) -> list[dict[s
             rmap = load_register_map((base / str(map_ref)).resolve())
             points = [p.model_dump(exclude_unset=True) for p in rmap.points]
             addressing, maxreg, order = rmap.addressing, rmap.max_registers_per_request, rmap.word_order
+            points = _station_differences(points, dev, f"devices.{i} ({dev.get('name')})", file)
         else:
+            if dev.get("overrides") or dev.get("without") or dev.get("extra_points"):
+                raise ConfigError(file, [f"devices.{i}: overrides, without and extra_points change a "
+                                         "map: FILE; with inline points, edit the points"])
             points = list(inline) if isinstance(inline, list) else []
             addressing = dev.get("addressing")
             if addressing is None:

@@ -65,7 +65,7 @@ def test_inline_points_and_typos(tmp_path: Path) -> None:
         "devices": [{"name": "d", "host": "h", "addressing": "zero_based", "points": [
             {"point": "outdoor_temp", "table": "holding_register", "address": 0, "type": "int16",
              "scael": 0.1}]}]}))
-    with pytest.raises(ConfigError, match=r"devices\.0\.points\.0 \(outdoor_temp\)\.scael: unknown key"):
+    with pytest.raises(ConfigError, match=r"devices\.0 \(d\)\.points\.0 \(outdoor_temp\)\.scael: unknown"):
         load_gateway_config(p)
 
 
@@ -89,3 +89,46 @@ def test_check_config_command(tmp_path: Path) -> None:
     bad = subprocess.run([*run, str(broken)], capture_output=True, text=True, cwd=REPO, check=False)
     assert bad.returncode == 1
     assert f"{broken}: points.0 (outdoor_temp).word_order: only for 32/64-bit types" in bad.stderr
+
+
+def _with_plc(tmp_path: Path, **station_rules: object) -> Path:
+    cfg = yaml.safe_load(_gateway(tmp_path).read_text())
+    cfg["devices"][0].update(station_rules)
+    p = tmp_path / "gw-override.yaml"
+    p.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    return p
+
+
+def test_station_overrides_change_only_what_differs(tmp_path: Path) -> None:
+    """一站一案: the shared map plus this station's own differences."""
+    base = {p.key: p for p in load_gateway_config(_gateway(tmp_path)).resolved[0].points}
+    p = _with_plc(tmp_path,
+                  overrides=[{"point": "secondary_supply_temp", "range": [30, 90], "scale": 0.01},
+                             {"point": "building_valve_position", "building": "b02", "address": 40299}],
+                  without=[{"point": "building_valve_position", "building": "b03"}],
+                  extra_points=[{"point": "x_sump_pump_running", "table": "coil", "address": 99,
+                                 "type": "bool", "group": "status"}])
+    got = {p.key: p for p in load_gateway_config(p).resolved[0].points}
+    sst = ("secondary_supply_temp", None, None)
+    assert got[sst].range == (30, 90) and got[sst].scale == 0.01 and got[sst].address == base[sst].address
+    assert got[("building_valve_position", "b02", None)].address == 40299
+    assert ("building_valve_position", "b03", None) not in got
+    assert ("x_sump_pump_running", None, None) in got
+    changed = {k for k in base if k in got and got[k] != base[k]}
+    assert changed == {sst, ("building_valve_position", "b02", None)}  # nothing else moved
+
+
+@pytest.mark.parametrize(("rules", "message"), [
+    ({"overrides": [{"point": "no_such_point", "scale": 2}]},
+     r"devices\.0 \(plc\)\.overrides\.0\.point: the map has no point no_such_point"),
+    ({"overrides": [{"point": "building_valve_position", "scale": 2}]},
+     r"devices\.0 \(plc\)\.overrides\.0\.point: building_valve_position matches 3 points"),
+    ({"overrides": [{"point": "secondary_supply_temp"}]},
+     r"devices\.0 \(plc\)\.overrides\.0: says which point but not what to change"),
+    ({"without": [{"building": "b01"}]}, r"devices\.0 \(plc\)\.without\.0\.point: name the template point"),
+    ({"overrides": [{"point": "secondary_supply_temp", "scale": "x"}]},
+     r"devices\.0 \(plc\)\.points\.0 \(secondary_supply_temp\)\.scale"),
+])
+def test_override_errors_name_the_rule(tmp_path: Path, rules: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_gateway_config(_with_plc(tmp_path, **rules))
