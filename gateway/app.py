@@ -21,8 +21,8 @@ from contract.config import GatewayConfig
 from contract.payload import DeviceState, DeviceStatus, GatewayStatus, Reading, StationStatus, Telemetry
 from durable.queue import DiskQueue
 from gateway.decode import bad, reading
-from gateway.modbus import Device, Link
-from gateway.plan import Request, plan_requests
+from gateway.modbus import Answer, Device, Link
+from gateway.plan import plan_requests
 from gateway.publisher import Publisher
 
 log = structlog.get_logger("heatwatch.gateway")
@@ -34,9 +34,9 @@ async def blocking(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(fn, *args)
 
 
-def decode_requests(requests: list[Request], words: list[list[int] | None]) -> list[Reading]:
+def decode_answers(answers: list[Answer]) -> list[Reading]:
     out: list[Reading] = []
-    for req, ws in zip(requests, words, strict=True):
+    for req, ws in answers:
         for p, wire in req.points:
             if ws is None:
                 out.append(bad(p))
@@ -59,9 +59,8 @@ class Gateway:
             link = links.setdefault((d.host, d.port), Link(d.host, d.port, d.timeout_s))
             self.devices.append(Device(d, link))
         self.links = list(links.values())
-        self.plans: dict[str, list[list[Request]]] = {
-            g: [plan_requests(d.cfg, g) for d in self.devices] for g in cfg.poll_groups
-        }
+        for dev in self.devices:
+            dev.plans = {g: plan_requests(dev.cfg, g) for g in cfg.poll_groups}
         self.topic = str(topics.telemetry(cfg.station))
         self.status_topic = str(topics.station_status(cfg.station))
         self.gw_topic = str(topics.gateway_status(cfg.gateway))
@@ -77,7 +76,7 @@ class Gateway:
     async def run(self) -> None:
         log.info("gateway starting", gateway=self.cfg.gateway, station=self.cfg.station,
                  boot=self.boot, backlog=self.outbox.count,
-                 requests={g: sum(len(p) for p in plans) for g, plans in self.plans.items()})
+                 requests={g: sum(len(d.plans[g]) for d in self.devices) for g in self.cfg.poll_groups})
         self.publisher = Publisher(self.cfg, self.outbox, blocking=blocking,
                                    birth=self._gateway_status("online"),
                                    will=self._gateway_status("offline"), will_topic=self.gw_topic)
@@ -85,7 +84,7 @@ class Gateway:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.publisher.run())
                 for group, pg in self.cfg.poll_groups.items():
-                    if any(self.plans[group]):
+                    if any(d.plans[group] for d in self.devices):
                         tg.create_task(self._poll_loop(group, pg.interval_s))
                 tg.create_task(self._housekeeping())
         finally:
@@ -105,11 +104,10 @@ class Gateway:
 
     async def poll_once(self, group: str) -> Telemetry:
         ts = int(time.time() * 1000)
-        plans = self.plans[group]
-        words = await asyncio.gather(*(d.read_all(p) for d, p in zip(self.devices, plans, strict=True)))
+        answers = await asyncio.gather(*(d.read_group(group) for d in self.devices))
         readings: list[Reading] = []
-        for plan, ws in zip(plans, words, strict=True):
-            readings.extend(decode_requests(plan, ws))
+        for a in answers:
+            readings.extend(decode_answers(a))
         msg = Telemetry(schema_=1, station=self.cfg.station, gateway=self.cfg.gateway, boot=self.boot,
                         seq=self.seq, ts=ts, values=readings)
         self.seq += 1

@@ -23,6 +23,7 @@ from gateway.plan import Request
 log = structlog.get_logger("heatwatch.gateway.modbus")
 
 BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 60.0
+ILLEGAL_ADDRESS = 2  # Modbus exception code
 
 
 class ReadFailed(Exception):
@@ -80,31 +81,68 @@ class DeviceHealth:
     reported: bool = False  # the current outage was logged loudly already
 
 
+Answer = tuple[Request, list[int] | None]  # a request and its words (None: failed)
+
+
 @dataclass
 class Device:
     cfg: ResolvedDevice
     link: Link
     health: DeviceHealth = field(default_factory=DeviceHealth)
+    plans: dict[str, list[Request]] = field(default_factory=dict)  # per poll group; adapts
 
-    async def read_all(self, requests: list[Request]) -> list[list[int] | None]:
-        """Words per request (None where the request failed). Updates health."""
+    async def read_group(self, group: str) -> list[Answer]:
+        """Read one poll group's requests. Updates health, and the plan where a block was split."""
+        plan = self.plans.get(group, [])
         h = self.health
         if h.state is DeviceState.OFFLINE and time.monotonic() < h.next_try:
-            return [None] * len(requests)
-        out: list[list[int] | None] = []
+            return [(r, None) for r in plan]
+        out: list[Answer] = []
         rejected: str | None = None
+        adapted: list[Request] = []
         async with self.link.lock:
-            for i, req in enumerate(requests):
+            for i, req in enumerate(plan):
                 try:
-                    out.append(await self.link.read(req, self.cfg.device_id))
+                    out.append((req, await self.link.read(req, self.cfg.device_id)))
+                    adapted.append(req)
                 except ReadRejected as exc:
-                    out.append(None)
-                    rejected = f"{req}: {exc}"
+                    if exc.code == ILLEGAL_ADDRESS and len(req.points) > 1:
+                        pieces = await self._split(req)
+                        log.warning("block refused with illegal data address; split to isolate it",
+                                    device=self.cfg.name, request=str(req),
+                                    now=[str(r) for r, _ in pieces])
+                        out.extend(pieces)
+                        adapted.extend(r for r, _ in pieces)
+                        refused = [r for r, w in pieces if w is None]
+                        if refused:
+                            rejected = f"{refused[0]}: {exc}"
+                    else:
+                        out.append((req, None))
+                        adapted.append(req)
+                        rejected = f"{req}: {exc}"
                 except ReadFailed as exc:
-                    out.extend([None] * (len(requests) - i))
+                    out.extend((r, None) for r in plan[i:])
                     self._offline(str(exc))
                     return out
+        self.plans[group] = adapted  # the next cycle reads the pieces, not the refused block
         self._answered(rejected)
+        return out
+
+    async def _split(self, req: Request) -> list[Answer]:
+        """Halve a refused block by its points until each piece answers or is one point."""
+        half = len(req.points) // 2
+        out: list[Answer] = []
+        for pts in (req.points[:half], req.points[half:]):
+            start = pts[0][1]
+            end = max(wire + p.words for p, wire in pts)
+            sub = Request(req.table, start, end - start, list(pts))
+            try:
+                out.append((sub, await self.link.read(sub, self.cfg.device_id)))
+            except ReadRejected as exc:
+                if exc.code == ILLEGAL_ADDRESS and len(pts) > 1:
+                    out.extend(await self._split(sub))
+                else:
+                    out.append((sub, None))
         return out
 
     def _offline(self, error: str) -> None:

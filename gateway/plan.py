@@ -25,7 +25,11 @@ class Request:
     points: list[tuple[PointMap, int]] = field(default_factory=list)  # (point, wire address)
 
     def __str__(self) -> str:
-        return f"{self.table}[{self.address}:{self.address + self.count}] ({len(self.points)} points)"
+        span = f"{self.table}[{self.address}:{self.address + self.count}]"
+        if len(self.points) <= 2:  # small enough to say which points: the map line to check
+            names = (p.point + (f"@{p.building}" if p.building else "") for p, _ in self.points)
+            return f"{span} ({', '.join(names)})"
+        return f"{span} ({len(self.points)} points)"
 
 
 def plan_requests(dev: ResolvedDevice, group: str | None = None, *, max_gap: int = DEFAULT_MAX_GAP,

@@ -86,6 +86,9 @@ class DeviceImage:
             lo, hi = self.span.get(s.table, (s.wire, s.wire))
             self.span[s.table] = (min(lo, s.wire), max(hi, s.wire + s.point.words - 1))
         self.words: dict[str, list[int]] = {}
+        # wire addresses this device refuses with "illegal data address" although they sit
+        # inside its served span: firmware holes, the quirk that breaks coalesced reads
+        self.illegal: dict[str, set[int]] = {}
         self.render()
 
     def simdevice(self) -> SimDevice:
@@ -189,6 +192,9 @@ async def _action(img: DeviceImage, fc: int, start: int, address: int, count: in
             img.apply_write(table, address, set_values)
         return None
     table = _READ_TABLE.get(fc)
+    holes = img.illegal.get(table or "")
+    if holes and any(a in holes for a in range(address, address + count)):
+        return ExcCodes.ILLEGAL_ADDRESS
     if table is not None and table in img.words:
         registers[:] = img.words[table]
     return None
@@ -234,6 +240,14 @@ class Simulator:
             m.step(t)
         for img in self.images:
             img.render()
+
+    def refuse(self, station: str, device: str, table: str, wire: int) -> None:
+        """Make one device answer "illegal data address" for any read touching ``wire``."""
+        for img in self.images:
+            if img.model.station == station and img.dev.name == device:
+                img.illegal.setdefault(table, set()).add(wire)
+                return
+        raise KeyError(f"no device {device} at station {station}")
 
     def served(self, station: str) -> dict[Key, float | bool | str]:
         """The engineering value a correct gateway reads for every point, right now."""

@@ -42,3 +42,40 @@ def test_dead_device_is_offline_and_the_others_keep_answering(
                       "rooms": DeviceState.ONLINE}
     assert qualities["plc"] == {Quality.BAD}
     assert qualities["rooms"] == {Quality.GOOD}
+
+
+def test_a_refused_register_is_isolated_and_the_rest_of_its_block_arrives(
+    station_config: GatewayConfig, simulator: SimThread,
+) -> None:
+    async def poll() -> None:
+        gw = Gateway(station_config)
+        try:
+            plc = next(d for d in gw.devices if d.cfg.name == "plc")
+            block = max(plc.plans["fast"], key=lambda r: len(r.points))
+            assert len(block.points) >= 8 and block.table == "holding_register"
+            hole_point, hole = block.points[len(block.points) // 2]
+            simulator.call(simulator.sim.refuse, "st001", "plc", "holding_register", hole)
+            simulator.call(simulator.sim.step)
+            before = len(plc.plans["fast"])
+
+            for cycle in range(2):
+                msg = await gw.poll_once("fast")
+                quality = {r.point if r.building is None else f"{r.point}@{r.building}": r.quality
+                           for r in msg.values}
+                name = hole_point.point if hole_point.building is None else \
+                    f"{hole_point.point}@{hole_point.building}"
+                assert quality.pop(name) is Quality.BAD, cycle
+                assert set(quality.values()) == {Quality.GOOD}, cycle  # everything else arrives
+                assert plc.health.state is DeviceState.DEGRADED
+                assert hole_point.point in (plc.health.error or "")
+            # the plan adapted: the refused block became a few pieces, bounded by the halving
+            pieces = len(plc.plans["fast"]) - before + 1
+            assert 2 <= pieces <= 2 * (len(block.points).bit_length())
+            assert sum(len(r.points) for r in plc.plans["fast"]) == sum(
+                len(r.points) for r in gw.devices[0].plans["fast"])
+        finally:
+            for link in gw.links:
+                link.close()
+            gw.outbox.close()
+
+    asyncio.run(poll())

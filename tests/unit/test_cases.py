@@ -11,7 +11,7 @@ import yaml
 from contract.config import ResolvedDevice, load_register_map
 from contract.errors import ConfigError
 from contract.payload import Quality
-from gateway.app import decode_requests
+from gateway.app import decode_answers
 from gateway.plan import plan_requests
 
 CASES = sorted(p for p in (Path(__file__).parents[1] / "cases").iterdir() if p.is_dir())
@@ -44,7 +44,8 @@ def test_case(case: Path) -> None:
     words = [None if r.table in failed else
              [int(raw.get(r.table, {}).get(a, 0)) for a in range(r.address, r.address + r.count)]
              for r in requests]
-    got = {(r.point, r.building, r.household): r for r in decode_requests(requests, words)}
+    answers = list(zip(requests, words, strict=True))
+    got = {(r.point, r.building, r.household): r for r in decode_answers(answers)}
     expected = yaml.safe_load((case / "expected.yaml").read_text())
     assert set(map(_key, expected)) == set(got), "expected.yaml must name every point"
     for name, want in expected.items():

@@ -38,6 +38,7 @@ def test_shipped_station_plan_is_optimal() -> None:
     per_group = {g: [str(r) for r in plan_requests(plc, g)] for g in cfg.poll_groups}
     assert per_group["fast"] == ["holding_register[0:26] (16 points)",
                                  "holding_register[200:224] (9 points)"]
-    assert per_group["status"] == ["coil[0:2] (2 points)", "discrete_input[0:1] (1 points)",
-                                   "holding_register[13:14] (1 points)"]
+    assert per_group["status"] == ["coil[0:2] (circ_pump_running, makeup_pump_running)",
+                                   "discrete_input[0:1] (circ_pump_fault)",
+                                   "holding_register[13:14] (makeup_pump_fault)"]
     assert sum(len(plan_requests(d)) for d in cfg.resolved) == 9
