@@ -167,9 +167,12 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
 class Subscriber:
     """A plain paho client recording what arrives on a topic filter (test observer)."""
 
-    def __init__(self, port: int, topic_filter: str) -> None:
+    def __init__(self, port: int, topic_filter: str, *, persistent: bool = False) -> None:
+        """``persistent``: a session the broker keeps (and queues for) across reconnects."""
         self.messages: list[tuple[str, bytes]] = []
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"obs-{uuid.uuid4().hex[:8]}")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"obs-{uuid.uuid4().hex[:8]}",
+                                  clean_session=not persistent)
+        self.client.reconnect_delay_set(1, 2)
         subscribed: list[bool] = []
         self.client.on_connect = lambda c, *_: c.subscribe(topic_filter, qos=1)
         self.client.on_subscribe = lambda *_: subscribed.append(True)
