@@ -41,7 +41,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from collector import metrics
-from collector.influx import BACKOFF_MAX_S, BACKOFF_MIN_S, InfluxWriter
+from collector.influx import BACKOFF_MIN_S, InfluxWriter
 from contract import topics
 from contract.config import CollectorConfig
 from contract.errors import DatabaseUnavailable, InvalidInput, PayloadError
@@ -50,6 +50,7 @@ from contract.payload import decode_telemetry, parse_gateway_status, parse_stati
 from durable.queue import DiskQueue
 
 log = structlog.get_logger("heatwatch.collector")
+DRAIN_RETRY_MAX_S = 5.0
 
 
 @dataclass
@@ -343,7 +344,7 @@ class Collector:
                 out = await self.writer.write_body(row.payload, int(row.key), True)
             except DatabaseUnavailable:
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX_S)
+                delay = min(delay * 2, DRAIN_RETRY_MAX_S)  # short: draining is what ends spooling
                 continue
             if delay > BACKOFF_MIN_S or self.spooling:
                 log.info("InfluxDB takes writes again; draining the spool", rows=self.spool.count)
