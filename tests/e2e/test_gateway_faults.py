@@ -13,6 +13,7 @@ import pytest
 
 from contract.config import GatewayConfig
 from contract.payload import Telemetry, parse_telemetry
+from gateway.publisher import BACKFILL_AFTER_S
 from heatwatch.devstack import Mosquitto, SimThread
 from simulator.physics import Event
 from tests.conftest import Processes, Subscriber, wait_for
@@ -67,10 +68,13 @@ def test_broker_killed_for_60_s_while_polling(tmp_path: Path, mosquitto: Mosquit
     _assert_gap_free(msgs, boot, top)
     during = [m for m in msgs if killed_at + 1000 < m.ts < restarted_at - 1000]
     assert len(during) >= 100  # polled while the broker was gone, and delivered afterwards
-    # replayed from the outbox: marked backfill, original timestamps kept. (What paho took in the
-    # few seconds before its keepalive noticed the loss it re-sends itself, unmarked.)
+    # replayed from the outbox: marked backfill when older than BACKFILL_AFTER_S at publish time,
+    # original timestamps kept. (What paho took in the few seconds before its keepalive noticed
+    # the loss, it re-sends itself, unmarked.)
     noticed = killed_at + 2 * station_config.mqtt.keepalive_s * 1000
-    assert all(m.backfill for m in during if m.ts > noticed)
+    stale = restarted_at - (BACKFILL_AFTER_S + 2) * 1000
+    late = [m for m in during if noticed < m.ts < stale]
+    assert len(late) >= 30 and all(m.backfill for m in late)  # ~18 s × 2.5 messages/s
     assert not any(m.backfill for m in msgs if m.ts > restarted_at + 5000)
 
 
