@@ -105,7 +105,7 @@ def lookup(name: str) -> PointDef | None:
     d = VOCABULARY.get(name)
     if d is not None:
         return d
-    m = _INSTANCE_RE.match(name)
+    m = _INSTANCE_RE.fullmatch(name)
     if m is not None:
         return VOCABULARY.get(m.group("base"))
     return None
@@ -116,7 +116,7 @@ def check_name(name: str) -> PointDef | None:
 
     Raises ValueError naming what is wrong.
     """
-    if not POINT_NAME_RE.match(name):
+    if not POINT_NAME_RE.fullmatch(name):  # "$" alone would let a trailing "\n" through
         raise ValueError(f"point name {name!r} must be lower-case letters, digits and _")
     if name.endswith(QUALITY_SUFFIX):
         raise ValueError(f"point name {name!r} must not end in {QUALITY_SUFFIX} (reserved)")

@@ -41,7 +41,7 @@ class TopicKind(StrEnum):
 
 
 def check_ident(value: str, what: str) -> str:
-    if not _IDENT_RE.match(value):
+    if not _IDENT_RE.fullmatch(value):  # not match: "$" also matches before a final "\n"
         raise TopicError(
             f"{what} {value!r} must be 1-64 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit"

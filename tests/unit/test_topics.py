@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from contract import topics
 from contract.errors import TopicError
+from contract.points import check_name
 
 
 def test_round_trip_every_kind() -> None:
@@ -41,3 +42,11 @@ def test_filters_match() -> None:
 def test_any_string_parses_or_raises_topic_error(s: str) -> None:
     with contextlib.suppress(TopicError):
         topics.parse_topic(s)
+
+
+def test_a_trailing_newline_is_not_an_identifier() -> None:
+    # Python's "$" matches before a final "\n"; a newline in a tag or field breaks line protocol
+    with pytest.raises(TopicError):
+        topics.parse_topic("heatwatch/v1/station/st001\n/telemetry")
+    with pytest.raises(ValueError, match="lower-case"):
+        check_name("room_temp\n")
