@@ -25,7 +25,6 @@ Counters: ``Stats``, served on a Prometheus ``/metrics`` endpoint and written ev
 from __future__ import annotations
 
 import asyncio
-import gzip
 import sqlite3
 import threading
 import time
@@ -312,7 +311,7 @@ class Collector:
         if not self._spool_broken:
             try:
                 # always gzip'd on disk (~5× smaller); InfluxDB takes gzip bodies as they are
-                body = gzip.compress("\n".join(lines).encode(), compresslevel=1, mtime=0)
+                body = self.writer.encode(lines, gzipped=True)
                 dropped = self.spool.dropped
                 await asyncio.to_thread(self.spool.append, str(len(lines)), body)
                 self.stats.spooled += len(lines)

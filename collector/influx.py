@@ -101,10 +101,11 @@ class InfluxWriter:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
 
-    def encode(self, lines: list[str]) -> bytes:
-        """A write body: the lines, gzip'd (level 1) when this writer compresses."""
+    def encode(self, lines: list[str], *, gzipped: bool | None = None) -> bytes:
+        """A write body: the lines, gzip'd (level 1) when this writer compresses or when asked."""
         body = "\n".join(lines).encode()
-        return gzip.compress(body, compresslevel=1, mtime=0) if self.gzip else body
+        gz = self.gzip if gzipped is None else gzipped
+        return gzip.compress(body, compresslevel=1, mtime=0) if gz else body
 
     async def _post(self, body: bytes, gzipped: bool) -> httpx.Response:
         headers = {**self.headers, "Content-Encoding": "gzip"} if gzipped else self.headers

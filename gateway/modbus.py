@@ -99,51 +99,41 @@ class Device:
             return [(r, None) for r in plan]
         out: list[Answer] = []
         rejected: str | None = None
-        adapted: list[Request] = []
         async with self.link.lock:
             for i, req in enumerate(plan):
                 try:
-                    out.append((req, await self.link.read(req, self.cfg.device_id)))
-                    adapted.append(req)
-                except ReadRejected as exc:
-                    if exc.code == ILLEGAL_ADDRESS and len(req.points) > 1:
-                        pieces = await self._split(req)
-                        log.warning("block refused with illegal data address; split to isolate it",
-                                    device=self.cfg.name, request=str(req),
-                                    now=[str(r) for r, _ in pieces])
-                        out.extend(pieces)
-                        adapted.extend(r for r, _ in pieces)
-                        refused = [r for r, w in pieces if w is None]
-                        if refused:
-                            rejected = f"{refused[0]}: {exc}"
-                    else:
-                        out.append((req, None))
-                        adapted.append(req)
-                        rejected = f"{req}: {exc}"
+                    answers, error = await self._read(req)
                 except ReadFailed as exc:
                     out.extend((r, None) for r in plan[i:])
                     self._offline(str(exc))
                     return out
-        self.plans[group] = adapted  # the next cycle reads the pieces, not the refused block
+                if len(answers) > 1:
+                    log.warning("block refused with illegal data address; split to isolate it",
+                                device=self.cfg.name, request=str(req), now=[str(r) for r, _ in answers])
+                out.extend(answers)
+                rejected = rejected or error
+        self.plans[group] = [r for r, _ in out]  # the next cycle reads the pieces, not the refused block
         self._answered(rejected)
         return out
 
-    async def _split(self, req: Request) -> list[Answer]:
-        """Halve a refused block by its points until each piece answers or is one point."""
+    async def _read(self, req: Request) -> tuple[list[Answer], str | None]:
+        """One request's answers and the first refusal. A block refused with "illegal data
+        address" is halved by its points until each piece answers or is a single point."""
+        try:
+            return [(req, await self.link.read(req, self.cfg.device_id))], None
+        except ReadRejected as exc:
+            if exc.code != ILLEGAL_ADDRESS or len(req.points) < 2:
+                return [(req, None)], f"{req}: {exc}"
         half = len(req.points) // 2
-        out: list[Answer] = []
+        answers: list[Answer] = []
+        error: str | None = None
         for pts in (req.points[:half], req.points[half:]):
             start = pts[0][1]
             end = max(wire + p.words for p, wire in pts)
-            sub = Request(req.table, start, end - start, list(pts))
-            try:
-                out.append((sub, await self.link.read(sub, self.cfg.device_id)))
-            except ReadRejected as exc:
-                if exc.code == ILLEGAL_ADDRESS and len(pts) > 1:
-                    out.extend(await self._split(sub))
-                else:
-                    out.append((sub, None))
-        return out
+            got, err = await self._read(Request(req.table, start, end - start, list(pts)))
+            answers.extend(got)
+            error = error or err
+        return answers, error
 
     def _offline(self, error: str) -> None:
         h = self.health

@@ -103,7 +103,8 @@ class LoadGen:
         self.c = Counters()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.clients = [self._client(f"loadgen-{first_station}-{g}") for g in range(gateways)]
+        self.names = [f"loadgen-{first_station}-{g}" for g in range(gateways)]
+        self.clients = [self._client(name) for name in self.names]
         self._seq = dict.fromkeys(self.stations, 0)
         self._bodies: dict[int, bytes] = {}
 
@@ -138,11 +139,10 @@ class LoadGen:
                 time.sleep(0.01)
                 continue
             st = self.stations[n % len(self.stations)]
-            client = self.clients[n % len(self.clients)]
+            client, gw = self.clients[n % len(self.clients)], self.names[n % len(self.names)]
             seq = self._seq[st]
             self._seq[st] = seq + 1
             ts = int(time.time() * 1000)
-            gw = client._client_id.decode()
             if self.fixed_values:  # cheap: the cached seq-0 body with this seq and ts
                 body = self._bodies.get(st) or self._bodies.setdefault(
                     st, message(self.shape, st, gw, self.boot, 0, 0).split(b',"values":', 1)[1])

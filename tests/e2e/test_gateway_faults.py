@@ -21,8 +21,9 @@ from tests.conftest import Processes, Subscriber, wait_for
 pytestmark = pytest.mark.slow
 
 
-def _config_path(station_config: GatewayConfig, tmp_path: Path) -> Path:
-    return tmp_path / "gw" / "st001.yaml"  # where the station_config fixture wrote it
+def _config_path(station_config: GatewayConfig) -> Path:
+    """The file the station_config fixture was loaded from (written next to its outbox)."""
+    return Path(station_config.outbox.path).parent / f"{station_config.station}.yaml"
 
 
 def _telemetry(obs: Subscriber) -> list[Telemetry]:
@@ -48,10 +49,10 @@ def _stop(procs: Processes, name: str) -> None:
     procs.procs[name].wait(15)
 
 
-def test_broker_killed_for_60_s_while_polling(tmp_path: Path, mosquitto: Mosquitto, procs: Processes,
+def test_broker_killed_for_60_s_while_polling(mosquitto: Mosquitto, procs: Processes,
                                              station_config: GatewayConfig, simulator: SimThread) -> None:
     obs = Subscriber(mosquitto.port, "heatwatch/v1/station/+/telemetry", persistent=True)
-    procs.start("gateway", "gateway", str(_config_path(station_config, tmp_path)))
+    procs.start("gateway", "gateway", str(_config_path(station_config)))
     time.sleep(12)  # past one autosave: the observer's session is on the broker's disk
     mosquitto.kill()
     killed_at = time.time() * 1000
@@ -78,10 +79,10 @@ def test_broker_killed_for_60_s_while_polling(tmp_path: Path, mosquitto: Mosquit
     assert not any(m.backfill for m in msgs if m.ts > restarted_at + 5000)
 
 
-def test_gateway_sigkilled_mid_stream(tmp_path: Path, mosquitto: Mosquitto, procs: Processes,
+def test_gateway_sigkilled_mid_stream(mosquitto: Mosquitto, procs: Processes,
                                       station_config: GatewayConfig, simulator: SimThread) -> None:
     obs = Subscriber(mosquitto.port, "heatwatch/v1/station/+/telemetry")
-    cfg_path = _config_path(station_config, tmp_path)
+    cfg_path = _config_path(station_config)
     procs.start("gateway", "gateway", str(cfg_path))
     wait_for(lambda: len(_telemetry(obs)) >= 10, 20, "first messages")
     procs.procs["gateway"].kill()
@@ -103,11 +104,11 @@ def test_gateway_sigkilled_mid_stream(tmp_path: Path, mosquitto: Mosquitto, proc
 
 
 def test_a_dead_device_on_a_shared_bus_does_not_slow_the_others(
-    tmp_path: Path, mosquitto: Mosquitto, procs: Processes, station_config: GatewayConfig,
+    mosquitto: Mosquitto, procs: Processes, station_config: GatewayConfig,
     simulator: SimThread,
 ) -> None:
     obs = Subscriber(mosquitto.port, "heatwatch/v1/station/+/telemetry")
-    procs.start("gateway", "gateway", str(_config_path(station_config, tmp_path)))
+    procs.start("gateway", "gateway", str(_config_path(station_config)))
     wait_for(lambda: len(_telemetry(obs)) >= 5, 20, "first messages")
     now = simulator.call(simulator.sim.now)
     assert isinstance(now, float)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
+from pathlib import Path
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,18 +33,23 @@ PAYLOADS = st.one_of(
 )
 
 
-def _collector(**ingest: object) -> Collector:
-    spool = f"{tempfile.mkdtemp()}/spool.sqlite"
+def _collector(folder: Path, **ingest: object) -> Collector:
+    spool = str(folder / "spool.sqlite")
     return Collector(CollectorConfig.model_validate(
         {"kind": "collector", "spool": {"path": spool}, "ingest": ingest}))
 
 
-C = _collector()
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Collector:
+    """One collector for every generated example: its state carries from one input to the next."""
+    return _collector(tmp_path_factory.mktemp("handle"))
 
 
 @settings(max_examples=2000, deadline=None)
 @given(TOPICS, PAYLOADS)
-def test_any_topic_and_bytes_give_lines_never_an_exception(topic: str, payload: bytes) -> None:
+def test_any_topic_and_bytes_give_lines_never_an_exception(shared: Collector, topic: str,
+                                                          payload: bytes) -> None:
+    C = shared
     before = C.stats.received
     lines = C.handle(topic, payload)
     assert lines and all(isinstance(x, str) and "\n" not in x for x in lines)
@@ -52,16 +58,16 @@ def test_any_topic_and_bytes_give_lines_never_an_exception(topic: str, payload: 
         assert sum(C.stats.rejected.values()) >= 1
 
 
-def test_unknown_station_is_rejected_when_a_station_list_is_configured() -> None:
-    c = _collector(known_stations=["st002"])
+def test_unknown_station_is_rejected_when_a_station_list_is_configured(tmp_path: Path) -> None:
+    c = _collector(tmp_path, known_stations=["st002"])
     now = int(time.time() * 1000)
     lines = c.handle("heatwatch/v1/station/st001/telemetry", orjson.dumps({**GOOD, "ts": now}))
     assert lines[0].startswith("rejects,reason=unknown_station,station=st001")
     assert c.stats.rejected == {"unknown_station": 1}
 
 
-def test_sequence_gaps_and_restarts_are_counted_per_station() -> None:
-    c = _collector()
+def test_sequence_gaps_and_restarts_are_counted_per_station(tmp_path: Path) -> None:
+    c = _collector(tmp_path)
     now = int(time.time() * 1000)
     topic = "heatwatch/v1/station/st001/telemetry"
     for boot, seq in [("aaaaaaaa", 1), ("aaaaaaaa", 2), ("aaaaaaaa", 5), ("aaaaaaaa", 3),
