@@ -49,7 +49,7 @@ def proc_mem_kb(pid: int, key: str) -> int:
     return 0
 
 
-def query(db: Influxd, q: str) -> list[list[object]]:
+def query(db: Influxd, q: str) -> list[list[int]]:
     r = httpx.get(f"{db.url}/query", params={"db": DB, "q": q, "epoch": "ms"}, timeout=30).json()
     series = r["results"][0].get("series") or []
     return series[0]["values"] if series else []
@@ -59,7 +59,8 @@ class Probe:
     """One tiny message every 100 ms; latency = when InfluxDB shows it − when it was sent."""
 
     def __init__(self, mqtt_port: int, db: Influxd) -> None:
-        self.db, self.latencies_ms = db, []  # type: ignore[var-annotated]
+        self.db = db
+        self.latencies_ms: list[float] = []
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-probe", clean_session=False)
         self.client.connect("127.0.0.1", mqtt_port)
         self.client.loop_start()
@@ -89,10 +90,10 @@ class Probe:
                 got = []
             now = time.time()
             for ts, _v in got:
-                sent = self.sent.get(int(ts))  # type: ignore[call-overload]
+                sent = self.sent.get(int(ts))
                 if sent is not None:
                     self.latencies_ms.append((now - sent) * 1000)
-                seen = max(seen, int(ts))  # type: ignore[call-overload]
+                seen = max(seen, int(ts))
             time.sleep(0.1)
 
     def close(self) -> None:
@@ -163,7 +164,7 @@ def main() -> int:
         deadline = time.monotonic() + 600
         while True:
             got = query(db, "SELECT count(x_p000) FROM station WHERE station != 'probe'")
-            stored = int(got[0][1]) if got else 0  # type: ignore[call-overload]
+            stored = int(got[0][1]) if got else 0
             if stored >= published or time.monotonic() > deadline:
                 break
             time.sleep(0.1)

@@ -58,7 +58,7 @@ def write_station(folder: Path, mqtt_port: int, plc_port: int, interval_s: float
     return path
 
 
-async def polling(cfg_path: Path, cycles: int) -> dict[str, object]:
+async def polling(cfg_path: Path, cycles: int) -> dict[str, float]:
     cfg = load_gateway_config(cfg_path)
     gw = Gateway(cfg)
     try:
@@ -142,8 +142,9 @@ def main() -> int:
                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: port_open(plc_port), 20, "simulator")
-        out = asyncio.run(polling(cfg_path, a.cycles))
-        payload = orjson.dumps({"n": "x" * (int(out["message_bytes"]) - 10)})  # type: ignore[call-overload]
+        poll = asyncio.run(polling(cfg_path, a.cycles))
+        out: dict[str, object] = dict(poll)
+        payload = orjson.dumps({"n": "x" * (int(poll["message_bytes"]) - 10)})
         out |= outbox_rates(tmp, payload, 2000)
         backlog = int(86400 / a.interval)  # 24 h of this station's messages
         out |= asyncio.run(replay(cfg_path, payload, backlog, a.interval))
