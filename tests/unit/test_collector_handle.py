@@ -20,11 +20,12 @@ TOPICS = st.one_of(
                      "heatwatch/v1/gateway/gw-st001/status", "heatwatch/v1/station/st001/alert"]),
     st.builds(lambda s: f"heatwatch/v1/station/{s}/telemetry", st.text(max_size=20)),
 )
+def _containers(inner: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    return st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+
+
 JSONISH = st.recursive(st.none() | st.booleans() | st.floats() | st.integers(-(2**63), 2**64 - 1)
-                       | st.text(max_size=10),
-                       lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                                   max_size=4),
-                       max_leaves=12)
+                       | st.text(max_size=10), _containers, max_leaves=12)
 PAYLOADS = st.one_of(
     st.binary(max_size=300),
     JSONISH.map(lambda v: orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS)),
