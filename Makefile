@@ -16,4 +16,5 @@ lint: bootstrap
 
 lock:
 	python3 -m venv /tmp/heatwatch-lock && /tmp/heatwatch-lock/bin/pip install -q -e '.[dev]' \
-	  && /tmp/heatwatch-lock/bin/pip freeze --exclude heatwatch > requirements.lock
+	  && { echo '# Exact versions for every environment (make installs these). Regenerate: make lock'; \
+	     /tmp/heatwatch-lock/bin/pip freeze --exclude heatwatch; } > requirements.lock

@@ -11,10 +11,15 @@ Model (per station, deterministic for a seed):
 - households: room temperature settles toward a target set by their building's supply and
   valve, with a per-household offset and ±0.1 K noise.
 
-Events change this: ``leak`` (make-up ×30, secondary return pressure falls 0.08 MPa over
-10 min, tank drains), ``cold_building``, ``cold_household``, ``open_window``, ``stuck_sensor``
-(the value freezes), ``broken_sensor`` (the register reads the device's fault sentinel) and
-``dead_device`` (the device stops answering; handled by the server).
+Events change this: ``leak`` (a burst: make-up ×30, secondary return pressure falls 0.08 MPa
+over 10 min, tank drains), ``slow_leak`` (+3 m³/h of make-up around the clock, pressure held by
+the make-up pump), ``theft`` (+4 m³/h from 18:00 to 22:00 local time: hot water drawn off the
+network), ``pressure_test`` (make-up +12 m³/h raising the return pressure 0.15 MPa),
+``cold_building``, ``cold_household``, ``open_window``, ``stuck_sensor`` (the value freezes),
+``broken_sensor`` and ``stale_sensor`` (the register reads the device's fault sentinel; a
+scenario runner drops a stale sensor's readings altogether), ``dead_device`` (the device stops
+answering; handled by the server) and ``link_down`` (nothing from the station reaches the
+broker; for scenario runners).
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from dataclasses import dataclass, field
 Key = tuple[str, str | None, str | None]  # (point, building, household)
 
 EVENT_KINDS = frozenset({
-    "leak", "cold_building", "cold_household", "open_window", "stuck_sensor",
-    "broken_sensor", "dead_device",
+    "leak", "slow_leak", "theft", "pressure_test", "cold_building", "cold_household",
+    "open_window", "stuck_sensor", "broken_sensor", "stale_sensor", "dead_device", "link_down",
 })
+LOCAL_UTC_OFFSET_H = 8.0  # the simulated city's local time (theft happens in the local evening)
 
 
 @dataclass
@@ -100,7 +106,8 @@ class StationModel:
 
     def broken(self, key: Key, t: float) -> bool:
         p, b, h = key
-        return self._on("broken_sensor", t, point=p, building=b, household=h) is not None
+        return (self._on("broken_sensor", t, point=p, building=b, household=h) is not None
+                or self._on("stale_sensor", t, point=p, building=b, household=h) is not None)
 
     # -- physics -------------------------------------------------------------------------------
     def step(self, t: float) -> dict[Key, float | bool | str]:
@@ -125,6 +132,15 @@ class StationModel:
             leak_k = min(1.0, (t - leak.start) / 600.0)
         makeup = 0.004 * sec_flow * (1.0 + 30.0 * leak_k) + abs(noise(0, 0.01))
         ret_p = 0.30 - 0.08 * leak_k + noise(0, 0.002)
+        if self._on("slow_leak", t) is not None:
+            makeup += 3.0
+        local_hour = (t / 3600.0 + LOCAL_UTC_OFFSET_H) % 24
+        if self._on("theft", t) is not None and 18 <= local_hour < 22:
+            makeup += 4.0
+        test = self._on("pressure_test", t)
+        if test is not None:
+            makeup += 12.0
+            ret_p += 0.15 * min(1.0, (t - test.start) / 600.0)
         sup_p = ret_p + 0.15 + noise(0, 0.002)
 
         hours = dt / 3600.0

@@ -22,15 +22,19 @@ from contract.errors import ConfigError
 from simulator.physics import EVENT_KINDS, Event
 
 _DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_PART_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_COMPOUND_RE = re.compile(r"^(?:\d+(?:\.\d+)?[smhd])+$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def seconds(v: object) -> float:
     if isinstance(v, (int, float)):
         return float(v)
+    if _COMPOUND_RE.fullmatch(str(v).strip()):  # 1h30m, 4d18h
+        return sum(float(n) * _UNIT[u] for n, u in _PART_RE.findall(str(v)))
     m = _DUR_RE.match(str(v))
     if not m:
-        raise ValueError(f"{v!r} is not a duration like 90, 30s, 10m, 2h or 1d")
+        raise ValueError(f"{v!r} is not a duration like 90, 30s, 10m, 2h, 1d or 1h30m")
     return float(m.group(1)) * _UNIT[m.group(2)]
 
 

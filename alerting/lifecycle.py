@@ -1,0 +1,99 @@
+"""One alert's life, as in Prometheus ``AlertingRule.Eval``: a pure function of (condition, time).
+
+    inactive ──condition──▶ pending ──held for `hold`──▶ firing ──clear for `clear_hold`──▶ resolved
+                              │                                   (a relapse inside clear_hold
+                              └─condition gone─▶ resolved          keeps it firing: no flapping)
+                                 (never fired)
+
+Severity only rises within one episode (the dispatcher sees the worst it got), and an episode
+still firing after ``escalate_after`` is raised one level once (Tianjin's 24 h refund rule).
+Times are ms; nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from contract.alerts import Severity, State, Transition, escalate
+
+
+class Life:
+    """The live part of one alert: present in the engine only while pending or firing."""
+
+    __slots__ = ("building", "clear_since", "context", "escalated", "fired", "gateway", "household",
+                 "key", "paged", "rule", "severity", "since", "state", "station", "subject", "value")
+
+    def __init__(self, key: str, rule: str, station: str | None, building: str | None,
+                 household: str | None, gateway: str | None, subject: str | None, since: int,
+                 severity: Severity) -> None:
+        self.key, self.rule = key, rule
+        self.station, self.building, self.household = station, building, household
+        self.gateway, self.subject = gateway, subject
+        self.state = State.PENDING
+        self.since = since
+        self.fired: int | None = None
+        self.clear_since: int | None = None
+        self.severity = severity
+        self.value: float | None = None
+        self.escalated = False
+        self.paged = False
+        self.context: dict[str, Any] = {}
+
+    def transition(self, t: int, summary: str, quiet: str, page: bool) -> Transition:
+        return Transition(key=self.key, rule=self.rule, state=self.state.value,
+                          severity=self.severity.value, station=self.station, building=self.building,
+                          household=self.household, gateway=self.gateway, subject=self.subject,
+                          ts=t, since=self.since, value=self.value, summary=summary,
+                          context=dict(self.context), quiet=quiet,  # type: ignore[arg-type]
+                          page=page)
+
+
+class Change:
+    """What ``step`` decided; the engine turns it into a Transition (it knows about quiet)."""
+
+    NONE = 0
+    PENDING = 1
+    FIRING = 2
+    RESOLVED = 3
+    SEVERITY = 4
+    REPAGE = 5
+
+
+def step(life: Life, active: bool, t: int, hold_ms: float, clear_ms: float,
+         severity: Severity, value: float | None, quiet: str) -> int:
+    """Advance an existing life by one verdict; returns a ``Change``. The caller creates lives."""
+    if active:
+        life.clear_since = None
+        life.value = value
+        if severity.rank > life.severity.rank:
+            life.severity = severity
+            if life.state is State.FIRING:
+                return Change.SEVERITY
+        if life.state is State.PENDING:
+            if t - life.since >= hold_ms:
+                life.state = State.FIRING
+                life.fired = t
+                return Change.FIRING
+            return Change.NONE
+        if not life.paged and not quiet:  # fired quietly (backfill, silence, inhibited): page now
+            return Change.REPAGE
+        return Change.NONE
+    if life.state is State.PENDING:
+        life.state = State.RESOLVED
+        return Change.RESOLVED
+    if life.clear_since is None:
+        life.clear_since = t
+    if t - life.clear_since >= clear_ms:
+        life.state = State.RESOLVED
+        return Change.RESOLVED
+    return Change.NONE
+
+
+def maybe_escalate(life: Life, t: int, after_ms: float) -> bool:
+    if (life.state is State.FIRING and not life.escalated and life.fired is not None
+            and t - life.fired >= after_ms):
+        life.escalated = True
+        life.severity = escalate(life.severity)
+        life.context["escalated_after_h"] = round((t - life.fired) / 3.6e6, 1)
+        return True
+    return False

@@ -1,0 +1,302 @@
+"""Room temperature rules: room_low per household sensor, building_low, sensor_fault.
+
+GB/T 33833-2017 §5.1 asks ≥ 18 °C in bedrooms and living rooms. A household is judged on the
+median of its sensor over ``room.window_min`` (an open window or a kettle next to the sensor
+does not move a median), low for ``room.hold_min`` before it fires, cleared only above
+``warning_below + clear_above_by`` for ``clear_hold_min`` (hysteresis, no flapping).
+
+A sensor that is stale (no good report for ``stale_factor`` × its learned interval, judged
+against its own station's newest data so a dead link is the station's alert, not a thousand
+sensor alerts), implausible (outside 5–35 °C), flat-lined (within ± flat_band for flat_hours)
+or jumped > jump_k K away from its building's other sensors is a ``sensor_fault`` (info) and is
+excluded from room_low and from the building count while the condition lasts.
+
+A building with ≥ building_share (min building_min) of its valid sensors low at once is a supply
+or hydraulic fault: ``building_low``, which inhibits its households' pages.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from contract.alerts import Rule, Severity, State
+from contract.payload import Sample
+
+if TYPE_CHECKING:
+    from alerting.engine import Engine
+
+_MEDIAN_EVERY_MS = 60_000  # recompute a busy sensor's median at most once a minute of data time
+_MIN_GAP_MS, _MAX_GAP_MS = 1_000, 6 * 3_600_000
+
+
+class Params(NamedTuple):
+    warn: float
+    major: float
+    crit: float
+    window_ms: float
+    hold_ms: float
+    clear_at: float
+    clear_ms: float
+    share: float
+    minimum: int
+    b_hold_ms: float
+
+
+class Sensor:
+    __slots__ = (
+        "bad_since",
+        "building",
+        "c_low",
+        "c_valid",
+        "fault_open",
+        "flat_hi",
+        "flat_lo",
+        "flat_since",
+        "household",
+        "interval",
+        "jump_since",
+        "last_good",
+        "last_t",
+        "low",
+        "low_open",
+        "median",
+        "next_eval",
+        "prev",
+        "stale",
+        "station",
+        "win",
+    )
+
+    def __init__(self, station: str, building: str, household: str) -> None:
+        self.station, self.building, self.household = station, building, household
+        self.win: deque[tuple[int, float]] = deque()
+        self.last_t = 0  # newest report, good or not
+        self.last_good = 0
+        self.interval: float | None = None  # learned report interval, ms
+        self.prev: float | None = None
+        self.median: float | None = None
+        self.next_eval = 0
+        self.low = False  # hysteresis state of the median
+        self.flat_since = 0
+        self.flat_lo = self.flat_hi = 0.0
+        self.bad_since: int | None = None  # implausible since
+        self.jump_since: int | None = None
+        self.stale = False
+        self.c_valid = self.c_low = False  # what this sensor contributes to its building's counts
+        self.low_open = self.fault_open = False  # has a live room_low / sensor_fault alert
+
+    def excluded(self, flat_ms: float) -> bool:
+        return (self.stale or self.bad_since is not None or self.jump_since is not None
+                or self.flat(flat_ms))
+
+    def flat(self, flat_ms: float) -> bool:
+        return self.last_good - self.flat_since >= flat_ms and self.flat_since > 0
+
+
+class Building:
+    __slots__ = ("n_last", "n_low", "n_valid", "open", "sensors", "sum_last")
+
+    def __init__(self) -> None:
+        self.sensors: list[Sensor] = []
+        self.n_valid = self.n_low = 0
+        self.sum_last = 0.0  # of the sensors' latest plausible values (neighbour mean for jumps)
+        self.n_last = 0
+        self.open = False
+
+
+class Rooms:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sensors: dict[tuple[str, str, str], Sensor] = {}
+        self.buildings: dict[tuple[str, str], Building] = {}
+        self.by_station: dict[str, list[Sensor]] = {}
+        self._params: dict[tuple[str, str], Params] = {}
+        sr = engine.rules.sensor
+        self._flat_ms = sr.flat_hours * 3.6e6
+        self._fault_hold = sr.implausible_hold_min * 60_000
+
+    def state(self) -> dict[str, Any]:
+        return {"sensors": self.sensors, "buildings": self.buildings, "by_station": self.by_station}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.sensors, self.buildings = state["sensors"], state["buildings"]
+        self.by_station = state["by_station"]
+
+    def params(self, station: str, building: str) -> Params:
+        p = self._params.get((station, building))
+        if p is None:
+            r = self.engine.rules.room_for(station, building)
+            p = self._params[(station, building)] = Params(
+                r.warning_below, r.major_below, r.critical_below, r.window_min * 60_000,
+                r.hold_min * 60_000, r.warning_below + r.clear_above_by, r.clear_hold_min * 60_000,
+                r.building_share, r.building_min, r.building_hold_min * 60_000)
+        return p
+
+    # -- one reading --------------------------------------------------------------------------
+    def sample(self, station: str, s: Sample, t: int, quiet: str) -> None:
+        building, household = s.building, s.household
+        assert building is not None and household is not None  # the decoder guarantees it
+        se = self.sensors.get((station, building, household))
+        if se is None:
+            se = self._new(station, building, household)
+        if t <= se.last_t:
+            return  # a redelivery or replayed past: already judged, and the past never pages
+        se.last_t = t
+        v = s.value
+        if s.quality == "bad" or type(v) is not float:
+            return  # not a report: the stale rule counts the silence
+        sr = self.engine.rules.sensor
+        if se.last_good:
+            gap = min(max(t - se.last_good, _MIN_GAP_MS), _MAX_GAP_MS)
+            se.interval = gap if se.interval is None else 0.8 * se.interval + 0.2 * gap
+        se.last_good = t
+        se.stale = False
+        b = self.buildings[(station, building)]
+        if v < sr.plausible_min or v > sr.plausible_max:
+            if se.bad_since is None:
+                se.bad_since = t
+        else:
+            se.bad_since = None
+            prev = se.prev
+            if prev is None:
+                b.sum_last += v
+                b.n_last += 1
+            else:
+                if b.n_last > 1:
+                    nb = (b.sum_last - prev) / (b.n_last - 1)
+                    if abs(v - prev) > sr.jump_k and abs(v - nb) > sr.jump_k:
+                        if se.jump_since is None:
+                            se.jump_since = t
+                    elif se.jump_since is not None and abs(v - nb) <= sr.jump_k:
+                        se.jump_since = None
+                b.sum_last += v - prev
+            se.prev = v
+            if se.flat_since == 0 or max(se.flat_hi, v) - min(se.flat_lo, v) > 2 * sr.flat_band:
+                se.flat_since, se.flat_lo, se.flat_hi = t, v, v
+            else:
+                se.flat_lo, se.flat_hi = min(se.flat_lo, v), max(se.flat_hi, v)
+            p = self.params(station, building)
+            win = se.win
+            win.append((t, v))
+            while win[0][0] <= t - p.window_ms:
+                win.popleft()
+            if t >= se.next_eval or len(win) <= 5:
+                vals = sorted(x[1] for x in win)
+                n = len(vals)
+                se.median = vals[n // 2] if n % 2 else (vals[n // 2 - 1] + vals[n // 2]) / 2
+                se.next_eval = t + _MEDIAN_EVERY_MS
+                m = se.median
+                if m < p.warn:
+                    se.low = True
+                elif m >= p.clear_at:
+                    se.low = False
+        self._judge(se, b, t, quiet)
+
+    def _new(self, station: str, building: str, household: str) -> Sensor:
+        se = self.sensors[(station, building, household)] = Sensor(station, building, household)
+        b = self.buildings.get((station, building))
+        if b is None:
+            b = self.buildings[(station, building)] = Building()
+        b.sensors.append(se)
+        self.by_station.setdefault(station, []).append(se)
+        return se
+
+    # -- verdicts -----------------------------------------------------------------------------
+    def _judge(self, se: Sensor, b: Building, t: int, quiet: str, *, faults: bool = True) -> None:
+        eng = self.engine
+        excluded = se.excluded(self._flat_ms)
+        p = self.params(se.station, se.building)
+        # sensor_fault
+        reason = self._fault(se, t) if faults else None
+        if faults and (reason is not None or se.fault_open):
+            life = eng.judge(Rule.SENSOR_FAULT, reason is not None, t, 0, self._fault_hold,
+                             Severity.INFO, se.prev, quiet, station=se.station, building=se.building,
+                             household=se.household, context=lambda: {"reason": reason})
+            se.fault_open = life is not None and life.state is not State.RESOLVED
+        # room_low
+        m = se.median
+        low = se.low and not excluded and m is not None
+        if low or se.low_open:
+            sev = self._severity(m, p) if m is not None else Severity.WARNING
+            life = eng.judge(Rule.ROOM_LOW, low, t, p.hold_ms, p.clear_ms, sev, m, quiet,
+                             station=se.station, building=se.building, household=se.household,
+                             context=lambda: self._context(se.station, m, p, t))
+            se.low_open = life is not None and life.state is not State.RESOLVED
+        # the building's counts, then its verdict
+        valid = m is not None and not excluded
+        if valid != se.c_valid or low != se.c_low:
+            b.n_valid += valid - se.c_valid
+            b.n_low += low - se.c_low
+            se.c_valid, se.c_low = valid, low
+        need = max(p.minimum, math.ceil(p.share * b.n_valid - 1e-9))
+        b_low = b.n_low >= need
+        if b_low or b.open:
+            meds = sorted(x.median for x in b.sensors if x.c_low and x.median is not None)
+            bm = meds[len(meds) // 2] if meds else None
+            sev = self._severity(bm, p) if bm is not None else Severity.WARNING
+            n_low, n_valid = b.n_low, b.n_valid
+            life = eng.judge(Rule.BUILDING_LOW, b_low, t, p.b_hold_ms, p.clear_ms, sev, bm, quiet,
+                             station=se.station, building=se.building,
+                             context=lambda: {**self._context(se.station, bm, p, t),
+                                              "sensors_low": n_low, "sensors_valid": n_valid})
+            if life is not None:
+                life.context["sensors_low"], life.context["sensors_valid"] = n_low, n_valid
+            b.open = life is not None and life.state is not State.RESOLVED
+
+    def _fault(self, se: Sensor, t: int) -> str | None:
+        if se.stale:
+            return "stale"
+        if se.bad_since is not None and t - se.bad_since >= self._fault_hold:
+            return "implausible"
+        if se.jump_since is not None and t - se.jump_since >= self._fault_hold:
+            return "jump"
+        if se.flat(self._flat_ms):
+            return "flat"
+        return None
+
+    @staticmethod
+    def _severity(m: float, p: Params) -> Severity:
+        if m < p.crit:
+            return Severity.CRITICAL
+        if m < p.major:
+            return Severity.MAJOR
+        return Severity.WARNING
+
+    def _context(self, station: str, median: float | None, p: Params, t: int) -> dict[str, Any]:
+        eng = self.engine
+        ctx: dict[str, Any] = {}
+        if median is not None:
+            ctx["median"] = round(median, 2)
+            ctx["shortfall_k"] = round(p.warn - median, 2)  # Tianjin refunds by this: ≤2, 2–6, >6 K
+        st = eng.stations.get(station)
+        if st is not None and st.makeup.outdoor_n:
+            mean = st.makeup.outdoor_sum / st.makeup.outdoor_n
+            ctx["outdoor_daily_mean"] = round(mean, 1)
+            # GB/T 33833 §5.1 does not hold on days colder than the design outdoor temperature
+            ctx["below_design_outdoor"] = mean < eng.rules.design_outdoor_temp
+        if eng.season(t)[1]:
+            ctx["season_start"] = True
+        return ctx
+
+    # -- time-driven --------------------------------------------------------------------------
+    def tick(self, now: int) -> None:
+        """Stale sensors, judged against their station's newest data, not the wall clock."""
+        eng = self.engine
+        sr = eng.rules.sensor
+        default = sr.interval_s * 1000
+        for station, sensors in self.by_station.items():
+            st = eng.stations.get(station)
+            if st is None or not st.last_t:
+                continue
+            ref = st.last_t
+            stale = [se for se in sensors if se.last_good
+                     and ref - se.last_good > sr.stale_factor * max(se.interval or default, _MIN_GAP_MS)]
+            mass = len(stale) >= 3 and len(stale) >= sr.mass_stale_share * len(sensors)
+            for se in stale:
+                if not se.stale:
+                    se.stale = True
+                    # a mass silence is a concentrator or link: the sensors leave the rules but
+                    # get no alert each (the station's device_offline / station_offline says it)
+                    self._judge(se, self.buildings[(station, se.building)], ref, "", faults=not mass)
