@@ -164,7 +164,7 @@ def _network(eng: Engine, station: str, sm: StationMakeup, name: str, nr: Networ
         return
     d = v - last
     if d < 0:
-        if nr.rollover is not None and last > 0.5 * nr.rollover:
+        if nr.rollover is not None and 0.5 * nr.rollover < last <= nr.rollover and v < nr.rollover:
             d += nr.rollover
         else:
             net.meter_events += 1  # reset or a new meter: this delta is no water

@@ -165,8 +165,8 @@ class MakeupRules(_Strict):
     pump_min_starts: int = Field(20, ge=1)
     ramp_k: float = Field(10.0, gt=0, description="a supply temperature change this big within an hour "
                                                   "is thermal expansion: that hour is not judged")
-    max_plausible_flow: float = Field(500.0, gt=0, description="m³/h: a bigger totalizer step is a "
-                                                               "meter replacement, not water")
+    max_plausible_flow: float = Field(100.0, gt=0, description="m³/h: a bigger make-up totalizer step "
+                                                               "is a meter replacement, not water")
 
 
 class OfflineRules(_Strict):

@@ -168,7 +168,7 @@ def run(spec: ScenarioSpec, name: str = "") -> Outcome:
                 if model.broken((p, b, h), t):
                     samples.append(Sample(point=p, unit=unit, building=b, household=h, quality="bad"))
                     continue
-                val: bool | float = v if isinstance(v, bool) else float(v)  # type: ignore[arg-type]
+                val: bool | float = v if isinstance(v, bool) else float(v)
                 samples.append(Sample(point=p, unit=unit, building=b, household=h, value=val))
             seq += 1
             out += engine.observe(Frame(STATION, GATEWAY, "0badc0de", seq, ms, False, samples), ms)

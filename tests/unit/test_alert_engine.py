@@ -1,0 +1,324 @@
+"""The rule engine on a fake clock: lifecycle, quiet reasons, inhibition, meters, calendar, state."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alerting.engine import Engine, Silence
+from alerting.lifecycle import Change, Life, step
+from contract.alerts import AlertRules, Severity, Transition, load_rules
+from contract.errors import ConfigError
+from contract.payload import Frame, GatewayStatus, Sample, StationStatus
+from heatwatch.scenarios import judge, load, report, run
+
+T0 = int(dt.datetime(2026, 12, 10, tzinfo=dt.timezone(dt.timedelta(hours=8))).timestamp() * 1000)
+MIN = 60_000
+HOUR = 60 * MIN
+CASES = Path(__file__).parent.parent / "cases" / "alerts"
+
+
+class Feed:
+    """Frames for one station, a fake clock, and every transition the engine emitted."""
+
+    def __init__(self, rules: AlertRules | None = None, station: str = "st001") -> None:
+        self.engine = Engine(rules or AlertRules())
+        self.station, self.seq, self.out = station, 0, list[Transition]()
+
+    def frame(self, t: int, samples: list[Sample], backfill: bool = False, now: int | None = None) -> None:
+        self.seq += 1
+        f = Frame(self.station, "gw1", "0badc0de", self.seq, t, backfill, samples)
+        self.out += self.engine.observe(f, t if now is None else now)
+
+    def rooms(self, t: int, temps: dict[str, float], building: str = "b01", **kw: object) -> None:
+        self.frame(t, [Sample(point="room_temp", unit="°C", building=building, household=h, value=v)
+                       for h, v in temps.items()], **kw)  # type: ignore[arg-type]
+
+    def tick(self, t: int) -> None:
+        self.out += self.engine.tick(t)
+
+    def pages(self, rule: str | None = None) -> list[Transition]:
+        return [x for x in self.out if x.page and (rule is None or x.rule == rule)]
+
+    def of(self, rule: str) -> list[tuple[str, str]]:
+        return [(x.state, x.quiet) for x in self.out if x.rule == rule]
+
+
+def _station(**vals: float | bool) -> list[Sample]:
+    units = {"makeup_total": "m³", "secondary_flow": "m³/h", "makeup_flow": "m³/h",
+             "secondary_return_pressure": "MPa", "tank_level": "m", "secondary_supply_temp": "°C",
+             "outdoor_temp": "°C", "makeup_pump_running": ""}
+    return [Sample(point=k, unit=units[k], value=v) for k, v in vals.items()]
+
+
+NEIGHBOURS = {"h2": 21.0, "h3": 21.2, "h4": 20.8, "h5": 21.1, "h6": 20.9, "h7": 21.0, "h8": 21.3}
+
+
+def test_room_low_fires_after_hold_and_resolves_after_clear_hold() -> None:
+    f = Feed()
+    for i in range(0, 6 * 60, 10):
+        f.rooms(T0 + i * MIN, {"h1": 15.0 if i < 4 * 60 else 21.0, **NEIGHBOURS})
+    states = f.of("room_low")
+    assert states[0] == ("pending", "")
+    firing = [x for x in f.out if x.rule == "room_low" and x.state == "firing"]
+    assert firing[0].ts - T0 == 2 * HOUR and firing[0].severity == "major" and firing[0].page
+    resolved = [x for x in f.out if x.rule == "room_low" and x.state == "resolved"]
+    # median window 60 min, so the median crosses 18.5 °C ~30 min after the room does; then 30 min
+    assert len(resolved) == 1 and 4 * HOUR + 30 * MIN <= resolved[0].ts - T0 <= 5 * HOUR + 30 * MIN
+
+
+def test_relapse_inside_the_clear_hold_does_not_flap() -> None:
+    """keep_firing_for: a condition that clears and relapses within clear_hold stays one episode."""
+    life = Life("k", "room_low", "st001", None, None, None, None, 0, Severity.WARNING)
+    verdicts = [True] * 3 + [False, False, True] * 5 + [False] * 4  # one verdict per 10 min
+    changes = [step(life, v, i * 10 * MIN, 20 * MIN, 30 * MIN, Severity.WARNING, 15.0, "")
+               for i, v in enumerate(verdicts)]
+    assert changes.count(Change.FIRING) == 1 and changes.count(Change.RESOLVED) == 1
+    assert changes.index(Change.RESOLVED) == len(verdicts) - 1  # only after 30 min of clear
+
+
+def test_open_window_for_20_minutes_raises_nothing() -> None:
+    f = Feed()
+    for i in range(0, 5 * 60, 10):
+        f.rooms(T0 + i * MIN, {"h1": 12.0 if 60 <= i < 80 else 21.0, **NEIGHBOURS})
+    assert not [x for x in f.out if x.rule == "room_low" and x.state == "firing"]
+
+
+def test_severity_only_rises_and_escalates_once_after_24h() -> None:
+    f = Feed()
+    for i in range(0, 30 * 60, 20):
+        v = 17.0 if i < 4 * 60 else 14.0 if i < 4 * 60 + 20 else 11.0 if i < 8 * 60 else 15.0
+        f.rooms(T0 + i * MIN, {"h1": v, **NEIGHBOURS})
+        f.tick(T0 + i * MIN)
+    sev = [(x.state, x.severity) for x in f.out if x.rule == "room_low" and x.state == "firing"]
+    assert sev[0] == ("firing", "warning")
+    assert ("firing", "critical") in sev  # the 11 °C hours raised it
+    assert sev[-1] == ("firing", "critical")  # warmer again (15 °C): not lowered
+    escalated = [x for x in f.out if x.rule == "room_low" and "escalated_after_h" in x.context]
+    assert len(escalated) == 1 and escalated[0].ts - T0 >= 26 * HOUR
+
+
+def test_building_alert_inhibits_its_households_pages() -> None:
+    f = Feed()
+    for i in range(0, 5 * 60, 20):
+        f.rooms(T0 + i * MIN, {"h1": 14.0, "h2": 14.5, "h3": 15.0, "h4": 21.0, "h5": 21.0,
+                               "h6": 21.0, "h7": 21.0, "h8": 21.0})
+    b = [x for x in f.out if x.rule == "building_low" and x.state == "firing"]
+    assert b and b[0].page and b[0].context["sensors_low"] == 3 and b[0].context["sensors_valid"] == 8
+    rooms = [x for x in f.out if x.rule == "room_low" and x.state == "firing"]
+    assert len(rooms) == 3 and all(x.quiet == "inhibited" and not x.page for x in rooms)
+
+
+def test_one_cold_flat_is_not_a_building() -> None:
+    f = Feed()
+    for i in range(0, 5 * 60, 20):
+        f.rooms(T0 + i * MIN, {"h1": 14.0, **NEIGHBOURS})
+    assert not [x for x in f.out if x.rule == "building_low"]
+    assert [x.page for x in f.out if x.rule == "room_low" and x.state == "firing"] == [True]
+
+
+def test_implausible_and_jumping_sensors_are_faults_and_not_cold_rooms() -> None:
+    f = Feed()
+    for i in range(0, 4 * 60, 10):
+        f.rooms(T0 + i * MIN, {"h1": 2.0, "h9": 21.0 if i < 60 else 9.0, **NEIGHBOURS})
+    faults = {(x.household, x.context["reason"]) for x in f.out
+              if x.rule == "sensor_fault" and x.state == "firing"}
+    assert faults == {("h1", "implausible"), ("h9", "jump")}
+    assert all(x.severity == "info" for x in f.out if x.rule == "sensor_fault")
+    assert not [x for x in f.out if x.rule in ("room_low", "building_low")]
+
+
+def test_a_dead_concentrator_is_not_a_hundred_sensor_faults() -> None:
+    f = Feed()
+    temps = {f"h{i}": 21.0 for i in range(20)}
+    for i in range(0, 2 * 60, 10):
+        f.rooms(T0 + i * MIN, temps)
+    for i in range(2 * 60, 6 * 60, 10):  # rooms silent, station points still flowing
+        f.frame(T0 + i * MIN, _station(secondary_supply_temp=55.0))
+        f.tick(T0 + i * MIN)
+    assert not [x for x in f.out if x.rule == "sensor_fault"]
+    f2 = Feed()
+    for i in range(0, 2 * 60, 10):
+        f2.rooms(T0 + i * MIN, temps)
+    for i in range(2 * 60, 6 * 60, 10):  # one sensor silent: that one is stale
+        f2.rooms(T0 + i * MIN, {k: v for k, v in temps.items() if k != "h3"})
+        f2.tick(T0 + i * MIN)
+    stale = [x for x in f2.out if x.rule == "sensor_fault" and x.state == "firing"]
+    assert [(x.household, x.context["reason"]) for x in stale] == [("h3", "stale")]
+
+
+def test_backfill_never_pages_but_the_alert_pages_once_live_data_confirms_it() -> None:
+    f = Feed()
+    for i in range(0, 3 * 60, 10):  # the past, replayed after a link outage
+        f.rooms(T0 + i * MIN, {"h1": 14.0, **NEIGHBOURS}, backfill=True, now=T0 + 4 * HOUR)
+    assert [x.state for x in f.out if x.rule == "room_low"] == ["pending", "firing"]
+    assert not f.pages()
+    f.rooms(T0 + 3 * HOUR + 10 * MIN, {"h1": 14.0, **NEIGHBOURS})
+    assert [(x.state, x.summary) for x in f.pages()] == [("firing", "room_low firing (paged now)")]
+
+
+def test_silence_keeps_pages_quiet_and_its_water_out_of_the_rate() -> None:
+    start = dt.datetime(2026, 12, 10, 1, tzinfo=dt.timezone(dt.timedelta(hours=8)))
+    f = Feed()
+    f.engine.set_silences([Silence("st001", None, int(start.timestamp() * 1000),
+                                   int(start.timestamp() * 1000) + 2 * HOUR, "filling")])
+    total = 100.0
+    for i in range(0, 6 * 60):
+        t = T0 + i * MIN
+        fill = 1 * 60 <= i < 3 * 60
+        total += (20.0 if fill else 0.5) / 60
+        f.frame(t, _station(makeup_total=total, secondary_flow=120.0, makeup_flow=20.0 if fill else 0.5,
+                            tank_level=1.5 - (0.04 * (i - 60) if fill else 0.0),
+                            secondary_return_pressure=0.3))
+    assert not f.pages()
+    assert ("firing", "silenced") in f.of("makeup_burst")
+    assert not f.of("makeup_rate")
+
+
+def test_gateway_offline_inhibits_its_stations_and_station_offline_inhibits_process_alerts() -> None:
+    f = Feed()
+    f.rooms(T0, {"h1": 21.0, **NEIGHBOURS})
+    g = GatewayStatus.model_validate({"schema": 1, "gateway": "gw1", "state": "offline",
+                                      "boot": "0badc0de", "stations": ["st001"], "ts": T0})
+    f.out += f.engine.gateway_status(g, T0 + MIN)
+    for m in range(2, 20):
+        f.tick(T0 + m * MIN)
+    assert [(x.rule, x.state) for x in f.pages()] == [("gateway_offline", "firing")]
+    assert ("firing", "inhibited") in f.of("station_offline")
+    # a station whose PLC is offline while the gateway lives: its process alerts stay quiet
+    f2 = Feed()
+    s = StationStatus.model_validate({"schema": 1, "station": "st001", "gateway": "gw1", "state": "offline",
+                                      "devices": {"plc": {"state": "offline"}}, "ts": T0})
+    f2.out += f2.engine.station_status(s, T0)
+    for i in range(0, 4 * 60, 10):
+        f2.rooms(T0 + i * MIN, {"h1": 14.0, **NEIGHBOURS})
+        f2.out += f2.engine.station_status(s, T0 + i * MIN)
+        f2.tick(T0 + i * MIN)
+    assert {x.rule for x in f2.pages()} == {"station_offline"}
+    assert ("firing", "inhibited") in f2.of("room_low")
+    assert ("firing", "inhibited") in f2.of("device_offline")
+
+
+def test_station_silent_fires_once_and_resolves_when_data_returns() -> None:
+    f = Feed()
+    f.frame(T0, _station(secondary_supply_temp=55.0))
+    for m in range(1, 30):
+        f.tick(T0 + m * MIN)
+    f.frame(T0 + 30 * MIN, _station(secondary_supply_temp=55.0))
+    assert [x.state for x in f.pages()] == ["firing", "resolved"]
+    assert f.pages()[0].ts - T0 == 6 * MIN  # first tick past station_after_s (300 s)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.0, 1.5), st.sampled_from(["flow", "flow", "reset", "replace"])),
+                min_size=2, max_size=80))
+def test_totalizer_volumes_never_go_negative_or_count_a_meter_change(
+        steps: list[tuple[float, str]]) -> None:
+    """Roll-over (known) is water; a reset or a new meter is not; nothing else is lost or invented."""
+    rules = AlertRules.model_validate({"makeup": {"networks": {"secondary": {"rollover": 10_000.0}}}})
+    f = Feed(rules)
+    reading, prev, expected, events = 9_950.0, None, 0.0, 0
+    step_max = rules.makeup.max_plausible_flow / 60  # m³ a minute
+    for i, (d, what) in enumerate(steps):
+        if what == "reset":
+            reading = 0.0
+        elif what == "replace":
+            reading = 50_000.0 + 1_000 * i
+        else:
+            reading += d
+            if reading - d < 10_000.0 <= reading:
+                reading -= 10_000.0  # the counter wraps
+        if prev is not None:
+            if what == "flow":
+                expected += d
+            elif reading < prev and prev <= 10_000.0 and 10_000.0 - prev <= step_max:
+                expected += 10_000.0 - prev  # a reset this close to the wrap point reads as a wrap
+            elif reading != prev:
+                events += 1
+        prev = reading
+        f.frame(T0 + i * MIN, _station(makeup_total=reading, secondary_flow=100.0))
+    net = f.engine.stations["st001"].makeup.nets["secondary"]
+    assert net.day_m3 + net.excluded_m3 == pytest.approx(expected, abs=1e-6)
+    assert net.meter_events == events
+
+
+def test_thermal_expansion_hour_is_not_judged() -> None:
+    f = Feed()
+    total = 10.0
+    for i in range(0, 5 * 60):
+        total += 3.0 / 60  # 2.5 % of 120 m³/h: above the limit
+        sup = 50.0 + (15.0 * (i - 60) / 60 if 60 <= i < 120 else 15.0 if i >= 120 else 0.0)
+        f.frame(T0 + i * MIN, _station(makeup_total=total, secondary_flow=120.0, secondary_supply_temp=sup))
+    firing = [x for x in f.out if x.rule == "makeup_rate" and x.state == "firing"]
+    # hour 0 starts it; hour 1 (the 15 K ramp) gives no verdict, so it cannot fire at 2:00 as it
+    # would if the ramp hour counted; hour 2 confirms it at 3:00
+    assert firing and firing[0].since == T0 and firing[0].ts == T0 + 3 * HOUR
+
+
+def test_out_of_season_nothing_runs_and_open_alerts_resolve_at_season_end() -> None:
+    f = Feed(AlertRules.model_validate({"season": {"start": "11-15", "end": "12-10"}}))
+    for i in range(0, 4 * 60, 20):
+        f.rooms(T0 - 4 * HOUR + i * MIN, {"h1": 14.0, **NEIGHBOURS})
+    assert ("firing", "") in f.of("room_low")
+    f.tick(T0 + 24 * HOUR)  # 12-11: season over
+    assert f.of("room_low")[-1] == ("resolved", "season")
+    f.rooms(T0 + 25 * HOUR, {"h1": 10.0, **NEIGHBOURS})
+    assert f.of("room_low")[-1] == ("resolved", "season")
+
+
+def test_overrides_per_station_and_building() -> None:
+    rules = AlertRules.model_validate({
+        "stations": {"st001": {"room": {"warning_below": 17.0}}},
+        "buildings": {"st001/b02": {"room": {"warning_below": 16.0, "hold_min": 0}}}})
+    assert rules.room_for("st001", "b01").warning_below == 17.0
+    assert rules.room_for("st001", "b02").warning_below == 16.0
+    assert rules.room_for("st002", "b01").warning_below == 18.0
+    f = Feed(rules)
+    f.rooms(T0, {"h1": 16.5, **NEIGHBOURS}, building="b01")
+    f.rooms(T0, {"h1": 15.5, **NEIGHBOURS}, building="b02")
+    assert [(x.building, x.state) for x in f.out if x.rule == "room_low"] == [("b01", "pending"),
+                                                                             ("b02", "firing")]
+
+
+def test_rule_file_errors_name_the_key(tmp_path: Path) -> None:
+    p = tmp_path / "rules.yaml"
+    p.write_text("kind: rules\nroom:\n  warning_below: 10\nstations:\n  st001:\n    room: {holdmin: 3}\n")
+    with pytest.raises(ConfigError) as e:
+        load_rules(p)
+    text = str(e.value)
+    assert "rules.yaml" in text and "room" in text and "critical_below < major_below" in text
+    assert "stations.st001.room" in text and "holdmin" in text
+
+
+def test_state_survives_a_restart_mid_pending() -> None:
+    f = Feed()
+    for i in range(0, 60, 10):
+        f.rooms(T0 + i * MIN, {"h1": 14.0, **NEIGHBOURS})
+    blob = f.engine.snapshot()
+    g = Feed()
+    g.engine.restore(blob)
+    for i in range(60, 3 * 60, 10):
+        g.rooms(T0 + i * MIN, {"h1": 14.0, **NEIGHBOURS})
+    firing = [x for x in g.out if x.rule == "room_low" and x.state == "firing"]
+    assert firing and firing[0].since == T0 and firing[0].ts == T0 + 2 * HOUR
+
+
+@pytest.mark.parametrize("case", sorted(CASES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_scenario(case: Path) -> None:
+    """Each scenario raises what it must, when it must, and pages nothing else."""
+    out = run(load(case), case.stem)
+    assert out.passed, report([out])
+
+
+def test_the_scenario_judge_can_fail() -> None:
+    """A missed detection and a false alarm are both reported (the judge is not a rubber stamp)."""
+    spec = load(CASES / "cold_household.yaml")
+    out = run(spec, "x")
+    fake = Transition(key="k", rule="makeup_burst", state="firing", severity="critical", station="st001",
+                      ts=out.transitions[0].ts, since=0, page=True)
+    bad = judge(spec, "x", [fake])
+    assert not bad.passed and bad.false_alarms == [fake] and bad.detections[0][1] is None
