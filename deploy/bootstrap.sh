@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what heatwatch needs on a fresh Debian/Ubuntu machine; safe to re-run.
-#   - mosquitto and influxd from the distribution (sudo when not root);
+#   - mosquitto, influxd and PostgreSQL from the distribution (sudo when not root);
 #   - .venv with the exact versions of requirements.lock and heatwatch itself (editable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,8 @@ need_pkgs=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
 command -v influxd >/dev/null 2>&1 || need_pkgs+=(influxdb)
 command -v influx >/dev/null 2>&1 || need_pkgs+=(influxdb-client)
+# PostgreSQL: the alert store of a multi-machine site; tests run the store against a real one
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_pkgs+=(postgresql)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -8,11 +8,14 @@ that installs it.
 from __future__ import annotations
 
 import getpass
+import glob
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -145,6 +148,47 @@ class Influxd(_Service):
             return httpx.get(f"{self.url}/ping", timeout=0.5).status_code == 204
         except httpx.HTTPError:
             return False
+
+
+class Postgres(_Service):
+    """A throwaway PostgreSQL cluster (trust auth, loopback only) in a temporary folder.
+
+    PostgreSQL refuses to run as root; as root the cluster runs as the ``postgres`` user the
+    Debian package creates, in a folder under /tmp that user owns.
+    """
+
+    name = "postgres"
+
+    def __init__(self, port: int) -> None:
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not bins:
+            raise MissingBinary("PostgreSQL is not installed: run `sudo apt-get install -y postgresql` "
+                                "(or `make bootstrap`, which does it)")
+        self.bindir = Path(bins[-1]).parent
+        self.as_root = os.geteuid() == 0
+        folder = Path(tempfile.mkdtemp(prefix="heatwatch-pg-"))
+        super().__init__(folder, port)
+        self.data = folder / "data"
+        if self.as_root:
+            pw = pwd.getpwnam("postgres")
+            os.chown(folder, pw.pw_uid, pw.pw_gid)
+            os.chown(self.log_path.parent, pw.pw_uid, pw.pw_gid)
+        subprocess.run(self._as_owner([str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust",
+                                       "-U", "postgres", "--no-sync", "-E", "UTF8"]),
+                       check=True, capture_output=True)
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+
+    def _as_owner(self, cmd: list[str]) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *cmd] if self.as_root else cmd
+
+    def _cmd(self) -> list[str]:
+        return self._as_owner([str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                               "-k", str(self.folder), "-c", "listen_addresses=127.0.0.1",
+                               "-c", "fsync=off"])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        super().stop(sig, timeout)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class SimThread:

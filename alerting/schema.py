@@ -1,0 +1,82 @@
+"""The alert store's tables (SQLAlchemy Core). Migrations in ``alerting/migrations`` create them;
+a test holds the two together (``alembic`` compare finds no difference).
+
+Times are ms since the Unix epoch (BIGINT), like every other time in heatwatch. An alert row is
+one *episode* of a stable key: at most one open row per key (``resolved_at IS NULL``, enforced by
+a partial unique index), and a new row when the condition comes back after resolving.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+_ID = sa.String(64)
+
+alerts = sa.Table(
+    "alerts", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("key", sa.String(300), nullable=False),
+    sa.Column("rule", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("station", _ID), sa.Column("building", _ID), sa.Column("household", _ID),
+    sa.Column("gateway", _ID), sa.Column("subject", _ID),
+    sa.Column("since", sa.BigInteger, nullable=False),  # first seen: the condition started
+    sa.Column("last_ts", sa.BigInteger, nullable=False),  # last seen: the latest transition
+    sa.Column("fired_at", sa.BigInteger),
+    sa.Column("resolved_at", sa.BigInteger),
+    sa.Column("value", sa.Float),
+    sa.Column("summary", sa.String(300), nullable=False, server_default=""),
+    sa.Column("context", sa.JSON, nullable=False),
+    sa.Column("quiet", sa.String(16), nullable=False, server_default=""),
+    sa.Column("paged", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("ack_by", _ID), sa.Column("ack_at", sa.BigInteger), sa.Column("ack_note", sa.Text),
+    sa.Column("ack_ticket", _ID),
+    sa.Column("resolved_by", _ID),  # a person, when resolved by hand
+    sa.Index("alerts_open_key", "key", unique=True, sqlite_where=sa.text("resolved_at IS NULL"),
+             postgresql_where=sa.text("resolved_at IS NULL")),
+    sa.Index("alerts_entity", "station", "building", "household"),
+    sa.Index("alerts_state", "state", "severity"),
+    sa.Index("alerts_since", "since"),
+)
+
+alert_events = sa.Table(
+    "alert_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("alert_id", sa.Integer, sa.ForeignKey("alerts.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # pending firing resolved severity ack note
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("value", sa.Float),
+    sa.Column("actor", _ID),
+    sa.Column("note", sa.Text),
+    sa.Column("ticket", _ID),
+    sa.Column("quiet", sa.String(16), nullable=False, server_default=""),
+    sa.Index("alert_events_alert", "alert_id", "ts"),
+)
+
+silences = sa.Table(
+    "silences", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("station", _ID, nullable=False),
+    sa.Column("building", _ID),
+    sa.Column("start_ms", sa.BigInteger, nullable=False),
+    sa.Column("end_ms", sa.BigInteger, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_by", _ID, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Index("silences_end", "end_ms"),
+)
+
+audit = sa.Table(
+    "audit", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.BigInteger, nullable=False),
+    sa.Column("actor", _ID, nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("target", sa.String(300), nullable=False),
+    sa.Column("detail", sa.JSON, nullable=False),
+    sa.Index("audit_at", "at"),
+)

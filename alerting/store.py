@@ -1,0 +1,234 @@
+"""The alert store: one data-access layer over SQLite (WAL, embedded default) or PostgreSQL.
+
+Stage: collector → record alerts (``apply``: the engine's transitions, in one transaction, before
+the messages that caused them are acknowledged); api → read, acknowledge, note, resolve, silence.
+The schema is ``alerting.schema``, created and evolved by the Alembic migrations in
+``alerting/migrations`` (``migrate()``; ``heatwatch store migrate CONFIG`` from the command line).
+
+URLs: ``sqlite:////var/lib/heatwatch/alerts.sqlite`` or
+``postgresql+psycopg://user:pass@host/heatwatch``. Calls are synchronous; async callers wrap
+them in one ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy.engine import Connection, Engine
+
+from alerting import schema
+from alerting.engine import Silence
+from contract.alerts import Transition
+from contract.errors import InvalidInput
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_KIND = {"pending": "pending", "firing": "firing", "resolved": "resolved"}
+
+
+class NotFound(InvalidInput):
+    """No such alert (or silence): the API answers 404."""
+
+
+class Conflict(InvalidInput):
+    """The alert is not in a state that allows this (e.g. resolving a resolved one): 409."""
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[dict[str, Any]]
+    total: int
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")  # a PUBACK follows the commit: it must be on disk
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: Engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (idempotent)."""
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(_MIGRATIONS))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    # -- the collector's side -----------------------------------------------------------------
+    def apply(self, transitions: Sequence[Transition]) -> int:
+        """Record transitions (one transaction); returns how many changed an alert row.
+
+        Replays are harmless: a transition for an alert already in that state updates nothing
+        but its last-seen time, and a resolution of an alert not open is ignored.
+        """
+        if not transitions:
+            return 0
+        changed = 0
+        a, ev = schema.alerts, schema.alert_events
+        with self.engine.begin() as conn:
+            for tr in transitions:
+                row = conn.execute(sa.select(a.c.id, a.c.state, a.c.severity, a.c.paged)
+                                   .where(a.c.key == tr.key, a.c.resolved_at.is_(None))).first()
+                if row is None:
+                    if tr.state == "resolved":
+                        continue
+                    alert_id = conn.execute(a.insert().values(
+                        key=tr.key, rule=tr.rule, state=tr.state, severity=tr.severity,
+                        station=tr.station, building=tr.building, household=tr.household,
+                        gateway=tr.gateway, subject=tr.subject, since=tr.since, last_ts=tr.ts,
+                        fired_at=tr.ts if tr.state == "firing" else None, value=tr.value,
+                        summary=tr.summary[:300], context=tr.context, quiet=tr.quiet,
+                        paged=tr.page).returning(a.c.id)).scalar_one()
+                    kind = tr.state
+                else:
+                    alert_id = row.id
+                    if tr.state == row.state and tr.severity == row.severity and tr.page <= row.paged:
+                        conn.execute(a.update().where(a.c.id == alert_id)
+                                     .values(last_ts=tr.ts, value=tr.value))
+                        continue
+                    kind = tr.state if tr.state != row.state else "severity"
+                    values: dict[str, Any] = dict(state=tr.state, severity=tr.severity, last_ts=tr.ts,
+                                                  value=tr.value, context=tr.context, quiet=tr.quiet,
+                                                  summary=tr.summary[:300], paged=row.paged or tr.page)
+                    if tr.state == "firing" and row.state == "pending":
+                        values["fired_at"] = tr.ts
+                    if tr.state == "resolved":
+                        values["resolved_at"] = tr.ts
+                    conn.execute(a.update().where(a.c.id == alert_id).values(**values))
+                conn.execute(ev.insert().values(alert_id=alert_id, ts=tr.ts, kind=kind, state=tr.state,
+                                                severity=tr.severity, value=tr.value, quiet=tr.quiet))
+                changed += 1
+        return changed
+
+    def active_silences(self, now: int) -> list[Silence]:
+        s = schema.silences
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(s).where(s.c.end_ms > now)).all()
+        return [Silence(r.station, r.building, r.start_ms, r.end_ms, r.reason) for r in rows]
+
+    # -- the dispatcher's side ----------------------------------------------------------------
+    def get(self, alert_id: int) -> dict[str, Any]:
+        a, ev = schema.alerts, schema.alert_events
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(a).where(a.c.id == alert_id)).mappings().first()
+            if row is None:
+                raise NotFound(f"alert {alert_id} does not exist", "not_found")
+            events = conn.execute(sa.select(ev).where(ev.c.alert_id == alert_id)
+                                  .order_by(ev.c.ts, ev.c.id)).mappings().all()
+        return {**row, "events": [dict(e) for e in events]}
+
+    def query(self, *, state: Iterable[str] | None = None, severity: Iterable[str] | None = None,
+             rule: Iterable[str] | None = None, station: str | None = None,
+             building: str | None = None, household: str | None = None, open_only: bool = False,
+             since: int | None = None, until: int | None = None, limit: int = 50,
+             offset: int = 0) -> Page:
+        """Alerts matching every given filter, newest first (bound parameters only)."""
+        a = schema.alerts
+        conds: list[Any] = []
+        if state:
+            conds.append(a.c.state.in_(list(state)))
+        if severity:
+            conds.append(a.c.severity.in_(list(severity)))
+        if rule:
+            conds.append(a.c.rule.in_(list(rule)))
+        for col, v in ((a.c.station, station), (a.c.building, building), (a.c.household, household)):
+            if v is not None:
+                conds.append(col == v)
+        if open_only:
+            conds.append(a.c.resolved_at.is_(None))
+        if since is not None:
+            conds.append(a.c.last_ts >= since)
+        if until is not None:
+            conds.append(a.c.since <= until)
+        where = sa.and_(sa.true(), *conds)
+        with self.engine.connect() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(a).where(where)).scalar_one()
+            rows = conn.execute(sa.select(a).where(where).order_by(a.c.since.desc(), a.c.id.desc())
+                                .limit(limit).offset(offset)).mappings().all()
+        return Page([dict(r) for r in rows], total)
+
+    def _event(self, conn: Connection, alert_id: int, kind: str, now: int, actor: str,
+               note: str | None, ticket: str | None) -> dict[str, Any]:
+        a = schema.alerts
+        row = conn.execute(sa.select(a.c.state, a.c.severity, a.c.value, a.c.key)
+                           .where(a.c.id == alert_id)).first()
+        if row is None:
+            raise NotFound(f"alert {alert_id} does not exist", "not_found")
+        conn.execute(schema.alert_events.insert().values(
+            alert_id=alert_id, ts=now, kind=kind, state=row.state, severity=row.severity,
+            value=row.value, actor=actor, note=note, ticket=ticket))
+        conn.execute(schema.audit.insert().values(at=now, actor=actor, action=f"alert.{kind}",
+                                                  target=row.key,
+                                                  detail={"alert": alert_id, "note": note,
+                                                          "ticket": ticket}))
+        return {"state": row.state}
+
+    def acknowledge(self, alert_id: int, *, actor: str, now: int, note: str | None = None,
+                    ticket: str | None = None) -> dict[str, Any]:
+        a = schema.alerts
+        with self.engine.begin() as conn:
+            self._event(conn, alert_id, "ack", now, actor, note, ticket)
+            conn.execute(a.update().where(a.c.id == alert_id)
+                         .values(ack_by=actor, ack_at=now, ack_note=note, ack_ticket=ticket))
+        return self.get(alert_id)
+
+    def add_note(self, alert_id: int, *, actor: str, now: int, note: str,
+                 ticket: str | None = None) -> dict[str, Any]:
+        with self.engine.begin() as conn:
+            self._event(conn, alert_id, "note", now, actor, note, ticket)
+        return self.get(alert_id)
+
+    def resolve(self, alert_id: int, *, actor: str, now: int, note: str | None = None) -> dict[str, Any]:
+        """By hand, for episodic rules the engine judges once a day or hour (the API allows which).
+        The engine is not told: its next change for this key starts a new episode."""
+        a = schema.alerts
+        with self.engine.begin() as conn:
+            cur = self._event(conn, alert_id, "resolved", now, actor, note, None)
+            if cur["state"] == "resolved":
+                raise Conflict(f"alert {alert_id} is already resolved", "already_resolved")
+            conn.execute(a.update().where(a.c.id == alert_id)
+                         .values(state="resolved", resolved_at=now, resolved_by=actor, last_ts=now))
+        return self.get(alert_id)
+
+    def add_silence(self, *, station: str, building: str | None, start: int, end: int, reason: str,
+                    actor: str, now: int) -> int:
+        if end <= start:
+            raise InvalidInput("a silence must end after it starts", "bad_silence")
+        s = schema.silences
+        with self.engine.begin() as conn:
+            sid = conn.execute(s.insert().values(
+                station=station, building=building, start_ms=start, end_ms=end, reason=reason,
+                created_by=actor, created_at=now).returning(s.c.id)).scalar_one()
+            conn.execute(schema.audit.insert().values(
+                at=now, actor=actor, action="silence.add",
+                target=f"{station}/{building}" if building else station,
+                detail={"silence": sid, "start": start, "end": end, "reason": reason}))
+        return int(sid)
+
+    def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
+        au = schema.audit
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(sa.select(au).order_by(au.c.id.desc())
+                                                  .limit(limit)).mappings()]
