@@ -14,7 +14,7 @@ the past never pages, and holds never run backwards.
 
 Topology for inhibition (Alertmanager's ``inhibit_rules``, fixed by the domain): a gateway
 offline inhibits its stations' alerts; a station offline inhibits every process alert of the
-station; a building alert inhibits its households' room alerts. Inhibited, silenced and
+station; a building alert (pending or firing) inhibits its households' room alerts. Inhibited, silenced and
 backfill transitions are stored but not paged (``quiet``); if the alert is still firing when the
 reason goes away, it is paged then.
 
@@ -122,6 +122,8 @@ class Engine:
                     room(frame.station, s, t, quiet)
                 elif s.building is None:
                     vals[p] = s
+        if self.rooms._dirty:
+            self.rooms.flush(t, quiet)
         if vals:
             makeup.observe(self, frame.station, st, vals, t, quiet, grace)
         return self._flush()
@@ -271,9 +273,9 @@ class Engine:
                 if g is not None and g.state is State.FIRING:
                     return True
         if life.rule == Rule.ROOM_LOW:
-            b = self.lives.get(alert_key(Rule.BUILDING_LOW, life.station, life.building))
-            if b is not None and b.state is State.FIRING:
-                return True
+            # pending counts too: while the building verdict is open, its flats wait (if it never
+            # fires, their next verdict pages them)
+            return alert_key(Rule.BUILDING_LOW, life.station, life.building) in self.lives
         return False
 
     def _emit(self, life: Life, change: int, t: int, quiet: str) -> None:
@@ -327,6 +329,27 @@ class Engine:
             self._step(life, False, now, 0, 0, Severity.WARNING, None, "")
 
     # -- persistence --------------------------------------------------------------------------
+    def adopt(self, open_alerts: Iterable[dict[str, Any]]) -> None:
+        """Take the store's open alerts as the truth about lifecycles (after ``restore``).
+
+        The snapshot may be older than the store: alerts raised since are adopted, lives the
+        store has closed since (resolved, or by hand) are forgotten.
+        """
+        lives: dict[str, Life] = {}
+        for row in open_alerts:
+            life = self.lives.get(row["key"])
+            if life is None or life.state.value != row["state"]:
+                life = Life(row["key"], row["rule"], row["station"], row["building"], row["household"],
+                            row["gateway"], row["subject"], row["since"], Severity(row["severity"]))
+                life.state = State(row["state"])
+                life.fired = row["fired_at"]
+                life.value = row["value"]
+                life.context = dict(row["context"] or {})
+                life.paged = bool(row["paged"])
+            lives[life.key] = life
+        self.lives = lives
+        self.rooms.adopt(lives.values())
+
     def snapshot(self) -> bytes:
         """Everything needed to carry on after a restart (rules are re-read from the file)."""
         state = {"version": SNAPSHOT_VERSION, "lives": self.lives, "stations": self.stations,

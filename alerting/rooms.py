@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from contract.alerts import Rule, Severity, State
@@ -26,6 +27,7 @@ from contract.payload import Sample
 
 if TYPE_CHECKING:
     from alerting.engine import Engine
+    from alerting.lifecycle import Life
 
 _MEDIAN_EVERY_MS = 60_000  # recompute a busy sensor's median at most once a minute of data time
 _MIN_GAP_MS, _MAX_GAP_MS = 1_000, 6 * 3_600_000
@@ -113,6 +115,7 @@ class Rooms:
         self.buildings: dict[tuple[str, str], Building] = {}
         self.by_station: dict[str, list[Sensor]] = {}
         self._params: dict[tuple[str, str], Params] = {}
+        self._dirty: dict[tuple[str, str], Building] = {}
         sr = engine.rules.sensor
         self._flat_ms = sr.flat_hours * 3.6e6
         self._fault_hold = sr.implausible_hold_min * 60_000
@@ -123,6 +126,25 @@ class Rooms:
     def restore(self, state: dict[str, Any]) -> None:
         self.sensors, self.buildings = state["sensors"], state["buildings"]
         self.by_station = state["by_station"]
+
+    def adopt(self, lives: Iterable[Life]) -> None:
+        """Point the sensors' and buildings' open-alert flags at the engine's lives."""
+        for se in self.sensors.values():
+            se.low_open = se.fault_open = False
+        for b in self.buildings.values():
+            b.open = False
+        for life in lives:
+            if life.station is None or life.building is None:
+                continue
+            if life.rule == Rule.BUILDING_LOW:
+                self.buildings.setdefault((life.station, life.building), Building()).open = True
+            elif life.household is not None and life.rule in (Rule.ROOM_LOW, Rule.SENSOR_FAULT):
+                key = (life.station, life.building, life.household)
+                se = self.sensors.get(key) or self._new(*key)
+                if life.rule == Rule.ROOM_LOW:
+                    se.low_open = True
+                else:
+                    se.fault_open = True
 
     def params(self, station: str, building: str) -> Params:
         p = self._params.get((station, building))
@@ -230,6 +252,19 @@ class Rooms:
             b.n_valid += valid - se.c_valid
             b.n_low += low - se.c_low
             se.c_valid, se.c_low = valid, low
+        self._dirty[(se.station, se.building)] = b
+
+    def flush(self, t: int, quiet: str) -> None:
+        """Judge the buildings whose sensors reported, once per message (not per reading, so a
+        message's first readings never stand for the whole building)."""
+        dirty, self._dirty = self._dirty, {}
+        for (station, building), b in dirty.items():
+            self._judge_building(station, building, b, t, quiet)
+
+    def _judge_building(self, station: str, building: str, b: Building, t: int, quiet: str) -> None:
+        p = self.params(station, building)
+        if b.n_valid < max(p.minimum, len(b.sensors) / 2):
+            return  # most sensors silent, faulty or not yet heard since a restart: no verdict
         need = max(p.minimum, math.ceil(p.share * b.n_valid - 1e-9))
         b_low = b.n_low >= need
         if b_low or b.open:
@@ -237,10 +272,10 @@ class Rooms:
             bm = meds[len(meds) // 2] if meds else None
             sev = self._severity(bm, p) if bm is not None else Severity.WARNING
             n_low, n_valid = b.n_low, b.n_valid
-            life = eng.judge(Rule.BUILDING_LOW, b_low, t, p.b_hold_ms, p.clear_ms, sev, bm, quiet,
-                             station=se.station, building=se.building,
-                             context=lambda: {**self._context(se.station, bm, p, t),
-                                              "sensors_low": n_low, "sensors_valid": n_valid})
+            life = self.engine.judge(
+                Rule.BUILDING_LOW, b_low, t, p.b_hold_ms, p.clear_ms, sev, bm, quiet, station=station,
+                building=building, context=lambda: {**self._context(station, bm, p, t),
+                                                    "sensors_low": n_low, "sensors_valid": n_valid})
             if life is not None:
                 life.context["sensors_low"], life.context["sensors_valid"] = n_low, n_valid
             b.open = life is not None and life.state is not State.RESOLVED
@@ -300,3 +335,4 @@ class Rooms:
                     # a mass silence is a concentrator or link: the sensors leave the rules but
                     # get no alert each (the station's device_offline / station_offline says it)
                     self._judge(se, self.buildings[(station, se.building)], ref, "", faults=not mass)
+            self.flush(ref, "")

@@ -40,8 +40,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from collector import metrics
+from collector.alerts import AlertStage
 from collector.influx import BACKOFF_MIN_S, InfluxWriter
 from contract import topics
+from contract.alerts import Transition
 from contract.config import CollectorConfig
 from contract.errors import DatabaseUnavailable, InvalidInput, PayloadError
 from contract.influx import escape_string_field, reject_line, telemetry_lines
@@ -72,6 +74,7 @@ class Stats:
 class _Batch:
     lines: list[str] = field(default_factory=list)
     mids: list[int] = field(default_factory=list)
+    transitions: list[Transition] = field(default_factory=list)  # alert changes these messages caused
     started: float = 0.0
 
 
@@ -96,6 +99,8 @@ class Collector:
         self._last_reject_ms = 0
         self.connected = asyncio.Event()
         self._client: mqtt.Client | None = None
+        # the rule engine (a config or rule-file error raises here, at start-up)
+        self.alerts = AlertStage(cfg.alerts, clock=clock) if cfg.alerts is not None else None
 
     # -- validation (pure apart from counters) -------------------------------------------------
     def handle(self, topic: str, payload: bytes) -> list[str]:
@@ -112,12 +117,16 @@ class Collector:
                 if st.station != t.subject:
                     raise PayloadError(f"payload station {st.station!r} ≠ topic {t.subject!r}",
                                        "station_mismatch")
+                if self.alerts is not None:
+                    self.alerts.station_status(st, int(self.clock() * 1000))
                 offline = sum(1 for d in st.devices.values() if d.state != "online")
                 return [f'station_status,station={st.station} state="{st.state.value}",'
                         f"devices_not_online={offline}i {st.ts}"]
             if t.kind is topics.TopicKind.GATEWAY_STATUS:
                 gs = parse_gateway_status(payload)
                 now = int(self.clock() * 1000)  # a will's own ts is when it was registered
+                if self.alerts is not None:
+                    self.alerts.gateway_status(gs, now)
                 return [f'gateway_status,gateway={gs.gateway} state="{gs.state}",'
                         f'boot="{escape_string_field(gs.boot)}" {now}']
             raise PayloadError(f"the collector does not take {t.kind} messages", "unexpected_topic")
@@ -149,6 +158,8 @@ class Collector:
         self.stats.accepted += 1
         self.stats.messages[station] += 1
         self.stats.values += len(msg.samples)
+        if self.alerts is not None:
+            self.alerts.observe(msg, int(now_ms))
         return telemetry_lines(msg)
 
     def _reject(self, reason: str, station: str | None, topic: str, detail: str) -> str:
@@ -242,6 +253,8 @@ class Collector:
             self.metrics_port = metrics.serve(self, self.cfg.stats.metrics_host, self.cfg.stats.metrics_port)
             log.info("metrics", url=f"http://{self.cfg.stats.metrics_host}:{self.metrics_port}/metrics")
         await self.writer.ensure_database_retrying()
+        if self.alerts is not None:
+            await asyncio.to_thread(self.alerts.start)
         client.connect_async(self.cfg.mqtt.host, self.cfg.mqtt.port, self.cfg.mqtt.keepalive_s,
                              clean_start=False, properties=props)
         client.loop_start()
@@ -251,12 +264,17 @@ class Collector:
                 tg.create_task(self._writer(batches, client))
                 tg.create_task(self._drainer())
                 tg.create_task(self._reporter(inbox))
+                if self.alerts is not None:
+                    tg.create_task(self.alerts.ticker(lambda: inbox.put_nowait((0, "", b""))))
+                    tg.create_task(self.alerts.webhooks())
         finally:
             self._stopping = True
             client.disconnect()
             client.loop_stop()
             await self.writer.close()
             self.spool.close()
+            if self.alerts is not None:
+                self.alerts.close()
 
     async def _batcher(self, inbox: asyncio.Queue[tuple[int, str, bytes]],
                        batches: asyncio.Queue[_Batch]) -> None:
@@ -276,12 +294,15 @@ class Collector:
             if self._stats_lines:
                 b.lines.extend(self._stats_lines)
                 self._stats_lines = []
-            if not topic:  # the reporter's wake-up
-                continue
-            b.lines.extend(self.handle(topic, payload))
-            self._slots.release()
-            if mid:
-                b.mids.append(mid)
+            if topic:  # else the reporter's or the alert ticker's wake-up
+                b.lines.extend(self.handle(topic, payload))
+                self._slots.release()
+                if mid:
+                    b.mids.append(mid)
+            if self.alerts is not None and self.alerts.pending:
+                trs, lines = self.alerts.take()
+                b.transitions.extend(trs)
+                b.lines.extend(lines)
             if len(b.lines) >= max_lines:
                 await batches.put(b)
                 b = _Batch()
@@ -291,6 +312,8 @@ class Collector:
             b = await batches.get()
             if b.lines:
                 await self._store(b.lines)
+            if b.transitions and self.alerts is not None:
+                await self.alerts.record(b.transitions, client)  # in the store before the PUBACKs
             for mid in b.mids:  # durable now: let the broker forget them, in arrival order
                 client.ack(mid, 1)
             self.stats.acked += len(b.mids)
@@ -368,6 +391,11 @@ class Collector:
             "spool_rows": self.spool.count, "spool_bytes": self.spool.bytes, "acked": st.acked,
             "seq_gaps": sum(st.seq_gaps.values()), "restarts": sum(st.restarts.values()),
         }
+        if self.alerts is not None:
+            a = self.alerts.stats
+            fields |= {"alert_transitions": a.transitions, "alert_pages": a.pages,
+                       "alert_store_retries": a.store_retries, "webhook_sent": a.webhook_sent,
+                       "webhook_failed": a.webhook_failed, "webhook_retries": a.webhook_retries}
         client = self.cfg.client_id
         out = [f"collector,client_id={client} " + ",".join(f"{k}={v}i" for k, v in fields.items())
                + f" {now_ms}"]

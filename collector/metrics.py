@@ -50,6 +50,22 @@ class _Source(_PromCollector):
             for station, n in sorted(counter.items()):
                 m.add_metric([station], n)
             yield m
+        if c.alerts is not None:
+            a = c.alerts
+            for name, doc, value in (
+                ("alert_transitions", "alert transitions recorded in the store", a.stats.transitions),
+                ("alert_pages", "alert transitions paged (MQTT alert topic, webhooks)", a.stats.pages),
+                ("alert_store_retries", "alert store writes that failed and were retried",
+                 a.stats.store_retries),
+                ("webhook_sent", "pages delivered to every webhook", a.stats.webhook_sent),
+                ("webhook_failed", "pages a webhook refused for good (4xx)", a.stats.webhook_failed),
+                ("webhook_retries", "webhook deliveries that failed and were retried",
+                 a.stats.webhook_retries),
+                ("rule_samples", "readings the rule engine judged", a.engine.samples_judged),
+            ):
+                yield CounterMetricFamily(P + name, doc, value=value)
+            yield GaugeMetricFamily(P + "alerts_open", "alerts pending or firing in the engine",
+                                    value=len(a.engine.lives))
         yield GaugeMetricFamily(P + "inbox", "received messages waiting to be validated and batched",
                                 value=c.inbox.qsize() if c.inbox is not None else 0)
         yield GaugeMetricFamily(P + "spool_rows", "batches waiting in the spool", value=c.spool.count)

@@ -383,6 +383,33 @@ class StatsSettings(_Strict):
     metrics_host: str = "127.0.0.1"
 
 
+class WebhookSettings(_Strict):
+    url: str = Field(pattern=r"^https?://")
+    min_severity: Literal["info", "warning", "major", "critical"] = "warning"
+    timeout_s: float = Field(default=5, gt=0)
+    headers: dict[str, SecretStr] = Field(default_factory=dict)  # e.g. Authorization
+
+
+class AlertSettings(_Strict):
+    """The collector's rule engine and alert store (see contract/alerts.py for the rule file)."""
+
+    rules: str | None = None  # rule file (YAML, kind: rules); relative to this config; None = defaults
+    store: str  # SQLAlchemy URL: sqlite:////var/lib/heatwatch/alerts.sqlite or postgresql+psycopg://…
+    state_path: str  # the engine's snapshot (windows, baselines, pending timers)
+    tick_s: float = Field(default=15, gt=0)  # time-driven rules (stale, offline, escalation)
+    snapshot_s: float = Field(default=60, gt=0)
+    silences_s: float = Field(default=30, gt=0)  # re-read silences from the store this often
+    publish: bool = True  # every transition on heatwatch/v1/alert/{station}
+    webhooks: list[WebhookSettings] = Field(default_factory=list)
+    webhook_outbox: str | None = None  # durable queue of webhook deliveries; needed with webhooks
+
+    @model_validator(mode="after")
+    def _outbox(self) -> AlertSettings:
+        if self.webhooks and not self.webhook_outbox:
+            raise ValueError("webhooks need webhook_outbox (a file path for the delivery queue)")
+        return self
+
+
 class CollectorConfig(_Strict):
     kind: Literal["collector"]
     client_id: Ident = "heatwatch-collector"
@@ -394,6 +421,7 @@ class CollectorConfig(_Strict):
     ingest: IngestSettings = IngestSettings()
     spool: SpoolSettings
     stats: StatsSettings = StatsSettings()
+    alerts: AlertSettings | None = None  # the rule engine; None = store telemetry only
 
 
 class ListenSettings(_Strict):
@@ -606,6 +634,9 @@ def load_config(path: str | Path) -> GatewayConfig | CollectorConfig | ApiConfig
         raise ConfigError(str(p), [f"kind: must be one of {', '.join(_MODELS)}, got {kind!r}"])
     if model is GatewayConfig:
         data["resolved"] = _resolve_devices(data, p.parent, str(p))
+    alerts = data.get("alerts") if model is CollectorConfig else None
+    if isinstance(alerts, dict) and isinstance(alerts.get("rules"), str):
+        alerts["rules"] = str(p.parent / alerts["rules"])  # absolute stays absolute
     cfg: GatewayConfig | CollectorConfig | ApiConfig | RegisterMap = _validate(model, data, str(p))
     return cfg
 

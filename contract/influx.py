@@ -15,12 +15,18 @@ One line per entity per sample time, all of a message's points for that entity a
 - timestamp: the gateway's sample time in ms (``precision=ms``). ``backfill`` is deliberately
   not a tag: a tag would put a replayed sample in a second series instead of overwriting.
 
+Alert transitions go to ``alerts`` (Grafana annotations): tags ``rule``, ``state`` and the entity
+(``station``, ``building``, ``household``, ``gateway``, ``subject`` where set); fields
+``severity``, ``key``, ``summary`` strings, ``value`` float, ``page`` bool, ``since`` ms; at the
+transition's time.
+
 Rejected input goes to ``rejects`` (tags ``reason``, ``station``; fields ``count``=1i,
 ``detail`` string, ``topic`` string), timestamped at receipt.
 """
 
 from __future__ import annotations
 
+from contract.alerts import Transition
 from contract.payload import Frame
 from contract.points import QUALITY_SUFFIX
 
@@ -28,6 +34,7 @@ MEASUREMENT_STATION = "station"
 MEASUREMENT_BUILDING = "building"
 MEASUREMENT_HOUSEHOLD = "household"
 MEASUREMENT_REJECTS = "rejects"
+MEASUREMENT_ALERTS = "alerts"
 PRECISION = "ms"
 
 
@@ -93,3 +100,17 @@ def reject_line(reason: str, station: str | None, topic: str, detail: str, ts_ms
         tags += f",station={_escape_tag(station)}"
     return (f'{MEASUREMENT_REJECTS},{tags} count=1i,detail="{escape_string_field(detail[:500])}",'
             f'topic="{escape_string_field(topic[:200])}" {ts_ms}')
+
+
+def alert_line(tr: Transition) -> str:
+    tags = f"rule={tr.rule},state={tr.state}"
+    for k in ("station", "building", "household", "gateway", "subject"):
+        v = getattr(tr, k)
+        if v is not None:
+            tags += f",{k}={_escape_tag(v)}"
+    fields = (f'severity="{tr.severity}",key="{escape_string_field(tr.key)}",'
+              f'summary="{escape_string_field(tr.summary[:300])}",page={"true" if tr.page else "false"},'
+              f"since={tr.since}i")
+    if tr.value is not None:
+        fields += f",value={float(tr.value)!r}"
+    return f"{MEASUREMENT_ALERTS},{tags} {fields} {tr.ts}"

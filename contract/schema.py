@@ -10,22 +10,26 @@ import json
 import sys
 from pathlib import Path
 
+import msgspec
 from pydantic import BaseModel
 
+from contract.alerts import AlertRules, Transition
 from contract.config import ApiConfig, CollectorConfig, GatewayConfig, RegisterMap
 from contract.payload import GatewayStatus, StationStatus, Telemetry
 
 MODELS: dict[str, type[BaseModel]] = {
     "telemetry": Telemetry, "station-status": StationStatus, "gateway-status": GatewayStatus,
     "register-map": RegisterMap, "gateway-config": GatewayConfig,
-    "collector-config": CollectorConfig, "api-config": ApiConfig,
+    "collector-config": CollectorConfig, "api-config": ApiConfig, "alert-rules": AlertRules,
 }
 
 
 def render() -> dict[str, str]:
     return {f"{name}.schema.json": json.dumps(m.model_json_schema(by_alias=True), indent=2,
                                               ensure_ascii=False, sort_keys=True) + "\n"
-            for name, m in MODELS.items()}
+            for name, m in MODELS.items()} | {
+        "alert-transition.schema.json": json.dumps(msgspec.json.schema(Transition), indent=2,
+                                                   ensure_ascii=False, sort_keys=True) + "\n"}
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
                                                      birth "online", last will "offline"
     heatwatch/v1/station/{station}/command/{id}      control room → gateway (reserved)
     heatwatch/v1/station/{station}/command-result/{id}  gateway → control room (reserved)
-    heatwatch/v1/alert/{station}                     collector → all       (reserved)
+    heatwatch/v1/alert/{station|gateway}             collector → all       QoS 1, not retained:
+                                                     every alert transition (contract.alerts)
 
 Identifiers (station, gateway, building, household, command id) are 1–64 characters of
 letters, digits, ``_ . -``: never ``/ + #`` or spaces, so they are safe as topic levels and
@@ -127,3 +128,8 @@ def matches(topic_filter: str, topic: str) -> bool:
         if i >= len(t_parts) or (f != "+" and f != t_parts[i]):
             return False
     return len(f_parts) == len(t_parts)
+
+
+def alert(subject: str) -> Topic:
+    """The alert topic of a station (or, for gateway alerts, of the gateway)."""
+    return Topic(TopicKind.ALERT, subject)

@@ -1,6 +1,6 @@
 """Alert scenarios: the simulator's station physics on an accelerated clock, judged by the engine.
 
-A scenario file (``tests/cases/alerts/*.yaml``) states the station, the events, and what the
+A scenario file (``tests/scenarios/*.yaml``) states the station, the events, and what the
 dispatch room must and must not be paged for::
 
     description: a building's supply fails; its households go cold together
@@ -17,7 +17,7 @@ dispatch room must and must not be paged for::
     restart_at: 2h              # optional: the collector restarts (engine from its snapshot)
 
 Every page that matches no ``expect`` entry is a false alarm. Run them all and print the report:
-``.venv/bin/python -m heatwatch.scenarios tests/cases/alerts``.
+``.venv/bin/python -m heatwatch.scenarios tests/scenarios``.
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def report(results: list[Outcome]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("folder", type=Path, nargs="?", default=Path("tests/cases/alerts"))
+    ap.add_argument("folder", type=Path, nargs="?", default=Path("tests/scenarios"))
     args = ap.parse_args(argv)
     results = [run(load(f), f.stem) for f in sorted(args.folder.glob("*.yaml"))]
     print(report(results))

@@ -19,7 +19,7 @@ from heatwatch.scenarios import judge, load, report, run
 T0 = int(dt.datetime(2026, 12, 10, tzinfo=dt.timezone(dt.timedelta(hours=8))).timestamp() * 1000)
 MIN = 60_000
 HOUR = 60 * MIN
-CASES = Path(__file__).parent.parent / "cases" / "alerts"
+CASES = Path(__file__).parent.parent / "scenarios"
 
 
 class Feed:

@@ -1,0 +1,232 @@
+"""The collector's alert stage: evaluate rules → record alerts → page, before the acknowledgement.
+
+Takes every validated telemetry message and status message (``observe``/``status``, in the
+event loop, in arrival order) and, every ``tick_s``, the time-driven rules; the resulting
+transitions travel with the batch of the messages that caused them. Before that batch's
+PUBACKs go out, ``record`` commits them to the alert store; then they are published on
+``heatwatch/v1/alert/{station}`` and the pages queued for webhooks in a durable outbox
+(``durable.queue.DiskQueue``), delivered oldest first with capped backoff.
+
+State across restarts: the engine's snapshot (``state_path``, every ``snapshot_s`` and at
+shutdown, written atomically) carries windows, baselines and timers; the store carries the
+alerts themselves and is the authority: at start the engine adopts every open alert of the
+store and forgets lives the store has closed, so a ``kill -9`` between snapshots costs some
+window samples, never an alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import msgspec
+import orjson
+import paho.mqtt.client as mqtt
+import sqlalchemy.exc
+import structlog
+
+from alerting.engine import Engine
+from alerting.store import Store
+from contract import topics
+from contract.alerts import AlertRules, Severity, Transition, load_rules
+from contract.config import AlertSettings
+from contract.influx import alert_line
+from contract.payload import Frame, GatewayStatus, StationStatus
+from durable.queue import DiskQueue
+
+log = structlog.get_logger("heatwatch.collector.alerts")
+RETRY_MAX_S = 30.0
+_RANK = {s.value: s.rank for s in Severity}
+
+
+@dataclass
+class AlertStats:
+    transitions: int = 0
+    pages: int = 0
+    recorded: int = 0
+    store_retries: int = 0
+    published: int = 0
+    webhook_sent: int = 0
+    webhook_failed: int = 0  # refused for good (4xx): logged, dropped, counted
+    webhook_retries: int = 0
+
+
+class AlertStage:
+    def __init__(self, cfg: AlertSettings, *, clock: Callable[[], float] = time.time) -> None:
+        self.cfg, self.clock = cfg, clock
+        self.rules: AlertRules = load_rules(cfg.rules) if cfg.rules else AlertRules()
+        self.engine = Engine(self.rules)
+        self.store = Store(cfg.store)
+        self.stats = AlertStats()
+        self.pending: list[Transition] = []
+        self.outbox = (DiskQueue(cfg.webhook_outbox, max_bytes=256 * 1024**2, max_age_s=7 * 86400)
+                       if cfg.webhooks and cfg.webhook_outbox else None)
+        self._webhook_wake = asyncio.Event()
+
+    def start(self) -> None:
+        """Blocking: migrate the store, restore the snapshot, adopt the store's open alerts."""
+        self.store.migrate()
+        path = Path(self.cfg.state_path)
+        if path.exists():
+            try:
+                self.engine.restore(path.read_bytes())
+            except Exception as exc:  # a snapshot from another version: start fresh, loudly
+                log.error("alert state snapshot unreadable; starting with empty windows",
+                          path=str(path), error=str(exc))
+                self.engine = Engine(self.rules)
+        page = self.store.query(open_only=True, limit=1_000_000)
+        self.engine.adopt(page.rows)
+        self.engine.set_silences(self.store.active_silences(int(self.clock() * 1000)))
+        log.info("alert engine ready", open_alerts=page.total, rules=self.cfg.rules or "defaults",
+                 store=self.store.engine.url.render_as_string(hide_password=True))
+
+    def close(self) -> None:
+        self.save_snapshot()
+        self.store.close()
+        if self.outbox is not None:
+            self.outbox.close()
+
+    # -- inputs (event loop) ------------------------------------------------------------------
+    def observe(self, frame: Frame, now_ms: int) -> None:
+        self._add(self.engine.observe(frame, now_ms))
+
+    def station_status(self, s: StationStatus, now_ms: int) -> None:
+        self._add(self.engine.station_status(s, now_ms))
+
+    def gateway_status(self, g: GatewayStatus, now_ms: int) -> None:
+        self._add(self.engine.gateway_status(g, now_ms))
+
+    def tick(self, now_ms: int) -> None:
+        self._add(self.engine.tick(now_ms))
+
+    def _add(self, trs: list[Transition]) -> None:
+        if trs:
+            self.pending.extend(trs)
+
+    def take(self) -> tuple[list[Transition], list[str]]:
+        """The transitions waiting to ride with the current batch, and their InfluxDB lines."""
+        trs, self.pending = self.pending, []
+        return trs, [alert_line(t) for t in trs]
+
+    # -- output (before the batch is acknowledged) --------------------------------------------
+    async def record(self, trs: list[Transition], client: mqtt.Client | None) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.to_thread(self.store.apply, trs)
+                break
+            except sqlalchemy.exc.OperationalError as exc:  # locked, disk, server gone: keep trying
+                self.stats.store_retries += 1
+                if self.stats.store_retries == 1 or delay >= RETRY_MAX_S:
+                    log.warning("alert store unavailable; holding the batch", error=str(exc)[:300])
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+        self.stats.transitions += len(trs)
+        self.stats.recorded += len(trs)
+        pages = [t for t in trs if t.page]
+        self.stats.pages += len(pages)
+        for t in pages:
+            log.info("alert", key=t.key, state=t.state, severity=t.severity, value=t.value)
+        if self.cfg.publish and client is not None:
+            for t in trs:
+                subject = t.station or t.gateway
+                if subject is not None:
+                    client.publish(str(topics.alert(subject)), msgspec.json.encode(t), qos=1)
+                    self.stats.published += 1
+        if self.outbox is not None and pages:
+            batch = [t for t in pages if any(_RANK[t.severity] >= _RANK[w.min_severity]
+                                             for w in self.cfg.webhooks)]
+            for t in batch:
+                await asyncio.to_thread(self.outbox.append, t.key, msgspec.json.encode(t))
+            if batch:
+                self._webhook_wake.set()
+
+    # -- background ---------------------------------------------------------------------------
+    async def ticker(self, wake: Callable[[], None]) -> None:
+        """Time-driven rules every tick_s; silences re-read and the snapshot saved on their own beat."""
+        last_sil = last_snap = time.monotonic()
+        while True:
+            await asyncio.sleep(self.cfg.tick_s)
+            now = int(self.clock() * 1000)
+            self.tick(now)
+            if self.pending:
+                wake()
+            mono = time.monotonic()
+            if mono - last_sil >= self.cfg.silences_s:
+                last_sil = mono
+                try:
+                    self.engine.set_silences(await asyncio.to_thread(self.store.active_silences, now))
+                except sqlalchemy.exc.OperationalError as exc:
+                    log.warning("could not read silences; keeping the last ones", error=str(exc)[:200])
+            if mono - last_snap >= self.cfg.snapshot_s:
+                last_snap = mono
+                blob = self.engine.snapshot()
+                await asyncio.to_thread(self._write_snapshot, blob)
+
+    def save_snapshot(self) -> None:
+        self._write_snapshot(self.engine.snapshot())
+
+    def _write_snapshot(self, blob: bytes) -> None:
+        path = Path(self.cfg.state_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    async def webhooks(self) -> None:
+        """Deliver queued pages to every webhook, oldest first; a delivery leaves the queue when
+        every webhook that wants it answered 2xx or refused it for good (4xx). At least once:
+        a retry after one of several webhooks failed repeats it to the others."""
+        if self.outbox is None:
+            return
+        async with httpx.AsyncClient() as http:
+            delay = 0.5
+            while True:
+                rows = await asyncio.to_thread(self.outbox.fetch_after, 0, 1) if self.outbox.count else []
+                if not rows:
+                    self._webhook_wake.clear()
+                    await self._webhook_wake.wait()
+                    continue
+                row = rows[0]
+                sev = _RANK[orjson.loads(row.payload)["severity"]]
+                ok = True
+                for w in self.cfg.webhooks:
+                    if sev < _RANK[w.min_severity]:
+                        continue
+                    headers = {k: v.get_secret_value() for k, v in w.headers.items()}
+                    headers["content-type"] = "application/json"
+                    try:
+                        r = await http.post(w.url, content=row.payload, headers=headers, timeout=w.timeout_s)
+                    except httpx.HTTPError as exc:
+                        ok = False
+                        err = str(exc) or type(exc).__name__
+                    else:
+                        if r.is_success:
+                            continue
+                        if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
+                            self.stats.webhook_failed += 1
+                            log.error("webhook refused a page; dropped", url=w.url, status=r.status_code,
+                                      key=row.key, body=r.text[:200])
+                            continue
+                        ok = False
+                        err = f"HTTP {r.status_code}"
+                    self.stats.webhook_retries += 1
+                    if delay == 0.5:
+                        log.warning("webhook unavailable; retrying", url=w.url, error=err)
+                    break
+                if ok:
+                    await asyncio.to_thread(self.outbox.delete, [row.id])
+                    self.stats.webhook_sent += 1
+                    delay = 0.5
+                else:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX_S)
+
