@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from contract.alerts import AlertRules
 from contract.codec import FLOATS, INTEGERS, MULTI_WORD, DataType, WordOrder, word_count
 from contract.errors import ConfigError
 from contract.points import Kind, Level, PointDef, check_name
@@ -437,7 +438,7 @@ class ApiConfig(_Strict):
 
 _MODELS: dict[str, type[BaseModel]] = {
     "gateway": GatewayConfig, "collector": CollectorConfig, "api": ApiConfig,
-    "register_map": RegisterMap,
+    "register_map": RegisterMap, "rules": AlertRules,
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -624,7 +625,7 @@ def _resolve_devices(data: dict[str, Any], base: Path, file: str) -> list[dict[s
     return out
 
 
-def load_config(path: str | Path) -> GatewayConfig | CollectorConfig | ApiConfig | RegisterMap:
+def load_config(path: str | Path) -> GatewayConfig | CollectorConfig | ApiConfig | RegisterMap | AlertRules:
     """Load and validate any heatwatch config; raise ConfigError naming file, path and key."""
     p = Path(path)
     data = read_yaml(p)
@@ -637,7 +638,8 @@ def load_config(path: str | Path) -> GatewayConfig | CollectorConfig | ApiConfig
     alerts = data.get("alerts") if model is CollectorConfig else None
     if isinstance(alerts, dict) and isinstance(alerts.get("rules"), str):
         alerts["rules"] = str(p.parent / alerts["rules"])  # absolute stays absolute
-    cfg: GatewayConfig | CollectorConfig | ApiConfig | RegisterMap = _validate(model, data, str(p))
+    cfg: GatewayConfig | CollectorConfig | ApiConfig | RegisterMap | AlertRules = _validate(model, data,
+                                                                                          str(p))
     return cfg
 
 
