@@ -55,7 +55,8 @@ class Silence:
 
 
 class StationState:
-    __slots__ = ("devices_offline", "gateway", "last_rx", "last_t", "makeup", "status_offline")
+    __slots__ = ("devices_alerted", "devices_offline", "gateway", "last_rx", "last_t", "makeup",
+                 "status_offline")
 
     def __init__(self) -> None:
         self.gateway: str | None = None
@@ -63,6 +64,7 @@ class StationState:
         self.last_t = 0  # newest sample time seen
         self.status_offline = False
         self.devices_offline: dict[str, int] = {}  # device → since (ms)
+        self.devices_alerted: set[str] = set()  # devices with a device_offline life
         self.makeup = makeup.StationMakeup()
 
 
@@ -316,17 +318,21 @@ class Engine:
         after = self.rules.offline.station_after_s * 1000
         silent = st.last_rx > 0 and now - st.last_rx > after
         active = st.status_offline or silent
-        self.judge(Rule.STATION_OFFLINE, active, now, 0, 0, Severity.MAJOR, None, "", station=name,
-                   context=lambda: {"reason": "status offline" if st.status_offline
-                                    else "no telemetry", "last_data": st.last_rx})
+        if active or alert_key(Rule.STATION_OFFLINE, name) in self.lives:
+            self.judge(Rule.STATION_OFFLINE, active, now, 0, 0, Severity.MAJOR, None, "", station=name,
+                       context=lambda: {"reason": "status offline" if st.status_offline
+                                        else "no telemetry", "last_data": st.last_rx})
         hold = self.rules.offline.device_hold_s * 1000
         for dev, since in st.devices_offline.items():
-            self.judge(Rule.DEVICE_OFFLINE, now - since >= hold, now, 0, 0, Severity.WARNING, None,
-                       "", station=name, subject=dev, context={"offline_since": since})
-        for life in [x for x in self.lives.values()
-                     if x.rule == Rule.DEVICE_OFFLINE and x.station == name
-                     and x.subject not in st.devices_offline]:
-            self._step(life, False, now, 0, 0, Severity.WARNING, None, "")
+            life = self.judge(Rule.DEVICE_OFFLINE, now - since >= hold, now, 0, 0, Severity.WARNING,
+                              None, "", station=name, subject=dev, context={"offline_since": since})
+            if life is not None:
+                st.devices_alerted.add(dev)
+        for dev in st.devices_alerted - st.devices_offline.keys():
+            st.devices_alerted.discard(dev)
+            gone = self.lives.get(alert_key(Rule.DEVICE_OFFLINE, name, subject=dev))
+            if gone is not None:
+                self._step(gone, False, now, 0, 0, Severity.WARNING, None, "")
 
     # -- persistence --------------------------------------------------------------------------
     def adopt(self, open_alerts: Iterable[dict[str, Any]]) -> None:

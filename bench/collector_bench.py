@@ -117,6 +117,7 @@ def main() -> int:
     ap.add_argument("--gateways", type=int, default=20)
     ap.add_argument("--loadgens", type=int, default=1, help="publisher processes")
     ap.add_argument("--outage", type=float, default=0, help="stop InfluxDB this many seconds")
+    ap.add_argument("--alerts", action="store_true", help="run the rule engine and alert store too")
     a = ap.parse_args()
     shape = Shape()
     tmp = Path(tempfile.mkdtemp(prefix="hw-bench-"))
@@ -128,6 +129,9 @@ def main() -> int:
            "batch": {"max_lines": 5000, "max_delay_s": 0.2},
            "spool": {"path": str(tmp / "spool.sqlite"), "after_s": 2},
            "stats": {"metrics_port": free_port()}}
+    if a.alerts:
+        cfg["alerts"] = {"store": f"sqlite:///{tmp / 'alerts.sqlite'}",
+                         "state_path": str(tmp / "engine.state")}
     (tmp / "collector.yaml").write_text(yaml.safe_dump(cfg))
     log = open(tmp / "collector.log", "wb")  # noqa: SIM115
     collector = subprocess.Popen(
@@ -185,7 +189,7 @@ def main() -> int:
             "outage_s": a.outage,
             "collector_peak_rss_during_outage_mb": round(peak_outage_kb / 1024, 1) if a.outage else None,
             "latency_ms_p50": round(pct(lat, 50)), "latency_ms_p99": round(pct(lat, 99)),
-            "latency_samples": len(lat), "dir": str(tmp),
+            "latency_samples": len(lat), "alerts": a.alerts, "dir": str(tmp),
         }, option=orjson.OPT_INDENT_2).decode())
         return 0 if stored == published else 1
     finally:

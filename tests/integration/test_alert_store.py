@@ -119,3 +119,17 @@ def test_silences_feed_the_engine(store: Store) -> None:
                       reason="past", actor="eng-wang", now=T)
     act = store.active_silences(T)
     assert sid > 0 and [(s.station, s.reason) for s in act] == [("st001", "pressure test")]
+
+
+def test_a_whole_lifecycle_and_a_second_episode_in_one_batch(store: Store) -> None:
+    """The set-wise apply gives the same rows and history as one transition at a time."""
+    k2 = "building_low:st001/b01"
+    batch = [tr("pending", T), tr("firing", T + 10, page=True), tr("resolved", T + 20, page=True),
+             tr("pending", T + 30, since=T + 30), tr("pending", T + 5, key=k2)]
+    assert store.apply(batch) == 5
+    k1_rows = sorted(store.query(rule=["room_low"]).rows, key=lambda r: r["since"])
+    assert [(r["state"], r["since"], r["resolved_at"]) for r in k1_rows] == [
+        ("resolved", T, T + 20), ("pending", T + 30, None)]
+    assert [e["kind"] for e in store.get(k1_rows[0]["id"])["events"]] == ["pending", "firing", "resolved"]
+    assert [e["kind"] for e in store.get(k1_rows[1]["id"])["events"]] == ["pending"]
+    assert store.query(rule=["building_low"]).total == 1
