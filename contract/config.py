@@ -398,7 +398,9 @@ class AlertSettings(_Strict):
     store: str  # SQLAlchemy URL: sqlite:////var/lib/heatwatch/alerts.sqlite or postgresql+psycopg://…
     state_path: str  # the engine's snapshot (windows, baselines, pending timers)
     tick_s: float = Field(default=15, gt=0)  # time-driven rules (stale, offline, escalation)
-    snapshot_s: float = Field(default=60, gt=0)
+    # the snapshot pauses the loop ~1.5 s per 100,000 room sensors; the store keeps the alerts
+    # themselves, so a crash between snapshots costs window samples, not alerts
+    snapshot_s: float = Field(default=300, gt=0)
     silences_s: float = Field(default=30, gt=0)  # re-read silences from the store this often
     publish: bool = True  # every transition on heatwatch/v1/alert/{station}
     webhooks: list[WebhookSettings] = Field(default_factory=list)
