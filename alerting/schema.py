@@ -80,3 +80,15 @@ audit = sa.Table(
     sa.Column("detail", sa.JSON, nullable=False),
     sa.Index("audit_at", "at"),
 )
+
+api_tokens = sa.Table(
+    "api_tokens", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", _ID, nullable=False),  # who: the actor in the audit log
+    sa.Column("role", sa.String(16), nullable=False),  # dispatcher | engineer | admin
+    sa.Column("token_sha256", sa.String(64), nullable=False),  # never the token itself
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("created_by", _ID, nullable=False),
+    sa.Column("revoked_at", sa.BigInteger),
+    sa.Index("api_tokens_hash", "token_sha256", unique=True),
+)

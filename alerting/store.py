@@ -12,6 +12,8 @@ them in one ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,11 @@ from contract.alerts import Transition
 from contract.errors import InvalidInput
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+ROLES = ("dispatcher", "engineer", "admin")  # each has the rights of the ones before it
+
+
+def _sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 _KIND = {"pending": "pending", "firing": "firing", "resolved": "resolved"}
 
 
@@ -265,6 +272,42 @@ class Store:
                 target=f"{station}/{building}" if building else station,
                 detail={"silence": sid, "start": start, "end": end, "reason": reason}))
         return int(sid)
+
+    # -- credentials (the API's) ---------------------------------------------------------------
+    def add_token(self, *, name: str, role: str, actor: str, now: int) -> str:
+        """Create a credential; returns the token, which is shown once and stored only hashed
+        (SHA-256 of 256 random bits: no salt or slow hash needed for a random secret)."""
+        if role not in ROLES:
+            raise InvalidInput(f"role must be one of {', '.join(ROLES)}, got {role!r}", "bad_role")
+        token = "hw_" + secrets.token_urlsafe(32)
+        with self.engine.begin() as conn:
+            conn.execute(schema.api_tokens.insert().values(
+                name=name, role=role, token_sha256=_sha256(token), created_at=now, created_by=actor))
+            conn.execute(schema.audit.insert().values(at=now, actor=actor, action="token.add",
+                                                      target=name, detail={"role": role}))
+        return token
+
+    def principal(self, token: str) -> tuple[str, str] | None:
+        """(name, role) of a valid token, or None."""
+        t = schema.api_tokens
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(t.c.name, t.c.role).where(
+                t.c.token_sha256 == _sha256(token), t.c.revoked_at.is_(None))).first()
+        return (row.name, row.role) if row is not None else None
+
+    def revoke_tokens(self, *, name: str, actor: str, now: int) -> int:
+        t = schema.api_tokens
+        with self.engine.begin() as conn:
+            n = conn.execute(t.update().where(t.c.name == name, t.c.revoked_at.is_(None))
+                             .values(revoked_at=now)).rowcount
+            conn.execute(schema.audit.insert().values(at=now, actor=actor, action="token.revoke",
+                                                      target=name, detail={"revoked": n}))
+        return int(n)
+
+    def audit(self, *, actor: str, action: str, target: str, detail: dict[str, Any], now: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(schema.audit.insert().values(at=now, actor=actor, action=action, target=target,
+                                                      detail=detail))
 
     def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
         au = schema.audit

@@ -1,7 +1,14 @@
-"""FastAPI application: health, and stations with their latest values (first version)."""
+"""FastAPI application for the dispatch hotline and operators (issue #6, in progress).
+
+Health (no credential) and readiness; stations with their latest values; alerts, their history,
+acknowledgement, notes, manual resolution and silences (``api/alerts.py``) on the alert store
+the collector writes. Every endpoint but /health and /ready needs a bearer token
+(``heatwatch token add``); see ``api/auth.py`` for the roles.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -10,6 +17,9 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from alerting.store import Store
+from api import alerts
+from api.auth import Dispatcher, TokenCache
 from api.influx import InfluxReader
 from contract.config import ApiConfig
 from contract.errors import DatabaseUnavailable
@@ -18,8 +28,9 @@ from contract.points import QUALITY_SUFFIX
 
 
 class Health(BaseModel):
-    status: str
+    status: str  # "ok" when every dependency answers, else "degraded"
     influxdb: bool
+    store: bool
 
 
 class StationPublic(BaseModel):
@@ -46,24 +57,44 @@ def create_app(settings: ApiConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.influx = InfluxReader(settings.influx)
+        app.state.store = Store(settings.store)
+        await asyncio.to_thread(app.state.store.migrate)
+        app.state.tokens = TokenCache(app.state.store)
         yield
         await app.state.influx.close()
+        app.state.store.close()
 
     app = FastAPI(title="heatwatch", version="0.1.0", lifespan=lifespan)
+    app.include_router(alerts.router)
+
+    async def _components(influx: InfluxReader, store: Store) -> Health:
+        ok_influx = await influx.ping()
+        try:
+            await asyncio.to_thread(store.ping)
+            ok_store = True
+        except Exception:  # any failure of the store is "not ready", named in the answer
+            ok_store = False
+        return Health(status="ok" if ok_influx and ok_store else "degraded", influxdb=ok_influx,
+                      store=ok_store)
 
     @app.exception_handler(DatabaseUnavailable)
     async def _db_down(_r: Request, exc: DatabaseUnavailable) -> JSONResponse:
         return JSONResponse({"detail": f"time-series store unavailable: {exc}"}, status_code=503)
 
-    @app.get("/health", response_model=Health)
-    async def health(influx: Reader) -> Health:
-        ok = await influx.ping()
-        if not ok:
-            raise HTTPException(503, "InfluxDB does not answer")
-        return Health(status="ok", influxdb=ok)
+    @app.get("/health", response_model=Health, summary="Liveness, with the state of each dependency")
+    async def health(request: Request, influx: Reader) -> Health:
+        return await _components(influx, request.app.state.store)
+
+    @app.get("/ready", response_model=Health, summary="503 unless the store and InfluxDB both answer")
+    async def ready(request: Request, influx: Reader) -> Health:
+        h = await _components(influx, request.app.state.store)
+        if h.status != "ok":
+            down = [n for n, ok in (("InfluxDB", h.influxdb), ("alert store", h.store)) if not ok]
+            raise HTTPException(503, f"not ready: {' and '.join(down)} not answering")
+        return h
 
     @app.get("/v1/stations", response_model=StationList)
-    async def stations(influx: Reader) -> StationList:
+    async def stations(influx: Reader, _p: Dispatcher) -> StationList:
         latest = await influx.query(f'SELECT last(*) FROM "{MEASUREMENT_STATION}" GROUP BY "station"')
         status = await influx.query('SELECT last("state") AS state FROM "station_status" GROUP BY "station"')
         newest = await influx.query(

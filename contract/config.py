@@ -436,6 +436,7 @@ class ApiConfig(_Strict):
     kind: Literal["api"]
     listen: ListenSettings = ListenSettings()
     influx: InfluxSettings = InfluxSettings()
+    store: str  # the alert store the collector writes (SQLAlchemy URL)
 
 
 _MODELS: dict[str, type[BaseModel]] = {

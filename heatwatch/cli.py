@@ -3,6 +3,7 @@
     heatwatch gateway CONFIG | gateway plan CONFIG
     heatwatch collector CONFIG
     heatwatch api CONFIG
+    heatwatch token add|revoke API_CONFIG NAME [--role dispatcher|engineer|admin]
     heatwatch simulate CONFIG... [--speed X] [--scenario FILE]
     heatwatch demo [--stations N] [--dir DIR] [--seconds S]
     heatwatch check-config FILE...
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import signal
 import sys
 from collections.abc import Sequence
@@ -83,6 +85,26 @@ def _api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> int:
+    import time
+
+    from alerting.store import Store
+
+    cfg = load_api_config(args.config)
+    store = Store(cfg.store)
+    store.migrate()
+    now = int(time.time() * 1000)
+    if args.action == "add":
+        token = store.add_token(name=args.name, role=args.role, actor=f"cli:{getpass.getuser()}", now=now)
+        print(token)  # shown once; only its hash is stored
+        print(f"token for {args.name} ({args.role}); keep it secret, it is not stored", file=sys.stderr)
+    else:
+        n = store.revoke_tokens(name=args.name, actor=f"cli:{getpass.getuser()}", now=now)
+        print(f"revoked {n} token(s) of {args.name}", file=sys.stderr)
+    store.close()
+    return 0
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from simulator.scenario import RelativeEvent, load_scenario
     from simulator.server import Simulator
@@ -142,6 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("api", help="the HTTP API")
     p.add_argument("config")
     p.set_defaults(fn=_api)
+    p = sub.add_parser("token", help="API credentials: token add|revoke API_CONFIG NAME [--role R]")
+    p.add_argument("action", choices=["add", "revoke"])
+    p.add_argument("config", metavar="API_CONFIG")
+    p.add_argument("name", help="who the token is for (the actor in the audit log)")
+    p.add_argument("--role", choices=["dispatcher", "engineer", "admin"], default="dispatcher")
+    p.set_defaults(fn=_token)
     p = sub.add_parser("simulate", help="serve simulated stations over Modbus TCP")
     p.add_argument("configs", nargs="+", metavar="GATEWAY_CONFIG")
     p.add_argument("--speed", type=float, default=None, help="sim seconds per real second")

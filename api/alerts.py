@@ -1,0 +1,199 @@
+"""/v1/alerts and /v1/silences: list, read, acknowledge, note, resolve, silence.
+
+Every write names its actor (the token's name) and lands in the audit table in the same
+transaction. Lists are paged (``limit`` ≤ 500) and filtered only through bound parameters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from alerting.store import Conflict, NotFound, Store
+from api.auth import Dispatcher, Engineer
+from contract.alerts import Rule, Severity, State
+from contract.topics import Ident
+
+router = APIRouter(prefix="/v1", tags=["alerts"])
+# the rules a person may close: verdicts given once an hour or day, where waiting for the next
+# one would leave a handled alert open; the engine reopens nothing it still sees
+MANUAL_RESOLVE = frozenset({Rule.MAKEUP_DAILY, Rule.MAKEUP_PUMP})
+Ticket = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AlertPublic(BaseModel):
+    id: int
+    key: str
+    rule: str
+    state: State
+    severity: Severity
+    station: str | None
+    building: str | None
+    household: str | None
+    gateway: str | None
+    subject: str | None
+    since: int = Field(description="ms: first seen (the condition started)")
+    last_ts: int = Field(description="ms: last seen (the latest change)")
+    fired_at: int | None
+    resolved_at: int | None
+    value: float | None
+    summary: str
+    context: dict[str, Any]
+    quiet: str
+    paged: bool
+    ack_by: str | None
+    ack_at: int | None
+    ack_note: str | None
+    ack_ticket: str | None
+    resolved_by: str | None
+
+
+class AlertEvent(BaseModel):
+    ts: int
+    kind: str
+    state: str
+    severity: str
+    value: float | None
+    actor: str | None
+    note: str | None
+    ticket: str | None
+
+
+class AlertDetail(AlertPublic):
+    events: list[AlertEvent]
+
+
+class AlertList(BaseModel):
+    data: list[AlertPublic]
+    count: int = Field(description="all matching alerts, not only this page")
+
+
+class AckIn(_In):
+    note: str | None = Field(default=None, max_length=2000)
+    ticket: Ticket | None = None
+
+
+class NoteIn(_In):
+    note: str = Field(min_length=1, max_length=2000)
+    ticket: Ticket | None = None
+
+
+class ResolveIn(_In):
+    note: str = Field(min_length=1, max_length=2000, description="what was done")
+
+
+class SilenceIn(_In):
+    station: Ident
+    building: Ident | None = None
+    start: dt.datetime
+    end: dt.datetime
+    reason: str = Field(min_length=1, max_length=500)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _tz(cls, v: dt.datetime) -> dt.datetime:
+        if v.tzinfo is None:
+            raise ValueError("needs a timezone, e.g. 2026-12-01T08:00:00+08:00")
+        return v
+
+    @model_validator(mode="after")
+    def _order(self) -> SilenceIn:
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        if self.end - self.start > dt.timedelta(days=31):
+            raise ValueError("a silence may last at most 31 days")
+        return self
+
+
+class SilenceOut(BaseModel):
+    id: int
+
+
+def _store(request: Request) -> Store:
+    s: Store = request.app.state.store
+    return s
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+AlertId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+async def _call(fn: Any, *args: Any, **kw: Any) -> Any:
+    try:
+        return await asyncio.to_thread(fn, *args, **kw)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except Conflict as exc:
+        raise HTTPException(409, str(exc)) from None
+
+
+@router.get("/alerts", response_model=AlertList, summary="List and filter alerts, newest first")
+async def list_alerts(
+    request: Request, _p: Dispatcher,
+    state: Annotated[list[State] | None, Query()] = None,
+    severity: Annotated[list[Severity] | None, Query()] = None,
+    rule: Annotated[list[Rule] | None, Query()] = None,
+    station: Annotated[Ident | None, Query()] = None,
+    building: Annotated[Ident | None, Query()] = None,
+    household: Annotated[Ident | None, Query()] = None,
+    open: Annotated[bool, Query(description="only alerts not yet resolved")] = False,
+    since: Annotated[int | None, Query(ge=0, le=2**53, description="last seen at or after (ms)")] = None,
+    until: Annotated[int | None, Query(ge=0, le=2**53, description="first seen at or before (ms)")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> AlertList:
+    page = await _call(_store(request).query, state=state, severity=severity, rule=rule,
+                       station=station, building=building, household=household, open_only=open,
+                       since=since, until=until, limit=limit, offset=offset)
+    return AlertList(data=[AlertPublic.model_validate(r) for r in page.rows], count=page.total)
+
+
+@router.get("/alerts/{alert_id}", response_model=AlertDetail, summary="One alert with its history")
+async def get_alert(request: Request, alert_id: AlertId, _p: Dispatcher) -> AlertDetail:
+    return AlertDetail.model_validate(await _call(_store(request).get, alert_id))
+
+
+@router.post("/alerts/{alert_id}/ack", response_model=AlertDetail,
+             summary="Acknowledge: who, when, a note and the hotline ticket")
+async def acknowledge(request: Request, alert_id: AlertId, body: AckIn, p: Dispatcher) -> AlertDetail:
+    return AlertDetail.model_validate(await _call(_store(request).acknowledge, alert_id, actor=p.name,
+                                                  now=_now(), note=body.note, ticket=body.ticket))
+
+
+@router.post("/alerts/{alert_id}/notes", response_model=AlertDetail, summary="Add a note")
+async def add_note(request: Request, alert_id: AlertId, body: NoteIn, p: Dispatcher) -> AlertDetail:
+    return AlertDetail.model_validate(await _call(_store(request).add_note, alert_id, actor=p.name,
+                                                  now=_now(), note=body.note, ticket=body.ticket))
+
+
+@router.post("/alerts/{alert_id}/resolve", response_model=AlertDetail,
+             summary=f"Resolve by hand (only {', '.join(sorted(MANUAL_RESOLVE))})")
+async def resolve(request: Request, alert_id: AlertId, body: ResolveIn, p: Engineer) -> AlertDetail:
+    store = _store(request)
+    alert = await _call(store.get, alert_id)
+    if alert["rule"] not in MANUAL_RESOLVE:
+        raise HTTPException(409, f"{alert['rule']} resolves itself when its condition clears; "
+                                 f"only {', '.join(sorted(MANUAL_RESOLVE))} may be resolved by hand")
+    return AlertDetail.model_validate(await _call(store.resolve, alert_id, actor=p.name, now=_now(),
+                                                  note=body.note))
+
+
+@router.post("/silences", response_model=SilenceOut, status_code=201,
+             summary="Silence a station or building for planned works")
+async def add_silence(request: Request, body: SilenceIn, p: Engineer) -> SilenceOut:
+    sid = await _call(_store(request).add_silence, station=body.station, building=body.building,
+                      start=int(body.start.timestamp() * 1000), end=int(body.end.timestamp() * 1000),
+                      reason=body.reason, actor=p.name, now=_now())
+    return SilenceOut(id=sid)
