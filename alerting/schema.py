@@ -92,3 +92,31 @@ api_tokens = sa.Table(
     sa.Column("revoked_at", sa.BigInteger),
     sa.Index("api_tokens_hash", "token_sha256", unique=True),
 )
+
+# -- assets (imported from the company's CSV; see alerting/assets.py) ---------------------------
+stations = sa.Table(
+    "stations", metadata,
+    sa.Column("station", _ID, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, server_default=""),
+    sa.Column("gateway", _ID),
+)
+
+buildings = sa.Table(
+    "buildings", metadata,
+    sa.Column("station", _ID, primary_key=True),
+    sa.Column("building", _ID, primary_key=True),
+    sa.Column("address", sa.String(300), nullable=False),
+)
+
+households = sa.Table(
+    "households", metadata,
+    sa.Column("code", sa.String(64), primary_key=True),  # the company's household code (户号)
+    sa.Column("station", _ID, nullable=False),
+    sa.Column("building", _ID, nullable=False),
+    sa.Column("unit", sa.String(32), nullable=False, server_default=""),
+    sa.Column("room", sa.String(32), nullable=False, server_default=""),
+    sa.Column("sensor", _ID),  # the household id its room sensor reports under, if it has one
+    sa.Column("search", sa.String(500), nullable=False),  # lower-cased address + unit + room + code
+    sa.Index("households_place", "station", "building"),
+    sa.Index("households_sensor", "station", "building", "sensor"),
+)

@@ -25,12 +25,18 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy.engine import Connection, Engine
 
 from alerting import schema
+from alerting.assets import Assets
 from alerting.engine import Silence
 from contract.alerts import Transition
 from contract.errors import InvalidInput
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 ROLES = ("dispatcher", "engineer", "admin")  # each has the rights of the ones before it
+
+
+def _like_escape(word: str) -> str:
+    """A user's word as a LIKE pattern that matches only itself (still a bound parameter)."""
+    return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _sha256(token: str) -> str:
@@ -308,6 +314,83 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(schema.audit.insert().values(at=now, actor=actor, action=action, target=target,
                                                       detail=detail))
+
+    # -- assets -------------------------------------------------------------------------------
+    def _upsert(self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]],
+                keys: list[str]) -> None:
+        if not rows:
+            return
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+            ins: Any = pg_insert(table)
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+            ins = sqlite_insert(table)
+        cols = [c for c in rows[0] if c not in keys]
+        stmt = ins.on_conflict_do_update(index_elements=keys,
+                                         set_={c: getattr(ins.excluded, c) for c in cols})
+        for i in range(0, len(rows), 2000):
+            conn.execute(stmt, rows[i:i + 2000])
+
+    def import_assets(self, assets: Assets, *, actor: str, now: int) -> dict[str, int]:
+        """Insert or update every station, building and household in one transaction."""
+        h = schema.households
+        with self.engine.begin() as conn:
+            known = {r.code for r in conn.execute(sa.select(h.c.code))}
+            self._upsert(conn, schema.stations, list(assets.stations.values()), ["station"])
+            self._upsert(conn, schema.buildings, list(assets.buildings.values()), ["station", "building"])
+            self._upsert(conn, h, list(assets.households.values()), ["code"])
+            counts = {"stations": len(assets.stations), "buildings": len(assets.buildings),
+                      "households": len(assets.households),
+                      "households_new": sum(1 for c in assets.households if c not in known)}
+            conn.execute(schema.audit.insert().values(at=now, actor=actor, action="assets.import",
+                                                      target="assets", detail=counts))
+        return counts
+
+    def find_households(self, text: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Households whose address, unit, room or code contain every word of ``text``."""
+        h, b = schema.households, schema.buildings
+        words = text.lower().split()[:8]
+        if not words:
+            return []
+        conds = [h.c.search.like(f"%{_like_escape(w)}%", escape="\\") for w in words]
+        q = (sa.select(h, b.c.address)
+             .join(b, sa.and_(b.c.station == h.c.station, b.c.building == h.c.building))
+             .where(*conds).order_by(h.c.code).limit(limit))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def household(self, code: str) -> dict[str, Any] | None:
+        h, b, st = schema.households, schema.buildings, schema.stations
+        q = (sa.select(h, b.c.address, st.c.name.label("station_name"), st.c.gateway)
+             .join(b, sa.and_(b.c.station == h.c.station, b.c.building == h.c.building))
+             .join(st, st.c.station == h.c.station, isouter=True).where(h.c.code == code))
+        with self.engine.connect() as conn:
+            row = conn.execute(q).mappings().first()
+        return dict(row) if row is not None else None
+
+    def chain_alerts(self, station: str, building: str, household: str | None,
+                     gateway: str | None) -> list[dict[str, Any]]:
+        """Open alerts on gateway → station → building → household, worst first."""
+        a = schema.alerts
+        on_chain = sa.and_(a.c.station == station, sa.or_(
+            a.c.building.is_(None), sa.and_(a.c.building == building, sa.or_(
+                a.c.household.is_(None), a.c.household == household))))
+        cond = sa.or_(on_chain, a.c.gateway == gateway) if gateway else on_chain
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(sa.select(a).where(a.c.resolved_at.is_(None), cond))
+                    .mappings()]
+        rank = {"critical": 0, "major": 1, "warning": 2, "info": 3}
+        return sorted(rows, key=lambda r: (rank.get(r["severity"], 9), -r["since"]))
+
+    def recent_acks(self, alert_ids: list[int], since: int, limit: int = 20) -> list[dict[str, Any]]:
+        ev = schema.alert_events
+        if not alert_ids:
+            return []
+        q = (sa.select(ev).where(ev.c.alert_id.in_(alert_ids[:1000]), ev.c.kind.in_(["ack", "note"]),
+                                 ev.c.ts >= since).order_by(ev.c.ts.desc()).limit(limit))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
 
     def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
         au = schema.audit

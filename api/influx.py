@@ -3,6 +3,7 @@ values are never pasted into InfluxQL unchecked."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -32,11 +33,16 @@ class InfluxReader:
             return False
         return r.status_code in (200, 204)
 
-    async def query(self, q: str) -> list[dict[str, Any]]:
-        """Series of the first statement: [{"name", "tags", "columns", "values"}]."""
+    async def query(self, q: str, bind: dict[str, str | int | float] | None = None) -> list[dict[str, Any]]:
+        """Series of the first statement: [{"name", "tags", "columns", "values"}].
+
+        ``bind`` fills ``$name`` placeholders in ``q`` (InfluxDB's bound parameters): values a
+        caller typed never become InfluxQL text."""
+        params: dict[str, str] = {"db": self.db, "q": q, "epoch": "ms", **self.auth}
+        if bind:
+            params["params"] = json.dumps(bind)
         try:
-            r = await self.http.get(f"{self.base}/query", headers=self.headers,
-                                    params={"db": self.db, "q": q, "epoch": "ms", **self.auth})
+            r = await self.http.get(f"{self.base}/query", headers=self.headers, params=params)
         except httpx.HTTPError as exc:
             raise DatabaseUnavailable(f"InfluxDB: {exc}") from None
         if r.status_code != 200:

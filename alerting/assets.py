@@ -1,0 +1,116 @@
+"""Assets from the company's CSV: stations, buildings (address), households (code, unit, sensor).
+
+One file, one row per household, a header naming the columns (any order)::
+
+    station,station_name,building,address,household,unit,room,sensor
+    st001,幸福里换热站,b01,幸福里小区3号楼,HH-0001,2,301,b01-0301
+
+``sensor`` is the household id its room sensor reports under (empty when it has none). The file
+may be UTF-8 (with or without BOM) or GB18030 (what a Chinese Excel saves). Every row is checked
+before anything is written; problems come back with their line numbers, and an import with any
+problem writes nothing. Re-importing updates rows by key (station; station+building; household
+code), never duplicates them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass, field
+
+from contract.topics import IDENT_PATTERN
+
+COLUMNS = ("station", "station_name", "building", "address", "household", "unit", "room", "sensor")
+REQUIRED = ("station", "building", "address", "household")
+MAX_ROWS = 500_000
+_IDENT = re.compile(IDENT_PATTERN)
+_CODE = re.compile(r"^[^\s,;]{1,64}$")
+
+
+@dataclass
+class Assets:
+    stations: dict[str, dict[str, str]] = field(default_factory=dict)
+    buildings: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    households: dict[str, dict[str, str | None]] = field(default_factory=dict)
+
+
+class ImportProblems(ValueError):
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        more = f" (+{len(problems) - 20} more)" if len(problems) > 20 else ""
+        super().__init__("; ".join(problems[:20]) + more)
+
+
+def decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        try:
+            return raw.decode("gb18030")
+        except UnicodeDecodeError:
+            raise ImportProblems(["the file is neither UTF-8 nor GB18030 text"]) from None
+
+
+def search_text(address: str, unit: str, room: str, code: str) -> str:
+    return " ".join(x for x in (address, unit, room, code) if x).lower()
+
+
+def parse(text: str) -> Assets:
+    """Check every row; raise ImportProblems listing each problem with its line number."""
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip() for h in reader.fieldnames or []]
+    missing = [c for c in REQUIRED if c not in header]
+    unknown = [c for c in header if c not in COLUMNS]
+    if missing or unknown:
+        raise ImportProblems([f"line 1: header {'misses ' + ', '.join(missing) if missing else ''}"
+                              f"{'; ' if missing and unknown else ''}"
+                              f"{'has unknown column(s) ' + ', '.join(unknown) if unknown else ''}"
+                              f" (columns: {', '.join(COLUMNS)})"])
+    reader.fieldnames = header
+    out, problems = Assets(), []
+    seen: dict[str, int] = {}
+    addr_line: dict[tuple[str, str], int] = {}
+    for n, row in enumerate(reader, start=2):
+        if n - 1 > MAX_ROWS:
+            problems.append(f"more than {MAX_ROWS} rows: split the file")
+            break
+        r = {k: (v or "").strip() for k, v in row.items() if k is not None}
+        if None in row:
+            problems.append(f"line {n}: more fields than the header has columns")
+            continue
+        bad = [f"{c} is empty" for c in REQUIRED if not r.get(c)]
+        for c in ("station", "building", "sensor"):
+            if r.get(c) and not _IDENT.fullmatch(r[c]):
+                bad.append(f"{c} {r[c]!r} must be 1-64 letters, digits, '_', '.' or '-'")
+        if r.get("household") and not _CODE.fullmatch(r["household"]):
+            bad.append(f"household {r['household']!r} must be 1-64 characters without spaces, ',' or ';'")
+        for c, limit in (("address", 300), ("station_name", 200), ("unit", 32), ("room", 32)):
+            if len(r.get(c, "")) > limit:
+                bad.append(f"{c} is longer than {limit} characters")
+        if bad:
+            problems += [f"line {n}: {b}" for b in bad]
+            continue
+        st, b, code = r["station"], r["building"], r["household"]
+        if code in seen:
+            problems.append(f"line {n}: household {code!r} already on line {seen[code]}")
+            continue
+        seen[code] = n
+        prev = out.buildings.get((st, b))
+        if prev is not None and prev["address"] != r["address"]:
+            problems.append(f"line {n}: building {st}/{b} has address {r['address']!r} here but "
+                            f"{prev['address']!r} on line {addr_line[(st, b)]}")
+            continue
+        addr_line.setdefault((st, b), n)
+        if r.get("station_name") or st not in out.stations:
+            out.stations[st] = {"station": st, "name": r.get("station_name", "")}
+        out.buildings[(st, b)] = {"station": st, "building": b, "address": r["address"]}
+        out.households[code] = {"code": code, "station": st, "building": b, "unit": r.get("unit", ""),
+                                "room": r.get("room", ""), "sensor": r.get("sensor") or None,
+                                "search": search_text(r["address"], r.get("unit", ""), r.get("room", ""),
+                                                      code)}
+    if not problems and not out.households:
+        problems.append("the file has no rows")
+    if problems:
+        raise ImportProblems(problems)
+    return out
