@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from alerting.store import Store
 from api import alerts, lookup
+from api import stations as station_routes
 from api.auth import Dispatcher, TokenCache
 from api.influx import InfluxReader
 from contract.config import ApiConfig
@@ -67,6 +68,7 @@ def create_app(settings: ApiConfig) -> FastAPI:
     app = FastAPI(title="heatwatch", version="0.1.0", lifespan=lifespan)
     app.include_router(alerts.router)
     app.include_router(lookup.router)
+    app.include_router(station_routes.router)
 
     async def _components(influx: InfluxReader, store: Store) -> Health:
         ok_influx = await influx.ping()

@@ -139,3 +139,20 @@ def test_lookup_by_address_words_in_any_order(api: Api) -> None:
     r = api.client.get("/v1/lookup", params={"household": "HH-404"}, headers=api.h["dispatcher"])
     assert r.status_code == 404
     assert api.client.get("/v1/lookup", params={"q": "幸福里"}).status_code == 401
+
+
+def test_station_detail_and_point_history(api: Api) -> None:
+    h = api.h["dispatcher"]
+    r = api.client.get("/v1/stations/st001", headers=h).json()
+    assert r["values"]["secondary_supply_temp"] == 52.0 and r["state"] == "online" and r["alerts"] == []
+    assert api.client.get("/v1/stations/st999", headers=h).status_code == 404
+    now = int(time.time() * 1000)
+    r = api.client.get("/v1/stations/st001/history", headers=h, params={
+        "point": "room_temp", "building": "b01", "household": "b01-0301", "start": now - 3_600_000 * 3,
+        "end": now, "max_points": 20}).json()
+    assert r["bucket_s"] == 540 and 12 <= len(r["values"]) <= 14
+    assert r["values"][0][1] == pytest.approx(19.0) and r["values"][-1][1] == pytest.approx(15.7)
+    for bad, why in (({"point": "room_temp"}, "household point"), ({"point": 'x"; DROP'}, "point name"),
+                     ({"point": "secondary_supply_temp", "start": now, "end": now - 1}, "start < end")):
+        r = api.client.get("/v1/stations/st001/history", headers=h, params=bad)
+        assert r.status_code == 422 and why in r.text, bad

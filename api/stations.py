@@ -1,0 +1,112 @@
+"""/v1/stations/{station}: one station's latest values and open alerts, and the history of any
+point over a time range, downsampled to at most ``max_points`` buckets by InfluxDB."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+from pydantic import BaseModel, Field
+
+from alerting.store import Store
+from api.alerts import AlertPublic
+from api.auth import Dispatcher
+from api.influx import InfluxReader
+from contract.influx import MEASUREMENT_BUILDING, MEASUREMENT_HOUSEHOLD, MEASUREMENT_STATION
+from contract.points import QUALITY_SUFFIX, Kind, Level, check_name
+from contract.topics import Ident
+
+router = APIRouter(prefix="/v1/stations", tags=["stations"])
+MIN_BUCKET_S = 10
+MAX_RANGE_MS = 400 * 86_400_000
+_NEEDS = {Level.STATION: "neither building nor household", Level.BUILDING: "a building",
+          Level.HOUSEHOLD: "a building and a household"}
+
+
+class StationDetail(BaseModel):
+    station: str
+    state: str | None
+    last_seen: int | None
+    values: dict[str, float | bool | str]
+    alerts: list[AlertPublic]
+
+
+class History(BaseModel):
+    point: str
+    station: str
+    building: str | None
+    household: str | None
+    bucket_s: int = Field(description="each value is the mean (numbers) or last value of a bucket")
+    values: list[tuple[int, float | bool | str]]
+
+
+def _influx(request: Request) -> InfluxReader:
+    r: InfluxReader = request.app.state.influx
+    return r
+
+
+@router.get("/{station}", response_model=StationDetail, summary="One station's latest values and alerts")
+async def station(request: Request, station: Annotated[Ident, Path()], _p: Dispatcher) -> StationDetail:
+    influx = _influx(request)
+    bind: dict[str, str | int | float] = {"station": station}
+    last, status, newest = await asyncio.gather(
+        influx.query(f'SELECT last(*) FROM "{MEASUREMENT_STATION}" WHERE "station" = $station', bind),
+        influx.query('SELECT last("state") AS state FROM "station_status" WHERE "station" = $station', bind),
+        influx.query(f'SELECT * FROM "{MEASUREMENT_STATION}" WHERE "station" = $station '
+                     "ORDER BY time DESC LIMIT 1", bind))
+    if not last:
+        raise HTTPException(404, f"no data from station {station!r}")
+    row = dict(zip(last[0]["columns"], last[0]["values"][0], strict=True))
+    values = {k.removeprefix("last_"): v for k, v in row.items()
+              if k.startswith("last_") and v is not None and not k.endswith(QUALITY_SUFFIX)}
+    store: Store = request.app.state.store
+    page = await asyncio.to_thread(store.query, station=station, open_only=True, limit=500)
+    return StationDetail(
+        station=station, state=status[0]["values"][0][1] if status else None,
+        last_seen=newest[0]["values"][0][0] if newest else None, values=values,
+        alerts=[AlertPublic.model_validate(a) for a in page.rows])
+
+
+@router.get("/{station}/history", response_model=History, summary="A point over a time range, downsampled")
+async def history(
+    request: Request, station: Annotated[Ident, Path()], _p: Dispatcher,
+    point: Annotated[str, Query(min_length=1, max_length=63, description="canonical or x_ point name")],
+    building: Annotated[Ident | None, Query()] = None,
+    household: Annotated[Ident | None, Query()] = None,
+    start: Annotated[int | None, Query(ge=0, le=2**47, description="ms; default 24 h before end")] = None,
+    end: Annotated[int | None, Query(ge=0, le=2**47, description="ms; default now")] = None,
+    max_points: Annotated[int, Query(ge=10, le=5000)] = 500,
+) -> History:
+    try:
+        d = check_name(point)  # a name that passes is safe as a quoted InfluxQL identifier
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    if household is not None and building is None:
+        raise HTTPException(422, "a household needs its building")
+    level = Level.HOUSEHOLD if household else Level.BUILDING if building else Level.STATION
+    if d is not None and d.level is not level:
+        raise HTTPException(422, f"{point} is a {d.level} point: give {_NEEDS[d.level]}")
+    end_ms = end if end is not None else int(time.time() * 1000)
+    start_ms = start if start is not None else end_ms - 86_400_000
+    if not 0 < end_ms - start_ms <= MAX_RANGE_MS:
+        raise HTTPException(422, "need start < end, at most 400 days apart")
+    bucket_s = max(MIN_BUCKET_S, math.ceil((end_ms - start_ms) / 1000 / max_points))
+    measurement = {Level.STATION: MEASUREMENT_STATION, Level.BUILDING: MEASUREMENT_BUILDING,
+                   Level.HOUSEHOLD: MEASUREMENT_HOUSEHOLD}[level]
+    agg = "mean" if d is None or d.kind is Kind.NUMBER else "last"
+    where = '"station" = $station' + (' AND "building" = $building' if building else "") + (
+        ' AND "household" = $household' if household else "")
+    bind: dict[str, Any] = {"station": station, "start": start_ms * 1_000_000, "end": end_ms * 1_000_000}
+    if building:
+        bind["building"] = building
+    if household:
+        bind["household"] = household
+    series = await _influx(request).query(
+        f'SELECT {agg}("{point}") FROM "{measurement}" WHERE {where} AND time >= $start AND time < $end '
+        f"GROUP BY time({bucket_s}s) fill(none)", bind)
+    values = [(int(t), v) for t, v in (series[0]["values"] if series else []) if v is not None]
+    return History(point=point, station=station, building=building, household=household,
+                   bucket_s=bucket_s, values=values)

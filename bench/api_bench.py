@@ -1,0 +1,195 @@
+"""Hotline API latency under load (issue #6): lookup and alert list at a fixed request rate.
+
+Fills a SQLite alert store with 5,000 stations, 100,000 households (asset import) and 50,000
+alerts, writes two hours of room temperatures for every household and station/building values
+into a real influxd, starts the API (one uvicorn worker) as its own process, then sends an
+open-loop load of ``--rate`` requests/s for ``--seconds``: 40 % lookups by household code,
+20 % lookups by address words, 40 % alert lists with filters. Prints p50/p99 per kind, JSON.
+
+    .venv/bin/python bench/api_bench.py --rate 200 --seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import yaml
+
+from alerting.assets import Assets, search_text
+from alerting.store import Store
+from contract.alerts import Transition
+from heatwatch.devstack import REPO, Influxd, free_port, port_open
+
+DB = "bench"
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p / 100))] if xs else float("nan")
+
+
+def fill_store(store: Store, stations: int, per_station: int, alerts: int, now: int) -> None:
+    a = Assets()
+    for s in range(stations):
+        st = f"st{s:05d}"
+        a.stations[st] = {"station": st, "name": f"换热站{s}"}
+        for h in range(per_station):
+            b = f"b{h // 10:02d}"
+            addr = f"区{s % 50}路{s}号 小区{s} {h // 10 + 1}号楼"
+            a.buildings[(st, b)] = {"station": st, "building": b, "address": addr}
+            code = f"HH{s:05d}{h:03d}"
+            a.households[code] = {"code": code, "station": st, "building": b, "unit": str(h % 4 + 1),
+                                  "room": f"{h % 10 + 1}01", "sensor": f"{b}-{h:03d}",
+                                  "search": search_text(addr, str(h % 4 + 1), f"{h % 10 + 1}01", code)}
+    store.import_assets(a, actor="bench", now=now)
+    rnd = random.Random(1)
+    trs = []
+    for i in range(alerts):
+        s, h = rnd.randrange(stations), rnd.randrange(per_station)
+        b = f"b{h // 10:02d}"
+        state = rnd.choice(["firing", "pending", "resolved"])
+        trs.append(Transition(key=f"room_low:st{s:05d}/{b}/{b}-{h:03d}#{i}", rule="room_low",
+                              state="firing" if state == "resolved" else state,
+                              severity=rnd.choice(["warning", "major", "critical"]), station=f"st{s:05d}",
+                              building=b, household=f"{b}-{h:03d}", ts=now - rnd.randrange(86_400_000),
+                              since=now - 86_400_000, value=15.0, page=True))
+    for i in range(0, len(trs), 5000):
+        store.apply(trs[i:i + 5000])
+
+
+async def fill_influx(url: str, stations: int, per_station: int, now: int) -> None:
+    async with httpx.AsyncClient(timeout=60) as http:
+        await http.post(f"{url}/query", params={"q": f"CREATE DATABASE {DB}"})
+        lines: list[str] = []
+        for k in range(6):  # two hours, every 20 minutes
+            ts = now - (6 - k) * 1_200_000
+            for s in range(stations):
+                st = f"st{s:05d}"
+                lines.append(f"station,station={st} secondary_supply_temp=52.0,outdoor_temp=-3.0 {ts}")
+                lines.append(f'station_status,station={st} state="online" {ts}')
+                for h in range(per_station):
+                    b = f"b{h // 10:02d}"
+                    lines.append(f"household,station={st},building={b},household={b}-{h:03d} "
+                                 f"room_temp={19 + (h % 7) / 3:.2f} {ts}")
+                for bi in range(per_station // 10):
+                    lines.append(f"building,station={st},building=b{bi:02d} "
+                                 f"building_valve_position=40.0 {ts}")
+                if len(lines) >= 20_000:
+                    r = await http.post(f"{url}/write", params={"db": DB, "precision": "ms"},
+                                        content="\n".join(lines))
+                    r.raise_for_status()
+                    lines = []
+        if lines:
+            (await http.post(f"{url}/write", params={"db": DB, "precision": "ms"},
+                             content="\n".join(lines))).raise_for_status()
+
+
+async def load(base: str, token: str, rate: float, seconds: float, stations: int,
+               per_station: int) -> dict[str, list[float]]:
+    rnd = random.Random(2)
+    lat: dict[str, list[float]] = {"lookup_code": [], "lookup_words": [], "alert_list": []}
+    errors: list[str] = []
+    headers = {"Authorization": f"Bearer {token}"}
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=10, limits=limits) as http:
+        async def one(kind: str, path: str, params: dict[str, object]) -> None:
+            t0 = time.perf_counter()
+            r = await http.get(path, params=params)  # type: ignore[arg-type]
+            dt = (time.perf_counter() - t0) * 1000
+            if r.status_code != 200:
+                errors.append(f"{r.status_code} {r.text[:100]}")
+            lat[kind].append(dt)
+
+        tasks = []
+        start = time.perf_counter()
+        n = int(rate * seconds)
+        for i in range(n):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            x = rnd.random()
+            s, h = rnd.randrange(stations), rnd.randrange(per_station)
+            if x < 0.4:
+                tasks.append(asyncio.create_task(one("lookup_code", "/v1/lookup",
+                                                     {"household": f"HH{s:05d}{h:03d}"})))
+            elif x < 0.6:
+                tasks.append(asyncio.create_task(one("lookup_words", "/v1/lookup",
+                                                     {"q": f"小区{s} {h // 10 + 1}号楼 {h % 10 + 1}01"})))
+            else:
+                params: dict[str, object] = {"station": f"st{s:05d}", "open": "true", "limit": 50}
+                if x > 0.8:
+                    params = {"severity": "critical", "state": "firing", "limit": 50,
+                              "offset": rnd.randrange(0, 1000, 50)}
+                tasks.append(asyncio.create_task(one("alert_list", "/v1/alerts", params)))
+        await asyncio.gather(*tasks)
+    if errors:
+        print(f"{len(errors)} errors, e.g. {errors[:3]}", file=sys.stderr)
+    return lat
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--rate", type=float, default=200)
+    ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--stations", type=int, default=5000)
+    ap.add_argument("--households", type=int, default=20, help="per station (100,000 in all)")
+    ap.add_argument("--alerts", type=int, default=50_000)
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="hw-apibench-"))
+    db = Influxd(tmp / "influxd", free_port())
+    db.start()
+    api = None
+    try:
+        now = int(time.time() * 1000)
+        t0 = time.perf_counter()
+        store_url = f"sqlite:///{tmp / 'alerts.sqlite'}"
+        store = Store(store_url)
+        store.migrate()
+        fill_store(store, a.stations, a.households, a.alerts, now)
+        token = store.add_token(name="bench", role="dispatcher", actor="bench", now=now)
+        store.close()
+        asyncio.run(fill_influx(db.url, a.stations, a.households, now))
+        fill_s = time.perf_counter() - t0
+        port = free_port()
+        (tmp / "api.yaml").write_text(yaml.safe_dump({
+            "kind": "api", "listen": {"host": "127.0.0.1", "port": port},
+            "influx": {"url": db.url, "database": DB}, "store": store_url}))
+        log = open(tmp / "api.log", "wb")  # noqa: SIM115
+        api = subprocess.Popen([sys.executable, "-m", "heatwatch", "api", str(tmp / "api.yaml")],
+                               stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        deadline = time.monotonic() + 30
+        while not port_open(port):
+            if time.monotonic() > deadline or api.poll() is not None:
+                raise SystemExit(f"the API did not start; see {tmp / 'api.log'}")
+            time.sleep(0.1)
+        lat = asyncio.run(load(f"http://127.0.0.1:{port}", token, a.rate, a.seconds, a.stations,
+                               a.households))
+        out = {"rate": a.rate, "seconds": a.seconds, "stations": a.stations,
+               "households": a.stations * a.households, "alerts": a.alerts, "fill_s": round(fill_s, 1)}
+        for kind, xs in lat.items():
+            out[kind] = {"n": len(xs), "p50_ms": round(pct(xs, 50), 1), "p99_ms": round(pct(xs, 99), 1)}
+        all_ms = [x for xs in lat.values() for x in xs]
+        out["all"] = {"n": len(all_ms), "p50_ms": round(pct(all_ms, 50), 1),
+                      "p99_ms": round(pct(all_ms, 99), 1)}
+        print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    finally:
+        if api is not None:
+            api.terminate()
+            api.wait(10)
+        db.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
