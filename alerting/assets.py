@@ -58,7 +58,14 @@ def search_text(address: str, unit: str, room: str, code: str) -> str:
 
 def parse(text: str) -> Assets:
     """Check every row; raise ImportProblems listing each problem with its line number."""
-    reader = csv.DictReader(io.StringIO(text))
+    try:
+        return _parse(text)
+    except csv.Error as exc:  # a broken quote or a stray carriage return (found by schemathesis)
+        raise ImportProblems([f"not readable as CSV: {exc}"]) from None
+
+
+def _parse(text: str) -> Assets:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     header = [h.strip() for h in reader.fieldnames or []]
     missing = [c for c in REQUIRED if c not in header]
     unknown = [c for c in header if c not in COLUMNS]
