@@ -34,11 +34,6 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 ROLES = ("dispatcher", "engineer", "admin")  # each has the rights of the ones before it
 
 
-def _like_escape(word: str) -> str:
-    """A user's word as a LIKE pattern that matches only itself (still a bound parameter)."""
-    return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def _sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 _KIND = {"pending": "pending", "firing": "firing", "resolved": "resolved"}
@@ -340,6 +335,8 @@ class Store:
             self._upsert(conn, schema.stations, list(assets.stations.values()), ["station"])
             self._upsert(conn, schema.buildings, list(assets.buildings.values()), ["station", "building"])
             self._upsert(conn, h, list(assets.households.values()), ["code"])
+            if self.engine.dialect.name == "sqlite":  # the search index follows its content table
+                conn.execute(sa.text("INSERT INTO households_fts(households_fts) VALUES ('rebuild')"))
             counts = {"stations": len(assets.stations), "buildings": len(assets.buildings),
                       "households": len(assets.households),
                       "households_new": sum(1 for c in assets.households if c not in known)}
@@ -348,15 +345,29 @@ class Store:
         return counts
 
     def find_households(self, text: str, limit: int = 20) -> list[dict[str, Any]]:
-        """Households whose address, unit, room or code contain every word of ``text``."""
+        """Households whose address, unit, room or code contain every word of ``text``.
+
+        Words are matched as substrings through a trigram index (FTS5 on SQLite, pg_trgm on
+        PostgreSQL); LIKE wildcards are dropped from them, so a word only ever matches itself.
+        """
         h, b = schema.households, schema.buildings
-        words = text.lower().split()[:8]
+        words = [w for w in (x.replace("%", "").replace("_", "") for x in text.lower().split()[:8]) if w]
         if not words:
             return []
-        conds = [h.c.search.like(f"%{_like_escape(w)}%", escape="\\") for w in words]
+        long = [w for w in words if len(w) >= 3]  # what a trigram index can look up
+        cond: Any = sa.and_(sa.true(), *[h.c.search.like(f"%{w}%") for w in words if w not in long])
+        if self.engine.dialect.name == "sqlite" and long:
+            # Only words of 3+ characters go to FTS5: SQLite 3.40's trigram LIKE crashed the
+            # process (segfault) when a shorter pattern was combined with others. Shorter words
+            # filter the few rows the index found.
+            fts = sa.table("households_fts", sa.column("rowid"), sa.column("search"))
+            sub = sa.select(fts.c.rowid).where(*[fts.c.search.like(f"%{w}%") for w in long])
+            cond = sa.and_(sa.literal_column("households.rowid").in_(sub), cond)
+        else:
+            cond = sa.and_(cond, *[h.c.search.like(f"%{w}%") for w in long])
         q = (sa.select(h, b.c.address)
              .join(b, sa.and_(b.c.station == h.c.station, b.c.building == h.c.building))
-             .where(*conds).order_by(h.c.code).limit(limit))
+             .where(cond).order_by(h.c.code).limit(limit))
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 

@@ -97,6 +97,14 @@ def _last(series: list[dict[str, Any]]) -> tuple[int | None, dict[str, Any]]:
     return row.get("time"), values
 
 
+def _half_hour_means(raw: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """30-minute means, clock-aligned (what GROUP BY time(30m) gives), from the raw readings."""
+    buckets: dict[int, list[float]] = {}
+    for t, v in raw:
+        buckets.setdefault(t - t % 1_800_000, []).append(v)
+    return [(t, round(sum(vs) / len(vs), 2)) for t, vs in sorted(buckets.items())]
+
+
 def verdict(alerts: list[dict[str, Any]], household: str | None) -> str:
     """What the dispatcher tells the caller, from the open alerts on the chain."""
     firing = [a for a in alerts if a["state"] == "firing"]
@@ -119,30 +127,31 @@ async def _full(store: Store, influx: InfluxReader, row: dict[str, Any]) -> Look
     st, b, sensor = row["station"], row["building"], row["sensor"]
     now = int(time.time() * 1000)
     bind: dict[str, str | int | float] = {"station": st, "building": b}
-    q_station = f'SELECT last(*) FROM "{MEASUREMENT_STATION}" WHERE "station" = $station'
-    q_status = 'SELECT last("state") AS state FROM "station_status" WHERE "station" = $station'
-    q_building = (f'SELECT last(*) FROM "{MEASUREMENT_BUILDING}" WHERE "station" = $station '
-                  'AND "building" = $building')
-    queries = [influx.query(q_station, bind), influx.query(q_status, bind), influx.query(q_building, bind)]
+    statements = [
+        f'SELECT last(*) FROM "{MEASUREMENT_STATION}" WHERE "station" = $station',
+        'SELECT last("state") AS state FROM "station_status" WHERE "station" = $station',
+        f'SELECT last(*) FROM "{MEASUREMENT_BUILDING}" WHERE "station" = $station AND "building" = $building']
     if sensor:
-        hb = {**bind, "household": sensor}
-        where = '"station" = $station AND "building" = $building AND "household" = $household'
-        queries += [
-            influx.query(f'SELECT last("room_temp") FROM "{MEASUREMENT_HOUSEHOLD}" WHERE {where}', hb),
-            influx.query(f'SELECT mean("room_temp") FROM "{MEASUREMENT_HOUSEHOLD}" WHERE {where} '
-                         'AND time > now() - 24h GROUP BY time(30m) fill(none)', hb)]
-    results = await asyncio.gather(*queries)
-    alerts = await asyncio.to_thread(store.chain_alerts, st, b, sensor, row.get("gateway"))
-    acks = await asyncio.to_thread(store.recent_acks, [a["id"] for a in alerts], now - 7 * DAY_MS)
+        bind["household"] = sensor
+        statements.append(f'SELECT "room_temp" FROM "{MEASUREMENT_HOUSEHOLD}" WHERE "station" = $station '
+                          'AND "building" = $building AND "household" = $household AND time > now() - 24h')
+
+    def from_store() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        alerts = store.chain_alerts(st, b, sensor, row.get("gateway"))
+        return alerts, store.recent_acks([a["id"] for a in alerts], now - 7 * DAY_MS)
+
+    # one InfluxDB round trip for the whole screen, while the store answers in a thread
+    results, (alerts, acks) = await asyncio.gather(influx.query_many(statements, bind),
+                                                   asyncio.to_thread(from_store))
     seen, station_values = _last(results[0])
     status = results[1][0]["values"][0][1] if results[1] and results[1][0].get("values") else None
     b_seen, b_values = _last(results[2])
     room = None
     if sensor:
-        last = results[3][0]["values"][0] if results[3] and results[3][0].get("values") else None
-        hist = [(int(t), round(float(v), 2)) for t, v in (results[4][0]["values"] if results[4] else [])
-                if v is not None]
-        room = Room(now=last[1] if last else None, at=last[0] if last else None, last_24h=hist)
+        raw = [(int(t), float(v)) for t, v in (results[3][0]["values"] if results[3] else [])
+               if v is not None]
+        room = Room(now=raw[-1][1] if raw else None, at=raw[-1][0] if raw else None,
+                    last_24h=_half_hour_means(raw))
     return Lookup(
         candidates=[_ref(row)], household=_ref(row), verdict=verdict(alerts, sensor), room=room,
         building=Place(last_seen=b_seen, values=b_values),
