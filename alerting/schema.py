@@ -37,7 +37,8 @@ alerts = sa.Table(
     sa.Index("alerts_open_key", "key", unique=True, sqlite_where=sa.text("resolved_at IS NULL"),
              postgresql_where=sa.text("resolved_at IS NULL")),
     sa.Index("alerts_entity", "station", "building", "household"),
-    sa.Index("alerts_state", "state", "severity"),
+    sa.Index("alerts_state", "state", "severity", "since"),
+    sa.Index("alerts_station_since", "station", "since"),
     sa.Index("alerts_since", "since"),
 )
 
