@@ -322,3 +322,18 @@ def test_the_scenario_judge_can_fail() -> None:
                       ts=out.transitions[0].ts, since=0, page=True)
     bad = judge(spec, "x", [fake])
     assert not bad.passed and bad.false_alarms == [fake] and bad.detections[0][1] is None
+
+
+def test_makeup_pump_starting_far_more_often_than_its_baseline() -> None:
+    f = Feed()
+    day = 24 * 60
+    for d in range(5):
+        starts = 6 if d < 4 else 40  # day 5: the pump cycles all day (a leak the pump keeps up with)
+        every = day // starts
+        for m in range(0, day, 5):
+            running = (m % every) < 5  # one 5-minute run per cycle
+            f.frame(T0 + (d * day + m) * MIN, _station(makeup_pump_running=running))
+    f.frame(T0 + 5 * day * MIN, _station(makeup_pump_running=False))  # the day closes
+    fired = [x for x in f.out if x.rule == "makeup_pump" and x.state == "firing"]
+    assert len(fired) == 1 and fired[0].context["starts"] == 40 and fired[0].context["baseline_starts"] == 6
+    assert fired[0].since == T0 + 4 * day * MIN
