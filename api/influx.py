@@ -34,25 +34,11 @@ class InfluxReader:
         return r.status_code in (200, 204)
 
     async def query(self, q: str, bind: dict[str, str | int | float] | None = None) -> list[dict[str, Any]]:
-        """Series of the first statement: [{"name", "tags", "columns", "values"}].
+        """Series of one statement: [{"name", "tags", "columns", "values"}].
 
         ``bind`` fills ``$name`` placeholders in ``q`` (InfluxDB's bound parameters): values a
         caller typed never become InfluxQL text."""
-        params: dict[str, str] = {"db": self.db, "q": q, "epoch": "ms", **self.auth}
-        if bind:
-            params["params"] = json.dumps(bind)
-        try:
-            r = await self.http.get(f"{self.base}/query", headers=self.headers, params=params)
-        except httpx.HTTPError as exc:
-            raise DatabaseUnavailable(f"InfluxDB: {exc}") from None
-        if r.status_code != 200:
-            raise DatabaseUnavailable(f"InfluxDB answered {r.status_code}: {r.text[:200]}")
-        body = r.json()
-        results = body.get("results") or [{}]
-        if "error" in results[0]:
-            raise DatabaseUnavailable(f"InfluxDB query error: {results[0]['error']}")
-        series: list[dict[str, Any]] = results[0].get("series", [])
-        return series
+        return (await self.query_many([q], bind))[0]
 
     async def query_many(self, statements: list[str],
                          bind: dict[str, str | int | float] | None = None) -> list[list[dict[str, Any]]]:
