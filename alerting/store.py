@@ -34,6 +34,15 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 ROLES = ("dispatcher", "engineer", "admin")  # each has the rights of the ones before it
 
 
+def _episode(tr: Transition) -> dict[str, Any]:
+    """The alerts row that a transition opens."""
+    return dict(key=tr.key, rule=tr.rule, state=tr.state, severity=tr.severity, station=tr.station,
+                building=tr.building, household=tr.household, gateway=tr.gateway, subject=tr.subject,
+                since=tr.since, last_ts=tr.ts, fired_at=tr.ts if tr.state == "firing" else None,
+                value=tr.value, summary=tr.summary[:300], context=tr.context, quiet=tr.quiet,
+                paged=tr.page)
+
+
 def _sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 _KIND = {"pending": "pending", "firing": "firing", "resolved": "resolved"}
@@ -112,14 +121,8 @@ class Store:
                     first[tr.key] = tr
             inserted: set[int] = set()
             if first:
-                rows = [dict(key=tr.key, rule=tr.rule, state=tr.state, severity=tr.severity,
-                             station=tr.station, building=tr.building, household=tr.household,
-                             gateway=tr.gateway, subject=tr.subject, since=tr.since, last_ts=tr.ts,
-                             fired_at=tr.ts if tr.state == "firing" else None, value=tr.value,
-                             summary=tr.summary[:300], context=tr.context, quiet=tr.quiet,
-                             paged=tr.page) for tr in first.values()]
                 res = conn.execute(a.insert().returning(a.c.id, a.c.key, sort_by_parameter_order=True),
-                                   rows)
+                                   [_episode(tr) for tr in first.values()])
                 for r in res:
                     tr = first[r.key]
                     open_rows[r.key] = {"id": r.id, "state": tr.state, "severity": tr.severity,
@@ -133,13 +136,8 @@ class Store:
                 elif row is None:
                     if tr.state == "resolved":
                         continue
-                    alert_id = conn.execute(a.insert().values(  # a second episode in one batch
-                        key=tr.key, rule=tr.rule, state=tr.state, severity=tr.severity,
-                        station=tr.station, building=tr.building, household=tr.household,
-                        gateway=tr.gateway, subject=tr.subject, since=tr.since, last_ts=tr.ts,
-                        fired_at=tr.ts if tr.state == "firing" else None, value=tr.value,
-                        summary=tr.summary[:300], context=tr.context, quiet=tr.quiet,
-                        paged=tr.page).returning(a.c.id)).scalar_one()
+                    alert_id = conn.execute(  # a second episode of one key in one batch
+                        a.insert().values(**_episode(tr)).returning(a.c.id)).scalar_one()
                     open_rows[tr.key] = {"id": alert_id, "state": tr.state, "severity": tr.severity,
                                          "paged": tr.page}
                     kind = tr.state

@@ -38,7 +38,7 @@ from contract.errors import ConfigError
 from contract.payload import Frame, Sample
 from contract.points import VOCABULARY, Kind, Level
 from simulator.physics import Event, Key, StationModel
-from simulator.scenario import seconds
+from simulator.scenario import EventTiming, seconds
 
 STATION, GATEWAY = "st001", "gw-st001"
 _STATION_POINTS = [d.name for d in VOCABULARY.values()
@@ -64,22 +64,6 @@ class _Match(BaseModel):
                 and self.household in (None, tr.household) and self.subject in (None, tr.subject))
 
 
-class _Ev(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    at: float
-    for_: float | None = Field(default=None, alias="for")
-    event: str
-    building: str | None = None
-    household: str | None = None
-    point: str | None = None
-    device: str | None = None
-
-    @field_validator("at", "for_", mode="before")
-    @classmethod
-    def _dur(cls, v: object) -> float | None:
-        return None if v is None else seconds(v)
-
-
 class ScenarioSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     description: str
@@ -90,7 +74,7 @@ class ScenarioSpec(BaseModel):
     buildings: int = Field(3, ge=1, le=50)
     households: int = Field(8, ge=1, le=200)
     seed: int = 1
-    events: list[_Ev] = Field(default_factory=list)
+    events: list[EventTiming] = Field(default_factory=list)
     rules: dict[str, Any] = Field(default_factory=dict)
     restart_at: float | None = None
     expect: list[_Match] = Field(default_factory=list)
@@ -153,7 +137,7 @@ def run(spec: ScenarioSpec, name: str = "") -> Outcome:
             engine = Engine(rules)
             engine.restore(blob)
             restarted = True
-        down = model._on("link_down", t) is not None
+        down = model.event_on("link_down", t)
         rooms_due = t >= next_room
         if rooms_due:
             next_room += spec.room_every
@@ -162,7 +146,7 @@ def run(spec: ScenarioSpec, name: str = "") -> Outcome:
             for (p, b, h), v in values.items():
                 if h is not None and not rooms_due:
                     continue
-                if model._on("stale_sensor", t, point=p, building=b, household=h) is not None:
+                if model.event_on("stale_sensor", t, point=p, building=b, household=h):
                     continue
                 unit = VOCABULARY[p].unit
                 if model.broken((p, b, h), t):

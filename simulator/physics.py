@@ -101,6 +101,10 @@ class StationModel:
                 return e
         return None
 
+    def event_on(self, kind: str, t: float, **match: str | None) -> bool:
+        """Whether an event of ``kind`` matching ``match`` is active at sim time ``t``."""
+        return self._on(kind, t, **match) is not None
+
     def dead_devices(self, t: float) -> set[str]:
         return {e.device for e in self.events if e.kind == "dead_device" and e.active(t) and e.device}
 

@@ -38,11 +38,12 @@ def seconds(v: object) -> float:
     return float(m.group(1)) * _UNIT[m.group(2)]
 
 
-class _EventSpec(BaseModel):
+class EventTiming(BaseModel):
+    """One timed event of a scenario, without the station (a one-station runner needs none)."""
+
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     at: float
     for_: float | None = Field(default=None, alias="for")
-    station: str
     event: str
     building: str | None = None
     household: str | None = None
@@ -60,6 +61,10 @@ class _EventSpec(BaseModel):
         if v not in EVENT_KINDS:
             raise ValueError(f"unknown event; known: {', '.join(sorted(EVENT_KINDS))}")
         return v
+
+
+class _EventSpec(EventTiming):
+    station: str
 
 
 class _Scenario(BaseModel):
