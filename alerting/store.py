@@ -369,6 +369,12 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 
+    def building_addresses(self, station: str) -> dict[str, str]:
+        b = schema.buildings
+        with self.engine.connect() as conn:
+            return {r.building: r.address for r in conn.execute(
+                sa.select(b.c.building, b.c.address).where(b.c.station == station))}
+
     def household(self, code: str) -> dict[str, Any] | None:
         h, b, st = schema.households, schema.buildings, schema.stations
         q = (sa.select(h, b.c.address, st.c.name.label("station_name"), st.c.gateway)

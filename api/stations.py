@@ -34,6 +34,18 @@ class StationDetail(BaseModel):
     alerts: list[AlertPublic]
 
 
+class BuildingState(BaseModel):
+    building: str
+    address: str | None = Field(description="from the asset import")
+    last_seen: int | None
+    values: dict[str, float | bool | str]
+
+
+class BuildingList(BaseModel):
+    data: list[BuildingState]
+    count: int
+
+
 class History(BaseModel):
     point: str
     station: str
@@ -68,6 +80,27 @@ async def station(request: Request, station: Annotated[Ident, Path()], _p: Dispa
         station=station, state=status[0]["values"][0][1] if status else None,
         last_seen=newest[0]["values"][0][0] if newest else None, values=values,
         alerts=[AlertPublic.model_validate(a) for a in page.rows])
+
+
+@router.get("/{station}/buildings", response_model=BuildingList,
+            summary="A station's buildings: address and latest entrance values")
+async def buildings(request: Request, station: Annotated[Ident, Path()], _p: Dispatcher) -> BuildingList:
+    store: Store = request.app.state.store
+    series, addresses = await asyncio.gather(
+        _influx(request).query(f'SELECT last(*) FROM "{MEASUREMENT_BUILDING}" WHERE "station" = $station '
+                               'GROUP BY "building"', {"station": station}),
+        asyncio.to_thread(store.building_addresses, station))
+    out: dict[str, BuildingState] = {
+        b: BuildingState(building=b, address=a, last_seen=None, values={}) for b, a in addresses.items()}
+    for s in series:
+        b = s["tags"]["building"]
+        row = dict(zip(s["columns"], s["values"][0], strict=True))
+        values = {k.removeprefix("last_"): v for k, v in row.items()
+                  if k.startswith("last_") and v is not None and not k.endswith(QUALITY_SUFFIX)}
+        out[b] = BuildingState(building=b, address=addresses.get(b), last_seen=row.get("time"),
+                               values=values)
+    data = [out[b] for b in sorted(out)]
+    return BuildingList(data=data, count=len(data))
 
 
 @router.get("/{station}/history", response_model=History, summary="A point over a time range, downsampled")

@@ -146,6 +146,12 @@ def test_station_detail_and_point_history(api: Api) -> None:
     r = api.client.get("/v1/stations/st001", headers=h).json()
     assert r["values"]["secondary_supply_temp"] == 52.0 and r["state"] == "online" and r["alerts"] == []
     assert api.client.get("/v1/stations/st999", headers=h).status_code == 404
+    api.import_csv(CSV)
+    r = api.client.get("/v1/stations/st001/buildings", headers=h).json()
+    assert r["count"] == 2
+    assert [(b["building"], b["address"]) for b in r["data"]] == [
+        ("b01", "幸福里小区3号楼"), ("b02", "幸福里小区5号楼")]
+    assert r["data"][0]["values"] == {"building_valve_position": 35.0} and r["data"][1]["values"] == {}
     now = int(time.time() * 1000)
     r = api.client.get("/v1/stations/st001/history", headers=h, params={
         "point": "room_temp", "building": "b01", "household": "b01-0301", "start": now - 3_600_000 * 3,
