@@ -124,8 +124,7 @@ class Engine:
                 room(station, s, t, quiet)
             elif s.building is None:
                 vals[s.point] = s
-        if self.rooms._dirty:
-            self.rooms.flush(t, quiet)
+        self.rooms.flush(t, quiet)
         if vals:
             makeup.observe(self, frame.station, st, vals, t, quiet, grace)
         return self._flush()

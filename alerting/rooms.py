@@ -289,6 +289,8 @@ class Rooms:
     def flush(self, t: int, quiet: str) -> None:
         """Judge the buildings whose sensors reported, once per message (not per reading, so a
         message's first readings never stand for the whole building)."""
+        if not self._dirty:
+            return
         dirty, self._dirty = self._dirty, {}
         for (station, building), b in dirty.items():
             self._judge_building(station, building, b, t, quiet)

@@ -45,7 +45,6 @@ def _episode(tr: Transition) -> dict[str, Any]:
 
 def _sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-_KIND = {"pending": "pending", "firing": "firing", "resolved": "resolved"}
 
 
 class NotFound(InvalidInput):
