@@ -12,6 +12,7 @@ them in one ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from collections.abc import Iterable, Sequence
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -41,6 +43,81 @@ def _episode(tr: Transition) -> dict[str, Any]:
                 since=tr.since, last_ts=tr.ts, fired_at=tr.ts if tr.state == "firing" else None,
                 value=tr.value, summary=tr.summary[:300], context=tr.context, quiet=tr.quiet,
                 paged=tr.page)
+
+
+# The hotline's read paths, built once: building a Core statement costs more Python than running
+# it on SQLite (measured: ~12 operator calls and a cache-key walk per call, most of a lookup's
+# store time), and a prebuilt statement memoizes its cache key. Values travel as bind parameters.
+def _household_stmt() -> sa.Select[Any]:
+    h, b, st = schema.households, schema.buildings, schema.stations
+    return (sa.select(h, b.c.address, st.c.name.label("station_name"), st.c.gateway)
+            .join(b, sa.and_(b.c.station == h.c.station, b.c.building == h.c.building))
+            .join(st, st.c.station == h.c.station, isouter=True).where(h.c.code == sa.bindparam("code")))
+
+
+def _chain_stmt(with_gateway: bool) -> sa.Select[Any]:
+    a = schema.alerts
+    on_chain = sa.and_(a.c.station == sa.bindparam("station"), sa.or_(
+        a.c.building.is_(None), sa.and_(a.c.building == sa.bindparam("building"), sa.or_(
+            a.c.household.is_(None), a.c.household == sa.bindparam("household")))))
+    cond = sa.or_(on_chain, a.c.gateway == sa.bindparam("gateway")) if with_gateway else on_chain
+    return sa.select(a).where(a.c.resolved_at.is_(None), cond)
+
+
+def _acks_stmt() -> sa.Select[Any]:
+    ev = schema.alert_events
+    return (sa.select(ev).where(ev.c.alert_id.in_(sa.bindparam("ids", expanding=True)),
+                                ev.c.kind.in_(["ack", "note"]), ev.c.ts >= sa.bindparam("since"))
+            .order_by(ev.c.ts.desc()).limit(sa.bindparam("limit")))
+
+
+@functools.cache
+def _query_stmts(given: frozenset[str], open_only: bool) -> tuple[sa.Select[Any], sa.Select[Any]]:
+    """The count and page statements of an alert list, one pair per combination of filters."""
+    a = schema.alerts
+    conds: list[Any] = []
+    for name in ("state", "severity", "rule"):
+        if name in given:
+            conds.append(a.c[name].in_(sa.bindparam(name, expanding=True)))
+    for name in ("station", "building", "household"):
+        if name in given:
+            conds.append(a.c[name] == sa.bindparam(name))
+    if open_only:
+        conds.append(a.c.resolved_at.is_(None))
+    if "since" in given:
+        conds.append(a.c.last_ts >= sa.bindparam("since"))
+    if "until" in given:
+        conds.append(a.c.since <= sa.bindparam("until"))
+    where = sa.and_(sa.true(), *conds)
+    return (sa.select(sa.func.count()).select_from(a).where(where),
+            sa.select(a).where(where).order_by(a.c.since.desc(), a.c.id.desc())
+            .limit(sa.bindparam("limit")).offset(sa.bindparam("offset")))
+
+
+@functools.cache
+def _find_stmt(sqlite: bool, n_long: int, n_short: int) -> sa.Select[Any]:
+    """Address search with ``n_long`` words of 3+ characters (bound as ``l0``…) and ``n_short``
+    shorter ones (``s0``…), each a LIKE pattern."""
+    h, b = schema.households, schema.buildings
+    longs: list[sa.BindParameter[Any]] = [sa.bindparam(f"l{i}") for i in range(n_long)]
+    cond: Any = sa.and_(sa.true(), *[h.c.search.like(sa.bindparam(f"s{i}")) for i in range(n_short)])
+    if sqlite and longs:
+        # Only words of 3+ characters go to FTS5: SQLite 3.40's trigram LIKE crashed the
+        # process (segfault) when a shorter pattern was combined with others. Shorter words
+        # filter the few rows the index found.
+        fts = sa.table("households_fts", sa.column("rowid"), sa.column("search"))
+        sub = sa.select(fts.c.rowid).where(*[fts.c.search.like(p) for p in longs])
+        cond = sa.and_(sa.literal_column("households.rowid").in_(sub), cond)
+    else:
+        cond = sa.and_(cond, *[h.c.search.like(p) for p in longs])
+    return (sa.select(h, b.c.address)
+            .join(b, sa.and_(b.c.station == h.c.station, b.c.building == h.c.building))
+            .where(cond).order_by(h.c.code).limit(sa.bindparam("limit")))
+
+
+_HOUSEHOLD = _household_stmt()
+_CHAIN = {False: _chain_stmt(False), True: _chain_stmt(True)}
+_ACKS = _acks_stmt()
 
 
 def _sha256(token: str) -> str:
@@ -73,7 +150,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: Engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+        # a pre-ping finds PostgreSQL connections a restart or a firewall dropped; a SQLite file
+        # has no such thing and the ping would cost a round through the pool on every checkout
+        self.engine: Engine = sa.create_engine(
+            url, future=True, pool_pre_ping=not url.startswith("sqlite"),
+            json_serializer=lambda v: orjson.dumps(v).decode(), json_deserializer=orjson.loads)
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
 
@@ -184,33 +265,19 @@ class Store:
         return {**row, "events": [dict(e) for e in events]}
 
     def query(self, *, state: Iterable[str] | None = None, severity: Iterable[str] | None = None,
-             rule: Iterable[str] | None = None, station: str | None = None,
-             building: str | None = None, household: str | None = None, open_only: bool = False,
-             since: int | None = None, until: int | None = None, limit: int = 50,
-             offset: int = 0) -> Page:
+              rule: Iterable[str] | None = None, station: str | None = None,
+              building: str | None = None, household: str | None = None, open_only: bool = False,
+              since: int | None = None, until: int | None = None, limit: int = 50,
+              offset: int = 0) -> Page:
         """Alerts matching every given filter, newest first (bound parameters only)."""
-        a = schema.alerts
-        conds: list[Any] = []
-        if state:
-            conds.append(a.c.state.in_(list(state)))
-        if severity:
-            conds.append(a.c.severity.in_(list(severity)))
-        if rule:
-            conds.append(a.c.rule.in_(list(rule)))
-        for col, v in ((a.c.station, station), (a.c.building, building), (a.c.household, household)):
-            if v is not None:
-                conds.append(col == v)
-        if open_only:
-            conds.append(a.c.resolved_at.is_(None))
-        if since is not None:
-            conds.append(a.c.last_ts >= since)
-        if until is not None:
-            conds.append(a.c.since <= until)
-        where = sa.and_(sa.true(), *conds)
+        given: dict[str, Any] = {k: v for k, v in (
+            ("state", list(state or ())), ("severity", list(severity or ())), ("rule", list(rule or ())),
+            ("station", station), ("building", building), ("household", household),
+            ("since", since), ("until", until)) if v is not None and v != []}
+        count, page = _query_stmts(frozenset(given), open_only)
         with self.engine.connect() as conn:
-            total = conn.execute(sa.select(sa.func.count()).select_from(a).where(where)).scalar_one()
-            rows = conn.execute(sa.select(a).where(where).order_by(a.c.since.desc(), a.c.id.desc())
-                                .limit(limit).offset(offset)).mappings().all()
+            total = conn.execute(count, given).scalar_one()
+            rows = conn.execute(page, {**given, "limit": limit, "offset": offset}).mappings().all()
         return Page([dict(r) for r in rows], total)
 
     def _event(self, conn: Connection, alert_id: int, kind: str, now: int, actor: str,
@@ -293,13 +360,23 @@ class Store:
                 t.c.token_sha256 == _sha256(token), t.c.revoked_at.is_(None))).first()
         return (row.name, row.role) if row is not None else None
 
+    def list_tokens(self) -> list[dict[str, Any]]:
+        """Every credential (never its hash), newest first; revoked ones carry ``revoked_at``."""
+        t = schema.api_tokens
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(
+                sa.select(t.c.id, t.c.name, t.c.role, t.c.created_at, t.c.created_by, t.c.revoked_at)
+                .order_by(t.c.id.desc())).mappings()]
+
     def revoke_tokens(self, *, name: str, actor: str, now: int) -> int:
+        """Revoke every live token of ``name``; how many (0: nothing changed, nothing audited)."""
         t = schema.api_tokens
         with self.engine.begin() as conn:
             n = conn.execute(t.update().where(t.c.name == name, t.c.revoked_at.is_(None))
                              .values(revoked_at=now)).rowcount
-            conn.execute(schema.audit.insert().values(at=now, actor=actor, action="token.revoke",
-                                                      target=name, detail={"revoked": n}))
+            if n:
+                conn.execute(schema.audit.insert().values(at=now, actor=actor, action="token.revoke",
+                                                          target=name, detail={"revoked": n}))
         return int(n)
 
     def audit(self, *, actor: str, action: str, target: str, detail: dict[str, Any], now: int) -> None:
@@ -347,26 +424,16 @@ class Store:
         Words are matched as substrings through a trigram index (FTS5 on SQLite, pg_trgm on
         PostgreSQL); LIKE wildcards are dropped from them, so a word only ever matches itself.
         """
-        h, b = schema.households, schema.buildings
         words = [w for w in (x.replace("%", "").replace("_", "") for x in text.lower().split()[:8]) if w]
         if not words:
             return []
         long = [w for w in words if len(w) >= 3]  # what a trigram index can look up
-        cond: Any = sa.and_(sa.true(), *[h.c.search.like(f"%{w}%") for w in words if w not in long])
-        if self.engine.dialect.name == "sqlite" and long:
-            # Only words of 3+ characters go to FTS5: SQLite 3.40's trigram LIKE crashed the
-            # process (segfault) when a shorter pattern was combined with others. Shorter words
-            # filter the few rows the index found.
-            fts = sa.table("households_fts", sa.column("rowid"), sa.column("search"))
-            sub = sa.select(fts.c.rowid).where(*[fts.c.search.like(f"%{w}%") for w in long])
-            cond = sa.and_(sa.literal_column("households.rowid").in_(sub), cond)
-        else:
-            cond = sa.and_(cond, *[h.c.search.like(f"%{w}%") for w in long])
-        q = (sa.select(h, b.c.address)
-             .join(b, sa.and_(b.c.station == h.c.station, b.c.building == h.c.building))
-             .where(cond).order_by(h.c.code).limit(limit))
+        short = [w for w in words if len(w) < 3]
+        stmt = _find_stmt(self.engine.dialect.name == "sqlite", len(long), len(short))
+        params: dict[str, Any] = {f"l{i}": f"%{w}%" for i, w in enumerate(long)}
+        params.update({f"s{i}": f"%{w}%" for i, w in enumerate(short)})
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(q).mappings()]
+            return [dict(r) for r in conn.execute(stmt, {**params, "limit": limit}).mappings()]
 
     def building_addresses(self, station: str) -> dict[str, str]:
         b = schema.buildings
@@ -375,39 +442,32 @@ class Store:
                 sa.select(b.c.building, b.c.address).where(b.c.station == station))}
 
     def household(self, code: str) -> dict[str, Any] | None:
-        h, b, st = schema.households, schema.buildings, schema.stations
-        q = (sa.select(h, b.c.address, st.c.name.label("station_name"), st.c.gateway)
-             .join(b, sa.and_(b.c.station == h.c.station, b.c.building == h.c.building))
-             .join(st, st.c.station == h.c.station, isouter=True).where(h.c.code == code))
         with self.engine.connect() as conn:
-            row = conn.execute(q).mappings().first()
+            row = conn.execute(_HOUSEHOLD, {"code": code}).mappings().first()
         return dict(row) if row is not None else None
 
     def chain_alerts(self, station: str, building: str, household: str | None,
                      gateway: str | None) -> list[dict[str, Any]]:
         """Open alerts on gateway → station → building → household, worst first."""
-        a = schema.alerts
-        on_chain = sa.and_(a.c.station == station, sa.or_(
-            a.c.building.is_(None), sa.and_(a.c.building == building, sa.or_(
-                a.c.household.is_(None), a.c.household == household))))
-        cond = sa.or_(on_chain, a.c.gateway == gateway) if gateway else on_chain
         with self.engine.connect() as conn:
-            rows = [dict(r) for r in conn.execute(sa.select(a).where(a.c.resolved_at.is_(None), cond))
-                    .mappings()]
+            rows = [dict(r) for r in conn.execute(_CHAIN[gateway is not None], {
+                "station": station, "building": building, "household": household,
+                "gateway": gateway}).mappings()]
         rank = {"critical": 0, "major": 1, "warning": 2, "info": 3}
         return sorted(rows, key=lambda r: (rank.get(r["severity"], 9), -r["since"]))
 
     def recent_acks(self, alert_ids: list[int], since: int, limit: int = 20) -> list[dict[str, Any]]:
-        ev = schema.alert_events
         if not alert_ids:
             return []
-        q = (sa.select(ev).where(ev.c.alert_id.in_(alert_ids[:1000]), ev.c.kind.in_(["ack", "note"]),
-                                 ev.c.ts >= since).order_by(ev.c.ts.desc()).limit(limit))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(_ACKS, {"ids": alert_ids[:1000], "since": since,
+                                                          "limit": limit}).mappings()]
+
+    def audit_log(self, limit: int = 100, offset: int = 0, actor: str | None = None) -> list[dict[str, Any]]:
+        """Who did what when, newest first; optionally one actor's entries only."""
+        au = schema.audit
+        q = sa.select(au).order_by(au.c.id.desc()).limit(limit).offset(offset)
+        if actor is not None:
+            q = q.where(au.c.actor == actor)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
-
-    def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
-        au = schema.audit
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(sa.select(au).order_by(au.c.id.desc())
-                                                  .limit(limit)).mappings()]

@@ -1,14 +1,17 @@
-"""FastAPI application for the dispatch hotline and operators (issue #6, in progress).
+"""FastAPI application for the dispatch hotline and operators (docs/api.md).
 
-Health (no credential) and readiness; stations with their latest values; alerts, their history,
-acknowledgement, notes, manual resolution and silences (``api/alerts.py``) on the alert store
-the collector writes. Every endpoint but /health and /ready needs a bearer token
-(``heatwatch token add``); see ``api/auth.py`` for the roles.
+Health (no credential) and readiness; the hotline lookup (``api/lookup.py``); stations with their
+latest values and history (``api/stations.py``); alerts, their history, acknowledgement, notes,
+manual resolution and silences (``api/alerts.py``) on the alert store the collector writes;
+credentials and the audit trail (``api/admin.py``). Every endpoint but /health and /ready needs
+a bearer token; see ``api/auth.py`` for the roles.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -18,11 +21,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from alerting.store import Store
-from api import alerts, lookup
+from api import admin, alerts, lookup
 from api import stations as station_routes
 from api.auth import Dispatcher, TokenCache
 from api.influx import InfluxReader
-from contract.config import ApiConfig
+from contract.config import ApiConfig, load_api_config
 from contract.errors import DatabaseUnavailable
 from contract.influx import MEASUREMENT_STATION
 from contract.points import QUALITY_SUFFIX
@@ -54,6 +57,15 @@ def _reader(request: Request) -> InfluxReader:
 Reader = Annotated[InfluxReader, Depends(_reader)]
 
 
+API_CONFIG_ENV = "HEATWATCH_API_CONFIG"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one of several uvicorn workers (``workers:`` in the API config); the parent
+    passes the config file's path in ``HEATWATCH_API_CONFIG``."""
+    return create_app(load_api_config(os.environ[API_CONFIG_ENV]))
+
+
 def create_app(settings: ApiConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,6 +73,9 @@ def create_app(settings: ApiConfig) -> FastAPI:
         app.state.store = Store(settings.store)
         await asyncio.to_thread(app.state.store.migrate)
         app.state.tokens = TokenCache(app.state.store)
+        # what start-up built lives as long as the process: keep it out of the collector's
+        # generations so a full collection walks only per-request garbage
+        gc.freeze()
         yield
         await app.state.influx.close()
         app.state.store.close()
@@ -69,6 +84,7 @@ def create_app(settings: ApiConfig) -> FastAPI:
     app.include_router(alerts.router)
     app.include_router(lookup.router)
     app.include_router(station_routes.router)
+    app.include_router(admin.router)
 
     async def _components(influx: InfluxReader, store: Store) -> Health:
         ok_influx = await influx.ping()

@@ -49,6 +49,10 @@ class TokenCache:
         self._hits[token] = (now, p)
         return p
 
+    def forget(self, name: str) -> None:
+        """Drop the cached answers for ``name``'s tokens (after revoking them here)."""
+        self._hits = {t: hit for t, hit in self._hits.items() if hit[1] is None or hit[1].name != name}
+
 
 async def principal(request: Request,
                     cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:

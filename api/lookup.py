@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
@@ -123,9 +123,23 @@ def verdict(alerts: list[dict[str, Any]], household: str | None) -> str:
     return "no alert on this household, its building or station: a new case"
 
 
-async def _full(store: Store, influx: InfluxReader, row: dict[str, Any]) -> Lookup:
+class _Chain(NamedTuple):
+    """What the store knows about one household's chain, read in one worker-thread hop."""
+    row: dict[str, Any]
+    alerts: list[dict[str, Any]]
+    acks: list[dict[str, Any]]
+
+
+def _chain(store: Store, row: dict[str, Any] | None, now: int) -> _Chain | None:
+    if row is None:
+        return None
+    alerts = store.chain_alerts(row["station"], row["building"], row["sensor"], row.get("gateway"))
+    return _Chain(row, alerts, store.recent_acks([a["id"] for a in alerts], now - 7 * DAY_MS))
+
+
+async def _full(influx: InfluxReader, chain: _Chain) -> Lookup:
+    row, alerts, acks = chain
     st, b, sensor = row["station"], row["building"], row["sensor"]
-    now = int(time.time() * 1000)
     bind: dict[str, str | int | float] = {"station": st, "building": b}
     statements = [
         f'SELECT last(*) FROM "{MEASUREMENT_STATION}" WHERE "station" = $station',
@@ -135,14 +149,7 @@ async def _full(store: Store, influx: InfluxReader, row: dict[str, Any]) -> Look
         bind["household"] = sensor
         statements.append(f'SELECT "room_temp" FROM "{MEASUREMENT_HOUSEHOLD}" WHERE "station" = $station '
                           'AND "building" = $building AND "household" = $household AND time > now() - 24h')
-
-    def from_store() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        alerts = store.chain_alerts(st, b, sensor, row.get("gateway"))
-        return alerts, store.recent_acks([a["id"] for a in alerts], now - 7 * DAY_MS)
-
-    # one InfluxDB round trip for the whole screen, while the store answers in a thread
-    results, (alerts, acks) = await asyncio.gather(influx.query_many(statements, bind),
-                                                   asyncio.to_thread(from_store))
+    results = await influx.query_many(statements, bind)  # one round trip for the whole screen
     seen, station_values = _last(results[0])
     status = results[1][0]["values"][0][1] if results[1] and results[1][0].get("values") else None
     b_seen, b_values = _last(results[2])
@@ -171,17 +178,20 @@ async def lookup(
 ) -> Lookup:
     if (household is None) == (q is None):
         raise HTTPException(422, "give exactly one of household (a code) or q (address words)")
-    store = _store(request)
+    store, now = _store(request), int(time.time() * 1000)
     if household is not None:
-        row = await asyncio.to_thread(store.household, household)
-        if row is None:
+        chain = await asyncio.to_thread(lambda: _chain(store, store.household(household), now))
+        if chain is None:
             raise HTTPException(404, f"no household with code {household!r}")
-        return await _full(store, request.app.state.influx, row)
-    found = await asyncio.to_thread(store.find_households, q or "", 20)
-    if len(found) == 1:
-        row = await asyncio.to_thread(store.household, found[0]["code"])
-        if row is not None:
-            return await _full(store, request.app.state.influx, row)
+        return await _full(request.app.state.influx, chain)
+
+    def find() -> tuple[list[dict[str, Any]], _Chain | None]:
+        found = store.find_households(q or "", 20)
+        return found, _chain(store, store.household(found[0]["code"]), now) if len(found) == 1 else None
+
+    found, chain = await asyncio.to_thread(find)  # the store in one worker-thread hop
+    if chain is not None:
+        return await _full(request.app.state.influx, chain)
     return Lookup(candidates=[_ref(r) for r in found])
 
 

@@ -5,6 +5,8 @@ alerts, writes two hours of room temperatures for every household and station/bu
 into a real influxd, starts the API (one uvicorn worker) as its own process, then sends an
 open-loop load of ``--rate`` requests/s for ``--seconds``: 40 % lookups by household code,
 20 % lookups by address words, 40 % alert lists with filters. Prints p50/p99 per kind, JSON.
+Before the load, ``--serial`` requests of each kind are sent one at a time: their mean latency
+and the CPU the API process and influxd spend per request (from /proc) say where the time goes.
 
     .venv/bin/python bench/api_bench.py --rate 200 --seconds 30
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import os
 import random
 import subprocess
 import sys
@@ -20,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
 import orjson
 import yaml
@@ -93,22 +98,73 @@ async def fill_influx(url: str, stations: int, per_station: int, now: int) -> No
                              content="\n".join(lines))).raise_for_status()
 
 
+def proc_cpu_ms(pid: int) -> float:
+    """User + system CPU of ``pid`` and its child processes (uvicorn's workers), ms."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def request_for(kind: str, rnd: random.Random, stations: int, per_station: int
+                ) -> tuple[str, dict[str, object]]:
+    s, h = rnd.randrange(stations), rnd.randrange(per_station)
+    if kind == "lookup_code":
+        return "/v1/lookup", {"household": f"HH{s:05d}{h:03d}"}
+    if kind == "lookup_words":
+        return "/v1/lookup", {"q": f"小区{s} {h // 10 + 1}号楼 {h % 10 + 1}01"}
+    if kind == "alert_list":
+        return "/v1/alerts", {"station": f"st{s:05d}", "open": "true", "limit": 50}
+    return "/v1/alerts", {"severity": "critical", "state": "firing", "limit": 50,
+                          "offset": rnd.randrange(0, 1000, 50)}
+
+
+async def serial(base: str, token: str, n: int, stations: int, per_station: int,
+                 pids: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Each kind alone, one request at a time: latency and CPU per request of each process."""
+    rnd = random.Random(3)
+    out: dict[str, dict[str, float]] = {}
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {token}"},
+                                 timeout=10) as http:
+        for kind in ("lookup_code", "lookup_words", "alert_list", "alert_list_filtered"):
+            for _ in range(5):  # warm the connection and caches
+                path, params = request_for(kind, rnd, stations, per_station)
+                await http.get(path, params=params)  # type: ignore[arg-type]
+            cpu0 = {k: proc_cpu_ms(p) for k, p in pids.items()}
+            t0 = time.perf_counter()
+            for _ in range(n):
+                path, params = request_for(kind, rnd, stations, per_station)
+                (await http.get(path, params=params)).raise_for_status()  # type: ignore[arg-type]
+            ms = (time.perf_counter() - t0) * 1000 / n
+            out[kind] = {"latency_ms": round(ms, 2)} | {
+                f"{k}_cpu_ms": round((proc_cpu_ms(p) - cpu0[k]) / n, 2) for k, p in pids.items()}
+    return out
+
+
 async def load(base: str, token: str, rate: float, seconds: float, stations: int,
                per_station: int) -> dict[str, list[float]]:
+    """Open loop: request i is due at start + i/rate and its latency counts from then, so a
+    stalled server (or a lagging load generator) shows in the figures instead of hiding.
+    The generator uses aiohttp: httpx costs ~1 ms CPU per request, which on these 2 shared
+    cores would be taken from the server under test."""
     rnd = random.Random(2)
     lat: dict[str, list[float]] = {"lookup_code": [], "lookup_words": [], "alert_list": []}
     errors: list[str] = []
-    headers = {"Authorization": f"Bearer {token}"}
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-
-    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=10, limits=limits) as http:
-        async def one(kind: str, path: str, params: dict[str, object]) -> None:
-            t0 = time.perf_counter()
-            r = await http.get(path, params=params)  # type: ignore[arg-type]
-            dt = (time.perf_counter() - t0) * 1000
-            if r.status_code != 200:
-                errors.append(f"{r.status_code} {r.text[:100]}")
-            lat[kind].append(dt)
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(base, headers={"Authorization": f"Bearer {token}"},
+                                     timeout=aiohttp.ClientTimeout(total=30),
+                                     connector=connector) as http:
+        async def one(kind: str, due: float, path: str, params: dict[str, object]) -> None:
+            async with http.get(path, params={k: str(v) for k, v in params.items()}) as r:
+                body = await r.read()
+            lat[kind].append((time.perf_counter() - due) * 1000)
+            if r.status != 200:
+                errors.append(f"{r.status} {body[:100]!r}")
 
         tasks = []
         start = time.perf_counter()
@@ -119,19 +175,10 @@ async def load(base: str, token: str, rate: float, seconds: float, stations: int
             if delay > 0:
                 await asyncio.sleep(delay)
             x = rnd.random()
-            s, h = rnd.randrange(stations), rnd.randrange(per_station)
-            if x < 0.4:
-                tasks.append(asyncio.create_task(one("lookup_code", "/v1/lookup",
-                                                     {"household": f"HH{s:05d}{h:03d}"})))
-            elif x < 0.6:
-                tasks.append(asyncio.create_task(one("lookup_words", "/v1/lookup",
-                                                     {"q": f"小区{s} {h // 10 + 1}号楼 {h % 10 + 1}01"})))
-            else:
-                params: dict[str, object] = {"station": f"st{s:05d}", "open": "true", "limit": 50}
-                if x > 0.8:
-                    params = {"severity": "critical", "state": "firing", "limit": 50,
-                              "offset": rnd.randrange(0, 1000, 50)}
-                tasks.append(asyncio.create_task(one("alert_list", "/v1/alerts", params)))
+            kind = ("lookup_code" if x < 0.4 else "lookup_words" if x < 0.6
+                    else "alert_list" if x < 0.8 else "alert_list_filtered")
+            path, params = request_for(kind, rnd, stations, per_station)
+            tasks.append(asyncio.create_task(one(kind.removesuffix("_filtered"), due, path, params)))
         await asyncio.gather(*tasks)
     if errors:
         print(f"{len(errors)} errors, e.g. {errors[:3]}", file=sys.stderr)
@@ -145,6 +192,8 @@ def main() -> int:
     ap.add_argument("--stations", type=int, default=5000)
     ap.add_argument("--households", type=int, default=20, help="per station (100,000 in all)")
     ap.add_argument("--alerts", type=int, default=50_000)
+    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes of the API")
+    ap.add_argument("--serial", type=int, default=200, help="requests per kind, one at a time")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hw-apibench-"))
     db = Influxd(tmp / "influxd", free_port())
@@ -164,7 +213,8 @@ def main() -> int:
         port = free_port()
         (tmp / "api.yaml").write_text(yaml.safe_dump({
             "kind": "api", "listen": {"host": "127.0.0.1", "port": port},
-            "influx": {"url": db.url, "database": DB}, "store": store_url}))
+            "influx": {"url": db.url, "database": DB}, "store": store_url,
+            "workers": a.workers}))
         log = open(tmp / "api.log", "wb")  # noqa: SIM115
         api = subprocess.Popen([sys.executable, "-m", "heatwatch", "api", str(tmp / "api.yaml")],
                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
@@ -173,10 +223,16 @@ def main() -> int:
             if time.monotonic() > deadline or api.poll() is not None:
                 raise SystemExit(f"the API did not start; see {tmp / 'api.log'}")
             time.sleep(0.1)
+        assert db.proc is not None
+        one_by_one = asyncio.run(serial(f"http://127.0.0.1:{port}", token, a.serial, a.stations,
+                                        a.households, {"api": api.pid, "influxd": db.proc.pid}))
+        gc.collect()
+        gc.freeze()  # the filled data stays: a full collection in the generator would stall it
         lat = asyncio.run(load(f"http://127.0.0.1:{port}", token, a.rate, a.seconds, a.stations,
                                a.households))
-        out = {"rate": a.rate, "seconds": a.seconds, "stations": a.stations,
-               "households": a.stations * a.households, "alerts": a.alerts, "fill_s": round(fill_s, 1)}
+        out = {"rate": a.rate, "seconds": a.seconds, "workers": a.workers, "stations": a.stations,
+               "households": a.stations * a.households, "alerts": a.alerts, "fill_s": round(fill_s, 1),
+               "serial": one_by_one}
         for kind, xs in lat.items():
             out[kind] = {"n": len(xs), "p50_ms": round(pct(xs, 50), 1), "p99_ms": round(pct(xs, 99), 1)}
         all_ms = [x for xs in lat.values() for x in xs]

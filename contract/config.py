@@ -437,6 +437,8 @@ class ApiConfig(_Strict):
     listen: ListenSettings = ListenSettings()
     influx: InfluxSettings = InfluxSettings()
     store: str  # the alert store the collector writes (SQLAlchemy URL)
+    workers: int = Field(default=1, ge=1, le=32,
+                         description="uvicorn worker processes; 2 on a 2-core box halves the tail under load")
 
 
 _MODELS: dict[str, type[BaseModel]] = {

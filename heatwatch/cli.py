@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from contract.config import (
     GatewayConfig,
@@ -78,10 +80,16 @@ def _collector(args: argparse.Namespace) -> int:
 def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.app import create_app
+    from api.app import API_CONFIG_ENV, create_app
 
     cfg = load_api_config(args.config)
-    uvicorn.run(create_app(cfg), host=cfg.listen.host, port=cfg.listen.port, log_level="warning")
+    if cfg.workers == 1:
+        uvicorn.run(create_app(cfg), host=cfg.listen.host, port=cfg.listen.port, log_level="warning")
+        return 0
+    # several processes: each worker imports the app factory and reads the same file
+    os.environ[API_CONFIG_ENV] = str(Path(args.config).resolve())
+    uvicorn.run("api.app:app_from_env", factory=True, workers=cfg.workers, host=cfg.listen.host,
+                port=cfg.listen.port, log_level="warning")
     return 0
 
 

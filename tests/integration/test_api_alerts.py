@@ -125,3 +125,31 @@ def test_roles_resolve_and_silence(api: Api) -> None:
     for bad in ({**silence, "end": silence["start"]}, {**silence, "start": "2026-12-01T08:00:00"},
                 {**silence, "station": "st/001"}, {**silence, "end": "2027-03-01T00:00:00+08:00"}):
         assert c.post("/v1/silences", json=bad, headers=api.auth["engineer"]).status_code == 422, bad
+
+
+def test_admin_issues_lists_and_revokes_credentials_and_reads_the_audit_trail(api: Api) -> None:
+    c, admin = api.client, api.auth["admin"]
+    body = {"name": "hotline-system", "role": "dispatcher"}
+    assert c.post("/v1/tokens", json=body, headers=api.auth["engineer"]).status_code == 403
+    r = c.post("/v1/tokens", json=body, headers=admin)
+    assert r.status_code == 201
+    new = {"Authorization": "Bearer " + r.json()["token"]}
+    assert c.get("/v1/alerts", headers=new).status_code == 200
+    listed = c.get("/v1/tokens", headers=admin).json()["data"]
+    newest = listed[0]
+    assert (newest["name"], newest["created_by"], newest["revoked_at"]) == ("hotline-system", "admin-1", None)
+    assert all("token" not in t and "token_sha256" not in t for t in listed)
+    # revoked here: refused at once, without waiting for the token cache
+    assert c.delete("/v1/tokens/hotline-system", headers=admin).json() == {"name": "hotline-system",
+                                                                          "revoked": 1}
+    assert c.get("/v1/alerts", headers=new).status_code == 401
+    assert c.delete("/v1/tokens/hotline-system", headers=admin).status_code == 404
+    r = c.delete("/v1/tokens/admin-1", headers=admin)
+    assert r.status_code == 409 and "calling with" in r.json()["detail"]
+    for bad in ({"name": "x", "role": "root"}, {"name": "bad name", "role": "admin"}, {"name": "x"},
+                {"name": "x", "role": "admin", "extra": 1}):
+        assert c.post("/v1/tokens", json=bad, headers=admin).status_code == 422, bad
+    trail = c.get("/v1/audit", params={"actor": "admin-1"}, headers=admin).json()["data"]
+    assert [(e["action"], e["target"]) for e in trail[:2]] == [("token.revoke", "hotline-system"),
+                                                               ("token.add", "hotline-system")]
+    assert c.get("/v1/audit", headers=api.auth["dispatcher"]).status_code == 403
