@@ -18,6 +18,7 @@ import asyncio
 import gc
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -245,6 +246,7 @@ def main() -> int:
             api.terminate()
             api.wait(10)
         db.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # ~60 MB of store and InfluxDB per run
 
 
 if __name__ == "__main__":
