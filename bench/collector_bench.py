@@ -109,6 +109,19 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(len(xs) * p / 100))] if xs else float("nan")
 
 
+def gc_figures(port: int) -> tuple[list[float], list[int]]:
+    """Seconds in and number of garbage collections per generation, from the collector's /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    secs, counts = [0.0] * 3, [0] * 3
+    for line in text.splitlines():
+        for prefix, into in (("heatwatch_collector_gc_seconds_total", secs),
+                             ("heatwatch_collector_gc_collections_total", counts)):
+            if line.startswith(prefix + '{generation="'):
+                g = int(line[len(prefix) + 13])
+                into[g] = type(into[g])(float(line.rsplit(" ", 1)[1]))
+    return [round(x, 2) for x in secs], counts
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rate", type=float, default=1500, help="messages/s in total (200 values each)")
@@ -174,6 +187,7 @@ def main() -> int:
             time.sleep(0.1)
         t_done = time.time()
         cpu = proc_cpu_s(collector.pid) - cpu0
+        gc_s, gc_n = gc_figures(cfg["stats"]["metrics_port"])
         probe.close()
         values = published * shape.values
         lat = probe.latencies_ms
@@ -185,6 +199,8 @@ def main() -> int:
             "collector_cpu_s": round(cpu, 2),
             "collector_cpu_us_per_1000_values": round(cpu / values * 1e9, 1),
             "collector_cpu_share_of_one_core": round(cpu / (t_done - t0), 2),
+            "collector_gc_s_by_generation": gc_s, "collector_gc_collections_by_generation": gc_n,
+            "collector_gc_share_of_cpu": round(sum(gc_s) / cpu, 3) if cpu else None,
             "collector_peak_rss_mb": round(proc_mem_kb(collector.pid, "VmHWM") / 1024, 1),
             "outage_s": a.outage,
             "collector_peak_rss_during_outage_mb": round(peak_outage_kb / 1024, 1) if a.outage else None,

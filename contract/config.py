@@ -425,6 +425,18 @@ class CollectorConfig(_Strict):
     spool: SpoolSettings
     stats: StatsSettings = StatsSettings()
     alerts: AlertSettings | None = None  # the rule engine; None = store telemetry only
+    subscription_group: Ident | None = Field(
+        default=None, description="share the telemetry with other collectors through the MQTT 5 shared "
+                                  "subscription $share/<group>/… (docs/scaling.md)")
+
+    @model_validator(mode="after")
+    def _group_without_alerts(self) -> CollectorConfig:
+        if self.subscription_group is not None and self.alerts is not None:
+            raise ValueError(
+                "alerts: a collector that judges alerts must see every message of its stations, but "
+                "subscription_group spreads them over the group's members; run the rules in one "
+                "collector without subscription_group (docs/scaling.md)")
+        return self
 
 
 class ListenSettings(_Strict):

@@ -17,6 +17,7 @@ import pytest
 
 from collector.app import Collector
 from contract.config import load_collector_config
+from contract.errors import ConfigError
 from heatwatch.devstack import Influxd, Mosquitto, free_port
 from tests.conftest import influx_query, publish, rows, wait_for, write_collector_config
 from tests.unit.test_payload import GOOD
@@ -207,3 +208,38 @@ def test_garbage_through_the_real_broker_is_all_recorded_and_consumption_goes_on
     assert collector.stats.write_rejected == 0  # every reject record was valid line protocol
     recorded = rows(influx_query(influxd, influx_db, 'SELECT count("count") FROM "rejects"'))
     assert recorded[0]["count"] == len(garbage)
+
+
+def test_two_collectors_share_the_telemetry_through_a_subscription_group(
+    tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, influx_db: str,
+) -> None:
+    members = [CollectorThread(write_collector_config(
+        tmp_path / name, mqtt_port=mosquitto.port, influx_url=influxd.url, database=influx_db,
+        client_id=name, subscription_group="writers")) for name in ("member-a", "member-b")]
+    try:
+        now = int(time.time() * 1000) - 600_000
+        n = 300
+        publish(mosquitto.port, [(TOPIC, _msg(i + 1, now + i * 1000, 40.0 + i / 100)) for i in range(n)])
+        cs = [m.collector for m in members if m.collector is not None]
+        wait_for(lambda: sum(c.stats.acked for c in cs) == n, 20, "every message acknowledged")
+        got = [c.stats.accepted for c in cs]
+        assert sum(got) == n and min(got) > 0, got  # each message to exactly one member, both working
+
+        def stored() -> int:
+            res = rows(influx_query(influxd, influx_db, "SELECT count(secondary_supply_temp) FROM station"))
+            return int(res[0]["count"]) if res else 0
+
+        wait_for(lambda: stored() == n, 20, f"{n} points in InfluxDB")
+    finally:
+        for m in members:
+            m.stop()
+
+
+def test_a_collector_with_alerts_cannot_join_a_subscription_group(tmp_path: Path) -> None:
+    path = write_collector_config(tmp_path, mqtt_port=1883, influx_url="http://127.0.0.1:8086", database="x",
+                                  subscription_group="writers",
+                                  alerts={"rules": "rules.yaml", "store": "sqlite:///a.sqlite",
+                                          "state_path": str(tmp_path / "engine.state")})
+    with pytest.raises(ConfigError) as err:
+        load_collector_config(path)
+    assert "subscription_group" in str(err.value) and "every message" in str(err.value)
