@@ -109,17 +109,24 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(len(xs) * p / 100))] if xs else float("nan")
 
 
+def metric(port: int, name: str) -> float:
+    """One unlabelled counter from the collector's /metrics."""
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise KeyError(name)
+
+
 def gc_figures(port: int) -> tuple[list[float], list[int]]:
     """Seconds in and number of garbage collections per generation, from the collector's /metrics."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    secs, counts = [0.0] * 3, [0] * 3
+    got: dict[str, list[float]] = {"seconds": [0.0] * 3, "collections": [0.0] * 3}
     for line in text.splitlines():
-        for prefix, into in (("heatwatch_collector_gc_seconds_total", secs),
-                             ("heatwatch_collector_gc_collections_total", counts)):
-            if line.startswith(prefix + '{generation="'):
-                g = int(line[len(prefix) + 13])
-                into[g] = type(into[g])(float(line.rsplit(" ", 1)[1]))
-    return [round(x, 2) for x in secs], counts
+        for kind, into in got.items():
+            prefix = f'heatwatch_collector_gc_{kind}_total{{generation="'
+            if line.startswith(prefix):
+                into[int(line[len(prefix)])] = float(line.rsplit(" ", 1)[1])
+    return [round(x, 2) for x in got["seconds"]], [int(x) for x in got["collections"]]
 
 
 def main() -> int:
@@ -131,17 +138,21 @@ def main() -> int:
     ap.add_argument("--loadgens", type=int, default=1, help="publisher processes")
     ap.add_argument("--outage", type=float, default=0, help="stop InfluxDB this many seconds")
     ap.add_argument("--alerts", action="store_true", help="run the rule engine and alert store too")
+    ap.add_argument("--warmup", type=float, default=30,
+                    help="seconds before the steady-state CPU window opens (engine built, caches warm)")
     a = ap.parse_args()
     shape = Shape()
     tmp = Path(tempfile.mkdtemp(prefix="hw-bench-"))
     broker, db = Mosquitto(tmp / "mosquitto", free_port()), Influxd(tmp / "influxd", free_port())
     broker.start()
     db.start()
-    cfg = {"kind": "collector", "client_id": "bench-collector", "mqtt": {"port": broker.port},
-           "receive_maximum": 2000, "influx": {"url": db.url, "database": DB},
-           "batch": {"max_lines": 5000, "max_delay_s": 0.2},
-           "spool": {"path": str(tmp / "spool.sqlite"), "after_s": 2},
-           "stats": {"metrics_port": free_port()}}
+    metrics_port = free_port()
+    cfg: dict[str, object] = {
+        "kind": "collector", "client_id": "bench-collector", "mqtt": {"port": broker.port},
+        "receive_maximum": 2000, "influx": {"url": db.url, "database": DB},
+        "batch": {"max_lines": 5000, "max_delay_s": 0.2},
+        "spool": {"path": str(tmp / "spool.sqlite"), "after_s": 2},
+        "stats": {"metrics_port": metrics_port}}
     if a.alerts:
         cfg["alerts"] = {"store": f"sqlite:///{tmp / 'alerts.sqlite'}",
                          "state_path": str(tmp / "engine.state")}
@@ -165,6 +176,11 @@ def main() -> int:
                                   "--seconds", str(a.seconds), "--fixed-values"],
                                  stdout=subprocess.PIPE, cwd=REPO)
                 for i in range(a.loadgens)]
+        port = metrics_port
+        steady0: tuple[float, float] | None = None
+        if not a.outage and a.warmup < a.seconds:
+            time.sleep(a.warmup)
+            steady0 = (proc_cpu_s(collector.pid), metric(port, "heatwatch_collector_values_total"))
         peak_outage_kb = 0
         if a.outage:
             time.sleep(min(5, a.seconds / 4))
@@ -175,6 +191,11 @@ def main() -> int:
                 time.sleep(1)
             peak_outage_kb = max(peak_outage_kb, proc_mem_kb(collector.pid, "VmHWM"))
             db.start()
+        steady: float | None = None
+        if steady0 is not None:
+            gens[0].wait(a.seconds + 60)  # the window closes with the load, before the drain
+            done_values = metric(port, "heatwatch_collector_values_total") - steady0[1]
+            steady = (proc_cpu_s(collector.pid) - steady0[0]) / done_values * 1e9 if done_values else None
         results = [orjson.loads(g.communicate(timeout=a.seconds + a.outage + 300)[0]) for g in gens]
         published = sum(r["published"] for r in results)
         first_ts = min(r["first_ts"] for r in results) / 1000
@@ -187,7 +208,7 @@ def main() -> int:
             time.sleep(0.1)
         t_done = time.time()
         cpu = proc_cpu_s(collector.pid) - cpu0
-        gc_s, gc_n = gc_figures(cfg["stats"]["metrics_port"])
+        gc_s, gc_n = gc_figures(port)
         probe.close()
         values = published * shape.values
         lat = probe.latencies_ms
@@ -199,6 +220,8 @@ def main() -> int:
             "collector_cpu_s": round(cpu, 2),
             "collector_cpu_us_per_1000_values": round(cpu / values * 1e9, 1),
             "collector_cpu_share_of_one_core": round(cpu / (t_done - t0), 2),
+            "collector_steady_cpu_us_per_1000_values": round(steady, 1) if steady else None,
+            "steady_window_s": f"{a.warmup:.0f}..{a.seconds:.0f}" if steady else None,
             "collector_gc_s_by_generation": gc_s, "collector_gc_collections_by_generation": gc_n,
             "collector_gc_share_of_cpu": round(sum(gc_s) / cpu, 3) if cpu else None,
             "collector_peak_rss_mb": round(proc_mem_kb(collector.pid, "VmHWM") / 1024, 1),
