@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import yaml
 
 from collector.app import Collector
 from contract.alerts import Transition
@@ -21,7 +22,7 @@ from contract.influx import alert_line, telemetry_lines
 from contract.payload import decode_telemetry
 from contract.points import Kind, lookup
 from dashboards import build
-from heatwatch.devstack import Influxd
+from heatwatch.devstack import DEPLOY, Influxd
 from tests.conftest import influx_query
 
 STATION_POINTS = ["primary_supply_temp", "primary_return_temp", "secondary_supply_temp",
@@ -116,3 +117,10 @@ def test_every_dashboard_query_finds_pipeline_data(name: str, influxd: Influxd, 
     assert not empty, f"{name}: no data for {empty}"
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
+
+
+def test_the_provisioned_data_source_is_the_one_the_dashboards_name() -> None:
+    provisioned = yaml.safe_load((DEPLOY / "grafana" / "datasources.yaml").read_text())["datasources"]
+    assert [(d["uid"], d["type"]) for d in provisioned] == [(build.DS["uid"], build.DS["type"])]
+    providers = yaml.safe_load((DEPLOY / "grafana" / "dashboards.yaml").read_text())["providers"]
+    assert [p["type"] for p in providers] == ["file"]
