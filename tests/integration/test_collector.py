@@ -109,6 +109,9 @@ def test_bad_input_is_rejected_counted_recorded_and_the_next_good_one_stored(
     metrics = httpx.get(f"http://127.0.0.1:{collector.metrics_port}/metrics").text
     assert 'heatwatch_collector_rejected_total{reason="schema_version"} 2.0' in metrics
     assert 'heatwatch_collector_messages_total{station="st001"} 1.0' in metrics
+    gc_runs = [line for line in metrics.splitlines()
+               if line.startswith('heatwatch_collector_gc_collections_total{generation="0"}')]
+    assert gc_runs and float(gc_runs[0].rsplit(" ", 1)[1]) > 0  # young collections happen in seconds
 
     def counters() -> list[dict[str, object]]:
         got = rows(influx_query(influxd, influx_db, "SELECT last(*) FROM collector"))
