@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
 import random
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ import aiohttp
 import httpx
 import orjson
 import yaml
+from measure import pct, proc_cpu_s
 
 from alerting.assets import Assets, search_text
 from alerting.store import Store
@@ -36,11 +36,6 @@ from contract.alerts import Transition
 from heatwatch.devstack import REPO, Influxd, free_port, port_open
 
 DB = "bench"
-
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(len(xs) * p / 100))] if xs else float("nan")
 
 
 def fill_store(store: Store, stations: int, per_station: int, alerts: int, now: int) -> None:
@@ -99,19 +94,6 @@ async def fill_influx(url: str, stations: int, per_station: int, now: int) -> No
                              content="\n".join(lines))).raise_for_status()
 
 
-def proc_cpu_ms(pid: int) -> float:
-    """User + system CPU of ``pid`` and its child processes (uvicorn's workers), ms."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if stat.parent.name == str(pid) or fields[1] == str(pid):
-            total += (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 def request_for(kind: str, rnd: random.Random, stations: int, per_station: int
                 ) -> tuple[str, dict[str, object]]:
     s, h = rnd.randrange(stations), rnd.randrange(per_station)
@@ -136,14 +118,15 @@ async def serial(base: str, token: str, n: int, stations: int, per_station: int,
             for _ in range(5):  # warm the connection and caches
                 path, params = request_for(kind, rnd, stations, per_station)
                 await http.get(path, params=params)  # type: ignore[arg-type]
-            cpu0 = {k: proc_cpu_ms(p) for k, p in pids.items()}
+            cpu0 = {k: proc_cpu_s(p, children=True) for k, p in pids.items()}
             t0 = time.perf_counter()
             for _ in range(n):
                 path, params = request_for(kind, rnd, stations, per_station)
                 (await http.get(path, params=params)).raise_for_status()  # type: ignore[arg-type]
             ms = (time.perf_counter() - t0) * 1000 / n
             out[kind] = {"latency_ms": round(ms, 2)} | {
-                f"{k}_cpu_ms": round((proc_cpu_ms(p) - cpu0[k]) / n, 2) for k, p in pids.items()}
+                f"{k}_cpu_ms": round((proc_cpu_s(p, children=True) - cpu0[k]) * 1000 / n, 2)
+                for k, p in pids.items()}
     return out
 
 

@@ -17,7 +17,6 @@ Run: ``.venv/bin/python bench/collector_bench.py --rate 1500 --seconds 30`` (see
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -29,24 +28,13 @@ import httpx
 import orjson
 import paho.mqtt.client as mqtt
 import yaml
+from measure import pct, proc_cpu_s, proc_mem_kb, scrape
 from paho.mqtt.enums import CallbackAPIVersion
 
 from heatwatch.devstack import REPO, Influxd, Mosquitto, free_port
 from heatwatch.loadgen import Shape
 
 DB = "bench"
-
-
-def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_mem_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 def query(db: Influxd, q: str) -> list[list[int]]:
@@ -104,29 +92,14 @@ class Probe:
         self.client.loop_stop()
 
 
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(len(xs) * p / 100))] if xs else float("nan")
-
-
-def metric(port: int, name: str) -> float:
-    """One unlabelled counter from the collector's /metrics."""
-    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise KeyError(name)
-
-
 def gc_figures(port: int) -> tuple[list[float], list[int]]:
     """Seconds in and number of garbage collections per generation, from the collector's /metrics."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    got: dict[str, list[float]] = {"seconds": [0.0] * 3, "collections": [0.0] * 3}
-    for line in text.splitlines():
-        for kind, into in got.items():
-            prefix = f'heatwatch_collector_gc_{kind}_total{{generation="'
-            if line.startswith(prefix):
-                into[int(line[len(prefix)])] = float(line.rsplit(" ", 1)[1])
-    return [round(x, 2) for x in got["seconds"]], [int(x) for x in got["collections"]]
+    m = scrape(port)
+
+    def per_gen(name: str) -> list[float]:
+        return [m.get(f'heatwatch_collector_gc_{name}_total{{generation="{g}"}}', 0.0) for g in range(3)]
+
+    return [round(x, 2) for x in per_gen("seconds")], [int(x) for x in per_gen("collections")]
 
 
 def main() -> int:
@@ -180,7 +153,7 @@ def main() -> int:
         steady0: tuple[float, float] | None = None
         if not a.outage and a.warmup < a.seconds:
             time.sleep(a.warmup)
-            steady0 = (proc_cpu_s(collector.pid), metric(port, "heatwatch_collector_values_total"))
+            steady0 = (proc_cpu_s(collector.pid), scrape(port)["heatwatch_collector_values_total"])
         peak_outage_kb = 0
         if a.outage:
             time.sleep(min(5, a.seconds / 4))
@@ -194,7 +167,7 @@ def main() -> int:
         steady: float | None = None
         if steady0 is not None:
             gens[0].wait(a.seconds + 60)  # the window closes with the load, before the drain
-            done_values = metric(port, "heatwatch_collector_values_total") - steady0[1]
+            done_values = scrape(port)["heatwatch_collector_values_total"] - steady0[1]
             steady = (proc_cpu_s(collector.pid) - steady0[0]) / done_values * 1e9 if done_values else None
         results = [orjson.loads(g.communicate(timeout=a.seconds + a.outage + 300)[0]) for g in gens]
         published = sum(r["published"] for r in results)

@@ -37,7 +37,7 @@ from contract.alerts import AlertRules, Severity, Transition, load_rules
 from contract.config import AlertSettings
 from contract.influx import alert_line
 from contract.payload import Frame, GatewayStatus, StationStatus
-from durable.queue import DiskQueue
+from durable.queue import DiskQueue, oldest
 
 log = structlog.get_logger("heatwatch.collector.alerts")
 RETRY_MAX_S = 30.0
@@ -190,12 +190,7 @@ class AlertStage:
         async with httpx.AsyncClient() as http:
             delay = 0.5
             while True:
-                rows = await asyncio.to_thread(self.outbox.fetch_after, 0, 1) if self.outbox.count else []
-                if not rows:
-                    self._webhook_wake.clear()
-                    await self._webhook_wake.wait()
-                    continue
-                row = rows[0]
+                row = await oldest(self.outbox, self._webhook_wake)
                 sev = _RANK[orjson.loads(row.payload)["severity"]]
                 ok = True
                 for w in self.cfg.webhooks:

@@ -49,7 +49,7 @@ from contract.config import CollectorConfig
 from contract.errors import DatabaseUnavailable, InvalidInput, PayloadError
 from contract.influx import escape_string_field, reject_line, telemetry_lines
 from contract.payload import decode_telemetry, parse_gateway_status, parse_station_status
-from durable.queue import DiskQueue
+from durable.queue import DiskQueue, oldest
 
 log = structlog.get_logger("heatwatch.collector")
 DRAIN_RETRY_MAX_S = 5.0
@@ -391,12 +391,7 @@ class Collector:
         """Write the spool back to InfluxDB, oldest batch first, deleting each once written."""
         delay = BACKOFF_MIN_S
         while True:
-            rows = await asyncio.to_thread(self.spool.fetch_after, 0, 1) if self.spool.count else []
-            if not rows:
-                self._spool_wake.clear()
-                await self._spool_wake.wait()
-                continue
-            row = rows[0]
+            row = await oldest(self.spool, self._spool_wake)
             try:
                 out = await self.writer.write_body(row.payload, int(row.key), True)
             except DatabaseUnavailable:

@@ -14,6 +14,7 @@ Blocking: every method does disk I/O; async owners call them through ``asyncio.t
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -152,3 +153,15 @@ class DiskQueue:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+async def oldest(queue: DiskQueue, wake: asyncio.Event) -> Row:
+    """The queue's oldest row, waiting for ``wake`` (set by whoever appends) while it is empty.
+    The row stays in the queue until its consumer deletes it."""
+    while True:
+        rows = await asyncio.to_thread(queue.fetch_after, 0, 1) if queue.count else []
+        if rows:
+            return rows[0]
+        wake.clear()
+        if not queue.count:  # an append between the look and the clear would otherwise be missed
+            await wake.wait()

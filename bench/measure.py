@@ -1,0 +1,47 @@
+"""What the benchmarks measure a process by: CPU and memory from /proc, percentiles, and the
+counters a heatwatch process exposes on /metrics. Imported by the bench scripts (run from the
+repository root as ``python bench/NAME.py``, so this folder is on their path)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+
+
+def proc_cpu_s(pid: int, *, children: bool = False) -> float:
+    """User + system CPU seconds of ``pid`` (and, with ``children``, of the processes it started,
+    e.g. uvicorn's workers)."""
+    total = 0.0
+    stats = Path("/proc").glob("[0-9]*/stat") if children else [Path(f"/proc/{pid}/stat")]
+    for stat in stats:
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # a process that ended while we looked
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def proc_mem_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p / 100))] if xs else float("nan")
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Every sample on a Prometheus /metrics page: series (name with labels) → value."""
+    out: dict[str, float] = {}
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines():
+        if line and not line.startswith("#"):
+            series, value = line.rsplit(" ", 1)
+            out[series] = float(value)
+    return out
