@@ -69,8 +69,6 @@ class Publisher:
         if rc.is_failure:
             self.loop.call_soon_threadsafe(self._connect_failed, str(rc))
             return
-        for topic, payload in list(self.retained.items()):
-            client.publish(topic, payload, qos=1, retain=True)
         self.loop.call_soon_threadsafe(self._set_connected, True)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
@@ -86,6 +84,10 @@ class Publisher:
         self._ever_failed = True
 
     def _set_connected(self, up: bool) -> None:
+        if up:  # the retained topics are re-sent here, on the loop, where publish_retained runs:
+            # sent from paho's thread, a status added between its connect and this call was lost
+            for topic, payload in self.retained.items():
+                self.client.publish(topic, payload, qos=1, retain=True)
         if up and not self.connected:
             (log.info if self._ever_failed else log.debug)("broker connected")
         elif not up and self.connected:
