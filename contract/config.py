@@ -65,6 +65,9 @@ class PointMap(_Strict):
     invalid_raw: list[int] = Field(default_factory=list, validate_default=True)
     group: Ident = "fast"
     writable: bool = Field(default=False, validate_default=True)
+    # report by exception (a poll group with by_exception): resend only when the value moved by
+    # at least this much (engineering units) since it was last sent; None: on any change
+    deadband: float | None = Field(default=None, ge=0, validate_default=True)
 
     @field_validator("point")
     @classmethod
@@ -146,6 +149,14 @@ class PointMap(_Strict):
             if kind is not d.kind:
                 raise ValueError(f"{name} is a {d.kind} point; type {t} gives a {kind}")
         return d.unit
+
+    @field_validator("deadband")
+    @classmethod
+    def _deadband(cls, v: float | None, info: ValidationInfo) -> float | None:
+        t = info.data.get("type")
+        if v is not None and t is not None and t not in INTEGERS | FLOATS:
+            raise ValueError("only for numeric types (others are sent when they change)")
+        return v
 
     @field_validator("invalid_raw")
     @classmethod
@@ -253,11 +264,27 @@ class RegisterMap(_Strict):
         return self
 
 
+Transport = Literal["tcp", "rtu_over_tcp", "rtu"]
+
+
+class SerialSettings(_Strict):
+    """An RS-485 bus: every device on one ``device`` shares these settings and is read in turn."""
+
+    device: str  # /dev/ttyUSB0, /dev/ttyS1, /dev/serial/by-id/…
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    bytesize: Literal[7, 8] = 8
+    stopbits: Literal[1, 2] = 1
+
+
 class DeviceConfig(_Strict):
     name: Ident
-    transport: Literal["tcp"] = "tcp"
-    host: str
+    # tcp: Modbus TCP; rtu_over_tcp: RTU frames through a serial device server (an NPort-style
+    # box in front of an RS-485 bus); rtu: a serial port of this machine
+    transport: Transport = "tcp"
+    host: str | None = None
     port: int = Field(default=502, ge=1, le=65535)
+    serial: SerialSettings | None = None
     device_id: int = Field(default=1, ge=0, le=247)
     timeout_s: float = Field(default=1.0, gt=0, le=30)
     map: str | None = None  # path of a register_map file, relative to this config
@@ -270,9 +297,35 @@ class DeviceConfig(_Strict):
     without: list[dict[str, Any]] = Field(default_factory=list)  # template points not fitted here
     extra_points: list[PointMap] = Field(default_factory=list)  # points only this station has
 
+    @model_validator(mode="after")
+    def _transport(self) -> DeviceConfig:
+        if self.transport == "rtu":
+            if self.serial is None:
+                raise ValueError("serial: transport rtu needs serial: {device: /dev/ttyUSB0, baudrate: …}")
+            if self.host is not None:
+                raise ValueError("host: a transport rtu device is on a serial port, not a host")
+        else:
+            if self.host is None:
+                raise ValueError(f"host: transport {self.transport} needs the device's host")
+            if self.serial is not None:
+                raise ValueError(f"serial: only for transport rtu (this device is {self.transport})")
+        return self
+
 
 class PollGroup(_Strict):
     interval_s: float = Field(gt=0, le=86400)
+    # report by exception: a point is sent when its quality changes, when it moved by its
+    # deadband, or when it has not been sent for max_silence_s (the heartbeat); every cycle
+    # still sends a message (station liveness, sequence numbers, device status)
+    by_exception: bool = False
+    max_silence_s: float = Field(default=300, gt=0, le=86400)
+
+    @model_validator(mode="after")
+    def _silence(self) -> PollGroup:
+        if self.by_exception and self.max_silence_s < self.interval_s:
+            raise ValueError(f"max_silence_s: {self.max_silence_s:g} is shorter than interval_s "
+                             f"{self.interval_s:g}; the heartbeat cannot beat faster than the poll")
+        return self
 
 
 class MqttSettings(_Strict):
@@ -294,13 +347,30 @@ class ResolvedDevice(_Strict):
     """A device with its map applied: what the gateway and simulator actually use."""
 
     name: Ident
-    host: str
-    port: int
+    transport: Transport = "tcp"
+    host: str | None = None
+    port: int = 502
+    serial: SerialSettings | None = None
     device_id: int
     timeout_s: float
     addressing: Addressing
     max_registers_per_request: int
     points: list[PointMap]
+
+    @property
+    def link(self) -> tuple[str, ...]:
+        """What devices share one connection (and so are read one at a time): a serial port,
+        or a host and port (a TCP server fronting several device ids, a serial device server)."""
+        if self.serial is not None:
+            return ("rtu", self.serial.device)
+        return (self.transport, str(self.host), str(self.port))
+
+    @property
+    def where(self) -> str:
+        if self.serial is not None:
+            s = self.serial
+            return f"{s.device} {s.baudrate} {s.bytesize}{s.parity}{s.stopbits}"
+        return f"{self.host}:{self.port}" + (" rtu" if self.transport == "rtu_over_tcp" else "")
 
 
 class GatewayConfig(_Strict):
@@ -319,6 +389,17 @@ class GatewayConfig(_Strict):
         names = [d.name for d in self.devices]
         if len(set(names)) != len(names):
             raise ValueError("devices: device names must be unique")
+        links: dict[tuple[str, ...], tuple[str, ResolvedDevice]] = {}
+        for i, dev in enumerate(self.resolved):
+            other = links.setdefault(dev.link, (f"devices.{i} ({dev.name})", dev))
+            if other[1] is dev:
+                continue
+            where = f"devices.{i} ({dev.name})"
+            if dev.serial != other[1].serial:
+                raise ValueError(f"{where}.serial: {dev.serial.device if dev.serial else ''} is the "
+                                 f"bus of {other[0]} with other settings; one bus, one set of settings")
+            if dev.device_id == other[1].device_id:
+                raise ValueError(f"{where}.device_id: {dev.device_id} is also {other[0]} on {dev.where}")
         seen: dict[tuple[str, str | None, str | None], str] = {}
         for i, dev in enumerate(self.resolved):
             for j, p in enumerate(dev.points):
@@ -633,7 +714,8 @@ def _resolve_devices(data: dict[str, Any], base: Path, file: str) -> list[dict[s
             if isinstance(p, dict) and p.get("type") in {t.value for t in MULTI_WORD}:
                 p.setdefault("word_order", order)
         out.append({
-            "name": dev.get("name"), "host": dev.get("host"), "port": dev.get("port", 502),
+            "name": dev.get("name"), "transport": dev.get("transport", "tcp"), "host": dev.get("host"),
+            "port": dev.get("port", 502), "serial": dev.get("serial"),
             "device_id": dev.get("device_id", 1), "timeout_s": dev.get("timeout_s", 1.0),
             "addressing": addressing,
             "max_registers_per_request": dev.get("max_registers_per_request") or maxreg,

@@ -53,10 +53,10 @@ class Gateway:
         self.seq = 0
         self.outbox = DiskQueue(cfg.outbox.path, max_bytes=cfg.outbox.max_bytes,
                                  max_age_s=cfg.outbox.max_age_h * 3600)
-        links: dict[tuple[str, int], Link] = {}
+        links: dict[tuple[str, ...], Link] = {}
         self.devices: list[Device] = []
         for d in cfg.resolved:
-            link = links.setdefault((d.host, d.port), Link(d.host, d.port, d.timeout_s))
+            link = links.get(d.link) or links.setdefault(d.link, Link(d))
             self.devices.append(Device(d, link))
         self.links = list(links.values())
         for dev in self.devices:

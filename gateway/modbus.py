@@ -1,4 +1,5 @@
-"""Modbus links: one client per (host, port); devices behind one port are read one at a time.
+"""Modbus links: one client per connection (host and port, or serial port); the devices behind
+one link are read one at a time, separate links concurrently.
 
 A Modbus exception (illegal address, …) means a wrong map: the block's points are bad and the
 device is *degraded*. A timeout or a dropped connection means a sick device: it is *offline*,
@@ -13,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 
 import structlog
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from contract.config import ResolvedDevice
@@ -39,18 +41,29 @@ class ReadRejected(Exception):
 
 
 class Link:
-    """A TCP connection shared by every device at one (host, port)."""
+    """One connection shared by every device behind it: a Modbus TCP server, a serial device
+    server speaking RTU over TCP, or an RS-485 port of this machine. Its lock serialises the
+    devices on it (a bus carries one request at a time); separate links run concurrently."""
 
-    def __init__(self, host: str, port: int, timeout_s: float) -> None:
-        self.host, self.port = host, port
-        self.client = AsyncModbusTcpClient(host, port=port, timeout=timeout_s, retries=0,
-                                           reconnect_delay=0)
+    def __init__(self, dev: ResolvedDevice) -> None:
+        self.where = dev.where
+        self.client: AsyncModbusTcpClient | AsyncModbusSerialClient
+        if dev.serial is not None:
+            s = dev.serial
+            self.client = AsyncModbusSerialClient(
+                s.device, framer=FramerType.RTU, baudrate=s.baudrate, bytesize=s.bytesize,
+                parity=s.parity, stopbits=s.stopbits, timeout=dev.timeout_s, retries=0,
+                reconnect_delay=0)
+        else:
+            framer = FramerType.RTU if dev.transport == "rtu_over_tcp" else FramerType.SOCKET
+            self.client = AsyncModbusTcpClient(str(dev.host), port=dev.port, framer=framer,
+                                               timeout=dev.timeout_s, retries=0, reconnect_delay=0)
         self.lock = asyncio.Lock()
 
     async def read(self, req: Request, device_id: int) -> list[int]:
         c = self.client
         if not c.connected and not await c.connect():
-            raise ReadFailed(f"cannot connect to {self.host}:{self.port}")
+            raise ReadFailed(f"cannot connect to {self.where}")
         try:
             if req.table == "holding_register":
                 rr = await c.read_holding_registers(req.address, count=req.count, device_id=device_id)

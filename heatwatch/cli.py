@@ -4,7 +4,7 @@
     heatwatch collector CONFIG
     heatwatch api CONFIG
     heatwatch token add|revoke API_CONFIG NAME [--role dispatcher|engineer|admin]
-    heatwatch simulate CONFIG... [--speed X] [--scenario FILE]
+    heatwatch simulate CONFIG... [--speed X] [--scenario FILE] [--serial-peer GATEWAY_TTY=SIM_TTY]
     heatwatch demo [--stations N] [--dir DIR] [--seconds S]
     heatwatch check-config FILE...
 
@@ -45,7 +45,7 @@ def _gateway(args: argparse.Namespace) -> int:
         cfg = load_gateway_config(words[1])
         for dev in cfg.resolved:
             optimal = 0
-            print(f"{dev.name} ({dev.host}:{dev.port} id {dev.device_id}, max "
+            print(f"{dev.name} ({dev.where} id {dev.device_id}, max "
                   f"{dev.max_registers_per_request} words/request)")
             for group in cfg.poll_groups:
                 reqs = plan_requests(dev, group)
@@ -126,7 +126,8 @@ def _simulate(args: argparse.Namespace) -> int:
         speed = args.speed
 
     async def run() -> None:
-        sim = Simulator(configs, speed=speed, seed=args.seed)
+        peers = dict(p.split("=", 1) for p in args.serial_peer)
+        sim = Simulator(configs, speed=speed, seed=args.seed, serial_peers=peers)
         for station, ev in events:
             sim.add_event(station, ev.shifted(sim.now()))
         await sim.run()
@@ -178,7 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("name", help="who the token is for (the actor in the audit log)")
     p.add_argument("--role", choices=["dispatcher", "engineer", "admin"], default="dispatcher")
     p.set_defaults(fn=_token)
-    p = sub.add_parser("simulate", help="serve simulated stations over Modbus TCP")
+    p = sub.add_parser("simulate", help="serve simulated stations over Modbus (TCP, RTU over TCP, RTU)")
+    p.add_argument("--serial-peer", action="append", default=[], metavar="GATEWAY_TTY=SIM_TTY",
+                   help="answer a gateway's serial port on the other end of its cable")
     p.add_argument("configs", nargs="+", metavar="GATEWAY_CONFIG")
     p.add_argument("--speed", type=float, default=None, help="sim seconds per real second")
     p.add_argument("--scenario", help="YAML file of timed events")

@@ -7,6 +7,7 @@ that installs it.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import glob
 import os
@@ -191,6 +192,53 @@ class Postgres(_Service):
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+class NullModem:
+    """Two serial ports joined by a cable: a pair of pseudo-terminals whose bytes are relayed.
+
+    Each end is a real tty (/dev/pts/N) that pyserial opens like /dev/ttyUSB0, so the gateway's
+    RTU client and the simulator's RTU server talk through the kernel's tty layer, framing and
+    CRCs included. ``bytes`` counts what crossed the cable.
+    """
+
+    def __init__(self) -> None:
+        import threading
+        import tty
+
+        self._fds: list[int] = []
+        ends: list[tuple[int, str]] = []
+        for _ in range(2):
+            master, slave = os.openpty()
+            tty.setraw(slave)
+            self._fds += [master, slave]  # the slave stays open here: no hang-up when a user closes
+            ends.append((master, os.ttyname(slave)))
+        (self._a, self.a), (self._b, self.b) = ends
+        self.bytes = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._relay, daemon=True, name="null-modem")
+        self._thread.start()
+
+    def _relay(self) -> None:
+        import select
+
+        peer = {self._a: self._b, self._b: self._a}
+        while not self._stop:
+            ready, _, _ = select.select(list(peer), [], [], 0.2)
+            for fd in ready:
+                try:
+                    data = os.read(fd, 4096)
+                except OSError:
+                    continue
+                self.bytes += len(data)
+                os.write(peer[fd], data)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 class SimThread:
     """The simulator on its own event loop in a background thread (tests and benchmarks).
 
@@ -213,7 +261,8 @@ class SimThread:
 
         self.sim = asyncio.run_coroutine_threadsafe(make(), self.loop).result(10)
         self._task = asyncio.run_coroutine_threadsafe(self.sim.run(), self.loop)
-        ports = {(d.host, d.port) for c in configs for d in c.resolved}  # type: ignore[attr-defined]
+        ports = {(d.host, d.port) for c in configs for d in c.resolved  # type: ignore[attr-defined]
+                 if d.host is not None}
         wait_until(lambda: all(port_open(p, h) for h, p in ports), 10, "simulator")
 
     def call(self, fn: object, *args: object) -> object:

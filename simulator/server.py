@@ -1,11 +1,11 @@
-"""Serve simulated stations over Modbus TCP with pymodbus's own server (SimDevice API).
+"""Serve simulated stations over Modbus with pymodbus's own servers (SimDevice API).
 
-Each (host, port) of the gateway configs becomes one server; each device on it one device id,
-like a serial gateway in front of an RS-485 bus. Registers are laid out by the same register
-maps the gateway reads. On every request the device's ``action`` hook copies the current
-register image into pymodbus's block (reads) or applies the written values to the model's
-setpoints (writes); a device under a ``dead_device`` event never answers, so the client times
-out as it would against a dead slave.
+Each link of the gateway configs (host and port, or serial port) becomes one server (Modbus
+TCP, RTU over TCP, or RTU on a serial port); each device on it one device id, as on an RS-485
+bus. Registers are laid out by the same register maps the gateway reads. On every request the
+device's ``action`` hook copies the current register image into pymodbus's block (reads) or
+applies the written values to the model's setpoints (writes); a device under a ``dead_device``
+event never answers, so the client times out as it would against a dead slave.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
+from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
@@ -204,8 +205,12 @@ class Simulator:
     """Every configured station, on a simulated clock running ``speed`` times real time."""
 
     def __init__(self, configs: Sequence[GatewayConfig], *, speed: float = 1.0,
-                 start: float | None = None, seed: int = 0, tick_s: float = 1.0) -> None:
+                 start: float | None = None, seed: int = 0, tick_s: float = 1.0,
+                 serial_peers: dict[str, str] | None = None) -> None:
         self.configs = list(configs)
+        # a gateway's serial port → the port the simulator answers on (the other end of the
+        # cable or null modem); a port not listed is opened by its own name
+        self.serial_peers = dict(serial_peers or {})
         self.speed, self.tick_s = speed, tick_s
         self._t0_real = time.time()
         self._t0_sim = start if start is not None else self._t0_real
@@ -218,7 +223,7 @@ class Simulator:
                 keys[cfg.station].extend(p.key for p in dev.points)
         for station, ks in keys.items():
             self.models[station] = StationModel(station, ks, seed=seed)
-        self._servers: list[ModbusTcpServer] = []
+        self._servers: list[ModbusTcpServer | ModbusSerialServer] = []
         self.step()
 
     # -- clock ---------------------------------------------------------------------------------
@@ -263,17 +268,29 @@ class Simulator:
 
     # -- serving -------------------------------------------------------------------------------
     async def start(self) -> None:
-        by_addr: dict[tuple[str, int], list[SimDevice]] = defaultdict(list)
+        by_link: dict[tuple[str, ...], list[SimDevice]] = defaultdict(list)
+        first: dict[tuple[str, ...], ResolvedDevice] = {}
         for cfg in self.configs:
             for dev in cfg.resolved:
                 img = DeviceImage(dev, self.models[cfg.station])
                 self.images.append(img)
-                by_addr[(dev.host, dev.port)].append(img.simdevice())
-        for addr, devices in by_addr.items():
-            server = ModbusTcpServer(devices, address=addr)
+                by_link[dev.link].append(img.simdevice())
+                first.setdefault(dev.link, dev)
+        for link, devices in by_link.items():
+            dev = first[link]
+            server: ModbusTcpServer | ModbusSerialServer
+            if dev.serial is not None:
+                sp = dev.serial
+                server = ModbusSerialServer(devices, framer=FramerType.RTU,
+                                            port=self.serial_peers.get(sp.device, sp.device),
+                                            baudrate=sp.baudrate, bytesize=sp.bytesize, parity=sp.parity,
+                                            stopbits=sp.stopbits)
+            else:
+                framer = FramerType.RTU if dev.transport == "rtu_over_tcp" else FramerType.SOCKET
+                server = ModbusTcpServer(devices, address=(str(dev.host), dev.port), framer=framer)
             await server.serve_forever(background=True)
             self._servers.append(server)
-            log.info("serving %d device(s) on %s:%d", len(devices), *addr)
+            log.info("serving %d device(s) on %s", len(devices), dev.where)
 
     async def run(self) -> None:
         """Serve and advance the physics until cancelled."""

@@ -1,16 +1,21 @@
-"""The gateway against the simulator over real Modbus TCP: a dead device goes offline with bad
-readings while the devices on other connections keep their values; writes reach the model."""
+"""The gateway against the simulator over real Modbus (TCP, RTU over TCP, RTU on a serial bus):
+a dead device goes offline with bad readings while the other devices keep their values."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
-from contract.config import GatewayConfig
-from contract.payload import DeviceState, Quality
+import pytest
+import yaml
+
+from contract.config import GatewayConfig, load_gateway_config
+from contract.payload import DeviceState, Quality, Reading
 from gateway.app import Gateway
 from gateway.plan import plan_requests
-from heatwatch.devstack import SimThread
+from heatwatch.devstack import NullModem, SimThread, free_port
 from simulator.physics import Event
+from tests.conftest import write_gateway_config
 
 
 def test_dead_device_is_offline_and_the_others_keep_answering(
@@ -81,3 +86,77 @@ def test_a_refused_register_is_isolated_and_the_rest_of_its_block_arrives(
             gw.outbox.close()
 
     asyncio.run(poll())
+
+
+def test_rtu_on_a_serial_bus_and_through_a_serial_device_server(tmp_path: Path) -> None:
+    """RS-485 for real: the meter and the room concentrator share one serial bus (a null-modem
+    pair of ttys, pyserial on both ends, RTU frames with CRCs); the PLC sits behind a serial
+    device server (RTU over TCP). Every point reads back what the simulator serves; a dead meter
+    on the bus costs the concentrator beside it one timeout, then backoff, and no values."""
+    cable = NullModem()
+    path = write_gateway_config(tmp_path, "st001", mqtt_port=1883, plc_port=free_port(), bus_port=1)
+    raw = yaml.safe_load(path.read_text())
+    bus = {"device": cable.a, "baudrate": 19200}  # 8N1: Linux ptys refuse parity settings (EINVAL)
+    for dev in raw["devices"]:
+        if dev["name"] == "plc":
+            dev["transport"] = "rtu_over_tcp"
+        else:
+            dev.update(transport="rtu", serial=bus)
+            del dev["host"], dev["port"]
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_gateway_config(path)
+    plc_at = f"127.0.0.1:{cfg.resolved[0].port} rtu"
+    assert {d.where for d in cfg.resolved} == {plc_at, f"{cable.a} 19200 8N1"}
+    sim = SimThread([cfg], serial_peers={cable.a: cable.b})
+    try:
+        sim.call(sim.sim.pause)
+        served = sim.call(sim.sim.served, "st001")
+        assert isinstance(served, dict)
+
+        async def poll() -> tuple[dict[tuple[str, str | None, str | None], Reading], Gateway]:
+            gw = Gateway(cfg)
+            got = {}
+            for group in cfg.poll_groups:
+                msg = await gw.poll_once(group)
+                got.update({(r.point, r.building, r.household): r for r in msg.values})
+            return got, gw
+
+        async def run() -> None:
+            got, gw = await poll()
+            try:
+                assert set(got) == set(served)
+                for key, r in got.items():
+                    assert r.quality is Quality.GOOD, r
+                    want = served[key]
+                    assert (r.value == pytest.approx(want, rel=1e-6, abs=1e-9)
+                            if isinstance(want, float) else r.value == want), (key, r.value, want)
+                assert {d.cfg.name: d.health.state for d in gw.devices} == dict.fromkeys(
+                    ("plc", "makeup_meter", "rooms"), DeviceState.ONLINE)
+                assert len(gw.links) == 2  # the bus is one link: its devices are read in turn
+                # the meter dies; the concentrator on the same bus keeps its readings
+                now = sim.call(sim.sim.now)
+                assert isinstance(now, float)
+                dead = Event("dead_device", start=now - 1, device="makeup_meter")
+                sim.call(sim.sim.add_event, "st001", dead)
+                rooms = next(d for d in gw.devices if d.cfg.name == "rooms")
+                meter = next(d for d in gw.devices if d.cfg.name == "makeup_meter")
+                for _ in range(3):
+                    for group in cfg.poll_groups:
+                        msg = await gw.poll_once(group)
+                        for r in msg.values:
+                            dev = ("rooms" if r.household else
+                                   "makeup_meter" if any(p.key == (r.point, r.building, r.household)
+                                                         for p in meter.cfg.points) else "plc")
+                            assert r.quality is (Quality.BAD if dev == "makeup_meter" else Quality.GOOD), r
+                assert meter.health.state is DeviceState.OFFLINE and meter.health.failures == 1
+                assert rooms.health.state is DeviceState.ONLINE
+            finally:
+                for link in gw.links:
+                    link.close()
+                gw.outbox.close()
+
+        asyncio.run(run())
+        assert cable.bytes > 0
+    finally:
+        sim.stop()
+        cable.close()

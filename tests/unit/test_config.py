@@ -133,3 +133,37 @@ def test_station_overrides_change_only_what_differs(tmp_path: Path) -> None:
 def test_override_errors_name_the_rule(tmp_path: Path, rules: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_gateway_config(_with_plc(tmp_path, **rules))
+
+
+BUS = {"transport": "rtu", "serial": {"device": "/dev/ttyUSB0"}}
+
+
+@pytest.mark.parametrize(("meter", "rooms", "message"), [
+    ({"transport": "rtu"}, BUS, r"devices\.1 \(makeup_meter\): serial: transport rtu needs serial"),
+    ({"serial": {"device": "/dev/ttyUSB0"}, "host": "10.0.0.2"}, BUS,
+     r"devices\.1 \(makeup_meter\): serial: only for transport rtu \(this device is tcp\)"),
+    ({**BUS, "host": "10.0.0.2"}, BUS, r"devices\.1 \(makeup_meter\): host: a transport rtu device is on a"),
+    ({"transport": "rtu_over_tcp"}, BUS, r"devices\.1 \(makeup_meter\): host: transport rtu_over_tcp needs"),
+    ({"transport": "rtu", "serial": {"device": "/dev/ttyUSB0", "baudrate": 9601}}, BUS,
+     r"devices\.1 \(makeup_meter\)\.serial\.baudrate: Input should be 1200, .* 9600"),
+    ({**BUS, "device_id": 3}, {**BUS, "device_id": 3},
+     r"devices\.2 \(rooms\)\.device_id: 3 is also devices\.1 \(makeup_meter\) on /dev/ttyUSB0 9600 8N1"),
+    (BUS, {"transport": "rtu", "serial": {"device": "/dev/ttyUSB0", "baudrate": 19200}},
+     r"devices\.2 \(rooms\)\.serial: /dev/ttyUSB0 is the bus of devices\.1 \(makeup_meter\) with other"),
+], ids=["rtu-without-serial", "serial-on-tcp", "rtu-with-host", "rtu-over-tcp-without-host", "odd-baudrate",
+        "same-id-on-one-bus", "one-bus-two-speeds"])
+def test_transport_errors_name_the_device_and_key(tmp_path: Path, meter: dict[str, object],
+                                                  rooms: dict[str, object], message: str) -> None:
+    cfg = yaml.safe_load(_gateway(tmp_path).read_text())
+    for dev, change in zip(cfg["devices"][1:], (meter, rooms), strict=True):
+        dev.pop("host"), dev.pop("port")
+        dev.update(change)
+    p = tmp_path / "bus.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=message):
+        load_gateway_config(p)
+    cfg["devices"][1].update(BUS, device_id=2)
+    cfg["devices"][1].pop("host", None)
+    cfg["devices"][2].update(BUS, device_id=3)
+    p.write_text(yaml.safe_dump(cfg))
+    assert {d.link for d in load_gateway_config(p).resolved[1:]} == {("rtu", "/dev/ttyUSB0")}
