@@ -55,13 +55,15 @@ class Silence:
 
 
 class StationState:
-    __slots__ = ("devices_alerted", "devices_offline", "gateway", "last_rx", "last_t", "makeup",
-                 "status_offline")
+    __slots__ = ("devices_alerted", "devices_offline", "gateway", "heartbeat_ms", "last_rx", "last_t",
+                 "makeup", "status_offline")
 
     def __init__(self) -> None:
         self.gateway: str | None = None
         self.last_rx = 0  # receive time (ms) of its last telemetry
         self.last_t = 0  # newest sample time seen
+        # the longest heartbeat of its report-by-exception groups: a silence that long is normal
+        self.heartbeat_ms = 0.0
         self.status_offline = False
         self.devices_offline: dict[str, int] = {}  # device → since (ms)
         self.devices_alerted: set[str] = set()  # devices with a device_offline life
@@ -112,6 +114,9 @@ class Engine:
             self._step(life, False, now, 0, 0, Severity.MAJOR, None, "")
         if t > st.last_t:
             st.last_t = t
+        hb = frame.heartbeat_s
+        if hb is not None and hb * 1000 > st.heartbeat_ms:
+            st.heartbeat_ms = hb * 1000
         in_season, grace = self.season(t)
         if not in_season:
             return self._flush()

@@ -5,11 +5,12 @@ median of its sensor over ``room.window_min`` (an open window or a kettle next t
 does not move a median), low for ``room.hold_min`` before it fires, cleared only above
 ``warning_below + clear_above_by`` for ``clear_hold_min`` (hysteresis, no flapping).
 
-A sensor that is stale (no good report for ``stale_factor`` × its learned interval, judged
-against its own station's newest data so a dead link is the station's alert, not a thousand
-sensor alerts), implausible (outside 5–35 °C), flat-lined (within ± flat_band for flat_hours)
-or jumped > jump_k K away from its building's other sensors is a ``sensor_fault`` (info) and is
-excluded from room_low and from the building count while the condition lasts.
+A sensor that is stale (no good report for ``stale_factor`` × its learned interval, or × the
+station's heartbeat when its gateway reports by exception; judged against its own station's
+newest data so a dead link is the station's alert, not a thousand sensor alerts), implausible
+(outside 5–35 °C), flat-lined (within ± flat_band for flat_hours) or jumped > jump_k K away
+from its building's other sensors is a ``sensor_fault`` (info) and is excluded from room_low
+and from the building count while the condition lasts.
 
 A building with ≥ building_share (min building_min) of its valid sensors low at once is a supply
 or hydraulic fault: ``building_low``, which inhibits its households' pages.
@@ -359,9 +360,9 @@ class Rooms:
             st = eng.stations.get(station)
             if st is None or not st.last_t:
                 continue
-            ref = st.last_t
+            ref, quiet_ms = st.last_t, max(st.heartbeat_ms, _MIN_GAP_MS)  # quiet: reported by exception
             stale = [se for se in sensors if se.last_good
-                     and ref - se.last_good > sr.stale_factor * max(se.interval or default, _MIN_GAP_MS)]
+                     and ref - se.last_good > sr.stale_factor * max(se.interval or default, quiet_ms)]
             mass = len(stale) >= 3 and len(stale) >= sr.mass_stale_share * len(sensors)
             for se in stale:
                 if not se.stale:

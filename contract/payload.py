@@ -78,12 +78,18 @@ class Telemetry(_Frozen):
     seq: int = Field(ge=0)
     ts: int = Field(ge=TS_MIN_MS, le=TS_MAX_MS)
     backfill: bool = False
-    values: list[Reading] = Field(min_length=1, max_length=MAX_VALUES)
+    # set when the poll group reports by exception: the message holds only the points that
+    # changed (possibly none), and each point is re-sent at least every heartbeat_s seconds
+    heartbeat_s: float | None = Field(default=None, gt=0, le=86400)
+    values: list[Reading] = Field(max_length=MAX_VALUES)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
     def _check_readings(self) -> Telemetry:
+        if not self.values and self.heartbeat_s is None:
+            raise ValueError("values: empty; only a report-by-exception message (heartbeat_s) "
+                             "may carry no values")
         for i, r in enumerate(self.values):
             problem = reading_problem(r)
             if problem:
@@ -243,6 +249,7 @@ class _Wire(msgspec.Struct, forbid_unknown_fields=True):
     ts: int
     values: list[Sample]
     backfill: bool = False
+    heartbeat_s: float | None = None
 
 
 _WIRE = msgspec.json.Decoder(_Wire)
@@ -259,12 +266,13 @@ class Frame:
     ts: int
     backfill: bool
     samples: list[Sample]
+    heartbeat_s: float | None = None  # reported by exception: each point at least this often
 
     @classmethod
     def of(cls, t: Telemetry) -> Frame:
         return cls(t.station, t.gateway, t.boot, t.seq, t.ts, t.backfill,
                    [Sample(point=r.point, unit=r.unit, building=r.building, household=r.household,
-                           value=r.value, quality=r.quality.value) for r in t.values])
+                           value=r.value, quality=r.quality.value) for r in t.values], t.heartbeat_s)
 
 
 _BOOT_RE = re.compile(r"[0-9a-f]{8,64}")
@@ -310,8 +318,10 @@ def _fast(raw: bytes) -> Frame:
         w = _WIRE.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError):
         raise _Decline from None
+    hb = w.heartbeat_s
     if (w.schema != SCHEMA_VERSION or w.seq < 0 or not TS_MIN_MS <= w.ts <= TS_MAX_MS
-            or not 1 <= len(w.values) <= MAX_VALUES or not _BOOT_RE.fullmatch(w.boot)):
+            or not (0 if hb else 1) <= len(w.values) <= MAX_VALUES or not _BOOT_RE.fullmatch(w.boot)
+            or (hb is not None and not 0 < hb <= 86400)):
         raise _Decline
     _ident(w.station)
     _ident(w.gateway)
@@ -332,7 +342,7 @@ def _fast(raw: bytes) -> Frame:
                 raise _Decline
         elif r.quality != "bad":  # value null
             raise _Decline
-    return Frame(w.station, w.gateway, w.boot, w.seq, w.ts, w.backfill, w.values)
+    return Frame(w.station, w.gateway, w.boot, w.seq, w.ts, w.backfill, w.values, hb)
 
 
 def decode_telemetry(raw: bytes) -> Frame:

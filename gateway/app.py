@@ -1,8 +1,9 @@
 """Wiring of the gateway: one task per poll group, the publisher, and housekeeping.
 
-Every cycle of a poll group reads all devices concurrently (devices behind one port take
-turns), decodes each point with its quality, and appends one telemetry message to the outbox
-stamped with the cycle's sample time. Only then is the publisher woken.
+Every cycle of a poll group reads all devices concurrently (devices behind one link take
+turns), decodes each point with its quality, keeps what a report-by-exception group sends
+(gateway/report.py), and appends one telemetry message to the outbox stamped with the cycle's
+sample time. Only then is the publisher woken.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gateway.decode import bad, reading
 from gateway.modbus import Answer, Device, Link
 from gateway.plan import plan_requests
 from gateway.publisher import Publisher
+from gateway.report import ExceptionFilter
 
 log = structlog.get_logger("heatwatch.gateway")
 T = TypeVar("T")
@@ -61,6 +63,9 @@ class Gateway:
         self.links = list(links.values())
         for dev in self.devices:
             dev.plans = {g: plan_requests(dev.cfg, g) for g in cfg.poll_groups}
+        self.filters = {g: ExceptionFilter((p for d in cfg.resolved for p in d.points if p.group == g),
+                                           pg.max_silence_s)
+                        for g, pg in cfg.poll_groups.items() if pg.by_exception}
         self.topic = str(topics.telemetry(cfg.station))
         self.status_topic = str(topics.station_status(cfg.station))
         self.gw_topic = str(topics.gateway_status(cfg.gateway))
@@ -108,10 +113,17 @@ class Gateway:
         readings: list[Reading] = []
         for a in answers:
             readings.extend(decode_answers(a))
+        by_exception = self.filters.get(group)
+        heartbeat: float | None = None
+        if by_exception is not None:
+            readings = by_exception.select(readings, ts)
+            heartbeat = self.cfg.poll_groups[group].max_silence_s
         msg = Telemetry(schema_=1, station=self.cfg.station, gateway=self.cfg.gateway, boot=self.boot,
-                        seq=self.seq, ts=ts, values=readings)
+                        seq=self.seq, ts=ts, heartbeat_s=heartbeat, values=readings)
         self.seq += 1
         await blocking(self.outbox.append, self.topic, msg.to_json(), ts)
+        if by_exception is not None:
+            by_exception.sent_at(readings, ts)
         self.messages += 1
         if self.publisher is not None:
             self.publisher.notify()

@@ -4,6 +4,7 @@ a dead device goes offline with bad readings while the other devices keep their 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,58 @@ def test_rtu_on_a_serial_bus_and_through_a_serial_device_server(tmp_path: Path) 
     finally:
         sim.stop()
         cable.close()
+
+
+def test_report_by_exception_sends_changes_and_a_heartbeat(tmp_path: Path) -> None:
+    """The slow group reports by exception: the first cycle sends every point, unchanged cycles
+    send none (the message still goes: liveness and sequence numbers), a moved point goes at
+    once, and every point again once the heartbeat is due."""
+    path = write_gateway_config(tmp_path, "st001", mqtt_port=1883, plc_port=free_port(),
+                                bus_port=free_port(), slow_s=0.1)
+    raw = yaml.safe_load(path.read_text())
+    raw["poll_groups"]["slow"].update(by_exception=True, max_silence_s=1.5)
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_gateway_config(path)
+    slow = {p.key for d in cfg.resolved for p in d.points if p.group == "slow"}
+    assert len(slow) >= 3
+    sim = SimThread([cfg])
+    try:
+        sim.call(sim.sim.pause)
+
+        async def run() -> list[list[Reading]]:
+            gw = Gateway(cfg)
+            try:
+                sent = []
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < 1.7:
+                    msg = await gw.poll_once("slow")
+                    assert msg.heartbeat_s == 1.5
+                    sent.append(msg.values)
+                    await asyncio.sleep(0.1)
+                # one point moves: it alone goes, at once
+                key = next(p.key for d in cfg.resolved for p in d.points
+                           if p.group == "slow" and p.type in ("uint32", "float32", "int16"))
+
+                def bump() -> None:
+                    sim.sim.models["st001"].values[key] += 5  # type: ignore[operator]
+                    for img in sim.sim.images:
+                        img.render()
+
+                sim.call(bump)
+                moved = await gw.poll_once("slow")
+                assert [(r.point, r.building, r.household) for r in moved.values] == [key]
+                fast = await gw.poll_once("fast")  # a group without by_exception sends everything
+                assert fast.heartbeat_s is None and len(fast.values) == sum(
+                    1 for d in cfg.resolved for p in d.points if p.group == "fast")
+                return sent
+            finally:
+                for link in gw.links:
+                    link.close()
+                gw.outbox.close()
+
+        sent = asyncio.run(run())
+        assert {(r.point, r.building, r.household) for r in sent[0]} == slow
+        assert all(len(v) == 0 for v in sent[1:-2])  # paused: nothing moved
+        assert {(r.point, r.building, r.household) for v in sent[-2:] for r in v} == slow  # heartbeat
+    finally:
+        sim.stop()

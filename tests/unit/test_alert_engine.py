@@ -29,9 +29,10 @@ class Feed:
         self.engine = Engine(rules or AlertRules())
         self.station, self.seq, self.out = station, 0, list[Transition]()
 
-    def frame(self, t: int, samples: list[Sample], backfill: bool = False, now: int | None = None) -> None:
+    def frame(self, t: int, samples: list[Sample], backfill: bool = False, now: int | None = None,
+              heartbeat_s: float | None = None) -> None:
         self.seq += 1
-        f = Frame(self.station, "gw1", "0badc0de", self.seq, t, backfill, samples)
+        f = Frame(self.station, "gw1", "0badc0de", self.seq, t, backfill, samples, heartbeat_s)
         self.out += self.engine.observe(f, t if now is None else now)
 
     def rooms(self, t: int, temps: dict[str, float], building: str = "b01", **kw: object) -> None:
@@ -149,6 +150,37 @@ def test_a_dead_concentrator_is_not_a_hundred_sensor_faults() -> None:
         f2.tick(T0 + i * MIN)
     stale = [x for x in f2.out if x.rule == "sensor_fault" and x.state == "firing"]
     assert [(x.household, x.context["reason"]) for x in stale] == [("h3", "stale")]
+
+
+def test_report_by_exception_silence_up_to_the_heartbeat_is_not_stale() -> None:
+    """A gateway reporting by exception sends a room that stopped changing only every heartbeat
+    (here 1 h); that silence is normal, although the sensor's learned interval is 10 min. A
+    sensor silent past stale_factor × heartbeat is stale."""
+    temps = {f"h{i}": 21.0 for i in range(8)}
+
+    def feed(heartbeat_s: float | None, hours: int, h7_dies_at: int | None = None) -> Feed:
+        f = Feed()
+        for i in range(0, hours * 60, 10):
+            t = T0 + i * MIN
+            sent = {k: v + (i % 20) / 10 for k, v in temps.items()}  # every room moves …
+            if i >= 2 * 60 and i % 60:  # … but h7 settles after 2 h: sent only on the hour
+                del sent["h7"]
+            if h7_dies_at is not None and i >= h7_dies_at * 60:
+                sent.pop("h7", None)
+            f.rooms(t, sent, heartbeat_s=heartbeat_s)
+            f.tick(t)
+        return f
+
+    def faults(f: Feed) -> list[tuple[str | None, object]]:
+        return [(x.household, x.context["reason"]) for x in f.out
+                if x.rule == "sensor_fault" and x.state == "firing"]
+
+    assert faults(feed(None, 8)) == [("h7", "stale")]  # without the heartbeat: a false fault
+    assert faults(feed(3600, 8)) == []
+    dead = feed(3600, 13, h7_dies_at=8)  # last report at 7 h; dead for > 3 heartbeats
+    assert faults(dead) == [("h7", "stale")]
+    fired = next(x for x in dead.out if x.rule == "sensor_fault" and x.state == "firing")
+    assert 3 * HOUR < fired.ts - (T0 + 7 * HOUR) <= 3 * HOUR + 10 * MIN
 
 
 def test_backfill_never_pages_but_the_alert_pages_once_live_data_confirms_it() -> None:

@@ -78,6 +78,11 @@ def messages(draw: st.DrawFn) -> dict[str, Any]:
         "values": draw(st.lists(readings(), min_size=0, max_size=3)) if draw(st.integers(0, 30)) == 0
         else draw(st.lists(readings(), min_size=1, max_size=3)),
     }
+    if draw(st.integers(0, 5)) == 0:  # report by exception: may carry no values
+        m["heartbeat_s"] = _maybe(draw, draw(st.sampled_from([300, 60.0, 0.5, 86400])),
+                                  st.sampled_from([0, -1, 86401, "300", None, True]))
+        if draw(st.booleans()):
+            m["values"] = []
     for key in list(m):
         if key != "schema" and draw(st.integers(0, 40)) == 0:
             del m[key]
@@ -122,3 +127,12 @@ def test_fast_path_keeps_types() -> None:
     assert f.samples[0].value == 45.0 and type(f.samples[0].value) is float
     assert f.samples[1].value is True and f.samples[1].quality == "good"
     assert not math.isnan(f.samples[0].value)
+
+
+def test_only_a_report_by_exception_message_may_be_empty() -> None:
+    base = {"schema": 1, "station": "st001", "gateway": "gw", "boot": "5f0c1a2b", "seq": 1,
+            "ts": 1_795_000_000_000, "values": []}
+    assert _fast(orjson.dumps(base)) == _model(orjson.dumps(base))
+    assert "values: empty; only a report-by-exception message" in str(_fast(orjson.dumps(base)))
+    f = decode_telemetry(orjson.dumps({**base, "heartbeat_s": 300}))
+    assert f.samples == [] and f.heartbeat_s == 300.0
