@@ -79,6 +79,7 @@ class Gateway:
                              ts=int(time.time() * 1000)).model_dump_json(by_alias=True).encode()
 
     async def run(self) -> None:
+        structlog.contextvars.bind_contextvars(station=self.cfg.station)  # this task and its children
         log.info("gateway starting", gateway=self.cfg.gateway, station=self.cfg.station,
                  boot=self.boot, backlog=self.outbox.count,
                  requests={g: sum(len(d.plans[g]) for d in self.devices) for g in self.cfg.poll_groups})

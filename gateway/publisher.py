@@ -80,7 +80,7 @@ class Publisher:
     # -- on the loop ---------------------------------------------------------------------------
     def _connect_failed(self, why: str) -> None:
         if not self._ever_failed:
-            log.warning("broker refused the connection", reason=why)
+            log.warning("broker refused the connection", reason=why, station=self.cfg.station)
         self._ever_failed = True
 
     def _set_connected(self, up: bool) -> None:
@@ -89,9 +89,9 @@ class Publisher:
             for topic, payload in self.retained.items():
                 self.client.publish(topic, payload, qos=1, retain=True)
         if up and not self.connected:
-            (log.info if self._ever_failed else log.debug)("broker connected")
+            (log.info if self._ever_failed else log.debug)("broker connected", station=self.cfg.station)
         elif not up and self.connected:
-            log.warning("broker connection lost; keeping data in the outbox",
+            log.warning("broker connection lost; keeping data in the outbox", station=self.cfg.station,
                         backlog=self.outbox.count)
             self._ever_failed = True
         self.connected = up

@@ -1,6 +1,6 @@
 """``heatwatch``: one command, a subcommand per process.
 
-    heatwatch gateway CONFIG | gateway plan CONFIG
+    heatwatch gateway CONFIG [CONFIG...] | gateway plan CONFIG
     heatwatch collector CONFIG
     heatwatch api CONFIG
     heatwatch token add|revoke API_CONFIG NAME [--role dispatcher|engineer|admin]
@@ -53,13 +53,25 @@ def _gateway(args: argparse.Namespace) -> int:
                 for r in reqs:
                     print(f"  {group:<8} {r}")
         return 0
-    if len(words) != 1:
-        print("usage: heatwatch gateway CONFIG", file=sys.stderr)
+    if not words:
+        print("usage: heatwatch gateway CONFIG [CONFIG...]", file=sys.stderr)
         return 2
-    gw_cfg = load_gateway_config(words[0])
+    # several configs: one process polls several stations (a control-room concentrator reaching
+    # the stations' PLCs over the company network), each with its own MQTT session and outbox
+    cfgs = [load_gateway_config(w) for w in words]
+    for what in ("gateway", "outbox.path"):
+        seen: dict[str, str] = {}
+        for w, c in zip(words, cfgs, strict=True):
+            key = c.gateway if what == "gateway" else c.outbox.path
+            if key in seen:
+                raise ConfigError(w, [f"{what}: {key} is also the {what} of {seen[key]}; "
+                                      "each station needs its own"])
+            seen[key] = w
 
     async def run() -> None:  # pymodbus clients need the running loop at construction
-        await Gateway(gw_cfg).run()
+        async with asyncio.TaskGroup() as tg:
+            for c in cfgs:
+                tg.create_task(Gateway(c).run())
 
     asyncio.run(run())
     return 0

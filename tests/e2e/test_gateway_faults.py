@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from contract.config import GatewayConfig
+from contract.config import GatewayConfig, load_gateway_config
 from contract.payload import Telemetry, parse_telemetry
 from gateway.publisher import BACKFILL_AFTER_S
-from heatwatch.devstack import Mosquitto, SimThread
+from heatwatch.devstack import REPO, Mosquitto, SimThread, free_port
 from simulator.physics import Event
-from tests.conftest import Processes, Subscriber, wait_for
+from tests.conftest import Processes, Subscriber, wait_for, write_gateway_config
 
 pytestmark = pytest.mark.slow
 
@@ -136,3 +138,36 @@ def test_a_dead_device_on_a_shared_bus_does_not_slow_the_others(
     plc = [r for m in window for r in m.values if r.point == "secondary_supply_temp"]
     assert len(plc) >= 13 and {r.quality for r in plc} == {"good"}  # fast group, 1 s, own link
 
+
+
+def test_one_process_polls_several_stations(tmp_path: Path, mosquitto: Mosquitto,
+                                            procs: Processes) -> None:
+    """``heatwatch gateway A B``: two stations in one process, each with its own session,
+    outbox and retained status; a config naming another's gateway id is refused up front."""
+    paths = [write_gateway_config(tmp_path / s, s, mqtt_port=mosquitto.port, plc_port=free_port(),
+                                  bus_port=free_port()) for s in ("st001", "st002")]
+    cfgs = [load_gateway_config(p) for p in paths]
+    sim = SimThread(cfgs)
+    try:
+        obs = Subscriber(mosquitto.port, "heatwatch/v1/#")
+        procs.start("gateway", "gateway", *map(str, paths))
+        def both_up() -> bool:
+            topics = [t for t, _ in list(obs.messages)]
+            return all(topics.count(f"heatwatch/v1/station/{s}/telemetry") >= 6
+                       and f"heatwatch/v1/station/{s}/status" in topics for s in ("st001", "st002"))
+
+        wait_for(both_up, 30, "telemetry and status of both stations")
+        for s in ("st001", "st002"):
+            msgs = [parse_telemetry(p) for t, p in list(obs.messages)
+                    if t == f"heatwatch/v1/station/{s}/telemetry"]
+            assert {m.gateway for m in msgs} == {f"gw-{s}"} and len({m.boot for m in msgs}) == 1
+        assert all(Path(cfg.outbox.path).exists() for cfg in cfgs)  # each its own outbox
+        obs.close()
+    finally:
+        sim.stop()
+    dup = tmp_path / "dup.yaml"
+    dup.write_text(paths[1].read_text().replace("gateway: gw-st002", "gateway: gw-st001"))
+    out = subprocess.run([sys.executable, "-m", "heatwatch", "gateway", str(paths[0]), str(dup)],
+                         capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert out.returncode != 0
+    assert f"{dup}: gateway: gw-st001 is also the gateway of {paths[0]}" in out.stderr
