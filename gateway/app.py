@@ -21,7 +21,6 @@ from contract import topics
 from contract.config import GatewayConfig
 from contract.payload import DeviceState, DeviceStatus, GatewayStatus, Reading, StationStatus, Telemetry
 from durable.queue import DiskQueue
-from gateway.decode import bad, reading
 from gateway.modbus import Answer, Device, Link
 from gateway.plan import plan_requests
 from gateway.publisher import Publisher
@@ -39,12 +38,10 @@ async def blocking(fn: Callable[..., T], *args: Any) -> T:
 def decode_answers(answers: list[Answer]) -> list[Reading]:
     out: list[Reading] = []
     for req, ws in answers:
-        for p, wire in req.points:
-            if ws is None:
-                out.append(bad(p))
-            else:
-                off = wire - req.address
-                out.append(reading(p, ws[off : off + p.words]))
+        if ws is None:
+            out.extend(d.bad for _, _, d in req.decoders)
+        else:
+            out.extend(d(ws[off : off + n]) for off, n, d in req.decoders)
     return out
 
 

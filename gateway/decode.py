@@ -8,9 +8,10 @@ bad        not read (timeout, exception), a NaN, or the device's "no value" sent
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
-from contract.codec import FLOATS, INTEGERS, DataType, WordOrder, decode
+from contract.codec import DataType, WordOrder, decode
 from contract.config import PointMap
 from contract.errors import DecodeError
 from contract.payload import Quality, Reading
@@ -23,30 +24,67 @@ def bad(p: PointMap) -> Reading:
 
 def reading(p: PointMap, words: Sequence[int]) -> Reading:
     """One point's reading from its raw words (bits for coils and discrete inputs)."""
-    try:
-        raw = decode(words, p.type, p.word_order or WordOrder.ABCD, p.bit or 0)
-    except DecodeError:
-        return bad(p)
-    value: float | bool | str
-    if p.type in INTEGERS:
-        if raw in p.invalid_raw:
-            return bad(p)
-        value = float(raw) * p.scale + p.offset
-        if p.scale != 1.0 or p.offset:
-            value = round(value, 9)  # 948 × 0.1 is 94.80000000000001; 9 decimals lose nothing real
-    elif p.type in FLOATS:
-        assert isinstance(raw, float)
-        if not math.isfinite(raw):
-            return bad(p)
-        value = raw * p.scale + p.offset
-    elif p.type in (DataType.BOOL, DataType.BIT):
-        value = bool(raw)
-    else:
-        value = str(raw)
-    quality = Quality.GOOD
-    if isinstance(value, float):
-        lo, hi = p.plausible
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            quality = Quality.UNCERTAIN
-    return Reading(point=p.point, building=p.building, household=p.household, value=value,
-                   unit=p.unit or "", quality=quality)
+    return PointDecoder(p)(words)
+
+
+class PointDecoder:
+    """Decode one point's words, with everything that depends only on the point (vocabulary
+    entry, plausible range, word count, codec branch) worked out once: looked up per value,
+    that cost 15 µs a point, 3.8 ms per poll of a 300-register station (gateway_bench)."""
+
+    __slots__ = ("_kw", "bad", "hi", "invalid", "lo", "offset", "p", "raw", "scaled", "words")
+
+    def __init__(self, p: PointMap) -> None:
+        self.p, self.words = p, p.words
+        self.bad = bad(p)  # readings are frozen: one "bad" object serves every failed read
+        self.invalid = frozenset(p.invalid_raw)
+        self.lo, self.hi = p.plausible
+        self.scaled = p.scale != 1.0 or p.offset != 0.0
+        self.offset = p.offset
+        self._kw = {"point": p.point, "building": p.building, "household": p.household,
+                    "unit": p.unit or ""}
+        t, order, bit = p.type, p.word_order or WordOrder.ABCD, p.bit or 0
+        self.raw: Callable[[Sequence[int]], int | float | str | bool]
+        if t is DataType.INT16:
+            self.raw = _int16
+        elif t is DataType.UINT16:
+            self.raw = _uint16
+        else:
+            self.raw = partial(decode, dtype=t, order=order, bit=bit)
+
+    def __call__(self, words: Sequence[int]) -> Reading:
+        try:
+            raw = self.raw(words)
+        except DecodeError:
+            return self.bad
+        p = self.p
+        value: float | bool | str
+        if type(raw) is int:
+            if raw in self.invalid:
+                return self.bad
+            # scaled: 948 × 0.1 is 94.80000000000001; 9 decimals lose nothing real
+            value = round(float(raw) * p.scale + self.offset, 9) if self.scaled else float(raw)
+        elif type(raw) is float:
+            if not math.isfinite(raw):
+                return self.bad
+            value = raw * p.scale + self.offset
+        else:
+            value = raw
+        quality = Quality.GOOD
+        if type(value) is float:
+            lo, hi = self.lo, self.hi
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                quality = Quality.UNCERTAIN
+        return Reading(value=value, quality=quality, **self._kw)
+
+
+def _uint16(words: Sequence[int]) -> int:
+    w = words[0]
+    if not 0 <= w <= 0xFFFF:
+        raise DecodeError(f"register word out of range 0..65535 in {list(words)[:8]}")
+    return w
+
+
+def _int16(words: Sequence[int]) -> int:
+    w = _uint16(words)
+    return w - 0x10000 if w & 0x8000 else w

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from contract.config import BIT_TABLES, PointMap, ResolvedDevice
+from gateway.decode import PointDecoder
 
 MAX_BITS_PER_REQUEST = 2000  # Modbus limit for coils / discrete inputs
 DEFAULT_MAX_GAP = 16
@@ -23,6 +24,14 @@ class Request:
     address: int  # wire (0-based)
     count: int
     points: list[tuple[PointMap, int]] = field(default_factory=list)  # (point, wire address)
+    _decoders: list[tuple[int, int, PointDecoder]] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def decoders(self) -> list[tuple[int, int, PointDecoder]]:
+        """(offset in the answer, words, decoder) per point, built on first use."""
+        if self._decoders is None:
+            self._decoders = [(wire - self.address, p.words, PointDecoder(p)) for p, wire in self.points]
+        return self._decoders
 
     def __str__(self) -> str:
         span = f"{self.table}[{self.address}:{self.address + self.count}]"

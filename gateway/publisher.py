@@ -1,8 +1,12 @@
 """Publish from the outbox at QoS 1; delete a row only when its PUBACK arrives.
 
-paho-mqtt runs its network loop in its own thread; its callbacks are bridged into the asyncio
-loop with ``call_soon_threadsafe``, so the map of in-flight message ids to outbox rows is only
-ever touched on the event loop. The in-flight window is ours (``outbox.max_inflight``), far
+paho-mqtt runs on the asyncio loop (its external-loop interface: the socket is watched by the
+loop's epoll, ``loop_read``/``loop_write`` when it is ready, ``loop_misc`` every second), so its
+callbacks and the map of in-flight message ids to outbox rows live on the event loop. Only the
+blocking TCP connect runs in a worker thread. No network thread per client: paho's own loop uses
+``select()``, which cannot watch a descriptor above 1023, so a process polling ~140 stations
+(7 descriptors each) lost the MQTT sessions of the rest; one thread per station also cost CPU.
+The in-flight window is ours (``outbox.max_inflight``), far
 below paho's 65,535 message-id wrap, where paho silently overwrites QoS 1 messages.
 
 After a reconnect paho re-sends what was in flight (persistent session, fixed client id); after
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +33,7 @@ from durable.queue import DiskQueue
 log = structlog.get_logger("heatwatch.gateway.publisher")
 
 BACKFILL_AFTER_S = 30.0  # a message older than this when published is marked backfill
+RECONNECT_MIN_S, RECONNECT_MAX_S = 1.0, 30.0
 _LIVE, _BACKFILL = b'"backfill":false', b'"backfill":true'
 
 
@@ -42,6 +48,7 @@ class Publisher:
                  blocking: Callable[..., Any], birth: bytes, will: bytes, will_topic: str) -> None:
         self.cfg, self.outbox, self._blocking = cfg, outbox, blocking
         self.loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self.max_inflight = cfg.outbox.max_inflight
         self.inflight: dict[int, int] = {}  # mid → outbox row id
         self.cursor = 0  # highest row id handed to paho
@@ -58,34 +65,79 @@ class Publisher:
             c.username_pw_set(cfg.mqtt.username, pw)
         c.will_set(will_topic, will, qos=1, retain=True)
         c.max_inflight_messages_set(self.max_inflight + 20)  # + room for retained status
-        c.reconnect_delay_set(min_delay=1, max_delay=30)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
+        c.on_socket_open = self._socket_open
+        c.on_socket_close = self._socket_close
+        c.on_socket_register_write = self._want_write
+        c.on_socket_unregister_write = self._no_write
         self.client = c
+        self._fd: int | None = None  # the MQTT socket the loop watches
+        self._writing = False
 
-    # -- paho thread → loop --------------------------------------------------------------------
+    # -- paho's socket on the loop's selector ----------------------------------------------------
+    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run now if on the loop, else (the connect thread) on the loop, in order."""
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def _socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(self._watch, sock.fileno())
+
+    def _socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(self._unwatch)
+
+    def _want_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(self._set_writing, True)
+
+    def _no_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(self._set_writing, False)
+
+    def _watch(self, fd: int) -> None:
+        self._unwatch()
+        self._fd = fd
+        self.loop.add_reader(fd, self.client.loop_read)
+        if self._writing:
+            self.loop.add_writer(fd, self.client.loop_write)
+
+    def _unwatch(self) -> None:
+        if self._fd is not None:
+            self.loop.remove_reader(self._fd)
+            self.loop.remove_writer(self._fd)
+            self._fd = None
+
+    def _set_writing(self, on: bool) -> None:
+        self._writing = on
+        if self._fd is None:
+            return
+        if on:
+            self.loop.add_writer(self._fd, self.client.loop_write)
+        else:
+            self.loop.remove_writer(self._fd)
+
+    # -- paho callbacks (on the loop) ------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         if rc.is_failure:
-            self.loop.call_soon_threadsafe(self._connect_failed, str(rc))
+            self._connect_failed(str(rc))
             return
-        self.loop.call_soon_threadsafe(self._set_connected, True)
+        self._set_connected(True)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        self.loop.call_soon_threadsafe(self._set_connected, False)
+        self._set_connected(False)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
-        self.loop.call_soon_threadsafe(self._ack, mid)
+        self._ack(mid)
 
-    # -- on the loop ---------------------------------------------------------------------------
     def _connect_failed(self, why: str) -> None:
         if not self._ever_failed:
             log.warning("broker refused the connection", reason=why, station=self.cfg.station)
         self._ever_failed = True
 
     def _set_connected(self, up: bool) -> None:
-        if up:  # the retained topics are re-sent here, on the loop, where publish_retained runs:
-            # sent from paho's thread, a status added between its connect and this call was lost
+        if up:  # the retained topics are re-sent at every connect (a broker may have lost them)
             for topic, payload in self.retained.items():
                 self.client.publish(topic, payload, qos=1, retain=True)
         if up and not self.connected:
@@ -116,12 +168,35 @@ class Publisher:
 
     async def run(self) -> None:
         self.client.connect_async(self.cfg.mqtt.host, self.cfg.mqtt.port, self.cfg.mqtt.keepalive_s)
-        self.client.loop_start()
         try:
-            await self._pump()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._connection())
+                tg.create_task(self._pump())
         finally:
-            self.client.disconnect()
-            self.client.loop_stop()
+            self.client.disconnect()  # a clean DISCONNECT: no last will
+            with contextlib.suppress(Exception):
+                self.client.loop_write()
+            self._unwatch()
+
+    async def _connection(self) -> None:
+        """Connect, keep alive (``loop_misc`` each second), reconnect with capped backoff."""
+        delay = RECONNECT_MIN_S
+        while True:
+            try:
+                # the blocking part (DNS, TCP connect) off the loop; paho's socket callbacks hop back
+                await asyncio.to_thread(self.client.reconnect)
+            except OSError as exc:
+                self._connect_failed(f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+                continue
+            while self.client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                if self.connected:
+                    delay = RECONNECT_MIN_S
+                await asyncio.sleep(1.0)
+            self._set_connected(False)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_S)
 
     async def _pump(self) -> None:
         while True:
