@@ -55,7 +55,9 @@ class Gateway:
         links: dict[tuple[str, ...], Link] = {}
         self.devices: list[Device] = []
         for d in cfg.resolved:
-            link = links.get(d.link) or links.setdefault(d.link, Link(d))
+            link = links.get(d.link)
+            if link is None:
+                link = links[d.link] = Link(d)
             self.devices.append(Device(d, link))
         self.links = list(links.values())
         for dev in self.devices:

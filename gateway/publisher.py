@@ -6,8 +6,9 @@ callbacks and the map of in-flight message ids to outbox rows live on the event 
 blocking TCP connect runs in a worker thread. No network thread per client: paho's own loop uses
 ``select()``, which cannot watch a descriptor above 1023, so a process polling ~140 stations
 (7 descriptors each) lost the MQTT sessions of the rest; one thread per station also cost CPU.
-The in-flight window is ours (``outbox.max_inflight``), far
-below paho's 65,535 message-id wrap, where paho silently overwrites QoS 1 messages.
+
+The in-flight window is ours (``outbox.max_inflight``), far below paho's 65,535 message-id
+wrap, where paho silently overwrites QoS 1 messages.
 
 After a reconnect paho re-sends what was in flight (persistent session, fixed client id); after
 a restart everything still in the outbox is published again, oldest first. Duplicates are
@@ -133,7 +134,8 @@ class Publisher:
 
     def _connect_failed(self, why: str) -> None:
         if not self._ever_failed:
-            log.warning("broker refused the connection", reason=why, station=self.cfg.station)
+            log.warning("cannot connect to the broker; keeping data in the outbox", reason=why,
+                        station=self.cfg.station)
         self._ever_failed = True
 
     def _set_connected(self, up: bool) -> None:
