@@ -22,11 +22,6 @@ def bad(p: PointMap) -> Reading:
                    unit=p.unit or "", quality=Quality.BAD)
 
 
-def reading(p: PointMap, words: Sequence[int]) -> Reading:
-    """One point's reading from its raw words (bits for coils and discrete inputs)."""
-    return PointDecoder(p)(words)
-
-
 class PointDecoder:
     """Decode one point's words, with everything that depends only on the point (vocabulary
     entry, plausible range, word count, codec branch) worked out once: looked up per value,
