@@ -7,7 +7,10 @@ controlled rate; one collector process writes them to InfluxDB. Reports
 - collector CPU per 1,000 values (from /proc, user + system),
 - collector peak memory (VmHWM),
 - end-to-end latency p50/p99: a probe station publishes one message every 100 ms stamped with
-  its send time; a poller sees it appear in InfluxDB (100 ms polling resolution),
+  its send time; a poller sees it appear in InfluxDB (100 ms polling resolution); and the
+  collector's own histogram (sample time → durable, every message; bucket upper bounds),
+- the CPU share of every process on the machine over the steady window (the load generator,
+  mosquitto, influxd and this script share the collector's two cores),
 - with ``--outage S``: InfluxDB is stopped S seconds into the run for S seconds; reports the
   collector's peak memory during the outage and the drain afterwards.
 
@@ -17,6 +20,7 @@ Run: ``.venv/bin/python bench/collector_bench.py --rate 1500 --seconds 30`` (see
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,8 +41,13 @@ from heatwatch.loadgen import Shape
 DB = "bench"
 
 
+_HTTP = threading.local()
+
+
 def query(db: Influxd, q: str) -> list[list[int]]:
-    r = httpx.get(f"{db.url}/query", params={"db": DB, "q": q, "epoch": "ms"}, timeout=30).json()
+    http = getattr(_HTTP, "client", None) or httpx.Client(timeout=30)  # one connection per thread
+    _HTTP.client = http
+    r = http.get(f"{db.url}/query", params={"db": DB, "q": q, "epoch": "ms"}).json()
     series = r["results"][0].get("series") or []
     return series[0]["values"] if series else []
 
@@ -102,6 +111,19 @@ def gc_figures(port: int) -> tuple[list[float], list[int]]:
     return [round(x, 2) for x in per_gen("seconds")], [int(x) for x in per_gen("collections")]
 
 
+def histogram_quantiles(port: int, name: str, qs: tuple[float, ...]) -> list[float | None]:
+    """Quantiles of a /metrics histogram, as the upper bound of the bucket that holds each."""
+    m = scrape(port)
+    buckets = sorted((float(k.split('le="')[1].rstrip('"}')), v) for k, v in m.items()
+                     if k.startswith(f"{name}_bucket{{"))
+    n = buckets[-1][1] if buckets else 0
+    return [next((le for le, c in buckets if c >= q * n), None) if n else None for q in qs]
+
+
+def cpu_shares(pids: dict[str, int], seconds: float, before: dict[str, float]) -> dict[str, float]:
+    return {k: round((proc_cpu_s(pid) - before[k]) / seconds, 2) for k, pid in pids.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rate", type=float, default=1500, help="messages/s in total (200 values each)")
@@ -110,6 +132,8 @@ def main() -> int:
     ap.add_argument("--gateways", type=int, default=20)
     ap.add_argument("--loadgens", type=int, default=1, help="publisher processes")
     ap.add_argument("--outage", type=float, default=0, help="stop InfluxDB this many seconds")
+    ap.add_argument("--concurrency", type=int, default=2, help="InfluxDB writes in flight")
+    ap.add_argument("--max-lines", type=int, default=5000, help="lines per InfluxDB write")
     ap.add_argument("--alerts", action="store_true", help="run the rule engine and alert store too")
     ap.add_argument("--warmup", type=float, default=30,
                     help="seconds before the steady-state CPU window opens (engine built, caches warm)")
@@ -123,7 +147,7 @@ def main() -> int:
     cfg: dict[str, object] = {
         "kind": "collector", "client_id": "bench-collector", "mqtt": {"port": broker.port},
         "receive_maximum": 2000, "influx": {"url": db.url, "database": DB},
-        "batch": {"max_lines": 5000, "max_delay_s": 0.2},
+        "batch": {"max_lines": a.max_lines, "max_delay_s": 0.2, "concurrency": a.concurrency},
         "spool": {"path": str(tmp / "spool.sqlite"), "after_s": 2},
         "stats": {"metrics_port": metrics_port}}
     if a.alerts:
@@ -151,9 +175,16 @@ def main() -> int:
                 for i in range(a.loadgens)]
         port = metrics_port
         steady0: tuple[float, float] | None = None
+        pids = {"collector": collector.pid, "influxd": db.proc.pid if db.proc else 0,
+                "mosquitto": broker.proc.pid if broker.proc else 0, "bench+probe": os.getpid(),
+                **{f"loadgen{i}": g.pid for i, g in enumerate(gens)}}
+        shares: dict[str, float] = {}
         if not a.outage and a.warmup < a.seconds:
             time.sleep(a.warmup)
             steady0 = (proc_cpu_s(collector.pid), scrape(port)["heatwatch_collector_values_total"])
+            cpu_before, t_before = {k: proc_cpu_s(p) for k, p in pids.items()}, time.monotonic()
+            time.sleep(max(0.0, a.seconds - a.warmup - 2))
+            shares = cpu_shares(pids, time.monotonic() - t_before, cpu_before)
         peak_outage_kb = 0
         if a.outage:
             time.sleep(min(5, a.seconds / 4))
@@ -182,11 +213,12 @@ def main() -> int:
         t_done = time.time()
         cpu = proc_cpu_s(collector.pid) - cpu0
         gc_s, gc_n = gc_figures(port)
+        own_p50, own_p99 = histogram_quantiles(port, "heatwatch_collector_latency_seconds", (0.5, 0.99))
         probe.close()
         values = published * shape.values
         lat = probe.latencies_ms
         print(orjson.dumps({
-            "target_msgs_per_s": a.rate, "seconds": a.seconds, "stations": a.stations,
+            "target_msgs_per_s": a.rate, "concurrency": a.concurrency, "max_lines": a.max_lines, "seconds": a.seconds, "stations": a.stations,
             "published_msgs": published, "stored_msgs": stored, "values": values,
             "sustained_values_per_s": round(values / (t_done - first_ts)),
             "offered_values_per_s": round(a.rate * shape.values),
@@ -201,7 +233,12 @@ def main() -> int:
             "outage_s": a.outage,
             "collector_peak_rss_during_outage_mb": round(peak_outage_kb / 1024, 1) if a.outage else None,
             "latency_ms_p50": round(pct(lat, 50)), "latency_ms_p99": round(pct(lat, 99)),
-            "latency_samples": len(lat), "alerts": a.alerts, "dir": str(tmp),
+            "latency_samples": len(lat),
+            "collector_latency_s_p50_at_most": own_p50, "collector_latency_s_p99_at_most": own_p99,
+            "steady_cpu_share_by_process": shares,
+            "steady_cpu_share_whole_machine": round(sum(shares.values()) / (os.cpu_count() or 1), 2)
+            if shares else None,
+            "alerts": a.alerts, "dir": str(tmp),
         }, option=orjson.OPT_INDENT_2).decode())
         return 0 if stored == published else 1
     finally:

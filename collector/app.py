@@ -4,7 +4,8 @@ paho-mqtt (MQTT 5, persistent session, fixed client id, manual acknowledgement) 
 network loop in its own thread; received messages are handed to the event loop with
 ``call_soon_threadsafe``. Memory is bounded: at most ``receive_maximum`` messages wait between
 paho and the batcher (paho's thread blocks, TCP pushes back, the broker keeps the rest), two
-batches wait for InfluxDB, and we acknowledge only after the write.
+batches wait for InfluxDB, ``batch.concurrency`` are being written, and we acknowledge only
+after the write. Writes may finish out of order; acknowledgements go out in batch order.
 
 Every message, good or rejected, travels through the same batches in arrival order, so the
 PUBACKs go out in the order the PUBLISHes came in (MQTT requires it). A rejected message is
@@ -77,6 +78,7 @@ class _Batch:
     mids: list[int] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)  # alert changes these messages caused
     started: float = 0.0
+    sample_ts: list[int] = field(default_factory=list)  # live telemetry's sample times (ms)
 
 
 class Collector:
@@ -99,6 +101,8 @@ class Collector:
         self._logged: set[tuple[str, str]] = set()
         self._last_seq: dict[str, tuple[str, int]] = {}
         self._last_reject_ms = 0
+        self._live_ts: int | None = None  # sample time of the live message handle() just accepted
+        self.latency = metrics.Histogram(metrics.LATENCY_BUCKETS_S)  # sample time → durable
         self.connected = asyncio.Event()
         self._client: mqtt.Client | None = None
         # the rule engine (a config or rule-file error raises here, at start-up)
@@ -162,6 +166,8 @@ class Collector:
         self.stats.values += len(msg.samples)
         if self.alerts is not None:
             self.alerts.observe(msg, int(now_ms))
+        if not msg.backfill:
+            self._live_ts = msg.ts
         return telemetry_lines(msg)
 
     def _reject(self, reason: str, station: str | None, topic: str, detail: str) -> str:
@@ -271,7 +277,7 @@ class Collector:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._batcher(inbox, batches))
-                tg.create_task(self._writer(batches, client))
+                tg.create_task(self._writer(batches, client, tg))
                 tg.create_task(self._drainer())
                 tg.create_task(self._reporter(inbox))
                 tg.create_task(self._gc_keeper())
@@ -331,6 +337,9 @@ class Collector:
                 self._stats_lines = []
             if topic:  # else the reporter's or the alert ticker's wake-up
                 b.lines.extend(self.handle(topic, payload))
+                if self._live_ts is not None:
+                    b.sample_ts.append(self._live_ts)
+                    self._live_ts = None
                 self._slots.release()
                 if mid:
                     b.mids.append(mid)
@@ -342,19 +351,35 @@ class Collector:
                 await batches.put(b)
                 b = _Batch()
 
-    async def _writer(self, batches: asyncio.Queue[_Batch], client: mqtt.Client) -> None:
+    async def _writer(self, batches: asyncio.Queue[_Batch], client: mqtt.Client,
+                      tg: asyncio.TaskGroup) -> None:
+        """Start up to ``batch.concurrency`` writes at once; acknowledge in batch order."""
+        slots = asyncio.Semaphore(self.cfg.batch.concurrency)
+        writing: asyncio.Queue[tuple[_Batch, asyncio.Task[None]]] = asyncio.Queue()  # ≤ concurrency
+        tg.create_task(self._acker(writing, slots, client))
         while True:
             b = await batches.get()
-            if b.lines:
-                await self._store(b.lines)
+            await slots.acquire()
+            writing.put_nowait((b, tg.create_task(self._store(b.lines))))
+
+    async def _acker(self, writing: asyncio.Queue[tuple[_Batch, asyncio.Task[None]]],
+                     slots: asyncio.Semaphore, client: mqtt.Client) -> None:
+        while True:
+            b, task = await writing.get()
+            await task  # the batches before it are acknowledged already
             if b.transitions and self.alerts is not None:
                 await self.alerts.record(b.transitions, client)  # in the store before the PUBACKs
             for mid in b.mids:  # durable now: let the broker forget them, in arrival order
                 client.ack(mid, 1)
             self.stats.acked += len(b.mids)
+            if b.sample_ts:
+                self.latency.observe_since(b.sample_ts, self.clock())
+            slots.release()
 
     async def _store(self, lines: list[str]) -> None:
         """Return once the lines are in InfluxDB (or refused by it for good) or in the spool."""
+        if not lines:
+            return
         if not self.spooling:
             try:
                 out = await self.writer.write(lines, give_up_after_s=self.cfg.spool.after_s)

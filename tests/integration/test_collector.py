@@ -112,6 +112,9 @@ def test_bad_input_is_rejected_counted_recorded_and_the_next_good_one_stored(
     gc_runs = [line for line in metrics.splitlines()
                if line.startswith('heatwatch_collector_gc_collections_total{generation="0"}')]
     assert gc_runs and float(gc_runs[0].rsplit(" ", 1)[1]) > 0  # young collections happen in seconds
+    # sample time → durable, for the one good (live) message only
+    assert "heatwatch_collector_latency_seconds_count 1.0" in metrics
+    assert 'heatwatch_collector_latency_seconds_bucket{le="10.0"} 1.0' in metrics
 
     def counters() -> list[dict[str, object]]:
         got = rows(influx_query(influxd, influx_db, "SELECT last(*) FROM collector"))

@@ -1,0 +1,73 @@
+"""The collector's write pipeline: writes overlap, acknowledgements keep arrival order.
+
+MQTT requires PUBACKs in the order the PUBLISHes came; with ``batch.concurrency`` writes in
+flight a later batch can be durable first. The InfluxDB writes here are replaced by timed
+waits so the finishing order is forced (the wire itself is covered by the integration tests)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+import pytest
+
+from collector.app import Collector, _Batch
+from collector.metrics import LATENCY_BUCKETS_S, Histogram
+from contract.config import CollectorConfig
+
+
+class _Acks:
+    def __init__(self) -> None:
+        self.mids: list[int] = []
+
+    def ack(self, mid: int, qos: int) -> None:
+        self.mids.append(mid)
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 3])
+def test_acknowledgements_keep_arrival_order_when_writes_finish_out_of_order(
+        tmp_path: Path, concurrency: int) -> None:
+    c = Collector(CollectorConfig.model_validate({
+        "kind": "collector", "spool": {"path": str(tmp_path / "spool.sqlite")},
+        "batch": {"concurrency": concurrency}}))
+    # batch i takes 0.2 s for even i, 0.01 s for odd i: every odd batch is durable before the one before it
+    running, peak = 0, 0
+
+    async def store(lines: list[str]) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.2 if int(lines[0]) % 2 == 0 else 0.01)
+        running -= 1
+
+    c._store = store  # type: ignore[method-assign]
+    acks = _Acks()
+
+    async def main() -> None:
+        batches: asyncio.Queue[_Batch] = asyncio.Queue()
+        for i in range(8):
+            batches.put_nowait(_Batch(lines=[str(i)], mids=[10 * i + 1, 10 * i + 2]))
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(c._writer(batches, acks, tg))  # type: ignore[arg-type]
+            while len(acks.mids) < 16:
+                await asyncio.sleep(0.01)
+            raise asyncio.CancelledError  # ends the group (writer and acker run forever)
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(asyncio.wait_for(main(), 10))
+    assert acks.mids == [10 * i + k for i in range(8) for k in (1, 2)]
+    assert peak == concurrency
+    assert c.stats.acked == 16
+    c.spool.close()
+
+
+def test_latency_histogram_buckets_and_quantile() -> None:
+    h = Histogram(LATENCY_BUCKETS_S)
+    now = 1_763_700_000.0
+    h.observe_since([int(now * 1000) - d for d in (50, 300, 300, 1500, 7000)], now)
+    h.observe_since([int(now * 1000) + 2000], now)  # a gateway clock ahead of ours counts as 0 s
+    got = dict(h.buckets())
+    assert got["0.1"] == 2 and got["0.5"] == 4 and got["2.0"] == 5 and got["10.0"] == 6
+    assert got["+Inf"] == 6
+    assert h.sum == pytest.approx(0.05 + 0.3 + 0.3 + 1.5 + 7.0)
+    assert h.quantile(0.5) == 0.5 and h.quantile(0.99) == 10.0
+    assert Histogram(LATENCY_BUCKETS_S).quantile(0.5) is None
