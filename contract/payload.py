@@ -283,6 +283,9 @@ _KNOWN_KEYS: dict[tuple[str, str | None, str | None, str], Kind | None] = {}
 _CACHE_MAX = 1_000_000
 
 
+_UNKNOWN: Any = object()  # not in _KNOWN_KEYS (None there means "valid, no canonical kind")
+
+
 class _Decline(Exception):
     """Not the common case: let the pydantic model decide and word the error."""
 
@@ -328,7 +331,9 @@ def _fast(raw: bytes) -> Frame:
     known, isfinite = _KNOWN_KEYS, math.isfinite
     for r in w.values:
         key = (r.point, r.building, r.household, r.unit)
-        kind = known[key] if key in known else _static_kind(key)  # a known key is a valid one
+        kind = known.get(key, _UNKNOWN)  # a known key is a valid one
+        if kind is _UNKNOWN:
+            kind = _static_kind(key)
         v = r.value
         tv = type(v)
         if tv is float:
