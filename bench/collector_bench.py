@@ -218,7 +218,8 @@ def main() -> int:
         values = published * shape.values
         lat = probe.latencies_ms
         print(orjson.dumps({
-            "target_msgs_per_s": a.rate, "concurrency": a.concurrency, "max_lines": a.max_lines, "seconds": a.seconds, "stations": a.stations,
+            "target_msgs_per_s": a.rate, "concurrency": a.concurrency, "max_lines": a.max_lines,
+            "seconds": a.seconds, "stations": a.stations,
             "published_msgs": published, "stored_msgs": stored, "values": values,
             "sustained_values_per_s": round(values / (t_done - first_ts)),
             "offered_values_per_s": round(a.rate * shape.values),

@@ -457,7 +457,8 @@ class SpoolSettings(_Strict):
     """Where batches go when InfluxDB cannot take them, so the broker's queue can be acknowledged."""
 
     path: str
-    max_bytes: int = Field(default=4 * 1024**3, ge=1024 * 1024)  # gzip'd: ~10 days at 100k values/s
+    # gzip'd line protocol, ~6 bytes a value (measured): 4 GiB ≈ 2 h of 100k values/s
+    max_bytes: int = Field(default=4 * 1024**3, ge=1024 * 1024)
     max_age_h: float = Field(default=30 * 24, ge=1)
     after_s: float = Field(default=5, ge=0)  # how long a write may fail before its batch is spooled
 

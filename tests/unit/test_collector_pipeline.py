@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+
 import pytest
 
 from collector.app import Collector, _Batch
@@ -16,11 +17,15 @@ from contract.config import CollectorConfig
 
 
 class _Acks:
-    def __init__(self) -> None:
+    def __init__(self, expect: int) -> None:
         self.mids: list[int] = []
+        self.all = asyncio.Event()
+        self.expect = expect
 
     def ack(self, mid: int, qos: int) -> None:
         self.mids.append(mid)
+        if len(self.mids) == self.expect:
+            self.all.set()
 
 
 @pytest.mark.parametrize("concurrency", [1, 2, 3])
@@ -40,7 +45,7 @@ def test_acknowledgements_keep_arrival_order_when_writes_finish_out_of_order(
         running -= 1
 
     c._store = store  # type: ignore[method-assign]
-    acks = _Acks()
+    acks = _Acks(16)
 
     async def main() -> None:
         batches: asyncio.Queue[_Batch] = asyncio.Queue()
@@ -48,8 +53,7 @@ def test_acknowledgements_keep_arrival_order_when_writes_finish_out_of_order(
             batches.put_nowait(_Batch(lines=[str(i)], mids=[10 * i + 1, 10 * i + 2]))
         async with asyncio.TaskGroup() as tg:
             tg.create_task(c._writer(batches, acks, tg))  # type: ignore[arg-type]
-            while len(acks.mids) < 16:
-                await asyncio.sleep(0.01)
+            await acks.all.wait()
             raise asyncio.CancelledError  # ends the group (writer and acker run forever)
 
     with pytest.raises(asyncio.CancelledError):
