@@ -122,11 +122,12 @@ class Engine:
             return self._flush()
         self.samples_judged += len(frame.samples)
         wanted, vals, room, station = self._wanted, {}, self.rooms.sample, frame.station
+        hh = self.rooms.station_households(station)
         # the hot loop: ~200 samples a message, most for no rule; a comprehension filters them at
         # half the cost of a for loop with the test inside
         for s in [s for s in frame.samples if s.point in wanted]:
             if s.household is not None:
-                room(station, s, t, quiet)
+                room(station, hh, s, t, quiet)
             elif s.building is None:
                 vals[s.point] = s
         self.rooms.flush(t, quiet)

@@ -339,6 +339,26 @@ def test_state_survives_a_restart_mid_pending() -> None:
     assert firing and firing[0].since == T0 and firing[0].ts == T0 + 2 * HOUR
 
 
+def test_one_household_code_in_two_buildings_is_two_sensors_also_after_a_restart() -> None:
+    f = Feed()
+
+    def both(feed: Feed, t: int) -> None:
+        feed.frame(t, [Sample(point="room_temp", unit="°C", building=b, household=h, value=v)
+                       for b, temps in (("b01", {"h1": 14.0, **NEIGHBOURS}),
+                                        ("b02", {"h1": 21.0, **NEIGHBOURS}))
+                       for h, v in temps.items()])
+
+    for i in range(0, 60, 10):
+        both(f, T0 + i * MIN)
+    g = Feed()
+    g.engine.restore(f.engine.snapshot())
+    for i in range(60, 3 * 60, 10):
+        both(g, T0 + i * MIN)
+    assert len(g.engine.rooms.sensors) == 16
+    firing = [(x.building, x.household) for x in g.out if x.rule == "room_low" and x.state == "firing"]
+    assert firing == [("b01", "h1")]
+
+
 @pytest.mark.parametrize("case", sorted(CASES.glob("*.yaml")), ids=lambda p: p.stem)
 def test_scenario(case: Path) -> None:
     """Each scenario raises what it must, when it must, and pages nothing else."""
