@@ -182,6 +182,7 @@ def main() -> int:
         if not a.outage and a.warmup < a.seconds:
             time.sleep(a.warmup)
             steady0 = (proc_cpu_s(collector.pid), scrape(port)["heatwatch_collector_values_total"])
+            gc0 = sum(gc_figures(port)[0])
             cpu_before, t_before = {k: proc_cpu_s(p) for k, p in pids.items()}, time.monotonic()
             time.sleep(max(0.0, a.seconds - a.warmup - 2))
             shares = cpu_shares(pids, time.monotonic() - t_before, cpu_before)
@@ -196,10 +197,13 @@ def main() -> int:
             peak_outage_kb = max(peak_outage_kb, proc_mem_kb(collector.pid, "VmHWM"))
             db.start()
         steady: float | None = None
+        steady_gc_share: float | None = None
         if steady0 is not None:
             gens[0].wait(a.seconds + 60)  # the window closes with the load, before the drain
             done_values = scrape(port)["heatwatch_collector_values_total"] - steady0[1]
-            steady = (proc_cpu_s(collector.pid) - steady0[0]) / done_values * 1e9 if done_values else None
+            steady_cpu = proc_cpu_s(collector.pid) - steady0[0]
+            steady = steady_cpu / done_values * 1e9 if done_values else None
+            steady_gc_share = round((sum(gc_figures(port)[0]) - gc0) / steady_cpu, 3) if steady_cpu else None
         results = [orjson.loads(g.communicate(timeout=a.seconds + a.outage + 300)[0]) for g in gens]
         published = sum(r["published"] for r in results)
         first_ts = min(r["first_ts"] for r in results) / 1000
@@ -230,6 +234,7 @@ def main() -> int:
             "steady_window_s": f"{a.warmup:.0f}..{a.seconds:.0f}" if steady else None,
             "collector_gc_s_by_generation": gc_s, "collector_gc_collections_by_generation": gc_n,
             "collector_gc_share_of_cpu": round(sum(gc_s) / cpu, 3) if cpu else None,
+            "collector_steady_gc_share_of_cpu": steady_gc_share,
             "collector_peak_rss_mb": round(proc_mem_kb(collector.pid, "VmHWM") / 1024, 1),
             "outage_s": a.outage,
             "collector_peak_rss_during_outage_mb": round(peak_outage_kb / 1024, 1) if a.outage else None,
