@@ -74,18 +74,6 @@ class Histogram:
             total += d
         self.sum += total
 
-    def quantile(self, q: float) -> float | None:
-        """The upper bound of the bucket holding quantile ``q`` (None when empty or beyond the last)."""
-        n = sum(self.counts)
-        if not n:
-            return None
-        seen = 0
-        for bound, c in zip(self.bounds, self.counts, strict=False):
-            seen += c
-            if seen >= q * n:
-                return bound
-        return None
-
     def buckets(self) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []
         cum = 0

@@ -64,7 +64,7 @@ def test_acknowledgements_keep_arrival_order_when_writes_finish_out_of_order(
     c.spool.close()
 
 
-def test_latency_histogram_buckets_and_quantile() -> None:
+def test_latency_histogram_buckets() -> None:
     h = Histogram(LATENCY_BUCKETS_S)
     now = 1_763_700_000.0
     h.observe_since([int(now * 1000) - d for d in (50, 300, 300, 1500, 7000)], now)
@@ -73,5 +73,4 @@ def test_latency_histogram_buckets_and_quantile() -> None:
     assert got["0.1"] == 2 and got["0.5"] == 4 and got["2.0"] == 5 and got["10.0"] == 6
     assert got["+Inf"] == 6
     assert h.sum == pytest.approx(0.05 + 0.3 + 0.3 + 1.5 + 7.0)
-    assert h.quantile(0.5) == 0.5 and h.quantile(0.99) == 10.0
-    assert Histogram(LATENCY_BUCKETS_S).quantile(0.5) is None
+    assert Histogram(LATENCY_BUCKETS_S).buckets()[-1] == ("+Inf", 0)
