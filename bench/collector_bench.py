@@ -58,6 +58,7 @@ class Probe:
     def __init__(self, mqtt_port: int, db: Influxd) -> None:
         self.db = db
         self.latencies_ms: list[float] = []
+        self.sent_at: list[float] = []  # when each of latencies_ms was sent (time.time())
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-probe", clean_session=False)
         self.client.connect("127.0.0.1", mqtt_port)
         self.client.loop_start()
@@ -90,6 +91,7 @@ class Probe:
                 sent = self.sent.get(int(ts))
                 if sent is not None:
                     self.latencies_ms.append((now - sent) * 1000)
+                    self.sent_at.append(sent)
                 seen = max(seen, int(ts))
             time.sleep(0.1)
 
@@ -221,6 +223,8 @@ def main() -> int:
         probe.close()
         values = published * shape.values
         lat = probe.latencies_ms
+        # the steady window leaves out the start (InfluxDB creating every station's series)
+        lat_steady = [x for x, at in zip(lat, probe.sent_at, strict=True) if at >= t0 + a.warmup]
         print(orjson.dumps({
             "target_msgs_per_s": a.rate, "concurrency": a.concurrency, "max_lines": a.max_lines,
             "seconds": a.seconds, "stations": a.stations,
@@ -240,6 +244,8 @@ def main() -> int:
             "collector_peak_rss_during_outage_mb": round(peak_outage_kb / 1024, 1) if a.outage else None,
             "latency_ms_p50": round(pct(lat, 50)), "latency_ms_p99": round(pct(lat, 99)),
             "latency_samples": len(lat),
+            "latency_ms_p50_steady": round(pct(lat_steady, 50)) if lat_steady else None,
+            "latency_ms_p99_steady": round(pct(lat_steady, 99)) if lat_steady else None,
             "collector_latency_s_p50_at_most": own_p50, "collector_latency_s_p99_at_most": own_p99,
             "steady_cpu_share_by_process": shares,
             "steady_cpu_share_whole_machine": round(sum(shares.values()) / (os.cpu_count() or 1), 2)
