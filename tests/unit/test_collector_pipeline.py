@@ -1,4 +1,5 @@
-"""The collector's write pipeline: writes overlap, acknowledgements keep arrival order.
+"""The collector's write pipeline: writes overlap, acknowledgements keep arrival order; and its
+garbage-collector keeper.
 
 MQTT requires PUBACKs in the order the PUBLISHes came; with ``batch.concurrency`` writes in
 flight a later batch can be durable first. The InfluxDB writes here are replaced by timed
@@ -7,6 +8,8 @@ waits so the finishing order is forced (the wire itself is covered by the integr
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -74,3 +77,38 @@ def test_latency_histogram_buckets() -> None:
     assert got["+Inf"] == 6
     assert h.sum == pytest.approx(0.05 + 0.3 + 0.3 + 1.5 + 7.0)
     assert Histogram(LATENCY_BUCKETS_S).buckets()[-1] == ("+Inf", 0)
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.me = self  # a reference cycle: only the garbage collector can free it
+
+
+def test_gc_keeper_freezes_what_lived_and_still_finds_cyclic_garbage_at_the_full_collection(
+        tmp_path: Path) -> None:
+    c = Collector(CollectorConfig.model_validate({
+        "kind": "collector", "spool": {"path": str(tmp_path / "spool.sqlite")}}))
+    freed_while_frozen: list[bool] = []
+    freed_after_full: list[bool] = []
+    gc.unfreeze()
+
+    async def main() -> None:
+        keeper = asyncio.create_task(c._gc_keeper(first_s=0.05, every_s=0.1, full_every_s=0.6))
+        node = _Node()
+        ref = weakref.ref(node)
+        await asyncio.sleep(0.2)  # frozen by now (first freeze at 0.05 s, next at 0.15 s)
+        assert gc.get_freeze_count() > 0
+        del node
+        gc.collect()  # a frozen cycle is out of the collector's reach …
+        freed_while_frozen.append(ref() is None)
+        await asyncio.sleep(0.8)  # … until the keeper's periodic unfreeze + full collection
+        freed_after_full.append(ref() is None)
+        keeper.cancel()
+
+    try:
+        asyncio.run(main())
+    finally:
+        gc.unfreeze()
+        c.spool.close()
+    assert freed_while_frozen == [False]
+    assert freed_after_full == [True]
