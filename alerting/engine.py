@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from alerting import makeup, rooms
-from alerting.lifecycle import Change, Life, maybe_escalate, step
+from alerting.lifecycle import Change, Life, get_fields, maybe_escalate, set_fields, step
 from contract.alerts import AlertRules, Rule, Severity, State, Transition, alert_key
 from contract.payload import Frame, GatewayStatus, StationStatus
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: every state class pickles as a field tuple (compiled and interpreted alike)
 _PROCESS_RULES = frozenset({Rule.ROOM_LOW, Rule.BUILDING_LOW, Rule.SENSOR_FAULT, Rule.MAKEUP_RATE,
                             Rule.MAKEUP_DAILY, Rule.MAKEUP_BURST, Rule.MAKEUP_PUMP,
                             Rule.DEVICE_OFFLINE})
@@ -54,9 +54,12 @@ class Silence:
     reason: str
 
 
+_STATION_FIELDS = ("devices_alerted", "devices_offline", "gateway", "heartbeat_ms", "last_rx", "last_t",
+                   "makeup", "status_offline")
+
+
 class StationState:
-    __slots__ = ("devices_alerted", "devices_offline", "gateway", "heartbeat_ms", "last_rx", "last_t",
-                 "makeup", "status_offline")
+    __slots__ = _STATION_FIELDS
 
     def __init__(self) -> None:
         self.gateway: str | None = None
@@ -69,13 +72,28 @@ class StationState:
         self.devices_alerted: set[str] = set()  # devices with a device_offline life
         self.makeup = makeup.StationMakeup()
 
+    def __getstate__(self) -> tuple[Any, ...]:
+        return get_fields(self, _STATION_FIELDS)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        set_fields(self, _STATION_FIELDS, state)
+
+
+_GATEWAY_FIELDS = ("offline_since", "stations")
+
 
 class GatewayState:
-    __slots__ = ("offline_since", "stations")
+    __slots__ = _GATEWAY_FIELDS
 
     def __init__(self) -> None:
         self.offline_since: int | None = None
         self.stations: set[str] = set()
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return get_fields(self, _GATEWAY_FIELDS)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        set_fields(self, _GATEWAY_FIELDS, state)
 
 
 class Engine:

@@ -12,16 +12,35 @@ Times are ms; nothing here reads a clock.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from contract.alerts import Severity, State, Transition, escalate
+
+
+def get_fields(obj: object, fields: tuple[str, ...]) -> tuple[Any, ...]:
+    """The snapshot state of a rule-state object: its fields' values in ``fields`` order.
+
+    Every class in the engine's snapshot pickles this way (``__getstate__``/``__setstate__``,
+    ``__reduce__`` where the constructor takes arguments), so a snapshot written by the compiled
+    rules (mypyc, see ``deploy/build_rules.py``) reads in the interpreted ones and back: left to
+    themselves the two pickle differently and each fails on the other's file.
+    """
+    return tuple(getattr(obj, k) for k in fields)
+
+
+def set_fields(obj: object, fields: tuple[str, ...], state: tuple[Any, ...]) -> None:
+    for k, v in zip(fields, state, strict=True):
+        setattr(obj, k, v)
+
+
+_LIFE_FIELDS = ("building", "clear_since", "context", "escalated", "fired", "gateway", "household",
+                "key", "paged", "rule", "severity", "since", "state", "station", "subject", "value")
 
 
 class Life:
     """The live part of one alert: present in the engine only while pending or firing."""
 
-    __slots__ = ("building", "clear_since", "context", "escalated", "fired", "gateway", "household",
-                 "key", "paged", "rule", "severity", "since", "state", "station", "subject", "value")
+    __slots__ = _LIFE_FIELDS
 
     def __init__(self, key: str, rule: str, station: str | None, building: str | None,
                  household: str | None, gateway: str | None, subject: str | None, since: int,
@@ -39,6 +58,12 @@ class Life:
         self.paged = False
         self.context: dict[str, Any] = {}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _blank_life, (), get_fields(self, _LIFE_FIELDS)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        set_fields(self, _LIFE_FIELDS, state)
+
     def transition(self, t: int, summary: str, quiet: str, page: bool) -> Transition:
         return Transition(key=self.key, rule=self.rule, state=self.state.value,
                           severity=self.severity.value, station=self.station, building=self.building,
@@ -48,15 +73,20 @@ class Life:
                           page=page)
 
 
+def _blank_life() -> Life:
+    """What unpickling fills (a compiled class cannot be created without its arguments)."""
+    return Life("", "", None, None, None, None, None, 0, Severity.INFO)
+
+
 class Change:
     """What ``step`` decided; the engine turns it into a Transition (it knows about quiet)."""
 
-    NONE = 0
-    PENDING = 1
-    FIRING = 2
-    RESOLVED = 3
-    SEVERITY = 4
-    REPAGE = 5
+    NONE: Final = 0
+    PENDING: Final = 1
+    FIRING: Final = 2
+    RESOLVED: Final = 3
+    SEVERITY: Final = 4
+    REPAGE: Final = 5
 
 
 def step(life: Life, active: bool, t: int, hold_ms: float, clear_ms: float,

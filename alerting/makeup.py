@@ -30,6 +30,7 @@ import statistics
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from alerting.lifecycle import get_fields, set_fields
 from contract.alerts import NetworkRules, Rule, Severity, alert_key
 from contract.payload import Sample
 
@@ -42,9 +43,12 @@ _NIGHT = range(1, 5)  # 01:00–05:00: a leak shows here as much as at any hour,
 _EVENING = range(17, 23)
 
 
+_NET_FIELDS = ("day_hours", "day_m3", "excluded_m3", "flow", "flow_t", "history", "hour", "hour_circ",
+               "hour_m3", "meter_events", "total", "total_t")
+
+
 class Net:
-    __slots__ = ("day_hours", "day_m3", "excluded_m3", "flow", "flow_t", "history", "hour", "hour_circ",
-                 "hour_m3", "meter_events", "total", "total_t")
+    __slots__ = _NET_FIELDS
 
     def __init__(self) -> None:
         self.total: float | None = None
@@ -58,11 +62,20 @@ class Net:
         self.history: deque[float] = deque(maxlen=14)  # daily m³ of normal days
         self.meter_events = 0  # resets and replacements seen
 
+    def __getstate__(self) -> tuple[Any, ...]:
+        return get_fields(self, _NET_FIELDS)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        set_fields(self, _NET_FIELDS, state)
+
+
+_MAKEUP_FIELDS = ("day", "day_excluded", "flow", "keys", "nets", "outdoor_day", "outdoor_n", "outdoor_sum",
+                  "p_win", "pump_hist", "pump_on", "pump_run_ms", "pump_starts", "pump_t",
+                  "ramp_hours", "sup_hi", "sup_hour", "sup_lo", "tank_win")
+
 
 class StationMakeup:
-    __slots__ = ("day", "day_excluded", "flow", "keys", "nets", "outdoor_day", "outdoor_n", "outdoor_sum",
-                 "p_win", "pump_hist", "pump_on", "pump_run_ms", "pump_starts", "pump_t",
-                 "ramp_hours", "sup_hi", "sup_hour", "sup_lo", "tank_win")
+    __slots__ = _MAKEUP_FIELDS
 
     def __init__(self) -> None:
         self.nets: dict[str, Net] = {}
@@ -83,6 +96,12 @@ class StationMakeup:
         self.outdoor_day = -1
         self.outdoor_sum = 0.0
         self.outdoor_n = 0
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return get_fields(self, _MAKEUP_FIELDS)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        set_fields(self, _MAKEUP_FIELDS, state)
 
 
 def observe(eng: Engine, station: str, st: StationState, vals: dict[str, Sample], t: int,
@@ -209,7 +228,7 @@ def _close_hour(eng: Engine, station: str, sm: StationMakeup, name: str, nr: Net
 
 def _baseline(hist: list[float], k: float, min_excess_pct: float) -> tuple[float, float, float]:
     med = statistics.median(hist)
-    mad = statistics.median(abs(x - med) for x in hist)
+    mad = statistics.median([abs(x - med) for x in hist])
     floor = 0.05 * med  # a very steady station must not alarm on a few percent
     return med, mad, max(med + k * max(mad, floor), med * (1 + min_excess_pct / 100))
 
@@ -252,8 +271,8 @@ def _close_day(eng: Engine, station: str, sm: StationMakeup, rules: Any, day: in
     ph = list(sm.pump_hist)[-rules.baseline_days:]
     alarmed = False
     if len(ph) >= rules.baseline_min_days:
-        med_s = statistics.median(x[0] for x in ph)
-        med_r = statistics.median(x[1] for x in ph)
+        med_s = statistics.median([x[0] for x in ph])
+        med_r = statistics.median([x[1] for x in ph])
         many = starts >= rules.pump_min_starts and starts > rules.pump_factor * max(med_s, 1)
         long = run_h >= 1 and run_h > rules.pump_factor * max(med_r, 0.1)
         alarmed = many or long

@@ -22,6 +22,7 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from alerting.lifecycle import get_fields, set_fields
 from contract.alerts import Rule, Severity, State
 from contract.payload import Sample
 
@@ -47,32 +48,35 @@ class Params(NamedTuple):
     bucket_ms: float
 
 
+_SENSOR_FIELDS = (
+    "b",
+    "bad_since",
+    "building",
+    "c_low",
+    "c_valid",
+    "fault_open",
+    "flat_hi",
+    "flat_lo",
+    "flat_since",
+    "household",
+    "interval",
+    "jump_since",
+    "last_good",
+    "last_t",
+    "low",
+    "low_open",
+    "median",
+    "next_eval",
+    "p",
+    "prev",
+    "stale",
+    "station",
+    "win",
+)
+
+
 class Sensor:
-    __slots__ = (
-        "b",
-        "bad_since",
-        "building",
-        "c_low",
-        "c_valid",
-        "fault_open",
-        "flat_hi",
-        "flat_lo",
-        "flat_since",
-        "household",
-        "interval",
-        "jump_since",
-        "last_good",
-        "last_t",
-        "low",
-        "low_open",
-        "median",
-        "next_eval",
-        "p",
-        "prev",
-        "stale",
-        "station",
-        "win",
-    )
+    __slots__ = _SENSOR_FIELDS
 
     def __init__(self, station: str, building: str, household: str, b: Building, p: Params) -> None:
         self.station, self.building, self.household = station, building, household
@@ -94,12 +98,11 @@ class Sensor:
         self.low_open = self.fault_open = False  # has a live room_low / sensor_fault alert
 
     # pickled as one tuple (the snapshot holds ~100,000 of these; per-object dicts doubled it)
-    def __getstate__(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, k) for k in Sensor.__slots__)
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _blank_sensor, (), get_fields(self, _SENSOR_FIELDS)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        for k, v in zip(Sensor.__slots__, state, strict=True):
-            setattr(self, k, v)
+        set_fields(self, _SENSOR_FIELDS, state)
 
     def excluded(self, flat_ms: float) -> bool:
         return (self.stale or self.bad_since is not None or self.jump_since is not None
@@ -109,8 +112,11 @@ class Sensor:
         return self.last_good - self.flat_since >= flat_ms and self.flat_since > 0
 
 
+_BUILDING_FIELDS = ("n_last", "n_low", "n_valid", "open", "sensors", "sum_last")
+
+
 class Building:
-    __slots__ = ("n_last", "n_low", "n_valid", "open", "sensors", "sum_last")
+    __slots__ = _BUILDING_FIELDS
 
     def __init__(self) -> None:
         self.sensors: list[Sensor] = []
@@ -118,6 +124,17 @@ class Building:
         self.sum_last = 0.0  # of the sensors' latest plausible values (neighbour mean for jumps)
         self.n_last = 0
         self.open = False
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return get_fields(self, _BUILDING_FIELDS)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        set_fields(self, _BUILDING_FIELDS, state)
+
+
+def _blank_sensor() -> Sensor:
+    """What unpickling fills (a compiled class cannot be created without its arguments)."""
+    return Sensor("", "", "", Building(), Params(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
 
 
 class Rooms:

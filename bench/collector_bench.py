@@ -35,6 +35,7 @@ import yaml
 from measure import pct, proc_cpu_s, proc_mem_kb, scrape
 from paho.mqtt.enums import CallbackAPIVersion
 
+from alerting import rules_build
 from heatwatch.devstack import REPO, Influxd, Mosquitto, free_port
 from heatwatch.loadgen import Shape
 
@@ -250,7 +251,7 @@ def main() -> int:
             "steady_cpu_share_by_process": shares,
             "steady_cpu_share_whole_machine": round(sum(shares.values()) / (os.cpu_count() or 1), 2)
             if shares else None,
-            "alerts": a.alerts, "dir": str(tmp),
+            "alerts": a.alerts, "rules": rules_build() if a.alerts else None, "dir": str(tmp),
         }, option=orjson.OPT_INDENT_2).decode())
         return 0 if stored == published else 1
     finally:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what heatwatch needs on a fresh Debian/Ubuntu machine; safe to re-run.
 #   - mosquitto, influxd and PostgreSQL from the distribution (sudo when not root);
-#   - .venv with the exact versions of requirements.lock and heatwatch itself (editable).
+#   - .venv with the exact versions of requirements.lock and heatwatch itself (editable);
+#   - the rule engine compiled with mypyc (gcc and Python's headers from the distribution).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,10 @@ command -v influx >/dev/null 2>&1 || need_pkgs+=(influxdb-client)
 # PostgreSQL: the alert store of a multi-machine site; tests run the store against a real one
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_pkgs+=(postgresql)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
+# the rule engine is compiled with mypyc (deploy/build_rules.py): a C compiler and Python's headers
+command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc)
+python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || need_pkgs+=(python3-dev)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
@@ -38,3 +43,4 @@ if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ requirements.lock -nt "$s
   .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
   touch "$stamp"
 fi
+.venv/bin/python deploy/build_rules.py
