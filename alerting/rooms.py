@@ -71,7 +71,8 @@ _SENSOR_FIELDS = (
     "prev",
     "stale",
     "station",
-    "win",
+    "win_t",
+    "win_v",
 )
 
 
@@ -81,7 +82,10 @@ class Sensor:
     def __init__(self, station: str, building: str, household: str, b: Building, p: Params) -> None:
         self.station, self.building, self.household = station, building, household
         self.b, self.p = b, p
-        self.win: list[tuple[int, float]] = []  # ≤ 13 points: a list is 1/8 of a deque's memory
+        # the median window, ≤ 13 points, as two lists of numbers: no tuple per reading for the
+        # garbage collector to track (a list is 1/8 of a deque's memory)
+        self.win_t: list[int] = []
+        self.win_v: list[float] = []
         self.last_t = 0  # newest report, good or not
         self.last_good = 0
         self.interval: float | None = None  # learned report interval, ms
@@ -254,20 +258,22 @@ class Rooms:
             if hi - lo > self._flat2 or se.flat_since == 0:
                 se.flat_since, se.flat_lo, se.flat_hi = t, v, v
             p = se.p
-            win = se.win
-            if win and t - win[-1][0] < p.bucket_ms:
-                win[-1] = (win[-1][0], v)  # ≤ 12 points a window, whatever the sensor's rate
+            win_t, win_v = se.win_t, se.win_v
+            if win_t and t - win_t[-1] < p.bucket_ms:
+                win_v[-1] = v  # ≤ 12 points a window, whatever the sensor's rate
             else:
-                win.append((t, v))
+                win_t.append(t)
+                win_v.append(v)
             edge = t - p.window_ms
-            while win[0][0] <= edge:
-                del win[0]
+            while win_t[0] <= edge:
+                del win_t[0]
+                del win_v[0]
             if t >= se.next_eval:
-                n = len(win)
+                n = len(win_v)
                 if n == 1:
                     m = v
                 else:
-                    vals = sorted([x[1] for x in win])
+                    vals = sorted(win_v)
                     m = vals[n // 2] if n % 2 else (vals[n // 2 - 1] + vals[n // 2]) / 2
                 se.median = m
                 se.next_eval = t + _MEDIAN_EVERY_MS

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from time import thread_time_ns
 
 import httpx
 import msgspec
@@ -55,6 +56,10 @@ class AlertStats:
     webhook_sent: int = 0
     webhook_failed: int = 0  # refused for good (4xx): logged, dropped, counted
     webhook_retries: int = 0
+    # CPU of the event-loop thread inside the rule engine (observe, status, tick, snapshot): what
+    # the rules cost, measured in the same run as everything else (two thread_time_ns calls a
+    # message, ~1 µs against ~500 µs for a 200-value message)
+    rules_cpu_ns: int = 0
 
 
 class AlertStage:
@@ -98,20 +103,31 @@ class AlertStage:
 
     # -- inputs (event loop) ------------------------------------------------------------------
     def observe(self, frame: Frame, now_ms: int) -> None:
-        self._add(self.engine.observe(frame, now_ms))
+        c0 = thread_time_ns()
+        self._add(self.engine.observe(frame, now_ms), c0)
 
     def station_status(self, s: StationStatus, now_ms: int) -> None:
-        self._add(self.engine.station_status(s, now_ms))
+        c0 = thread_time_ns()
+        self._add(self.engine.station_status(s, now_ms), c0)
 
     def gateway_status(self, g: GatewayStatus, now_ms: int) -> None:
-        self._add(self.engine.gateway_status(g, now_ms))
+        c0 = thread_time_ns()
+        self._add(self.engine.gateway_status(g, now_ms), c0)
 
     def tick(self, now_ms: int) -> None:
-        self._add(self.engine.tick(now_ms))
+        c0 = thread_time_ns()
+        self._add(self.engine.tick(now_ms), c0)
 
-    def _add(self, trs: list[Transition]) -> None:
+    def _add(self, trs: list[Transition], cpu0: int) -> None:
+        self.stats.rules_cpu_ns += thread_time_ns() - cpu0
         if trs:
             self.pending.extend(trs)
+
+    def snapshot(self) -> bytes:
+        c0 = thread_time_ns()
+        blob = self.engine.snapshot()
+        self.stats.rules_cpu_ns += thread_time_ns() - c0
+        return blob
 
     def take(self) -> tuple[list[Transition], list[str]]:
         """The transitions waiting to ride with the current batch, and their InfluxDB lines."""
@@ -170,11 +186,10 @@ class AlertStage:
                     log.warning("could not read silences; keeping the last ones", error=str(exc)[:200])
             if mono - last_snap >= self.cfg.snapshot_s:
                 last_snap = mono
-                blob = self.engine.snapshot()
-                await asyncio.to_thread(self._write_snapshot, blob)
+                await asyncio.to_thread(self._write_snapshot, self.snapshot())
 
     def save_snapshot(self) -> None:
-        self._write_snapshot(self.engine.snapshot())
+        self._write_snapshot(self.snapshot())
 
     def _write_snapshot(self, blob: bytes) -> None:
         path = Path(self.cfg.state_path)

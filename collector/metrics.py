@@ -128,6 +128,8 @@ class _Source(_PromCollector):
                 ("rule_samples", "readings the rule engine judged", a.engine.samples_judged),
             ):
                 yield CounterMetricFamily(P + name, doc, value=value)
+            yield CounterMetricFamily(P + "rules_cpu_seconds", "CPU time in the rule engine "
+                                      "(observe, status, tick, snapshot)", value=a.stats.rules_cpu_ns / 1e9)
             yield GaugeMetricFamily(P + "alerts_open", "alerts pending or firing in the engine",
                                     value=len(a.engine.lives))
         gc_s = CounterMetricFamily(P + "gc_seconds", "time in garbage collection, by generation",

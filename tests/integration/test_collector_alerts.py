@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
@@ -76,7 +77,8 @@ def _rooms(seq: int, ts: int) -> bytes:
                                      "value": v, "unit": "°C"} for h, v in TEMPS.items()]})
 
 
-def _config(tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, db: str, hook: str) -> Path:
+def _config(tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, db: str, hook: str,
+            metrics_port: int | None = None) -> Path:
     rules = tmp_path / "rules.yaml"
     rules.write_text("kind: rules\nroom:\n  hold_min: 60\n  building_hold_min: 60\n")
     return write_collector_config(
@@ -85,13 +87,14 @@ def _config(tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, db: str, hoo
                 "state_path": str(tmp_path / "engine.state"), "tick_s": 0.5, "snapshot_s": 3600,
                 "webhooks": [{"url": hook, "min_severity": "warning"}],
                 "webhook_outbox": str(tmp_path / "webhooks.sqlite")},
-        stats={"interval_s": 0.5})
+        stats={"interval_s": 0.5, "metrics_port": metrics_port})
 
 
 def test_a_cold_building_reaches_store_influxdb_mqtt_and_webhook(
         tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, influx_db: str, procs: Processes,
         webhook: Webhook) -> None:
-    cfg = _config(tmp_path, mosquitto, influxd, influx_db, webhook.url)
+    port = free_port()
+    cfg = _config(tmp_path, mosquitto, influxd, influx_db, webhook.url, metrics_port=port)
     alerts_topic = Subscriber(mosquitto.port, "heatwatch/v1/alert/#")
     procs.start("collector", "collector", str(cfg))
     time.sleep(2)
@@ -115,6 +118,11 @@ def test_a_cold_building_reaches_store_influxdb_mqtt_and_webhook(
     assert webhook.refused == 2 and [(p["rule"], p["state"]) for p in posts] == [("building_low", "firing")]
     log = procs.log("collector")
     assert "webhook unavailable; retrying" in log
+    assert '"build": "compiled (mypyc)"' in log  # make built the rules; the collector runs them
+    metrics = {line.split(" ")[0]: float(line.split(" ")[1]) for line in
+               httpx.get(f"http://127.0.0.1:{port}/metrics").text.splitlines() if line[:1] != "#"}
+    assert metrics["heatwatch_collector_rule_samples_total"] == 19 * len(TEMPS)
+    assert 0 < metrics["heatwatch_collector_rules_cpu_seconds_total"] < 5
     alerts_topic.close()
     store.close()
 
