@@ -449,6 +449,7 @@ class Collector:
         if self.alerts is not None:
             a = self.alerts.stats
             fields |= {"alert_transitions": a.transitions, "alert_pages": a.pages,
+                       "alert_rule_errors": a.rule_errors,
                        "alert_store_retries": a.store_retries, "webhook_sent": a.webhook_sent,
                        "webhook_failed": a.webhook_failed, "webhook_retries": a.webhook_retries}
         client = self.cfg.client_id

@@ -126,6 +126,8 @@ class _Source(_PromCollector):
                 ("webhook_retries", "webhook deliveries that failed and were retried",
                  a.stats.webhook_retries),
                 ("rule_samples", "readings the rule engine judged", a.engine.samples_judged),
+                ("rule_errors", "messages and ticks the rule engine failed on (their data is stored)",
+                 a.stats.rule_errors),
             ):
                 yield CounterMetricFamily(P + name, doc, value=value)
             yield CounterMetricFamily(P + "rules_cpu_seconds", "CPU time in the rule engine "

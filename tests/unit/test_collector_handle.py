@@ -7,11 +7,16 @@ from pathlib import Path
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
+from alerting.engine import Engine
 from collector.app import Collector
+from contract.alerts import AlertRules, Transition
 from contract.config import CollectorConfig
+from contract.payload import Frame
+from contract.points import VOCABULARY, Kind, Level
 from tests.unit.test_payload import GOOD
 
 TOPICS = st.one_of(
@@ -79,3 +84,90 @@ def test_sequence_gaps_and_restarts_are_counted_per_station(tmp_path: Path) -> N
     assert c.stats.messages == {"st001": 6}
     assert any(x.startswith("ingest,station=st001 messages=6i,seq_gaps=2i,restarts=1i")
                for x in c.stats_lines(now))
+
+
+# -- the rule engine (compiled under make: mypyc checks types at run time) behind the same door --
+def _reading(name: str) -> st.SearchStrategy[dict[str, object]]:
+    """Valid readings of one vocabulary point: its level, unit and kind; any value of that kind."""
+    d = VOCABULARY[name]
+    where: dict[str, st.SearchStrategy[str]] = {}
+    if d.level is not Level.STATION:
+        where["building"] = st.sampled_from(["b1", "b2"])
+    if d.level is Level.HOUSEHOLD:
+        where["household"] = st.sampled_from(["h1", "h2", "h3"])
+    value = (st.booleans() if d.kind is Kind.BOOL else
+             st.floats(-1e9, 1e9) | st.integers(-(10**6), 10**6) | st.sampled_from([18.0, 15.5, 0.0]))
+    good = st.fixed_dictionaries({"point": st.just(name), "unit": st.just(d.unit), "value": value,
+                                  "quality": st.sampled_from(["good", "uncertain"]), **where})
+    bad = st.fixed_dictionaries({"point": st.just(name), "unit": st.just(d.unit), "value": st.none(),
+                                 "quality": st.just("bad"), **where})
+    return good | bad
+
+
+_RULE_POINTS = sorted((Engine(AlertRules())._wanted & VOCABULARY.keys()) | {"building_valve_position"})
+_TELEMETRY = st.fixed_dictionaries({
+    "schema": st.just(1), "station": st.sampled_from(["st001", "st002"]), "gateway": st.just("gw-st001"),
+    "boot": st.sampled_from(["aaaaaaaa", "bbbbbbbb"]), "seq": st.integers(0, 50),
+    "ago_ms": st.integers(-60_000, 3 * 86_400_000), "backfill": st.booleans(),
+    "values": st.lists(st.one_of(*[_reading(p) for p in _RULE_POINTS]), min_size=1, max_size=30)})
+
+
+@pytest.fixture(scope="module")
+def judging(tmp_path_factory: pytest.TempPathFactory) -> Collector:
+    folder = tmp_path_factory.mktemp("judging")
+    return Collector(CollectorConfig.model_validate(
+        {"kind": "collector", "spool": {"path": str(folder / "spool.sqlite")},
+         "alerts": {"store": f"sqlite:///{folder / 'alerts.sqlite'}", "state_path": str(folder / "state")}}))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_TELEMETRY)
+def test_any_valid_telemetry_through_the_rules_gives_lines_never_an_exception(
+        judging: Collector, msg: dict[str, object]) -> None:
+    C = judging
+    assert C.alerts is not None
+    now = int(time.time() * 1000)
+    msg = {k: v for k, v in msg.items() if k != "ago_ms"} | {"ts": now - msg["ago_ms"]}  # type: ignore[operator]
+    judged, waiting = C.alerts.engine.samples_judged, len(C.alerts.pending)
+    lines = C.handle(f"heatwatch/v1/station/{msg['station']}/telemetry", orjson.dumps(msg))
+    assert lines and all(isinstance(x, str) for x in lines)
+    if not lines[0].startswith("rejects,"):  # in the heating season: every reading was judged
+        assert C.alerts.engine.samples_judged == judged + len(msg["values"])  # type: ignore[arg-type]
+    event("rejected" if lines[0].startswith("rejects,") else "judged")
+    C.alerts.tick(now)
+    event(f"alert transitions: {'some' if len(C.alerts.pending) > waiting else 'none'}")
+
+
+class _FailingOn:
+    """The real engine, raising on one station's telemetry: a stand-in for a bug in a rule."""
+
+    def __init__(self, engine: Engine, station: str) -> None:
+        self.engine, self.station = engine, station
+
+    def observe(self, frame: Frame, now_ms: int) -> list[Transition]:
+        if frame.station == self.station:
+            raise ZeroDivisionError("a rule divided by an empty building")
+        return self.engine.observe(frame, now_ms)
+
+
+def test_a_fault_in_the_rules_stores_the_data_logs_once_and_judges_the_next_message(
+        judging: Collector) -> None:
+    C = judging
+    assert C.alerts is not None
+    real = C.alerts.engine
+    C.alerts.engine = _FailingOn(real, "st009")  # type: ignore[assignment]
+    try:
+        now = int(time.time() * 1000)
+        rooms = [{"point": "room_temp", "unit": "°C", "building": "b1", "household": "h1", "value": 19.5}]
+        judged, errors = real.samples_judged, C.alerts.stats.rule_errors
+        with capture_logs() as logs:
+            for station in ("st009", "st009", "st001"):
+                msg = {**GOOD, "station": station, "ts": now, "values": rooms}
+                lines = C.handle(f"heatwatch/v1/station/{station}/telemetry", orjson.dumps(msg))
+                assert lines[0].startswith("household,"), lines  # stored all the same
+        assert C.alerts.stats.rule_errors == errors + 2
+        assert real.samples_judged == judged + 1  # the next station's message was judged
+        failed = [x for x in logs if x["event"].startswith("rule engine failed")]
+        assert len(failed) == 1 and failed[0]["subject"] == "st009" and failed[0]["on"] == "telemetry"
+    finally:
+        C.alerts.engine = real
