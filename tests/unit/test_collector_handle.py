@@ -115,9 +115,12 @@ _TELEMETRY = st.fixed_dictionaries({
 @pytest.fixture(scope="module")
 def judging(tmp_path_factory: pytest.TempPathFactory) -> Collector:
     folder = tmp_path_factory.mktemp("judging")
+    rules = folder / "rules.yaml"  # every day in the season: judged whatever month the test runs in
+    rules.write_text('kind: rules\nseason: {start: "01-01", end: "12-31", start_grace_days: 0}\n')
     return Collector(CollectorConfig.model_validate(
         {"kind": "collector", "spool": {"path": str(folder / "spool.sqlite")},
-         "alerts": {"store": f"sqlite:///{folder / 'alerts.sqlite'}", "state_path": str(folder / "state")}}))
+         "alerts": {"rules": str(rules), "store": f"sqlite:///{folder / 'alerts.sqlite'}",
+                    "state_path": str(folder / "state")}}))
 
 
 @settings(max_examples=1500, deadline=None)
