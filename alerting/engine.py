@@ -258,7 +258,7 @@ class Engine:
                 return None
             life = Life(key, rule, station, building, household, gateway, subject,
                         t if since is None else since, severity)
-            life.value = value
+            life.value, life.seen = value, t
             if context is not None:
                 life.context = context() if callable(context) else context
             self.lives[key] = life
@@ -372,6 +372,7 @@ class Engine:
                             row["gateway"], row["subject"], row["since"], Severity(row["severity"]))
                 life.state = State(row["state"])
                 life.fired = row["fired_at"]
+                life.seen = row["last_ts"]
                 life.value = row["value"]
                 life.context = dict(row["context"] or {})
                 life.paged = bool(row["paged"])

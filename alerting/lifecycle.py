@@ -34,7 +34,8 @@ def set_fields(obj: object, fields: tuple[str, ...], state: tuple[Any, ...]) -> 
 
 
 _LIFE_FIELDS = ("building", "clear_since", "context", "escalated", "fired", "gateway", "household",
-                "key", "paged", "rule", "severity", "since", "state", "station", "subject", "value")
+                "key", "paged", "rule", "seen", "severity", "since", "state", "station", "subject",
+                "value")
 
 
 class Life:
@@ -50,6 +51,7 @@ class Life:
         self.gateway, self.subject = gateway, subject
         self.state = State.PENDING
         self.since = since
+        self.seen = since  # last seen: the latest verdict that found the condition true
         self.fired: int | None = None
         self.clear_since: int | None = None
         self.severity = severity
@@ -95,6 +97,8 @@ def step(life: Life, active: bool, t: int, hold_ms: float, clear_ms: float,
     if active:
         life.clear_since = None
         life.value = value
+        if t > life.seen:
+            life.seen = t
         if severity.rank > life.severity.rank:
             life.severity = severity
             if life.state is State.FIRING:

@@ -247,6 +247,20 @@ class Store:
                 conn.execute(ev.insert(), events)
         return changed
 
+    def touch(self, seen: Sequence[tuple[str, int]]) -> None:
+        """Move the open alerts' last seen (``last_ts``) forward to the engine's latest true verdict.
+
+        Never backwards, never on a closed episode; a key with no open row is skipped.
+        """
+        if not seen:
+            return
+        a = schema.alerts
+        stmt = (a.update().where(a.c.key == sa.bindparam("k"), a.c.resolved_at.is_(None),
+                                 a.c.last_ts < sa.bindparam("t"))
+                .values(last_ts=sa.bindparam("t")))
+        with self.engine.begin() as conn:
+            conn.execute(stmt, [{"k": k, "t": t} for k, t in seen])
+
     def active_silences(self, now: int) -> list[Silence]:
         s = schema.silences
         with self.engine.connect() as conn:

@@ -42,7 +42,8 @@ class AlertPublic(BaseModel):
     gateway: str | None
     subject: str | None
     since: int = Field(description="ms: first seen (the condition started)")
-    last_ts: int = Field(description="ms: last seen (the latest change)")
+    last_ts: int = Field(description="ms: last seen — the latest verdict that found the condition "
+                                     "(written every alerts.seen_s) or change; a closed one's resolution")
     fired_at: int | None
     resolved_at: int | None
     value: float | None

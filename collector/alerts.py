@@ -179,7 +179,7 @@ class AlertStage:
     # -- background ---------------------------------------------------------------------------
     async def ticker(self, wake: Callable[[], None]) -> None:
         """Time-driven rules every tick_s; silences re-read and the snapshot saved on their own beat."""
-        last_sil = last_snap = time.monotonic()
+        last_sil = last_snap = last_seen = time.monotonic()
         while True:
             await asyncio.sleep(self.cfg.tick_s)
             now = int(self.clock() * 1000)
@@ -193,9 +193,28 @@ class AlertStage:
                     self.engine.set_silences(await asyncio.to_thread(self.store.active_silences, now))
                 except sqlalchemy.exc.OperationalError as exc:
                     log.warning("could not read silences; keeping the last ones", error=str(exc)[:200])
+            if mono - last_seen >= self.cfg.seen_s:
+                last_seen = mono
+                await self.flush_seen()
             if mono - last_snap >= self.cfg.snapshot_s:
                 last_snap = mono
                 await asyncio.to_thread(self._write_snapshot, self.snapshot())
+
+    async def flush_seen(self) -> None:
+        """The open alerts' last seen into the store (it only ever moves forward there).
+
+        Every open alert each time, not only those seen again since the last flush: a row may not
+        be in the store yet when its alert was first seen (its transition still rides with a batch
+        waiting for InfluxDB), and a condition that then goes quiet would never be written.
+        SQLite here: 11 ms for 2,500 open alerts, 190 ms for a season-start 40,000 (in a thread).
+        """
+        seen = [(k, life.seen) for k, life in self.engine.lives.items()]
+        if not seen:
+            return
+        try:
+            await asyncio.to_thread(self.store.touch, seen)
+        except sqlalchemy.exc.OperationalError as exc:  # the next flush carries them
+            log.warning("could not write alerts' last seen; retrying later", error=str(exc)[:200])
 
     def save_snapshot(self) -> None:
         self._write_snapshot(self.snapshot())

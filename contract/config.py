@@ -487,6 +487,7 @@ class AlertSettings(_Strict):
     # themselves, so a crash between snapshots costs window samples, not alerts
     snapshot_s: float = Field(default=300, gt=0)
     silences_s: float = Field(default=30, gt=0)  # re-read silences from the store this often
+    seen_s: float = Field(default=60, gt=0)  # open alerts' last seen written to the store this often
     publish: bool = True  # every transition on heatwatch/v1/alert/{station}
     webhooks: list[WebhookSettings] = Field(default_factory=list)
     webhook_outbox: str | None = None  # durable queue of webhook deliveries; needed with webhooks

@@ -87,6 +87,18 @@ def test_one_open_episode_per_key_and_a_new_one_after_resolving(store: Store) ->
             since=T, last_ts=T, context={}))
 
 
+def test_last_seen_moves_forward_on_open_episodes_only(store: Store) -> None:
+    other = "building_low:st001/b01"
+    store.apply([tr("firing", T, page=True), tr("firing", T, key=other, page=True),
+                 tr("resolved", T + 1000, key=other)])
+    store.touch([("room_low:st001/b01/h1", T + 600_000), (other, T + 600_000), ("room_low:nowhere", T)])
+    store.touch([("room_low:st001/b01/h1", T + 300_000)])  # an older verdict never moves it back
+    rows = {r["key"]: r for r in store.query().rows}
+    assert rows["room_low:st001/b01/h1"]["last_ts"] == T + 600_000
+    assert rows[other]["last_ts"] == T + 1000  # closed: its last seen is its resolution
+    assert store.query(since=T + 500_000).total == 1  # "seen since" filters on it
+
+
 def test_acknowledge_note_resolve_are_recorded_and_audited(store: Store) -> None:
     store.apply([tr("firing", T, key="makeup_daily:st001/secondary", page=True)])
     aid = store.query().rows[0]["id"]

@@ -87,6 +87,7 @@ def _config(tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, db: str, hoo
         tmp_path, mqtt_port=mosquitto.port, influx_url=influxd.url, database=db,
         alerts={"rules": "rules.yaml", "store": f"sqlite:///{tmp_path / 'alerts.sqlite'}",
                 "state_path": str(tmp_path / "engine.state"), "tick_s": 0.5, "snapshot_s": 3600,
+                "seen_s": 0.5,
                 "webhooks": [{"url": hook, "min_severity": "warning"}],
                 "webhook_outbox": str(tmp_path / "webhooks.sqlite")},
         stats={"interval_s": 0.5, "metrics_port": metrics_port})
@@ -108,6 +109,10 @@ def test_a_cold_building_reaches_store_influxdb_mqtt_and_webhook(
     assert building["paged"] and building["since"] == t0 and building["fired_at"] == t0 + 60 * MIN
     rooms = store.query(rule=["room_low"]).rows
     assert {r["household"] for r in rooms} == {"h1", "h2", "h3"}
+    # last seen follows the engine's latest true verdict (the last message), not the last change
+    last = t0 + 18 * 10 * MIN
+    wait_for(lambda: store.query(rule=["building_low"]).rows[0]["last_ts"] == last, 20,
+             "building_low last seen at the last message")
     assert all(not r["paged"] for r in rooms if r["state"] == "firing")  # inhibited by the building
     # InfluxDB (Grafana annotations), MQTT, webhook (after two 503s)
     ann = wait_for(lambda: rows(influx_query(influxd, influx_db, "SELECT * FROM alerts")), 20,

@@ -82,6 +82,19 @@ def test_relapse_inside_the_clear_hold_does_not_flap() -> None:
     assert changes.index(Change.RESOLVED) == len(verdicts) - 1  # only after 30 min of clear
 
 
+def test_last_seen_is_the_latest_verdict_that_found_the_condition() -> None:
+    life = Life("k", "room_low", "st001", None, None, None, None, 0, Severity.WARNING)
+    for i, v in enumerate([True, True, True, False, False, True, False]):  # one verdict per 10 min
+        step(life, v, i * 10 * MIN, 20 * MIN, 60 * MIN, Severity.WARNING, 15.0, "")
+        assert life.seen == (50 if i >= 5 else 20 if i >= 2 else i * 10) * MIN, i
+    step(life, True, 40 * MIN, 20 * MIN, 60 * MIN, Severity.WARNING, 15.0, "")  # late: not back
+    assert life.seen == 50 * MIN
+    f = Feed()  # the engine hands it to the store (collector: flush_seen) while the room stays cold
+    for i in range(0, 3 * 60, 10):
+        f.rooms(T0 + i * MIN, {"h1": 15.0, **NEIGHBOURS})
+    assert f.engine.lives["room_low:st001/b01/h1"].seen == T0 + 170 * MIN
+
+
 def test_open_window_for_20_minutes_raises_nothing() -> None:
     f = Feed()
     for i in range(0, 5 * 60, 10):
