@@ -110,7 +110,7 @@ class Engine:
         self._season_cache: dict[int, tuple[bool, bool]] = {}  # local day → (in season, in grace)
         self.set_silences([])
         self.samples_judged = 0
-        self._wanted = frozenset(
+        self.wanted = frozenset(  # the points any rule reads; the rest pass by
             {"room_temp", "outdoor_temp", "secondary_supply_temp", "makeup_flow", "makeup_pump_running",
              "secondary_return_pressure", "tank_level"}
             | {p for n in rules.makeup.networks.values() for p in (n.makeup_total, n.circulation_flow)})
@@ -139,7 +139,7 @@ class Engine:
         if not in_season:
             return self._flush()
         self.samples_judged += len(frame.samples)
-        wanted, vals, room, station = self._wanted, {}, self.rooms.sample, frame.station
+        wanted, vals, room, station = self.wanted, {}, self.rooms.sample, frame.station
         hh = self.rooms.station_households(station)
         # the hot loop: ~200 samples a message, most for no rule; a comprehension filters them at
         # half the cost of a for loop with the test inside

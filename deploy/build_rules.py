@@ -43,7 +43,7 @@ def main() -> int:
     if not include.exists():
         print(f"build_rules: {include} is missing: apt-get install python3-dev", file=sys.stderr)
         return 1
-    for old in [*pkg.glob("*.so")]:  # other interpreters' builds and the previous group library
+    for old in list(pkg.glob("*.so")):  # other interpreters' builds and the previous group library
         old.unlink()
     alerting.STAMP.unlink(missing_ok=True)
 

@@ -104,7 +104,7 @@ def _reading(name: str) -> st.SearchStrategy[dict[str, object]]:
     return good | bad
 
 
-_RULE_POINTS = sorted((Engine(AlertRules())._wanted & VOCABULARY.keys()) | {"building_valve_position"})
+_RULE_POINTS = sorted((Engine(AlertRules()).wanted & VOCABULARY.keys()) | {"building_valve_position"})
 _TELEMETRY = st.fixed_dictionaries({
     "schema": st.just(1), "station": st.sampled_from(["st001", "st002"]), "gateway": st.just("gw-st001"),
     "boot": st.sampled_from(["aaaaaaaa", "bbbbbbbb"]), "seq": st.integers(0, 50),
