@@ -328,12 +328,93 @@ class PollGroup(_Strict):
         return self
 
 
+def _secret_from_file(data: Any, info: ValidationInfo, pairs: tuple[tuple[str, str], ...]) -> Any:
+    """Fill a secret (``password``, ``token``) from its ``…_file`` before validation.
+
+    Secrets come from a file (mode 0600, or systemd's ``$CREDENTIALS_DIRECTORY``, or a compose
+    secret under /run/secrets) or from the environment through ``${NAME}`` in the config, never
+    from the command line, where ``ps`` shows them to every user of the machine. A relative path
+    is relative to the config file. One trailing newline is dropped (``echo pw > file``).
+    """
+    if not isinstance(data, dict):
+        return data
+    base = (info.context or {}).get("base") if info is not None else None
+    out = dict(data)
+    for key, file_key in pairs:
+        ref = out.get(file_key)
+        if ref is None:
+            continue
+        if out.get(key) is not None:
+            raise ValueError(f"@{file_key}: give {key} or {file_key}, not both")
+        path = Path(str(ref))
+        if base is not None and not path.is_absolute():
+            path = Path(base) / path
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"@{file_key}: cannot read {path}: {exc.strerror}") from None
+        secret = text[:-1] if text.endswith("\n") else text
+        if not secret or "\n" in secret:
+            raise ValueError(f"@{file_key}: {path} must hold the secret on one line")
+        out[file_key] = str(path)
+        out[key] = secret
+    return out
+
+
+def _config_path(value: str | None, info: ValidationInfo) -> str | None:
+    """A file named in a config, made absolute (relative to the config file)."""
+    if value is None:
+        return None
+    base = (info.context or {}).get("base")
+    path = Path(value)
+    return str(Path(base) / path) if base is not None and not path.is_absolute() else value
+
+
+class TlsSettings(_Strict):
+    """TLS to the broker: the site CA that signed the broker's certificate, and this client's own
+    certificate and key where the broker asks for one (``heatwatch site`` issues them)."""
+
+    ca_file: str  # the site CA (PEM); the broker's certificate must chain to it
+    cert_file: str | None = None  # this client's certificate (PEM)
+    key_file: str | None = None  # its private key (PEM, unencrypted, mode 0600)
+    # True skips the check that the broker's certificate names the host connected to: only for
+    # a broker reached through an address its certificate does not list. Never the default.
+    insecure: bool = False
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _path(cls, v: str | None, info: ValidationInfo) -> str | None:
+        path = _config_path(v, info)
+        if path is not None and not os.path.isfile(path):
+            raise ValueError(f"no such file: {path}")
+        return path
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("@key_file: a client certificate needs both cert_file and key_file")
+        return self
+
+
 class MqttSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     username: str | None = None
-    password: SecretStr | None = None
+    password: SecretStr | None = None  # or ${ENV_VAR}; never on the command line
+    password_file: str | None = None  # read at load into password
+    tls: TlsSettings | None = None  # None: plain TCP (loopback and tests only)
     keepalive_s: int = Field(default=30, ge=5, le=3600)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_file(cls, data: Any, info: ValidationInfo) -> Any:
+        return _secret_from_file(data, info, (("password", "password_file"),))
+
+    @model_validator(mode="after")
+    def _user(self) -> MqttSettings:
+        if self.password is not None and not self.username:
+            raise ValueError("@username: a password needs its username")
+        return self
 
 
 class OutboxSettings(_Strict):
@@ -421,15 +502,22 @@ class InfluxSettings(_Strict):
     database: str = "heatwatch"  # v1 database; for v2 the bucket if bucket is not set
     retention_policy: str | None = None
     username: str | None = None
-    password: SecretStr | None = None
+    password: SecretStr | None = None  # or ${ENV_VAR}
+    password_file: str | None = None  # read at load into password
     org: str | None = None
     bucket: str | None = None
     token: SecretStr | None = None
+    token_file: str | None = None  # read at load into token
     create_database: bool = True
     timeout_s: float = Field(default=10, gt=0)
     # gzip the write bodies: "auto" = when InfluxDB is not on this machine. Level 1 cuts the bytes
     # ~5× for ~0.5 µs per line; on loopback it buys nothing (LIMITS.md), across a WAN it does.
     gzip: Literal["auto", "on", "off"] = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any, info: ValidationInfo) -> Any:
+        return _secret_from_file(data, info, (("password", "password_file"), ("token", "token_file")))
 
     @model_validator(mode="after")
     def _v2(self) -> InfluxSettings:
@@ -629,8 +717,8 @@ def render_errors(exc: ValidationError, data: Any) -> list[str]:
 
 
 def _validate(model: type[Any], data: dict[str, Any], file: str) -> Any:
-    try:
-        return model.model_validate(data)
+    try:  # "base": secret and certificate files named relative to the config file
+        return model.model_validate(data, context={"base": str(Path(file).resolve().parent)})
     except ValidationError as exc:
         raise ConfigError(file, render_errors(exc, data)) from None
 

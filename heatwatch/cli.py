@@ -7,6 +7,7 @@
     heatwatch simulate CONFIG... [--speed X] [--scenario FILE] [--serial-peer GATEWAY_TTY=SIM_TTY]
     heatwatch demo [--stations N] [--dir DIR] [--seconds S]
     heatwatch check-config FILE...
+    heatwatch site init|issue-gateway|issue|broker|revoke|list SITE_DIR ...
 
 Settings are built here, in main(), and passed down; nothing reads config at import time.
 """
@@ -204,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dir", default=".demo")
     p.add_argument("--seconds", type=float, default=None, help="stop after this long")
     p.set_defaults(fn=_demo)
+    from heatwatch import site
+    site.register(sub)
     p = sub.add_parser("check-config", help="validate config files")
     p.add_argument("files", nargs="+")
     p.set_defaults(fn=_check)
