@@ -41,7 +41,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from collector import metrics
+from collector import lifecycle, metrics
 from collector.alerts import AlertStage
 from collector.influx import BACKOFF_MIN_S, InfluxWriter
 from contract import topics
@@ -281,6 +281,7 @@ class Collector:
                 tg.create_task(self._drainer())
                 tg.create_task(self._reporter(inbox))
                 tg.create_task(self._gc_keeper())
+                tg.create_task(lifecycle.setup_at_start(self.cfg.influx))  # logs, never raises
                 if self.alerts is not None:
                     tg.create_task(self.alerts.ticker(lambda: inbox.put_nowait((0, "", b""))))
                     tg.create_task(self.alerts.webhooks())

@@ -496,6 +496,23 @@ class GatewayConfig(_Strict):
         return self
 
 
+class LifecycleSettings(_Strict):
+    """How long InfluxDB keeps what (``heatwatch influx setup``; see contract/influx.py)."""
+
+    raw_days: float = Field(default=90, ge=1)  # raw samples: the default retention policy
+    rollup_5m_days: float = Field(default=2 * 365, ge=1)  # 5-minute mean/min/max/last
+    rollup_1h_days: float = Field(default=20 * 365, ge=1)  # 1-hour mean/min/max/last
+    # at collector start: create or adjust retention policies and continuous queries (needs an
+    # InfluxDB admin where authentication is on; without one the collector logs and carries on)
+    setup_at_start: bool = True
+
+    @model_validator(mode="after")
+    def _longer(self) -> LifecycleSettings:
+        if not self.raw_days <= self.rollup_5m_days <= self.rollup_1h_days:
+            raise ValueError("@rollup_5m_days: keep raw_days <= rollup_5m_days <= rollup_1h_days")
+        return self
+
+
 class InfluxSettings(_Strict):
     url: str = "http://127.0.0.1:8086"
     api: Literal["v1", "v2"] = "v1"
@@ -510,6 +527,8 @@ class InfluxSettings(_Strict):
     token_file: str | None = None  # read at load into token
     create_database: bool = True
     timeout_s: float = Field(default=10, gt=0)
+    # retention and rollups; None: heatwatch leaves retention policies alone (keeps everything raw)
+    lifecycle: LifecycleSettings | None = None
     # gzip the write bodies: "auto" = when InfluxDB is not on this machine. Level 1 cuts the bytes
     # ~5× for ~0.5 µs per line; on loopback it buys nothing (LIMITS.md), across a WAN it does.
     gzip: Literal["auto", "on", "off"] = "auto"

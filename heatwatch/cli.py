@@ -8,6 +8,7 @@
     heatwatch demo [--stations N] [--dir DIR] [--seconds S]
     heatwatch check-config FILE...
     heatwatch site init|issue-gateway|issue|broker|revoke|list SITE_DIR ...
+    heatwatch influx setup|backfill CONFIG ...
 
 Settings are built here, in main(), and passed down; nothing reads config at import time.
 """
@@ -205,8 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dir", default=".demo")
     p.add_argument("--seconds", type=float, default=None, help="stop after this long")
     p.set_defaults(fn=_demo)
-    from heatwatch import site
+    from heatwatch import ops, site
     site.register(sub)
+    ops.register(sub)
     p = sub.add_parser("check-config", help="validate config files")
     p.add_argument("files", nargs="+")
     p.set_defaults(fn=_check)
