@@ -21,6 +21,7 @@ from contract import topics
 from contract.config import GatewayConfig
 from contract.payload import DeviceState, DeviceStatus, GatewayStatus, Reading, StationStatus, Telemetry
 from durable.queue import DiskQueue
+from gateway import watchdog
 from gateway.modbus import Answer, Device, Link
 from gateway.plan import plan_requests
 from gateway.publisher import Publisher
@@ -101,6 +102,7 @@ class Gateway:
         next_t = time.monotonic()
         while True:
             await self.poll_once(group)
+            watchdog.beat(f"{self.cfg.station}/{group}", interval)  # systemd's WatchdogSec
             next_t += interval
             now = time.monotonic()
             if next_t < now:  # a slow cycle: skip the missed ones rather than bunch up
