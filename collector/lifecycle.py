@@ -231,7 +231,8 @@ def raw_rp(settings: InfluxSettings) -> str:
 
 
 async def setup(settings: InfluxSettings, *, admin: tuple[str, str] | None = None,
-                users: list[User] | None = None, now_ms: int | None = None) -> SetupReport:
+                users: list[User] | None = None, now_ms: int | None = None,
+                backfill_new: bool = True) -> SetupReport:
     """Everything the lifecycle and the users need, created or adjusted; safe to run again."""
     lc = settings.lifecycle or LifecycleSettings()
     db, rp = settings.database, raw_rp(settings)
@@ -246,7 +247,7 @@ async def setup(settings: InfluxSettings, *, admin: tuple[str, str] | None = Non
         report.created += [f"continuous query {r.rp}" for r in new]
         if users:
             report.created += await ensure_users(conn, db, users)
-        if new:
+        if new and backfill_new:
             first = await earliest_ms(conn, db, rp)
             if first is not None:
                 now = now_ms if now_ms is not None else int(time.time() * 1000)

@@ -9,6 +9,7 @@
     heatwatch check-config FILE...
     heatwatch site init|issue-gateway|issue|broker|revoke|list SITE_DIR ...
     heatwatch influx setup|backfill CONFIG ...
+    heatwatch backup|restore COLLECTOR_CONFIG DIR
 
 Settings are built here, in main(), and passed down; nothing reads config at import time.
 """
@@ -209,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from heatwatch import ops, site
     site.register(sub)
     ops.register(sub)
+    ops.register_backup(sub)
     p = sub.add_parser("check-config", help="validate config files")
     p.add_argument("files", nargs="+")
     p.set_defaults(fn=_check)

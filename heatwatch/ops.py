@@ -144,3 +144,191 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     a.add_argument("--admin-user", default="admin")
     a.add_argument("--admin-password-file")
     a.set_defaults(fn=_backfill)
+
+
+# ---------------------------------------------------------------------------------------------
+# backup and restore
+#
+#     heatwatch backup COLLECTOR_CONFIG DIR [--influx-rpc HOST:PORT]
+#     heatwatch restore COLLECTOR_CONFIG DIR [--influx-rpc HOST:PORT] [--force]
+#
+# DIR gets: alerts.sqlite (SQLite's online backup API: a consistent copy while the collector
+# and API write) or alerts.pgdump (pg_dump -Fc), the rule engine's state snapshot, and influx/
+# (`influxd backup -portable` of the database: its retention policies, rollups and raw data).
+# Restore puts them back; stop the collector and API first. InfluxDB's backup service listens on
+# its RPC bind address (127.0.0.1:8088 by default): it has no authentication, keep it on loopback
+# and run these commands on the InfluxDB machine.
+
+def _pg(url: str) -> tuple[str, dict[str, str]]:
+    """A SQLAlchemy PostgreSQL URL as a libpq URL without its password, and the environment that
+    carries the password (PGPASSWORD: never on the command line, where ps shows it)."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    env = {**os.environ}
+    if u.password:
+        env["PGPASSWORD"] = str(u.password)
+    plain = u.set(drivername="postgresql", password=None)
+    return plain.render_as_string(hide_password=False), env
+
+
+def _tool(name: str, package: str) -> str:
+    import glob
+    import shutil
+
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+                                                   reverse=True)), None)
+    if not found:
+        raise ConfigError(name, [f"not installed: apt-get install -y {package}"])
+    return found
+
+
+def _run_tool(cmd: list[str], env: dict[str, str] | None = None) -> None:
+    import subprocess
+
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        raise RuntimeError(f"{Path(cmd[0]).name} failed ({p.returncode}): {(p.stderr or p.stdout)[-1500:]}")
+
+
+def _sqlite_path(url: str) -> Path:
+    from sqlalchemy.engine import make_url
+
+    db = make_url(url).database
+    if not db or db == ":memory:":
+        raise ConfigError(url, ["alerts.store: a file-backed SQLite database is needed to back up"])
+    return Path(db)
+
+
+def _sqlite_copy(src: Path, dst: Path) -> None:
+    import sqlite3
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    with sqlite3.connect(f"file:{src}?mode=ro", uri=True) as s, sqlite3.connect(tmp) as d:
+        s.backup(d)  # page by page, consistent even while others write (WAL)
+    os.replace(tmp, dst)
+
+
+def _backup(args: argparse.Namespace) -> int:
+    import json
+    import shutil
+
+    cfg = load_collector_config(args.config)
+    out = Path(args.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done: dict[str, str] = {}
+    if cfg.alerts is not None:
+        store = cfg.alerts.store
+        if store.startswith("sqlite"):
+            _sqlite_copy(_sqlite_path(store), out / "alerts.sqlite")
+            done["alert store"] = "alerts.sqlite"
+        else:
+            url, env = _pg(store)
+            _run_tool([_tool("pg_dump", "postgresql-client"), "--format=custom", "--no-owner",
+                       f"--file={out / 'alerts.pgdump'}", url], env)
+            done["alert store"] = "alerts.pgdump"
+        state = Path(cfg.alerts.state_path)
+        if state.exists():
+            shutil.copy2(state, out / "alert-engine.state")
+            done["rule engine state"] = "alert-engine.state"
+    influx = out / "influx"
+    if influx.exists():
+        shutil.rmtree(influx)
+    _run_tool([_tool("influxd", "influxdb"), "backup", "-portable", "-host", args.influx_rpc,
+               "-database", cfg.influx.database, str(influx)])
+    done["influxdb"] = f"influx/ ({cfg.influx.database})"
+    (out / "manifest.json").write_text(json.dumps({
+        "kind": "heatwatch-backup", "taken": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "config": str(Path(args.config).resolve()), "database": cfg.influx.database,
+        "alert_store": done.get("alert store"), "parts": done}, indent=2))
+    for what, where in done.items():
+        print(f"backed up: {what} -> {out / where.split(' ')[0]}")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    import json
+    import shutil
+
+    from collector.lifecycle import InfluxAdmin, setup
+
+    cfg = load_collector_config(args.config)
+    src = Path(args.dir)
+    try:
+        manifest = json.loads((src / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(src / "manifest.json"), [f"not a heatwatch backup: {exc}"]) from None
+    if manifest.get("kind") != "heatwatch-backup":
+        raise ConfigError(str(src / "manifest.json"), ["kind: not a heatwatch backup"])
+    db = cfg.influx.database
+    admin = _admin(args)
+
+    async def influx_db_exists() -> bool:
+        conn = InfluxAdmin(cfg.influx, *(admin or (None, None)))
+        try:
+            return db in [v[0] for s in await conn.query("SHOW DATABASES") for v in s.get("values") or []]
+        finally:
+            await conn.close()
+
+    async def drop() -> None:
+        conn = InfluxAdmin(cfg.influx, *(admin or (None, None)))
+        try:
+            await conn.query(f'DROP DATABASE "{db}"')
+        finally:
+            await conn.close()
+
+    # everything that could refuse is checked before anything is touched
+    store = cfg.alerts.store if cfg.alerts is not None and manifest.get("alert_store") else None
+    sqlite_target = _sqlite_path(store) if store and store.startswith("sqlite") else None
+    if sqlite_target is not None:
+        if not (src / "alerts.sqlite").exists():
+            raise ConfigError(str(src), ["alerts.sqlite: missing (a backup of a PostgreSQL store?)"])
+        if sqlite_target.exists() and not args.force:
+            raise ConfigError(str(sqlite_target), ["exists: stop the collector and API, then use --force"])
+    if asyncio.run(influx_db_exists()):
+        if not args.force:
+            raise ConfigError(db, ["InfluxDB database exists: stop the collector, then use --force "
+                                   "(it drops the database first)"])
+        asyncio.run(drop())
+
+    if store is not None and cfg.alerts is not None:
+        if sqlite_target is not None:
+            for suffix in ("-wal", "-shm"):  # the old database's WAL must not be replayed onto this one
+                Path(f"{sqlite_target}{suffix}").unlink(missing_ok=True)
+            _sqlite_copy(src / "alerts.sqlite", sqlite_target)
+        else:
+            url, env = _pg(store)
+            _run_tool([_tool("pg_restore", "postgresql-client"), "--clean", "--if-exists", "--no-owner",
+                       "--single-transaction", f"--dbname={url}", str(src / "alerts.pgdump")], env)
+        print(f"restored: alert store -> {store.split('@')[-1]}")
+        state = src / "alert-engine.state"
+        if state.exists():
+            shutil.copy2(state, cfg.alerts.state_path)
+            print(f"restored: rule engine state -> {cfg.alerts.state_path}")
+    _run_tool([_tool("influxd", "influxdb"), "restore", "-portable", "-host", args.influx_rpc,
+               "-db", manifest.get("database", db), "-newdb", db, str(src / "influx")])
+    print(f"restored: influxdb {db}")
+    if cfg.influx.lifecycle is not None:
+        # a database's portable restore brings its retention policies and data, not its
+        # continuous queries (InfluxDB 1.6): set them up again, without re-rolling the history
+        asyncio.run(setup(cfg.influx, admin=admin, backfill_new=False))
+        print("restored: rollup continuous queries")
+    return 0
+
+
+def register_backup(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    for name, fn, help_ in (("backup", _backup, "alert store, rule engine state and InfluxDB into DIR"),
+                            ("restore", _restore, "put a `heatwatch backup` DIR back (services stopped)")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("config", metavar="COLLECTOR_CONFIG")
+        p.add_argument("dir", metavar="DIR")
+        p.add_argument("--influx-rpc", default="127.0.0.1:8088",
+                       help="influxd's backup/restore service (its bind-address)")
+        p.add_argument("--admin-user", default="admin")
+        p.add_argument("--admin-password-file", help=f"else ${ADMIN_PASSWORD_ENV}; else the config's user")
+        if name == "restore":
+            p.add_argument("--force", action="store_true",
+                           help="replace an existing alert store file and InfluxDB database")
+        p.set_defaults(fn=fn)
