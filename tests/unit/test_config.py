@@ -13,8 +13,10 @@ from contract.config import load_config, load_gateway_config
 from contract.errors import ConfigError
 from heatwatch.devstack import DEPLOY, REPO
 
-# scenarios have their own loader; grafana/ holds Grafana provisioning (tests/integration/test_dashboards.py)
-SHIPPED = sorted(p for p in DEPLOY.rglob("*.yaml") if p.parent.name not in ("scenarios", "grafana"))
+# scenarios have their own loader; grafana/ holds Grafana provisioning (tests/integration/test_dashboards.py);
+# compose/ needs its secrets and site files beside it (tests/integration/test_compose.py)
+SHIPPED = sorted(p for p in DEPLOY.rglob("*.yaml")
+                 if p.parent.name not in ("scenarios", "grafana") and "compose" not in p.parts)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(DEPLOY)) for p in SHIPPED])
