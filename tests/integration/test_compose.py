@@ -39,8 +39,8 @@ def test_compose_files_exist_and_configs_load(tmp_path: Path) -> None:
     assert set(services) >= {"mosquitto", "influxdb", "postgres", "collector", "api", "grafana"}
     # what an operator makes before `up`: the site (heatwatch site) and the secrets
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "heatwatch", "site", "init", str(site), "--broker-name", "mosquitto"],
-                   check=True, cwd=REPO, capture_output=True)
+    subprocess.run([sys.executable, "-m", "heatwatch", "site", "init", str(site),
+                    "--broker-name", "mosquitto"], check=True, cwd=REPO, capture_output=True)
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     for name in spec["secrets"]:
