@@ -6,7 +6,8 @@
     backfill()  recompute the rollups of a span by hand (what the CQs compute for new buckets)
 
 Run by ``heatwatch influx setup`` (as an InfluxDB admin where authentication is on) and, when the
-config asks (``influx.lifecycle.setup_at_start``), by the collector at start.
+config asks (``influx.lifecycle.setup_at_start``), by the collector at start (without the
+backfill: that one is for the operator to start, it can keep InfluxDB busy for hours).
 
 Continuous queries only ever run on buckets that close while InfluxDB runs: data written before
 a CQ existed, or arriving after its ``RESAMPLE FOR`` window (a gateway's outbox emptying after a
@@ -262,7 +263,9 @@ async def setup_at_start(settings: InfluxSettings) -> None:
     if settings.lifecycle is None or not settings.lifecycle.setup_at_start:
         return
     try:
-        report = await setup(settings)
+        # no backfill here: over a large raw history it keeps InfluxDB busy for hours (150 days of
+        # one station: 161 s) while ingest needs it; `heatwatch influx setup` does it, by hand
+        report = await setup(settings, backfill_new=False)
     except SetupError as exc:
         log.error("InfluxDB retention and rollups not set up: run `heatwatch influx setup` as an InfluxDB "
                   "admin (docs/operations.md); ingest goes on", error=str(exc))
@@ -274,5 +277,8 @@ async def setup_at_start(settings: InfluxSettings) -> None:
     except Exception:  # a fault here must not take ingest down with it
         log.exception("InfluxDB lifecycle setup failed; ingest goes on")
         return
-    if report.created or report.backfilled:
-        log.info("InfluxDB lifecycle set up", created=report.created, backfilled=report.backfilled)
+    if report.created:
+        log.info("InfluxDB lifecycle set up", created=report.created)
+    if any(c.startswith("continuous query") for c in report.created):
+        log.warning("rollups start from now: roll up the raw data already stored with `heatwatch influx "
+                    "backfill CONFIG --since …` (or run `heatwatch influx setup`, which does)")

@@ -315,7 +315,12 @@ use_identity_as_username false
 crlfile {d}/crl.pem
 
 """
-        conf += (DEPLOY / "mosquitto" / "heatwatch.conf").read_text()
+        try:  # the broker settings every heatwatch broker shares (persistence, queues)
+            conf += (DEPLOY / "mosquitto" / "heatwatch.conf").read_text()
+        except OSError:
+            raise ConfigError(str(DEPLOY / "mosquitto" / "heatwatch.conf"), [
+                "missing: run `heatwatch site` from a checkout of heatwatch (the edge wheel has no "
+                "deploy/ folder)"]) from None
         self._write(out / "mosquitto.conf", conf.encode())
         return out
 
