@@ -29,6 +29,7 @@ from pymodbus.simulator import SimData, SimDevice
 from contract.codec import FLOATS, INTEGERS, DataType, WordOrder, decode, encode
 from contract.config import GatewayConfig, PointMap, ResolvedDevice
 from simulator.physics import Event, Key, StationModel
+from simulator.scenario import RelativeEvent
 
 log = logging.getLogger("heatwatch.simulator")
 logging.getLogger("pymodbus").setLevel(logging.ERROR)
@@ -206,7 +207,10 @@ class Simulator:
 
     def __init__(self, configs: Sequence[GatewayConfig], *, speed: float = 1.0,
                  start: float | None = None, seed: int = 0, tick_s: float = 1.0,
-                 serial_peers: dict[str, str] | None = None) -> None:
+                 serial_peers: dict[str, str] | None = None,
+                 scenario: Sequence[tuple[str, RelativeEvent]] = ()) -> None:
+        """``scenario``: events timed from the start, in place before the first step (one that
+        began before the start is already in the models' settled state)."""
         self.configs = list(configs)
         # a gateway's serial port → the port the simulator answers on (the other end of the
         # cable or null modem); a port not listed is opened by its own name
@@ -223,6 +227,11 @@ class Simulator:
                 keys[cfg.station].extend(p.key for p in dev.points)
         for station, ks in keys.items():
             self.models[station] = StationModel(station, ks, seed=seed)
+        for station, ev in scenario:
+            if station not in self.models:
+                raise ValueError(f"the scenario has an event for station {station!r}, which none of "
+                                 f"the gateway configs serves ({', '.join(sorted(self.models))})")
+            self.add_event(station, ev.shifted(self._t0_sim))
         self._servers: list[ModbusTcpServer | ModbusSerialServer] = []
         self.step()
 
