@@ -127,7 +127,7 @@ def _token(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     from simulator.scenario import RelativeEvent, load_scenario
-    from simulator.server import Simulator
+    from simulator.server import PortInUse, Simulator
 
     configs = [load_gateway_config(c) for c in args.configs]
     speed: float = 1.0
@@ -148,7 +148,11 @@ def _simulate(args: argparse.Namespace) -> int:
         sim = Simulator(configs, speed=speed, seed=args.seed, serial_peers=peers, scenario=events)
         await sim.run()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except PortInUse as exc:
+        print(f"heatwatch simulate: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

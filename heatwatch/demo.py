@@ -38,7 +38,7 @@ import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from contract.config import load_api_config, load_gateway_config, read_yaml, render_errors
+from contract.config import load_api_config, load_gateway_config, read_yaml
 from contract.errors import ConfigError
 from contract.topics import Ident
 from heatwatch.devstack import DEPLOY, Influxd, MissingBinary, Mosquitto, free_port, port_open
@@ -179,7 +179,14 @@ def load_steps(path: Path) -> list[StopGateway | StartGateway]:
     try:
         steps = _Steps.model_validate(data).steps
     except ValidationError as exc:
-        raise ConfigError(str(path), render_errors(exc, data)) from None
+        problems = []
+        for err in exc.errors(include_url=False):
+            # the union puts the step's kind into the path (steps.2.start_gateway.at): drop it
+            loc = [p for i, p in enumerate(err["loc"]) if not (i and isinstance(err["loc"][i - 1], int))
+                   or p not in ACTIONS]
+            msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{'.'.join(map(str, loc))}: {msg.removeprefix('Value error, ')}")
+        raise ConfigError(str(path), problems) from None
     return sorted(steps, key=lambda s: s.at)
 
 

@@ -69,6 +69,10 @@ def served_value(p: PointMap, value: float | bool | str) -> float | bool | str:
     return float(raw) * p.scale + p.offset
 
 
+class PortInUse(RuntimeError):
+    """A link's server could not listen; the message names the address."""
+
+
 @dataclass
 class _Slot:
     point: PointMap
@@ -297,7 +301,12 @@ class Simulator:
             else:
                 framer = FramerType.RTU if dev.transport == "rtu_over_tcp" else FramerType.SOCKET
                 server = ModbusTcpServer(devices, address=(str(dev.host), dev.port), framer=framer)
-            await server.serve_forever(background=True)
+            try:
+                await server.serve_forever(background=True)
+            except RuntimeError:  # pymodbus: "Could not start listen", naming no address
+                await self.stop()
+                raise PortInUse(f"cannot serve {dev.where} (the link of {dev.name}): the port is in use "
+                                "or the address is not this machine's") from None
             self._servers.append(server)
             log.info("serving %d device(s) on %s", len(devices), dev.where)
 
