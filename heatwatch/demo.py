@@ -165,7 +165,11 @@ class StartGateway(_Step):
     station: Ident
 
 
-# a new kind of step: a model here, a function in ACTIONS (e.g. a valve command through the API)
+# A new kind of step is a model here, added to Step, and a function in ACTIONS that does it
+# against the running stack and returns the line the terminal shows. E.g. remote control:
+#   class Command(_Step): do: Literal["command"]; station; building; point; value
+#   def _command(stack, step): POST http://127.0.0.1:{stack.ports.api}/v1/... with
+#       stack.tokens["ENGINEER_TOKEN"]; return "st001/b03: valve 60 % → 100 % (confirmed)"
 Step = Annotated[StopGateway | StartGateway, Field(discriminator="do")]
 
 
@@ -211,10 +215,12 @@ class Stack:
     root: Path
     env: dict[str, str]
     pidfile: Path
+    ports: Ports
+    tokens: dict[str, str]  # shell variable → token (ENGINEER_TOKEN may send commands)
+    gateway_args: dict[str, str]  # station → its gateway config
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     services: dict[str, Mosquitto | Influxd] = field(default_factory=dict)
     stopped: set[str] = field(default_factory=set)  # by a step, on purpose
-    gateway_args: dict[str, str] = field(default_factory=dict)  # station → its config
 
     def spawn(self, name: str, *args: str) -> None:
         log = open(self.root / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (lives as long as the child)
@@ -558,10 +564,20 @@ def run_demo(stations: int, folder: str, seconds: float | None, port_offset: int
         return 1
 
 
-def _run(stations: int, folder: str, seconds_: float | None, port_offset: int | None) -> int:
-    t0 = time.monotonic()
-    with contextlib.suppress(AttributeError, ValueError):
-        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+@dataclass
+class Plan:
+    """What a demo run will use, all checked before anything starts."""
+
+    root: Path
+    ports: Ports
+    env: dict[str, str]
+    configs: dict[str, Path]  # station → its gateway config
+    steps: list[StopGateway | StartGateway]
+    store_url: str
+    tokens: dict[str, str] = field(default_factory=dict)
+
+
+def _plan(stations: int, folder: str, port_offset: int | None) -> Plan:
     root = Path(folder).resolve()
     root.mkdir(parents=True, exist_ok=True)
     pidfile = root / "demo.pid"
@@ -575,35 +591,75 @@ def _run(stations: int, folder: str, seconds_: float | None, port_offset: int | 
             raise DemoError(f"a demo left processes behind under {shown(root)} ({', '.join(kids)}): "
                             f"`{stop_command(root)}` stops them")
         pidfile.unlink()
-
     ports = plan_ports(dict(os.environ), port_offset)
-    influx_url = f"http://127.0.0.1:{ports.influx}"
     env = {**os.environ, "HEATWATCH_STATE_DIR": str(root / "state"),
-           "HEATWATCH_MQTT_PORT": str(ports.mqtt), "HEATWATCH_INFLUX_URL": influx_url,
+           "HEATWATCH_MQTT_PORT": str(ports.mqtt), "HEATWATCH_INFLUX_URL": f"http://127.0.0.1:{ports.influx}",
            "HEATWATCH_API_PORT": str(ports.api), "HEATWATCH_METRICS_PORT": str(ports.metrics),
            "HEATWATCH_RULES_FILE": str(RULES), "PYTHONUNBUFFERED": "1"}
     with _environ(env):
         configs = gateway_configs(stations, ports.offset, root / "gateway")
-        by_station = {load_gateway_config(c).station: c for c in configs}
         load_scenario(SCENARIO)  # the simulator's part, checked before anything starts
-        steps = load_steps(SCENARIO)
         busy = _busy_ports(ports, configs)
         if busy:
             raise DemoError(busy)
-        (root / "logs").mkdir(parents=True, exist_ok=True)
-        (root / "state").mkdir(parents=True, exist_ok=True)
-        store_url = load_api_config(API_CONFIG).store
-        tokens = _prepare_store(store_url)
+        by_station = {load_gateway_config(c).station: c for c in configs}
+        # steps for stations this run leaves out (--stations 2) are not played
+        steps = [s for s in load_steps(SCENARIO) if s.station in by_station]
+        return Plan(root, ports, env, by_station, steps, load_api_config(API_CONFIG).store)
+
+
+class AlertWatch:
+    """Firing alerts from the store, as lines for the terminal: each one once as it fires,
+    once when it resolves, and the commands to acknowledge the first."""
+
+    def __init__(self, store: Any, ports: Ports) -> None:
+        self.store, self.ports = store, ports
+        self.before = {a["id"] for a in store.query(state=["firing"], limit=500).rows}  # a re-run's
+        self.firing: dict[int, str] = {}
+        self.first = False
+
+    def poll(self, took: float) -> list[str]:
+        rows = self.store.query(state=["firing"], limit=500).rows
+        out = []
+        for a in sorted(rows, key=lambda r: int(r["id"])):
+            if a["id"] not in self.firing:
+                self.firing[a["id"]] = a["rule"]
+                out.append(alert_line(a, took) + (" (firing since the last run)" if a["id"] in self.before
+                                                  else ""))
+        for aid in sorted(set(self.firing) - {a["id"] for a in rows}):
+            out.append(f"[{took:5.0f} s] alert {aid} resolved: {self.firing.pop(aid)}")
+        if not self.first and rows:
+            self.first = True
+            earliest = min(rows, key=lambda r: (r["fired_at"] or 0, int(r["id"])))
+            out.append(first_alert_text(self.ports, earliest, took) + "\n")
+        return out
+
+
+READY_WITHIN_S = 120  # the gateways' first data reaches InfluxDB in 2-5 s here
+
+
+def _run(stations: int, folder: str, seconds_: float | None, port_offset: int | None) -> int:
+    t0 = time.monotonic()
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    plan = _plan(stations, folder, port_offset)
+    root, ports = plan.root, plan.ports
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    (root / "state").mkdir(parents=True, exist_ok=True)
+    with _environ(plan.env):
+        plan.tokens = _prepare_store(plan.store_url)
     env_file = root / "env"
-    env_file.write_text(env_text(ports, root, tokens))
+    env_file.write_text(env_text(ports, root, plan.tokens))
     env_file.chmod(0o600)  # it holds the tokens
 
-    stack = Stack(root, env, pidfile)
-    stack.gateway_args = {st: str(c) for st, c in by_station.items()}
-    signal.signal(signal.SIGHUP, _hang_up)
+    stack = Stack(root, plan.env, root / "demo.pid", ports=ports, tokens=plan.tokens,
+                  gateway_args={st: str(c) for st, c in plan.configs.items()})
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # `nohup make demo` keeps running
+        signal.signal(signal.SIGHUP, _hang_up)
     from alerting.store import Store
 
     store: Store | None = None
+    influx_url, api_url = f"http://127.0.0.1:{ports.influx}", f"http://127.0.0.1:{ports.api}"
     try:
         print(f"starting mosquitto on 127.0.0.1:{ports.mqtt} and influxd on {influx_url} (data in "
               f"{shown(root)})")
@@ -613,58 +669,51 @@ def _run(stations: int, folder: str, seconds_: float | None, port_offset: int | 
         # so its persistent session must be there before the gateways publish.
         stack.spawn("collector", "collector", str(COLLECTOR_CONFIG))
         stack.spawn("api", "api", str(API_CONFIG))
-        stack.spawn("simulator", "simulate", "--scenario", str(SCENARIO), *map(str, configs))
+        stack.spawn("simulator", "simulate", "--scenario", str(SCENARIO), *stack.gateway_args.values())
         collector_log = root / "logs" / "collector.log"
         deadline = time.monotonic() + 60
         while b'"subscribed"' not in collector_log.read_bytes():  # its JSON log line
             if time.monotonic() > deadline or stack.exited():
                 raise DemoError(f"the collector did not subscribe; see {shown(collector_log)}")
             time.sleep(0.1)
-        for st, c in by_station.items():
-            stack.spawn(f"gateway-{st}", "gateway", str(c))
+        for st, c in stack.gateway_args.items():
+            stack.spawn(f"gateway-{st}", "gateway", c)
         started = time.monotonic()
-        print(f"{len(configs)} simulated stations, their gateways, the collector and the API are starting;"
-              f" logs in {shown(root / 'logs')}")
-        store = Store(store_url)
-        known = {a["id"] for a in store.query(state=["firing"], limit=500).rows}
+        print(f"{len(plan.configs)} simulated stations, their gateways, the collector and the API are "
+              f"starting; logs in {shown(root / 'logs')}")
+        store = Store(plan.store_url)
+        watch = AlertWatch(store, ports)
         base = _influx_count(influx_url)
-        ready = first = False
-        firing: dict[int, str] = {}
-        pending_steps = [s for s in steps if getattr(s, "station", None) in by_station]
+        ready = False
+        steps = list(plan.steps)
         next_poll = 0.0
         while seconds_ is None or time.monotonic() - t0 < seconds_:
             gone = stack.exited()
             if gone:
                 name, code = gone
-                log = shown(root / "logs" / f"{name}.log")
-                raise DemoError(f"{name} exited with code {code}; see {log}")
+                raise DemoError(f"{name} exited with code {code}; see {shown(root / 'logs' / f'{name}.log')}")
             now = time.monotonic()
-            while pending_steps and now - started >= pending_steps[0].at:
-                step = pending_steps.pop(0)
+            while steps and now - started >= steps[0].at:
+                step = steps.pop(0)
                 print(f"[{now - t0:5.0f} s] {ACTIONS[step.do](stack, step)}")
             if now >= next_poll:
                 next_poll = now + 1.0
-                if not ready and _influx_count(influx_url) > base and _api_ready(f"http://127.0.0.1:{ports.api}"):
-                    ready = True
-                    print("\n" + ready_text(ports, root, tokens, now - t0) + "\n")
+                if not ready:
+                    data, api = _influx_count(influx_url) > base, _api_ready(api_url)
+                    if data and api:
+                        ready = True
+                        print("\n" + ready_text(ports, root, plan.tokens, now - t0) + "\n")
+                    elif now - started > READY_WITHIN_S:
+                        raise DemoError(
+                            f"not ready {READY_WITHIN_S} s after the gateways started: "
+                            + ("the API does not answer /ready; see " + shown(root / "logs" / "api.log")
+                               if data else "no data reached InfluxDB; see the logs in "
+                               + shown(root / "logs")))
                 if ready:
-                    rows = store.query(state=["firing"], limit=500).rows
-                    for a in sorted(rows, key=lambda r: int(r["id"])):
-                        if a["id"] not in firing:
-                            firing[a["id"]] = a["rule"]
-                            old = " (firing since the last run)" if a["id"] in known else ""
-                            print(alert_line(a, now - t0) + old)
-                    for aid in set(firing) - {a["id"] for a in rows}:
-                        print(f"[{now - t0:5.0f} s] alert {aid} resolved: {firing.pop(aid)}")
-                    if not first and rows:
-                        first = True
-                        earliest = min(rows, key=lambda r: (r["fired_at"] or 0, int(r["id"])))
-                        print(first_alert_text(ports, earliest, now - t0) + "\n")
+                    for line in watch.poll(now - t0):
+                        print(line)
             time.sleep(0.2)
-        if not ready:
-            print("no data arrived in InfluxDB, or the API did not answer; see the logs", file=sys.stderr)
-            return 1
-        return 0
+        return 0 if ready else 1
     except KeyboardInterrupt:
         return 0
     finally:
@@ -677,4 +726,3 @@ def _run(stations: int, folder: str, seconds_: float | None, port_offset: int | 
         if store is not None:
             store.close()
         stack.stop_all()
-
