@@ -371,12 +371,15 @@ def ready_text(ports: Ports, root: Path, tokens: dict[str, str], took: float) ->
     return "\n".join(lines)
 
 
-def first_alert_text(ports: Ports, alert: dict[str, Any], took: float) -> str:
+def first_alert_text(ports: Ports, alert: dict[str, Any], took: float, *, old: bool = False) -> str:
+    """``old``: the alert was firing before this run began (the store under DIR keeps alerts)."""
     api = f"http://127.0.0.1:{ports.api}"
     body = json.dumps({"note": "caller told: known fault, crew on the way", "ticket": "T-1001"},
                       ensure_ascii=False)
+    head = (f"alert {alert['id']} is still firing from the last run" if old
+            else f"first alert {took:.0f} s after start")
     return "\n".join([
-        f"first alert {took:.0f} s after start. Acknowledge it as the dispatcher:",
+        f"{head}. Acknowledge it as the dispatcher:",
         f"    curl -sS -X POST {api}/v1/alerts/{alert['id']}/ack {_auth()} "
         f"-H 'Content-Type: application/json' -d {shlex.quote(body)}",
     ])
@@ -631,7 +634,8 @@ class AlertWatch:
         if not self.first and rows:
             self.first = True
             earliest = min(rows, key=lambda r: (r["fired_at"] or 0, int(r["id"])))
-            out.append(first_alert_text(self.ports, earliest, took) + "\n")
+            out.append(first_alert_text(self.ports, earliest, took, old=earliest["id"] in self.before)
+                       + "\n")
         return out
 
 

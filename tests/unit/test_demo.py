@@ -13,11 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from alerting.store import Store
+from contract.alerts import Transition, alert_key
 from contract.config import load_gateway_config
 from contract.errors import ConfigError
 from heatwatch.demo import (
     OFFSET_ENV,
     SCENARIO,
+    AlertWatch,
     DemoError,
     Ports,
     StartGateway,
@@ -120,6 +123,50 @@ def test_printed_commands_are_one_line_each_and_send_no_raw_utf8_in_a_url(tmp_pa
     assert "--data-urlencode 'q=幸福里 3号楼 301'" in lookup
     assert any(c.startswith("influx ") for c in cmds) and any(c.startswith("mosquitto_sub ") for c in cmds)
     assert any("/v1/alerts/7/ack" in c for c in cmds)
+
+
+def _tr(rule: str, state: str, ts: int, **where: str) -> Transition:
+    return Transition(key=alert_key(rule, **where), rule=rule, state=state, severity="major", ts=ts,
+                      since=1_000, page=state == "firing", **where)
+
+
+def test_the_alert_watch_prints_each_alert_once_as_it_fires_and_as_it_resolves(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'alerts.sqlite'}")
+    store.migrate()
+    ports = Ports(11883, 18086, 8000, 9108, 0)
+    try:
+        store.apply([_tr("makeup_burst", "firing", 2_000, station="st002")])  # from the last run
+        watch = AlertWatch(store, ports)
+        first = watch.poll(5)
+        assert first[0].startswith("[    5 s] alert 1 firing: makeup_burst at st002 (major")
+        assert first[0].endswith("(firing since the last run)")
+        assert first[1].startswith("alert 1 is still firing from the last run. Acknowledge it")
+        assert "/v1/alerts/1/ack" in first[1]
+        assert watch.poll(6) == []  # nothing new: nothing printed
+        store.apply([_tr("building_low", "pending", 3_000, station="st001", building="b03")])
+        assert watch.poll(7) == []  # pending is not an alert yet
+        store.apply([_tr("building_low", "firing", 4_000, station="st001", building="b03"),
+                     _tr("makeup_burst", "resolved", 4_000, station="st002")])
+        assert watch.poll(64) == ["[   64 s] alert 2 firing: building_low at st001/b03 (major)",
+                                  "[   64 s] alert 1 resolved: makeup_burst"]
+        fresh = AlertWatch(store, ports)  # the next run: alert 2 is still open
+        assert fresh.poll(3)[-1].startswith("alert 2 is still firing")
+    finally:
+        store.close()
+
+
+def test_a_first_alert_of_this_run_is_timed(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'alerts.sqlite'}")
+    store.migrate()
+    try:
+        watch = AlertWatch(store, Ports(11883, 18086, 8000, 9108, 0))
+        assert watch.poll(10) == []
+        store.apply([_tr("gateway_offline", "firing", 2_000, gateway="gw-st003")])
+        lines = watch.poll(140)
+        assert lines[0] == "[  140 s] alert 1 firing: gateway_offline at gw-st003 (major)"
+        assert lines[1].startswith("first alert 140 s after start. Acknowledge it as the dispatcher:")
+    finally:
+        store.close()
 
 
 def _pidfile(folder: Path, children: dict[str, tuple[int, list[str]]]) -> None:
