@@ -107,9 +107,7 @@ class Demo:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        # whatever it left behind (a failed test must not leave servers on the machine)
-        subprocess.run([sys.executable, "-m", "heatwatch", "demo", "--stop", "--dir", str(self.folder)],
-                       capture_output=True, timeout=90, cwd=REPO, env=_env())
+        _stop(self.folder)  # whatever it left behind: a failed test must leave no servers running
 
 
 @pytest.fixture
@@ -231,6 +229,9 @@ def test_the_demo_its_printed_commands_and_the_readme_walk(demo: Demo, tmp_path:
     ack = json.loads(out('curl -sS -X POST "$HEATWATCH_API/v1/alerts/$ID/ack"'))
     assert ack["ack_by"] == "demo-dispatcher" and ack["ack_note"] == "caller told: known fault"
     assert out(".venv/bin/heatwatch token add").startswith("hw_")
+    for line in readme_block("without .demo/env"):  # the same, with nothing sourced
+        r = _bash(line, clone)
+        assert r.returncode == 0 and r.stdout.startswith("hw_"), f"{line}\n{r.stdout}\n{r.stderr}"
 
     # closing the terminal: the demo stops everything and frees every port
     demo.proc.send_signal(signal.SIGHUP)
@@ -240,23 +241,40 @@ def test_the_demo_its_printed_commands_and_the_readme_walk(demo: Demo, tmp_path:
     assert [p for p in expected if port_busy(p)] == []
 
 
-def test_a_demo_left_behind_is_refused_then_stopped(demo: Demo) -> None:
+def _stop(folder: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "heatwatch", "demo", "--stop", "--dir", str(folder)],
+                          capture_output=True, text=True, timeout=90, cwd=REPO, env=_env())
+
+
+def test_stop_ends_a_running_demo_and_one_left_behind(demo: Demo) -> None:
     demo.wait_line(r"^ready \d+ s after start", 90)
     pids = demo.pids()
-    demo.proc.kill()  # the demo dies without stopping anything: its children stay
-    demo.proc.wait(10)
-    assert all(_alive(p) for p in pids.values())
-    again = subprocess.run([sys.executable, "-m", "heatwatch", "demo", "--dir", str(demo.folder),
-                            "--port-offset", str(demo.offset)], capture_output=True, text=True,
-                           timeout=60, cwd=REPO, env=_env())
-    assert again.returncode == 1 and again.stderr.count("\n") == 1, again.stderr
-    assert "left processes behind" in again.stderr and "demo --stop --dir" in again.stderr
-    stop = subprocess.run([sys.executable, "-m", "heatwatch", "demo", "--stop", "--dir", str(demo.folder)],
-                          capture_output=True, text=True, timeout=90, cwd=REPO, env=_env())
+    stop = _stop(demo.folder)  # from another terminal, while it runs: it stops itself, in order
     assert stop.returncode == 0, stop.stderr
+    assert demo.proc.wait(10) == 0
+    demo.wait_line("^stopping …$", 10)
     assert [n for n, p in pids.items() if _alive(p)] == []
-    ports = [d + demo.offset for _, d in SERVICE_PORTS.values()] + [p + demo.offset for p in MODBUS_DEFAULTS]
-    assert [p for p in ports if port_busy(p)] == []
+
+    second = Demo.start(demo.folder, demo.offset)  # the same folder and ports again
+    try:
+        second.wait_line(r"^ready \d+ s after start", 90)
+        pids = second.pids()
+        second.proc.kill()  # the demo dies without stopping anything: its children stay
+        second.proc.wait(10)
+        assert all(_alive(p) for p in pids.values())
+        again = subprocess.run([sys.executable, "-m", "heatwatch", "demo", "--dir", str(demo.folder),
+                                "--port-offset", str(demo.offset)], capture_output=True, text=True,
+                               timeout=60, cwd=REPO, env=_env())
+        assert again.returncode == 1 and again.stderr.count("\n") == 1, again.stderr
+        assert "left processes behind" in again.stderr and "demo --stop --dir" in again.stderr
+        stop = _stop(demo.folder)
+        assert stop.returncode == 0, stop.stderr
+        assert [n for n, p in pids.items() if _alive(p)] == []
+        ports = [d + demo.offset for _, d in SERVICE_PORTS.values()] + [p + demo.offset
+                                                                         for p in MODBUS_DEFAULTS]
+        assert [p for p in ports if port_busy(p)] == []
+    finally:
+        second.stop()
 
 
 def test_the_readme_by_hand_commands(tmp_path: Path) -> None:
