@@ -175,7 +175,13 @@ Step = Annotated[StopGateway | StartGateway, Field(discriminator="do")]
 
 class _Steps(BaseModel):
     model_config = ConfigDict(extra="ignore")  # speed and events are the simulator's
+    description: str = ""
     steps: list[Step] = Field(default_factory=list)
+
+
+def describe(path: Path) -> str:
+    """The scenario's own sentence about what it plays."""
+    return str(read_yaml(path).get("description") or "")
 
 
 def load_steps(path: Path) -> list[StopGateway | StartGateway]:
@@ -364,9 +370,8 @@ def ready_text(ports: Ports, root: Path, tokens: dict[str, str], took: float) ->
         f"    HEATWATCH_STATE_DIR={shown(root / 'state')} {hw} token add {shown(API_CONFIG)} disp-li "
         "--role dispatcher",
         "",
-        "Playing the winter scenario (deploy/scenarios/demo.yaml): st001's building b03 (幸福里小区3号楼) "
-        "is cold, st002 bursts after 30 s, st003's gateway loses power after 1 min. Alerts appear here "
-        f"as they fire. Stop with Ctrl-C (or `{stop_command(root)}` from elsewhere).",
+        f"Playing {shown(SCENARIO)}: {describe(SCENARIO)} Alerts appear here as they fire. Stop with "
+        f"Ctrl-C (or `{stop_command(root)}` from elsewhere).",
     ]
     return "\n".join(lines)
 

@@ -84,6 +84,7 @@ class _EventSpec(EventTiming):
 
 class _Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    description: str = ""  # what it plays, in a sentence (heatwatch demo prints it)
     speed: float = Field(default=1.0, gt=0)
     events: list[_EventSpec] = Field(default_factory=list)
     steps: list[dict[str, Any]] = Field(default_factory=list)  # heatwatch demo's (heatwatch.demo)

@@ -25,6 +25,7 @@ from heatwatch.demo import (
     Ports,
     StartGateway,
     StopGateway,
+    describe,
     first_alert_text,
     gateway_configs,
     load_steps,
@@ -123,6 +124,7 @@ def test_printed_commands_are_one_line_each_and_send_no_raw_utf8_in_a_url(tmp_pa
     assert "--data-urlencode 'q=幸福里 3号楼 301'" in lookup
     assert any(c.startswith("influx ") for c in cmds) and any(c.startswith("mosquitto_sub ") for c in cmds)
     assert any("/v1/alerts/7/ack" in c for c in cmds)
+    assert describe(SCENARIO) in text and "幸福里小区3号楼" in describe(SCENARIO)
 
 
 def _tr(rule: str, state: str, ts: int, **where: str) -> Transition:
