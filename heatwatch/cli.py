@@ -5,7 +5,7 @@
     heatwatch api CONFIG
     heatwatch token add|revoke API_CONFIG NAME [--role dispatcher|engineer|admin]
     heatwatch simulate CONFIG... [--speed X] [--scenario FILE] [--serial-peer GATEWAY_TTY=SIM_TTY]
-    heatwatch demo [--stations N] [--dir DIR] [--seconds S]
+    heatwatch demo [--stations N] [--dir DIR] [--seconds S] [--port-offset N] | demo --stop [--dir DIR]
     heatwatch check-config FILE...
     heatwatch site init|issue-gateway|issue|broker|revoke|list SITE_DIR ...
     heatwatch influx setup|backfill CONFIG ...
@@ -130,7 +130,7 @@ def _token(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     from simulator.scenario import RelativeEvent, load_scenario
-    from simulator.server import Simulator
+    from simulator.server import PortInUse, Simulator
 
     configs = [load_gateway_config(c) for c in args.configs]
     speed: float = 1.0
@@ -139,15 +139,23 @@ def _simulate(args: argparse.Namespace) -> int:
         speed, events = load_scenario(args.scenario)
     if args.speed is not None:
         speed = args.speed
+    served = {c.station for c in configs}
+    unknown = sorted({st for st, _ in events} - served)
+    if unknown:  # a scenario for several stations, played on fewer of them
+        print(f"{args.scenario}: events of {', '.join(unknown)} skipped (not in the configs given)",
+              file=sys.stderr)
+        events = [(st, ev) for st, ev in events if st in served]
 
     async def run() -> None:
         peers = dict(p.split("=", 1) for p in args.serial_peer)
-        sim = Simulator(configs, speed=speed, seed=args.seed, serial_peers=peers)
-        for station, ev in events:
-            sim.add_event(station, ev.shifted(sim.now()))
+        sim = Simulator(configs, speed=speed, seed=args.seed, serial_peers=peers, scenario=events)
         await sim.run()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except PortInUse as exc:
+        print(f"heatwatch simulate: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -169,9 +177,12 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from heatwatch.demo import run_demo
+    from heatwatch.demo import run_demo, stop_demo
 
-    return run_demo(stations=args.stations, folder=args.dir, seconds=args.seconds)
+    if args.stop:
+        return stop_demo(args.dir)
+    return run_demo(stations=args.stations, folder=args.dir, seconds=args.seconds,
+                    port_offset=args.port_offset)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -206,6 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--stations", type=int, default=3)
     p.add_argument("--dir", default=".demo")
     p.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    p.add_argument("--port-offset", type=int, default=None, metavar="N",
+                   help="move every demo port by N (default: $HEATWATCH_DEMO_PORT_OFFSET or 0)")
+    p.add_argument("--stop", action="store_true", help="stop the demo running (or left behind) under --dir")
     p.set_defaults(fn=_demo)
     from heatwatch import ops, site
     site.register(sub)

@@ -11,11 +11,17 @@ Model (per station, deterministic for a seed):
 - households: room temperature settles toward a target set by their building's supply and
   valve, with a per-household offset and ±0.1 K noise.
 
+An event already under way at the model's first step (a scenario's negative ``at``) starts with
+its full effect on the rooms, as a station first connected mid-winter would show it: a building
+cold since before the start has cold rooms at the first reading.
+
 Events change this: ``leak`` (a burst: make-up ×30, secondary return pressure falls 0.08 MPa
 over 10 min, tank drains), ``slow_leak`` (+3 m³/h of make-up around the clock, pressure held by
 the make-up pump), ``theft`` (+4 m³/h from 18:00 to 22:00 local time: hot water drawn off the
 network), ``pressure_test`` (make-up +12 m³/h raising the return pressure 0.15 MPa),
-``cold_building``, ``cold_household``, ``open_window``, ``stuck_sensor`` (the value freezes),
+``cold_building`` (a starved branch: its supply 12 K low and its rooms 6 K, less as its valve
+opens beyond 60 %, gone at 100 %: the remote fix), ``cold_household``, ``open_window``,
+``stuck_sensor`` (the value freezes),
 ``broken_sensor`` and ``stale_sensor`` (the register reads the device's fault sentinel; a
 scenario runner drops a stale sensor's readings altogether), ``dead_device`` (the device stops
 answering; handled by the server) and ``link_down`` (nothing from the station reaches the
@@ -116,6 +122,7 @@ class StationModel:
     # -- physics -------------------------------------------------------------------------------
     def step(self, t: float) -> dict[Key, float | bool | str]:
         """Advance to sim time ``t`` (s since the epoch) and return every point's value."""
+        settle = self.t is None  # the first step: rooms start where they would have settled
         dt = 0.0 if self.t is None else max(0.0, min(t - self.t, 3600.0))
         self.t = t
         hour = (t / 3600.0) % 24
@@ -195,7 +202,7 @@ class StationModel:
             elif h is None:
                 val = self._building(p, b, t, dt, sec_supply, sec_return)
             else:
-                val = self._household(p, b, h, t, dt)
+                val = self._household(p, b, h, t, dt, settle)
             v[k] = val
         for k, val in list(v.items()):  # stuck sensors hold the value they had when they stuck
             p, b, h = k
@@ -214,31 +221,39 @@ class StationModel:
         pos = self.valve_pos.get(b, sp)
         pos += (sp - pos) * min(1.0, dt / 60.0)  # the actuator takes about a minute
         self.valve_pos[b] = pos
-        cold = self._on("cold_building", t, building=b) is not None
-        b_sup = sup - 1.0 - (12.0 if cold else 0.0)
+        cold = self._starved(b, t, pos)
+        b_sup = sup - 1.0 - 12.0 * cold
         if p == "building_valve_position":
             return pos
         if p == "building_supply_temp":
             return b_sup
         if p == "building_return_temp":
-            return ret - 1.5 - (8.0 if cold else 0.0) + (pos - 60.0) * 0.05
+            return ret - 1.5 - 8.0 * cold + (pos - 60.0) * 0.05
         if p == "building_heat_total":
             self.b_heat[b] += 0.4 * (pos / 60.0) * dt / 3600.0
             return self.b_heat[b]
         return 0.0
 
-    def _household(self, p: str, b: str, h: str, t: float, dt: float) -> float:
+    def _starved(self, b: str, t: float, pos: float) -> float:
+        """How cold a ``cold_building`` leaves building ``b``: 1 at its valve's usual 60 % or
+        less, falling to 0 as the valve opens fully (opening a starved branch restores its flow)."""
+        if self._on("cold_building", t, building=b) is None:
+            return 0.0
+        return max(0.0, min(1.0, (100.0 - pos) / 40.0))
+
+    def _household(self, p: str, b: str, h: str, t: float, dt: float, settle: bool = False) -> float:
         if p != "room_temp":
             return 0.0
         pos = self.valve_pos.get(b, 60.0)
-        target = 20.5 + self.b_offset[b] + self.hh_offset[h] + (pos - 60.0) * 0.06
-        if self._on("cold_building", t, building=b):
-            target -= 6.0
+        usual = target = 20.5 + self.b_offset[b] + self.hh_offset[h] + (pos - 60.0) * 0.06
+        target -= 6.0 * self._starved(b, t, pos)
         if self._on("cold_household", t, household=h):
             target = 14.0
         if self._on("open_window", t, household=h):
             target -= 8.0
         cur = self.room[h]
+        if settle:  # an event already under way at the start has long since taken its toll
+            cur += target - usual
         cur += (target - cur) * min(1.0, dt / 1800.0)  # rooms settle over about half an hour
         self.room[h] = cur
         return cur + self._rnd.gauss(0, 0.05)

@@ -29,6 +29,7 @@ from pymodbus.simulator import SimData, SimDevice
 from contract.codec import FLOATS, INTEGERS, DataType, WordOrder, decode, encode
 from contract.config import GatewayConfig, PointMap, ResolvedDevice
 from simulator.physics import Event, Key, StationModel
+from simulator.scenario import RelativeEvent
 
 log = logging.getLogger("heatwatch.simulator")
 logging.getLogger("pymodbus").setLevel(logging.ERROR)
@@ -66,6 +67,10 @@ def served_value(p: PointMap, value: float | bool | str) -> float | bool | str:
     if p.type is DataType.FLOAT32:
         raw = struct.unpack(">f", struct.pack(">f", raw))[0]
     return float(raw) * p.scale + p.offset
+
+
+class PortInUse(RuntimeError):
+    """A link's server could not listen; the message names the address."""
 
 
 @dataclass
@@ -206,7 +211,10 @@ class Simulator:
 
     def __init__(self, configs: Sequence[GatewayConfig], *, speed: float = 1.0,
                  start: float | None = None, seed: int = 0, tick_s: float = 1.0,
-                 serial_peers: dict[str, str] | None = None) -> None:
+                 serial_peers: dict[str, str] | None = None,
+                 scenario: Sequence[tuple[str, RelativeEvent]] = ()) -> None:
+        """``scenario``: events timed from the start, in place before the first step (one that
+        began before the start is already in the models' settled state)."""
         self.configs = list(configs)
         # a gateway's serial port → the port the simulator answers on (the other end of the
         # cable or null modem); a port not listed is opened by its own name
@@ -223,6 +231,11 @@ class Simulator:
                 keys[cfg.station].extend(p.key for p in dev.points)
         for station, ks in keys.items():
             self.models[station] = StationModel(station, ks, seed=seed)
+        for station, ev in scenario:
+            if station not in self.models:
+                raise ValueError(f"the scenario has an event for station {station!r}, which none of "
+                                 f"the gateway configs serves ({', '.join(sorted(self.models))})")
+            self.add_event(station, ev.shifted(self._t0_sim))
         self._servers: list[ModbusTcpServer | ModbusSerialServer] = []
         self.step()
 
@@ -288,7 +301,12 @@ class Simulator:
             else:
                 framer = FramerType.RTU if dev.transport == "rtu_over_tcp" else FramerType.SOCKET
                 server = ModbusTcpServer(devices, address=(str(dev.host), dev.port), framer=framer)
-            await server.serve_forever(background=True)
+            try:
+                await server.serve_forever(background=True)
+            except RuntimeError:  # pymodbus: "Could not start listen", naming no address
+                await self.stop()
+                raise PortInUse(f"cannot serve {dev.where} (the link of {dev.name}): the port is in use "
+                                "or the address is not this machine's") from None
             self._servers.append(server)
             log.info("serving %d device(s) on %s", len(devices), dev.where)
 
