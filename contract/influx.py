@@ -251,4 +251,8 @@ def pick_source(start_ms: int, end_ms: int, now_ms: int, max_points: int, *, raw
         pick = ROLLUP_1H
     if pick is None:
         return Source(None, bucket_s)
-    return Source(pick, -(-bucket_s // pick.bucket_s) * pick.bucket_s)
+    bucket_s = -(-bucket_s // pick.bucket_s) * pick.bucket_s
+    for r in ROLLUPS:  # rounding up may have made a coarser rollup fit (3,303 s → 3,600 s: 1 h)
+        if r.bucket_s > pick.bucket_s and bucket_s % r.bucket_s == 0:
+            pick = r
+    return Source(pick, bucket_s)

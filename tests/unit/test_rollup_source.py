@@ -4,7 +4,7 @@ than five minutes and the raw data is still kept, else the coarsest rollup that 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from contract.influx import ROLLUP_1H, ROLLUP_5M, pick_source
@@ -15,6 +15,7 @@ DAY = 86_400_000
 
 @given(start_ago=st.integers(1, 800 * DAY), length=st.integers(1000, 800 * DAY),
        points=st.integers(10, 5000), raw_days=st.floats(1, 365))
+@example(start_ago=1, length=2_675_348_890, points=810, raw_days=1.0)  # 3,303 s rounded to 1 h: 1-h rollup
 def test_every_choice_fits(start_ago: int, length: int, points: int, raw_days: float) -> None:
     start = NOW - start_ago
     end = start + length
