@@ -1,0 +1,279 @@
+"""The takeover report's I/O: InfluxQL with server-side aggregation, and alert-store reads.
+
+InfluxDB does the heavy part: every statement aggregates per hour and per entity (``GROUP BY
+time(1h), "station"`` …) or to one number per entity, so what crosses the wire is hourly per
+station and, for rooms, only counts per sensor plus the hours below the standard — a company
+of 500 stations and a season is a few hundred thousand numbers (bench/report_bench.py). The
+5-minute / 1-hour rollups of the site issue (H5) are not used yet: these statements read the
+raw measurements.
+
+``collect()`` takes a ``query_many(statements, bind)`` coroutine (the API's InfluxReader has
+one; the command line makes one) and the alert store, and returns ``report.compute.Inputs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from alerting import schema
+from alerting.store import Store
+from contract.alerts import AlertRules, load_rules
+from contract.config import GatewayConfig, load_gateway_config
+from contract.errors import ConfigError
+from contract.influx import MEASUREMENT_BUILDING, MEASUREMENT_HOUSEHOLD, MEASUREMENT_STATION
+from contract.points import POINT_NAME_RE, QUALITY_SUFFIX
+from report import compute
+from report.compute import Inputs, Period, RoomTotal, Sensor, StationPlan
+from report.model import CommandRow, Report, ReportSettings, load_settings
+
+QueryMany = Callable[[list[str], dict[str, str | int | float] | None], Awaitable[list[list[dict[str, Any]]]]]
+_BATCH = 200  # statements per round trip (fault windows): one URL stays well under 1 MB
+
+
+@dataclass
+class Context:
+    """What a report needs besides the data, loaded once (API start-up, the command line)."""
+
+    settings: ReportSettings = field(default_factory=ReportSettings)
+    rules: AlertRules = field(default_factory=AlertRules)
+    plans: dict[str, StationPlan] = field(default_factory=dict)
+
+
+def plans_from(configs: Sequence[GatewayConfig]) -> dict[str, StationPlan]:
+    """Samples per hour of each point (its poll group's interval; a report-by-exception group
+    at least its heartbeat) and the buildings whose entrance valve the map makes writable."""
+    out: dict[str, StationPlan] = {}
+    for cfg in configs:
+        plan = out.setdefault(cfg.station, StationPlan(cfg.station, {}, set()))
+        for dev in cfg.resolved:
+            for p in dev.points:
+                g = cfg.poll_groups[p.group]
+                every = g.max_silence_s if g.by_exception else g.interval_s
+                plan.per_hour[p.key] = plan.per_hour.get(p.key, 0.0) + 3600.0 / every
+                if p.point.startswith("building_valve_setpoint") and p.writable and p.building:
+                    plan.controllable.add(p.building)
+    return out
+
+
+def load_context(path: str | Path | None) -> Context:
+    """The report settings file (``kind: report``) with the rule file and gateway configs it names."""
+    if path is None:
+        return Context()
+    settings = load_settings(path)
+    rules = load_rules(settings.rules) if settings.rules else AlertRules()
+    files: list[str] = []
+    for g in settings.gateways:
+        found = sorted(glob.glob(g))
+        if not found:
+            raise ConfigError(str(path), [f"gateways: {g!r} matches no file"])
+        files += found
+    return Context(settings, rules, plans_from([load_gateway_config(f) for f in files]))
+
+
+# -- the alert store ------------------------------------------------------------------------
+def store_rows(store: Store, start: int, end: int) -> dict[str, list[dict[str, Any]]]:
+    """Alerts overlapping [start, end), acknowledgements and notes with a hotline ticket in it,
+    and the asset register. Read-only."""
+    a, ev = schema.alerts, schema.alert_events
+    with store.engine.connect() as conn:
+        alerts = [dict(r) for r in conn.execute(sa.select(a).where(
+            a.c.since < end, sa.or_(a.c.resolved_at.is_(None), a.c.resolved_at >= start))
+            .order_by(a.c.since, a.c.id)).mappings()]
+        events = [dict(r) for r in conn.execute(
+            sa.select(ev.c.alert_id, ev.c.ts, ev.c.kind, ev.c.actor, ev.c.ticket, ev.c.note, a.c.station,
+                      a.c.rule).join(a, a.c.id == ev.c.alert_id)
+            .where(ev.c.ticket.is_not(None), ev.c.kind.in_(["ack", "note"]), ev.c.ts >= start, ev.c.ts < end)
+            .order_by(ev.c.ts)).mappings()]
+        stations = [dict(r) for r in conn.execute(sa.select(schema.stations)).mappings()]
+        buildings = [dict(r) for r in conn.execute(sa.select(schema.buildings)).mappings()]
+        h = schema.households
+        households = [dict(r) for r in conn.execute(
+            sa.select(h.c.code, h.c.station, h.c.building, h.c.unit, h.c.room, h.c.sensor)).mappings()]
+    return {"alerts": alerts, "events": events, "stations": stations, "buildings": buildings,
+            "households": households}
+
+
+# -- InfluxQL -------------------------------------------------------------------------------
+def _field(name: str, where: str) -> str:
+    """A point name from a rule file, checked before it becomes a quoted InfluxQL identifier."""
+    if not POINT_NAME_RE.fullmatch(name):
+        raise ConfigError("rules", [f"{where}: {name!r} is not a point name"])
+    return name
+
+
+def _t(start: int, end: int) -> str:
+    return f"time >= {int(start)}ms AND time < {int(end)}ms"
+
+
+def _offset(tz_h: float) -> str:
+    """GROUP BY time(1d, offset) so InfluxDB's days are local days."""
+    return f"{round(-tz_h * 60) % 1440}m"
+
+
+def _rows(series: list[dict[str, Any]]) -> list[tuple[dict[str, str], dict[str, Any]]]:
+    out = []
+    for s in series:
+        tags = s.get("tags") or {}
+        for v in s.get("values") or []:
+            out.append((tags, dict(zip(s["columns"], v, strict=True))))
+    return out
+
+
+def _rooms_inner(start: int, end: int, lo: float, hi: float) -> str:
+    # the hourly mean of each sensor's plausible readings: bad readings carry no value, an
+    # implausible (uncertain) one is outside [lo, hi] and left out here
+    return (f'SELECT mean("room_temp") AS m FROM "{MEASUREMENT_HOUSEHOLD}" WHERE {_t(start, end)} '
+            f'AND "room_temp" >= {lo!r} AND "room_temp" <= {hi!r} '
+            'GROUP BY time(1h), "station", "building", "household"')
+
+
+_BY_SENSOR = ' GROUP BY "station", "building", "household"'
+
+
+async def collect(query: QueryMany, store: Store, ctx: Context, period: Period, now_ms: int,
+                  commands: list[CommandRow] | None = None) -> Inputs:
+    rules = ctx.rules
+    data_end = min(period.end, max(period.start, now_ms))
+    rows = await asyncio.to_thread(store_rows, store, period.start, period.end)
+    t = _t(period.start, data_end)
+    nets = {n: (_field(nr.makeup_total, f"makeup.networks.{n}.makeup_total"),
+                _field(nr.circulation_flow, f"makeup.networks.{n}.circulation_flow"))
+            for n, nr in rules.makeup.networks.items()}
+    pairs = sorted(set(nets.values()))
+    first = [
+        f'SELECT count(*) FROM "{MEASUREMENT_STATION}" WHERE {t} GROUP BY "station"',
+        f'SELECT count(*) FROM "{MEASUREMENT_BUILDING}" WHERE {t} GROUP BY "station", "building"',
+        f'SELECT count(*) FROM "{MEASUREMENT_HOUSEHOLD}" WHERE {t}{_BY_SENSOR}',
+        f'SELECT mean("outdoor_temp") AS m FROM "{MEASUREMENT_STATION}" WHERE {t} '
+        f"GROUP BY time(1d, {_offset(period.tz_h)}) fill(none)",
+        *[f'SELECT last("{tot}") AS total, mean("{circ}") AS circ FROM "{MEASUREMENT_STATION}" WHERE {t} '
+          'GROUP BY time(1h), "station" fill(none)' for tot, circ in pairs],
+    ]
+    res = await query(first, None)
+    i = Inputs(period=period, rules=rules, settings=ctx.settings, data_end=data_end, generated_at=now_ms,
+               daily_outdoor={}, analysis=[], plans=ctx.plans, commands=commands)
+    for level, series in zip(("station", "building", "household"), res[:3], strict=True):
+        for tags, row in _rows(series):
+            c = i.counts.setdefault(tags["station"], {})
+            b, h = tags.get("building"), tags.get("household")
+            for col, n in row.items():
+                if col.startswith("count_") and n and not col.endswith(QUALITY_SUFFIX):
+                    c[(col.removeprefix("count_"), b if level != "station" else None,
+                       h if level == "household" else None)] = int(n)
+    for _, row in _rows(res[3]):
+        if row.get("m") is not None:
+            i.daily_outdoor[int(row["time"])] = float(row["m"])
+    by_pair: dict[tuple[str, str], dict[str, list[tuple[int, float | None, float | None]]]] = {}
+    for pair, series in zip(pairs, res[4:], strict=True):
+        got: dict[str, list[tuple[int, float | None, float | None]]] = defaultdict(list)
+        for tags, row in _rows(series):
+            got[tags["station"]].append((int(row["time"]), row.get("total"), row.get("circ")))
+        by_pair[pair] = got
+    for n, pair in nets.items():
+        for st, hrs in by_pair[pair].items():
+            i.makeup_hours[(st, n)] = hrs
+
+    i.analysis = compute.analysis_ranges(period, rules, i.daily_outdoor, data_end)
+    # the reference point of each station's presence: with a config, a station point of its
+    # fastest poll group; without, the station's most frequent point
+    for st, counts in i.counts.items():
+        plan = ctx.plans.get(st)
+        cands: dict[tuple[str, str | None, str | None], float] = (
+            {k: v for k, v in plan.per_hour.items() if k[1] is None} if plan is not None
+            else {k: float(v) for k, v in counts.items() if k[1] is None})
+        if cands:
+            i.ref_point[st] = max(sorted(cands), key=lambda k: cands[k])[0]
+    refs = sorted(set(i.ref_point.values()))
+    second = [f'SELECT count("{r}") AS n FROM "{MEASUREMENT_STATION}" WHERE {t} GROUP BY time(1h), "station" '
+              "fill(none)" for r in refs]
+    sensors_seen = [(s, b, h) for s, c in i.counts.items() for (p, b, h) in c if p == "room_temp" and b and h]
+    stds = sorted(compute.standards(rules, sensors_seen))
+    lo, hi = rules.sensor.plausible_min, rules.sensor.plausible_max
+    room_stmts: list[tuple[str, float | None]] = []
+    for s, e in i.analysis:
+        inner = _rooms_inner(s, e, lo, hi)
+        room_stmts.append(("n", None))
+        second.append(f"SELECT count(m) AS n FROM ({inner}){_BY_SENSOR}")
+        for std in stds:
+            room_stmts.append(("k", std))
+            second.append(f"SELECT count(m) AS n FROM ({inner}) WHERE m >= {std!r}{_BY_SENSOR}")
+        room_stmts.append(("low", None))
+        second.append(f"SELECT m FROM ({inner}) WHERE m < {max(stds)!r}{_BY_SENSOR}")
+    res = await query(second, None) if second else []
+    for r, series in zip(refs, res[: len(refs)], strict=True):
+        for tags, row in _rows(series):
+            st = tags["station"]
+            if i.ref_point.get(st) == r and row.get("n"):
+                i.presence.setdefault(st, {})[int(row["time"])] = int(row["n"])
+    standard: float | None
+    for (what, standard), series in zip(room_stmts, res[len(refs):], strict=True):
+        for tags, row in _rows(series):
+            k: Sensor = (tags["station"], tags["building"], tags["household"])
+            if what == "low":
+                i.room_low.setdefault(k, []).append((int(row["time"]), float(row["m"])))
+                continue
+            tot = i.room_totals.setdefault(k, RoomTotal())
+            if what == "n":
+                tot.hours += int(row["n"])
+            else:
+                assert standard is not None
+                tot.passing[standard] = tot.passing.get(standard, 0) + int(row["n"])
+
+    # the hours of each sensor_fault episode: left out of the pass rate
+    windows = compute.fault_windows(rows["alerts"], i.analysis, data_end)
+    jobs = [(k, s, e) for k, ws in sorted(windows.items()) for s, e in ws]
+    for j in range(0, len(jobs), _BATCH):
+        chunk = jobs[j:j + _BATCH]
+        bind: dict[str, str | int | float] = {}
+        stmts = []
+        for n, ((st, b, h), s, e) in enumerate(chunk):
+            bind |= {f"s{n}": st, f"b{n}": b, f"h{n}": h}
+            stmts.append(f'SELECT mean("room_temp") AS m FROM "{MEASUREMENT_HOUSEHOLD}" '
+                         f'WHERE "station" = $s{n} AND "building" = $b{n} AND "household" = $h{n} '
+                         f'AND {_t(s, e)} AND "room_temp" >= {lo!r} AND "room_temp" <= {hi!r} '
+                         "GROUP BY time(1h) fill(none)")
+        answers = await query(stmts, bind)
+        for (k, _, _), series in zip(chunk, answers, strict=True):
+            for _, row in _rows(series):
+                if row.get("m") is not None:
+                    i.room_fault_hours.setdefault(k, []).append((int(row["time"]), float(row["m"])))
+
+    i.station_register = {r["station"]: r for r in rows["stations"]}
+    i.building_register = {(r["station"], r["building"]): r for r in rows["buildings"]}
+    i.households = rows["households"]
+    i.alerts = rows["alerts"]
+    i.ticket_events = rows["events"]
+    i.notes = [
+        "InfluxDB aggregates per hour and per entity on the raw measurements (GROUP BY time(1h)); "
+        "the 5-minute/1-hour rollups are not used yet.",
+        "Make-up: totalizer deltas between consecutive hourly last values; the rate counts hours whose "
+        "delta spans one hour and whose circulation was measured (mean flow × 1 h); resets, meter "
+        "replacements and steps above max_plausible_flow are dropped and counted.",
+        f"Rooms: sensor-hour = the hourly mean of a sensor's readings within {lo:g}–{hi:g} °C (bad "
+        "readings carry no value); counted inside the heating season, outside days whose outdoor mean "
+        f"(all stations) was below {rules.design_outdoor_temp:g} °C and outside the sensor's "
+        "sensor_fault episodes; passing at or above the standard (room.warning_below, 18 °C unless agreed).",
+        f"Refund bands: a run of consecutive low sensor-hours longer than {ctx.settings.refund_after_h:g} h, "
+        "judged by the standard minus the run's median; a household's band is its worst run.",
+        "Completeness: received ÷ expected samples per point, capped at expected; expected from the gateway "
+        "config's poll-group interval (source config) or the data's dominant hourly count of the station's "
+        "most frequent point (source data). Online: hours with a sample of the reference point.",
+        "Service: alerts raised in the period; time to acknowledge from firing (or first seen); time to "
+        "resolve from first seen.",
+    ]
+    return i
+
+
+async def report(query: QueryMany, store: Store, ctx: Context, period_text: str, now_ms: int,
+                 commands: list[CommandRow] | None = None) -> Report:
+    """The whole report for a period given as text (see ``compute.parse_period``)."""
+    period = compute.parse_period(period_text, ctx.rules)
+    return compute.build(await collect(query, store, ctx, period, now_ms, commands))
