@@ -17,7 +17,6 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -60,7 +59,8 @@ class Season:
 
 
 def _register() -> str:
-    rows = ["station,station_name,building,address,household,unit,room,sensor,building_area_m2,station_area_m2"]
+    rows = ["station,station_name,building,address,household,unit,room,sensor,"
+            "building_area_m2,station_area_m2"]
     for b, area in (("b01", 5200), ("b02", 4800), ("b03", 6100)):  # st001: every building measured
         for f in (1, 3, 5, 7):
             rows.append(f"st001,幸福里换热站,{b},幸福里小区{b[-1]}号楼,S1-{b}-{f},1,{f}01,{b}-0{f}01,{area},")
@@ -272,9 +272,10 @@ def test_room_pass_rate_bands_and_longest_against_the_raw_readings(season: Seaso
         assert st.rate_pct == pytest.approx(100 * passing / hours, abs=1e-3)
         for b in st.buildings:
             bk = {k: r for k, r in mine.items() if k[1] == b.building}
-            assert (b.hours, b.passing) == (sum(r.hours for r in bk.values()), sum(r.passing for r in bk.values()))
+            assert b.hours == sum(r.hours for r in bk.values())
+            assert b.passing == sum(r.passing for r in bk.values())
             assert b.households_low == sum(1 for r in bk.values() if r.low)
-        want = defaultdict(int)
+        want: dict[str, int] = defaultdict(int)
         for r in mine.values():
             band = _band(r.low)
             if band:
