@@ -13,9 +13,10 @@ command -v influx >/dev/null 2>&1 || need_pkgs+=(influxdb-client)
 # PostgreSQL: the alert store of a multi-machine site; tests run the store against a real one
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_pkgs+=(postgresql)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
-# the takeover report: pdftoppm renders its PDF to images in the tests; a CJK font for the PDF
+# the takeover report: pdftoppm renders its PDF to images in the tests; a font with Chinese and
+# Latin glyphs for the PDF
 command -v pdftoppm >/dev/null 2>&1 || need_pkgs+=(poppler-utils)
-[ -f /usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf ] || need_pkgs+=(fonts-droid-fallback)
+[ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need_pkgs+=(fonts-wqy-microhei)
 # the rule engine is compiled with mypyc (deploy/build_rules.py): a C compiler and Python's headers
 command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc)
 python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \

@@ -360,8 +360,10 @@ def network_makeup(rules: AlertRules, station: str, network: str, rows: Sequence
 def _incident(a: Mapping[str, Any]) -> Incident:
     ctx = a.get("context") or {}
     pattern = str(ctx.get("pattern") or ctx.get("why") or "")
-    kind = {"makeup_burst": "burst", "makeup_pump": "pump"}.get(a["rule"]) or (
-        "theft?" if "theft" in pattern else "leak?")
+    # only the daily verdict tells a flat day (leak) from an evening peak (theft); an hour above
+    # the limit says no more than that
+    kind = {"makeup_burst": "burst", "makeup_pump": "pump", "makeup_rate": "above the limit"}.get(
+        a["rule"]) or ("theft?" if "theft" in pattern else "leak?")
     detail = pattern or (f"{ctx['rate_pct']} % against {ctx['limit_pct']} %" if "rate_pct" in ctx else "")
     return Incident(alert_id=a["id"], station=a["station"], rule=a["rule"], network=a["subject"],
                     severity=a["severity"], since=a["since"], resolved_at=a["resolved_at"], value=a["value"],

@@ -6,74 +6,24 @@ Times are ms since the Unix epoch; durations in minutes or hours as the field na
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field
 
-from contract.errors import ConfigError
+from contract.report import RefundBand, ReportSettings
 
 Part = Literal["makeup", "rooms", "information", "service", "remote_control"]
 PARTS: tuple[Part, ...] = ("makeup", "rooms", "information", "service", "remote_control")
+__all__ = ["PARTS", "RefundBand", "ReportSettings", "load_settings"]
 
 
-# -- settings -------------------------------------------------------------------------------
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RefundBand(_Strict):
-    """Households whose room stayed this far below the standard for longer than
-    ``refund_after_h`` (Tianjin: ≤ 2 K 10 %, 2–6 K 50 %, > 6 K 100 %)."""
-
-    name: str = Field(min_length=1, max_length=40)
-    above_k: float = Field(ge=0, description="shortfall greater than this (K below the standard)")
-    up_to_k: float | None = Field(None, gt=0, description="and at most this; None: no upper bound")
-    refund_pct: float = Field(ge=0, le=100)
-
-    @model_validator(mode="after")
-    def _order(self) -> RefundBand:
-        if self.up_to_k is not None and self.up_to_k <= self.above_k:
-            raise ValueError("up_to_k must be above above_k")
-        return self
-
-
-class ReportSettings(_Strict):
-    kind: Literal["report"] = "report"
-    company: str = Field("heatwatch", min_length=1, max_length=200, description="the PDF's heading")
-    rules: str | None = Field(None, description="the collector's rule file: season, design outdoor "
-                                                "temperature, make-up limits; relative to this file")
-    gateways: list[str] = Field(default_factory=list,
-                                description="gateway configs (globs, relative to this file): expected "
-                                            "sample rates and remotely controllable building valves")
-    refund_bands: list[RefundBand] = Field(default_factory=list)
-    refund_after_h: float = Field(24.0, gt=0, description="a low room counts for refunds after this long")
-    longest_n: int = Field(20, ge=1, le=500, description="households below the standard longest: how many")
-
-    @model_validator(mode="after")
-    def _bands(self) -> ReportSettings:
-        bands = sorted(self.refund_bands, key=lambda b: b.above_k)
-        for a, b in itertools.pairwise(bands):
-            if a.up_to_k is None or a.up_to_k > b.above_k:
-                raise ValueError(f"refund_bands: {a.name!r} overlaps {b.name!r}")
-        return self
-
-
+# -- settings (contract/report.py; re-exported here) -------------------------------------
 def load_settings(path: str | Path) -> ReportSettings:
     """Read a ``kind: report`` file; relative paths in it become relative to the file."""
-    from contract.config import read_yaml, render_errors
+    from contract.config import load_report_settings
 
-    p = Path(path)
-    data = read_yaml(p)
-    if isinstance(data.get("rules"), str):
-        data["rules"] = str(p.parent / data["rules"])
-    if isinstance(data.get("gateways"), list):
-        data["gateways"] = [str(p.parent / g) if isinstance(g, str) else g for g in data["gateways"]]
-    try:
-        return ReportSettings.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(str(p), render_errors(exc, data)) from None
+    return load_report_settings(path)
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -116,7 +66,7 @@ class Incident(BaseModel):
     since: int
     resolved_at: int | None
     value: float | None
-    kind: str = Field(description="leak?, theft?, burst, pump")
+    kind: str = Field(description="above the limit, leak?, theft?, burst, pump")
     detail: str
     ticket: str | None
 

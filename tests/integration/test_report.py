@@ -1,4 +1,4 @@
-"""The takeover report on real InfluxDB: a simulated December (three stations, 10-minute samples,
+"""The takeover report on real InfluxDB: a simulated December 2025 (three stations, 10-minute samples,
 the simulator's physics, heatwatch/season.py) with known leaks, cold rooms, sensor faults, an
 outage and two days colder than the design temperature, written with the collector's encoder and
 judged by the rule engine into a real alert store. Every figure the report gives is checked
@@ -11,20 +11,31 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 import itertools
 import statistics
+import subprocess
+import sys
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
+import yaml
+from fastapi.testclient import TestClient
+from openpyxl import load_workbook
+from PIL import Image
 
 from alerting.assets import parse
 from alerting.store import Store
+from api.app import create_app
 from api.influx import InfluxReader
 from contract.alerts import AlertRules
-from contract.config import InfluxSettings, load_gateway_config
+from contract.config import InfluxSettings, load_api_config, load_gateway_config
 from heatwatch.devstack import Influxd
 from heatwatch.season import StationSpec, Truth, influx_writer, run
 from report import source
@@ -34,9 +45,9 @@ from tests.conftest import write_gateway_config
 
 H, D = 3_600_000, 86_400
 TZ = dt.timezone(dt.timedelta(hours=8))
-START = dt.datetime(2026, 12, 1, tzinfo=TZ)
+START = dt.datetime(2025, 12, 1, tzinfo=TZ)  # a past month: the API reports up to now
 P0 = int(START.timestamp() * 1000)
-P1 = int(dt.datetime(2027, 1, 1, tzinfo=TZ).timestamp() * 1000)
+P1 = int(dt.datetime(2026, 1, 1, tzinfo=TZ).timestamp() * 1000)
 NOW = P1 + 5 * D * 1000  # the report is made in January: December is over
 COLD_SNAPS = (17, 18)  # Dec 18 and 19: 12 K colder, below the design −7.6 °C
 LINK_DOWN = (7 * D, 7 * D + 30 * 3600)  # st003 silent from Dec 8 00:00 for 30 h
@@ -44,6 +55,7 @@ BANDS = [RefundBand(name="≤ 2 K", above_k=0, up_to_k=2, refund_pct=10),
          RefundBand(name="2–6 K", above_k=2, up_to_k=6, refund_pct=50),
          RefundBand(name="> 6 K", above_k=6, refund_pct=100)]
 ACK_AFTER_MIN = 15
+PERIOD = "2025-12"
 
 
 @dataclass
@@ -56,6 +68,7 @@ class Season:
     report: Report
     tickets: list[str]
     folder: Path
+    api_config: Path
 
 
 def _register() -> str:
@@ -114,12 +127,20 @@ def season(tmp_path_factory: pytest.TempPathFactory, influxd: Influxd) -> Iterat
 
     async def make() -> Report:
         try:
-            return await source.report(reader.query_many, store, ctx, "2026-12", NOW)
+            return await source.report(reader.query_many, store, ctx, PERIOD, NOW)
         finally:
             await reader.close()
 
     rep = asyncio.run(make())
-    yield Season(truth, store, influxd, database, ctx, rep, tickets, folder)
+    # the same settings as files, for the API and the command line
+    (folder / "report.yaml").write_text(yaml.safe_dump({
+        "kind": "report", "company": "幸福热力公司", "gateways": ["gw/st*.yaml"],
+        "refund_bands": [b.model_dump() for b in BANDS]}, allow_unicode=True))
+    api_config = folder / "api.yaml"
+    api_config.write_text(yaml.safe_dump({
+        "kind": "api", "influx": {"url": influxd.url, "database": database},
+        "store": f"sqlite:///{folder / 'alerts.sqlite'}", "report": "report.yaml"}))
+    yield Season(truth, store, influxd, database, ctx, rep, tickets, folder, api_config)
     store.close()
 
 
@@ -210,9 +231,9 @@ def _band(low: list[tuple[int, float]]) -> str | None:
 def test_period_and_cold_days(season: Season) -> None:
     p = season.report.period
     assert (p.start, p.end, p.data_end) == (P0, P1, P1)
-    assert p.cold_days == ["2026-12-18", "2026-12-19"]  # the scenario's cold snap, and only it
+    assert p.cold_days == ["2025-12-18", "2025-12-19"]  # the scenario's cold snap, and only it
     assert {dt.date(1970, 1, 1) + dt.timedelta(days=d) for d in _cold_days(season.truth)} == {
-        dt.date(2026, 12, 18), dt.date(2026, 12, 19)}
+        dt.date(2025, 12, 18), dt.date(2025, 12, 19)}
     assert season.report.company == "幸福热力公司" and season.report.stations == ["st001", "st002", "st003"]
 
 
@@ -361,3 +382,108 @@ def test_remote_control_and_what_is_missing(season: Season) -> None:
     assert st2.area_m2 == 42000 and st2.name == "和平里换热站"
 
 
+
+
+# -- delivered as: API, spreadsheet, PDF, command line ----------------------------------------
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return {**a, "generated_at": 0} == {**b, "generated_at": 0}
+
+
+@pytest.fixture(scope="module")
+def api(season: Season) -> Iterator[tuple[TestClient, dict[str, dict[str, str]]]]:
+    now = int(time.time() * 1000)
+    auth = {role: {"Authorization": "Bearer " + season.store.add_token(
+        name=f"report-{role}", role=role, actor="test", now=now)} for role in ("dispatcher", "engineer")}
+    with TestClient(create_app(load_api_config(season.api_config))) as client:
+        yield client, auth
+
+
+def test_api_answers_engineers_with_the_report_and_its_parts(
+        season: Season, api: tuple[TestClient, dict[str, dict[str, str]]]) -> None:
+    c, auth = api
+    q = {"period": PERIOD}
+    assert c.get("/v1/report", params=q).status_code == 401
+    r = c.get("/v1/report", params=q, headers=auth["dispatcher"])
+    assert r.status_code == 403 and "engineer" in r.json()["detail"]
+    whole = c.get("/v1/report", params=q, headers=auth["engineer"])
+    assert whole.status_code == 200
+    body = whole.json()
+    assert _same(body, season.report.model_dump(mode="json"))  # the API computes what collect() did
+    for path, part in (("makeup", "makeup"), ("rooms", "rooms"), ("information", "information"),
+                       ("service", "service"), ("remote-control", "remote_control")):
+        r = c.get(f"/v1/report/{path}", params=q, headers=auth["engineer"])
+        assert r.status_code == 200 and r.json() == body[part], path
+    r = c.get("/v1/report", params={"period": "2025-13"}, headers=auth["engineer"])
+    assert r.status_code == 422 and "period" in r.json()["detail"]
+
+
+def test_spreadsheet_has_a_sheet_per_part_with_the_figures(
+        season: Season, api: tuple[TestClient, dict[str, dict[str, str]]]) -> None:
+    c, auth = api
+    r = c.get("/v1/report.xlsx", params={"period": PERIOD}, headers=auth["engineer"])
+    assert r.status_code == 200 and "heatwatch-report-2025-12.xlsx" in r.headers["content-disposition"]
+    wb = load_workbook(io.BytesIO(r.content))
+    assert wb.sheetnames == ["Summary", "Make-up water", "Room temperature", "Information", "Service",
+                             "Remote control", "Missing and notes"]
+    rows = list(wb["Make-up water"].iter_rows(values_only=True))
+    head = rows[1]
+    st2 = next(x for x in rows if x[0] == "st002")
+    want = next(s for s in season.report.makeup.stations if s.station == "st002").networks[0]
+    assert st2[head.index("rate %")] == want.rate_pct and st2[head.index("meets limit")] == "no"
+    rooms = list(wb["Room temperature"].iter_rows(values_only=True))
+    st1 = next(x for x in rooms if x[0] == "st001")
+    assert st1[4] == next(s for s in season.report.rooms.stations if s.station == "st001").rate_pct
+    assert wb["Summary"]["A1"].value.startswith("幸福热力公司")
+
+
+def test_pdf_renders_with_headings_charts_and_tables(
+        season: Season, api: tuple[TestClient, dict[str, dict[str, str]]]) -> None:
+    c, auth = api
+    r = c.get("/v1/report.pdf", params={"period": PERIOD}, headers=auth["engineer"])
+    assert r.status_code == 200 and r.content.startswith(b"%PDF")
+    pdf = season.folder / "report.pdf"
+    pdf.write_bytes(r.content)
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    pages = text.split("\f")
+    for p in pages[:-1]:  # every page carries the company and the period
+        assert "幸福热力公司 · takeover report · 2025-12" in p
+    for heading in ("Room pass rate by station", "Make-up rate by station, secondary network",
+                    "Leak and theft incidents", "Households below the standard longest",
+                    "Information management", "Service", "Building remote control",
+                    "Missing figures"):
+        assert heading in text, heading
+    assert "S1-b02-1" in text  # a household below the standard, by its code
+    # rendered to images (pdftoppm): each page is a real picture, not blank
+    out = season.folder / "page"
+    subprocess.run(["pdftoppm", "-png", "-r", "50", str(pdf), str(out)], check=True)
+    images = sorted(season.folder.glob("page-*.png"))
+    assert len(images) == len(pages) - 1 >= 4
+    for img in images:
+        with Image.open(img) as im:
+            colours = im.convert("L").getextrema()
+            assert colours[0] < 100 and colours[1] > 200, img  # ink on paper
+    def colours(img: Path) -> set[tuple[int, int, int]]:
+        with Image.open(img) as im:
+            return {c for _, c in im.convert("RGB").getcolors(maxcolors=1 << 20) or []}
+
+    assert (78, 121, 167) in colours(images[0]), "the pass-rate bars are drawn"
+    assert (225, 87, 89) in colours(images[1]), "st002's make-up bar is red: above the limit"
+
+
+def test_command_line_writes_pdf_xlsx_and_json(season: Season, tmp_path: Path) -> None:
+    for suffix in ("json", "xlsx", "pdf"):
+        out = tmp_path / f"report.{suffix}"
+        p = subprocess.run([sys.executable, "-m", "heatwatch", "report", "--period", PERIOD, "--out",
+                            str(out), "--config", str(season.api_config)], capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 0, p.stderr
+        assert out.stat().st_size > 1000
+    got = orjson.loads((tmp_path / "report.json").read_bytes())
+    assert _same(got, season.report.model_dump(mode="json"))
+    load_workbook(tmp_path / "report.xlsx")
+    assert (tmp_path / "report.pdf").read_bytes().startswith(b"%PDF")
+    p = subprocess.run([sys.executable, "-m", "heatwatch", "report", "--period", "december", "--out",
+                        str(tmp_path / "x.pdf"), "--config", str(season.api_config)], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2 and "period 'december'" in p.stderr
