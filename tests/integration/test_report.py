@@ -36,12 +36,13 @@ from api.app import create_app
 from api.influx import InfluxReader
 from contract.alerts import AlertRules
 from contract.config import InfluxSettings, load_api_config, load_gateway_config
+from dashboards import build
 from heatwatch.devstack import Influxd
 from heatwatch.season import StationSpec, Truth, influx_writer, run
 from report import source
 from report.model import RefundBand, Report, ReportSettings
 from simulator.physics import Event
-from tests.conftest import write_gateway_config
+from tests.conftest import influx_query, write_gateway_config
 
 H, D = 3_600_000, 86_400
 TZ = dt.timezone(dt.timedelta(hours=8))
@@ -487,3 +488,43 @@ def test_command_line_writes_pdf_xlsx_and_json(season: Season, tmp_path: Path) -
                         str(tmp_path / "x.pdf"), "--config", str(season.api_config)], capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 2 and "period 'december'" in p.stderr
+
+
+def test_dashboard_figures_match_the_raw_samples(season: Season) -> None:
+    """The report dashboard's per-station panels (dashboards/build.py ``report``) over December:
+    pass rate (every sensor-hour: the dashboard cannot leave out cold days or fault episodes),
+    hours online, and the make-up rate from hourly totalizer growth."""
+    board = {p["title"]: p["targets"][0]["query"] for p in build.report()["panels"] if p.get("targets")}
+
+    def run_q(title: str) -> dict[str, float]:
+        q = board[title].replace("$timeFilter", f"time >= {P0}ms AND time < {P1}ms")
+        got = influx_query(season.influx, season.database, q)
+        return {s["tags"][next(iter(s["tags"]))]: s["values"][0][1] for s in got}
+
+    passing: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for (st, _, _), xs in season.truth.rooms.items():
+        by_hour: dict[int, list[float]] = defaultdict(list)
+        for t, v in xs:
+            if v is not None:
+                by_hour[_hour(t)].append(v)
+        for vs in by_hour.values():
+            passing[st][0] += sum(vs) / len(vs) >= 18
+            passing[st][1] += 1
+    rate = run_q("Room pass rate by station (%)")
+    for st, (k, n) in passing.items():
+        assert rate[st] == pytest.approx(100 * k / n, abs=1e-6), st
+    online = run_q("Hours online by station")
+    assert online == {s.station: s.online_hours for s in season.report.information.stations}
+    makeup = run_q("Make-up rate by station over the range (%)")
+    for st in ("st001", "st002", "st003"):
+        last: dict[int, float] = {}
+        for t, v in season.truth.station[(st, "makeup_total")]:
+            last[_hour(t)] = v
+        flows: dict[int, list[float]] = defaultdict(list)
+        for t, v in season.truth.station[(st, "secondary_flow")]:
+            flows[_hour(t)].append(v)
+        hours = sorted(last)
+        d = sum(last[b] - last[a] for a, b in itertools.pairwise(hours))  # a gap's water in one hour
+        c = sum(sum(vs) / len(vs) for vs in flows.values())
+        assert makeup[st] == pytest.approx(100 * d / c, rel=1e-9), st
+    assert makeup["st002"] > 2.0 > makeup["st001"]
