@@ -127,12 +127,17 @@ def _rows(series: list[dict[str, Any]]) -> list[tuple[dict[str, str], dict[str, 
     return out
 
 
-def _rooms_inner(start: int, end: int, lo: float, hi: float) -> str:
+def _rooms_inner(start: int, end: int, lo: float, hi: float, stds: Sequence[float] = ()) -> str:
     # the hourly mean of each sensor's plausible readings: bad readings carry no value, an
-    # implausible (uncertain) one is outside [lo, hi] and left out here
-    return (f'SELECT mean("room_temp") AS m FROM "{MEASUREMENT_HOUSEHOLD}" WHERE {_t(start, end)} '
+    # implausible (uncertain) one is outside [lo, hi] and left out here. With ``stds``, a column
+    # f<j> per standard: floor((m − standard) / 1000) is −1 for an hour below it and 0 at or above
+    # (|m − standard| < 1000), so one pass over the readings counts hours and failures together —
+    # InfluxDB evaluates a subquery once per statement, and a statement per standard cost as much
+    # again (bench/report_bench.py --profile)
+    fails = "".join(f', floor((mean("room_temp") - {std!r}) / 1000) AS f{j}' for j, std in enumerate(stds))
+    return (f'SELECT mean("room_temp") AS m{fails} FROM "{MEASUREMENT_HOUSEHOLD}" WHERE {_t(start, end)} '
             f'AND "room_temp" >= {lo!r} AND "room_temp" <= {hi!r} '
-            'GROUP BY time(1h), "station", "building", "household"')
+            'GROUP BY time(1h), "station", "building", "household" fill(none)')
 
 
 _BY_SENSOR = ' GROUP BY "station", "building", "household"'
@@ -197,35 +202,30 @@ async def collect(query: QueryMany, store: Store, ctx: Context, period: Period, 
     sensors_seen = [(s, b, h) for s, c in i.counts.items() for (p, b, h) in c if p == "room_temp" and b and h]
     stds = sorted(compute.standards(rules, sensors_seen))
     lo, hi = rules.sensor.plausible_min, rules.sensor.plausible_max
-    room_stmts: list[tuple[str, float | None]] = []
+    room_stmts: list[str] = []
+    sums = "".join(f", sum(f{j}) AS f{j}" for j in range(len(stds)))
     for s, e in i.analysis:
-        inner = _rooms_inner(s, e, lo, hi)
-        room_stmts.append(("n", None))
-        second.append(f"SELECT count(m) AS n FROM ({inner}){_BY_SENSOR}")
-        for std in stds:
-            room_stmts.append(("k", std))
-            second.append(f"SELECT count(m) AS n FROM ({inner}) WHERE m >= {std!r}{_BY_SENSOR}")
-        room_stmts.append(("low", None))
-        second.append(f"SELECT m FROM ({inner}) WHERE m < {max(stds)!r}{_BY_SENSOR}")
+        room_stmts.append("n")
+        second.append(f"SELECT count(m) AS n{sums} FROM ({_rooms_inner(s, e, lo, hi, stds)}){_BY_SENSOR}")
+        room_stmts.append("low")
+        second.append(f"SELECT m FROM ({_rooms_inner(s, e, lo, hi)}) WHERE m < {max(stds)!r}{_BY_SENSOR}")
     res = await query(second, None) if second else []
     for r, series in zip(refs, res[: len(refs)], strict=True):
         for tags, row in _rows(series):
             st = tags["station"]
             if i.ref_point.get(st) == r and row.get("n"):
                 i.presence.setdefault(st, {})[int(row["time"])] = int(row["n"])
-    standard: float | None
-    for (what, standard), series in zip(room_stmts, res[len(refs):], strict=True):
+    for what, series in zip(room_stmts, res[len(refs):], strict=True):
         for tags, row in _rows(series):
             k: Sensor = (tags["station"], tags["building"], tags["household"])
             if what == "low":
                 i.room_low.setdefault(k, []).append((int(row["time"]), float(row["m"])))
                 continue
             tot = i.room_totals.setdefault(k, RoomTotal())
-            if what == "n":
-                tot.hours += int(row["n"])
-            else:
-                assert standard is not None
-                tot.passing[standard] = tot.passing.get(standard, 0) + int(row["n"])
+            n = int(row["n"] or 0)
+            tot.hours += n
+            for j, std in enumerate(stds):
+                tot.passing[std] = tot.passing.get(std, 0) + n + int(row.get(f"f{j}") or 0)
 
     # the hours of each sensor_fault episode: left out of the pass rate
     windows = compute.fault_windows(rows["alerts"], i.analysis, data_end)
