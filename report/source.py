@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import re
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,11 +31,13 @@ from contract.config import GatewayConfig, load_gateway_config
 from contract.errors import ConfigError
 from contract.influx import MEASUREMENT_BUILDING, MEASUREMENT_HOUSEHOLD, MEASUREMENT_STATION
 from contract.points import POINT_NAME_RE, QUALITY_SUFFIX
+from contract.topics import IDENT_PATTERN
 from report import compute
 from report.compute import Inputs, Period, RoomTotal, Sensor, StationPlan
 from report.model import CommandRow, Report, ReportSettings, load_settings
 
 QueryMany = Callable[[list[str], dict[str, str | int | float] | None], Awaitable[list[list[dict[str, Any]]]]]
+_IDENT = re.compile(IDENT_PATTERN)
 _BATCH = 200  # statements per round trip (fault windows): one URL stays well under 1 MB
 
 
@@ -127,7 +130,8 @@ def _rows(series: list[dict[str, Any]]) -> list[tuple[dict[str, str], dict[str, 
     return out
 
 
-def _rooms_inner(start: int, end: int, lo: float, hi: float, stds: Sequence[float] = ()) -> str:
+def _rooms_inner(start: int, end: int, lo: float, hi: float, stds: Sequence[float] = (),
+                 where: str = "") -> str:
     # the hourly mean of each sensor's plausible readings: bad readings carry no value, an
     # implausible (uncertain) one is outside [lo, hi] and left out here. With ``stds``, a column
     # f<j> per standard: floor((m − standard) / 1000) is −1 for an hour below it and 0 at or above
@@ -135,125 +139,219 @@ def _rooms_inner(start: int, end: int, lo: float, hi: float, stds: Sequence[floa
     # InfluxDB evaluates a subquery once per statement, and a statement per standard cost as much
     # again (bench/report_bench.py --profile)
     fails = "".join(f', floor((mean("room_temp") - {std!r}) / 1000) AS f{j}' for j, std in enumerate(stds))
-    return (f'SELECT mean("room_temp") AS m{fails} FROM "{MEASUREMENT_HOUSEHOLD}" WHERE {_t(start, end)} '
-            f'AND "room_temp" >= {lo!r} AND "room_temp" <= {hi!r} '
+    return (f'SELECT mean("room_temp") AS m{fails} FROM "{MEASUREMENT_HOUSEHOLD}" '
+            f'WHERE {_t(start, end)}{where} AND "room_temp" >= {lo!r} AND "room_temp" <= {hi!r} '
             'GROUP BY time(1h), "station", "building", "household" fill(none)')
 
 
 _BY_SENSOR = ' GROUP BY "station", "building", "household"'
+_ROOM = '"room_temp"'
+
+
+def _ident(v: str) -> str:
+    """A tag value InfluxDB gave back, checked before it is written into a statement."""
+    if not _IDENT.fullmatch(v):
+        raise ValueError(f"unexpected identifier {v!r} in InfluxDB's answer")
+    return v
+
+
+def _rules_standards(rules: AlertRules) -> list[float]:
+    """Every room standard the rules can give a sensor (the default and each override)."""
+    out = {rules.room.warning_below}
+    for o in [*rules.stations.values(), *rules.buildings.values()]:
+        if "warning_below" in o.room:
+            out.add(o.room["warning_below"])
+    return sorted(out)
+
+
+class _Rooms:
+    """The room statements: over raw readings (an hourly-mean subquery) or, with
+    ``settings.rooms_hourly``, over hourly means already stored (plain filters, no GROUP BY time)."""
+
+    def __init__(self, ctx: Context) -> None:
+        r = ctx.settings.rooms_hourly
+        self.lo, self.hi = ctx.rules.sensor.plausible_min, ctx.rules.sensor.plausible_max
+        self.rollup = r
+        if r is not None:
+            fld = _field(r.field, "rooms_hourly.field")
+            self.f = f'"{fld}"'
+            self.src = (f'"{r.retention_policy}"."{r.measurement}"' if r.retention_policy
+                        else f'"{r.measurement}"')
+
+    def _plausible(self, col: str) -> str:
+        return f"{col} >= {self.lo!r} AND {col} <= {self.hi!r}"
+
+    def totals(self, s: int, e: int, stds: Sequence[float]) -> str:
+        if self.rollup is None:
+            sums = "".join(f", sum(f{j}) AS f{j}" for j in range(len(stds)))
+            inner = _rooms_inner(s, e, self.lo, self.hi, stds)
+            return f"SELECT count(m) AS n{sums} FROM ({inner}){_BY_SENSOR}"
+        return (f"SELECT count({self.f}) AS n FROM {self.src} WHERE {_t(s, e)} AND {self._plausible(self.f)}"
+                f"{_BY_SENSOR}")
+
+    def passing(self, s: int, e: int, std: float) -> str:  # rollup only
+        return (f"SELECT count({self.f}) AS n FROM {self.src} WHERE {_t(s, e)} AND {self._plausible(self.f)} "
+                f"AND {self.f} >= {std!r}{_BY_SENSOR}")
+
+    def low(self, s: int, e: int, below: float, where: str = "") -> str:
+        if self.rollup is None:
+            inner = _rooms_inner(s, e, self.lo, self.hi, where=where)
+            return f"SELECT m FROM ({inner}) WHERE m < {below!r}{_BY_SENSOR}"
+        return (f"SELECT {self.f} AS m FROM {self.src} WHERE {_t(s, e)}{where} AND {self._plausible(self.f)} "
+                f"AND {self.f} < {below!r}{_BY_SENSOR}")
+
+    def hours(self, s: int, e: int, n: int) -> str:
+        """One sensor's hourly means in [s, e) (its station, building, household bound as $s<n> …)."""
+        one = f'"station" = $s{n} AND "building" = $b{n} AND "household" = $h{n}'
+        if self.rollup is None:
+            return (f'SELECT mean("room_temp") AS m FROM "{MEASUREMENT_HOUSEHOLD}" WHERE {one} '
+                    f'AND {_t(s, e)} AND {self._plausible(_ROOM)} GROUP BY time(1h) fill(none)')
+        return (f"SELECT {self.f} AS m FROM {self.src} WHERE {one} AND {_t(s, e)} "
+                f"AND {self._plausible(self.f)}")
 
 
 async def collect(query: QueryMany, store: Store, ctx: Context, period: Period, now_ms: int,
                   commands: list[CommandRow] | None = None) -> Inputs:
+    """Every input of the report. Independent chains of statements run concurrently (InfluxDB
+    answers concurrent requests on every core; one request's statements run one after another)."""
     rules = ctx.rules
     data_end = min(period.end, max(period.start, now_ms))
-    rows = await asyncio.to_thread(store_rows, store, period.start, period.end)
     t = _t(period.start, data_end)
     nets = {n: (_field(nr.makeup_total, f"makeup.networks.{n}.makeup_total"),
                 _field(nr.circulation_flow, f"makeup.networks.{n}.circulation_flow"))
             for n, nr in rules.makeup.networks.items()}
     pairs = sorted(set(nets.values()))
-    first = [
-        f'SELECT count(*) FROM "{MEASUREMENT_STATION}" WHERE {t} GROUP BY "station"',
-        f'SELECT count(*) FROM "{MEASUREMENT_BUILDING}" WHERE {t} GROUP BY "station", "building"',
-        f'SELECT count(*) FROM "{MEASUREMENT_HOUSEHOLD}" WHERE {t}{_BY_SENSOR}',
-        f'SELECT mean("outdoor_temp") AS m FROM "{MEASUREMENT_STATION}" WHERE {t} '
-        f"GROUP BY time(1d, {_offset(period.tz_h)}) fill(none)",
-        *[f'SELECT last("{tot}") AS total, mean("{circ}") AS circ FROM "{MEASUREMENT_STATION}" WHERE {t} '
-          'GROUP BY time(1h), "station" fill(none)' for tot, circ in pairs],
-    ]
-    res = await query(first, None)
+    rows, outdoor = await asyncio.gather(
+        asyncio.to_thread(store_rows, store, period.start, period.end),
+        query([f'SELECT mean("outdoor_temp") AS m FROM "{MEASUREMENT_STATION}" WHERE {t} '
+               f"GROUP BY time(1d, {_offset(period.tz_h)}) fill(none)"], None))
     i = Inputs(period=period, rules=rules, settings=ctx.settings, data_end=data_end, generated_at=now_ms,
                daily_outdoor={}, analysis=[], plans=ctx.plans, commands=commands)
-    for level, series in zip(("station", "building", "household"), res[:3], strict=True):
-        for tags, row in _rows(series):
-            c = i.counts.setdefault(tags["station"], {})
-            b, h = tags.get("building"), tags.get("household")
-            for col, n in row.items():
-                if col.startswith("count_") and n and not col.endswith(QUALITY_SUFFIX):
-                    c[(col.removeprefix("count_"), b if level != "station" else None,
-                       h if level == "household" else None)] = int(n)
-    for _, row in _rows(res[3]):
+    for _, row in _rows(outdoor[0]):
         if row.get("m") is not None:
             i.daily_outdoor[int(row["time"])] = float(row["m"])
-    by_pair: dict[tuple[str, str], dict[str, list[tuple[int, float | None, float | None]]]] = {}
-    for pair, series in zip(pairs, res[4:], strict=True):
-        got: dict[str, list[tuple[int, float | None, float | None]]] = defaultdict(list)
-        for tags, row in _rows(series):
-            got[tags["station"]].append((int(row["time"]), row.get("total"), row.get("circ")))
-        by_pair[pair] = got
-    for n, pair in nets.items():
-        for st, hrs in by_pair[pair].items():
-            i.makeup_hours[(st, n)] = hrs
-
     i.analysis = compute.analysis_ranges(period, rules, i.daily_outdoor, data_end)
-    # the reference point of each station's presence: with a config, a station point of its
-    # fastest poll group; without, the station's most frequent point
-    for st, counts in i.counts.items():
-        plan = ctx.plans.get(st)
-        cands: dict[tuple[str, str | None, str | None], float] = (
-            {k: v for k, v in plan.per_hour.items() if k[1] is None} if plan is not None
-            else {k: float(v) for k, v in counts.items() if k[1] is None})
-        if cands:
-            i.ref_point[st] = max(sorted(cands), key=lambda k: cands[k])[0]
-    refs = sorted(set(i.ref_point.values()))
-    second = [f'SELECT count("{r}") AS n FROM "{MEASUREMENT_STATION}" WHERE {t} GROUP BY time(1h), "station" '
-              "fill(none)" for r in refs]
-    sensors_seen = [(s, b, h) for s, c in i.counts.items() for (p, b, h) in c if p == "room_temp" and b and h]
-    stds = sorted(compute.standards(rules, sensors_seen))
-    lo, hi = rules.sensor.plausible_min, rules.sensor.plausible_max
-    room_stmts: list[str] = []
-    sums = "".join(f", sum(f{j}) AS f{j}" for j in range(len(stds)))
-    for s, e in i.analysis:
-        room_stmts.append("n")
-        second.append(f"SELECT count(m) AS n{sums} FROM ({_rooms_inner(s, e, lo, hi, stds)}){_BY_SENSOR}")
-        room_stmts.append("low")
-        second.append(f"SELECT m FROM ({_rooms_inner(s, e, lo, hi)}) WHERE m < {max(stds)!r}{_BY_SENSOR}")
-    res = await query(second, None) if second else []
-    for r, series in zip(refs, res[: len(refs)], strict=True):
-        for tags, row in _rows(series):
-            st = tags["station"]
-            if i.ref_point.get(st) == r and row.get("n"):
-                i.presence.setdefault(st, {})[int(row["time"])] = int(row["n"])
-    for what, series in zip(room_stmts, res[len(refs):], strict=True):
-        for tags, row in _rows(series):
-            k: Sensor = (tags["station"], tags["building"], tags["household"])
-            if what == "low":
-                i.room_low.setdefault(k, []).append((int(row["time"]), float(row["m"])))
-                continue
-            tot = i.room_totals.setdefault(k, RoomTotal())
-            n = int(row["n"] or 0)
-            tot.hours += n
-            for j, std in enumerate(stds):
-                tot.passing[std] = tot.passing.get(std, 0) + n + int(row.get(f"f{j}") or 0)
+    rooms = _Rooms(ctx)
+    stds = _rules_standards(rules)
 
-    # the hours of each sensor_fault episode: left out of the pass rate
-    windows = compute.fault_windows(rows["alerts"], i.analysis, data_end)
-    jobs = [(k, s, e) for k, ws in sorted(windows.items()) for s, e in ws]
-    for j in range(0, len(jobs), _BATCH):
-        chunk = jobs[j:j + _BATCH]
-        bind: dict[str, str | int | float] = {}
+    async def counts_and_presence() -> None:
+        res = await query([
+            f'SELECT count(*) FROM "{MEASUREMENT_STATION}" WHERE {t} GROUP BY "station"',
+            f'SELECT count(*) FROM "{MEASUREMENT_BUILDING}" WHERE {t} GROUP BY "station", "building"',
+            f'SELECT count(*) FROM "{MEASUREMENT_HOUSEHOLD}" WHERE {t}{_BY_SENSOR}'], None)
+        for level, series in zip(("station", "building", "household"), res, strict=True):
+            for tags, row in _rows(series):
+                c = i.counts.setdefault(tags["station"], {})
+                b, h = tags.get("building"), tags.get("household")
+                for col, n in row.items():
+                    if col.startswith("count_") and n and not col.endswith(QUALITY_SUFFIX):
+                        c[(col.removeprefix("count_"), b if level != "station" else None,
+                           h if level == "household" else None)] = int(n)
+        # the reference point of each station's presence: with a config, a station point of its
+        # fastest poll group; without, the station's most frequent point
+        for st, counts in i.counts.items():
+            plan = ctx.plans.get(st)
+            cands: dict[tuple[str, str | None, str | None], float] = (
+                {k: v for k, v in plan.per_hour.items() if k[1] is None} if plan is not None
+                else {k: float(v) for k, v in counts.items() if k[1] is None})
+            if cands:
+                i.ref_point[st] = max(sorted(cands), key=lambda k: cands[k])[0]
+        refs = sorted(set(i.ref_point.values()))
+        if not refs:
+            return
+        res = await query([f'SELECT count("{r}") AS n FROM "{MEASUREMENT_STATION}" WHERE {t} '
+                           'GROUP BY time(1h), "station" fill(none)' for r in refs], None)
+        for r, series in zip(refs, res, strict=True):
+            for tags, row in _rows(series):
+                st = tags["station"]
+                if i.ref_point.get(st) == r and row.get("n"):
+                    i.presence.setdefault(st, {})[int(row["time"])] = int(row["n"])
+
+    async def makeup() -> None:
+        res = await query([f'SELECT last("{tot}") AS total, mean("{circ}") AS circ '
+                           f'FROM "{MEASUREMENT_STATION}" WHERE {t} GROUP BY time(1h), "station" fill(none)'
+                           for tot, circ in pairs], None)
+        for pair, series in zip(pairs, res, strict=True):
+            got: dict[str, list[tuple[int, float | None, float | None]]] = defaultdict(list)
+            for tags, row in _rows(series):
+                got[tags["station"]].append((int(row["time"]), row.get("total"), row.get("circ")))
+            for n, p in nets.items():
+                if p == pair:
+                    for st, hrs in got.items():
+                        i.makeup_hours[(st, n)] = hrs
+
+    async def room_totals() -> None:
+        if not i.analysis:
+            return
         stmts = []
-        for n, ((st, b, h), s, e) in enumerate(chunk):
-            bind |= {f"s{n}": st, f"b{n}": b, f"h{n}": h}
-            stmts.append(f'SELECT mean("room_temp") AS m FROM "{MEASUREMENT_HOUSEHOLD}" '
-                         f'WHERE "station" = $s{n} AND "building" = $b{n} AND "household" = $h{n} '
-                         f'AND {_t(s, e)} AND "room_temp" >= {lo!r} AND "room_temp" <= {hi!r} '
-                         "GROUP BY time(1h) fill(none)")
-        answers = await query(stmts, bind)
-        for (k, _, _), series in zip(chunk, answers, strict=True):
-            for _, row in _rows(series):
-                if row.get("m") is not None:
-                    i.room_fault_hours.setdefault(k, []).append((int(row["time"]), float(row["m"])))
+        for s, e in i.analysis:
+            stmts.append(rooms.totals(s, e, stds))
+            if rooms.rollup is not None:
+                stmts += [rooms.passing(s, e, std) for std in stds]
+        res = await query(stmts, None)
+        per = 1 if rooms.rollup is None else 1 + len(stds)
+        for r in range(len(i.analysis)):
+            for tags, row in _rows(res[r * per]):
+                k: Sensor = (tags["station"], tags["building"], tags["household"])
+                tot = i.room_totals.setdefault(k, RoomTotal())
+                n = int(row["n"] or 0)
+                tot.hours += n
+                for j, std in enumerate(stds):
+                    if rooms.rollup is None:
+                        ok = n + int(row.get(f"f{j}") or 0)
+                        tot.passing[std] = tot.passing.get(std, 0) + ok
+            for j, std in enumerate(stds if rooms.rollup is not None else ()):
+                for tags, row in _rows(res[r * per + 1 + j]):
+                    tot = i.room_totals.setdefault((tags["station"], tags["building"], tags["household"]),
+                                                   RoomTotal())
+                    tot.passing[std] = tot.passing.get(std, 0) + int(row["n"] or 0)
+        # the hours below the standard, of the sensors that had any: a second pass over only
+        # their series (most sensors pass every hour; their readings are not read again)
+        top = max(stds)
+        low = sorted(k for k, x in i.room_totals.items() if x.passing.get(top, 0) < x.hours)
+        by_station: dict[str, list[str]] = defaultdict(list)
+        for st, _, h in low:
+            by_station[st].append(h)
+        stmts = []
+        for st, hs in sorted(by_station.items()):
+            where = (f" AND \"station\" = '{_ident(st)}' AND \"household\" =~ "
+                     f"/^({'|'.join(_ident(h).replace('.', chr(92) + '.') for h in sorted(set(hs)))})$/")
+            stmts += [rooms.low(s, e, top, where) for s, e in i.analysis]
+        for j in range(0, len(stmts), _BATCH):
+            for series in await query(stmts[j:j + _BATCH], None):
+                for tags, row in _rows(series):
+                    k = (tags["station"], tags["building"], tags["household"])
+                    i.room_low.setdefault(k, []).append((int(row["time"]), float(row["m"])))
 
+    async def fault_hours() -> None:
+        # the hours of each sensor_fault episode: left out of the pass rate
+        windows = compute.fault_windows(rows["alerts"], i.analysis, data_end)
+        jobs = [(k, s, e) for k, ws in sorted(windows.items()) for s, e in ws]
+        for j in range(0, len(jobs), _BATCH):
+            chunk = jobs[j:j + _BATCH]
+            bind: dict[str, str | int | float] = {}
+            stmts = []
+            for n, ((st, b, h), s, e) in enumerate(chunk):
+                bind |= {f"s{n}": st, f"b{n}": b, f"h{n}": h}
+                stmts.append(rooms.hours(s, e, n))
+            answers = await query(stmts, bind)
+            for (k, _, _), series in zip(chunk, answers, strict=True):
+                for _, row in _rows(series):
+                    if row.get("m") is not None:
+                        i.room_fault_hours.setdefault(k, []).append((int(row["time"]), float(row["m"])))
+
+    await asyncio.gather(counts_and_presence(), makeup(), room_totals(), fault_hours())
+    lo, hi = rooms.lo, rooms.hi
     i.station_register = {r["station"]: r for r in rows["stations"]}
     i.building_register = {(r["station"], r["building"]): r for r in rows["buildings"]}
     i.households = rows["households"]
     i.alerts = rows["alerts"]
     i.ticket_events = rows["events"]
     i.notes = [
-        "InfluxDB aggregates per hour and per entity on the raw measurements (GROUP BY time(1h)); "
-        "the 5-minute/1-hour rollups are not used yet.",
+        ("InfluxDB aggregates per hour and per entity on the raw measurements (GROUP BY time(1h)); "
+         "the 5-minute/1-hour rollups are not used yet." if rooms.rollup is None else
+         f"Room sensor-hours read from the stored hourly means in {rooms.src}; the rest aggregated per hour "
+         "by InfluxDB on the raw measurements."),
         "Make-up: totalizer deltas between consecutive hourly last values; the rate counts hours whose "
         "delta spans one hour and whose circulation was measured (mean flow × 1 h); resets, meter "
         "replacements and steps above max_plausible_flow are dropped and counted.",

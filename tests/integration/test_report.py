@@ -36,6 +36,7 @@ from api.app import create_app
 from api.influx import InfluxReader
 from contract.alerts import AlertRules
 from contract.config import InfluxSettings, load_api_config, load_gateway_config
+from contract.report import HourlyRooms
 from dashboards import build
 from heatwatch.devstack import Influxd
 from heatwatch.season import StationSpec, Truth, influx_writer, run
@@ -528,3 +529,28 @@ def test_dashboard_figures_match_the_raw_samples(season: Season) -> None:
         c = sum(sum(vs) / len(vs) for vs in flows.values())
         assert makeup[st] == pytest.approx(100 * d / c, rel=1e-9), st
     assert makeup["st002"] > 2.0 > makeup["st001"]
+
+
+def test_rooms_from_stored_hourly_means_match_the_raw_path(season: Season) -> None:
+    """``rooms_hourly``: the seam for hourly rollups (a continuous query or the site's 1-hour
+    rollups). Built here with an InfluxQL INTO over the season, the report's room figures read
+    from it must be exactly those averaged from the raw readings."""
+    influx_query(season.influx, season.database,
+                 f'SELECT mean("room_temp") AS "room_temp" INTO "household_1h" FROM "household" '
+                 f'WHERE time >= {P0}ms AND time < {P1}ms AND "room_temp" >= 5 AND "room_temp" <= 35 '
+                 "GROUP BY time(1h), *")
+    ctx = source.Context(settings=season.ctx.settings.model_copy(
+        update={"rooms_hourly": HourlyRooms(measurement="household_1h")}), rules=season.ctx.rules,
+        plans=season.ctx.plans)
+    reader = InfluxReader(InfluxSettings(url=season.influx.url, database=season.database))
+
+    async def make() -> Report:
+        try:
+            return await source.report(reader.query_many, season.store, ctx, PERIOD, NOW)
+        finally:
+            await reader.close()
+
+    rep = asyncio.run(make())
+    assert rep.rooms == season.report.rooms
+    assert rep.rooms.hours > 20_000 and rep.rooms.longest
+    assert "household_1h" in rep.notes[0]
