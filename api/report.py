@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -20,8 +21,8 @@ from fastapi.responses import Response
 from alerting.store import Store
 from api.auth import Engineer
 from api.influx import InfluxReader
-from contract.config import ApiConfig
-from report import source
+from contract.config import ApiConfig, InfluxSettings
+from report import compute, source
 from report.model import InformationPart, MakeupPart, RemotePart, Report, RoomsPart, ServicePart
 
 router = APIRouter(prefix="/v1/report", tags=["report"])
@@ -31,19 +32,35 @@ PeriodQ = Annotated[str, Query(min_length=7, max_length=30,
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
-def load(settings: ApiConfig) -> source.Context:
+# a season of a large company without rollups takes InfluxDB minutes (bench/report_bench.py); the
+# hotline's reader gives up after influx.timeout_s (10 s), so reports get their own
+REPORT_TIMEOUT_S = 900.0
+
+
+@dataclass(frozen=True)
+class ReportState:
+    ctx: source.Context
+    influx: InfluxSettings
+
+
+def load(settings: ApiConfig) -> ReportState:
     """At start-up: the report settings the API config names (a config error stops the start)."""
-    return source.load_context(settings.report)
+    return ReportState(source.load_context(settings.report), settings.influx.model_copy(
+        update={"timeout_s": max(settings.influx.timeout_s, REPORT_TIMEOUT_S)}))
 
 
 async def _report(request: Request, period: str) -> Report:
-    ctx: source.Context = request.app.state.report
-    influx: InfluxReader = request.app.state.influx
+    state: ReportState = request.app.state.report
     store: Store = request.app.state.store
     try:
-        return await source.report(influx.query_many, store, ctx, period, int(time.time() * 1000))
-    except ValueError as exc:  # the period
+        compute.parse_period(period, state.ctx.rules)
+    except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
+    influx = InfluxReader(state.influx)  # its own session: a report is rare and long
+    try:
+        return await source.report(influx.query_many, store, state.ctx, period, int(time.time() * 1000))
+    finally:
+        await influx.close()
 
 
 def _filename(rep: Report, suffix: str) -> dict[str, str]:

@@ -193,7 +193,8 @@ def _report(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     store = Store(cfg.store)
-    reader = InfluxReader(cfg.influx)
+    # a season of a large company without rollups takes InfluxDB minutes (bench/report_bench.py)
+    reader = InfluxReader(cfg.influx.model_copy(update={"timeout_s": max(cfg.influx.timeout_s, 900.0)}))
 
     async def make() -> Report:
         try:
