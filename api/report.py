@@ -3,16 +3,18 @@ or as a printable PDF.
 
 Engineer or above: the report is the takeover working group's, not the hotline's, and it lists
 every household below the standard with its code and address across the whole company, where a
-dispatcher's lookup shows one household a call. Each call computes the report afresh from
-InfluxDB and the alert store (about a second for a few stations, bench/report_bench.py for 500);
-the period is ``2026-11``, ``2026-11-15..2027-03-15`` or ``season:2026``.
+dispatcher's lookup shows one household a call. A report is computed from InfluxDB and the
+alert store (about a second for a few stations; minutes for 500 and a season, bench/report_bench.py);
+the period is ``2026-11``, ``2026-11-15..2027-03-15`` or ``season:2026``. A period's report is kept
+``CACHE_S`` (5 min) per API process, so its parts, spreadsheet and PDF asked in a row cost one
+computation; ``generated_at`` says when it was made.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -37,10 +39,15 @@ XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 REPORT_TIMEOUT_S = 900.0
 
 
-@dataclass(frozen=True)
+CACHE_S = 300.0  # the parts, the spreadsheet and the PDF of one period, asked in a row, cost one report
+
+
+@dataclass
 class ReportState:
     ctx: source.Context
     influx: InfluxSettings
+    cache: dict[str, tuple[float, Report]] = field(default_factory=dict)
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
 
 def load(settings: ApiConfig) -> ReportState:
@@ -56,11 +63,20 @@ async def _report(request: Request, period: str) -> Report:
         compute.parse_period(period, state.ctx.rules)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
-    influx = InfluxReader(state.influx)  # its own session: a report is rare and long
-    try:
-        return await source.report(influx.query_many, store, state.ctx, period, int(time.time() * 1000))
-    finally:
-        await influx.close()
+    # one computation per period at a time; a second caller waits for it and takes its answer
+    async with state.locks.setdefault(period, asyncio.Lock()):
+        hit = state.cache.get(period)
+        if hit is not None and time.monotonic() - hit[0] < CACHE_S:
+            return hit[1]
+        influx = InfluxReader(state.influx)  # its own session: a report is rare and long
+        try:
+            rep = await source.report(influx.query_many, store, state.ctx, period, int(time.time() * 1000))
+        finally:
+            await influx.close()
+        if len(state.cache) > 50:
+            state.cache.clear()
+        state.cache[period] = (time.monotonic(), rep)
+        return rep
 
 
 def _filename(rep: Report, suffix: str) -> dict[str, str]:

@@ -415,6 +415,9 @@ def test_api_answers_engineers_with_the_report_and_its_parts(
                        ("service", "service"), ("remote-control", "remote_control")):
         r = c.get(f"/v1/report/{path}", params=q, headers=auth["engineer"])
         assert r.status_code == 200 and r.json() == body[part], path
+    # the parts came from the same computation, kept for CACHE_S
+    again = c.get("/v1/report", params=q, headers=auth["engineer"]).json()
+    assert again["generated_at"] == body["generated_at"]
     r = c.get("/v1/report", params={"period": "2025-13"}, headers=auth["engineer"])
     assert r.status_code == 422 and "period" in r.json()["detail"]
 
