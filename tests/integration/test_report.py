@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import yaml
@@ -535,16 +536,19 @@ def test_dashboard_figures_match_the_raw_samples(season: Season) -> None:
 
 
 def test_rooms_from_stored_hourly_means_match_the_raw_path(season: Season) -> None:
-    """``rooms_hourly``: the seam for hourly rollups (a continuous query or the site's 1-hour
-    rollups). Built here with an InfluxQL INTO over the season, the report's room figures read
-    from it must be exactly those averaged from the raw readings."""
-    influx_query(season.influx, season.database,
-                 f'SELECT mean("room_temp") AS "room_temp" INTO "household_1h" FROM "household" '
-                 f'WHERE time >= {P0}ms AND time < {P1}ms AND "room_temp" >= 5 AND "room_temp" <= 35 '
-                 "GROUP BY time(1h), *")
-    ctx = source.Context(settings=season.ctx.settings.model_copy(
-        update={"rooms_hourly": HourlyRooms(measurement="household_1h")}), rules=season.ctx.rules,
-        plans=season.ctx.plans)
+    """``rooms_hourly``: the seam for hourly rollups. Built here the way the site's 1-hour rollup
+    stores them (retention policy rollup_1h, the same measurement and tags, ``mean(*)`` giving
+    ``mean_room_temp``), the report's room figures read from it must be exactly those averaged
+    from the raw readings."""
+    db = season.database
+    httpx.post(f"{season.influx.url}/query", params={
+        "q": f'CREATE RETENTION POLICY "rollup_1h" ON "{db}" DURATION INF REPLICATION 1'}).raise_for_status()
+    httpx.post(f"{season.influx.url}/query", params={"db": db, "q": (
+        f'SELECT mean(*) INTO "{db}"."rollup_1h".:MEASUREMENT FROM "{db}"."autogen"."household" '
+        f"WHERE time >= {P0}ms AND time < {P1}ms GROUP BY time(3600s), *")}).raise_for_status()
+    hourly = HourlyRooms(retention_policy="rollup_1h", measurement="household", field="mean_room_temp")
+    ctx = source.Context(settings=season.ctx.settings.model_copy(update={"rooms_hourly": hourly}),
+                         rules=season.ctx.rules, plans=season.ctx.plans)
     reader = InfluxReader(InfluxSettings(url=season.influx.url, database=season.database))
 
     async def make() -> Report:
@@ -556,4 +560,4 @@ def test_rooms_from_stored_hourly_means_match_the_raw_path(season: Season) -> No
     rep = asyncio.run(make())
     assert rep.rooms == season.report.rooms
     assert rep.rooms.hours > 20_000 and rep.rooms.longest
-    assert "household_1h" in rep.notes[0]
+    assert '"rollup_1h"."household"' in rep.notes[0]
