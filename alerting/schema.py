@@ -100,6 +100,7 @@ stations = sa.Table(
     sa.Column("station", _ID, primary_key=True),
     sa.Column("name", sa.String(200), nullable=False, server_default=""),
     sa.Column("gateway", _ID),
+    sa.Column("heated_area_m2", sa.Float),  # when the company knows only the station's total
 )
 
 buildings = sa.Table(
@@ -107,6 +108,7 @@ buildings = sa.Table(
     sa.Column("station", _ID, primary_key=True),
     sa.Column("building", _ID, primary_key=True),
     sa.Column("address", sa.String(300), nullable=False),
+    sa.Column("heated_area_m2", sa.Float),  # the takeover report's make-up per heated area
 )
 
 households = sa.Table(

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from alerting.store import Store
 from api import admin, alerts, lookup
+from api import report as report_routes
 from api import stations as station_routes
 from api.auth import Dispatcher, TokenCache
 from api.influx import InfluxReader
@@ -73,6 +74,7 @@ def create_app(settings: ApiConfig) -> FastAPI:
         app.state.store = Store(settings.store)
         await asyncio.to_thread(app.state.store.migrate)
         app.state.tokens = TokenCache(app.state.store)
+        app.state.report = report_routes.load(settings)
         # what start-up built lives as long as the process: keep it out of the collector's
         # generations so a full collection walks only per-request garbage
         gc.freeze()
@@ -85,6 +87,7 @@ def create_app(settings: ApiConfig) -> FastAPI:
     app.include_router(lookup.router)
     app.include_router(station_routes.router)
     app.include_router(admin.router)
+    app.include_router(report_routes.router)
 
     async def _components(influx: InfluxReader, store: Store) -> Health:
         ok_influx = await influx.ping()

@@ -34,6 +34,7 @@ from contract.alerts import AlertRules
 from contract.codec import FLOATS, INTEGERS, MULTI_WORD, DataType, WordOrder, word_count
 from contract.errors import ConfigError
 from contract.points import Kind, Level, PointDef, check_name
+from contract.report import ReportSettings
 from contract.topics import Ident
 
 Table = Literal["coil", "discrete_input", "input_register", "holding_register"]
@@ -644,11 +645,14 @@ class ApiConfig(_Strict):
     store: str  # the alert store the collector writes (SQLAlchemy URL)
     workers: int = Field(default=1, ge=1, le=32,
                          description="uvicorn worker processes; 2 on a 2-core box halves the tail under load")
+    report: str | None = Field(default=None, description=(
+        "the takeover report's settings (kind: report; company, rule file, gateway configs, refund "
+        "bands); relative to this config"))
 
 
 _MODELS: dict[str, type[BaseModel]] = {
     "gateway": GatewayConfig, "collector": CollectorConfig, "api": ApiConfig,
-    "register_map": RegisterMap, "rules": AlertRules,
+    "register_map": RegisterMap, "rules": AlertRules, "report": ReportSettings,
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -841,7 +845,10 @@ def _resolve_devices(data: dict[str, Any], base: Path, file: str) -> list[dict[s
     return out
 
 
-def load_config(path: str | Path) -> GatewayConfig | CollectorConfig | ApiConfig | RegisterMap | AlertRules:
+AnyConfig = GatewayConfig | CollectorConfig | ApiConfig | RegisterMap | AlertRules | ReportSettings
+
+
+def load_config(path: str | Path) -> AnyConfig:
     """Load and validate any heatwatch config; raise ConfigError naming file, path and key."""
     p = Path(path)
     data = read_yaml(p)
@@ -851,11 +858,17 @@ def load_config(path: str | Path) -> GatewayConfig | CollectorConfig | ApiConfig
         raise ConfigError(str(p), [f"kind: must be one of {', '.join(_MODELS)}, got {kind!r}"])
     if model is GatewayConfig:
         data["resolved"] = _resolve_devices(data, p.parent, str(p))
+    if model is ReportSettings:  # its rule file and gateway configs are relative to it
+        if isinstance(data.get("rules"), str):
+            data["rules"] = str(p.parent / data["rules"])
+        if isinstance(data.get("gateways"), list):
+            data["gateways"] = [str(p.parent / g) if isinstance(g, str) else g for g in data["gateways"]]
+    if model is ApiConfig and isinstance(data.get("report"), str):
+        data["report"] = str(p.parent / data["report"])  # absolute stays absolute
     alerts = data.get("alerts") if model is CollectorConfig else None
     if isinstance(alerts, dict) and isinstance(alerts.get("rules"), str):
         alerts["rules"] = str(p.parent / alerts["rules"])  # absolute stays absolute
-    cfg: GatewayConfig | CollectorConfig | ApiConfig | RegisterMap | AlertRules = _validate(model, data,
-                                                                                          str(p))
+    cfg: AnyConfig = _validate(model, data, str(p))
     return cfg
 
 
@@ -877,4 +890,11 @@ def load_api_config(path: str | Path) -> ApiConfig:
     cfg = load_config(path)
     if not isinstance(cfg, ApiConfig):
         raise ConfigError(str(path), [f"kind: expected api, got {cfg.kind}"])
+    return cfg
+
+
+def load_report_settings(path: str | Path) -> ReportSettings:
+    cfg = load_config(path)
+    if not isinstance(cfg, ReportSettings):
+        raise ConfigError(str(path), [f"kind: expected report, got {cfg.kind}"])
     return cfg

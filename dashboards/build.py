@@ -207,7 +207,67 @@ def collector() -> dict[str, Any]:
     return b.d
 
 
-BOARDS = {"station.json": station, "alerts.json": alerts, "collector.json": collector}
+def report() -> dict[str, Any]:
+    """The takeover report's figures (issue #17) per station over the dashboard's time range: the
+    same definitions as ``heatwatch report`` where InfluxQL can hold them. What it cannot (days
+    below the design outdoor temperature, sensor-fault episodes from the alert store, heated area,
+    remote control) only the report has; each panel's description says so."""
+    b = Board("heatwatch-report", "heatwatch · takeover report", tags=["heatwatch", "report"], variables=[],
+              time_from="now-30d")
+    hourly = ('SELECT non_negative_difference(last("makeup_total")) AS "d", mean("secondary_flow") AS "c" '
+              'FROM "station" WHERE $timeFilter GROUP BY time(1h), "station"')
+    rooms = ('SELECT mean("room_temp") AS "m" FROM "household" WHERE $timeFilter AND "room_temp" >= 5 '
+             'AND "room_temp" <= 35 GROUP BY time(1h), "station", "building", "household"')
+    b.row("Make-up water")
+    b.panel("Make-up rate by station over the range (%)",
+            [_q("A", f'SELECT sum("d") / sum("c") * 100 AS "makeup_rate_pct" FROM ({hourly}) '
+                     'GROUP BY "station"', "$tag_station")],
+            unit="percent", kind="bargauge", thresholds=[(None, "green"), (2.0, "red")],
+            description="Hourly totalizer growth ÷ hourly mean circulation × 1 h, summed over the range; "
+                        "red above the default secondary limit of 2 %. The report uses each station's limit, "
+                        "drops meter resets and leaves out hours after a data gap (whose water lands in one "
+                        "hour here)")
+    b.panel("Make-up per day by station (m³)",
+            [_q("A", 'SELECT non_negative_difference(last("makeup_total")) FROM "station" WHERE $timeFilter '
+                     'GROUP BY time($__interval), "station" fill(none)', "$tag_station")],
+            description="Totalizer growth per day (the panel's minimum interval); the report divides it by "
+                        "heated area (t/10,000 m²/day)")
+    b.d["panels"][-1]["interval"] = "1d"
+    b.row("Room temperature")
+    # a sensor-hour passes when its mean is ≥ 18 °C: 1 + floor((m − 18) / 100) is 1 then and 0
+    # below (plausible means are 5–35 °C), so its mean is the pass rate
+    b.panel("Room pass rate by station (%)",
+            [_q("A", 'SELECT mean("p") * 100 AS "pass_rate_pct" FROM '
+                     f'(SELECT 1 + floor(("m" - 18) / 100) AS "p" FROM ({rooms})) GROUP BY "station"',
+                "$tag_station")],
+            unit="percent", kind="bargauge", thresholds=[(None, "red"), (90.0, "orange"), (98.0, "green")],
+            description="Share of sensor-hours ≥ 18 °C (GB/T 33833). The report also leaves out days below "
+                        "the design outdoor temperature and sensor-fault hours, and names the households")
+    b.panel("Sensor-hours below 18 °C by station",
+            [_q("A", f'SELECT count("m") AS "hours_below" FROM ({rooms}) WHERE "m" < 18 GROUP BY "station"',
+                "$tag_station")],
+            kind="bargauge", thresholds=[(None, "green"), (24.0, "orange")])
+    b.row("Information management")
+    b.panel("Samples per hour by station",
+            [_q("A", 'SELECT count("secondary_supply_temp") FROM "station" WHERE $timeFilter '
+                     'GROUP BY time(1h), "station" fill(0)', "$tag_station")],
+            description="Gaps show as zero; the report turns this into completeness against the gateway "
+                        "config's poll rate, online time and a list of gaps")
+    b.panel("Hours online by station",
+            [_q("A", 'SELECT count("n") AS "hours_online" FROM (SELECT count("secondary_supply_temp") AS "n" '
+                     'FROM "station" WHERE $timeFilter GROUP BY time(1h), "station") GROUP BY "station"',
+                "$tag_station")],
+            kind="bargauge")
+    b.row("Service")
+    b.panel("Alerts raised by rule",
+            [_q("A", 'SELECT count("since") AS "raised" FROM "alerts" WHERE "state" = \'firing\' '
+                     'AND $timeFilter GROUP BY "rule"', "$tag_rule")],
+            kind="bargauge", description="Time to acknowledge and resolve and the hotline tickets are in the "
+                                         "alert store: the report (GET /v1/report/service) has them")
+    return b.d
+
+
+BOARDS = {"station.json": station, "alerts.json": alerts, "collector.json": collector, "report.json": report}
 
 
 def render(build: Any) -> bytes:

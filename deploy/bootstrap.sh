@@ -19,6 +19,10 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_pkgs+=(postgresql)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 # the tests verify the shipped systemd units with systemd-analyze (Debian: in package systemd)
 command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
+# the takeover report: pdftoppm renders its PDF to images in the tests; a font with Chinese and
+# Latin glyphs for the PDF
+command -v pdftoppm >/dev/null 2>&1 || need_pkgs+=(poppler-utils)
+[ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need_pkgs+=(fonts-wqy-microhei)
 # the rule engine is compiled with mypyc (deploy/build_rules.py): a C compiler and Python's headers
 command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc)
 python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \

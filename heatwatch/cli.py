@@ -10,6 +10,7 @@
     heatwatch site init|issue-gateway|issue|broker|revoke|list SITE_DIR ...
     heatwatch influx setup|backfill CONFIG ...
     heatwatch backup|restore COLLECTOR_CONFIG DIR
+    heatwatch report --period 2026-11 --out report.pdf [--config API_CONFIG]   (.pdf, .xlsx or .json)
 
 Settings are built here, in main(), and passed down; nothing reads config at import time.
 """
@@ -176,6 +177,67 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    """The takeover report (issue #17) for a period, written as PDF, spreadsheet or JSON by the
+    suffix of --out; the API config says where InfluxDB, the alert store and the report's
+    settings are."""
+    import time
+
+    import orjson
+    import sqlalchemy.exc
+
+    from alerting.store import Store
+    from api.influx import InfluxReader
+    from contract.errors import DatabaseUnavailable
+    from report import compute, source
+    from report.model import Report
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".pdf", ".xlsx", ".json"):
+        print(f"--out {args.out}: the suffix must be .pdf, .xlsx or .json", file=sys.stderr)
+        return 2
+    cfg = load_api_config(args.config)
+    ctx = source.load_context(cfg.report)
+    try:
+        compute.parse_period(args.period, ctx.rules)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    store = Store(cfg.store)
+    # a season of a large company without rollups takes InfluxDB minutes (bench/report_bench.py)
+    reader = InfluxReader(cfg.influx.model_copy(update={"timeout_s": max(cfg.influx.timeout_s, 900.0)}))
+
+    async def make() -> Report:
+        try:
+            return await source.report(reader.query_many, store, ctx, args.period, int(time.time() * 1000))
+        finally:
+            await reader.close()
+
+    try:
+        store.migrate()
+        rep = asyncio.run(make())
+    except sqlalchemy.exc.OperationalError as exc:
+        print(f"alert store {cfg.store}: {exc.orig}", file=sys.stderr)
+        return 1
+    except DatabaseUnavailable as exc:
+        print(f"{exc} ({cfg.influx.url}, database {cfg.influx.database})", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    if out.suffix.lower() == ".pdf":
+        from report.pdf import document
+
+        out.write_bytes(document(rep))
+    elif out.suffix.lower() == ".xlsx":
+        from report.xlsx import workbook
+
+        out.write_bytes(workbook(rep))
+    else:
+        out.write_bytes(orjson.dumps(rep.model_dump(), option=orjson.OPT_INDENT_2))
+    print(f"{out}: {rep.company}, {rep.period.title}, {len(rep.stations)} stations", file=sys.stderr)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from heatwatch.demo import run_demo, stop_demo
 
@@ -225,6 +287,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     site.register(sub)
     ops.register(sub)
     ops.register_backup(sub)
+    p = sub.add_parser("report", help="the takeover report for a period: PDF, spreadsheet or JSON")
+    p.add_argument("--period", required=True, help="2026-11, 2026-11-15..2027-03-15 or season:2026")
+    p.add_argument("--out", required=True, help="report.pdf, report.xlsx or report.json")
+    p.add_argument("--config", default="deploy/api/api.yaml",
+                   help="the API config: InfluxDB, the alert store and the report settings it names")
+    p.set_defaults(fn=_report)
     p = sub.add_parser("check-config", help="validate config files")
     p.add_argument("files", nargs="+")
     p.set_defaults(fn=_check)
