@@ -130,17 +130,22 @@ class Gateway:
             self._publish_status(ts)
         return msg
 
-    def _publish_status(self, ts: int) -> None:
+    def station_status(self, ts: int) -> StationStatus:
+        """The station's state from its devices' health, as published on the status topic."""
         devs = {d.cfg.name: DeviceStatus(state=d.health.state, error=d.health.error) for d in self.devices}
         states = {s.state for s in devs.values()}
         state = (DeviceState.ONLINE if states == {DeviceState.ONLINE} else
                  DeviceState.OFFLINE if states == {DeviceState.OFFLINE} else DeviceState.DEGRADED)
-        body = orjson.dumps({"state": state, "devices": {k: v.model_dump() for k, v in devs.items()}})
+        return StationStatus(schema_=1, station=self.cfg.station, gateway=self.cfg.gateway,
+                             state=state, devices=devs, ts=ts)
+
+    def _publish_status(self, ts: int) -> None:
+        status = self.station_status(ts)
+        body = orjson.dumps({"state": status.state,
+                             "devices": {k: v.model_dump() for k, v in status.devices.items()}})
         if body == self._last_status:
             return  # retained: publish changes only
         self._last_status = body
-        status = StationStatus(schema_=1, station=self.cfg.station, gateway=self.cfg.gateway,
-                               state=state, devices=devs, ts=ts)
         assert self.publisher is not None
         self.publisher.publish_retained(self.status_topic, status.model_dump_json(by_alias=True).encode())
 
