@@ -25,6 +25,7 @@ from api import admin, alerts, lookup
 from api import stations as station_routes
 from api.auth import Dispatcher, TokenCache
 from api.influx import InfluxReader
+from api.limits import FailedAuth
 from contract.config import ApiConfig, load_api_config
 from contract.errors import DatabaseUnavailable
 from contract.influx import MEASUREMENT_STATION
@@ -73,6 +74,7 @@ def create_app(settings: ApiConfig) -> FastAPI:
         app.state.store = Store(settings.store)
         await asyncio.to_thread(app.state.store.migrate)
         app.state.tokens = TokenCache(app.state.store)
+        app.state.failed_auth = FailedAuth()
         # what start-up built lives as long as the process: keep it out of the collector's
         # generations so a full collection walks only per-request garbage
         gc.freeze()

@@ -93,15 +93,19 @@ def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import API_CONFIG_ENV, create_app
+    from api.limits import MAX_HEAD_BYTES
 
     cfg = load_api_config(args.config)
+    # a request head over MAX_HEAD_BYTES is refused (431) before the app sees it (api/limits.py)
+    http, h11_max = "api.limits:HeadLimitedProtocol", MAX_HEAD_BYTES
     if cfg.workers == 1:
-        uvicorn.run(create_app(cfg), host=cfg.listen.host, port=cfg.listen.port, log_level="warning")
+        uvicorn.run(create_app(cfg), host=cfg.listen.host, port=cfg.listen.port, log_level="warning",
+                    http=http, h11_max_incomplete_event_size=h11_max)
         return 0
     # several processes: each worker imports the app factory and reads the same file
     os.environ[API_CONFIG_ENV] = str(Path(args.config).resolve())
     uvicorn.run("api.app:app_from_env", factory=True, workers=cfg.workers, host=cfg.listen.host,
-                port=cfg.listen.port, log_level="warning")
+                port=cfg.listen.port, log_level="warning", http=http, h11_max_incomplete_event_size=h11_max)
     return 0
 
 
