@@ -24,13 +24,15 @@ import orjson
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.util import exc as alembic_exc
 from sqlalchemy.engine import Connection, Engine
 
 from alerting import schema
 from alerting.assets import Assets
 from alerting.engine import Silence
 from contract.alerts import Transition
-from contract.errors import InvalidInput
+from contract.errors import CannotOpen, InvalidInput
+from durable.queue import why_unopenable
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 ROLES = ("dispatcher", "engineer", "admin")  # each has the rights of the ones before it
@@ -148,15 +150,44 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 class Store:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        # a pre-ping finds PostgreSQL connections a restart or a firewall dropped; a SQLite file
-        # has no such thing and the ping would cost a round through the pool on every checkout
-        self.engine: Engine = sa.create_engine(
-            url, future=True, pool_pre_ping=not url.startswith("sqlite"),
-            json_serializer=lambda v: orjson.dumps(v).decode(), json_deserializer=orjson.loads)
+    def __init__(self, url: str, *, setting: str = "store") -> None:
+        """``setting``: where the URL is set in the process's config file, for CannotOpen."""
+        self.url, self.setting = url, setting
+        try:
+            # a pre-ping finds PostgreSQL connections a restart or a firewall dropped; a SQLite file
+            # has no such thing and the ping would cost a round through the pool on every checkout
+            self.engine: Engine = sa.create_engine(
+                url, future=True, pool_pre_ping=not url.startswith("sqlite"),
+                json_serializer=lambda v: orjson.dumps(v).decode(), json_deserializer=orjson.loads)
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+            raise CannotOpen("alert store", self._shown(), f"not a store URL heatwatch can use ({exc})",
+                             setting) from None
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def _shown(self) -> str:
+        try:
+            return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+        except sa.exc.ArgumentError:
+            return self.url.partition("://")[0] + "://…"
+
+    def open(self) -> Store:
+        """Connect and bring the schema up to date, at a process's start. Whatever stops that
+        raises CannotOpen: one line naming the URL, the cause and the setting, not a traceback."""
+        try:
+            self.migrate()
+        except (sa.exc.SQLAlchemyError, OSError, alembic_exc.CommandError) as exc:
+            self.engine.dispose()
+            orig = getattr(exc, "orig", None) or exc
+            if self.engine.dialect.name == "sqlite" and self.engine.url.database:
+                reason = why_unopenable(Path(self.engine.url.database), orig)
+            elif isinstance(exc, alembic_exc.CommandError):
+                reason = f"its schema is from another heatwatch version ({exc})"
+            else:
+                text = str(orig).strip()
+                reason = f"unable to open ({text.splitlines()[0][:200] if text else type(orig).__name__})"
+            raise CannotOpen("alert store", self._shown(), reason, self.setting) from None
+        return self
 
     def close(self) -> None:
         self.engine.dispose()

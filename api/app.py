@@ -71,8 +71,7 @@ def create_app(settings: ApiConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.influx = InfluxReader(settings.influx)
-        app.state.store = Store(settings.store)
-        await asyncio.to_thread(app.state.store.migrate)
+        app.state.store = await asyncio.to_thread(Store(settings.store).open)
         app.state.tokens = TokenCache(app.state.store)
         app.state.failed_auth = FailedAuth()
         # what start-up built lives as long as the process: keep it out of the collector's

@@ -19,8 +19,9 @@ import structlog
 
 from contract import topics
 from contract.config import GatewayConfig
+from contract.errors import CannotOpen
 from contract.payload import DeviceState, DeviceStatus, GatewayStatus, Reading, StationStatus, Telemetry
-from durable.queue import DiskQueue
+from durable.queue import DiskQueue, QueueUnavailable
 from gateway.modbus import Answer, Device, Link
 from gateway.plan import plan_requests
 from gateway.publisher import Publisher
@@ -50,8 +51,11 @@ class Gateway:
         self.cfg = cfg
         self.boot = uuid.uuid4().hex
         self.seq = 0
-        self.outbox = DiskQueue(cfg.outbox.path, max_bytes=cfg.outbox.max_bytes,
-                                 max_age_s=cfg.outbox.max_age_h * 3600)
+        try:
+            self.outbox = DiskQueue(cfg.outbox.path, max_bytes=cfg.outbox.max_bytes,
+                                     max_age_s=cfg.outbox.max_age_h * 3600)
+        except QueueUnavailable as exc:
+            raise CannotOpen("gateway outbox", exc.path, exc.reason, "outbox.path") from None
         links: dict[tuple[str, ...], Link] = {}
         self.devices: list[Device] = []
         for d in cfg.resolved:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import os
 import signal
@@ -24,12 +25,13 @@ from pathlib import Path
 
 from contract.config import (
     GatewayConfig,
+    env_names,
     load_api_config,
     load_collector_config,
     load_config,
     load_gateway_config,
 )
-from contract.errors import ConfigError
+from contract.errors import CannotOpen, ConfigError
 from heatwatch import logs
 
 
@@ -69,9 +71,16 @@ def _gateway(args: argparse.Namespace) -> int:
             seen[key] = w
 
     async def run() -> None:  # pymodbus clients need the running loop at construction
+        gateways = []
+        for w, c in zip(words, cfgs, strict=True):
+            try:
+                gateways.append(Gateway(c))
+            except CannotOpen as exc:
+                exc.config = w
+                raise
         async with asyncio.TaskGroup() as tg:
-            for c in cfgs:
-                tg.create_task(Gateway(c).run())
+            for gw in gateways:
+                tg.create_task(gw.run())
 
     asyncio.run(run())
     return 0
@@ -91,21 +100,43 @@ def _collector(args: argparse.Namespace) -> int:
 
 def _api(args: argparse.Namespace) -> int:
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
 
+    from alerting.store import Store
     from api.app import API_CONFIG_ENV, create_app
     from api.limits import MAX_HEAD_BYTES
 
     cfg = load_api_config(args.config)
+    # the store opens here first: a wrong path is one line (CannotOpen), not a traceback per worker
+    Store(cfg.store).open().close()
     # a request head over MAX_HEAD_BYTES is refused (431) before the app sees it (api/limits.py)
     http, h11_max = "api.limits:HeadLimitedProtocol", MAX_HEAD_BYTES
     if cfg.workers == 1:
-        uvicorn.run(create_app(cfg), host=cfg.listen.host, port=cfg.listen.port, log_level="warning",
-                    http=http, h11_max_incomplete_event_size=h11_max)
+        server = uvicorn.Server(uvicorn.Config(
+            create_app(cfg), host=cfg.listen.host, port=cfg.listen.port, log_level="warning",
+            http=http, h11_max_incomplete_event_size=h11_max))
+        with contextlib.suppress(KeyboardInterrupt):  # a stop signal: uvicorn has shut down cleanly
+            server.run()
+        if not server.started:
+            print(f"heatwatch api: did not start on {cfg.listen.host}:{cfg.listen.port} "
+                  "(the reason is logged above)", file=sys.stderr)
+            return 1
         return 0
     # several processes: each worker imports the app factory and reads the same file
     os.environ[API_CONFIG_ENV] = str(Path(args.config).resolve())
-    uvicorn.run("api.app:app_from_env", factory=True, workers=cfg.workers, host=cfg.listen.host,
-                port=cfg.listen.port, log_level="warning", http=http, h11_max_incomplete_event_size=h11_max)
+    config = uvicorn.Config("api.app:app_from_env", factory=True, workers=cfg.workers,
+                            host=cfg.listen.host, port=cfg.listen.port, log_level="warning", http=http,
+                            h11_max_incomplete_event_size=h11_max)
+    # uvicorn.run with workers returns normally when a worker fails to start; its supervisor
+    # knows, so run that directly and look at how the workers ended
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    with contextlib.suppress(KeyboardInterrupt):
+        supervisor.run()
+    if any(p.process.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+        print(f"heatwatch api: a worker failed to start on {cfg.listen.host}:{cfg.listen.port} "
+              "(the reason is logged above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -115,8 +146,7 @@ def _token(args: argparse.Namespace) -> int:
     from alerting.store import Store
 
     cfg = load_api_config(args.config)
-    store = Store(cfg.store)
-    store.migrate()
+    store = Store(cfg.store).open()
     now = int(time.time() * 1000)
     if args.action == "add":
         token = store.add_token(name=args.name, role=args.role, actor=f"cli:{getpass.getuser()}", now=now)
@@ -223,5 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except CannotOpen as exc:
+        config = exc.config or getattr(args, "config", None)
+        print(exc.explain(config, env_names(config, exc.setting) if config else []), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
