@@ -27,7 +27,7 @@ from api.auth import Dispatcher, TokenCache
 from api.influx import InfluxReader
 from api.limits import FailedAuth
 from contract.config import ApiConfig, load_api_config
-from contract.errors import DatabaseUnavailable
+from contract.errors import DatabaseUnavailable, QueryRejected
 from contract.influx import MEASUREMENT_STATION
 from contract.points import QUALITY_SUFFIX
 
@@ -100,6 +100,10 @@ def create_app(settings: ApiConfig) -> FastAPI:
     @app.exception_handler(DatabaseUnavailable)
     async def _db_down(_r: Request, exc: DatabaseUnavailable) -> JSONResponse:
         return JSONResponse({"detail": f"time-series store unavailable: {exc}"}, status_code=503)
+
+    @app.exception_handler(QueryRejected)
+    async def _query_rejected(_r: Request, exc: QueryRejected) -> JSONResponse:
+        return JSONResponse({"detail": f"the time-series store refused the query: {exc}"}, status_code=422)
 
     @app.get("/health", response_model=Health, summary="Liveness, with the state of each dependency")
     async def health(request: Request, influx: Reader) -> Health:

@@ -6,7 +6,8 @@
     ├── InvalidInput         bad data from outside: rejected, counted, logged once, never retried
     │   ├── TopicError
     │   ├── PayloadError
-    │   └── DecodeError      register words that cannot be a value of the declared type
+    │   ├── DecodeError      register words that cannot be a value of the declared type
+    │   └── QueryRejected    a query the time-series store refused because of what it asked
     └── TransientError       the other side is away: keep the data, retry with capped backoff
         ├── BrokerUnavailable
         ├── DatabaseUnavailable
@@ -71,6 +72,13 @@ class PayloadError(InvalidInput):
 
 class DecodeError(InvalidInput):
     reason = "bad_registers"
+
+
+class QueryRejected(InvalidInput):
+    """InfluxDB refused a query for what it asked (mean() of a text field, a parse error): the
+    request's fault, answered 4xx with the reason; not an outage."""
+
+    reason = "query_rejected"
 
 
 class TransientError(HeatwatchError):
