@@ -13,6 +13,7 @@ secrets and per-machine paths stay out of the files.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from pathlib import Path
@@ -631,12 +632,37 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[mi
         return out
 
 
+def decode_text(raw: bytes, file: str) -> str:
+    """A config file's bytes as text: UTF-8, with or without a byte-order mark.
+
+    Anything else is refused, naming the line, rather than guessed: a file saved by Windows
+    Notepad as "ANSI" on a Chinese system is GBK, and decoding GB18030 whenever UTF-8 fails
+    would also "succeed" on Latin-1 or damaged bytes (GB18030 maps most byte pairs to some
+    character), turning a wrong encoding into wrong addresses and labels that pass validation.
+    The fix is one "save as UTF-8" away, and every other tool (git, grep, the editor of the
+    next person) then reads the same characters.
+    """
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ConfigError(file, ['encoded as UTF-16 (Notepad\'s "Unicode"): save it as UTF-8'])
+    try:
+        return raw.decode("utf-8-sig")  # Notepad writes a UTF-8 BOM: still UTF-8, and harmless
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        try:
+            raw.decode("gb18030")
+        except UnicodeDecodeError:
+            raise ConfigError(file, [f"line {line}: not UTF-8: save it as UTF-8"]) from None
+        raise ConfigError(file, [f"line {line}: not UTF-8 (looks like GBK/GB18030?): save it as UTF-8 "
+                                 f"(e.g. iconv -f GB18030 -t UTF-8 {file} > new.yaml)"]) from None
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(file, [f"cannot read: {exc.strerror}"]) from None
+    text = decode_text(raw, file)
     try:
         data = yaml.load(text, Loader=_Loader)  # a safe loader
     except _DuplicateKey as exc:

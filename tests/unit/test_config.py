@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import re
 import subprocess
 import sys
@@ -9,8 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
-from contract.config import load_config, load_gateway_config
+from contract.config import decode_text, load_config, load_gateway_config
 from contract.errors import ConfigError
 from heatwatch.devstack import DEPLOY, REPO
 
@@ -265,3 +268,44 @@ def test_a_register_map_with_a_point_twice_is_refused_on_its_own(tmp_path: Path)
     with pytest.raises(ConfigError, match=want):
         load_config(p)
     assert _check(p).returncode == 1
+
+
+def test_a_config_saved_in_gbk_is_named_with_its_line_and_the_fix(tmp_path: Path) -> None:
+    """Windows Notepad's "ANSI" on a Chinese system is GBK: refused with the file, the line and
+    what to do; a UTF-8 byte-order mark (Notepad's "UTF-8 with BOM") is fine; UTF-16 is named."""
+    text = _gateway(tmp_path).read_text(encoding="utf-8")
+    text = text.replace("gateway: gw-st001\n", "gateway: gw-st001\n# 幸福里换热站 一次网\n")
+    line = text.splitlines().index("# 幸福里换热站 一次网") + 1
+    p = tmp_path / "notepad.yaml"
+    p.write_bytes(text.encode("gbk"))
+    want = (f"{p}: line {line}: not UTF-8 (looks like GBK/GB18030?): save it as UTF-8 "
+            f"(e.g. iconv -f GB18030 -t UTF-8 {p} > new.yaml)")
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert str(exc.value) == want
+    out = _check(p)
+    assert out.returncode == 1 and out.stderr.strip() == want and "Traceback" not in out.stderr
+    p.write_bytes(codecs.BOM_UTF8 + text.encode("utf-8"))
+    assert load_gateway_config(p).station == "st001"
+    p.write_bytes(text.encode("utf-16"))
+    with pytest.raises(ConfigError, match=r'notepad\.yaml: encoded as UTF-16 \(Notepad\'s "Unicode"\)'):
+        load_config(p)
+    p.write_bytes(b"kind: api\nstore: sqlite:////tmp/\xff.sqlite\n")  # neither: no guess offered
+    with pytest.raises(ConfigError, match=r"notepad\.yaml: line 2: not UTF-8: save it as UTF-8$"):
+        load_config(p)
+
+
+@given(st.text(min_size=1, max_size=200))
+def test_config_text_decodes_utf8_with_or_without_bom_and_never_anything_else(text: str) -> None:
+    assume(not text.startswith("\ufeff"))  # a BOM is not text
+    for raw in (text.encode("utf-8"), codecs.BOM_UTF8 + text.encode("utf-8")):
+        assert decode_text(raw, "f.yaml") == text
+    try:
+        gbk = text.encode("gb18030")
+    except UnicodeEncodeError:
+        return
+    try:
+        gbk.decode("utf-8")
+    except UnicodeDecodeError:
+        with pytest.raises(ConfigError, match=r"^f\.yaml: line \d+: not UTF-8 \(looks like GBK"):
+            decode_text(gbk, "f.yaml")
