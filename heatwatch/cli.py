@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import getpass
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from contract.config import (
     load_gateway_config,
 )
 from contract.errors import CannotOpen, ConfigError
+from contract.topics import IDENT_PATTERN
 from heatwatch import logs
 
 
@@ -140,7 +142,18 @@ def _api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_name(value: str) -> str:
+    """A token's name: the API's rule (contract.topics.Ident), so whatever is created here can be
+    revoked through DELETE /v1/tokens/{name} too."""
+    if not re.fullmatch(IDENT_PATTERN, value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit "
+            "(e.g. disp-li); no spaces")
+    return value
+
+
 def _token(args: argparse.Namespace) -> int:
+    import datetime as dt
     import time
 
     from alerting.store import Store
@@ -148,15 +161,34 @@ def _token(args: argparse.Namespace) -> int:
     cfg = load_api_config(args.config)
     store = Store(cfg.store).open()
     now = int(time.time() * 1000)
-    if args.action == "add":
-        token = store.add_token(name=args.name, role=args.role, actor=f"cli:{getpass.getuser()}", now=now)
-        print(token)  # shown once; only its hash is stored
-        print(f"token for {args.name} ({args.role}); keep it secret, it is not stored", file=sys.stderr)
-    else:
-        n = store.revoke_tokens(name=args.name, actor=f"cli:{getpass.getuser()}", now=now)
-        print(f"revoked {n} token(s) of {args.name}", file=sys.stderr)
-    store.close()
-    return 0
+    rc = 0
+    try:
+        if args.action == "add":
+            token = store.add_token(name=args.name, role=args.role, actor=f"cli:{getpass.getuser()}", now=now)
+            print(token)  # shown once; only its hash is stored
+            print(f"token for {args.name} ({args.role}); keep it secret, it is not stored", file=sys.stderr)
+        elif args.action == "revoke":
+            # any stored name, also one an older version let in with spaces: this is the way to end it
+            n = store.revoke_tokens(name=args.name, actor=f"cli:{getpass.getuser()}", now=now)
+            if n:
+                print(f"revoked {n} token(s) of {args.name}", file=sys.stderr)
+            else:
+                print(f"no live token named {args.name!r} (see: heatwatch token list {args.config})",
+                      file=sys.stderr)
+                rc = 1
+        else:
+            def when(ms: int | None) -> str:
+                return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC") \
+                    if ms is not None else ""
+
+            rows = store.list_tokens()
+            print(f"{'name':<24} {'role':<10} {'created':<20} {'by':<20} revoked")
+            for r in rows:
+                print(f"{r['name']:<24} {r['role']:<10} {when(r['created_at']):<20} {r['created_by']:<20} "
+                      f"{when(r['revoked_at'])}".rstrip())
+    finally:
+        store.close()
+    return rc
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -219,12 +251,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("api", help="the HTTP API")
     p.add_argument("config")
     p.set_defaults(fn=_api)
-    p = sub.add_parser("token", help="API credentials: token add|revoke API_CONFIG NAME [--role R]")
-    p.add_argument("action", choices=["add", "revoke"])
-    p.add_argument("config", metavar="API_CONFIG")
-    p.add_argument("name", help="who the token is for (the actor in the audit log)")
-    p.add_argument("--role", choices=["dispatcher", "engineer", "admin"], default="dispatcher")
-    p.set_defaults(fn=_token)
+    p = sub.add_parser("token", help="API credentials: token add|revoke|list API_CONFIG [NAME]",
+                       description="API credentials in the alert store of an API config.")
+    tsub = p.add_subparsers(dest="action", required=True, metavar="add|revoke|list")
+    t = tsub.add_parser("add", help="issue a token (printed once; only its hash is stored)")
+    t.add_argument("config", metavar="API_CONFIG")
+    t.add_argument("name", type=_token_name, help="who the token is for (the actor in the audit log)")
+    t.add_argument("--role", choices=["dispatcher", "engineer", "admin"], default="dispatcher")
+    t.set_defaults(fn=_token)
+    t = tsub.add_parser("revoke", help="revoke every live token of NAME (exit 1 if it has none)")
+    t.add_argument("config", metavar="API_CONFIG")
+    t.add_argument("name")
+    t.set_defaults(fn=_token)
+    t = tsub.add_parser("list", help="every token's name, role, creation and revocation (never the secret)")
+    t.add_argument("config", metavar="API_CONFIG")
+    t.set_defaults(fn=_token)
     p = sub.add_parser("simulate", help="serve simulated stations over Modbus (TCP, RTU over TCP, RTU)")
     p.add_argument("--serial-peer", action="append", default=[], metavar="GATEWAY_TTY=SIM_TTY",
                    help="answer a gateway's serial port on the other end of its cable")
