@@ -276,8 +276,11 @@ def check_layout(points: list[PointMap], addressing: Addressing, where: str = ""
         for w in range(wire, wire + p.words):
             other = claimed.get((p.table, w))
             if other is not None:
-                raise ValueError(f"{at}.address: {p.table} {w} is also used by {other}")
-            claimed[(p.table, w)] = p.point
+                # in the map's own notation, as its author wrote it, and on the wire
+                written = w + (p.address - wire)
+                addr = f"{written} (wire {w})" if written != w else str(w)
+                raise ValueError(f"{at}.address: {p.table} {addr} is also used by {other}")
+            claimed[(p.table, w)] = at
 
 
 class RegisterMap(_Strict):
