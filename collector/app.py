@@ -335,7 +335,12 @@ class Collector:
             empty = not b.mids and not b.lines
             timeout = None if empty else max(0.0, b.started + max_delay - time.monotonic())
             try:
-                mid, topic, payload = await asyncio.wait_for(inbox.get(), timeout)
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+                # arrives as the get completes, and the collector would not stop (gateway/publisher.py)
+                if timeout is not None and timeout <= 0:
+                    raise TimeoutError  # the batch is due: send it before taking more (as wait_for did)
+                async with asyncio.timeout(timeout):
+                    mid, topic, payload = await inbox.get()
             except TimeoutError:
                 await batches.put(b)
                 b = _Batch()

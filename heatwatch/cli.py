@@ -21,8 +21,9 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from contract.config import (
     GatewayConfig,
@@ -35,6 +36,50 @@ from contract.config import (
 from contract.errors import CannotOpen, ConfigError
 from contract.topics import IDENT_PATTERN
 from heatwatch import logs
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run for a long-running process: SIGINT and SIGTERM cancel the main task, which
+    unwinds through every stage's finally (sockets, the outbox) and ends in KeyboardInterrupt
+    (exit 130). A second signal while stopping ends the process at once; what was not yet
+    published stays in the outbox.
+
+    Left to Python, SIGTERM raised KeyboardInterrupt wherever the loop happened to be; a task it
+    landed in kept it as its exception ("Task exception was never retrieved" at exit), and so did
+    a second Ctrl-C while a stop was under way.
+    """
+    stopping = False
+
+    async def supervised() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def stop(name: str) -> None:
+            nonlocal stopping
+            if stopping:
+                print(f"heatwatch: {name} again while stopping: stopped at once", file=sys.stderr)
+                os._exit(130)
+            stopping = True
+            task.cancel()
+
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in previous:
+            loop.add_signal_handler(s, stop, s.name)
+        try:
+            await main
+        finally:
+            for s, handler in previous.items():
+                loop.remove_signal_handler(s)
+                signal.signal(s, handler)
+
+    try:
+        asyncio.run(supervised())
+    except asyncio.CancelledError:
+        if not stopping:
+            raise
+    if stopping:
+        raise KeyboardInterrupt
 
 
 def _gateway(args: argparse.Namespace) -> int:
@@ -84,7 +129,7 @@ def _gateway(args: argparse.Namespace) -> int:
             for gw in gateways:
                 tg.create_task(gw.run())
 
-    asyncio.run(run())
+    _run(run())
     return 0
 
 
@@ -96,7 +141,7 @@ def _collector(args: argparse.Namespace) -> int:
     async def run() -> None:
         await Collector(cfg).run()
 
-    asyncio.run(run())
+    _run(run())
     return 0
 
 
@@ -210,7 +255,7 @@ def _simulate(args: argparse.Namespace) -> int:
             sim.add_event(station, ev.shifted(sim.now()))
         await sim.run()
 
-    asyncio.run(run())
+    _run(run())
     return 0
 
 
