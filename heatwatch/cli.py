@@ -41,14 +41,17 @@ from heatwatch import logs
 def _run(main: Coroutine[Any, Any, None]) -> None:
     """asyncio.run for a long-running process: SIGINT and SIGTERM cancel the main task, which
     unwinds through every stage's finally (sockets, the outbox) and ends in KeyboardInterrupt
-    (exit 130). A second signal while stopping ends the process at once; what was not yet
-    published stays in the outbox.
+    (exit 130). Another signal 2 s or more into the stop ends the process at once (what was not
+    yet published stays in the outbox; the broker redelivers what was not acknowledged); one
+    sooner is the same stop arriving twice (Ctrl-C reaches a whole process group, and a
+    supervisor may send its own SIGTERM right after) and is ignored.
 
     Left to Python, SIGTERM raised KeyboardInterrupt wherever the loop happened to be; a task it
     landed in kept it as its exception ("Task exception was never retrieved" at exit), and so did
     a second Ctrl-C while a stop was under way.
     """
     stopping = False
+    since = 0.0
 
     async def supervised() -> None:
         loop = asyncio.get_running_loop()
@@ -56,12 +59,13 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
         assert task is not None
 
         def stop(name: str) -> None:
-            nonlocal stopping
-            if stopping:
+            nonlocal stopping, since
+            if not stopping:
+                stopping, since = True, loop.time()
+                task.cancel()
+            elif loop.time() - since >= 2.0:
                 print(f"heatwatch: {name} again while stopping: stopped at once", file=sys.stderr)
                 os._exit(130)
-            stopping = True
-            task.cancel()
 
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         for s in previous:

@@ -1,6 +1,8 @@
 """Stopping a real gateway process, many times, at random moments while it polls the simulator
 and publishes: it ends within seconds with exit code 130 and nothing on stderr but its own log
-(no "Task exception was never retrieved", no traceback), with SIGINT (Ctrl-C) and SIGTERM."""
+(no "Task exception was never retrieved", no traceback), with SIGINT (Ctrl-C), SIGTERM, and
+both at once. Before the fix: a stop hung (wait_for swallowed the cancellation) or SIGTERM left
+"Task exception was never retrieved ... Gateway.run() ... KeyboardInterrupt"."""
 
 from __future__ import annotations
 
@@ -41,6 +43,9 @@ def test_ctrl_c_and_sigterm_stop_the_gateway_cleanly(tmp_path: Path, mosquitto: 
                      "the gateway to start")
             time.sleep(rng.uniform(0.1, 1.5))  # somewhere in its polling and publishing
             p.send_signal(sig)
+            if i % 5 == 4:  # Ctrl-C in a terminal and a supervisor's SIGTERM right after: one stop
+                time.sleep(0.05)
+                p.send_signal(signal.SIGTERM)
             try:
                 rc = p.wait(15)
             except subprocess.TimeoutExpired:
@@ -49,7 +54,9 @@ def test_ctrl_c_and_sigterm_stop_the_gateway_cleanly(tmp_path: Path, mosquitto: 
                 raise AssertionError(f"stop {i} ({sig.name}): still running 15 s later:\n"
                                      f"{err.read_text()[-2000:]}") from None
             text = err.read_text()
-            assert rc == 130, (i, sig.name, rc, text[-2000:])
+            # both at once: the SIGTERM may find the process already in the interpreter's own
+            # teardown (default handlers again), everything closed: ended by the signal itself
+            assert rc == 130 or (i % 5 == 4 and rc == -signal.SIGTERM), (i, sig.name, rc, text[-2000:])
             assert "never retrieved" not in text and "Traceback" not in text, (i, sig.name, text[-3000:])
     finally:
         sim.stop()
