@@ -3,12 +3,13 @@
     heatwatch gateway CONFIG [CONFIG...] | gateway plan CONFIG
     heatwatch collector CONFIG
     heatwatch api CONFIG
-    heatwatch token add|revoke API_CONFIG NAME [--role dispatcher|engineer|admin]
+    heatwatch token add|revoke|list API_CONFIG [NAME] [--role dispatcher|engineer|admin]
     heatwatch simulate CONFIG... [--speed X] [--scenario FILE] [--serial-peer GATEWAY_TTY=SIM_TTY]
     heatwatch demo [--stations N] [--dir DIR] [--seconds S]
     heatwatch check-config FILE...
 
 Settings are built here, in main(), and passed down; nothing reads config at import time.
+``--help`` shows ``HELP``, written for the person at the terminal, not this docstring.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import importlib.metadata
 import os
 import re
 import signal
@@ -286,10 +288,37 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(stations=args.stations, folder=args.dir, seconds=args.seconds)
 
 
+HELP = """\
+Telemetry and alerting for district-heating heat-exchange stations: gateways read the stations'
+Modbus devices and publish over MQTT, a collector stores the data in InfluxDB and raises alerts,
+and an HTTP API serves the dispatch hotline. Each runs as its own command with its config file
+(examples under deploy/); `heatwatch demo` runs all of it on simulated stations.
+"""
+
+EPILOG = """\
+examples:
+  heatwatch demo                                        everything on loopback, simulated stations
+  heatwatch check-config deploy/gateway/st001.yaml      validate a config before starting with it
+  heatwatch token add deploy/api/api.yaml disp-li       a credential for the API
+
+`heatwatch COMMAND --help` shows a command's options; README.md and docs/ say more.
+"""
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("heatwatch")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed: pip install -e .)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="heatwatch", description=__doc__,
+    ap = argparse.ArgumentParser(prog="heatwatch", description=HELP, epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--log-level", default="info")
+    ap.add_argument("--log-level", default="info", choices=LOG_LEVELS, type=str.lower,
+                    help="how much the process logs (default info)")
+    ap.add_argument("--version", action="version", version=f"heatwatch {_version()}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("gateway", help="poll a station and publish (or: gateway plan CONFIG)")
     p.add_argument("target", nargs="+", metavar="[plan] CONFIG")
