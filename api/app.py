@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
 from alerting.store import Store
@@ -81,7 +82,12 @@ def create_app(settings: ApiConfig) -> FastAPI:
         await app.state.influx.close()
         app.state.store.close()
 
-    app = FastAPI(title="heatwatch", version="0.1.0", lifespan=lifespan)
+    # /docs (Swagger UI) and /redoc load their scripts, styles and icon from this process, not
+    # a CDN: a control-room network often has no internet, and the page was blank there.
+    # fastapi-offline bundles current Swagger UI 5 and Redoc 2 files and serves them through
+    # FastAPI's own get_swagger_ui_html/get_redoc_html; no validator badge (it calls out).
+    app = FastAPIOffline(title="heatwatch", version="0.1.0", lifespan=lifespan, static_url="/docs-files",
+                         swagger_ui_parameters={"validatorUrl": None})
     app.include_router(alerts.router)
     app.include_router(lookup.router)
     app.include_router(station_routes.router)

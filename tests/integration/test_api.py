@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 
@@ -135,3 +136,31 @@ def test_the_reader_tells_a_refused_query_from_an_unavailable_influxdb(
                 await r.close()
 
     asyncio.run(run())
+
+
+def test_docs_pages_load_everything_from_the_api_itself(tmp_path: Path) -> None:
+    """A control room without internet: /docs and /redoc name no other host, and every script,
+    style and icon they name is served here (JavaScript that is really Swagger UI / Redoc)."""
+    settings = InfluxSettings(url=f"http://127.0.0.1:{free_port()}", database="x")
+    store = f"sqlite:///{tmp_path / 'alerts.sqlite'}"
+    with TestClient(create_app(ApiConfig(kind="api", influx=settings, store=store))) as client:
+        for page, script, marker in (("/docs", "swagger-ui-bundle.js", b"SwaggerUIBundle"),
+                                     ("/redoc", "redoc.standalone.js", b"Redoc")):
+            html = client.get(page).text
+            assert not re.findall(r"""(?:https?:)?//[^\s"'<>]+""", html), re.findall(
+                r"""(?:https?:)?//[^\s"'<>]+""", html)
+            refs = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+            refs += re.findall(r"""(?:url|spec-url)\s*[:=]\s*["']([^"']+)["']""", html)
+            assert any(r.endswith(script) for r in refs), refs
+            assert "/openapi.json" in refs, refs
+            for ref in refs:
+                assert ref.startswith("/"), ref
+                r = client.get(ref)
+                assert r.status_code == 200, ref
+                kind = r.headers["content-type"]
+                if ref.endswith(".js"):
+                    assert "javascript" in kind and marker in r.content, (ref, kind)
+                elif ref.endswith(".css"):
+                    assert "text/css" in kind, (ref, kind)
+                elif ref.endswith(".png"):
+                    assert kind == "image/png", (ref, kind)
