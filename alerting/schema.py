@@ -32,7 +32,9 @@ alerts = sa.Table(
     sa.Column("quiet", sa.String(16), nullable=False, server_default=""),
     sa.Column("paged", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("ack_by", _ID), sa.Column("ack_at", sa.BigInteger), sa.Column("ack_note", sa.Text),
-    sa.Column("ack_ticket", _ID),
+    sa.Column("ack_ticket", _ID),  # the latest ticket an acknowledgement gave (one without keeps it)
+    # every hotline ticket given with an acknowledgement or a note, oldest first
+    sa.Column("tickets", sa.JSON, nullable=False, server_default=sa.text("'[]'")),
     sa.Column("resolved_by", _ID),  # a person, when resolved by hand
     sa.Index("alerts_open_key", "key", unique=True, sqlite_where=sa.text("resolved_at IS NULL"),
              postgresql_where=sa.text("resolved_at IS NULL")),
@@ -68,6 +70,8 @@ silences = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("created_by", _ID, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("cancelled_at", sa.BigInteger),  # cancelled by hand: it no longer covers anything
+    sa.Column("cancelled_by", _ID),
     sa.Index("silences_end", "end_ms"),
 )
 

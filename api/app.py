@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
 from alerting.store import Store
@@ -26,8 +27,9 @@ from api import report as report_routes
 from api import stations as station_routes
 from api.auth import Dispatcher, TokenCache
 from api.influx import InfluxReader
+from api.limits import FailedAuth
 from contract.config import ApiConfig, load_api_config
-from contract.errors import DatabaseUnavailable
+from contract.errors import DatabaseUnavailable, QueryRejected
 from contract.influx import MEASUREMENT_STATION
 from contract.points import QUALITY_SUFFIX
 
@@ -71,10 +73,10 @@ def create_app(settings: ApiConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.influx = InfluxReader(settings.influx)
-        app.state.store = Store(settings.store)
-        await asyncio.to_thread(app.state.store.migrate)
+        app.state.store = await asyncio.to_thread(Store(settings.store).open)
         app.state.tokens = TokenCache(app.state.store)
         app.state.report = report_routes.load(settings)
+        app.state.failed_auth = FailedAuth()
         # what start-up built lives as long as the process: keep it out of the collector's
         # generations so a full collection walks only per-request garbage
         gc.freeze()
@@ -82,7 +84,12 @@ def create_app(settings: ApiConfig) -> FastAPI:
         await app.state.influx.close()
         app.state.store.close()
 
-    app = FastAPI(title="heatwatch", version="0.1.0", lifespan=lifespan)
+    # /docs (Swagger UI) and /redoc load their scripts, styles and icon from this process, not
+    # a CDN: a control-room network often has no internet, and the page was blank there.
+    # fastapi-offline bundles current Swagger UI 5 and Redoc 2 files and serves them through
+    # FastAPI's own get_swagger_ui_html/get_redoc_html; no validator badge (it calls out).
+    app = FastAPIOffline(title="heatwatch", version="0.1.0", lifespan=lifespan, static_url="/docs-files",
+                         swagger_ui_parameters={"validatorUrl": None})
     app.include_router(alerts.router)
     app.include_router(lookup.router)
     app.include_router(station_routes.router)
@@ -102,6 +109,10 @@ def create_app(settings: ApiConfig) -> FastAPI:
     @app.exception_handler(DatabaseUnavailable)
     async def _db_down(_r: Request, exc: DatabaseUnavailable) -> JSONResponse:
         return JSONResponse({"detail": f"time-series store unavailable: {exc}"}, status_code=503)
+
+    @app.exception_handler(QueryRejected)
+    async def _query_rejected(_r: Request, exc: QueryRejected) -> JSONResponse:
+        return JSONResponse({"detail": f"the time-series store refused the query: {exc}"}, status_code=422)
 
     @app.get("/health", response_model=Health, summary="Liveness, with the state of each dependency")
     async def health(request: Request, influx: Reader) -> Health:

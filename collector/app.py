@@ -47,10 +47,10 @@ from collector.influx import BACKOFF_MIN_S, InfluxWriter
 from contract import topics
 from contract.alerts import Transition
 from contract.config import CollectorConfig
-from contract.errors import DatabaseUnavailable, InvalidInput, PayloadError
+from contract.errors import CannotOpen, DatabaseUnavailable, InvalidInput, PayloadError
 from contract.influx import escape_string_field, reject_line, telemetry_lines
 from contract.payload import decode_telemetry, parse_gateway_status, parse_station_status
-from durable.queue import DiskQueue, oldest
+from durable.queue import DiskQueue, QueueUnavailable, oldest
 
 log = structlog.get_logger("heatwatch.collector")
 DRAIN_RETRY_MAX_S = 5.0
@@ -87,8 +87,11 @@ class Collector:
         self.stats = Stats()
         metrics.GC_CLOCK.install()
         self.writer = InfluxWriter(cfg.influx)
-        self.spool = DiskQueue(cfg.spool.path, max_bytes=cfg.spool.max_bytes,
-                               max_age_s=cfg.spool.max_age_h * 3600)
+        try:
+            self.spool = DiskQueue(cfg.spool.path, max_bytes=cfg.spool.max_bytes,
+                                   max_age_s=cfg.spool.max_age_h * 3600)
+        except QueueUnavailable as exc:
+            raise CannotOpen("collector spool", exc.path, exc.reason, "spool.path") from None
         self.spooling = False  # InfluxDB is failing: batches go to the spool
         self._spool_wake = asyncio.Event()
         self._spool_broken = False
@@ -255,6 +258,15 @@ class Collector:
         return [(telemetry, 1)] + [(f, 1) for f in topics.STATUS_FILTERS]
 
     async def run(self) -> None:
+        if self.alerts is not None:
+            # first: a store that cannot be opened stops the start-up with one line (CannotOpen),
+            # before anything waits for InfluxDB or the broker
+            try:
+                await asyncio.to_thread(self.alerts.start)
+            except BaseException:
+                await self.writer.close()
+                self.spool.close()
+                raise
         loop = asyncio.get_running_loop()
         # Bounded by _slots (receive_maximum messages) and the batches queue.
         inbox: asyncio.Queue[tuple[int, str, bytes]] = asyncio.Queue()
@@ -269,8 +281,6 @@ class Collector:
             self.metrics_port = metrics.serve(self, self.cfg.stats.metrics_host, self.cfg.stats.metrics_port)
             log.info("metrics", url=f"http://{self.cfg.stats.metrics_host}:{self.metrics_port}/metrics")
         await self.writer.ensure_database_retrying()
-        if self.alerts is not None:
-            await asyncio.to_thread(self.alerts.start)
         client.connect_async(self.cfg.mqtt.host, self.cfg.mqtt.port, self.cfg.mqtt.keepalive_s,
                              clean_start=False, properties=props)
         client.loop_start()
@@ -326,7 +336,12 @@ class Collector:
             empty = not b.mids and not b.lines
             timeout = None if empty else max(0.0, b.started + max_delay - time.monotonic())
             try:
-                mid, topic, payload = await asyncio.wait_for(inbox.get(), timeout)
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+                # arrives as the get completes, and the collector would not stop (gateway/publisher.py)
+                if timeout is not None and timeout <= 0:
+                    raise TimeoutError  # the batch is due: send it before taking more (as wait_for did)
+                async with asyncio.timeout(timeout):
+                    mid, topic, payload = await inbox.get()
             except TimeoutError:
                 await batches.put(b)
                 b = _Batch()

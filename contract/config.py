@@ -13,13 +13,16 @@ secrets and per-machine paths stay out of the files.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,12 +33,41 @@ from pydantic import (
     model_validator,
 )
 
-from contract.alerts import AlertRules
+from contract.alerts import AlertRules, load_rules
 from contract.codec import FLOATS, INTEGERS, MULTI_WORD, DataType, WordOrder, word_count
 from contract.errors import ConfigError
 from contract.points import Kind, Level, PointDef, check_name
 from contract.report import ReportSettings
 from contract.topics import Ident
+
+
+def _store_url(v: str) -> str:
+    """The alert store's SQLAlchemy URL: the two databases heatwatch ships a driver for."""
+    if re.fullmatch(r"sqlite:///\S.*", v) or v.startswith("postgresql+psycopg://"):
+        return v
+    scheme = v.partition("://")[0] if "://" in v else v[:40]  # never echo a password
+    hint = ("use sqlite:///PATH (four slashes for an absolute path: sqlite:////var/lib/heatwatch/"
+            "alerts.sqlite) or postgresql+psycopg://USER:PASSWORD@HOST/DB")
+    if scheme in ("sqlite", "postgresql", "postgres") or scheme.startswith("postgresql+"):
+        raise ValueError(f"store URL {scheme}://… is not supported: {hint}")
+    raise ValueError(f"unsupported store URL {scheme!r}: {hint}")
+
+
+StoreUrl = Annotated[str, AfterValidator(_store_url)]
+
+
+def _http_url(v: str) -> str:
+    parts = urlsplit(v)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{v!r}: the port is not a number from 1 to 65535") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0 or " " in v:
+        raise ValueError(f"{v!r} is not an http(s) URL of InfluxDB, e.g. http://127.0.0.1:8086")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{v!r}: no query or fragment here (the database is `database:`)")
+    return v
+
 
 Table = Literal["coil", "discrete_input", "input_register", "holding_register"]
 Addressing = Literal["zero_based", "one_based", "modicon"]
@@ -245,8 +277,11 @@ def check_layout(points: list[PointMap], addressing: Addressing, where: str = ""
         for w in range(wire, wire + p.words):
             other = claimed.get((p.table, w))
             if other is not None:
-                raise ValueError(f"{at}.address: {p.table} {w} is also used by {other}")
-            claimed[(p.table, w)] = p.point
+                # in the map's own notation, as its author wrote it, and on the wire
+                written = w + (p.address - wire)
+                addr = f"{written} (wire {w})" if written != w else str(w)
+                raise ValueError(f"{at}.address: {p.table} {addr} is also used by {other}")
+            claimed[(p.table, w)] = at
 
 
 class RegisterMap(_Strict):
@@ -261,6 +296,13 @@ class RegisterMap(_Strict):
 
     @model_validator(mode="after")
     def _layout(self) -> RegisterMap:
+        seen: dict[tuple[str, str | None, str | None], int] = {}
+        for j, p in enumerate(self.points):
+            first = seen.setdefault(p.key, j)
+            if first != j:
+                what = " ".join(k for k in p.key if k)
+                raise ValueError(f"points.{j} ({p.point}).point: {what} is also points.{first}; "
+                                 "a point is mapped once (add building/household to tell them apart)")
         check_layout(self.points, self.addressing)
         return self
 
@@ -515,7 +557,7 @@ class LifecycleSettings(_Strict):
 
 
 class InfluxSettings(_Strict):
-    url: str = "http://127.0.0.1:8086"
+    url: Annotated[str, AfterValidator(_http_url)] = "http://127.0.0.1:8086"
     api: Literal["v1", "v2"] = "v1"
     database: str = "heatwatch"  # v1 database; for v2 the bucket if bucket is not set
     retention_policy: str | None = None
@@ -588,7 +630,7 @@ class AlertSettings(_Strict):
     """The collector's rule engine and alert store (see contract/alerts.py for the rule file)."""
 
     rules: str | None = None  # rule file (YAML, kind: rules); relative to this config; None = defaults
-    store: str  # SQLAlchemy URL: sqlite:////var/lib/heatwatch/alerts.sqlite or postgresql+psycopg://…
+    store: StoreUrl  # SQLAlchemy URL: sqlite:////var/lib/heatwatch/alerts.sqlite or postgresql+psycopg://…
     state_path: str  # the engine's snapshot (windows, baselines, pending timers)
     tick_s: float = Field(default=15, gt=0)  # time-driven rules (stale, offline, escalation)
     # the snapshot pauses the loop ~1.5 s per 100,000 room sensors; the store keeps the alerts
@@ -642,7 +684,7 @@ class ApiConfig(_Strict):
     kind: Literal["api"]
     listen: ListenSettings = ListenSettings()
     influx: InfluxSettings = InfluxSettings()
-    store: str  # the alert store the collector writes (SQLAlchemy URL)
+    store: StoreUrl  # the alert store the collector writes (SQLAlchemy URL)
     workers: int = Field(default=1, ge=1, le=32,
                          description="uvicorn worker processes; 2 on a 2-core box halves the tail under load")
     report: str | None = Field(default=None, description=(
@@ -679,19 +721,66 @@ def _expand(node: Any, path: str, problems: list[str]) -> Any:
     return node
 
 
-# libyaml's loader where PyYAML was built with it: a gateway config with a 300-point map loads
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, line: int, first: int) -> None:
+        super().__init__(f"line {line}: key {key!r} appears twice in one mapping (first on line {first}); "
+                         "YAML would keep only the last")
+
+
+# libyaml's parser where PyYAML was built with it: a gateway config with a 300-point map loads
 # in 25 ms instead of 115 ms, most of it parsing (one process with 200 stations: 23 s → 5 s)
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """A safe loader that refuses a key given twice in one mapping (PyYAML keeps the last one
+    silently: a second ``port:`` further down a file would win without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[tuple[str, str], int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            line, key = key_node.start_mark.line + 1, (key_node.tag, key_node.value)
+            if key in seen:
+                raise _DuplicateKey(str(key_node.value), line, seen[key])
+            seen[key] = line
+        out: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return out
+
+
+def decode_text(raw: bytes, file: str) -> str:
+    """A config file's bytes as text: UTF-8, with or without a byte-order mark.
+
+    Anything else is refused, naming the line, rather than guessed: a file saved by Windows
+    Notepad as "ANSI" on a Chinese system is GBK, and decoding GB18030 whenever UTF-8 fails
+    would also "succeed" on Latin-1 or damaged bytes (GB18030 maps most byte pairs to some
+    character), turning a wrong encoding into wrong addresses and labels that pass validation.
+    The fix is one "save as UTF-8" away, and every other tool (git, grep, the editor of the
+    next person) then reads the same characters.
+    """
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ConfigError(file, ['encoded as UTF-16 (Notepad\'s "Unicode"): save it as UTF-8'])
+    try:
+        return raw.decode("utf-8-sig")  # Notepad writes a UTF-8 BOM: still UTF-8, and harmless
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        try:
+            raw.decode("gb18030")
+        except UnicodeDecodeError:
+            raise ConfigError(file, [f"line {line}: not UTF-8: save it as UTF-8"]) from None
+        raise ConfigError(file, [f"line {line}: not UTF-8 (looks like GBK/GB18030?): save it as UTF-8 "
+                                 f"(e.g. iconv -f GB18030 -t UTF-8 {file} > new.yaml)"]) from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(file, [f"cannot read: {exc.strerror}"]) from None
+    text = decode_text(raw, file)
     try:
-        data = yaml.load(text, Loader=_YAML_LOADER)  # a safe loader
+        data = yaml.load(text, Loader=_Loader)  # a safe loader
+    except _DuplicateKey as exc:
+        raise ConfigError(file, [str(exc)]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -869,7 +958,25 @@ def load_config(path: str | Path) -> AnyConfig:
     if isinstance(alerts, dict) and isinstance(alerts.get("rules"), str):
         alerts["rules"] = str(p.parent / alerts["rules"])  # absolute stays absolute
     cfg: AnyConfig = _validate(model, data, str(p))
+    if isinstance(cfg, CollectorConfig) and cfg.alerts is not None and cfg.alerts.rules is not None:
+        rules = Path(cfg.alerts.rules)
+        if not rules.is_file():
+            raise ConfigError(str(p), [f"alerts.rules: no rule file {rules}"
+                                       + (" (it is a directory)" if rules.is_dir() else "")])
+        load_rules(rules)  # its own errors name the rule file and its keys
     return cfg
+
+
+def env_names(path: str | Path, dotted: str) -> list[str]:
+    """The environment variables (``${NAME}``) the value at ``dotted`` of a config file is built
+    from, so a message can say which one moves it; [] when unreadable or none."""
+    try:
+        node: Any = yaml.load(Path(path).read_text(encoding="utf-8-sig"), Loader=_Loader)
+        for part in dotted.split("."):
+            node = node[part]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+        return []
+    return list(dict.fromkeys(m.group(1) for m in _ENV_RE.finditer(node))) if isinstance(node, str) else []
 
 
 def load_gateway_config(path: str | Path) -> GatewayConfig:

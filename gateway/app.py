@@ -19,8 +19,9 @@ import structlog
 
 from contract import topics
 from contract.config import GatewayConfig
+from contract.errors import CannotOpen
 from contract.payload import DeviceState, DeviceStatus, GatewayStatus, Reading, StationStatus, Telemetry
-from durable.queue import DiskQueue
+from durable.queue import DiskQueue, QueueUnavailable
 from gateway import watchdog
 from gateway.modbus import Answer, Device, Link
 from gateway.plan import plan_requests
@@ -51,8 +52,11 @@ class Gateway:
         self.cfg = cfg
         self.boot = uuid.uuid4().hex
         self.seq = 0
-        self.outbox = DiskQueue(cfg.outbox.path, max_bytes=cfg.outbox.max_bytes,
-                                 max_age_s=cfg.outbox.max_age_h * 3600)
+        try:
+            self.outbox = DiskQueue(cfg.outbox.path, max_bytes=cfg.outbox.max_bytes,
+                                     max_age_s=cfg.outbox.max_age_h * 3600)
+        except QueueUnavailable as exc:
+            raise CannotOpen("gateway outbox", exc.path, exc.reason, "outbox.path") from None
         links: dict[tuple[str, ...], Link] = {}
         self.devices: list[Device] = []
         for d in cfg.resolved:
@@ -132,17 +136,22 @@ class Gateway:
             self._publish_status(ts)
         return msg
 
-    def _publish_status(self, ts: int) -> None:
+    def station_status(self, ts: int) -> StationStatus:
+        """The station's state from its devices' health, as published on the status topic."""
         devs = {d.cfg.name: DeviceStatus(state=d.health.state, error=d.health.error) for d in self.devices}
         states = {s.state for s in devs.values()}
         state = (DeviceState.ONLINE if states == {DeviceState.ONLINE} else
                  DeviceState.OFFLINE if states == {DeviceState.OFFLINE} else DeviceState.DEGRADED)
-        body = orjson.dumps({"state": state, "devices": {k: v.model_dump() for k, v in devs.items()}})
+        return StationStatus(schema_=1, station=self.cfg.station, gateway=self.cfg.gateway,
+                             state=state, devices=devs, ts=ts)
+
+    def _publish_status(self, ts: int) -> None:
+        status = self.station_status(ts)
+        body = orjson.dumps({"state": status.state,
+                             "devices": {k: v.model_dump() for k, v in status.devices.items()}})
         if body == self._last_status:
             return  # retained: publish changes only
         self._last_status = body
-        status = StationStatus(schema_=1, station=self.cfg.station, gateway=self.cfg.gateway,
-                               state=state, devices=devs, ts=ts)
         assert self.publisher is not None
         self.publisher.publish_retained(self.status_topic, status.model_dump_json(by_alias=True).encode())
 

@@ -105,8 +105,14 @@ class Device:
     plans: dict[str, list[Request]] = field(default_factory=dict)  # per poll group; adapts
 
     async def read_group(self, group: str) -> list[Answer]:
-        """Read one poll group's requests. Updates health, and the plan where a block was split."""
+        """Read one poll group's requests. Updates health, and the plan where a block was split.
+
+        Health changes only on an exchange with the device: a group with no requests for it says
+        nothing about it (a room concentrator read only by the slow group must not be declared
+        "answering again" by every fast cycle while it is dead)."""
         plan = self.plans.get(group, [])
+        if not plan:
+            return []
         h = self.health
         if h.state is DeviceState.OFFLINE and time.monotonic() < h.next_try:
             return [(r, None) for r in plan]

@@ -202,8 +202,12 @@ class Publisher:
 
     async def _pump(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the inner result when
+            # a cancellation arrives just as the inner wait completes, swallowing the cancellation;
+            # this loop then ran on and Ctrl-C left the gateway hanging (1 stop in ~40 hung here)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
             self._wake.clear()
             if self._acked:
                 done, self._acked = self._acked, []
