@@ -334,6 +334,11 @@ class MqttSettings(_Strict):
     username: str | None = None
     password: SecretStr | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
+    # MQTT 5 persistent sessions (the gateway; the collector has its own top-level keys): how long
+    # the broker keeps a disconnected client's session and queued messages, and how many
+    # unacknowledged messages it may send the client at once
+    session_expiry_s: int = Field(default=7 * 86400, ge=0, le=2**32 - 1)
+    receive_maximum: int = Field(default=100, ge=1, le=65535)
 
 
 class OutboxSettings(_Strict):
