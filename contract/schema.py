@@ -14,6 +14,7 @@ import msgspec
 from pydantic import BaseModel
 
 from contract.alerts import AlertRules, Transition
+from contract.commands import CommandResult, SignedCommand
 from contract.config import ApiConfig, CollectorConfig, GatewayConfig, RegisterMap
 from contract.payload import GatewayStatus, StationStatus, Telemetry
 
@@ -21,6 +22,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "telemetry": Telemetry, "station-status": StationStatus, "gateway-status": GatewayStatus,
     "register-map": RegisterMap, "gateway-config": GatewayConfig,
     "collector-config": CollectorConfig, "api-config": ApiConfig, "alert-rules": AlertRules,
+    "command": SignedCommand, "command-result": CommandResult,
 }
 
 

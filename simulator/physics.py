@@ -62,6 +62,7 @@ class StationModel:
     seed: int = 0
     events: list[Event] = field(default_factory=list)
     setpoints: dict[Key, float | bool] = field(default_factory=dict)
+    local_mode: bool = False  # the cabinet's local/remote switch
 
     def __post_init__(self) -> None:
         rnd = random.Random(f"{self.station}:{self.seed}")
@@ -182,6 +183,7 @@ class StationModel:
             "makeup_pump_running": makeup > 0.3 or leak is not None,
             "makeup_pump_fault": False, "makeup_pump_freq": 30.0 if makeup > 0.3 else 0.0,
             "primary_valve_position": 20.0 + 70.0 * load,
+            "local_mode": self.local_mode,
             **self.totals,
         }
         for k in self.keys:

@@ -86,7 +86,7 @@ def test_check_config_command(tmp_path: Path) -> None:
     ok = subprocess.run([*run, str(DEPLOY / "gateway" / "st001.yaml")], capture_output=True, text=True,
                         cwd=REPO, check=False)
     assert ok.returncode == 0, ok.stderr
-    assert "ok (gateway: station st001, 3 devices, 61 points)" in ok.stdout
+    assert "ok (gateway: station st001, 3 devices, 62 points)" in ok.stdout
     bad = subprocess.run([*run, str(broken)], capture_output=True, text=True, cwd=REPO, check=False)
     assert bad.returncode == 1
     assert f"{broken}: points.0 (outdoor_temp).word_order: only for 32/64-bit types" in bad.stderr
