@@ -4,6 +4,7 @@
     heatwatch collector CONFIG
     heatwatch api CONFIG
     heatwatch token add|revoke API_CONFIG NAME [--role dispatcher|engineer|admin]
+    heatwatch keys generate --out DIR [--name NAME]
     heatwatch simulate CONFIG... [--speed X] [--scenario FILE] [--serial-peer GATEWAY_TTY=SIM_TTY]
     heatwatch demo [--stations N] [--dir DIR] [--seconds S]
     heatwatch check-config FILE...
@@ -125,6 +126,30 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    """A new command-signing key pair: the private key for the API (mode 0600, never
+    overwritten), the public key for every gateway's control.public_keys."""
+    from contract.commands import generate_keypair, key_id, load_public_key
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    private, public = generate_keypair()
+    key_path, pub_path = out / f"{args.name}.key", out / f"{args.name}.pub"
+    for p in (key_path, pub_path):
+        if p.exists():
+            print(f"{p} exists: not overwritten (move it away first)", file=sys.stderr)
+            return 1
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
+    with os.fdopen(fd, "wb") as f:
+        f.write(private)
+    pub_path.write_bytes(public)
+    kid = key_id(load_public_key(public, str(pub_path)))
+    print(f"private key {key_path} (mode 0600): the API's control.signing_key; keep it on the API host only")
+    print(f"public key  {pub_path}: list it in every gateway's control.public_keys")
+    print(f"key id      {kid}")
+    return 0
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from simulator.scenario import RelativeEvent, load_scenario
     from simulator.server import Simulator
@@ -191,6 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("name", help="who the token is for (the actor in the audit log)")
     p.add_argument("--role", choices=["dispatcher", "engineer", "admin"], default="dispatcher")
     p.set_defaults(fn=_token)
+    p = sub.add_parser("keys", help="command-signing keys: keys generate --out DIR [--name NAME]")
+    p.add_argument("action", choices=["generate"])
+    p.add_argument("--out", required=True, help="folder for NAME.key (private, 0600) and NAME.pub")
+    p.add_argument("--name", default="control-room")
+    p.set_defaults(fn=_keys)
     p = sub.add_parser("simulate", help="serve simulated stations over Modbus (TCP, RTU over TCP, RTU)")
     p.add_argument("--serial-peer", action="append", default=[], metavar="GATEWAY_TTY=SIM_TTY",
                    help="answer a gateway's serial port on the other end of its cable")
