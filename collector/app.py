@@ -43,9 +43,11 @@ from paho.mqtt.properties import Properties
 
 from collector import metrics
 from collector.alerts import AlertStage
+from collector.commands import ResultStage
 from collector.influx import BACKOFF_MIN_S, InfluxWriter
 from contract import topics
 from contract.alerts import Transition
+from contract.commands import CommandResult
 from contract.config import CollectorConfig
 from contract.errors import DatabaseUnavailable, InvalidInput, PayloadError
 from contract.influx import escape_string_field, reject_line, telemetry_lines
@@ -77,6 +79,7 @@ class _Batch:
     lines: list[str] = field(default_factory=list)
     mids: list[int] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)  # alert changes these messages caused
+    results: list[CommandResult] = field(default_factory=list)  # command results these messages carry
     started: float = 0.0
     sample_ts: list[int] = field(default_factory=list)  # live telemetry's sample times (ms)
 
@@ -107,6 +110,8 @@ class Collector:
         self._client: mqtt.Client | None = None
         # the rule engine (a config or rule-file error raises here, at start-up)
         self.alerts = AlertStage(cfg.alerts, clock=clock) if cfg.alerts is not None else None
+        # command results, recorded in the same store (only with it)
+        self.results = ResultStage(self.alerts.store.engine, clock=clock) if self.alerts is not None else None
 
     # -- validation (pure apart from counters) -------------------------------------------------
     def handle(self, topic: str, payload: bytes) -> list[str]:
@@ -138,6 +143,20 @@ class Collector:
             raise PayloadError(f"the collector does not take {t.kind} messages", "unexpected_topic")
         except InvalidInput as exc:
             return [self._reject(exc.reason, station, topic, str(exc))]
+
+    def command_result(self, topic: str, payload: bytes) -> tuple[list[str], CommandResult | None]:
+        """The lines of one command-result message, and the result to record (None if rejected)."""
+        self.stats.received += 1
+        station: str | None = None
+        try:
+            t = topics.parse_topic(topic)
+            station = t.subject
+            if self.results is None or t.kind is not topics.TopicKind.COMMAND_RESULT:
+                raise PayloadError(f"the collector does not take {t.kind} messages", "unexpected_topic")
+            result, lines = self.results.parse(t, payload)
+        except InvalidInput as exc:
+            return [self._reject(exc.reason, station, topic, str(exc))], None
+        return lines, result
 
     def _telemetry(self, station: str, payload: bytes) -> list[str]:
         if self._known is not None and station not in self._known:
@@ -252,7 +271,10 @@ class Collector:
         telemetry = topics.TELEMETRY_FILTER
         if self.cfg.subscription_group is not None:
             telemetry = f"$share/{self.cfg.subscription_group}/{telemetry}"
-        return [(telemetry, 1)] + [(f, 1) for f in topics.STATUS_FILTERS]
+        subs = [(telemetry, 1)] + [(f, 1) for f in topics.STATUS_FILTERS]
+        if self.results is not None:  # the collector with the store records command results
+            subs.append((topics.COMMAND_RESULT_FILTER, 1))
+        return subs
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -335,7 +357,17 @@ class Collector:
             if self._stats_lines:
                 b.lines.extend(self._stats_lines)
                 self._stats_lines = []
-            if topic:  # else the reporter's or the alert ticker's wake-up
+            flush = False
+            if topic and "/command-result/" in topic:
+                lines, result = self.command_result(topic, payload)
+                b.lines.extend(lines)
+                if result is not None:
+                    b.results.append(result)
+                    flush = True  # an engineer waits for it: no batching delay
+                self._slots.release()
+                if mid:
+                    b.mids.append(mid)
+            elif topic:  # else the reporter's or the alert ticker's wake-up
                 b.lines.extend(self.handle(topic, payload))
                 if self._live_ts is not None:
                     b.sample_ts.append(self._live_ts)
@@ -347,7 +379,7 @@ class Collector:
                 trs, lines = self.alerts.take()
                 b.transitions.extend(trs)
                 b.lines.extend(lines)
-            if len(b.lines) >= max_lines:
+            if len(b.lines) >= max_lines or flush:
                 await batches.put(b)
                 b = _Batch()
 
@@ -369,6 +401,8 @@ class Collector:
             await task  # the batches before it are acknowledged already
             if b.transitions and self.alerts is not None:
                 await self.alerts.record(b.transitions, client)  # in the store before the PUBACKs
+            if b.results and self.results is not None:
+                await self.results.record(b.results)  # likewise
             for mid in b.mids:  # durable now: let the broker forget them, in arrival order
                 client.ack(mid, 1)
             self.stats.acked += len(b.mids)

@@ -277,7 +277,8 @@ def bounds_problem(point: str, value: bool | float, b: Bounds, *, is_bool: bool,
 
 
 def shown_state(stored: State, deadline_ms: int, now_ms: int, grace_s: float) -> State:
-    """What a reader sees: a sent command with no result by deadline + grace is unknown."""
-    if stored is State.SENT and now_ms > deadline_ms + grace_s * 1000:
+    """What a reader sees: a command that may have reached its gateway (sent, or requested and
+    handed to the broker without a PUBACK yet) with no result by deadline + grace is unknown."""
+    if stored in (State.SENT, State.REQUESTED) and now_ms > deadline_ms + grace_s * 1000:
         return State.UNKNOWN
     return stored

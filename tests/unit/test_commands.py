@@ -143,4 +143,6 @@ def test_bounds_name_the_bound_that_was_hit() -> None:
 def test_a_sent_command_without_result_shows_unknown_after_its_grace() -> None:
     assert shown_state(State.SENT, 10_000, 10_000 + 59_999, 60) is State.SENT
     assert shown_state(State.SENT, 10_000, 10_000 + 60_001, 60) is State.UNKNOWN
+    assert shown_state(State.REQUESTED, 10_000, 10_000 + 60_001, 60) is State.UNKNOWN  # API down meanwhile
     assert shown_state(State.CONFIRMED, 10_000, 10_000_000, 60) is State.CONFIRMED
+    assert shown_state(State.AWAITING_CONFIRMATION, 10_000, 10_000_000, 60) is State.AWAITING_CONFIRMATION
