@@ -185,7 +185,7 @@ class DeviceImage:
                              p.bit or 0)
                 val = raw if isinstance(raw, (bool, str)) else float(raw) * p.scale + p.offset
             if not isinstance(val, str):
-                self.model.setpoints[s.key] = val
+                self.model.write(s.key, val)
         self.model.values.update({k: v for k, v in self.model.setpoints.items() if k in self.model.values})
         self.render()
 
