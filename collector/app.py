@@ -392,7 +392,15 @@ class Collector:
         while True:
             b = await batches.get()
             await slots.acquire()
-            writing.put_nowait((b, tg.create_task(self._store(b.lines))))
+            writing.put_nowait((b, tg.create_task(self._store_batch(b))))
+
+    async def _store_batch(self, b: _Batch) -> None:
+        """The batch's lines, and its command results into the store alongside (an engineer waits
+        for those; the InfluxDB write need not come first, the PUBACKs wait for both)."""
+        if b.results and self.results is not None:
+            await asyncio.gather(self._store(b.lines), self.results.record(b.results))
+        else:
+            await self._store(b.lines)
 
     async def _acker(self, writing: asyncio.Queue[tuple[_Batch, asyncio.Task[None]]],
                      slots: asyncio.Semaphore, client: mqtt.Client) -> None:
@@ -401,8 +409,6 @@ class Collector:
             await task  # the batches before it are acknowledged already
             if b.transitions and self.alerts is not None:
                 await self.alerts.record(b.transitions, client)  # in the store before the PUBACKs
-            if b.results and self.results is not None:
-                await self.results.record(b.results)  # likewise
             for mid in b.mids:  # durable now: let the broker forget them, in arrival order
                 client.ack(mid, 1)
             self.stats.acked += len(b.mids)

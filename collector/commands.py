@@ -31,7 +31,10 @@ class ResultStage:
     def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.time) -> None:
         self.store = CommandStore(engine)
         self.clock = clock
-        self.recorded = self.retries = 0
+        self.recorded = self.retries = self.failed = 0
+        # batches are written concurrently (batch.concurrency); their results are recorded one
+        # batch at a time, so two copies of one result never race to insert the same command
+        self._one_at_a_time = asyncio.Lock()
 
     @staticmethod
     def parse(t: Topic, payload: bytes) -> tuple[CommandResult, list[str]]:
@@ -45,10 +48,20 @@ class ResultStage:
     async def record(self, results: list[CommandResult]) -> None:
         """Into the store (retrying while it is away): only then may their PUBACKs go out."""
         delay = 0.5
+        conflicts = 0
         while True:
             try:
-                await asyncio.to_thread(self.store.record_results, results, int(self.clock() * 1000))
+                async with self._one_at_a_time:
+                    await asyncio.to_thread(self.store.record_results, results, int(self.clock() * 1000))
                 break
+            except sqlalchemy.exc.IntegrityError as exc:  # another writer inserted it first: now it exists
+                conflicts += 1
+                if conflicts < 3:
+                    continue
+                self.failed += len(results)  # a fault of ours, not of the input: loud, counted, not looping
+                log.error("command results could not be recorded; their lines are in InfluxDB",
+                          error=str(exc)[:300], commands=[r.id for r in results])
+                return
             except sqlalchemy.exc.OperationalError as exc:
                 self.retries += 1
                 if self.retries == 1 or delay >= RETRY_MAX_S:

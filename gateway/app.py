@@ -74,7 +74,7 @@ class Gateway:
         self.messages = 0
         self.publisher: Publisher | None = None
         # remote commands (a bad key file fails here, at start-up)
-        self.commands = (CommandPath(cfg, self.devices, self.outbox, notify=self._notify, blocking=blocking)
+        self.commands = (CommandPath(cfg, self.devices, self.outbox, notify=self._notify)
                          if cfg.control is not None else None)
 
     def _notify(self) -> None:
