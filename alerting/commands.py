@@ -11,7 +11,7 @@ Calls are synchronous; async callers wrap them in ``asyncio.to_thread``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,6 +46,9 @@ class NewCommand:
     ticket: str
     created_at: int
     deadline: int
+    # the signed bytes, when the command may go at once (no second engineer): its creator
+    # publishes it right after the commit and the sender's claim is only the fallback
+    payload: bytes | None = None
 
 
 def _target(r: Any) -> str:
@@ -67,7 +70,8 @@ class CommandStore:
     # -- the API's side ---------------------------------------------------------------------------
     def create(self, c: NewCommand) -> dict[str, Any]:
         state = State.AWAITING_CONFIRMATION if c.needs_confirmation else State.REQUESTED
-        row = asdict(c) | {"state": state.value, "origin": "api"}
+        row = asdict(c) | {"state": state.value, "origin": "api",
+                           "claimed_at": c.created_at if c.payload is not None else None}
         with self.engine.begin() as conn:
             conn.execute(schema.commands.insert().values(**row))
             r = conn.execute(sa.select(schema.commands).where(schema.commands.c.id == c.id)).one()
@@ -76,8 +80,10 @@ class CommandStore:
                          "deadline": c.deadline, "needs_confirmation": c.needs_confirmation}, _target(r))
         return self.get(c.id)
 
-    def confirm(self, cid: str, *, actor: str, now: int) -> dict[str, Any]:
-        """The second engineer's confirmation of a station-wide setpoint."""
+    def confirm(self, cid: str, *, actor: str, now: int,
+                sign: Callable[[dict[str, Any]], bytes] | None = None) -> dict[str, Any]:
+        """The second engineer's confirmation of a station-wide setpoint. With ``sign`` (the row →
+        its signed bytes) the command is claimed for its confirmer to publish at once."""
         t = schema.commands
         with self.engine.begin() as conn:
             r = conn.execute(sa.select(t).where(t.c.id == cid)).first()
@@ -90,8 +96,9 @@ class CommandStore:
                                 "same_person")
             if now > r.deadline:
                 raise Conflict(f"command {cid} passed its deadline unconfirmed", "deadline_passed")
+            signed = {} if sign is None else {"payload": sign(dict(r._mapping)), "claimed_at": now}
             conn.execute(t.update().where(t.c.id == cid, t.c.state == State.AWAITING_CONFIRMATION)
-                         .values(state=State.REQUESTED.value, confirmed_by=actor, confirmed_at=now))
+                         .values(state=State.REQUESTED.value, confirmed_by=actor, confirmed_at=now, **signed))
             self._event(conn, cid, "confirmed", State.REQUESTED.value, now, actor, {}, _target(r))
         return self.get(cid)
 

@@ -13,6 +13,7 @@ with no result by its deadline plus ``control.unknown_grace_s``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from typing import Annotated, Any
@@ -207,13 +208,17 @@ async def create(request: Request, body: CommandIn, p: Engineer) -> dict[str, An
     if problem is not None:
         raise HTTPException(422, problem[1])
     value: float | bool = body.value if isinstance(body.value, bool) else float(body.value)
-    row = await _call(store.create, NewCommand(
+    new = NewCommand(
         id=uuid.uuid4().hex, station=body.station, device=body.device, point=body.point,
         building=body.building, household=body.household, value=value,
         old_value=old if not isinstance(old, int) or isinstance(old, bool) else float(old),
         needs_confirmation=wp.station_wide, issuer=p.name, reason=body.reason, ticket=body.ticket,
-        created_at=now, deadline=now + int(deadline_s * 1000)))
-    control.wake.set()
+        created_at=now, deadline=now + int(deadline_s * 1000))
+    if not new.needs_confirmation:  # signed now, published right after the commit
+        new = dataclasses.replace(new, payload=control.sign_row(dataclasses.asdict(new)))
+    row = await _call(store.create, new)
+    if row["payload"] is not None:
+        await control.publish_now(row)
     return _view(row, cfg, now)
 
 
@@ -221,8 +226,8 @@ async def create(request: Request, body: CommandIn, p: Engineer) -> dict[str, An
              summary="Confirm a station-wide setpoint (an engineer other than its issuer)")
 async def confirm(request: Request, command_id: CommandId, p: Engineer) -> dict[str, Any]:
     control, cfg, store = _control(request)
-    row = await _call(store.confirm, command_id, actor=p.name, now=_now())
-    control.wake.set()
+    row = await _call(store.confirm, command_id, actor=p.name, now=_now(), sign=control.sign_row)
+    await control.publish_now(row)
     return _view(row, cfg, _now())
 
 

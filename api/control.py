@@ -107,14 +107,25 @@ class Control:
                     continue
                 await self._publish(client, r)
 
+    def sign_row(self, r: dict[str, Any]) -> bytes:
+        """The signed bytes of a stored command (deterministic: Ed25519 over canonical bytes)."""
+        cmd = Command(id=r["id"], station=r["station"], device=r["device"], point=r["point"],
+                      building=r["building"], household=r["household"], value=r["value"],
+                      deadline=r["deadline"], issued_at=r["created_at"], issuer=r["issuer"],
+                      reason=r["reason"], ticket=r["ticket"])
+        return sign(cmd, self.key).to_json()
+
+    async def publish_now(self, r: dict[str, Any]) -> None:
+        """Publish a command just committed with its payload (the sender is the fallback: a row
+        not marked sent within alerting.commands.RECLAIM_AFTER_MS is claimed again)."""
+        client = self.client
+        if client is not None and r["id"] not in self._inflight and client.room > 0:
+            await self._publish(client, r)
+
     async def _publish(self, client: MqttClient, r: dict[str, Any]) -> None:
         payload: bytes | None = r["payload"]
         if payload is None:
-            cmd = Command(id=r["id"], station=r["station"], device=r["device"], point=r["point"],
-                          building=r["building"], household=r["household"], value=r["value"],
-                          deadline=r["deadline"], issued_at=r["created_at"], issuer=r["issuer"],
-                          reason=r["reason"], ticket=r["ticket"])
-            payload = sign(cmd, self.key).to_json()
+            payload = self.sign_row(r)
             await asyncio.to_thread(self.store.set_payload, r["id"], payload)
         topic = str(topics.Topic(topics.TopicKind.COMMAND, r["station"], r["id"]))
         expiry = max(1.0, (r["deadline"] - _ms()) / 1000 + self.cfg.late_report_s)
