@@ -74,12 +74,12 @@ class Gateway:
         self.messages = 0
         self.publisher: Publisher | None = None
         # remote commands (a bad key file fails here, at start-up)
-        self.commands = (CommandPath(cfg, self.devices, self.outbox, notify=self._notify)
+        self.commands = (CommandPath(cfg, self.devices, self.outbox, send=self._send_now)
                          if cfg.control is not None else None)
 
-    def _notify(self) -> None:
+    def _send_now(self, row_id: int, topic: str, payload: bytes) -> None:
         if self.publisher is not None:
-            self.publisher.notify()
+            self.publisher.publish_now(row_id, topic, payload)
 
     def _gateway_status(self, state: Literal["online", "offline"]) -> bytes:
         return GatewayStatus(schema_=1, gateway=self.cfg.gateway, state=state,

@@ -193,10 +193,10 @@ def _tolerance(p: PointMap, target: float) -> float:
 
 class CommandPath:
     def __init__(self, cfg: GatewayConfig, devices: list[Device], outbox: DiskQueue, *,
-                 notify: Callable[[], None], blocking: Callable[..., Any] = command_blocking,
+                 send: Callable[[int, str, bytes], None], blocking: Callable[..., Any] = command_blocking,
                  clock: Callable[[], float] = time.time, config_file: str = "gateway config") -> None:
         assert cfg.control is not None
-        self.cfg, self.outbox, self._notify, self._blocking, self.clock = cfg, outbox, notify, blocking, clock
+        self.cfg, self.outbox, self._send_now, self._blocking, self.clock = cfg, outbox, send, blocking, clock
         self.keys = load_keys(cfg.control.public_keys, config_file)
         self.ledger = Ledger(cfg.control.ledger)
         self.targets: dict[Target, tuple[Device, PointMap]] = {}
@@ -270,8 +270,8 @@ class CommandPath:
 
     async def _send(self, cid: str, body: bytes) -> None:
         topic = str(topics.Topic(topics.TopicKind.COMMAND_RESULT, self.cfg.station, cid))
-        await self._blocking(self.outbox.append, topic, body)
-        self._notify()
+        row_id = await self._blocking(self.outbox.append, topic, body)
+        self._send_now(row_id, topic, body)  # durable now; an engineer waits for it
 
     def _result(self, cid: str, state: ResultState, cmd: Command | None, *, reason: Reason | None = None,
                 detail: str = "", old: float | bool | None = None, read: float | bool | None = None,

@@ -55,6 +55,7 @@ class Publisher:
         self._acked: list[int] = []
         self._wake = asyncio.Event()
         self._rewind: tuple[float, int] | None = None  # (when, row id to go back before)
+        self._direct: set[int] = set()  # rows handed over by publish_now, not yet acknowledged
         self._refused_logged = False
         self.published = self.acked = self.backfilled = self.refused = 0
 
@@ -72,6 +73,18 @@ class Publisher:
         """Something was appended to the outbox."""
         self._wake.set()
 
+    def publish_now(self, row_id: int, topic: str, payload: bytes) -> None:
+        """A row just appended that someone waits for (a command's result): hand it to the client
+        at once instead of when the pump next reads the outbox; the pump skips it, and it is
+        deleted on its PUBACK like any row (or published again after a restart)."""
+        if self.client.connected and self.client.room > 0:
+            self._direct.add(row_id)
+            fut = self.client.publish_nowait(topic, payload)
+            fut.add_done_callback(partial(self._done, row_id))
+            self.published += 1
+        else:
+            self._wake.set()
+
     def publish_retained(self, topic: str, payload: bytes) -> None:
         """Retained status: the latest value only, re-sent at every (re)connect."""
         self.client.publish_retained(topic, payload)
@@ -82,6 +95,7 @@ class Publisher:
             tg.create_task(self._pump())
 
     def _done(self, row_id: int, fut: asyncio.Future[None]) -> None:
+        self._direct.discard(row_id)
         if fut.cancelled():
             return
         exc = fut.exception()
@@ -120,6 +134,9 @@ class Publisher:
             rows = await self._blocking(self.outbox.fetch_after, self.cursor, limit)
             now_ms = time.time() * 1000
             for row in rows:
+                if row.id in self._direct:  # already with the client (publish_now)
+                    self.cursor = row.id
+                    continue
                 payload = row.payload
                 if now_ms - row.created_ms > BACKFILL_AFTER_S * 1000:
                     payload = mark_backfill(payload)
