@@ -486,6 +486,9 @@ class Collector:
             "spool_rows": self.spool.count, "spool_bytes": self.spool.bytes, "acked": st.acked,
             "seq_gaps": sum(st.seq_gaps.values()), "restarts": sum(st.restarts.values()),
         }
+        if self.results is not None:
+            fields |= {"command_results": self.results.recorded,
+                       "command_results_failed": self.results.failed}
         if self.alerts is not None:
             a = self.alerts.stats
             fields |= {"alert_transitions": a.transitions, "alert_pages": a.pages,

@@ -251,9 +251,9 @@ class CommandPath:
             log.info("command seen before: its result is sent again, nothing is written", command=cid)
             await self._send(cid, seen[1])
             return CommandResult.model_validate_json(seen[1])
+        wrote: Target | None
         if seen is not None:  # the write started and the gateway stopped before its result
-            result = await self._interrupted(cid, msg.payload)
-            wrote: Target | None = None
+            result, wrote = await self._interrupted(cid, msg.payload)
         else:
             result, wrote = await self._execute(cid, msg.payload)
         body = result.to_json()
@@ -429,14 +429,18 @@ class CommandPath:
             return encode(raw, p.type, order)
         return encode(round(raw), p.type, order)
 
-    async def _interrupted(self, cid: str, payload: bytes) -> CommandResult:
-        """A command whose write started before the gateway stopped: report, never write again."""
+    async def _interrupted(self, cid: str, payload: bytes) -> tuple[CommandResult, Target | None]:
+        """A command whose write started before the gateway stopped: report, never write again.
+        It may have taken, so it counts as this point's last write (the minimum interval)."""
         cmd: Command | None = None
         read: float | bool | None = None
+        target: Target | None = None
         try:
             cmd = parse_signed_command(payload).command
-            found = self.targets.get((cmd.device, cmd.point, cmd.building, cmd.household))
+            t = (cmd.device, cmd.point, cmd.building, cmd.household)
+            found = self.targets.get(t)
             if found is not None:
+                target = t
                 dev, p = found
                 async with dev.link.lock:
                     read = await self._read_value(dev, p, "the read-back")
@@ -444,7 +448,7 @@ class CommandPath:
             pass
         return self._result(cid, "failed", cmd, reason=Reason.INTERRUPTED, read=read,
                             detail="the gateway stopped between the write and its result; not written "
-                                   f"again; the point reads {read}")
+                                   f"again; the point reads {read}"), target
 
     async def housekeeping(self) -> None:
         cutoff = int((self.clock() - KEEP_LEDGER_DAYS * 86400) * 1000)

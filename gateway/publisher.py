@@ -77,6 +77,8 @@ class Publisher:
         """A row just appended that someone waits for (a command's result): hand it to the client
         at once instead of when the pump next reads the outbox; the pump skips it, and it is
         deleted on its PUBACK like any row (or published again after a restart)."""
+        if row_id <= self.cursor:
+            return  # the pump has read it from the outbox and handed it over already
         if self.client.connected and self.client.room > 0:
             self._direct.add(row_id)
             fut = self.client.publish_nowait(topic, payload)

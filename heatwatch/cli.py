@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from contract.config import (
+    ApiConfig,
     GatewayConfig,
     load_api_config,
     load_collector_config,
@@ -183,9 +184,24 @@ def _check(args: argparse.Namespace) -> int:
             bad += 1
             continue
         extra = ""
+        try:  # the key files a control: block names must be readable keys of the right kind
+            if isinstance(cfg, GatewayConfig) and cfg.control is not None:
+                from gateway.commands import load_keys
+
+                load_keys(cfg.control.public_keys, f)
+            elif isinstance(cfg, ApiConfig) and cfg.control is not None:
+                from api.control import load_signing_key
+
+                load_signing_key(cfg.control, f)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            bad += 1
+            continue
         if isinstance(cfg, GatewayConfig):
             n = sum(len(d.points) for d in cfg.resolved)
             extra = f": station {cfg.station}, {len(cfg.resolved)} devices, {n} points"
+            if cfg.control is not None:
+                extra += f", {sum(1 for d in cfg.resolved for p in d.points if p.write)} writable"
         print(f"{f}: ok ({cfg.kind}{extra})")
     return 1 if bad else 0
 

@@ -25,6 +25,7 @@ WRITES: list[tuple[str, str | None, str, dict[str, Any], float | bool, int, list
     ("x_i16", None, "int16", {"scale": 0.5, "offset": -40}, -55.0, 6, [0xFFE2]),  # raw -30
     ("x_i32", None, "int32", {"word_order": "ABCD"}, -123456.0, 16, [0xFFFE, 0x1DC0]),
     ("x_u32", None, "uint32", {"word_order": "CDAB", "scale": 0.01}, 1234567.89, 16, [0xCD15, 0x075B]),
+    ("x_f32_abcd", None, "float32", {"word_order": "ABCD"}, 12.5, 16, [0x4148, 0x0000]),
     ("x_f32_badc", None, "float32", {"word_order": "BADC"}, 12.5, 16, [0x4841, 0x0000]),
     ("x_f32_cdab", None, "float32", {"word_order": "CDAB"}, 123456.0, 16, [0x2000, 0x47F1]),
     ("x_f32_dcba", None, "float32", {"word_order": "DCBA"}, -2.25, 16, [0x0000, 0x10C0]),

@@ -167,3 +167,29 @@ def test_transport_errors_name_the_device_and_key(tmp_path: Path, meter: dict[st
     cfg["devices"][2].update(BUS, device_id=3)
     p.write_text(yaml.safe_dump(cfg))
     assert {d.link for d in load_gateway_config(p).resolved[1:]} == {("rtu", "/dev/ttyUSB0")}
+
+
+def test_check_config_reads_the_control_blocks_key_files(tmp_path: Path) -> None:
+    from contract.commands import generate_keypair
+
+    gw = yaml.safe_load((DEPLOY / "gateway" / "st001.yaml").read_text())
+    for dev in gw["devices"]:
+        dev["map"] = str((DEPLOY / "gateway" / dev["map"]).resolve())
+    gw["control"] = {"public_keys": ["keys/control.pub"], "ledger": str(tmp_path / "ledger.sqlite")}
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(gw))
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "heatwatch", "check-config", str(path)],
+                              capture_output=True, text=True, cwd=REPO, check=False)
+
+    missing = check()
+    assert missing.returncode == 1
+    assert f"{path}: control.public_keys.0: cannot read {tmp_path}/keys/control.pub" in missing.stderr
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "control.pub").write_bytes(generate_keypair()[0])  # a private key: the wrong kind
+    wrong = check()
+    assert wrong.returncode == 1 and "control.public_keys.0: " in wrong.stderr
+    (tmp_path / "keys" / "control.pub").write_bytes(generate_keypair()[1])
+    ok = check()
+    assert ok.returncode == 0 and "62 points, 8 writable" in ok.stdout
