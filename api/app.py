@@ -3,7 +3,8 @@
 Health (no credential) and readiness; the hotline lookup (``api/lookup.py``); stations with their
 latest values and history (``api/stations.py``); alerts, their history, acknowledgement, notes,
 manual resolution and silences (``api/alerts.py``) on the alert store the collector writes;
-credentials and the audit trail (``api/admin.py``). Every endpoint but /health and /ready needs
+credentials and the audit trail (``api/admin.py``); remote building control (``api/commands.py``,
+``api/control.py``, with a ``control:`` block). Every endpoint but /health and /ready needs
 a bearer token; see ``api/auth.py`` for the roles.
 """
 
@@ -21,11 +22,13 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
+from alerting.commands import CommandStore
 from alerting.store import Store
-from api import admin, alerts, lookup
+from api import admin, alerts, commands, lookup
 from api import report as report_routes
 from api import stations as station_routes
 from api.auth import Dispatcher, TokenCache
+from api.control import Control
 from api.influx import InfluxReader
 from api.limits import FailedAuth
 from contract.config import ApiConfig, load_api_config
@@ -77,10 +80,18 @@ def create_app(settings: ApiConfig) -> FastAPI:
         app.state.tokens = TokenCache(app.state.store)
         app.state.report = report_routes.load(settings)
         app.state.failed_auth = FailedAuth()
+        app.state.commands = CommandStore(app.state.store.engine)
+        control_task: asyncio.Task[None] | None = None
+        if settings.control is not None:  # remote commands: the gateways' status and the sender
+            app.state.control = Control(settings.control, app.state.commands)
+            control_task = asyncio.create_task(app.state.control.run())
         # what start-up built lives as long as the process: keep it out of the collector's
         # generations so a full collection walks only per-request garbage
         gc.freeze()
         yield
+        if control_task is not None:
+            control_task.cancel()
+            await asyncio.gather(control_task, return_exceptions=True)
         await app.state.influx.close()
         app.state.store.close()
 
@@ -95,6 +106,7 @@ def create_app(settings: ApiConfig) -> FastAPI:
     app.include_router(station_routes.router)
     app.include_router(admin.router)
     app.include_router(report_routes.router)
+    app.include_router(commands.router)
 
     async def _components(influx: InfluxReader, store: Store) -> Health:
         ok_influx = await influx.ping()

@@ -43,9 +43,11 @@ from paho.mqtt.properties import Properties
 
 from collector import lifecycle, metrics
 from collector.alerts import AlertStage
+from collector.commands import ResultStage
 from collector.influx import BACKOFF_MIN_S, InfluxWriter
 from contract import topics
 from contract.alerts import Transition
+from contract.commands import CommandResult
 from contract.config import CollectorConfig
 from contract.errors import CannotOpen, DatabaseUnavailable, InvalidInput, PayloadError
 from contract.influx import escape_string_field, reject_line, telemetry_lines
@@ -77,6 +79,7 @@ class _Batch:
     lines: list[str] = field(default_factory=list)
     mids: list[int] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)  # alert changes these messages caused
+    results: list[CommandResult] = field(default_factory=list)  # command results these messages carry
     started: float = 0.0
     sample_ts: list[int] = field(default_factory=list)  # live telemetry's sample times (ms)
 
@@ -110,6 +113,8 @@ class Collector:
         self._client: mqtt.Client | None = None
         # the rule engine (a config or rule-file error raises here, at start-up)
         self.alerts = AlertStage(cfg.alerts, clock=clock) if cfg.alerts is not None else None
+        # command results, recorded in the same store (only with it)
+        self.results = ResultStage(self.alerts.store.engine, clock=clock) if self.alerts is not None else None
 
     # -- validation (pure apart from counters) -------------------------------------------------
     def handle(self, topic: str, payload: bytes) -> list[str]:
@@ -141,6 +146,20 @@ class Collector:
             raise PayloadError(f"the collector does not take {t.kind} messages", "unexpected_topic")
         except InvalidInput as exc:
             return [self._reject(exc.reason, station, topic, str(exc))]
+
+    def command_result(self, topic: str, payload: bytes) -> tuple[list[str], CommandResult | None]:
+        """The lines of one command-result message, and the result to record (None if rejected)."""
+        self.stats.received += 1
+        station: str | None = None
+        try:
+            t = topics.parse_topic(topic)
+            station = t.subject
+            if self.results is None or t.kind is not topics.TopicKind.COMMAND_RESULT:
+                raise PayloadError(f"the collector does not take {t.kind} messages", "unexpected_topic")
+            result, lines = self.results.parse(t, payload)
+        except InvalidInput as exc:
+            return [self._reject(exc.reason, station, topic, str(exc))], None
+        return lines, result
 
     def _telemetry(self, station: str, payload: bytes) -> list[str]:
         if self._known is not None and station not in self._known:
@@ -255,7 +274,10 @@ class Collector:
         telemetry = topics.TELEMETRY_FILTER
         if self.cfg.subscription_group is not None:
             telemetry = f"$share/{self.cfg.subscription_group}/{telemetry}"
-        return [(telemetry, 1)] + [(f, 1) for f in topics.STATUS_FILTERS]
+        subs = [(telemetry, 1)] + [(f, 1) for f in topics.STATUS_FILTERS]
+        if self.results is not None:  # the collector with the store records command results
+            subs.append((topics.COMMAND_RESULT_FILTER, 1))
+        return subs
 
     async def run(self) -> None:
         if self.alerts is not None:
@@ -351,7 +373,17 @@ class Collector:
             if self._stats_lines:
                 b.lines.extend(self._stats_lines)
                 self._stats_lines = []
-            if topic:  # else the reporter's or the alert ticker's wake-up
+            flush = False
+            if topic and "/command-result/" in topic:
+                lines, result = self.command_result(topic, payload)
+                b.lines.extend(lines)
+                if result is not None:
+                    b.results.append(result)
+                    flush = True  # an engineer waits for it: no batching delay
+                self._slots.release()
+                if mid:
+                    b.mids.append(mid)
+            elif topic:  # else the reporter's or the alert ticker's wake-up
                 b.lines.extend(self.handle(topic, payload))
                 if self._live_ts is not None:
                     b.sample_ts.append(self._live_ts)
@@ -363,7 +395,7 @@ class Collector:
                 trs, lines = self.alerts.take()
                 b.transitions.extend(trs)
                 b.lines.extend(lines)
-            if len(b.lines) >= max_lines:
+            if len(b.lines) >= max_lines or flush:
                 await batches.put(b)
                 b = _Batch()
 
@@ -376,7 +408,15 @@ class Collector:
         while True:
             b = await batches.get()
             await slots.acquire()
-            writing.put_nowait((b, tg.create_task(self._store(b.lines))))
+            writing.put_nowait((b, tg.create_task(self._store_batch(b))))
+
+    async def _store_batch(self, b: _Batch) -> None:
+        """The batch's lines, and its command results into the store alongside (an engineer waits
+        for those; the InfluxDB write need not come first, the PUBACKs wait for both)."""
+        if b.results and self.results is not None:
+            await asyncio.gather(self._store(b.lines), self.results.record(b.results))
+        else:
+            await self._store(b.lines)
 
     async def _acker(self, writing: asyncio.Queue[tuple[_Batch, asyncio.Task[None]]],
                      slots: asyncio.Semaphore, client: mqtt.Client) -> None:
@@ -462,6 +502,9 @@ class Collector:
             "spool_rows": self.spool.count, "spool_bytes": self.spool.bytes, "acked": st.acked,
             "seq_gaps": sum(st.seq_gaps.values()), "restarts": sum(st.restarts.values()),
         }
+        if self.results is not None:
+            fields |= {"command_results": self.results.recorded,
+                       "command_results_failed": self.results.failed}
         if self.alerts is not None:
             a = self.alerts.stats
             fields |= {"alert_transitions": a.transitions, "alert_pages": a.pages,

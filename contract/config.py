@@ -79,6 +79,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+WriteFunction = Literal["fc6", "fc16"]
+_INT_LIMITS = {
+    DataType.INT16: (-(2**15), 2**15 - 1), DataType.UINT16: (0, 2**16 - 1),
+    DataType.INT32: (-(2**31), 2**31 - 1), DataType.UINT32: (0, 2**32 - 1),
+    DataType.INT64: (-(2**63), 2**63 - 1), DataType.UINT64: (0, 2**64 - 1),
+}
+
+
+class WriteSpec(_Strict):
+    """How a point may be written remotely. Engineering units; the bounds a canonical setpoint
+    leaves out come from the vocabulary (DOMAIN.md: valve ≥ its minimum opening, ≤ 10 % or 3 K
+    per step, 15 min between steps); a custom ``x_`` point must give min and max."""
+
+    min: float | None = None
+    max: float | None = None
+    # per command, against the value read just before the write; null: no step limit
+    max_step: float | None = Field(default=None, gt=0)
+    # between two writes of this point (EEPROM wear, thermal lag: a building answers in hours)
+    min_interval_s: float = Field(default=900, ge=0, le=7 * 86400)
+    # a single register by FC6 (default) or FC16 (devices that take only FC16); 32/64-bit values
+    # always go in one FC16 request; coils by FC5; a bit by read-modify-write of its register
+    function: WriteFunction | None = None
+    # read-back must match within this (engineering units); default: half the register's
+    # resolution for integers (scale / 2), float32's precision for floats
+    tolerance: float | None = Field(default=None, gt=0)
+
+
 class PointMap(_Strict):
     """One point of a register map. Which keys a type demands or forbids is checked per key."""
 
@@ -97,7 +124,8 @@ class PointMap(_Strict):
     range: tuple[float, float] | None = None
     invalid_raw: list[int] = Field(default_factory=list, validate_default=True)
     group: Ident = "fast"
-    writable: bool = Field(default=False, validate_default=True)
+    # may be written by a remote command, within these bounds (docs/control.md)
+    write: WriteSpec | None = Field(default=None, validate_default=True)
     # report by exception (a poll group with by_exception): resend only when the value moved by
     # at least this much (engineering units) since it was last sent; None: on any change
     deadband: float | None = Field(default=None, ge=0, validate_default=True)
@@ -198,18 +226,58 @@ class PointMap(_Strict):
             raise ValueError("only for integer types")
         return v
 
-    @field_validator("writable")
+    @model_validator(mode="before")
     @classmethod
-    def _writable(cls, v: bool, info: ValidationInfo) -> bool:
-        if not v:
+    def _old_writable(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "writable" in data:
+            raise ValueError("@writable: replaced by a write: block (min, max, max_step, min_interval_s; "
+                             "write: {} takes the point's defaults), see docs/control.md")
+        return data
+
+    @field_validator("write")
+    @classmethod
+    def _write(cls, v: WriteSpec | None, info: ValidationInfo) -> WriteSpec | None:
+        if v is None:
             return v
-        if info.data.get("table") not in ("holding_register", "coil"):
+        t, table, name = info.data.get("type"), info.data.get("table"), info.data.get("point")
+        if t is None or table is None or name is None:
+            return v  # reported on its own key
+        if table not in ("holding_register", "coil"):
             raise ValueError("only holding registers and coils can be written")
-        name = info.data.get("point")
-        d = check_name(name) if name else None
+        d = check_name(name)
         if d is not None and not d.writable:
             raise ValueError(f"{name} is a measurement, not a setpoint")
-        return v
+        if t is DataType.STRING:
+            raise ValueError("text points are not written remotely")
+        given = v.model_fields_set
+        if t in (DataType.BOOL, DataType.BIT):
+            extra = sorted(given & {"min", "max", "max_step", "tolerance"})
+            if extra:
+                raise ValueError(f"@{extra[0]}: only for numeric points (a {t} point is true or false)")
+            if v.function is not None and t is DataType.BOOL:
+                raise ValueError("@function: coils are written with FC5")
+            return v
+        if v.function == "fc6" and t in MULTI_WORD:
+            raise ValueError(f"@function: a {t} value is written whole in one FC16 request, never "
+                             "as single registers (a half-written value is a wrong setpoint)")
+        lo, hi, step = v.min, v.max, v.max_step
+        if d is not None and d.write is not None:
+            lo = d.write[0] if "min" not in given else lo
+            hi = d.write[1] if "max" not in given else hi
+            step = d.write[2] if "max_step" not in given else step
+        if lo is None or hi is None:
+            raise ValueError("@min: a custom point needs its min and max")
+        if lo >= hi:
+            raise ValueError(f"@min: {lo:g} must be below max {hi:g}")
+        if t in INTEGERS:
+            scale, offset = info.data.get("scale", 1.0), info.data.get("offset", 0.0)
+            rlo, rhi = _INT_LIMITS[t]
+            for key, eng in (("min", lo), ("max", hi)):
+                raw = (eng - offset) / scale
+                if not rlo <= round(raw) <= rhi:
+                    raise ValueError(f"@{key}: {eng:g} does not fit {t} with scale {scale:g} "
+                                     f"(raw {raw:g} outside {rlo}..{rhi})")
+        return v.model_copy(update={"min": lo, "max": hi, "max_step": step})
 
     @model_validator(mode="after")
     def _entity(self) -> PointMap:
@@ -228,6 +296,10 @@ class PointMap(_Strict):
     @property
     def key(self) -> tuple[str, str | None, str | None]:
         return (self.point, self.building, self.household)
+
+    @property
+    def writable(self) -> bool:
+        return self.write is not None
 
     @property
     def words(self) -> int:
@@ -292,6 +364,8 @@ class RegisterMap(_Strict):
     addressing: Addressing
     max_registers_per_request: int = Field(default=125, ge=1, le=125)
     word_order: WordOrder = WordOrder.ABCD  # default for multi-word points that name none
+    # how a single writable register is written: fc6, or fc16 for devices that take only that
+    write_single: WriteFunction = "fc6"
     points: list[PointMap] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -334,6 +408,7 @@ class DeviceConfig(_Strict):
     addressing: Addressing | None = None  # with inline points
     max_registers_per_request: int | None = Field(default=None, ge=1, le=125)
     word_order: WordOrder | None = None
+    write_single: WriteFunction | None = None  # overrides the map's
     points: list[PointMap] = Field(default_factory=list)
     # "一站一案": this station's differences from the shared map (applied by load_config)
     overrides: list[dict[str, Any]] = Field(default_factory=list)  # match keys + keys to change
@@ -447,6 +522,11 @@ class MqttSettings(_Strict):
     password_file: str | None = None  # read at load into password
     tls: TlsSettings | None = None  # None: plain TCP (loopback and tests only)
     keepalive_s: int = Field(default=30, ge=5, le=3600)
+    # MQTT 5 persistent sessions (the gateway; the collector has its own top-level keys): how long
+    # the broker keeps a disconnected client's session and queued messages, and how many
+    # unacknowledged messages it may send the client at once
+    session_expiry_s: int = Field(default=7 * 86400, ge=0, le=2**32 - 1)
+    receive_maximum: int = Field(default=100, ge=1, le=65535)
 
     @model_validator(mode="before")
     @classmethod
@@ -479,6 +559,7 @@ class ResolvedDevice(_Strict):
     timeout_s: float
     addressing: Addressing
     max_registers_per_request: int
+    write_single: WriteFunction = "fc6"
     points: list[PointMap]
 
     @property
@@ -497,12 +578,28 @@ class ResolvedDevice(_Strict):
         return f"{self.host}:{self.port}" + (" rtu" if self.transport == "rtu_over_tcp" else "")
 
 
+class GatewayControl(_Strict):
+    """Remote commands (docs/control.md). Without this block the gateway takes none and its
+    status lists no writable point."""
+
+    # PEM files of the control room's Ed25519 public keys (relative to this config); a command
+    # that verifies against none of them is refused
+    public_keys: list[str] = Field(min_length=1)
+    # SQLite file: every command id seen with its result, and each point's last write, kept
+    # across restarts (a redelivered command is answered from here, never written twice)
+    ledger: str
+    # a command issued further ahead of this gateway's clock than this is refused (clock_skew):
+    # with a clock running behind, the deadline check would let a late command through
+    max_clock_skew_s: float = Field(default=120, gt=0, le=3600)
+
+
 class GatewayConfig(_Strict):
     kind: Literal["gateway"]
     gateway: Ident
     station: Ident
     mqtt: MqttSettings = MqttSettings()
     outbox: OutboxSettings
+    control: GatewayControl | None = None
     poll_groups: dict[Ident, PollGroup] = Field(default_factory=lambda: {"fast": PollGroup(interval_s=5)})
     devices: list[DeviceConfig] = Field(min_length=1)
     # Filled by load_config from devices[].map; not written by hand.
@@ -680,11 +777,28 @@ class ListenSettings(_Strict):
     port: int = Field(default=8000, ge=1, le=65535)
 
 
+class ApiControl(_Strict):
+    """Remote commands from the API (docs/control.md)."""
+
+    # PEM file of the control room's Ed25519 private key (mode 0600), relative to this config
+    signing_key: str
+    mqtt: MqttSettings = MqttSettings()
+    client_id: Ident = "heatwatch-api"  # each worker adds its process id
+    default_deadline_s: float = Field(default=300, ge=10, le=86400)
+    max_deadline_s: float = Field(default=3600, ge=10, le=86400)
+    # no result this long after its deadline: the command shows as "unknown" (sent, fate not known)
+    unknown_grace_s: float = Field(default=60, ge=0, le=86400)
+    # the broker keeps a command this long past its deadline (MQTT 5 message expiry), so a gateway
+    # back within it answers "expired" (certainly not written) instead of the command staying unknown
+    late_report_s: float = Field(default=900, ge=0, le=7 * 86400)
+
+
 class ApiConfig(_Strict):
     kind: Literal["api"]
     listen: ListenSettings = ListenSettings()
     influx: InfluxSettings = InfluxSettings()
     store: StoreUrl  # the alert store the collector writes (SQLAlchemy URL)
+    control: ApiControl | None = None
     workers: int = Field(default=1, ge=1, le=32,
                          description="uvicorn worker processes; 2 on a 2-core box halves the tail under load")
     report: str | None = Field(default=None, description=(
@@ -908,6 +1022,7 @@ def _resolve_devices(data: dict[str, Any], base: Path, file: str) -> list[dict[s
             rmap = load_register_map((base / str(map_ref)).resolve())
             points = [p.model_dump(exclude_unset=True) for p in rmap.points]
             addressing, maxreg, order = rmap.addressing, rmap.max_registers_per_request, rmap.word_order
+            single = rmap.write_single
             points = _station_differences(points, dev, f"devices.{i} ({dev.get('name')})", file)
         else:
             if dev.get("overrides") or dev.get("without") or dev.get("extra_points"):
@@ -918,7 +1033,7 @@ def _resolve_devices(data: dict[str, Any], base: Path, file: str) -> list[dict[s
             if addressing is None:
                 raise ConfigError(file, [f"devices.{i}.addressing: inline points must say "
                                          "zero_based, one_based or modicon"])
-            maxreg, order = 125, WordOrder.ABCD
+            maxreg, order, single = 125, WordOrder.ABCD, "fc6"
         order = dev.get("word_order") or order
         for p in points:
             if isinstance(p, dict) and p.get("type") in {t.value for t in MULTI_WORD}:
@@ -929,6 +1044,7 @@ def _resolve_devices(data: dict[str, Any], base: Path, file: str) -> list[dict[s
             "device_id": dev.get("device_id", 1), "timeout_s": dev.get("timeout_s", 1.0),
             "addressing": addressing,
             "max_registers_per_request": dev.get("max_registers_per_request") or maxreg,
+            "write_single": dev.get("write_single") or single,
             "points": points,
         })
     return out
@@ -957,6 +1073,13 @@ def load_config(path: str | Path) -> AnyConfig:
     alerts = data.get("alerts") if model is CollectorConfig else None
     if isinstance(alerts, dict) and isinstance(alerts.get("rules"), str):
         alerts["rules"] = str(p.parent / alerts["rules"])  # absolute stays absolute
+    control = data.get("control") if model in (GatewayConfig, ApiConfig) else None
+    if isinstance(control, dict):  # key files are named relative to the config, like maps
+        if isinstance(control.get("public_keys"), list):
+            control["public_keys"] = [str(p.parent / k) if isinstance(k, str) else k
+                                      for k in control["public_keys"]]
+        if isinstance(control.get("signing_key"), str):
+            control["signing_key"] = str(p.parent / control["signing_key"])
     cfg: AnyConfig = _validate(model, data, str(p))
     if isinstance(cfg, CollectorConfig) and cfg.alerts is not None and cfg.alerts.rules is not None:
         rules = Path(cfg.alerts.rules)

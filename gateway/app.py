@@ -1,4 +1,5 @@
-"""Wiring of the gateway: one task per poll group, the publisher, and housekeeping.
+"""Wiring of the gateway: one task per poll group, the publisher, remote commands
+(gateway/commands.py, with a ``control:`` block), and housekeeping.
 
 Every cycle of a poll group reads all devices concurrently (devices behind one link take
 turns), decodes each point with its quality, keeps what a report-by-exception group sends
@@ -23,6 +24,7 @@ from contract.errors import CannotOpen
 from contract.payload import DeviceState, DeviceStatus, GatewayStatus, Reading, StationStatus, Telemetry
 from durable.queue import DiskQueue, QueueUnavailable
 from gateway import watchdog
+from gateway.commands import CommandPath
 from gateway.modbus import Answer, Device, Link
 from gateway.plan import plan_requests
 from gateway.publisher import Publisher
@@ -76,23 +78,36 @@ class Gateway:
         self._last_status: bytes | None = None
         self.messages = 0
         self.publisher: Publisher | None = None
+        # remote commands (a bad key file fails here, at start-up)
+        self.commands = (CommandPath(cfg, self.devices, self.outbox, send=self._send_now)
+                         if cfg.control is not None else None)
+
+    def _send_now(self, row_id: int, topic: str, payload: bytes) -> None:
+        if self.publisher is not None:
+            self.publisher.publish_now(row_id, topic, payload)
 
     def _gateway_status(self, state: Literal["online", "offline"]) -> bytes:
         return GatewayStatus(schema_=1, gateway=self.cfg.gateway, state=state,
                              boot=self.boot, stations=[self.cfg.station],
-                             ts=int(time.time() * 1000)).model_dump_json(by_alias=True).encode()
+                             ts=int(time.time() * 1000),
+                             writable=self.commands.writable() if self.commands else []
+                             ).model_dump_json(by_alias=True).encode()
 
     async def run(self) -> None:
         structlog.contextvars.bind_contextvars(station=self.cfg.station)  # this task and its children
         log.info("gateway starting", gateway=self.cfg.gateway, station=self.cfg.station,
                  boot=self.boot, backlog=self.outbox.count,
                  requests={g: sum(len(d.plans[g]) for d in self.devices) for g in self.cfg.poll_groups})
+        subs = [(self.commands.filter, 1)] if self.commands is not None else []
         self.publisher = Publisher(self.cfg, self.outbox, blocking=blocking,
                                    birth=self._gateway_status("online"),
-                                   will=self._gateway_status("offline"), will_topic=self.gw_topic)
+                                   will=self._gateway_status("offline"), will_topic=self.gw_topic,
+                                   subscriptions=subs)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.publisher.run())
+                if self.commands is not None:
+                    tg.create_task(self.commands.run(self.publisher.client))
                 for group, pg in self.cfg.poll_groups.items():
                     if any(d.plans[group] for d in self.devices):
                         tg.create_task(self._poll_loop(group, pg.interval_s))
@@ -101,6 +116,8 @@ class Gateway:
             for link in self.links:
                 link.close()
             self.outbox.close()
+            if self.commands is not None:
+                self.commands.close()
 
     async def _poll_loop(self, group: str, interval: float) -> None:
         next_t = time.monotonic()
@@ -161,3 +178,5 @@ class Gateway:
             n = await blocking(self.outbox.expire)
             if n:
                 log.warning("outbox messages expired unsent", dropped=n, total_dropped=self.outbox.dropped)
+            if self.commands is not None:
+                await self.commands.housekeeping()

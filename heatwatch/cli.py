@@ -4,6 +4,7 @@
     heatwatch collector CONFIG
     heatwatch api CONFIG
     heatwatch token add|revoke|list API_CONFIG [NAME] [--role dispatcher|engineer|admin]
+    heatwatch keys generate --out DIR [--name NAME]
     heatwatch simulate CONFIG... [--speed X] [--scenario FILE] [--serial-peer GATEWAY_TTY=SIM_TTY]
     heatwatch demo [--stations N] [--dir DIR] [--seconds S] [--port-offset N] | demo --stop [--dir DIR]
     heatwatch check-config FILE...
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.config import (
+    ApiConfig,
     GatewayConfig,
     env_names,
     load_api_config,
@@ -246,6 +248,30 @@ def _token(args: argparse.Namespace) -> int:
     return rc
 
 
+def _keys(args: argparse.Namespace) -> int:
+    """A new command-signing key pair: the private key for the API (mode 0600, never
+    overwritten), the public key for every gateway's control.public_keys."""
+    from contract.commands import generate_keypair, key_id, load_public_key
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    private, public = generate_keypair()
+    key_path, pub_path = out / f"{args.name}.key", out / f"{args.name}.pub"
+    for p in (key_path, pub_path):
+        if p.exists():
+            print(f"{p} exists: not overwritten (move it away first)", file=sys.stderr)
+            return 1
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
+    with os.fdopen(fd, "wb") as f:
+        f.write(private)
+    pub_path.write_bytes(public)
+    kid = key_id(load_public_key(public, str(pub_path)))
+    print(f"private key {key_path} (mode 0600): the API's control.signing_key; keep it on the API host only")
+    print(f"public key  {pub_path}: list it in every gateway's control.public_keys")
+    print(f"key id      {kid}")
+    return 0
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from simulator.scenario import RelativeEvent, load_scenario
     from simulator.server import PortInUse, Simulator
@@ -287,9 +313,24 @@ def _check(args: argparse.Namespace) -> int:
             bad += 1
             continue
         extra = ""
+        try:  # the key files a control: block names must be readable keys of the right kind
+            if isinstance(cfg, GatewayConfig) and cfg.control is not None:
+                from gateway.commands import load_keys
+
+                load_keys(cfg.control.public_keys, f)
+            elif isinstance(cfg, ApiConfig) and cfg.control is not None:
+                from api.control import load_signing_key
+
+                load_signing_key(cfg.control, f)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            bad += 1
+            continue
         if isinstance(cfg, GatewayConfig):
             n = sum(len(d.points) for d in cfg.resolved)
             extra = f": station {cfg.station}, {len(cfg.resolved)} devices, {n} points"
+            if cfg.control is not None:
+                extra += f", {sum(1 for d in cfg.resolved for p in d.points if p.write)} writable"
         print(f"{f}: ok ({cfg.kind}{extra})")
     return 1 if bad else 0
 
@@ -420,6 +461,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     t = tsub.add_parser("list", help="every token's name, role, creation and revocation (never the secret)")
     t.add_argument("config", metavar="API_CONFIG")
     t.set_defaults(fn=_token)
+    p = sub.add_parser("keys", help="command-signing keys: keys generate --out DIR [--name NAME]")
+    p.add_argument("action", choices=["generate"])
+    p.add_argument("--out", required=True, help="folder for NAME.key (private, 0600) and NAME.pub")
+    p.add_argument("--name", default="control-room")
+    p.set_defaults(fn=_keys)
     p = sub.add_parser("simulate", help="serve simulated stations over Modbus (TCP, RTU over TCP, RTU)")
     p.add_argument("--serial-peer", action="append", default=[], metavar="GATEWAY_TTY=SIM_TTY",
                    help="answer a gateway's serial port on the other end of its cable")

@@ -92,7 +92,7 @@ def test_check_config_command(tmp_path: Path) -> None:
     ok = subprocess.run([*run, str(DEPLOY / "gateway" / "st001.yaml")], capture_output=True, text=True,
                         cwd=REPO, check=False)
     assert ok.returncode == 0, ok.stderr
-    assert "ok (gateway: station st001, 3 devices, 61 points)" in ok.stdout
+    assert "ok (gateway: station st001, 3 devices, 62 points)" in ok.stdout
     bad = subprocess.run([*run, str(broken)], capture_output=True, text=True, cwd=REPO, check=False)
     assert bad.returncode == 1
     assert f"{broken}: points.0 (outdoor_temp).word_order: only for 32/64-bit types" in bad.stderr
@@ -311,3 +311,29 @@ def test_config_text_decodes_utf8_with_or_without_bom_and_never_anything_else(te
     except UnicodeDecodeError:
         with pytest.raises(ConfigError, match=r"^f\.yaml: line \d+: not UTF-8 \(looks like GBK"):
             decode_text(gbk, "f.yaml")
+
+
+def test_check_config_reads_the_control_blocks_key_files(tmp_path: Path) -> None:
+    from contract.commands import generate_keypair
+
+    gw = yaml.safe_load((DEPLOY / "gateway" / "st001.yaml").read_text())
+    for dev in gw["devices"]:
+        dev["map"] = str((DEPLOY / "gateway" / dev["map"]).resolve())
+    gw["control"] = {"public_keys": ["keys/control.pub"], "ledger": str(tmp_path / "ledger.sqlite")}
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(gw))
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "heatwatch", "check-config", str(path)],
+                              capture_output=True, text=True, cwd=REPO, check=False)
+
+    missing = check()
+    assert missing.returncode == 1
+    assert f"{path}: control.public_keys.0: cannot read {tmp_path}/keys/control.pub" in missing.stderr
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "control.pub").write_bytes(generate_keypair()[0])  # a private key: the wrong kind
+    wrong = check()
+    assert wrong.returncode == 1 and "control.public_keys.0: " in wrong.stderr
+    (tmp_path / "keys" / "control.pub").write_bytes(generate_keypair()[1])
+    ok = check()
+    assert ok.returncode == 0 and "62 points, 8 writable" in ok.stdout
