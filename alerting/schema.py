@@ -121,3 +121,19 @@ households = sa.Table(
     sa.Index("households_place", "station", "building"),
     sa.Index("households_sensor", "station", "building", "sensor"),
 )
+
+# -- the latest value of every point, per entity (written by the collector; alerting/latest.py) -
+# One row per station (building = household = ''), building (household = '') and household
+# (its room sensor's id). '' rather than NULL: the three columns are the primary key.
+latest = sa.Table(
+    "latest", metadata,
+    sa.Column("station", _ID, primary_key=True),
+    sa.Column("building", _ID, primary_key=True, server_default=""),
+    sa.Column("household", _ID, primary_key=True, server_default=""),
+    sa.Column("ts", sa.BigInteger),  # sample time of the newest reading (last seen); NULL: status only
+    sa.Column("points", sa.JSON, nullable=False),  # {point: latest value}; a bad reading keeps the last
+    sa.Column("state", sa.String(16)),  # stations: online / degraded / offline, from the station status
+    sa.Column("state_ts", sa.BigInteger),
+    sa.Column("gateway_state", sa.String(16)),  # stations: online / offline, from the gateway status
+    sa.Column("written_at", sa.BigInteger, nullable=False),  # when the collector wrote the row
+)

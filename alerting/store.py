@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 from alerting import schema
 from alerting.assets import Assets
 from alerting.engine import Silence
+from alerting.latest import LatestTable
 from contract.alerts import Transition
 from contract.errors import InvalidInput
 
@@ -157,6 +158,7 @@ class Store:
             json_serializer=lambda v: orjson.dumps(v).decode(), json_deserializer=orjson.loads)
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.latest = LatestTable(self.engine)  # the latest value per entity (its own module)
 
     def close(self) -> None:
         self.engine.dispose()
