@@ -25,6 +25,7 @@ from api import admin, alerts, lookup
 from api import stations as station_routes
 from api.auth import Dispatcher, TokenCache
 from api.influx import InfluxReader
+from api.rooms import RoomHistory
 from contract.config import ApiConfig, load_api_config
 from contract.errors import DatabaseUnavailable
 from contract.influx import MEASUREMENT_STATION
@@ -70,6 +71,7 @@ def create_app(settings: ApiConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.influx = InfluxReader(settings.influx)
+        app.state.rooms = RoomHistory(app.state.influx)  # the hotline's 24 h, with its cache
         app.state.store = Store(settings.store)
         await asyncio.to_thread(app.state.store.migrate)
         app.state.tokens = TokenCache(app.state.store)

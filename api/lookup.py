@@ -46,6 +46,8 @@ class Room(BaseModel):
     now: float | None = Field(description="latest room temperature, °C")
     at: int | None = Field(description="ms of that reading")
     last_24h: list[tuple[int, float]] = Field(description="30-minute means: (ms, °C)")
+    last_24h_complete: bool = Field(default=True, description="false when InfluxDB did not answer in "
+                                    "time (or is down): last_24h is what the API had, possibly nothing")
 
 
 class Place(BaseModel):
@@ -137,8 +139,9 @@ async def _full(rooms: RoomHistory, chain: _Chain) -> Lookup:
     room = None
     if sensor:
         now = (row["room_points"] or {}).get("room_temp")
-        room = Room(now=now, at=row["room_ts"] if now is not None else None,
-                    last_24h=await rooms.last_24h(row["station"], row["building"], sensor))
+        means, complete = await rooms.last_24h(row["station"], row["building"], sensor)
+        room = Room(now=now, at=row["room_ts"] if now is not None else None, last_24h=means,
+                    last_24h_complete=complete)
     return Lookup(
         candidates=[_ref(row)], household=_ref(row), verdict=verdict(alerts, sensor), room=room,
         building=Place(last_seen=row["building_ts"], values=row["building_points"] or {}),
@@ -160,7 +163,7 @@ async def lookup(
     if (household is None) == (q is None):
         raise HTTPException(422, "give exactly one of household (a code) or q (address words)")
     store, now = _store(request), int(time.time() * 1000)
-    rooms = RoomHistory(request.app.state.influx)
+    rooms: RoomHistory = request.app.state.rooms
     if household is not None:
         chain = await asyncio.to_thread(lambda: _chain(store, store.latest.household(household), now))
         if chain is None:

@@ -5,11 +5,14 @@ the collector process keeping it while it ingests, read back by the API's lookup
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import sqlalchemy as sa
@@ -21,6 +24,7 @@ from alerting.store import Store
 from api.app import create_app
 from collector.latest import LatestValues
 from contract.config import ApiConfig, InfluxSettings
+from contract.influx import telemetry_lines
 from contract.payload import Frame, decode_telemetry, parse_gateway_status, parse_station_status
 from heatwatch.devstack import Influxd, Mosquitto, Postgres, free_port
 from tests.conftest import Processes, publish, wait_for, write_collector_config
@@ -193,3 +197,57 @@ def test_the_collector_keeps_the_latest_values_and_the_lookup_reads_them(
     means = [[t, pytest.approx(sum(x) / len(x))] for t, x in sorted(buckets.items())]
     assert body["room"]["last_24h"] == means
     store.close()
+
+
+def test_the_lookup_answers_without_waiting_for_a_stalled_or_absent_influxdb(tmp_path: Path) -> None:
+    """The screen's current state comes from the store; InfluxDB stopped (SIGSTOP: a stall) costs
+    the 24 h only, for 0.1 s, and the query finishing later fills the cache; InfluxDB gone too."""
+    db = Influxd(tmp_path / "influxd", free_port())
+    db.start()
+    url = f"sqlite:///{tmp_path / 'alerts.sqlite'}"
+    store = Store(url)
+    store.migrate()
+    store.import_assets(parse(CSV.replace(",101,\n", ",101,b02-0101\n")), actor="t", now=T)
+    now = int(time.time() * 1000)
+    lv = LatestValues(store.latest)
+    lines = []
+    for sensor, b in (("b01-0301", "b01"), ("b02-0101", "b02")):
+        f = frame(now - 60_000, [v("room_temp", 17.5, "°C", b, sensor)])
+        lv.observe(f)
+        lines += telemetry_lines(f)
+    asyncio.run(lv.flush())
+    httpx.post(f"{db.url}/query", params={"q": "CREATE DATABASE hw"}).raise_for_status()
+    httpx.post(f"{db.url}/write", params={"db": "hw", "precision": "ms"},
+               content="\n".join(lines)).raise_for_status()
+    token = store.add_token(name="disp", role="dispatcher", actor="t", now=now)
+    settings = InfluxSettings(url=db.url, database="hw", timeout_s=5)
+
+    def lookup(client: TestClient, code: str) -> tuple[dict[str, Any], float]:
+        t0 = time.monotonic()
+        r = client.get("/v1/lookup", params={"household": code}, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+        return r.json()["room"], time.monotonic() - t0
+
+    try:
+        with TestClient(create_app(ApiConfig(kind="api", influx=settings, store=url))) as client:
+            assert client.get("/ready").status_code == 200  # the API's connection to InfluxDB is open
+            assert db.proc is not None
+            os.kill(db.proc.pid, signal.SIGSTOP)
+            try:
+                room, took = lookup(client, "HH-0001")
+            finally:
+                os.kill(db.proc.pid, signal.SIGCONT)
+            assert took < 1.0 and room["now"] == 17.5 and room["at"] == now - 60_000
+            assert room["last_24h"] == [] and room["last_24h_complete"] is False
+            # the query went on after the answer: the next lookup has the history from the cache
+            room = wait_for(lambda: (r := lookup(client, "HH-0001")[0])["last_24h_complete"] and r, 10,
+                            "the stalled query's answer in the cache")
+            assert [m for _t, m in room["last_24h"]] == [17.5]
+            db.stop()
+            room, took = lookup(client, "HH-0003")  # never asked for: nothing cached
+            assert room["now"] == 17.5 and room["last_24h"] == [] and room["last_24h_complete"] is False
+            room, _ = lookup(client, "HH-0001")  # cached a moment ago
+            assert room["last_24h_complete"] is True and len(room["last_24h"]) == 1
+    finally:
+        db.stop()
+        store.close()
