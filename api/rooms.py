@@ -13,7 +13,9 @@ store. So the query gets ``timeout_s`` (0.1 s; it answers in 1–5 ms otherwise)
 with InfluxDB down, the lookup answers with what this process last had for the room (possibly
 nothing) and says so (``complete`` false). The query is not abandoned: it finishes in the
 background and fills a small per-process cache (``ttl_s``; a sensor reports every 20–60 min,
-so a minute-old 24 h is current), which also answers a dispatcher who asks again.
+so a minute-old 24 h is current), which also answers a dispatcher who asks again. At most
+``max_running`` queries are out at once: beyond that InfluxDB is not keeping up, and piling
+more queries on it would only make it slower, so the lookup answers at once from the cache.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ _Key = tuple[str, str, str]
 
 class RoomHistory:
     def __init__(self, influx: InfluxReader, *, timeout_s: float = 0.1, ttl_s: float = 60.0,
-                 max_entries: int = 4096) -> None:
+                 max_entries: int = 4096, max_running: int = 16) -> None:
         self.influx, self.timeout_s, self.ttl_s, self.max_entries = influx, timeout_s, ttl_s, max_entries
+        self.max_running = max_running
         self._cache: OrderedDict[_Key, tuple[float, Means]] = OrderedDict()
         self._running: dict[_Key, asyncio.Task[Means]] = {}
         self.late = 0  # answers given without a complete history (timeout or InfluxDB down)
@@ -51,6 +54,9 @@ class RoomHistory:
             return hit[1], True
         task = self._running.get(key)
         if task is None:  # one query per room at a time, however many lookups wait for it
+            if len(self._running) >= self.max_running:
+                self.late += 1
+                return (hit[1] if hit is not None else []), False
             task = self._running[key] = asyncio.create_task(self._fetch(key))
             task.add_done_callback(_retrieved)
         try:
@@ -58,6 +64,11 @@ class RoomHistory:
         except (TimeoutError, DatabaseUnavailable):
             self.late += 1
             return (hit[1] if hit is not None else []), False
+
+    @property
+    def running(self) -> int:
+        """Queries out at InfluxDB now."""
+        return len(self._running)
 
     async def _fetch(self, key: _Key) -> Means:
         try:

@@ -22,6 +22,8 @@ from alerting import schema
 from alerting.assets import parse
 from alerting.store import Store
 from api.app import create_app
+from api.influx import InfluxReader
+from api.rooms import RoomHistory
 from collector.latest import LatestValues
 from contract.config import ApiConfig, InfluxSettings
 from contract.influx import telemetry_lines
@@ -243,6 +245,8 @@ def test_the_lookup_answers_without_waiting_for_a_stalled_or_absent_influxdb(tmp
             room = wait_for(lambda: (r := lookup(client, "HH-0001")[0])["last_24h_complete"] and r, 10,
                             "the stalled query's answer in the cache")
             assert [m for _t, m in room["last_24h"]] == [17.5]
+            # a stalled InfluxDB gets at most max_running queries: the next room answers at once
+            assert asyncio.run(_shed(settings, db)) == ([], False, [], False)
             db.stop()
             room, took = lookup(client, "HH-0003")  # never asked for: nothing cached
             assert room["now"] == 17.5 and room["last_24h"] == [] and room["last_24h_complete"] is False
@@ -251,3 +255,19 @@ def test_the_lookup_answers_without_waiting_for_a_stalled_or_absent_influxdb(tmp
     finally:
         db.stop()
         store.close()
+
+
+async def _shed(settings: InfluxSettings, db: Influxd) -> tuple[Any, ...]:
+    reader = InfluxReader(settings)
+    rooms = RoomHistory(reader, max_running=1)
+    assert await reader.ping()
+    assert db.proc is not None
+    os.kill(db.proc.pid, signal.SIGSTOP)
+    try:
+        first = await rooms.last_24h("st001", "b01", "b01-0301")  # waits 0.1 s, goes on running
+        second = await rooms.last_24h("st001", "b02", "b02-0101")  # nothing asked of InfluxDB
+        assert rooms.running == 1 and rooms.late == 2
+    finally:
+        os.kill(db.proc.pid, signal.SIGCONT)
+    await reader.close()
+    return (*first, *second)
