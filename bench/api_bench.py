@@ -193,8 +193,13 @@ async def load(base: str, token: str, rate: float, seconds: float, stations: int
                                      timeout=aiohttp.ClientTimeout(total=30),
                                      connector=connector) as http:
         async def one(kind: str, due: float, path: str, params: dict[str, object]) -> None:
-            async with http.get(path, params={k: str(v) for k, v in params.items()}) as r:
-                body = await r.read()
+            try:
+                async with http.get(path, params={k: str(v) for k, v in params.items()}) as r:
+                    body = await r.read()
+            except (TimeoutError, aiohttp.ClientError) as exc:  # counted at its time, not dropped
+                lat[kind].append((time.perf_counter() - due) * 1000)
+                errors.append(f"{type(exc).__name__} after {time.perf_counter() - due:.0f} s")
+                return
             lat[kind].append((time.perf_counter() - due) * 1000)
             if b'"last_24h_complete":false' in body:
                 incomplete[kind] = incomplete.get(kind, 0) + 1
