@@ -218,7 +218,8 @@ def main() -> int:
                 # the rules' own CPU against the rest of the collector's, same run, same values
                 rules_share = round(rules_s / (steady_cpu - rules_s), 3)
                 # the latest-value flushes (copy + store write; not the per-reading update)
-                latest_s = scrape(port).get("heatwatch_collector_latest_flush_cpu_seconds_total", 0.0) - latest0
+                flush_name = "heatwatch_collector_latest_flush_cpu_seconds_total"
+                latest_s = scrape(port).get(flush_name, 0.0) - latest0
                 latest_share = round(latest_s / steady_cpu, 3)
         results = [orjson.loads(g.communicate(timeout=a.seconds + a.outage + 300)[0]) for g in gens]
         published = sum(r["published"] for r in results)
