@@ -122,16 +122,16 @@ households = sa.Table(
     sa.Index("households_sensor", "station", "building", "sensor"),
 )
 
-# -- the latest value of every point, per entity (written by the collector; alerting/latest.py) -
-# One row per station (building = household = ''), building (household = '') and household
-# (its room sensor's id). '' rather than NULL: the three columns are the primary key.
+# -- the latest value of every point, per station and building (written by the collector;
+# alerting/latest.py). building '' is the station itself; a building's row carries its
+# households: {household: {"ts": ms, "points": {point: value}}}.
 latest = sa.Table(
     "latest", metadata,
     sa.Column("station", _ID, primary_key=True),
-    sa.Column("building", _ID, primary_key=True, server_default=""),
-    sa.Column("household", _ID, primary_key=True, server_default=""),
-    sa.Column("ts", sa.BigInteger),  # sample time of the newest reading (last seen); NULL: status only
+    sa.Column("building", _ID, primary_key=True),
+    sa.Column("ts", sa.BigInteger),  # sample time of the newest reading with a value; NULL: status only
     sa.Column("points", sa.JSON, nullable=False),  # {point: latest value}; a bad reading keeps the last
+    sa.Column("households", sa.JSON),  # buildings: their households' latest values
     sa.Column("state", sa.String(16)),  # stations: online / degraded / offline, from the station status
     sa.Column("state_ts", sa.BigInteger),
     sa.Column("gateway_state", sa.String(16)),  # stations: online / offline, from the gateway status

@@ -3,15 +3,16 @@
 Takes every validated telemetry frame and every station and gateway status (``observe``,
 ``station_status``, ``gateway_status``; in the event loop, in arrival order) and keeps, per
 station, building and household, the latest value of each point and the newest sample time.
-``flusher`` writes the entities that changed since its last round to the alert store's ``latest``
-table (``alerting/latest.py``) every ``interval_s``, in a worker thread; the API's hotline reads
-them there instead of asking InfluxDB for ``last(*)`` on every call.
+``flusher`` writes the places (stations, buildings with their households) that changed since
+its last round to the alert store's ``latest`` table (``alerting/latest.py``) every
+``interval_s``, in a worker thread; the API's hotline reads them there instead of asking
+InfluxDB for ``last(*)`` on every call.
 
 Bounds: memory is one small dict per entity (``max_entities``, beyond which new entities are
-counted and not kept); the write per round is at most one row per entity, whatever the message
-rate. A failed write keeps the entities dirty for the next round. At start ``load`` reads the
-table back, so a row is always written whole (a station reporting by exception does not lose
-its quiet points to a restart).
+counted and not kept); the write per round is at most one row per station and building, whatever
+the message rate. A failed write keeps the places dirty for the next round. At start ``load``
+reads the table back, so a row is always written whole (a station reporting by exception does
+not lose its quiet points to a restart).
 """
 
 from __future__ import annotations
@@ -26,51 +27,54 @@ from typing import Any
 import sqlalchemy.exc
 import structlog
 
-from alerting.latest import Entity, LatestTable
+from alerting.latest import LatestTable, Place, Row
 from contract.payload import Frame, GatewayStatus, StationStatus
 
 log = structlog.get_logger("heatwatch.collector.latest")
-MAX_ENTITIES = 2_000_000  # ~5 stations' worth of households per thousand: far above a city's 155k
+MAX_ENTITIES = 2_000_000  # stations, buildings and households: a 5,000-station city has ~155,000
 
-_Key = tuple[str, str, str]
+_Key = tuple[str, str]
 
 
 @dataclass
 class LatestStats:
-    entities: int = 0
+    entities: int = 0  # stations, buildings and households held
     written: int = 0  # rows upserted
     flushes: int = 0
     write_errors: int = 0
     refused: int = 0  # readings of new entities beyond max_entities (not kept; counted)
-    flush_ns: int = 0  # CPU of the flushes (copy in the loop + write in the thread)
+    flush_ns: int = 0  # CPU of the flushes (serialising in the loop + writing in the thread)
 
 
 class LatestValues:
     def __init__(self, table: LatestTable, *, interval_s: float = 5.0,
                  max_entities: int = MAX_ENTITIES, clock: Callable[[], float] = time.time) -> None:
         self.table, self.interval_s, self.max_entities, self.clock = table, interval_s, max_entities, clock
-        self.entities: dict[_Key, Entity] = {}
+        self.places: dict[_Key, Place] = {}
         self.dirty: set[_Key] = set()
         self.stats = LatestStats()
 
     def load(self) -> None:
         """Blocking: what the table holds, before the first message."""
-        for e in self.table.load():
-            self.entities[e.key] = e
-        self.stats.entities = len(self.entities)
+        for p in self.table.load():
+            self.places[p.key] = p
+            self.stats.entities += 1 + len(p.households)
 
-    def _entity(self, key: _Key, ts: int | None) -> Entity | None:
-        e = self.entities.get(key)
-        if e is None:
-            if len(self.entities) >= self.max_entities:
-                if not self.stats.refused:
-                    log.error("latest values: too many entities; new ones are not kept",
-                              max_entities=self.max_entities, station=key[0])
-                self.stats.refused += 1
-                return None
-            e = self.entities[key] = Entity(key[0], key[1], key[2], ts, {})
-            self.stats.entities += 1
-        return e
+    def _room(self, key: _Key) -> bool:
+        if self.stats.entities >= self.max_entities:
+            if not self.stats.refused:
+                log.error("latest values: too many stations, buildings and households; new ones are "
+                          "not kept", max_entities=self.max_entities, station=key[0])
+            self.stats.refused += 1
+            return False
+        self.stats.entities += 1
+        return True
+
+    def _place(self, key: _Key) -> Place | None:
+        p = self.places.get(key)
+        if p is None and self._room(key):
+            p = self.places[key] = Place(key[0], key[1])
+        return p
 
     # -- inputs (event loop) -------------------------------------------------------------------
     def observe(self, frame: Frame) -> None:
@@ -80,66 +84,74 @@ class LatestValues:
         entity does not have yet."""
         # per reading: readings of one entity come in runs, so the entity is looked up only when
         # (building, household) changes, as in contract.influx.telemetry_lines
-        st, ts, entities, dirty = frame.station, frame.ts, self.entities, self.dirty
+        st, ts, places, dirty = frame.station, frame.ts, self.places, self.dirty
         cur_b: str | None = "\0"
         cur_h: str | None = "\0"
-        e: Entity | None = None
+        ent: Place | dict[str, Any] | None = None  # a place, or a household's {"ts", "points"}
         points: dict[str, Any] = {}
         newer = True
         for r in frame.samples:
             b, h = r.building, r.household
             if b != cur_b or h != cur_h:
                 cur_b, cur_h = b, h
-                key = (st, b or "", h or "")
-                e = entities.get(key) or self._entity(key, None)
-                if e is None:
+                key = (st, b or "")
+                place = places.get(key) or self._place(key)
+                ent = place
+                if place is not None and h is not None:
+                    ent = place.households.get(h)
+                    if ent is None and self._room(key):
+                        ent = place.households[h] = {"ts": None, "points": {}}
+                if ent is None:
                     continue
-                newer = e.ts is None or ts >= e.ts
-                points = e.points
+                if type(ent) is dict:
+                    newer = ent["ts"] is None or ts >= ent["ts"]
+                    points = ent["points"]
+                else:
+                    newer = ent.ts is None or ts >= ent.ts  # type: ignore[union-attr]
+                    points = ent.points  # type: ignore[union-attr]
                 dirty.add(key)
             v = r.value
-            if v is None or e is None:
+            if v is None or ent is None:
                 continue
             if newer:
                 points[r.point] = v
-                e.ts = ts
+                if type(ent) is dict:
+                    ent["ts"] = ts
+                else:
+                    ent.ts = ts  # type: ignore[union-attr]
             elif r.point not in points:
                 points[r.point] = v
 
     def station_status(self, s: StationStatus) -> None:
-        e = self._entity((s.station, "", ""), None)
-        if e is not None and (e.state_ts is None or s.ts >= e.state_ts):
-            e.state, e.state_ts = s.state.value, s.ts
-            self.dirty.add(e.key)
+        p = self._place((s.station, ""))
+        if p is not None and (p.state_ts is None or s.ts >= p.state_ts):
+            p.state, p.state_ts = s.state.value, s.ts
+            self.dirty.add(p.key)
 
     def gateway_status(self, g: GatewayStatus) -> None:
         """Every station the gateway serves carries its state (a dead gateway cannot report its
         stations offline itself)."""
         for st in g.stations:
-            e = self._entity((st, "", ""), None)
-            if e is not None and e.gateway_state != g.state:
-                e.gateway_state = g.state
-                self.dirty.add(e.key)
+            p = self._place((st, ""))
+            if p is not None and p.gateway_state != g.state:
+                p.gateway_state = g.state
+                self.dirty.add(p.key)
 
     # -- output --------------------------------------------------------------------------------
-    def take(self) -> list[Entity]:
-        """Copies of the entities changed since the last take (the loop goes on changing the
-        originals while a thread writes the copies)."""
+    def take(self) -> list[Row]:
+        """The rows of the places changed since the last take, serialised here (the loop goes
+        on changing them while a thread writes the rows)."""
         keys, self.dirty = self.dirty, set()
-        out = []
-        for k in keys:
-            e = self.entities[k]
-            out.append(Entity(e.station, e.building, e.household, e.ts, dict(e.points), e.state,
-                              e.state_ts, e.gateway_state))
-        return out
+        places = self.places
+        return [places[k].row() for k in keys]
 
     async def flush(self) -> int:
-        """One round: the changed entities into the table; on failure they stay dirty."""
+        """One round: the changed places into the table; on failure they stay dirty."""
         c0 = thread_time_ns()
         rows = self.take()
         if not rows:
             return 0
-        copy_ns = thread_time_ns() - c0
+        take_ns = thread_time_ns() - c0
 
         def write() -> int:
             t0 = thread_time_ns()
@@ -149,7 +161,7 @@ class LatestValues:
         try:
             write_ns = await asyncio.to_thread(write)
         except sqlalchemy.exc.SQLAlchemyError as exc:  # locked, disk, server gone: next round
-            self.dirty.update(e.key for e in rows)
+            self.dirty.update((r[0], r[1]) for r in rows)
             self.stats.write_errors += 1
             if self.stats.write_errors == 1 or self.stats.write_errors % 100 == 0:
                 log.warning("could not write latest values; keeping them for the next round",
@@ -157,7 +169,7 @@ class LatestValues:
             return 0
         self.stats.flushes += 1
         self.stats.written += len(rows)
-        self.stats.flush_ns += copy_ns + write_ns
+        self.stats.flush_ns += take_ns + write_ns
         return len(rows)
 
     async def flusher(self) -> None:

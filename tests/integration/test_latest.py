@@ -77,17 +77,16 @@ def v(point: str, value: Any, unit: str, building: str | None = None, household:
     return out
 
 
-def rows(store: Store) -> dict[tuple[str, str, str], dict[str, Any]]:
+def rows(store: Store) -> dict[tuple[str, str], dict[str, Any]]:
     with store.engine.connect() as conn:
-        return {(r.station, r.building, r.household): dict(r._mapping)
-                for r in conn.execute(sa.select(schema.latest))}
+        return {(r.station, r.building): dict(r._mapping) for r in conn.execute(sa.select(schema.latest))}
 
 
 FAST = [v("secondary_supply_temp", 55.0, "°C"), v("circ_pump_running", True, ""),
         v("building_valve_position", 40.0, "%", "b01"), v("room_temp", 19.5, "°C", "b01", "b01-0301")]
 
 
-def test_newest_value_per_point_and_entity_in_one_row_each(store: Store) -> None:
+def test_newest_value_per_point_and_entity_a_row_per_station_and_building(store: Store) -> None:
     lv = LatestValues(store.latest, clock=lambda: T / 1000)
     lv.observe(frame(T, FAST))
     lv.observe(frame(T - 600_000, [v("outdoor_temp", -4.0, "°C")], seq=2))  # slower group, older
@@ -95,15 +94,16 @@ def test_newest_value_per_point_and_entity_in_one_row_each(store: Store) -> None
                                   v("room_temp", None, "°C", "b01", "b01-0301", quality="bad")], seq=3))
     lv.observe(frame(T - 3_600_000, [v("secondary_supply_temp", 40.0, "°C"),  # a backfill from an
                                      v("tank_level", 1.2, "m")], seq=0, backfill=True))  # hour ago
-    assert asyncio.run(lv.flush()) == 3 and asyncio.run(lv.flush()) == 0  # only what changed is written
+    assert asyncio.run(lv.flush()) == 2 and asyncio.run(lv.flush()) == 0  # only what changed is written
     got = rows(store)
-    st = got[("st001", "", "")]
+    st = got[("st001", "")]
     assert st["points"] == {"secondary_supply_temp": 56.0, "circ_pump_running": True, "outdoor_temp": -4.0,
                             "tank_level": 1.2}  # the backfill only added the point it alone had
-    assert st["ts"] == T + 10_000 and st["written_at"] == T
-    assert got[("st001", "b01", "")]["points"] == {"building_valve_position": 40.0}
-    room = got[("st001", "b01", "b01-0301")]
-    assert room["points"] == {"room_temp": 19.5} and room["ts"] == T  # the bad reading kept the value
+    assert st["ts"] == T + 10_000 and st["written_at"] == T and st["households"] is None
+    b01 = got[("st001", "b01")]
+    assert b01["points"] == {"building_valve_position": 40.0}
+    # the room's bad reading kept its value and its time
+    assert b01["households"] == {"b01-0301": {"ts": T, "points": {"room_temp": 19.5}}}
     one = store.latest.household("HH-0001")
     assert one is not None
     assert (one["station_ts"], one["building_ts"], one["room_ts"]) == (T + 10_000, T, T)
@@ -119,13 +119,13 @@ def test_station_and_gateway_state(store: Store) -> None:
     lv.station_status(parse_station_status(orjson.dumps(status)))
     lv.station_status(parse_station_status(orjson.dumps(status | {"state": "online", "ts": T - 1})))  # late
     asyncio.run(lv.flush())
-    st = rows(store)[("st001", "", "")]
+    st = rows(store)[("st001", "")]
     assert (st["state"], st["state_ts"], st["ts"], st["points"]) == ("degraded", T, None, {})
     gone = {"schema": 1, "gateway": "gw1", "state": "offline", "boot": "0badc0de", "stations": ["st001"],
             "ts": T}
     lv.gateway_status(parse_gateway_status(orjson.dumps(gone)))
     asyncio.run(lv.flush())
-    assert rows(store)[("st001", "", "")]["gateway_state"] == "offline"
+    assert rows(store)[("st001", "")]["gateway_state"] == "offline"
 
 
 def test_a_restart_loads_the_table_so_rows_stay_whole(store: Store) -> None:
@@ -134,10 +134,10 @@ def test_a_restart_loads_the_table_so_rows_stay_whole(store: Store) -> None:
     asyncio.run(lv.flush())
     again = LatestValues(store.latest)  # a new collector process
     again.load()
-    assert again.stats.entities == 3
+    assert again.stats.entities == 3  # the station, b01 and its household
     again.observe(frame(T + 60_000, [v("secondary_supply_temp", 57.0, "°C")], seq=5))  # by exception
     asyncio.run(again.flush())
-    st = rows(store)[("st001", "", "")]
+    st = rows(store)[("st001", "")]
     assert st["points"] == {"secondary_supply_temp": 57.0, "circ_pump_running": True}
     assert st["ts"] == T + 60_000
 
@@ -146,17 +146,17 @@ def test_a_failed_write_keeps_the_entities_for_the_next_round(store: Store) -> N
     lv = LatestValues(store.latest)
     lv.observe(frame(T, FAST))
     schema.latest.drop(store.engine)  # the table is gone: the write fails
-    assert asyncio.run(lv.flush()) == 0 and lv.stats.write_errors == 1 and len(lv.dirty) == 3
+    assert asyncio.run(lv.flush()) == 0 and lv.stats.write_errors == 1 and len(lv.dirty) == 2
     schema.latest.create(store.engine)
-    assert asyncio.run(lv.flush()) == 3 and lv.stats.written == 3 and not lv.dirty
+    assert asyncio.run(lv.flush()) == 2 and lv.stats.written == 2 and not lv.dirty
 
 
 def test_entities_beyond_the_bound_are_counted_not_kept(store: Store) -> None:
     lv = LatestValues(store.latest, max_entities=2)
     lv.observe(frame(T, FAST))
-    assert len(lv.entities) == 2 and lv.stats.refused == 1
+    assert lv.stats.entities == 2 and lv.stats.refused == 1
     asyncio.run(lv.flush())
-    assert set(rows(store)) == {("st001", "", ""), ("st001", "b01", "")}
+    assert {k: r["households"] for k, r in rows(store).items()} == {("st001", ""): None, ("st001", "b01"): {}}
 
 
 def test_the_collector_keeps_the_latest_values_and_the_lookup_reads_them(

@@ -1,4 +1,5 @@
-"""the latest value of every point per station, building and household (the hotline's "now")
+"""the latest value of every point per station and building, a building's households within
+its row (the hotline's "now")
 
 The collector upserts the entities that changed every ``alerts.latest_s``; the API reads a
 household's chain from it in one query instead of asking InfluxDB for ``last(*)`` per call.
@@ -24,10 +25,10 @@ def upgrade() -> None:
     op.create_table(
         "latest",
         sa.Column("station", _ID, primary_key=True),
-        sa.Column("building", _ID, primary_key=True, server_default=""),
-        sa.Column("household", _ID, primary_key=True, server_default=""),
+        sa.Column("building", _ID, primary_key=True),
         sa.Column("ts", sa.BigInteger),
         sa.Column("points", sa.JSON, nullable=False),
+        sa.Column("households", sa.JSON),
         sa.Column("state", sa.String(16)),
         sa.Column("state_ts", sa.BigInteger),
         sa.Column("gateway_state", sa.String(16)),
