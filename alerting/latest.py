@@ -7,11 +7,11 @@ the history; this table answers "now" without a time-series query per call.
 
 One row per station (``building`` = '') and per building entrance; a building's row carries its
 households (room sensors) too, in ``households``: ``{household: {"ts": ms, "points": {...}}}``.
-A row per household would have been the plainer schema, but the write per row is what costs
-(~4 µs in SQLite for a row of any size): with the load generator's 200-value messages (5
-buildings, 20 rooms) a row per entity is 26 rows a message, 1.3 µs per value on top of the
-collector's ~2 µs; nested, 6 rows (docs/api.md). Room sensors are few per building (4 % of
-households in Weifang), so a building's row stays small.
+A row per household would have been the plainer schema, but each row costs a fixed 4–8 µs to
+serialise and upsert, whatever its size: with the load generator's 200-value messages (5
+buildings, 20 rooms) a row per entity is 26 rows a message and the flush cost 1.3 µs per value
+(the collector's whole work is ~2 µs); nested, 6 rows and 0.5 µs (bench/latest_bench.py). Room
+sensors are few per building (4 % of households in Weifang), so a building's row stays small.
 
 Only one collector writes it (the one with the ``alerts:`` section, which sees every message of
 its stations): its memory is the authority, loaded from here at start (``load``), so a row is
