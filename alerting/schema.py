@@ -193,3 +193,20 @@ command_events = sa.Table(
     sa.Column("detail", sa.JSON, nullable=False),
     sa.Index("command_events_command", "command_id", "ts"),
 )
+
+
+# -- the latest value of every point, per station and building (written by the collector;
+# alerting/latest.py). building '' is the station itself; a building's row carries its
+# households: {household: {"ts": ms, "points": {point: value}}}.
+latest = sa.Table(
+    "latest", metadata,
+    sa.Column("station", _ID, primary_key=True),
+    sa.Column("building", _ID, primary_key=True),
+    sa.Column("ts", sa.BigInteger),  # sample time of the newest reading with a value; NULL: status only
+    sa.Column("points", sa.JSON, nullable=False),  # {point: latest value}; a bad reading keeps the last
+    sa.Column("households", sa.JSON),  # buildings: their households' latest values
+    sa.Column("state", sa.String(16)),  # stations: online / degraded / offline, from the station status
+    sa.Column("state_ts", sa.BigInteger),
+    sa.Column("gateway_state", sa.String(16)),  # stations: online / offline, from the gateway status
+    sa.Column("written_at", sa.BigInteger, nullable=False),  # when the collector wrote the row
+)

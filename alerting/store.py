@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 from alerting import schema
 from alerting.assets import Assets
 from alerting.engine import Silence
+from alerting.latest import LatestTable
 from contract.alerts import Transition
 from contract.errors import CannotOpen, InvalidInput
 from durable.queue import why_unopenable
@@ -168,6 +169,7 @@ class Store:
                              setting) from None
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.latest = LatestTable(self.engine)  # the latest value per entity (its own module)
 
     def _shown(self) -> str:
         try:

@@ -31,6 +31,7 @@ from api.auth import Dispatcher, TokenCache
 from api.control import Control
 from api.influx import InfluxReader
 from api.limits import FailedAuth
+from api.rooms import RoomHistory
 from contract.config import ApiConfig, load_api_config
 from contract.errors import DatabaseUnavailable, QueryRejected
 from contract.influx import MEASUREMENT_STATION
@@ -76,6 +77,7 @@ def create_app(settings: ApiConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.influx = InfluxReader(settings.influx)
+        app.state.rooms = RoomHistory(app.state.influx)  # the hotline's 24 h, with its cache
         app.state.store = await asyncio.to_thread(Store(settings.store).open)
         app.state.tokens = TokenCache(app.state.store)
         app.state.report = report_routes.load(settings)

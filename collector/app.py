@@ -45,6 +45,7 @@ from collector import lifecycle, metrics
 from collector.alerts import AlertStage
 from collector.commands import ResultStage
 from collector.influx import BACKOFF_MIN_S, InfluxWriter
+from collector.latest import LatestValues
 from contract import topics
 from contract.alerts import Transition
 from contract.commands import CommandResult
@@ -115,6 +116,11 @@ class Collector:
         self.alerts = AlertStage(cfg.alerts, clock=clock) if cfg.alerts is not None else None
         # command results, recorded in the same store (only with it)
         self.results = ResultStage(self.alerts.store.engine, clock=clock) if self.alerts is not None else None
+        # the latest value per entity for the hotline: only where the rules run, which sees every
+        # message of its stations (a shared-subscription member sees a part)
+        self.latest = (LatestValues(self.alerts.store.latest, interval_s=cfg.alerts.latest_s, clock=clock)
+                       if self.alerts is not None and cfg.alerts is not None and cfg.alerts.latest_s
+                       else None)
 
     # -- validation (pure apart from counters) -------------------------------------------------
     def handle(self, topic: str, payload: bytes) -> list[str]:
@@ -133,6 +139,8 @@ class Collector:
                                        "station_mismatch")
                 if self.alerts is not None:
                     self.alerts.station_status(st, int(self.clock() * 1000))
+                if self.latest is not None:
+                    self.latest.station_status(st)
                 offline = sum(1 for d in st.devices.values() if d.state != "online")
                 return [f'station_status,station={st.station} state="{st.state.value}",'
                         f"devices_not_online={offline}i {st.ts}"]
@@ -141,6 +149,8 @@ class Collector:
                 now = int(self.clock() * 1000)  # a will's own ts is when it was registered
                 if self.alerts is not None:
                     self.alerts.gateway_status(gs, now)
+                if self.latest is not None:
+                    self.latest.gateway_status(gs)
                 return [f'gateway_status,gateway={gs.gateway} state="{gs.state}",'
                         f'boot="{escape_string_field(gs.boot)}" {now}']
             raise PayloadError(f"the collector does not take {t.kind} messages", "unexpected_topic")
@@ -188,6 +198,8 @@ class Collector:
         self.stats.values += len(msg.samples)
         if self.alerts is not None:
             self.alerts.observe(msg, int(now_ms))
+        if self.latest is not None:
+            self.latest.observe(msg)
         if not msg.backfill:
             self._live_ts = msg.ts
         return telemetry_lines(msg)
@@ -303,6 +315,8 @@ class Collector:
             self.metrics_port = metrics.serve(self, self.cfg.stats.metrics_host, self.cfg.stats.metrics_port)
             log.info("metrics", url=f"http://{self.cfg.stats.metrics_host}:{self.metrics_port}/metrics")
         await self.writer.ensure_database_retrying()
+        if self.latest is not None:
+            await asyncio.to_thread(self.latest.load)
         client.connect_async(self.cfg.mqtt.host, self.cfg.mqtt.port, self.cfg.mqtt.keepalive_s,
                              clean_start=False, properties=props)
         client.loop_start()
@@ -317,12 +331,16 @@ class Collector:
                 if self.alerts is not None:
                     tg.create_task(self.alerts.ticker(lambda: inbox.put_nowait((0, "", b""))))
                     tg.create_task(self.alerts.webhooks())
+                if self.latest is not None:
+                    tg.create_task(self.latest.flusher())
         finally:
             self._stopping = True
             client.disconnect()
             client.loop_stop()
             await self.writer.close()
             self.spool.close()
+            if self.latest is not None:
+                await self.latest.close()
             if self.alerts is not None:
                 self.alerts.close()
 

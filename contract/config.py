@@ -735,6 +735,9 @@ class AlertSettings(_Strict):
     snapshot_s: float = Field(default=300, gt=0)
     silences_s: float = Field(default=30, gt=0)  # re-read silences from the store this often
     seen_s: float = Field(default=60, gt=0)  # open alerts' last seen written to the store this often
+    # the latest value of every point per entity into the store's `latest` table this often (the
+    # hotline's "now", read without a time-series query; collector/latest.py); null = off
+    latest_s: float | None = Field(default=5, gt=0)
     publish: bool = True  # every transition on heatwatch/v1/alert/{station}
     webhooks: list[WebhookSettings] = Field(default_factory=list)
     webhook_outbox: str | None = None  # durable queue of webhook deliveries; needed with webhooks

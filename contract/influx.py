@@ -46,6 +46,13 @@ MEASUREMENT_HOUSEHOLD = "household"
 MEASUREMENT_REJECTS = "rejects"
 MEASUREMENT_ALERTS = "alerts"
 MEASUREMENT_COMMANDS = "commands"
+# written by the collector from the status topics (tags station / gateway; field state string)
+MEASUREMENT_STATION_STATUS = "station_status"
+MEASUREMENT_GATEWAY_STATUS = "gateway_status"
+# the collector's own counters (collector/app.py stats_lines): totals, rejects by reason, per station
+MEASUREMENT_COLLECTOR = "collector"
+MEASUREMENT_COLLECTOR_REJECTS = "collector_rejects"
+MEASUREMENT_INGEST = "ingest"
 PRECISION = "ms"
 
 

@@ -12,6 +12,7 @@
     heatwatch influx setup|backfill CONFIG ...
     heatwatch backup|restore COLLECTOR_CONFIG DIR
     heatwatch report --period 2026-11 --out report.pdf [--config API_CONFIG]   (.pdf, .xlsx or .json)
+    heatwatch dashboards push [--url URL] [--token-file FILE] [--datasource-url URL]
 
 Settings are built here, in main(), and passed down; nothing reads config at import time.
 ``--help`` shows ``HELP``, written for the person at the terminal, not this docstring.
@@ -430,6 +431,17 @@ def _version() -> str:
         return "unknown (not installed: pip install -e .)"
 
 
+def _dashboards(args: argparse.Namespace) -> int:
+    from dashboards import push
+
+    if args.token is not None:  # caught, not rejected by argparse, which would echo it back
+        print("heatwatch dashboards push: a token is never taken from the command line (ps and the "
+              f"shell history show it): set {push.TOKEN_ENV} or use --token-file", file=sys.stderr)
+        return 2
+    return push.main(args.url, args.token_file, folder=args.folder, home=not args.no_home,
+                     datasource_url=args.datasource_url, database=args.database)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="heatwatch", description=HELP, epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -492,6 +504,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--config", default="deploy/api/api.yaml",
                    help="the API config: InfluxDB, the alert store and the report settings it names")
     p.set_defaults(fn=_report)
+    p = sub.add_parser("dashboards", help="dashboards push: load the dashboards over Grafana's HTTP API",
+                       allow_abbrev=False)
+    p.add_argument("action", choices=["push"])
+    p.add_argument("--url", help="Grafana's URL, e.g. https://grafana.example:3000 (or GRAFANA_URL)")
+    p.add_argument("--token-file", help="a file holding the service-account token; else GRAFANA_TOKEN "
+                                        "(never the token itself on the command line)")
+    p.add_argument("--token", help=argparse.SUPPRESS)
+    p.add_argument("--folder", default="heatwatch", help="the folder's uid and title")
+    p.add_argument("--no-home", action="store_true", help="leave the organisation's home dashboard")
+    p.add_argument("--datasource-url", help="also create/update the InfluxDB data source, at this URL")
+    p.add_argument("--database", default="heatwatch", help="its InfluxDB database")
+    p.set_defaults(fn=_dashboards)
     p = sub.add_parser("check-config", help="validate config files")
     p.add_argument("files", nargs="+")
     p.set_defaults(fn=_check)
