@@ -271,3 +271,37 @@ def test_a_dead_device_read_by_one_group_stays_offline_through_every_group(
     fired = [tr for tr in out if tr.rule == "device_offline" and tr.state == "firing"]
     assert [tr.subject for tr in fired] == ["rooms"]
     assert not [tr for tr in out if tr.state == "resolved"]
+
+
+def test_a_refused_block_keeps_its_device_degraded_through_the_other_groups(
+    station_config: GatewayConfig, simulator: SimThread, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A wrong map in one poll group's block: the device stays degraded while the other groups
+    read it fine, and the refusal is logged once. Before the fix every status or slow cycle
+    declared the PLC online again and the next fast cycle logged "device rejects a request" anew
+    (five times a second in a gateway polling at 0.2 s; the device_state metric read "online")."""
+    async def run() -> None:
+        gw = Gateway(station_config)
+        try:
+            plc = next(d for d in gw.devices if d.cfg.name == "plc")
+            p, wire = plc.plans["fast"][0].points[0]
+            others = {q.key for g in ("status", "slow") for r in plc.plans[g] for q, _ in r.points}
+            assert p.key not in others  # the other groups never read the refused register
+            simulator.call(simulator.sim.refuse, "st001", "plc", p.table, wire)
+            for _ in range(3):
+                for group in ("fast", "status", "slow"):
+                    await gw.poll_once(group)
+                    assert plc.health.state is DeviceState.DEGRADED, group
+                    assert p.point in (plc.health.error or ""), group
+                    status = gw.station_status(int(time.time() * 1000))
+                    assert status.devices["plc"].state is DeviceState.DEGRADED
+            simulator.call(simulator.sim.image("st001", "plc").illegal.clear)  # the map fixed on site
+            await gw.poll_once("fast")
+            assert plc.health.state is DeviceState.ONLINE and plc.health.error is None
+        finally:
+            for link in gw.links:
+                link.close()
+            gw.outbox.close()
+
+    asyncio.run(run())
+    assert capsys.readouterr().out.count("device rejects a request") == 1
