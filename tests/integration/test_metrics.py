@@ -7,6 +7,8 @@ API: two uvicorn workers, one endpoint served by the supervisor that sums both w
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from alerting.store import Store
 from contract.config import load_gateway_config
-from heatwatch.cli import main
-from heatwatch.devstack import Mosquitto, SimThread, free_port, port_open
+from heatwatch.devstack import REPO, Mosquitto, SimThread, free_port, port_open
 from tests.conftest import Processes, wait_for, write_gateway_config
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -71,6 +72,8 @@ def test_gateway_metrics(station: tuple[Path, SimThread, int], mosquitto: Mosqui
         s = scrape(port)
         ok = (value(s, "heatwatch_gateway_mqtt_connected", **st) == 1
               and (value(s, "heatwatch_gateway_acked_total", **st) or 0) >= 5
+              and (value(s, "heatwatch_gateway_poll_cycles_total", group="fast", **st) or 0) >= 3
+              and (value(s, "heatwatch_gateway_modbus_rtt_seconds_count", device="makeup_meter") or 0) >= 3
               and value(s, "heatwatch_gateway_device_state", device="rooms", state="offline") == 1
               and value(s, "heatwatch_gateway_device_state", device="plc", state="degraded") == 1)
         return s if ok else None
@@ -110,8 +113,7 @@ def test_gateway_metrics(station: tuple[Path, SimThread, int], mosquitto: Mosqui
              40, "the backlog sent after the broker is back")
 
 
-def test_two_gateway_configs_naming_different_endpoints_are_refused(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_two_gateway_configs_naming_different_endpoints_are_refused(tmp_path: Path) -> None:
     paths = []
     for st, port in (("st001", 9901), ("st002", 9902)):
         p = write_gateway_config(tmp_path, st, mqtt_port=1, plc_port=2, bus_port=3)
@@ -119,9 +121,11 @@ def test_two_gateway_configs_naming_different_endpoints_are_refused(
         cfg["metrics"] = {"port": port}
         p.write_text(yaml.safe_dump(cfg))
         paths.append(str(p))
-    assert main(["gateway", *paths]) == 2
-    err = capsys.readouterr().err
-    assert "st002.yaml" in err and "metrics: one endpoint per process" in err and "127.0.0.1:9901" in err
+    r = subprocess.run([sys.executable, "-m", "heatwatch", "gateway", *paths], capture_output=True, text=True,
+                       cwd=REPO, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "st002.yaml" in r.stderr and "metrics: one endpoint per process" in r.stderr
+    assert "127.0.0.1:9901" in r.stderr
 
 
 def test_api_metrics_with_two_workers_count_every_request_by_route(tmp_path: Path, procs: Processes) -> None:
