@@ -578,6 +578,16 @@ class ResolvedDevice(_Strict):
         return f"{self.host}:{self.port}" + (" rtu" if self.transport == "rtu_over_tcp" else "")
 
 
+class MetricsSettings(_Strict):
+    """A Prometheus ``/metrics`` endpoint of the process (docs/operations.md, "Health").
+    Loopback by default: the figures name stations and devices, and the endpoint has no login;
+    a Prometheus on another machine reaches it through the site's VPN or an SSH tunnel, or the
+    host is set to an address only that network reaches."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)  # 0: any free port (tests; the process logs which)
+
+
 class GatewayControl(_Strict):
     """Remote commands (docs/control.md). Without this block the gateway takes none and its
     status lists no writable point."""
@@ -600,6 +610,8 @@ class GatewayConfig(_Strict):
     mqtt: MqttSettings = MqttSettings()
     outbox: OutboxSettings
     control: GatewayControl | None = None
+    # off by default; one endpoint per process: the configs of one process that set it agree
+    metrics: MetricsSettings | None = None
     poll_groups: dict[Ident, PollGroup] = Field(default_factory=lambda: {"fast": PollGroup(interval_s=5)})
     devices: list[DeviceConfig] = Field(min_length=1)
     # Filled by load_config from devices[].map; not written by hand.
@@ -802,6 +814,8 @@ class ApiConfig(_Strict):
     influx: InfluxSettings = InfluxSettings()
     store: StoreUrl  # the alert store the collector writes (SQLAlchemy URL)
     control: ApiControl | None = None
+    # requests by route and status, latency; with several workers the supervisor serves them all
+    metrics: MetricsSettings | None = None
     workers: int = Field(default=1, ge=1, le=32,
                          description="uvicorn worker processes; 2 on a 2-core box halves the tail under load")
     report: str | None = Field(default=None, description=(
