@@ -35,7 +35,7 @@ from alerting import rules_build
 from alerting.engine import Engine
 from alerting.store import Store
 from contract import topics
-from contract.alerts import AlertRules, Severity, Transition, load_rules
+from contract.alerts import AlertRules, Transition, load_rules, severity_rank
 from contract.config import AlertSettings
 from contract.influx import alert_line
 from contract.payload import Frame, GatewayStatus, StationStatus
@@ -43,7 +43,6 @@ from durable.queue import DiskQueue, oldest
 
 log = structlog.get_logger("heatwatch.collector.alerts")
 RETRY_MAX_S = 30.0
-_RANK = {s.value: s.rank for s in Severity}
 
 
 @dataclass
@@ -169,7 +168,7 @@ class AlertStage:
                     client.publish(str(topics.alert(subject)), msgspec.json.encode(t), qos=1)
                     self.stats.published += 1
         if self.outbox is not None and pages:
-            batch = [t for t in pages if any(_RANK[t.severity] >= _RANK[w.min_severity]
+            batch = [t for t in pages if any(severity_rank(t.severity) >= w.min_severity.rank
                                              for w in self.cfg.webhooks)]
             for t in batch:
                 await asyncio.to_thread(self.outbox.append, t.key, msgspec.json.encode(t))
@@ -239,10 +238,10 @@ class AlertStage:
             delay = 0.5
             while True:
                 row = await oldest(self.outbox, self._webhook_wake)
-                sev = _RANK[orjson.loads(row.payload)["severity"]]
+                sev = severity_rank(orjson.loads(row.payload)["severity"])
                 ok = True
                 for w in self.cfg.webhooks:
-                    if sev < _RANK[w.min_severity]:
+                    if sev < w.min_severity.rank:
                         continue
                     headers = {k: v.get_secret_value() for k, v in w.headers.items()}
                     headers["content-type"] = "application/json"

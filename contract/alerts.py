@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -39,21 +40,48 @@ class Severity(StrEnum):
 
     @property
     def rank(self) -> int:
+        """0 (info) … 3 (critical): the one ranking every part of heatwatch sorts and filters by."""
         return _RANK[self]
 
 
-_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.MAJOR: 2, Severity.CRITICAL: 3}
-_BY_RANK = {v: k for k, v in _RANK.items()}
+SEVERITIES = (Severity.INFO, Severity.WARNING, Severity.MAJOR, Severity.CRITICAL)  # lowest first
+_RANK = {s: i for i, s in enumerate(SEVERITIES)}
+
+
+def severity_rank(s: str) -> int:
+    """The rank of a severity given as text (a stored row, a JSON page): higher is worse."""
+    return _RANK[Severity(s)]
 
 
 def escalate(s: Severity) -> Severity:
-    return _BY_RANK[min(3, s.rank + 1)]
+    return SEVERITIES[min(len(SEVERITIES) - 1, s.rank + 1)]
 
 
 class State(StrEnum):
     PENDING = "pending"
     FIRING = "firing"
     RESOLVED = "resolved"
+
+
+class Quiet(StrEnum):
+    """Why a transition is stored but not paged ("" = it pages)."""
+
+    NONE = ""
+    BACKFILL = "backfill"  # judged on replayed data: the past never pages
+    SILENCED = "silenced"  # a maintenance window or a silence covers it
+    INHIBITED = "inhibited"  # a bigger alert above it in the topology holds it
+    SEASON = "season"  # the heating season ended
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """Planned works: nothing under ``station`` (or one of its buildings) pages in [start, end)."""
+
+    station: str
+    building: str | None
+    start: int  # ms
+    end: int
+    reason: str
 
 
 class Rule(StrEnum):
@@ -86,7 +114,7 @@ class Transition(msgspec.Struct, frozen=True, kw_only=True):
     value: float | None = None
     summary: str = ""
     context: dict[str, Any] = {}
-    quiet: Literal["", "backfill", "silenced", "inhibited", "season"] = ""  # why it is not paged
+    quiet: Quiet = Quiet.NONE  # why it is not paged
     page: bool = False  # goes to the pager (MQTT alert topic, webhooks)
 
 

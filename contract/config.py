@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from contract.alerts import AlertRules
+from contract.alerts import AlertRules, Severity
 from contract.codec import FLOATS, INTEGERS, MULTI_WORD, DataType, WordOrder, word_count
 from contract.errors import ConfigError
 from contract.points import Kind, Level, PointDef, check_name
@@ -471,7 +471,7 @@ class StatsSettings(_Strict):
 
 class WebhookSettings(_Strict):
     url: str = Field(pattern=r"^https?://")
-    min_severity: Literal["info", "warning", "major", "critical"] = "warning"
+    min_severity: Severity = Severity.WARNING
     timeout_s: float = Field(default=5, gt=0)
     headers: dict[str, SecretStr] = Field(default_factory=dict)  # e.g. Authorization
 

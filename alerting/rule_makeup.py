@@ -28,14 +28,12 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from alerting.family import Context, Family, FrameView, Verdict
 from alerting.lifecycle import get_fields, set_fields
-from contract.alerts import NetworkRules, Rule, Severity, alert_key
+from contract.alerts import NetworkRules, Quiet, Rule, Severity, alert_key
 from contract.payload import Sample
-
-if TYPE_CHECKING:
-    from alerting.engine import Engine, StationState
 
 HOUR_MS = 3_600_000
 _GAP_MS = 15 * 60_000
@@ -69,9 +67,9 @@ class Net:
         set_fields(self, _NET_FIELDS, state)
 
 
-_MAKEUP_FIELDS = ("day", "day_excluded", "flow", "keys", "nets", "outdoor_day", "outdoor_n", "outdoor_sum",
-                  "p_win", "pump_hist", "pump_on", "pump_run_ms", "pump_starts", "pump_t",
-                  "ramp_hours", "sup_hi", "sup_hour", "sup_lo", "tank_win")
+_MAKEUP_FIELDS = ("day", "day_excluded", "flow", "keys", "nets", "p_win", "pump_hist", "pump_on",
+                  "pump_run_ms", "pump_starts", "pump_t", "ramp_hours", "sup_hi", "sup_hour", "sup_lo",
+                  "tank_win")
 
 
 class StationMakeup:
@@ -93,9 +91,6 @@ class StationMakeup:
         self.sup_hour = -1
         self.sup_lo = self.sup_hi = 0.0
         self.ramp_hours: deque[int] = deque(maxlen=4)
-        self.outdoor_day = -1
-        self.outdoor_sum = 0.0
-        self.outdoor_n = 0
 
     def __getstate__(self) -> tuple[Any, ...]:
         return get_fields(self, _MAKEUP_FIELDS)
@@ -104,24 +99,52 @@ class StationMakeup:
         set_fields(self, _MAKEUP_FIELDS, state)
 
 
-def observe(eng: Engine, station: str, st: StationState, vals: dict[str, Sample], t: int,
-            quiet: str, grace: bool) -> None:
-    sm = st.makeup
-    rules = eng.rules.makeup_for(station) if station in eng.rules.stations else eng.rules.makeup
-    day = eng.local_day(t)
+class Makeup(Family):
+    name = "makeup"
+    order = 30
+    raises = (Rule.MAKEUP_RATE, Rule.MAKEUP_DAILY, Rule.MAKEUP_BURST, Rule.MAKEUP_PUMP)
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.stations: dict[str, StationMakeup] = {}
+
+    def points(self) -> frozenset[str]:
+        nets = self.ctx.rules.makeup.networks.values()
+        return (frozenset({"secondary_supply_temp", "makeup_flow", "makeup_pump_running",
+                           "secondary_return_pressure", "tank_level"})
+                | {p for n in nets for p in (n.makeup_total, n.circulation_flow)})
+
+    def observe(self, view: FrameView, now: int) -> list[Verdict]:
+        if not view.values:
+            return []
+        sm = self.stations.get(view.station)
+        if sm is None:
+            sm = self.stations[view.station] = StationMakeup()
+        out: list[Verdict] = []
+        _observe(self.ctx, view.station, sm, view.values, view.t, view.quiet, view.grace, out)
+        return out
+
+    def state(self) -> Any:
+        return self.stations
+
+    def restore(self, state: Any) -> None:
+        self.stations = state
+
+
+FAMILY = Makeup
+
+
+def _observe(ctx: Context, station: str, sm: StationMakeup, vals: dict[str, Sample], t: int,
+             quiet: Quiet, grace: bool, out: list[Verdict]) -> None:
+    rules = ctx.rules.makeup_for(station) if station in ctx.rules.stations else ctx.rules.makeup
+    day = ctx.local_day(t)
     if day != sm.day:
         if sm.day >= 0 and not grace:
-            _close_day(eng, station, sm, rules, day, t, quiet)
+            _close_day(ctx, station, sm, rules, day, t, quiet, out)
         sm.day = day
         sm.day_excluded = grace
     if grace:
         sm.day_excluded = True
-    s = vals.get("outdoor_temp")
-    if s is not None and type(s.value) is float and s.quality != "bad":
-        if sm.outdoor_day != day:
-            sm.outdoor_day, sm.outdoor_sum, sm.outdoor_n = day, 0.0, 0
-        sm.outdoor_sum += s.value
-        sm.outdoor_n += 1
     s = vals.get("secondary_supply_temp")
     if s is not None and type(s.value) is float and s.quality == "good":
         h = t // HOUR_MS
@@ -131,13 +154,13 @@ def observe(eng: Engine, station: str, st: StationState, vals: dict[str, Sample]
             sm.sup_hour, sm.sup_lo, sm.sup_hi = h, s.value, s.value
         else:
             sm.sup_lo, sm.sup_hi = min(sm.sup_lo, s.value), max(sm.sup_hi, s.value)
-    silenced = grace or eng.silenced(station, None, t) is not None
+    silenced = grace or ctx.silenced(station, None, t) is not None
     if silenced:
         sm.day_excluded = True
     for name in rules.networks:
-        nr = eng.rules.network_for(station, name) if station in eng.rules.stations else rules.networks[name]
-        _network(eng, station, sm, name, nr, vals, t, quiet, silenced, grace, rules.rate_hold_h,
-                  rules.max_plausible_flow)
+        nr = ctx.rules.network_for(station, name) if station in ctx.rules.stations else rules.networks[name]
+        _network(ctx, station, sm, name, nr, vals, t, quiet, silenced, grace, rules.rate_hold_h,
+                  rules.max_plausible_flow, out)
     s = vals.get("makeup_flow")
     if s is not None and type(s.value) is float and s.quality != "bad":
         sm.flow = s.value
@@ -150,7 +173,7 @@ def observe(eng: Engine, station: str, st: StationState, vals: dict[str, Sample]
         sm.pump_on, sm.pump_t = s.value, t
     p, tank = vals.get("secondary_return_pressure"), vals.get("tank_level")
     if not grace and (p is not None or tank is not None):
-        _burst(eng, station, sm, rules, p, tank, t, quiet)
+        _burst(ctx, station, sm, rules, p, tank, t, quiet, out)
 
 
 def _key(sm: StationMakeup, rule: Rule, station: str, network: str | None = None) -> str:
@@ -166,16 +189,16 @@ def _good(s: Sample | None) -> float | None:
     return s.value
 
 
-def _network(eng: Engine, station: str, sm: StationMakeup, name: str, nr: NetworkRules,
-             vals: dict[str, Sample], t: int, quiet: str, silenced: bool, grace: bool,
-             hold_h: float, max_flow: float) -> None:
+def _network(ctx: Context, station: str, sm: StationMakeup, name: str, nr: NetworkRules,
+             vals: dict[str, Sample], t: int, quiet: Quiet, silenced: bool, grace: bool,
+             hold_h: float, max_flow: float, out: list[Verdict]) -> None:
     net = sm.nets.get(name)
     if net is None:
         net = sm.nets[name] = Net()
     hour = t // HOUR_MS
     if hour != net.hour:
         if net.hour >= 0 and not grace:
-            _close_hour(eng, station, sm, name, nr, net, hold_h, quiet)
+            _close_hour(ctx, station, sm, name, nr, net, hold_h, quiet, out)
         net.hour, net.hour_m3, net.hour_circ = hour, 0.0, 0.0
     f = _good(vals.get(nr.circulation_flow))
     if f is not None and t > net.flow_t:
@@ -204,26 +227,28 @@ def _network(eng: Engine, station: str, sm: StationMakeup, name: str, nr: Networ
         return
     net.hour_m3 += d
     net.day_m3 += d
-    net.day_hours[int((t / 1000 + eng.rules.timezone_offset_h * 3600) // 3600) % 24] += d
+    net.day_hours[ctx.local_hour(t)] += d
 
 
-def _close_hour(eng: Engine, station: str, sm: StationMakeup, name: str, nr: NetworkRules,
-                net: Net, hold_h: float, quiet: str) -> None:
+def _close_hour(ctx: Context, station: str, sm: StationMakeup, name: str, nr: NetworkRules,
+                net: Net, hold_h: float, quiet: Quiet, out: list[Verdict]) -> None:
     if net.hour_circ <= 0:
         return  # no circulation measured: no verdict
-    ramp_now = net.hour == sm.sup_hour and sm.sup_hi - sm.sup_lo >= eng.rules.makeup.ramp_k
+    ramp_now = net.hour == sm.sup_hour and sm.sup_hi - sm.sup_lo >= ctx.rules.makeup.ramp_k
     if net.hour in sm.ramp_hours or ramp_now:
         return  # thermal expansion: this hour says nothing about leaks
     rate = 100.0 * net.hour_m3 / net.hour_circ
     end = (net.hour + 1) * HOUR_MS
     active = rate > nr.rate_limit_pct
-    key_open = _key(sm, Rule.MAKEUP_RATE, station, name) in eng.lives
-    if active or key_open:
+    key = _key(sm, Rule.MAKEUP_RATE, station, name)
+    if active or ctx.is_open(key):
         m3, circ = net.hour_m3, net.hour_circ
-        eng.judge(Rule.MAKEUP_RATE, active, end, hold_h * HOUR_MS, 0, Severity.MAJOR, round(rate, 3),
-                  quiet, station=station, subject=name, since=net.hour * HOUR_MS,
-                  context=lambda: {"rate_pct": round(rate, 3), "limit_pct": nr.rate_limit_pct,
-                                   "makeup_m3_h": round(m3, 3), "circulation_m3_h": round(circ, 1)})
+        out.append(Verdict(key, Rule.MAKEUP_RATE, active, end, Severity.MAJOR, value=round(rate, 3),
+                           hold_ms=hold_h * HOUR_MS, quiet=quiet, station=station, subject=name,
+                           since=net.hour * HOUR_MS,
+                           context=lambda: {"rate_pct": round(rate, 3), "limit_pct": nr.rate_limit_pct,
+                                            "makeup_m3_h": round(m3, 3),
+                                            "circulation_m3_h": round(circ, 1)}))
 
 
 def _baseline(hist: list[float], k: float, min_excess_pct: float) -> tuple[float, float, float]:
@@ -233,9 +258,9 @@ def _baseline(hist: list[float], k: float, min_excess_pct: float) -> tuple[float
     return med, mad, max(med + k * max(mad, floor), med * (1 + min_excess_pct / 100))
 
 
-def _close_day(eng: Engine, station: str, sm: StationMakeup, rules: Any, day: int, t: int,
-               quiet: str) -> None:
-    day_start = sm.day * 86_400_000 - int(eng.rules.timezone_offset_h * HOUR_MS)
+def _close_day(ctx: Context, station: str, sm: StationMakeup, rules: Any, day: int, t: int,
+               quiet: Quiet, out: list[Verdict]) -> None:
+    day_start = ctx.day_start(sm.day)
     end = day_start + 86_400_000
     for name, net in sm.nets.items():
         hist = list(net.history)[-rules.baseline_days:]
@@ -244,21 +269,22 @@ def _close_day(eng: Engine, station: str, sm: StationMakeup, rules: Any, day: in
         if len(hist) >= rules.baseline_min_days and not sm.day_excluded:
             med, mad, threshold = _baseline(hist, rules.daily_mad_k, rules.daily_min_excess_pct)
             alarmed = vol > threshold
-            key_open = _key(sm, Rule.MAKEUP_DAILY, station, name) in eng.lives
-            if alarmed or key_open:
+            key = _key(sm, Rule.MAKEUP_DAILY, station, name)
+            if alarmed or ctx.is_open(key):
                 hours = net.day_hours
                 night = sum(hours[h] for h in _NIGHT) / len(_NIGHT)
                 evening = sum(hours[h] for h in _EVENING) / len(_EVENING)
                 pattern = ("evening peak: hot-water theft?" if evening > 1.5 * night + 0.05 * med / 24
                            else "flat: leak?")
-                eng.judge(Rule.MAKEUP_DAILY, alarmed, end, 0, 0, Severity.MAJOR, round(vol, 2), quiet,
-                          station=station, subject=name, since=day_start,
-                          context={"day_m3": round(vol, 2), "baseline_median_m3": round(med, 2),
+                out.append(Verdict(
+                    key, Rule.MAKEUP_DAILY, alarmed, end, Severity.MAJOR, value=round(vol, 2), quiet=quiet,
+                    station=station, subject=name, since=day_start,
+                    context={"day_m3": round(vol, 2), "baseline_median_m3": round(med, 2),
                                            "baseline_mad_m3": round(mad, 3),
                                            "threshold_m3": round(threshold, 2), "pattern": pattern,
                                            "night_m3_h": round(night, 3),
                                            "evening_m3_h": round(evening, 3),
-                                           "excluded_m3": round(net.excluded_m3, 2)})
+                                           "excluded_m3": round(net.excluded_m3, 2)}))
         if not alarmed and not sm.day_excluded:
             net.history.append(vol)
         net.day_m3, net.excluded_m3 = 0.0, 0.0
@@ -276,11 +302,13 @@ def _close_day(eng: Engine, station: str, sm: StationMakeup, rules: Any, day: in
         many = starts >= rules.pump_min_starts and starts > rules.pump_factor * max(med_s, 1)
         long = run_h >= 1 and run_h > rules.pump_factor * max(med_r, 0.1)
         alarmed = many or long
-        if alarmed or _key(sm, Rule.MAKEUP_PUMP, station) in eng.lives:
-            eng.judge(Rule.MAKEUP_PUMP, alarmed, end, 0, 0, Severity.WARNING, float(starts), quiet,
-                      station=station, since=day_start,
-                      context=lambda: {"starts": starts, "run_h": round(run_h, 2),
-                                       "baseline_starts": med_s, "baseline_run_h": round(med_r, 2)})
+        key = _key(sm, Rule.MAKEUP_PUMP, station)
+        if alarmed or ctx.is_open(key):
+            out.append(Verdict(key, Rule.MAKEUP_PUMP, alarmed, end, Severity.WARNING, value=float(starts),
+                               quiet=quiet, station=station, since=day_start,
+                               context=lambda: {"starts": starts, "run_h": round(run_h, 2),
+                                                "baseline_starts": med_s,
+                                                "baseline_run_h": round(med_r, 2)}))
     if not alarmed:
         sm.pump_hist.append((starts, run_h))
 
@@ -299,8 +327,8 @@ def _window_drop(win: deque[tuple[int, float]], t: int, v: float, span: float) -
     return win[0][1] - v
 
 
-def _burst(eng: Engine, station: str, sm: StationMakeup, rules: Any, p: Sample | None,
-           tank: Sample | None, t: int, quiet: str) -> None:
+def _burst(ctx: Context, station: str, sm: StationMakeup, rules: Any, p: Sample | None,
+           tank: Sample | None, t: int, quiet: Quiet, out: list[Verdict]) -> None:
     span = rules.burst_window_min * 60_000
     drop = level_drop = 0.0
     pv, tv = _good(p), _good(tank)
@@ -310,16 +338,18 @@ def _burst(eng: Engine, station: str, sm: StationMakeup, rules: Any, p: Sample |
         level_drop = _window_drop(sm.tank_win, t, tv, span)
     surge = sm.flow >= rules.burst_min_flow and drop >= rules.burst_pressure_drop
     emptying = level_drop >= rules.tank_drop_m
-    is_open = _key(sm, Rule.MAKEUP_BURST, station) in eng.lives
+    key = _key(sm, Rule.MAKEUP_BURST, station)
+    is_open = ctx.is_open(key)
     # once raised it holds while the make-up still surges: the pressure settles lower and the
     # tank runs dry within minutes, but the water keeps going until someone closes a valve
     active = surge or emptying or (is_open and sm.flow >= rules.burst_min_flow)
     if active or is_open:
         flow = sm.flow
-        eng.judge(Rule.MAKEUP_BURST, active, t, 0, span, Severity.CRITICAL, round(flow, 3), quiet,
-                  station=station,
-                  context=lambda: {"makeup_flow_m3_h": round(flow, 2),
+        out.append(Verdict(
+            key, Rule.MAKEUP_BURST, active, t, Severity.CRITICAL, value=round(flow, 3), clear_ms=span,
+            quiet=quiet, station=station,
+            context=lambda: {"makeup_flow_m3_h": round(flow, 2),
                                    "return_pressure_drop_mpa": round(drop, 3),
                                    "tank_drop_m": round(level_drop, 3),
                                    "why": "make-up surging while pressure falls" if surge
-                                   else "tank emptying faster than it refills"})
+                                   else "tank emptying faster than it refills"}))

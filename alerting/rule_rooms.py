@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
-from alerting.lifecycle import get_fields, set_fields
-from contract.alerts import Rule, Severity, State
+from alerting.family import Context, Family, FrameView, Verdict
+from alerting.lifecycle import Life, get_fields, set_fields
+from contract.alerts import Quiet, Rule, Severity, alert_key
 from contract.payload import Sample
-
-if TYPE_CHECKING:
-    from alerting.engine import Engine
-    from alerting.lifecycle import Life
 
 _MEDIAN_EVERY_MS = 60_000  # recompute a busy sensor's median at most once a minute of data time
 _MIN_GAP_MS, _MAX_GAP_MS = 1_000, 6 * 3_600_000
@@ -141,9 +138,14 @@ def _blank_sensor() -> Sensor:
     return Sensor("", "", "", Building(), Params(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
 
 
-class Rooms:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+class Rooms(Family):
+    name = "rooms"
+    order = 20
+    raises = (Rule.ROOM_LOW, Rule.BUILDING_LOW, Rule.SENSOR_FAULT)
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self._out: list[Verdict] = []
         self.sensors: dict[tuple[str, str, str], Sensor] = {}
         self.buildings: dict[tuple[str, str], Building] = {}
         self.by_station: dict[str, list[Sensor]] = {}
@@ -153,16 +155,39 @@ class Rooms:
         self.households: dict[str, dict[str, Sensor]] = {}
         self._params: dict[tuple[str, str], Params] = {}
         self._dirty: dict[tuple[str, str], Building] = {}
-        sr = engine.rules.sensor
+        sr = ctx.rules.sensor
         self._flat_ms = sr.flat_hours * 3.6e6
         self._flat2 = 2 * sr.flat_band
         self._fault_hold = sr.implausible_hold_min * 60_000
         self._pmin, self._pmax, self._jump_k = sr.plausible_min, sr.plausible_max, sr.jump_k
 
-    def state(self) -> dict[str, Any]:
+    def points(self) -> frozenset[str]:
+        return frozenset({"room_temp"})
+
+    def observe(self, view: FrameView, now: int) -> list[Verdict]:
+        if view.households:
+            station, t, quiet, room = view.station, view.t, view.quiet, self.sample
+            hh = self.station_households(station)
+            for s in view.households:
+                room(station, hh, s, t, quiet)
+            self.flush(t, quiet)
+        return self._take()
+
+    def _take(self) -> list[Verdict]:
+        if not self._out:
+            return self._out
+        out, self._out = self._out, []
+        return out
+
+    def escalate_after_ms(self, life: Life) -> float:
+        if life.rule == Rule.ROOM_LOW or life.rule == Rule.BUILDING_LOW:
+            return self.ctx.rules.room.escalate_after_h * 3.6e6
+        return 0.0
+
+    def state(self) -> Any:
         return {"sensors": self.sensors, "buildings": self.buildings, "by_station": self.by_station}
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: Any) -> None:
         self.sensors, self.buildings = state["sensors"], state["buildings"]
         self.by_station = state["by_station"]
         self.households = {}
@@ -192,7 +217,7 @@ class Rooms:
     def params(self, station: str, building: str) -> Params:
         p = self._params.get((station, building))
         if p is None:
-            r = self.engine.rules.room_for(station, building)
+            r = self.ctx.rules.room_for(station, building)
             p = self._params[(station, building)] = Params(
                 r.warning_below, r.major_below, r.critical_below, r.window_min * 60_000,
                 r.hold_min * 60_000, r.warning_below + r.clear_above_by, r.clear_hold_min * 60_000,
@@ -206,7 +231,7 @@ class Rooms:
             hh = self.households[station] = {}
         return hh
 
-    def sample(self, station: str, hh: dict[str, Sensor], s: Sample, t: int, quiet: str) -> None:
+    def sample(self, station: str, hh: dict[str, Sensor], s: Sample, t: int, quiet: Quiet) -> None:
         """One room reading; ``hh`` is ``station_households(station)``, looked up once a message."""
         # The hot path of the rules: ~0.2 µs per value budget. Constants are cached on self, a
         # sensor carries its building and parameters, and a sensor with nothing to judge (no
@@ -298,35 +323,45 @@ class Rooms:
         return se
 
     # -- verdicts -----------------------------------------------------------------------------
-    def _judge(self, se: Sensor, b: Building, t: int, quiet: str, *, faults: bool = True) -> None:
-        eng = self.engine
+    def _judge(self, se: Sensor, b: Building, t: int, quiet: Quiet, *, faults: bool = True) -> None:
         excluded = se.excluded(self._flat_ms)
         p = self.params(se.station, se.building)
+        station, building, household = se.station, se.building, se.household
         # sensor_fault
         reason = self._fault(se, t) if faults else None
         if faults and (reason is not None or se.fault_open):
-            life = eng.judge(Rule.SENSOR_FAULT, reason is not None, t, 0, self._fault_hold,
-                             Severity.INFO, se.prev, quiet, station=se.station, building=se.building,
-                             household=se.household, context=lambda: {"reason": reason})
-            se.fault_open = life is not None and life.state is not State.RESOLVED
+            key = alert_key(Rule.SENSOR_FAULT, station, building, household)
+            if reason is None and not self.ctx.is_open(key):
+                se.fault_open = False  # resolved by the verdict before
+            else:
+                self._out.append(Verdict(key, Rule.SENSOR_FAULT, reason is not None, t, Severity.INFO,
+                                         value=se.prev, clear_ms=self._fault_hold, quiet=quiet,
+                                         station=station, building=building, household=household,
+                                         context=lambda: {"reason": reason}))
+                se.fault_open = True
         # room_low
         m = se.median
         low = se.low and not excluded and m is not None
         if low or se.low_open:
-            sev = self._severity(m, p) if m is not None else Severity.WARNING
-            life = eng.judge(Rule.ROOM_LOW, low, t, p.hold_ms, p.clear_ms, sev, m, quiet,
-                             station=se.station, building=se.building, household=se.household,
-                             context=lambda: self._context(se.station, m, p, t))
-            se.low_open = life is not None and life.state is not State.RESOLVED
+            key = alert_key(Rule.ROOM_LOW, station, building, household)
+            if not low and not self.ctx.is_open(key):
+                se.low_open = False
+            else:
+                sev = self._severity(m, p) if m is not None else Severity.WARNING
+                self._out.append(Verdict(key, Rule.ROOM_LOW, low, t, sev, value=m, hold_ms=p.hold_ms,
+                                         clear_ms=p.clear_ms, quiet=quiet, station=station,
+                                         building=building, household=household,
+                                         context=lambda: self._context(station, m, p, t)))
+                se.low_open = True
         # the building's counts, then its verdict
         valid = m is not None and not excluded
         if valid != se.c_valid or low != se.c_low:
             b.n_valid += valid - se.c_valid
             b.n_low += low - se.c_low
             se.c_valid, se.c_low = valid, low
-        self._dirty[(se.station, se.building)] = b
+        self._dirty[(station, building)] = b
 
-    def flush(self, t: int, quiet: str) -> None:
+    def flush(self, t: int, quiet: Quiet) -> None:
         """Judge the buildings whose sensors reported, once per message (not per reading, so a
         message's first readings never stand for the whole building)."""
         if not self._dirty:
@@ -335,24 +370,28 @@ class Rooms:
         for (station, building), b in dirty.items():
             self._judge_building(station, building, b, t, quiet)
 
-    def _judge_building(self, station: str, building: str, b: Building, t: int, quiet: str) -> None:
+    def _judge_building(self, station: str, building: str, b: Building, t: int, quiet: Quiet) -> None:
         p = self.params(station, building)
         if b.n_valid < max(p.minimum, len(b.sensors) / 2):
             return  # most sensors silent, faulty or not yet heard since a restart: no verdict
         need = max(p.minimum, math.ceil(p.share * b.n_valid - 1e-9))
         b_low = b.n_low >= need
         if b_low or b.open:
+            key = alert_key(Rule.BUILDING_LOW, station, building)
+            if not b_low and not self.ctx.is_open(key):
+                b.open = False
+                return
             meds = sorted(x.median for x in b.sensors if x.c_low and x.median is not None)
             bm = meds[len(meds) // 2] if meds else None
             sev = self._severity(bm, p) if bm is not None else Severity.WARNING
             n_low, n_valid = b.n_low, b.n_valid
-            life = self.engine.judge(
-                Rule.BUILDING_LOW, b_low, t, p.b_hold_ms, p.clear_ms, sev, bm, quiet, station=station,
-                building=building, context=lambda: {**self._context(station, bm, p, t),
-                                                    "sensors_low": n_low, "sensors_valid": n_valid})
-            if life is not None:
-                life.context["sensors_low"], life.context["sensors_valid"] = n_low, n_valid
-            b.open = life is not None and life.state is not State.RESOLVED
+            v = Verdict(key, Rule.BUILDING_LOW, b_low, t, sev, value=bm, hold_ms=p.b_hold_ms,
+                        clear_ms=p.clear_ms, quiet=quiet, station=station, building=building,
+                        context=lambda: {**self._context(station, bm, p, t),
+                                         "sensors_low": n_low, "sensors_valid": n_valid})
+            v.update = {"sensors_low": n_low, "sensors_valid": n_valid}
+            self._out.append(v)
+            b.open = True
 
     def _fault(self, se: Sensor, t: int) -> str | None:
         if se.stale:
@@ -374,29 +413,27 @@ class Rooms:
         return Severity.WARNING
 
     def _context(self, station: str, median: float | None, p: Params, t: int) -> dict[str, Any]:
-        eng = self.engine
         ctx: dict[str, Any] = {}
         if median is not None:
             ctx["median"] = round(median, 2)
             ctx["shortfall_k"] = round(p.warn - median, 2)  # Tianjin refunds by this: ≤2, 2–6, >6 K
-        st = eng.stations.get(station)
-        if st is not None and st.makeup.outdoor_n:
-            mean = st.makeup.outdoor_sum / st.makeup.outdoor_n
+        mean = self.ctx.outdoor_mean(station)
+        if mean is not None:
             ctx["outdoor_daily_mean"] = round(mean, 1)
             # GB/T 33833 §5.1 does not hold on days colder than the design outdoor temperature
-            ctx["below_design_outdoor"] = mean < eng.rules.design_outdoor_temp
-        if eng.season(t)[1]:
+            ctx["below_design_outdoor"] = mean < self.ctx.rules.design_outdoor_temp
+        if self.ctx.season(t)[1]:
             ctx["season_start"] = True
         return ctx
 
     # -- time-driven --------------------------------------------------------------------------
-    def tick(self, now: int) -> None:
+    def tick(self, now: int) -> list[Verdict]:
         """Stale sensors, judged against their station's newest data, not the wall clock."""
-        eng = self.engine
-        sr = eng.rules.sensor
+        sr = self.ctx.rules.sensor
         default = sr.interval_s * 1000
+        stations = self.ctx.stations
         for station, sensors in self.by_station.items():
-            st = eng.stations.get(station)
+            st = stations.get(station)
             if st is None or not st.last_t:
                 continue
             ref, quiet_ms = st.last_t, max(st.heartbeat_ms, _MIN_GAP_MS)  # quiet: reported by exception
@@ -408,5 +445,10 @@ class Rooms:
                     se.stale = True
                     # a mass silence is a concentrator or link: the sensors leave the rules but
                     # get no alert each (the station's device_offline / station_offline says it)
-                    self._judge(se, self.buildings[(station, se.building)], ref, "", faults=not mass)
-            self.flush(ref, "")
+                    self._judge(se, self.buildings[(station, se.building)], ref, Quiet.NONE,
+                                faults=not mass)
+            self.flush(ref, Quiet.NONE)
+        return self._take()
+
+
+FAMILY = Rooms
