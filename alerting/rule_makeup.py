@@ -41,7 +41,8 @@ _NIGHT = range(1, 5)  # 01:00–05:00: a leak shows here as much as at any hour,
 _EVENING = range(17, 23)
 
 
-_NET_FIELDS = ("day_hours", "day_m3", "excluded_m3", "flow", "flow_t", "history", "hour", "hour_circ",
+_NET_FIELDS = ("day_cover_ms", "day_hours", "day_m3", "excluded_m3", "flow", "flow_t", "history", "hour",
+               "hour_circ",
                "hour_m3", "meter_events", "total", "total_t")
 
 
@@ -57,6 +58,7 @@ class Net:
         self.hour_m3 = self.hour_circ = 0.0
         self.day_m3 = self.excluded_m3 = 0.0
         self.day_hours = [0.0] * 24
+        self.day_cover_ms = 0  # the part of the day the totalizer's readings span (gaps left out)
         self.history: deque[float] = deque(maxlen=14)  # daily m³ of normal days
         self.meter_events = 0  # resets and replacements seen
 
@@ -67,9 +69,9 @@ class Net:
         set_fields(self, _NET_FIELDS, state)
 
 
-_MAKEUP_FIELDS = ("day", "day_excluded", "flow", "keys", "nets", "p_win", "pump_hist", "pump_on",
-                  "pump_run_ms", "pump_starts", "pump_t", "ramp_hours", "sup_hi", "sup_hour", "sup_lo",
-                  "tank_win")
+_MAKEUP_FIELDS = ("day", "day_excluded", "flow", "keys", "last_t", "nets", "p_win", "pump_cover_ms",
+                  "pump_hist", "pump_on", "pump_run_ms", "pump_starts", "pump_t", "ramp_hours", "sup_hi",
+                  "sup_hour", "sup_lo", "tank_win")
 
 
 class StationMakeup:
@@ -80,6 +82,7 @@ class StationMakeup:
         self.keys: dict[str, str] = {}  # alert keys of this station's make-up rules, built once
         self.day = -1
         self.day_excluded = False  # part of the day was grace or silenced: not a baseline day
+        self.last_t = 0  # the newest message judged: older ones (late, redelivered) add nothing
         self.p_win: deque[tuple[int, float]] = deque()
         self.tank_win: deque[tuple[int, float]] = deque()
         self.flow = 0.0
@@ -87,6 +90,7 @@ class StationMakeup:
         self.pump_t = 0
         self.pump_starts = 0
         self.pump_run_ms = 0.0
+        self.pump_cover_ms = 0  # the part of the day the pump's readings span
         self.pump_hist: deque[tuple[int, float]] = deque(maxlen=14)
         self.sup_hour = -1
         self.sup_lo = self.sup_hi = 0.0
@@ -136,6 +140,13 @@ FAMILY = Makeup
 
 def _observe(ctx: Context, station: str, sm: StationMakeup, vals: dict[str, Sample], t: int,
              quiet: Quiet, grace: bool, out: list[Verdict]) -> None:
+    if t <= sm.last_t:
+        # A redelivered or late message (QoS 1 after a reconnect): its totalizer readings lie
+        # between ones already counted, so it holds no water of its own, and judging it would
+        # move days and hours backwards (closing a day twice put near-empty days into the
+        # baseline). Its data are in InfluxDB all the same.
+        return
+    sm.last_t = t
     rules = ctx.rules.makeup_for(station) if station in ctx.rules.stations else ctx.rules.makeup
     day = ctx.local_day(t)
     if day != sm.day:
@@ -166,6 +177,8 @@ def _observe(ctx: Context, station: str, sm: StationMakeup, vals: dict[str, Samp
         sm.flow = s.value
     s = vals.get("makeup_pump_running")
     if s is not None and type(s.value) is bool:
+        if sm.pump_t and t > sm.pump_t and t - sm.pump_t <= _GAP_MS:
+            sm.pump_cover_ms += t - sm.pump_t
         if sm.pump_on and sm.pump_t and t > sm.pump_t:
             sm.pump_run_ms += min(t - sm.pump_t, _GAP_MS)
         if s.value and not sm.pump_on:
@@ -222,6 +235,8 @@ def _network(ctx: Context, station: str, sm: StationMakeup, name: str, nr: Netwo
     if d > max_flow * max(t - last_t, 60_000) / HOUR_MS:
         net.meter_events += 1  # a jump no pipe could carry: replacement or a misread
         return
+    if t - last_t <= _GAP_MS:
+        net.day_cover_ms += t - last_t
     if silenced or t - last_t > _GAP_MS:
         net.excluded_m3 += d
         return
@@ -262,6 +277,7 @@ def _close_day(ctx: Context, station: str, sm: StationMakeup, rules: Any, day: i
                quiet: Quiet, out: list[Verdict]) -> None:
     day_start = ctx.day_start(sm.day)
     end = day_start + 86_400_000
+    real_day_ms = rules.day_min_coverage * 86_400_000
     for name, net in sm.nets.items():
         hist = list(net.history)[-rules.baseline_days:]
         vol = net.day_m3
@@ -285,13 +301,14 @@ def _close_day(ctx: Context, station: str, sm: StationMakeup, rules: Any, day: i
                                            "night_m3_h": round(night, 3),
                                            "evening_m3_h": round(evening, 3),
                                            "excluded_m3": round(net.excluded_m3, 2)}))
-        if not alarmed and not sm.day_excluded:
-            net.history.append(vol)
-        net.day_m3, net.excluded_m3 = 0.0, 0.0
+        if not alarmed and not sm.day_excluded and net.day_cover_ms >= real_day_ms:
+            net.history.append(vol)  # only whole, normal days make the baseline
+        net.day_m3, net.excluded_m3, net.day_cover_ms = 0.0, 0.0, 0
         net.day_hours = [0.0] * 24
     # the make-up pump against its own baseline
     starts, run_h = sm.pump_starts, sm.pump_run_ms / HOUR_MS
-    sm.pump_starts, sm.pump_run_ms = 0, 0.0
+    covered = sm.pump_cover_ms >= real_day_ms
+    sm.pump_starts, sm.pump_run_ms, sm.pump_cover_ms = 0, 0.0, 0
     if sm.day_excluded:
         return
     ph = list(sm.pump_hist)[-rules.baseline_days:]
@@ -309,7 +326,7 @@ def _close_day(ctx: Context, station: str, sm: StationMakeup, rules: Any, day: i
                                context=lambda: {"starts": starts, "run_h": round(run_h, 2),
                                                 "baseline_starts": med_s,
                                                 "baseline_run_h": round(med_r, 2)}))
-    if not alarmed:
+    if not alarmed and covered:
         sm.pump_hist.append((starts, run_h))
 
 

@@ -183,6 +183,10 @@ class MakeupRules(_Strict):
     rate_hold_h: float = Field(2.0, ge=0)
     baseline_days: int = Field(7, ge=2)
     baseline_min_days: int = Field(3, ge=1)
+    day_min_coverage: float = Field(0.9, gt=0, le=1,
+                                    description="a day enters the baselines only when its readings span "
+                                                "this share of it (a day cut by an outage or a restart "
+                                                "is not a day)")
     daily_mad_k: float = Field(5.0, gt=0)
     daily_min_excess_pct: float = Field(50.0, ge=0, description="and at least this much above the median")
     burst_min_flow: float = Field(5.0, ge=0, description="m³/h make-up flow that counts as surging")

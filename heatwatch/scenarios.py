@@ -49,6 +49,7 @@ import datetime as dt
 import heapq
 import statistics
 import sys
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -507,10 +508,12 @@ def report(results: list[Outcome]) -> str:
             continue
         det = ", ".join(f"{what} {'MISSED' if d is None else f'{d / 60:.0f} min'}"
                         for what, d in r.detections) or "none expected"
-        bad = [f"{t.rule} {t.building or t.subject or t.gateway or ''}".strip()
+        bad = [f"{t.rule} {t.station if t.station != STATION else ''} "
+               f"{t.building or t.subject or t.gateway or ''}".replace("  ", " ").strip()
                for t in r.false_alarms + r.loud]
         bad += [f"{t.rule} {t.household or t.building} at {t.value:.1f} °C (meets the standard)"
                 for t in r.compliant if t.value is not None]
+        bad = [f"{what} ×{n}" if n > 1 else what for what, n in Counter(bad).items()]
         bad += [f"not raised quietly: {q}" for q in r.missing_quiet]
         bad += [f"not open at the end: {c}" for c in r.closed]
         lines.append(f"{r.name:<28} {'pass' if r.passed else 'FAIL':<6} {det:<58} "
