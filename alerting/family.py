@@ -108,6 +108,9 @@ class Context:
         self.lives = lives  # the engine's, read only
         self.stations: dict[str, StationInfo] = {}
         self.gateways: dict[str, set[str]] = {}  # gateway → its stations
+        # room sensors below the standard per station (kept by the rooms family: the outage
+        # incident's rooms-back check reads it)
+        self.rooms_below: dict[str, int] = {}
         self.silences: list[Silence] = []
         self._silenced_stations: dict[str, list[Silence]] = {}
         self._offset_h = rules.timezone_offset_h

@@ -1,7 +1,12 @@
 """Offline rules: station_offline, gateway_offline, device_offline. Judged in receive time.
 
 - ``station_offline`` (major, at once): the station's status topic says offline, or no
-  telemetry for ``offline.station_after_s``. Telemetry resolves it at once.
+  telemetry for ``offline.station_after_s``. It is one incident for the outage: when the
+  station is back, it closes after the rooms-back check — once as few of its room sensors are
+  below the standard as before the outage (at once after a link outage; hours after a power cut
+  that let the flats cool), at most ``room.recovery_max_h`` later. Until then its rooms' and
+  buildings' alerts stay under it (inhibited), so the tail is reported in the incident, not
+  paged.
 - ``gateway_offline`` (major): the gateway's last will (status ``offline``), held
   ``offline.station_after_s``; it inhibits its stations.
 - ``device_offline`` (warning): the station status names a device offline for
@@ -18,7 +23,8 @@ from alerting.lifecycle import Life, get_fields, set_fields
 from contract.alerts import Rule, Severity, alert_key
 from contract.payload import Frame, GatewayStatus, StationStatus
 
-_OFFLINE_FIELDS = ("devices_alerted", "devices_offline", "status_offline")
+_OFFLINE_FIELDS = ("back_at", "below_before", "devices_alerted", "devices_offline", "out_since",
+                   "status_offline")
 
 
 class StationOffline:
@@ -28,6 +34,9 @@ class StationOffline:
         self.status_offline = False
         self.devices_offline: dict[str, int] = {}  # device → since (ms)
         self.devices_alerted: set[str] = set()  # devices with a device_offline life
+        self.out_since = 0  # the outage's start (receive time); 0 = none
+        self.back_at = 0  # when its data came back (the rooms-back check runs from here)
+        self.below_before = 0  # its rooms below the standard when the outage started
 
     def __getstate__(self) -> tuple[Any, ...]:
         return get_fields(self, _OFFLINE_FIELDS)
@@ -50,9 +59,6 @@ class GatewayOffline:
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         set_fields(self, _GATEWAY_FIELDS, state)
-
-
-_IDLE = StationOffline()  # a station with no status news (never written to)
 
 
 class Offline(Family):
@@ -80,11 +86,11 @@ class Offline(Family):
     # -- inputs -------------------------------------------------------------------------------
     def observe_any(self, frame: Frame, now: int) -> list[Verdict]:
         key = alert_key(Rule.STATION_OFFLINE, frame.station)
-        st = self.stations.get(frame.station)
-        if (self.ctx.is_open(key) and not frame.backfill
-                and (st is None or not st.status_offline)):
-            return [Verdict(key, Rule.STATION_OFFLINE, False, now, Severity.MAJOR, station=frame.station)]
-        return []
+        if not self.ctx.is_open(key) or frame.backfill:
+            return []
+        out: list[Verdict] = []  # data is back: resolved, or the rooms-back check starts
+        self._offline(frame.station, self._station(frame.station), key, now, out)
+        return out
 
     def station_status(self, s: StationStatus, now: int) -> list[Verdict]:
         st = self._station(s.station)
@@ -116,7 +122,6 @@ class Offline(Family):
         for name, gw in self.gateways.items():
             self._judge_gateway(name, gw, now, out)
         after = self.ctx.rules.offline.station_after_s * 1000
-        idle = _IDLE
         for name, info in self.ctx.stations.items():
             st = self.stations.get(name)
             # the common case, once per station per tick: heard from lately, nothing open
@@ -124,7 +129,7 @@ class Offline(Family):
                                 and not st.devices_alerted)) and now - info.last_rx <= after
                     and not self.ctx.is_open(alert_key(Rule.STATION_OFFLINE, name))):
                 continue
-            self._judge_station(name, st if st is not None else idle, now, out)
+            self._judge_station(name, st if st is not None else self._station(name), now, out)
         return out
 
     # -- verdicts -----------------------------------------------------------------------------
@@ -141,19 +146,45 @@ class Offline(Family):
                            hold_ms=self.ctx.rules.offline.station_after_s * 1000, gateway=name,
                            context=lambda: {"stations": sorted(stations), "offline_since": since}))
 
-    def _judge_station(self, name: str, st: StationOffline, now: int, out: list[Verdict]) -> None:
-        if not self.ctx.season(now)[0]:
-            return
+    def _offline(self, name: str, st: StationOffline, key: str, now: int, out: list[Verdict]) -> None:
+        """The station_offline verdict: down, recovering (the rooms-back check) or back."""
         info = self.ctx.station(name)
         after = self.ctx.rules.offline.station_after_s * 1000
         silent = info.last_rx > 0 and now - info.last_rx > after
-        active = st.status_offline or silent
-        key = alert_key(Rule.STATION_OFFLINE, name)
-        if active or self.ctx.is_open(key):
-            last = info.last_rx
+        down = st.status_offline or silent
+        is_open = self.ctx.is_open(key)
+        below = self.ctx.rooms_below.get(name, 0)
+        if down:
+            if not st.out_since:
+                st.out_since, st.below_before = now, below
+            st.back_at = 0
             reason = "status offline" if st.status_offline else "no telemetry"
-            out.append(Verdict(key, Rule.STATION_OFFLINE, active, now, Severity.MAJOR, station=name,
-                               context=lambda: {"reason": reason, "last_data": last}))
+            active = True
+        elif is_open or st.out_since:
+            if not st.back_at:
+                st.back_at = now
+            reason = "rooms recovering"
+            recovery_ms = self.ctx.rules.room.recovery_max_h * 3_600_000
+            active = is_open and below > st.below_before and now - st.back_at < recovery_ms
+        else:
+            return
+        if active or is_open:
+            last = info.last_rx
+            update: dict[str, Any] = {"rooms_below_standard": max(0, below - st.below_before)}
+            if not down:
+                update["back_at"] = st.back_at
+            v = Verdict(key, Rule.STATION_OFFLINE, active, now, Severity.MAJOR, station=name,
+                        context=lambda: {"reason": reason, "last_data": last})
+            v.update = {"reason": reason, **update} if is_open else update
+            out.append(v)
+        if not active:
+            st.out_since = st.back_at = st.below_before = 0
+
+    def _judge_station(self, name: str, st: StationOffline, now: int, out: list[Verdict]) -> None:
+        if not self.ctx.season(now)[0]:
+            return
+        key = alert_key(Rule.STATION_OFFLINE, name)
+        self._offline(name, st, key, now, out)
         hold = self.ctx.rules.offline.device_hold_s * 1000
         for dev, since in st.devices_offline.items():
             dkey = alert_key(Rule.DEVICE_OFFLINE, name, subject=dev)

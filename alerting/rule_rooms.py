@@ -2,8 +2,12 @@
 
 GB/T 33833-2017 §5.1 asks ≥ 18 °C in bedrooms and living rooms. A household is judged on the
 median of its sensor over ``room.window_min`` (an open window or a kettle next to the sensor
-does not move a median), low for ``room.hold_min`` before it fires, cleared only above
-``warning_below + clear_above_by`` for ``clear_hold_min`` (hysteresis, no flapping).
+does not move a median), low (below ``warning_below``) for ``room.hold_min`` before it fires.
+It resolves after the median is back above ``warning_below + clear_above_by`` for
+``clear_hold_min``, or meets the standard (≥ ``warning_below``, inside that hysteresis band) for
+``compliant_clear_min``. The hysteresis only ever holds an alert open: a median that meets the
+standard is never a firing, a page, a severity raise or an escalation (a flat at 18.3 °C is
+not a complaint, whatever it was before).
 
 A sensor that is stale (no good report for ``stale_factor`` × its learned interval, or × the
 station's heartbeat when its gateway reports by exception; judged against its own station's
@@ -13,7 +17,11 @@ from its building's other sensors is a ``sensor_fault`` (info) and is excluded f
 and from the building count while the condition lasts.
 
 A building with ≥ building_share (min building_min) of its valid sensors low at once is a supply
-or hydraulic fault: ``building_low``, which inhibits its households' pages.
+or hydraulic fault: ``building_low``, one incident with its households under it (listed in its
+context; their own alerts are inhibited). When the cause is gone it stays open while any of its
+flats is still below the standard (the rooms-back check, up to ``recovery_max_h``), then resolves
+after ``clear_hold_min``: the households' tail is reported inside the incident, not paged. A
+flat still cold after ``recovery_max_h`` is its own problem, and its own alert pages.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ class Params(NamedTuple):
     minimum: int
     b_hold_ms: float
     bucket_ms: float
+    band_clear_ms: float
+    recovery_ms: float
 
 
 _SENSOR_FIELDS = (
@@ -89,7 +99,7 @@ class Sensor:
         self.prev: float | None = None
         self.median: float | None = None
         self.next_eval = 0
-        self.low = False  # hysteresis state of the median
+        self.low = False  # the median is below the standard
         self.flat_since = 0
         self.flat_lo = self.flat_hi = 0.0
         self.bad_since: int | None = None  # implausible since
@@ -113,7 +123,7 @@ class Sensor:
         return self.last_good - self.flat_since >= flat_ms and self.flat_since > 0
 
 
-_BUILDING_FIELDS = ("n_last", "n_low", "n_valid", "open", "sensors", "sum_last")
+_BUILDING_FIELDS = ("cause_gone", "n_last", "n_low", "n_valid", "open", "sensors", "sum_last")
 
 
 class Building:
@@ -125,6 +135,7 @@ class Building:
         self.sum_last = 0.0  # of the sensors' latest plausible values (neighbour mean for jumps)
         self.n_last = 0
         self.open = False
+        self.cause_gone = 0  # when its open alert's cause (the share of low flats) went away
 
     def __getstate__(self) -> tuple[Any, ...]:
         return get_fields(self, _BUILDING_FIELDS)
@@ -135,7 +146,7 @@ class Building:
 
 def _blank_sensor() -> Sensor:
     """What unpickling fills (a compiled class cannot be created without its arguments)."""
-    return Sensor("", "", "", Building(), Params(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+    return Sensor("", "", "", Building(), Params(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
 
 
 class Rooms(Family):
@@ -191,9 +202,13 @@ class Rooms(Family):
         self.sensors, self.buildings = state["sensors"], state["buildings"]
         self.by_station = state["by_station"]
         self.households = {}
+        below = self.ctx.rooms_below
+        below.clear()
         for se in self.sensors.values():  # the rule file may have changed since the snapshot
             se.p = self.params(se.station, se.building)
             self.households.setdefault(se.station, {}).setdefault(se.household, se)
+            if se.c_low:
+                below[se.station] = below.get(se.station, 0) + 1
 
     def adopt(self, lives: Iterable[Life]) -> None:
         """Point the sensors' and buildings' open-alert flags at the engine's lives."""
@@ -221,7 +236,8 @@ class Rooms(Family):
             p = self._params[(station, building)] = Params(
                 r.warning_below, r.major_below, r.critical_below, r.window_min * 60_000,
                 r.hold_min * 60_000, r.warning_below + r.clear_above_by, r.clear_hold_min * 60_000,
-                r.building_share, r.building_min, r.building_hold_min * 60_000, r.window_min * 5_000)
+                r.building_share, r.building_min, r.building_hold_min * 60_000, r.window_min * 5_000,
+                r.compliant_clear_min * 60_000, r.recovery_max_h * 3_600_000)
         return p
 
     # -- one reading --------------------------------------------------------------------------
@@ -302,10 +318,7 @@ class Rooms(Family):
                     m = vals[n // 2] if n % 2 else (vals[n // 2 - 1] + vals[n // 2]) / 2
                 se.median = m
                 se.next_eval = t + _MEDIAN_EVERY_MS
-                if m < p.warn:
-                    se.low = True
-                elif m >= p.clear_at:
-                    se.low = False
+                se.low = m < p.warn
         if (se.low or se.c_low or se.low_open or se.fault_open or se.bad_since is not None
                 or se.jump_since is not None or se.c_valid is not (se.median is not None)
                 or t - se.flat_since >= self._flat_ms):
@@ -348,8 +361,11 @@ class Rooms(Family):
                 se.low_open = False
             else:
                 sev = self._severity(m, p) if m is not None else Severity.WARNING
+                # meets the standard but inside the hysteresis band: clear, on a longer hold
+                clear = p.band_clear_ms if (not low and m is not None and not excluded
+                                            and m < p.clear_at) else p.clear_ms
                 self._out.append(Verdict(key, Rule.ROOM_LOW, low, t, sev, value=m, hold_ms=p.hold_ms,
-                                         clear_ms=p.clear_ms, quiet=quiet, station=station,
+                                         clear_ms=clear, quiet=quiet, station=station,
                                          building=building, household=household,
                                          context=lambda: self._context(station, m, p, t)))
                 se.low_open = True
@@ -358,6 +374,9 @@ class Rooms(Family):
         if valid != se.c_valid or low != se.c_low:
             b.n_valid += valid - se.c_valid
             b.n_low += low - se.c_low
+            if low != se.c_low:
+                below = self.ctx.rooms_below
+                below[station] = below.get(station, 0) + low - se.c_low
             se.c_valid, se.c_low = valid, low
         self._dirty[(station, building)] = b
 
@@ -375,23 +394,34 @@ class Rooms(Family):
         if b.n_valid < max(p.minimum, len(b.sensors) / 2):
             return  # most sensors silent, faulty or not yet heard since a restart: no verdict
         need = max(p.minimum, math.ceil(p.share * b.n_valid - 1e-9))
-        b_low = b.n_low >= need
-        if b_low or b.open:
-            key = alert_key(Rule.BUILDING_LOW, station, building)
-            if not b_low and not self.ctx.is_open(key):
-                b.open = False
-                return
-            meds = sorted(x.median for x in b.sensors if x.c_low and x.median is not None)
-            bm = meds[len(meds) // 2] if meds else None
-            sev = self._severity(bm, p) if bm is not None else Severity.WARNING
-            n_low, n_valid = b.n_low, b.n_valid
-            v = Verdict(key, Rule.BUILDING_LOW, b_low, t, sev, value=bm, hold_ms=p.b_hold_ms,
-                        clear_ms=p.clear_ms, quiet=quiet, station=station, building=building,
-                        context=lambda: {**self._context(station, bm, p, t),
-                                         "sensors_low": n_low, "sensors_valid": n_valid})
-            v.update = {"sensors_low": n_low, "sensors_valid": n_valid}
-            self._out.append(v)
-            b.open = True
+        cause = b.n_low >= need
+        if not cause and not b.open:
+            return
+        key = alert_key(Rule.BUILDING_LOW, station, building)
+        if not cause and not self.ctx.is_open(key):
+            b.open = False
+            b.cause_gone = 0
+            return
+        if cause:
+            b.cause_gone = 0
+        elif not b.cause_gone:
+            b.cause_gone = t
+        # the rooms-back check: the incident holds while any of its flats is still below
+        tail = not cause and b.n_low > 0 and t - b.cause_gone < p.recovery_ms
+        low = [x for x in b.sensors if x.c_low and x.median is not None]
+        meds = sorted(x.median for x in low if x.median is not None)
+        bm = meds[len(meds) // 2] if meds else None
+        sev = self._severity(bm, p) if bm is not None else Severity.WARNING
+        n_low, n_valid = b.n_low, b.n_valid
+        hh = sorted(x.household for x in low)
+        update: dict[str, Any] = {"sensors_low": n_low, "sensors_valid": n_valid,
+                                  "households_low": hh[:50], "rooms_back": not low}
+        v = Verdict(key, Rule.BUILDING_LOW, cause or tail, t, sev, value=bm, hold_ms=p.b_hold_ms,
+                    clear_ms=p.clear_ms, quiet=quiet, station=station, building=building,
+                    context=lambda: {**self._context(station, bm, p, t), **update})
+        v.update = update
+        self._out.append(v)
+        b.open = True
 
     def _fault(self, se: Sensor, t: int) -> str | None:
         if se.stale:

@@ -143,6 +143,13 @@ class RoomRules(_Strict):
     hold_min: float = Field(120.0, ge=0, description="low for this long before firing")
     clear_above_by: float = Field(0.5, ge=0, description="hysteresis: clear at warning_below + this")
     clear_hold_min: float = Field(30.0, ge=0, description="cleared for this long before resolved")
+    compliant_clear_min: float = Field(120.0, ge=0,
+                                       description="meeting the standard (≥ warning_below) inside the "
+                                                   "hysteresis band this long also resolves; the band "
+                                                   "never pages or escalates")
+    recovery_max_h: float = Field(6.0, gt=0,
+                                  description="an incident (building, outage) holds its flats still below "
+                                              "the standard this long after its cause is gone")
     escalate_after_h: float = Field(24.0, gt=0)
     building_share: float = Field(0.3, gt=0, le=1)
     building_min: int = Field(2, ge=1)

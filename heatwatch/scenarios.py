@@ -47,6 +47,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import heapq
+import random
 import statistics
 import sys
 from collections import Counter
@@ -124,6 +125,7 @@ class Profile(_Timed):
     add: Number | tuple[Number, Number] | None = None
     sentinel: Number | Literal["bad"] | None = None
     every: int = Field(1, ge=1)
+    noise: float = Field(0.0, ge=0, description="± this (Gaussian σ) on a set value: a live sensor")
 
     @model_validator(mode="after")
     def _one(self) -> Profile:
@@ -139,13 +141,16 @@ class Profile(_Timed):
         return (p == self.point and self.station in (None, station) and self.building in (None, b)
                 and self.household in (None, h))
 
-    def apply(self, v: float | bool, rel: float) -> float | bool:
+    def apply(self, v: float | bool, rel: float, rnd: random.Random) -> float | bool:
         x = self.set if self.set is not None else self.add
         if isinstance(x, tuple):
             x = x[0] + (x[1] - x[0]) * self.progress(rel)
+        if isinstance(x, bool):
+            return x
+        jitter = rnd.gauss(0, self.noise) if self.noise else 0.0
         if self.set is not None:
-            return x if isinstance(x, bool) else float(x)  # type: ignore[arg-type]
-        return float(v) + float(x)  # type: ignore[arg-type]
+            return float(x) + jitter  # type: ignore[arg-type]
+        return float(v) + float(x) + jitter  # type: ignore[arg-type]
 
 
 class Delivery(_Timed):
@@ -312,6 +317,7 @@ class _Station:
         self.reports: dict[Key, int] = {}  # reports per sensor (for sentinel every N)
         self.seq = 0
         self.last_t: float | None = None
+        self.rnd = random.Random(f"{name}:{spec.seed}:profiles")
 
     def frame(self, t: float, rooms_due: bool) -> Frame | None:
         values = self.model.step(t)
@@ -347,7 +353,7 @@ class _Station:
                             val = float(prof.sentinel)
                     continue
                 before = val
-                val = prof.apply(val, rel)
+                val = prof.apply(val, rel, self.rnd)
                 total = _TOTALS.get(p)
                 if total is not None and isinstance(val, float) and isinstance(before, float):
                     self.extra[total] = self.extra.get(total, 0.0) + (val - before) * dt_h

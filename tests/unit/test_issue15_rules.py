@@ -75,3 +75,40 @@ def test_a_day_cut_by_an_outage_does_not_enter_the_baseline() -> None:
     net = f.makeup().stations["st001"].nets["secondary"]
     assert len(net.history) == 3 and all(abs(v - 12.0) < 0.05 for v in net.history), list(net.history)
     assert len(f.makeup().stations["st001"].pump_hist) == 3
+
+
+NEIGHBOURS = {"h2": 21.0, "h3": 21.2, "h4": 20.8, "h5": 21.1, "h6": 20.9, "h7": 21.0, "h8": 21.3}
+
+
+def _rooms(f: Feed, t: int, temps: dict[str, float], building: str = "b01") -> None:
+    f.seq += 1
+    wobble = 0.1 * (t // (10 * MIN) % 3) - 0.1  # live sensors, not flat-lined ones
+    samples = [Sample(point="room_temp", unit="°C", building=building, household=h, value=v + wobble)
+               for h, v in temps.items()]
+    f.out += f.engine.observe(Frame(f.station, f.gateway, "0badc0de", f.seq, t, False, samples), t)
+
+
+def test_a_median_that_meets_the_standard_never_fires_pages_or_escalates() -> None:
+    # pending at 17.5 °C, then 18.2 °C inside the hysteresis band: resolved, never fired
+    f = Feed()
+    for i in range(0, 6 * 60, 10):
+        _rooms(f, T0 + i * MIN, {"h1": 17.5 if i < 60 else 18.25, **NEIGHBOURS})
+        f.out += f.engine.tick(T0 + i * MIN)
+    assert [x.state for x in f.out if x.rule == "room_low"] == ["pending", "resolved"]
+    # paged at 14 °C, then 18.3 °C for a day and a half: no severity page, resolved after 2 h of it
+    f = Feed()
+    for i in range(0, 36 * 60, 10):
+        _rooms(f, T0 + i * MIN, {"h1": 14.0 if i < 4 * 60 else 18.3, **NEIGHBOURS})
+        f.out += f.engine.tick(T0 + i * MIN)
+    life = [(x.state, x.summary, x.page) for x in f.out if x.rule == "room_low"]
+    assert life == [("pending", "room_low pending", False), ("firing", "room_low firing", True),
+                    ("resolved", "room_low resolved", True)]
+    resolved = next(x for x in f.out if x.state == "resolved")
+    # the 60-min median crosses 18 °C about 30 min after the room does, then 120 min of it
+    assert 6 * HOUR <= resolved.ts - T0 <= 7 * HOUR
+    # still cold after 24 h: that escalates (the same rooms, 17 °C)
+    f = Feed()
+    for i in range(0, 30 * 60, 10):
+        _rooms(f, T0 + i * MIN, {"h1": 17.0, **NEIGHBOURS})
+        f.out += f.engine.tick(T0 + i * MIN)
+    assert [x.severity for x in f.out if x.rule == "room_low" and x.page] == ["warning", "major"]
