@@ -165,7 +165,10 @@ class Engine:
             self.lives[v.key] = life
             if v.hold_ms > 0:
                 self._emit(life, Change.PENDING, v.t, self._quiet_for(life, v.t, v.quiet))
-                return
+                if v.since is None or v.t - v.since < v.hold_ms:
+                    return
+                # backdated past its hold already (a station silent since before this tick):
+                # the step below fires it
         elif v.active and v.context is not None and life.state is State.PENDING:
             ctx = v.context
             life.context = ctx if isinstance(ctx, dict) else ctx()
@@ -192,10 +195,11 @@ class Engine:
                 return True
         if life.rule in _PROCESS_RULES or life.rule == Rule.STATION_OFFLINE:
             st = self.ctx.stations.get(life.station or "")
-            if st is not None and st.gateway is not None:
-                g = self.lives.get(alert_key(Rule.GATEWAY_OFFLINE, gateway=st.gateway))
-                if g is not None and g.state is State.FIRING:
-                    return True
+            # pending counts too: the gateway's will came first, its stations are under it from
+            # the first moment (an outage pages once)
+            if (st is not None and st.gateway is not None
+                    and alert_key(Rule.GATEWAY_OFFLINE, gateway=st.gateway) in self.lives):
+                return True
         if life.rule == Rule.ROOM_LOW:
             # pending counts too: while the building verdict is open, its flats wait (if it never
             # fires, their next verdict pages them)

@@ -8,7 +8,16 @@
   buildings' alerts stay under it (inhibited), so the tail is reported in the incident, not
   paged.
 - ``gateway_offline`` (major): the gateway's last will (status ``offline``), held
-  ``offline.station_after_s``; it inhibits its stations.
+  ``offline.station_after_s``; it inhibits its stations from the first moment (pending too), so
+  a silent station waits ``offline.gateway_wait_s`` past its own threshold for the will: a
+  gateway outage is one page with its stations under it.
+
+Offline is judged against the inventory too (``inventory`` in the rule file: gateway → stations,
+as the asset register and the gateways' configs say they exist): a station never heard from is
+``station_offline`` ("never heard from"), a gateway never seen (no status, none of its stations
+heard from) is ``gateway_offline``, ``offline.station_after_s`` after the rules start. Silence is
+counted from the rules' start at the earliest, so a collector that just (re)started does not page
+stations it has not yet had the chance to hear from.
 - ``device_offline`` (warning): the station status names a device offline for
   ``offline.device_hold_s``.
 """
@@ -45,7 +54,7 @@ class StationOffline:
         set_fields(self, _OFFLINE_FIELDS, state)
 
 
-_GATEWAY_FIELDS = ("offline_since",)
+_GATEWAY_FIELDS = ("offline_since", "seen")
 
 
 class GatewayOffline:
@@ -53,6 +62,7 @@ class GatewayOffline:
 
     def __init__(self) -> None:
         self.offline_since: int | None = None
+        self.seen = False  # a status message, or telemetry from a station behind it
 
     def __getstate__(self) -> tuple[Any, ...]:
         return get_fields(self, _GATEWAY_FIELDS)
@@ -70,6 +80,18 @@ class Offline(Family):
         super().__init__(ctx)
         self.stations: dict[str, StationOffline] = {}
         self.gateways: dict[str, GatewayOffline] = {}
+        self.started = 0  # the first time (receive time) these rules saw anything; not snapshotted
+        self.expected: set[str] = set()  # the inventory's stations
+        self.inventory_gateways: set[str] = set(ctx.rules.inventory)
+        for gw, stations in ctx.rules.inventory.items():
+            self._gateway(gw)
+            for name in stations:
+                ctx.attach(name, gw)
+                self.expected.add(name)
+
+    def _start(self, now: int) -> None:
+        if not self.started:
+            self.started = now
 
     def _station(self, name: str) -> StationOffline:
         st = self.stations.get(name)
@@ -85,6 +107,11 @@ class Offline(Family):
 
     # -- inputs -------------------------------------------------------------------------------
     def observe_any(self, frame: Frame, now: int) -> list[Verdict]:
+        if not self.started:
+            self.started = now
+        gw = self.gateways.get(frame.gateway)
+        if gw is None or not gw.seen:
+            self._gateway(frame.gateway).seen = True
         key = alert_key(Rule.STATION_OFFLINE, frame.station)
         if not self.ctx.is_open(key) or frame.backfill:
             return []
@@ -93,6 +120,8 @@ class Offline(Family):
         return out
 
     def station_status(self, s: StationStatus, now: int) -> list[Verdict]:
+        self._start(now)
+        self._gateway(s.gateway).seen = True
         st = self._station(s.station)
         st.status_offline = s.state.value == "offline"
         for name, dev in s.devices.items():
@@ -105,7 +134,9 @@ class Offline(Family):
         return out
 
     def gateway_status(self, g: GatewayStatus, now: int) -> list[Verdict]:
+        self._start(now)
         gw = self._gateway(g.gateway)
+        gw.seen = True
         if g.state == "offline":
             if gw.offline_since is None:
                 gw.offline_since = now
@@ -116,6 +147,7 @@ class Offline(Family):
         return out
 
     def tick(self, now: int) -> list[Verdict]:
+        self._start(now)
         out: list[Verdict] = []
         if not self.ctx.season(now)[0]:
             return out
@@ -136,21 +168,30 @@ class Offline(Family):
     def _judge_gateway(self, name: str, gw: GatewayOffline, now: int, out: list[Verdict]) -> None:
         if not self.ctx.season(now)[0]:
             return
-        active = gw.offline_since is not None
+        after = self.ctx.rules.offline.station_after_s * 1000
+        never = (not gw.seen and name in self.inventory_gateways and self.started > 0
+                 and now - self.started > after)
+        active = gw.offline_since is not None or never
         key = alert_key(Rule.GATEWAY_OFFLINE, gateway=name)
         if not active and not self.ctx.is_open(key):
             return
         since = gw.offline_since if gw.offline_since is not None else now
         stations = self.ctx.gateways.get(name, set())
+        reason = "never seen" if gw.offline_since is None and never else "will (offline)"
         out.append(Verdict(key, Rule.GATEWAY_OFFLINE, active, now, Severity.MAJOR,
-                           hold_ms=self.ctx.rules.offline.station_after_s * 1000, gateway=name,
-                           context=lambda: {"stations": sorted(stations), "offline_since": since}))
+                           hold_ms=0 if reason == "never seen" else after, gateway=name,
+                           context=lambda: {"stations": sorted(stations), "offline_since": since,
+                                            "reason": reason}))
 
     def _offline(self, name: str, st: StationOffline, key: str, now: int, out: list[Verdict]) -> None:
         """The station_offline verdict: down, recovering (the rooms-back check) or back."""
         info = self.ctx.station(name)
-        after = self.ctx.rules.offline.station_after_s * 1000
-        silent = info.last_rx > 0 and now - info.last_rx > after
+        offline = self.ctx.rules.offline
+        after = offline.station_after_s * 1000
+        # silence counts from the rules' start at the earliest: a restarted collector has not had
+        # the chance to hear from anyone yet
+        heard = max(info.last_rx, self.started)
+        silent = (info.last_rx > 0 or name in self.expected) and heard > 0 and now - heard > after
         down = st.status_offline or silent
         is_open = self.ctx.is_open(key)
         below = self.ctx.rooms_below.get(name, 0)
@@ -158,7 +199,8 @@ class Offline(Family):
             if not st.out_since:
                 st.out_since, st.below_before = now, below
             st.back_at = 0
-            reason = "status offline" if st.status_offline else "no telemetry"
+            reason = ("status offline" if st.status_offline
+                      else "no telemetry" if info.last_rx else "never heard from")
             active = True
         elif is_open or st.out_since:
             if not st.back_at:
@@ -173,7 +215,11 @@ class Offline(Family):
             update: dict[str, Any] = {"rooms_below_standard": max(0, below - st.below_before)}
             if not down:
                 update["back_at"] = st.back_at
+            # a silent station waits for its gateway's will (backdated: silent since heard + after)
+            wait = down and not st.status_offline
             v = Verdict(key, Rule.STATION_OFFLINE, active, now, Severity.MAJOR, station=name,
+                        hold_ms=offline.gateway_wait_s * 1000 if wait else 0,
+                        since=int(heard + after) if wait else None,
                         context=lambda: {"reason": reason, "last_data": last})
             v.update = {"reason": reason, **update} if is_open else update
             out.append(v)

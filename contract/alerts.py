@@ -211,6 +211,10 @@ class MakeupRules(_Strict):
 class OfflineRules(_Strict):
     station_after_s: float = Field(300.0, gt=0, description="no telemetry for this long")
     device_hold_s: float = Field(300.0, ge=0)
+    gateway_wait_s: float = Field(60.0, ge=0,
+                                  description="a silent station waits this long past station_after_s "
+                                              "for its gateway's will (1.5 × the gateway's MQTT "
+                                              "keepalive_s after it died): a gateway outage pages once")
 
 
 class Overrides(_Strict):
@@ -279,6 +283,22 @@ class AlertRules(_Strict):
     buildings: dict[str, Overrides] = Field(default_factory=dict,
                                             description="overrides by 'station/building'")
     maintenance: list[Window] = Field(default_factory=list)
+    inventory: dict[Ident, list[Ident]] = Field(
+        default_factory=dict,
+        description="gateway → the stations behind it, as the asset register and the gateways' configs "
+                    "say they exist: offline is judged against this list too (a station or gateway "
+                    "never heard from is flagged station_after_s after the rules start)")
+
+    @field_validator("inventory")
+    @classmethod
+    def _once(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        seen: dict[str, str] = {}
+        for gw, stations in v.items():
+            for st in stations:
+                if st in seen:
+                    raise ValueError(f"station {st} is listed under {seen[st]} and {gw}")
+                seen[st] = gw
+        return v
 
     @field_validator("buildings")
     @classmethod

@@ -8,7 +8,7 @@ import datetime as dt
 from alerting.engine import Engine
 from alerting.rule_makeup import Makeup
 from contract.alerts import AlertRules, Transition
-from contract.payload import Frame, Sample
+from contract.payload import Frame, GatewayStatus, Sample
 
 T0 = int(dt.datetime(2026, 12, 10, tzinfo=dt.timezone(dt.timedelta(hours=8))).timestamp() * 1000)
 MIN = 60_000
@@ -112,3 +112,55 @@ def test_a_median_that_meets_the_standard_never_fires_pages_or_escalates() -> No
         _rooms(f, T0 + i * MIN, {"h1": 17.0, **NEIGHBOURS})
         f.out += f.engine.tick(T0 + i * MIN)
     assert [x.severity for x in f.out if x.rule == "room_low" and x.page] == ["warning", "major"]
+
+
+def _gateway(f: Feed, state: str, now: int, stations: list[str]) -> None:
+    g = GatewayStatus.model_validate({"schema": 1, "gateway": f.gateway, "state": state,
+                                      "boot": "0badc0de", "stations": stations, "ts": now})
+    f.out += f.engine.gateway_status(g, now)
+
+
+def test_a_gateway_outage_pages_once_whatever_comes_first() -> None:
+    """The will arrives 45 s after the gateway died (1.5 × a 30 s keepalive), long before its
+    stations are silent for station_after_s: the pending gateway alert already holds them."""
+    f = Feed()
+    for st in ("st001", "st002"):
+        f.station = st
+        f.frame(T0, secondary_supply_temp=55.0)
+    _gateway(f, "offline", T0 + 45_000, ["st001", "st002"])
+    for m in range(1, 20):
+        f.out += f.engine.tick(T0 + m * MIN)
+    assert [(x.rule, x.gateway) for x in f.pages()] == [("gateway_offline", "gw1")]
+    assert {(x.station, x.quiet) for x in f.out if x.rule == "station_offline" and x.state == "firing"} == {
+        ("st001", "inhibited"), ("st002", "inhibited")}
+    # no will yet when the stations pass their threshold: they wait gateway_wait_s for it
+    f = Feed()
+    f.frame(T0, secondary_supply_temp=55.0)
+    for m in range(1, 6):
+        f.out += f.engine.tick(T0 + m * MIN)
+    _gateway(f, "offline", T0 + 5 * MIN + 30_000, ["st001"])  # a late will (a long keepalive)
+    for m in range(6, 20):
+        f.out += f.engine.tick(T0 + m * MIN)
+    assert [x.rule for x in f.pages()] == ["gateway_offline"]
+
+
+def test_offline_is_judged_against_the_inventory_and_from_the_rules_start() -> None:
+    rules = AlertRules.model_validate({"inventory": {"gw1": ["st001", "st002"], "gw9": ["st009"]}})
+    f = Feed(rules)
+    f.frame(T0, secondary_supply_temp=55.0)  # st001 reports; st002 and gateway gw9 never do
+    for m in range(1, 20):
+        f.frame(T0 + m * MIN, secondary_supply_temp=55.0)
+        f.out += f.engine.tick(T0 + m * MIN)
+    got = {(x.rule, x.station or x.gateway, x.context.get("reason"), (x.ts - T0) // MIN) for x in f.pages()}
+    assert got == {("station_offline", "st002", "never heard from", 6),
+                   ("gateway_offline", "gw9", "never seen", 6)}
+    assert ("firing", "inhibited") in {(x.state, x.quiet) for x in f.out if x.station == "st009"}
+    # a restarted collector: silence counts from its start, not from the snapshot's last data
+    f = Feed()
+    f.frame(T0, secondary_supply_temp=55.0)
+    blob = f.engine.snapshot()
+    g = Feed()
+    g.engine.restore(blob)
+    for m in range(10, 30):
+        g.out += g.engine.tick(T0 + m * MIN)
+    assert [(x.rule, (x.ts - T0) // MIN) for x in g.pages()] == [("station_offline", 16)]
