@@ -40,9 +40,6 @@ __all__ = ["SNAPSHOT_VERSION", "Engine", "Silence"]
 
 # 3: rule families snapshot their own state (alerting/family.py); 2 was one engine-wide state
 SNAPSHOT_VERSION = 3
-_PROCESS_RULES = frozenset({Rule.ROOM_LOW, Rule.BUILDING_LOW, Rule.SENSOR_FAULT, Rule.MAKEUP_RATE,
-                            Rule.MAKEUP_DAILY, Rule.MAKEUP_BURST, Rule.MAKEUP_PUMP,
-                            Rule.DEVICE_OFFLINE})
 _SUMMARY = {Change.PENDING: "pending", Change.FIRING: "firing", Change.RESOLVED: "resolved",
             Change.SEVERITY: "severity raised", Change.REPAGE: "firing (paged now)"}
 
@@ -64,6 +61,12 @@ class Engine:
         self.families = families(self.ctx)
         self.by_name = {f.name: f for f in self.families}
         self._owner: dict[str, Family] = {r.value: f for f in self.families for r in f.raises}
+        # the process rules: what a station outage (or its gateway's) holds under it
+        self._process = frozenset(r.value for f in self.families for r in f.process())
+        # station-wide causes a family declares (a circulation pump trip holds the rooms)
+        self._causes: list[tuple[str, frozenset[str]]] = [
+            (cause.value, frozenset(r.value for r in held))
+            for f in self.families for cause, held in f.holds().items()]
         self._out: list[Transition] = []
         self.set_silences([])
         self.samples_judged = 0
@@ -189,11 +192,17 @@ class Engine:
         return Quiet.NONE
 
     def inhibited(self, life: Life) -> bool:
-        if life.rule in _PROCESS_RULES and life.station is not None:
+        process = life.rule in self._process
+        if process and life.station is not None:
             off = self.lives.get(alert_key(Rule.STATION_OFFLINE, life.station))
             if off is not None and off.state is State.FIRING:
                 return True
-        if life.rule in _PROCESS_RULES or life.rule == Rule.STATION_OFFLINE:
+            for cause, held in self._causes:
+                if life.rule in held:
+                    c = self.lives.get(alert_key(cause, life.station))
+                    if c is not None and c.state is State.FIRING:
+                        return True
+        if process or life.rule == Rule.STATION_OFFLINE:
             st = self.ctx.stations.get(life.station or "")
             # pending counts too: the gateway's will came first, its stations are under it from
             # the first moment (an outage pages once)

@@ -111,6 +111,9 @@ class Context:
         # room sensors below the standard per station (kept by the rooms family: the outage
         # incident's rooms-back check reads it)
         self.rooms_below: dict[str, int] = {}
+        # stations whose circulation has tripped (kept by the circulation family: the make-up
+        # rate of such an hour says nothing about leaks)
+        self.tripped: set[str] = set()
         self.silences: list[Silence] = []
         self._silenced_stations: dict[str, list[Silence]] = {}
         self._offset_h = rules.timezone_offset_h
@@ -234,6 +237,15 @@ class Family:
     def points(self) -> frozenset[str]:
         """The points this family reads (the engine passes only these on)."""
         return frozenset()
+
+    def process(self) -> tuple[Rule, ...]:
+        """Its rules that a station outage (or its gateway's) holds under it: by default all."""
+        return self.raises
+
+    def holds(self) -> dict[Rule, tuple[Rule, ...]]:
+        """Station-wide causes it raises → the rules (any family's) a firing one holds under it at
+        the same station (inhibited: one incident per cause)."""
+        return {}
 
     def observe(self, view: FrameView, now: int) -> list[Verdict]:
         """One telemetry message inside the heating season."""

@@ -71,7 +71,7 @@ class Net:
 
 _MAKEUP_FIELDS = ("day", "day_excluded", "flow", "keys", "last_t", "nets", "p_win", "pump_cover_ms",
                   "pump_hist", "pump_on", "pump_run_ms", "pump_starts", "pump_t", "ramp_hours", "sup_hi",
-                  "sup_hour", "sup_lo", "tank_win")
+                  "sup_hour", "sup_lo", "tank_win", "trip_hours")
 
 
 class StationMakeup:
@@ -95,6 +95,7 @@ class StationMakeup:
         self.sup_hour = -1
         self.sup_lo = self.sup_hi = 0.0
         self.ramp_hours: deque[int] = deque(maxlen=4)
+        self.trip_hours: deque[int] = deque(maxlen=4)  # hours the circulation tripped in
 
     def __getstate__(self) -> tuple[Any, ...]:
         return get_fields(self, _MAKEUP_FIELDS)
@@ -165,6 +166,10 @@ def _observe(ctx: Context, station: str, sm: StationMakeup, vals: dict[str, Samp
             sm.sup_hour, sm.sup_lo, sm.sup_hi = h, s.value, s.value
         else:
             sm.sup_lo, sm.sup_hi = min(sm.sup_lo, s.value), max(sm.sup_hi, s.value)
+    if station in ctx.tripped:
+        h = t // HOUR_MS
+        if not sm.trip_hours or sm.trip_hours[-1] != h:
+            sm.trip_hours.append(h)
     silenced = grace or ctx.silenced(station, None, t) is not None
     if silenced:
         sm.day_excluded = True
@@ -252,6 +257,8 @@ def _close_hour(ctx: Context, station: str, sm: StationMakeup, name: str, nr: Ne
     ramp_now = net.hour == sm.sup_hour and sm.sup_hi - sm.sup_lo >= ctx.rules.makeup.ramp_k
     if net.hour in sm.ramp_hours or ramp_now:
         return  # thermal expansion: this hour says nothing about leaks
+    if net.hour in sm.trip_hours:
+        return  # the circulation tripped: make-up ÷ a collapsed flow is no leak rate
     rate = 100.0 * net.hour_m3 / net.hour_circ
     end = (net.hour + 1) * HOUR_MS
     active = rate > nr.rate_limit_pct

@@ -89,6 +89,9 @@ class Offline(Family):
                 ctx.attach(name, gw)
                 self.expected.add(name)
 
+    def process(self) -> tuple[Rule, ...]:
+        return (Rule.DEVICE_OFFLINE,)  # the station's own alert is the outage; a device is under it
+
     def _start(self, now: int) -> None:
         if not self.started:
             self.started = now

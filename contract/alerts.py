@@ -95,6 +95,7 @@ class Rule(StrEnum):
     STATION_OFFLINE = "station_offline"
     GATEWAY_OFFLINE = "gateway_offline"
     DEVICE_OFFLINE = "device_offline"  # one PLC / meter / concentrator of a station not answering
+    CIRC_PUMP_TRIP = "circ_pump_trip"  # no circulation: every pump stopped or the flow collapsed
 
 
 class Transition(msgspec.Struct, frozen=True, kw_only=True):
@@ -208,6 +209,20 @@ class MakeupRules(_Strict):
                                                                "is a meter replacement, not water")
 
 
+class CirculationRules(_Strict):
+    """The secondary circulation: no circulation is a pump trip (heat stops), not a leak."""
+
+    flow: str = Field("secondary_flow", description="the circulation flow point")
+    pumps: list[str] = Field(default_factory=lambda: ["circ_pump_running", "circ_pump_running_2"],
+                             description="pump running bits: a trip is none of them running")
+    faults: list[str] = Field(default_factory=lambda: ["circ_pump_fault", "circ_pump_fault_2"])
+    flow_share: float = Field(0.2, gt=0, lt=1, description="a flow below this share of its normal is "
+                                                            "a trip whatever the pump bits say")
+    learn_min: float = Field(30.0, gt=0, description="normal flow learned over this much data first")
+    hold_min: float = Field(2.0, ge=0)
+    clear_min: float = Field(5.0, ge=0)
+
+
 class OfflineRules(_Strict):
     station_after_s: float = Field(300.0, gt=0, description="no telemetry for this long")
     device_hold_s: float = Field(300.0, ge=0)
@@ -279,6 +294,7 @@ class AlertRules(_Strict):
     sensor: SensorRules = SensorRules()
     makeup: MakeupRules = MakeupRules()
     offline: OfflineRules = OfflineRules()
+    circulation: CirculationRules = CirculationRules()
     stations: dict[str, Overrides] = Field(default_factory=dict, description="overrides by station id")
     buildings: dict[str, Overrides] = Field(default_factory=dict,
                                             description="overrides by 'station/building'")

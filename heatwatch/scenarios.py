@@ -63,7 +63,7 @@ from contract.alerts import AlertRules, Transition
 from contract.config import read_yaml, render_errors
 from contract.errors import ConfigError
 from contract.payload import Frame, GatewayStatus, Sample, StationStatus
-from contract.points import VOCABULARY, Kind, Level
+from contract.points import VOCABULARY, Kind, Level, check_name
 from simulator.physics import Event, Key, StationModel
 from simulator.scenario import seconds
 
@@ -132,8 +132,10 @@ class Profile(_Timed):
         given = [k for k in ("set", "add", "sentinel") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of set, add, sentinel")
-        if self.point not in VOCABULARY:
-            raise ValueError(f"unknown point {self.point!r}")
+        try:
+            check_name(self.point)
+        except ValueError as exc:
+            raise ValueError(f"point: {exc}") from None
         return self
 
     def matches(self, key: Key, station: str) -> bool:
@@ -363,6 +365,12 @@ class _Station:
                 samples.append(Sample(point=p, unit=unit, building=b, household=h, quality="bad"))
             else:
                 samples.append(Sample(point=p, unit=unit, building=b, household=h, value=val))
+        for prof in live:  # a point the station's maps do not serve (a second pump): the profile's own
+            if (prof.set is not None and prof.building is None and prof.household is None
+                    and (prof.point, None, None) not in values):
+                d = check_name(prof.point)
+                unit = d.unit if d is not None else ""
+                samples.append(Sample(point=prof.point, unit=unit, value=prof.apply(0.0, rel, self.rnd)))
         self.seq += 1
         return Frame(self.name, self.gateway, "0badc0de", self.seq, int(t * 1000), False, samples)
 

@@ -164,3 +164,20 @@ def test_offline_is_judged_against_the_inventory_and_from_the_rules_start() -> N
     for m in range(10, 30):
         g.out += g.engine.tick(T0 + m * MIN)
     assert [(x.rule, (x.ts - T0) // MIN) for x in g.pages()] == [("station_offline", 16)]
+
+
+def test_no_circulation_is_a_pump_trip_not_a_leak() -> None:
+    f = Feed()
+    total = 100.0
+    for m in range(0, 6 * 60):
+        trip = 2 * 60 <= m < 5 * 60  # no pump bits sent: the flow alone tells
+        total += 0.5 / 60
+        f.frame(T0 + m * MIN, makeup_total=total, secondary_flow=1.5 if trip else 120.0, makeup_flow=0.5)
+    assert [(x.rule, (x.ts - T0) // MIN) for x in f.pages()] == [("circ_pump_trip", 122)]
+    assert not [x for x in f.out if x.rule == "makeup_rate"]  # 33 % of 1.5 m³/h is no leak rate
+    # a standby pump that stops while the duty pump runs, and a night setback: no trip
+    f = Feed()
+    for m in range(0, 6 * 60):
+        flow = 120.0 if m < 60 or m >= 5 * 60 else 70.0
+        f.frame(T0 + m * MIN, secondary_flow=flow, circ_pump_running=True, circ_pump_fault=m % 7 == 0)
+    assert not f.pages()
