@@ -210,6 +210,14 @@ class Context:
             by.setdefault(s.station, []).append(s)
         self._silenced_stations = by
 
+    def works(self, station: str, t: int, tail_ms: float) -> Silence | None:
+        """A silence anywhere at the station (the whole station or one of its buildings) that
+        covers ``t``, or ended less than ``tail_ms`` before it."""
+        for s in self._silenced_stations.get(station, ()):
+            if s.start <= t < s.end + tail_ms:
+                return s
+        return None
+
     def silenced(self, station: str | None, building: str | None, t: int) -> Silence | None:
         if station is None:
             return None

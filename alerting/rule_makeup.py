@@ -21,7 +21,9 @@ Circulating volume integrates the circulation flow.
 - ``makeup_pump``: a day with pump starts or run time ``pump_factor`` × its baseline.
 
 Water that flows during a silence or maintenance window (filling, pressure tests) or the season's
-start grace is counted as excluded, not judged.
+start grace is counted as excluded, not judged. A works window for one building covers the
+station's make-up too — its duration and ``refill_tail_h`` after it, while the drained riser is
+refilled — and the make-up alerts raised meanwhile are stored as silenced, not paged.
 """
 
 from __future__ import annotations
@@ -170,9 +172,14 @@ def _observe(ctx: Context, station: str, sm: StationMakeup, vals: dict[str, Samp
         h = t // HOUR_MS
         if not sm.trip_hours or sm.trip_hours[-1] != h:
             sm.trip_hours.append(h)
-    silenced = grace or ctx.silenced(station, None, t) is not None
+    # works anywhere at the station — one building's riser drained and refilled too — cover the
+    # station's make-up for their duration and the refill after them
+    works = ctx.works(station, t, rules.refill_tail_h * HOUR_MS)
+    silenced = grace or works is not None
     if silenced:
         sm.day_excluded = True
+    if works is not None and not quiet:
+        quiet = Quiet.SILENCED
     for name in rules.networks:
         nr = ctx.rules.network_for(station, name) if station in ctx.rules.stations else rules.networks[name]
         _network(ctx, station, sm, name, nr, vals, t, quiet, silenced, grace, rules.rate_hold_h,

@@ -205,6 +205,9 @@ class MakeupRules(_Strict):
     pump_min_starts: int = Field(20, ge=1)
     ramp_k: float = Field(10.0, gt=0, description="a supply temperature change this big within an hour "
                                                   "is thermal expansion: that hour is not judged")
+    refill_tail_h: float = Field(2.0, ge=0, description="a works window (any building of the station) "
+                                                        "covers the station's make-up this long after "
+                                                        "it ends: refilling what the works drained")
     max_plausible_flow: float = Field(100.0, gt=0, description="m³/h: a bigger make-up totalizer step "
                                                                "is a meter replacement, not water")
 

@@ -7,7 +7,7 @@ import datetime as dt
 
 from alerting.engine import Engine
 from alerting.rule_makeup import Makeup
-from contract.alerts import AlertRules, Transition
+from contract.alerts import AlertRules, Silence, Transition
 from contract.payload import Frame, GatewayStatus, Sample
 
 T0 = int(dt.datetime(2026, 12, 10, tzinfo=dt.timezone(dt.timedelta(hours=8))).timestamp() * 1000)
@@ -181,3 +181,21 @@ def test_no_circulation_is_a_pump_trip_not_a_leak() -> None:
         flow = 120.0 if m < 60 or m >= 5 * 60 else 70.0
         f.frame(T0 + m * MIN, secondary_flow=flow, circ_pump_running=True, circ_pump_fault=m % 7 == 0)
     assert not f.pages()
+
+
+def test_a_works_window_for_one_building_covers_the_station_make_up_used_to_refill_it() -> None:
+    def run(window_building: str | None, refill_at_h: float) -> Feed:
+        f = Feed()
+        f.engine.set_silences([Silence("st001", window_building, T0 + 2 * HOUR, T0 + 5 * HOUR, "riser")])
+        total = 100.0
+        for m in range(0, 12 * 60):
+            refill = refill_at_h * 60 <= m < refill_at_h * 60 + 90
+            flow = 8.5 if refill else 0.5
+            total += flow / 60
+            f.frame(T0 + m * MIN, makeup_total=total, secondary_flow=120.0, makeup_flow=flow)
+        return f
+
+    assert not run("b02", 4.5).pages()  # refilled at the end of the works and 1 h after
+    assert not run(None, 4.5).pages()
+    late = run("b02", 8.0)  # 3 h after the works: not theirs any more
+    assert [x.rule for x in late.pages()] == ["makeup_rate"]
