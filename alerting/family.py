@@ -72,8 +72,9 @@ class FrameView:
         self.grace = grace  # inside the season's start grace (filling, commissioning)
 
 
-_STATION_FIELDS = ("gateway", "heartbeat_ms", "last_rx", "last_t", "outdoor_day", "outdoor_n",
-                   "outdoor_sum")
+_WHOLE_DAY_MS = 18 * 3_600_000  # a day's outdoor readings must span this much for its mean to count
+_STATION_FIELDS = ("gateway", "heartbeat_ms", "last_rx", "last_t", "outdoor_day", "outdoor_first",
+                   "outdoor_last", "outdoor_n", "outdoor_sum", "prev_day", "prev_mean")
 
 
 class StationInfo:
@@ -87,9 +88,12 @@ class StationInfo:
         self.last_t = 0  # newest sample time seen
         # the longest heartbeat of its report-by-exception groups: a silence that long is normal
         self.heartbeat_ms = 0.0
-        self.outdoor_day = -1  # the local day the outdoor mean is of
+        self.outdoor_day = -1  # the local day the outdoor sums are of
         self.outdoor_sum = 0.0
         self.outdoor_n = 0
+        self.outdoor_first = self.outdoor_last = 0  # the day's first and last reading (ms)
+        self.prev_day = -1  # the last completed day …
+        self.prev_mean: float | None = None  # … and its mean (None: its readings did not cover it)
 
     def __getstate__(self) -> tuple[Any, ...]:
         return get_fields(self, _STATION_FIELDS)
@@ -155,22 +159,52 @@ class Context:
         return st
 
     def note_view(self, view: FrameView) -> None:
-        """The shared facts a message in season brings: the station's outdoor temperature."""
+        """The shared facts a message in season brings: the station's outdoor temperature, summed
+        per local day (in order: a late or repeated reading adds nothing)."""
         s = view.values.get("outdoor_temp")
-        if s is not None and type(s.value) is float and s.quality != "bad":
-            st = self.station(view.station)
-            day = self.local_day(view.t)
-            if st.outdoor_day != day:
-                st.outdoor_day, st.outdoor_sum, st.outdoor_n = day, 0.0, 0
-            st.outdoor_sum += s.value
-            st.outdoor_n += 1
+        if s is None or type(s.value) is not float or s.quality == "bad":
+            return
+        st = self.station(view.station)
+        t = view.t
+        if t <= st.outdoor_last:
+            return
+        day = self.local_day(t)
+        if day != st.outdoor_day:
+            if st.outdoor_n:
+                # a completed day counts when its readings span most of it (18 h)
+                whole = st.outdoor_last - st.outdoor_first >= _WHOLE_DAY_MS
+                st.prev_day = st.outdoor_day
+                st.prev_mean = st.outdoor_sum / st.outdoor_n if whole else None
+            st.outdoor_day, st.outdoor_sum, st.outdoor_n, st.outdoor_first = day, 0.0, 0, t
+        st.outdoor_sum += s.value
+        st.outdoor_n += 1
+        st.outdoor_last = t
 
-    def outdoor_mean(self, station: str) -> float | None:
-        """The station's outdoor mean of its current day so far."""
+    def daily_mean(self, station: str, t: int) -> tuple[float, str] | None:
+        """The outdoor daily mean that decides whether GB/T 33833 applies at ``t``, and where it
+        comes from: the official/forecast mean of that local day when the rule file has one
+        (``cold_day.mean: official``), else the station's own completed previous day."""
+        cd = self.rules.cold_day
+        day = self.local_day(t)
+        if cd.mean == "official" and cd.official:
+            date = dt.date(1970, 1, 1) + dt.timedelta(days=day)
+            official = cd.official.get(date)
+            if official is not None:
+                return official, f"official {date.isoformat()}"
         st = self.stations.get(station)
-        if st is None or not st.outdoor_n:
+        if st is None:
             return None
-        return st.outdoor_sum / st.outdoor_n
+        if (st.outdoor_day == day - 1 and st.outdoor_n
+                and st.outdoor_last - st.outdoor_first >= _WHOLE_DAY_MS):
+            return st.outdoor_sum / st.outdoor_n, "previous day"  # no message of today yet
+        if st.prev_day == day - 1 and st.prev_mean is not None:
+            return st.prev_mean, "previous day"
+        return None
+
+    def cold_day(self, station: str, t: int) -> bool:
+        """Colder than the design outdoor temperature: GB/T 33833 §5.1 does not apply."""
+        m = self.daily_mean(station, t)
+        return m is not None and m[0] < self.rules.design_outdoor_temp
 
     # -- calendar -----------------------------------------------------------------------------
     def local_day(self, t: int) -> int:

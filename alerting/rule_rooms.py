@@ -361,11 +361,12 @@ class Rooms(Family):
                 se.low_open = False
             else:
                 sev = self._severity(m, p) if m is not None else Severity.WARNING
+                sev, q = self._cold_day(station, t, sev, quiet) if low else (sev, quiet)
                 # meets the standard but inside the hysteresis band: clear, on a longer hold
                 clear = p.band_clear_ms if (not low and m is not None and not excluded
                                             and m < p.clear_at) else p.clear_ms
                 self._out.append(Verdict(key, Rule.ROOM_LOW, low, t, sev, value=m, hold_ms=p.hold_ms,
-                                         clear_ms=clear, quiet=quiet, station=station,
+                                         clear_ms=clear, quiet=q, station=station,
                                          building=building, household=household,
                                          context=lambda: self._context(station, m, p, t)))
                 se.low_open = True
@@ -412,6 +413,7 @@ class Rooms(Family):
         meds = sorted(x.median for x in low if x.median is not None)
         bm = meds[len(meds) // 2] if meds else None
         sev = self._severity(bm, p) if bm is not None else Severity.WARNING
+        sev, quiet = self._cold_day(station, t, sev, quiet) if cause or tail else (sev, quiet)
         n_low, n_valid = b.n_low, b.n_valid
         hh = sorted(x.household for x in low)
         update: dict[str, Any] = {"sensors_low": n_low, "sensors_valid": n_valid,
@@ -422,6 +424,16 @@ class Rooms(Family):
         v.update = update
         self._out.append(v)
         b.open = True
+
+    def _cold_day(self, station: str, t: int, sev: Severity, quiet: Quiet) -> tuple[Severity, Quiet]:
+        """On a day colder than the design outdoor temperature GB/T 33833 §5.1 does not apply:
+        the room alert pages as the rule file says (``cold_day.paging``)."""
+        paging = self.ctx.rules.cold_day.paging
+        if paging == "page" or not self.ctx.cold_day(station, t):
+            return sev, quiet
+        if paging == "info":
+            return Severity.INFO, quiet
+        return sev, quiet or Quiet.EXEMPT
 
     def _fault(self, se: Sensor, t: int) -> str | None:
         if se.stale:
@@ -447,11 +459,12 @@ class Rooms(Family):
         if median is not None:
             ctx["median"] = round(median, 2)
             ctx["shortfall_k"] = round(p.warn - median, 2)  # Tianjin refunds by this: ≤2, 2–6, >6 K
-        mean = self.ctx.outdoor_mean(station)
-        if mean is not None:
-            ctx["outdoor_daily_mean"] = round(mean, 1)
+        daily = self.ctx.daily_mean(station, t)
+        if daily is not None:
+            ctx["outdoor_daily_mean"] = round(daily[0], 1)
+            ctx["outdoor_mean_source"] = daily[1]
             # GB/T 33833 §5.1 does not hold on days colder than the design outdoor temperature
-            ctx["below_design_outdoor"] = mean < self.ctx.rules.design_outdoor_temp
+            ctx["below_design_outdoor"] = daily[0] < self.ctx.rules.design_outdoor_temp
         if self.ctx.season(t)[1]:
             ctx["season_start"] = True
         return ctx

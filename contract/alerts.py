@@ -71,6 +71,7 @@ class Quiet(StrEnum):
     SILENCED = "silenced"  # a maintenance window or a silence covers it
     INHIBITED = "inhibited"  # a bigger alert above it in the topology holds it
     SEASON = "season"  # the heating season ended
+    EXEMPT = "exempt"  # a room alert on a day colder than the design outdoor temperature (GB/T 33833)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,11 +289,28 @@ class Window(_Strict):
         return self
 
 
+class ColdDay(_Strict):
+    """GB/T 33833 §5.1 holds only while the outdoor daily mean is not below the design outdoor
+    temperature: which mean decides, and how room alerts page on colder days."""
+
+    mean: Literal["previous_day", "official"] = Field(
+        "previous_day", description="previous_day: the station's own completed previous local day; "
+                                    "official: the official/forecast mean of the day (below), the "
+                                    "previous day where it has none")
+    official: dict[dt.date, float] = Field(default_factory=dict,
+                                           description="local date → official or forecast daily mean °C")
+    paging: Literal["quiet", "info", "page"] = Field(
+        "info", description="room_low and building_low on such a day: quiet (stored, not paged), "
+                            "info (paged at severity info, below the usual webhook minimum), page "
+                            "(as any day, tagged)")
+
+
 class AlertRules(_Strict):
     kind: Literal["rules"] = "rules"
     timezone_offset_h: float = Field(8.0, ge=-12, le=14, description="local time for days and seasons")
     season: Season = Season()
     design_outdoor_temp: float = Field(-7.6, description="GB 50736 Appendix A (Beijing −7.6 °C)")
+    cold_day: ColdDay = ColdDay()
     room: RoomRules = RoomRules()
     sensor: SensorRules = SensorRules()
     makeup: MakeupRules = MakeupRules()

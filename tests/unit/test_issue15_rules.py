@@ -199,3 +199,25 @@ def test_a_works_window_for_one_building_covers_the_station_make_up_used_to_refi
     assert not run(None, 4.5).pages()
     late = run("b02", 8.0)  # 3 h after the works: not theirs any more
     assert [x.rule for x in late.pages()] == ["makeup_rate"]
+
+
+def test_cold_days_are_decided_by_a_whole_day_and_change_how_rooms_page() -> None:
+    def run(rules: dict[str, object], outdoor_yesterday: float, outdoor_tonight: float) -> Feed:
+        f = Feed(AlertRules.model_validate(rules))
+        for i in range(0, 24 * 60 + 4 * 60, 10):  # yesterday whole, then a cold flat from 00:00
+            t = T0 + i * MIN
+            f.frame(t, outdoor_temp=outdoor_yesterday if i < 24 * 60 else outdoor_tonight)
+            _rooms(f, t, {"h1": max(15.0, min(21.0, 21.0 - (i - 24 * 60) / 10)), **NEIGHBOURS})
+        return f
+
+    mild = run({}, -3.0, -12.0)  # at 02:00 the day so far is −12 °C; yesterday decides: −3 °C
+    firing = [x for x in mild.pages("room_low")]
+    assert [(x.severity, x.context["below_design_outdoor"], x.context["outdoor_mean_source"])
+            for x in firing] == [("major", False, "previous day")]
+    cold = run({}, -12.0, -3.0)  # default paging on cold days: info
+    assert [(x.severity, x.quiet) for x in cold.pages("room_low")] == [("info", "")]
+    quiet = run({"cold_day": {"paging": "quiet"}}, -12.0, -3.0)
+    assert not quiet.pages() and ("firing", "exempt") in {(x.state, x.quiet) for x in quiet.out}
+    official = run({"cold_day": {"mean": "official", "official": {"2026-12-11": -9.0}}}, -3.0, -3.0)
+    assert [(x.severity, x.context["outdoor_mean_source"]) for x in official.pages("room_low")] == [
+        ("info", "official 2026-12-11")]
