@@ -97,6 +97,7 @@ class Rule(StrEnum):
     GATEWAY_OFFLINE = "gateway_offline"
     DEVICE_OFFLINE = "device_offline"  # one PLC / meter / concentrator of a station not answering
     CIRC_PUMP_TRIP = "circ_pump_trip"  # no circulation: every pump stopped or the flow collapsed
+    CLOCK_SKEW = "clock_skew"  # a gateway's clock is off: a data-quality fault, its data kept
 
 
 class Transition(msgspec.Struct, frozen=True, kw_only=True):
@@ -227,6 +228,14 @@ class CirculationRules(_Strict):
     clear_min: float = Field(5.0, ge=0)
 
 
+class ClockRules(_Strict):
+    skew_s: float = Field(60.0, gt=0, description="a gateway clock this far off (its stamps ahead of "
+                                                  "their receipt, or re-stamped by the collector) "
+                                                  "is a clock_skew")
+    hold_min: float = Field(10.0, ge=0)
+    clear_min: float = Field(10.0, ge=0)
+
+
 class OfflineRules(_Strict):
     station_after_s: float = Field(300.0, gt=0, description="no telemetry for this long")
     device_hold_s: float = Field(300.0, ge=0)
@@ -316,6 +325,7 @@ class AlertRules(_Strict):
     makeup: MakeupRules = MakeupRules()
     offline: OfflineRules = OfflineRules()
     circulation: CirculationRules = CirculationRules()
+    clock: ClockRules = ClockRules()
     stations: dict[str, Overrides] = Field(default_factory=dict, description="overrides by station id")
     buildings: dict[str, Overrides] = Field(default_factory=dict,
                                             description="overrides by 'station/building'")

@@ -221,3 +221,27 @@ def test_cold_days_are_decided_by_a_whole_day_and_change_how_rooms_page() -> Non
     official = run({"cold_day": {"mean": "official", "official": {"2026-12-11": -9.0}}}, -3.0, -3.0)
     assert [(x.severity, x.context["outdoor_mean_source"]) for x in official.pages("room_low")] == [
         ("info", "official 2026-12-11")]
+
+
+def test_a_fast_gateway_clock_is_its_own_alert_and_its_data_are_judged() -> None:
+    f = Feed()
+    judged = f.engine.samples_judged
+    for m in range(0, 30):
+        now = T0 + m * MIN
+        restamped = m >= 10  # past max_future_s the collector re-stamps on receipt and marks it
+        f.seq += 1
+        frame = Frame("st001", "gw1", "0badc0de", f.seq, now if restamped else now + 4 * MIN, False,
+                      [Sample(point="secondary_supply_temp", unit="°C", value=55.0)],
+                      skew_ms=6 * MIN if restamped else 0)
+        f.out += f.engine.observe(frame, now)
+        f.out += f.engine.tick(now)
+    assert [(x.rule, x.gateway, (x.ts - T0) // MIN) for x in f.pages()] == [("clock_skew", "gw1", 10)]
+    fired = f.pages()[0]
+    assert fired.context["restamped"] is True and fired.value == 360.0
+    assert f.engine.samples_judged == judged + 30  # every message judged, none lost
+    # a clock within a minute is no fault
+    g = Feed()
+    for m in range(0, 30):
+        g.frame(T0 + m * MIN + 20_000, now=T0 + m * MIN, secondary_supply_temp=55.0)
+        g.out += g.engine.tick(T0 + m * MIN)
+    assert not g.pages()

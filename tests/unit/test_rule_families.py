@@ -33,7 +33,7 @@ def _run(code: str, path: Path) -> str:
 
 def test_the_registry_is_every_rule_module_in_order() -> None:
     engine = Engine(AlertRules())
-    assert [f.name for f in engine.families] == ["offline", "rooms", "circulation", "makeup"]
+    assert [f.name for f in engine.families] == ["offline", "clock", "rooms", "circulation", "makeup"]
     assert set(alerting.rule_modules()) <= set(alerting.COMPILED)
     owned = [r for f in engine.families for r in f.raises]
     assert len(owned) == len(set(owned))  # each rule has one family
@@ -81,7 +81,7 @@ def test_a_new_rule_family_is_one_new_file(tmp_path: Path) -> None:
         print([(t.state, t.page) for t in out])
         ''')
     lines = _run(code, tmp_path).splitlines()
-    assert lines[0] == "['offline', 'rooms', 'circulation', 'makeup', 'hot']"
+    assert lines[0] == "['offline', 'clock', 'rooms', 'circulation', 'makeup', 'hot']"
     assert lines[1] == "[('pending', False), ('firing', True), ('resolved', True)]"
 
 
