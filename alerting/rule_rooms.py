@@ -14,7 +14,10 @@ station's heartbeat when its gateway reports by exception; judged against its ow
 newest data so a dead link is the station's alert, not a thousand sensor alerts), implausible
 (outside 5–35 °C), flat-lined (within ± flat_band for flat_hours) or jumped > jump_k K away
 from its building's other sensors is a ``sensor_fault`` (info) and is excluded from room_low
-and from the building count while the condition lasts.
+and from the building count while the condition lasts. A sensor that is intermittently bad —
+``intermittent_bad`` of its last ``intermittent_of`` reports bad (quality bad, or implausible,
+e.g. a reset value every other report) — is a ``sensor_fault`` too ("intermittent"; a good
+report in between does not reset that count); its plausible readings are still judged.
 
 A building with ≥ building_share (min building_min) of its valid sensors low at once is a supply
 or hydraulic fault: ``building_low``, one incident with its households under it (listed in its
@@ -65,6 +68,7 @@ _SENSOR_FIELDS = (
     "flat_hi",
     "flat_lo",
     "flat_since",
+    "hist",
     "household",
     "interval",
     "jump_since",
@@ -103,6 +107,9 @@ class Sensor:
         self.flat_since = 0
         self.flat_lo = self.flat_hi = 0.0
         self.bad_since: int | None = None  # implausible since
+        # its last reports, newest in bit 0, 1 = bad (quality bad or implausible): an intermittent
+        # fault (a reset value every other report) accumulates here where bad_since resets
+        self.hist = 0
         self.jump_since: int | None = None
         self.stale = False
         self.c_valid = self.c_low = False  # what this sensor contributes to its building's counts
@@ -171,6 +178,8 @@ class Rooms(Family):
         self._flat2 = 2 * sr.flat_band
         self._fault_hold = sr.implausible_hold_min * 60_000
         self._pmin, self._pmax, self._jump_k = sr.plausible_min, sr.plausible_max, sr.jump_k
+        self._hist_mask = (1 << sr.intermittent_of) - 1
+        self._intermittent = sr.intermittent_bad
 
     def points(self) -> frozenset[str]:
         return frozenset({"room_temp"})
@@ -263,7 +272,13 @@ class Rooms(Family):
         se.last_t = t
         v = s.value
         if s.quality == "bad" or type(v) is not float:
-            return  # not a report: the stale rule counts the silence
+            # not a reading (the stale rule counts the silence), but a bad report all the same
+            se.hist = ((se.hist << 1) | 1) & self._hist_mask
+            if se.fault_open or bin(se.hist).count("1") >= self._intermittent:
+                self._judge(se, se.b, t, quiet)
+            return
+        implausible = v < self._pmin or v > self._pmax
+        se.hist = ((se.hist << 1) | implausible) & self._hist_mask
         if se.last_good:
             gap = t - se.last_good
             gap = _MIN_GAP_MS if gap < _MIN_GAP_MS else _MAX_GAP_MS if gap > _MAX_GAP_MS else gap
@@ -271,7 +286,7 @@ class Rooms(Family):
         se.last_good = t
         se.stale = False
         b = se.b
-        if v < self._pmin or v > self._pmax:
+        if implausible:
             if se.bad_since is None:
                 se.bad_since = t
         else:
@@ -321,7 +336,7 @@ class Rooms(Family):
                 se.low = m < p.warn
         if (se.low or se.c_low or se.low_open or se.fault_open or se.bad_since is not None
                 or se.jump_since is not None or se.c_valid is not (se.median is not None)
-                or t - se.flat_since >= self._flat_ms):
+                or t - se.flat_since >= self._flat_ms or se.hist):
             self._judge(se, b, t, quiet)
 
     def _new(self, station: str, building: str, household: str) -> Sensor:
@@ -444,6 +459,8 @@ class Rooms(Family):
             return "jump"
         if se.flat(self._flat_ms):
             return "flat"
+        if se.bad_since is None and bin(se.hist).count("1") >= self._intermittent:
+            return "intermittent"  # bad reports among good ones (all bad is "implausible")
         return None
 
     @staticmethod

@@ -174,6 +174,8 @@ class SensorRules(_Strict):
     flat_band: float = Field(0.05, ge=0, description="± this for flat_hours = flat-lined")
     flat_hours: float = Field(24.0, gt=0)
     jump_k: float = Field(4.0, gt=0, description="a step this big that the neighbours did not see")
+    intermittent_bad: int = Field(3, ge=1, description="this many bad reports (quality bad or implausible) …")
+    intermittent_of: int = Field(12, ge=2, le=60, description="… among its last this many is a fault")
     mass_stale_share: float = Field(0.5, gt=0, le=1,
                                     description="this share of a station's sensors stale at once is "
                                                 "a concentrator or link fault, not sensor faults")

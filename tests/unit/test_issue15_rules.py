@@ -245,3 +245,17 @@ def test_a_fast_gateway_clock_is_its_own_alert_and_its_data_are_judged() -> None
         g.frame(T0 + m * MIN + 20_000, now=T0 + m * MIN, secondary_supply_temp=55.0)
         g.out += g.engine.tick(T0 + m * MIN)
     assert not g.pages()
+
+
+def test_intermittent_bad_reports_accumulate_into_a_sensor_fault() -> None:
+    def run(bad_every: int) -> list[tuple[str | None, object]]:
+        f = Feed()
+        for i in range(0, 8 * 60, 20):
+            n = i // 20
+            v = 85.0 if n % bad_every == bad_every - 1 else 21.0  # the sensor's reset value
+            _rooms(f, T0 + i * MIN, {"h1": v, **NEIGHBOURS})
+        return [(x.household, x.context["reason"]) for x in f.out
+                if x.rule == "sensor_fault" and x.state == "firing"]
+
+    assert run(2) == [("h1", "intermittent")]
+    assert run(10) == []  # one in ten: a glitch
