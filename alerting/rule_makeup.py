@@ -10,14 +10,30 @@ Circulating volume integrates the circulation flow.
 - ``makeup_rate``: an hour above ``rate_limit_pct`` starts it, held ``rate_hold_h`` it fires.
   An hour in which the supply temperature moved ≥ ``ramp_k`` K is not judged (thermal expansion
   and contraction move ~0.5 % of the water per 10 K).
-- ``makeup_daily``: a local day far above the station's own baseline: median of the last
-  ``baseline_days`` normal days + ``daily_mad_k``·MAD, and ``daily_min_excess_pct`` above the
-  median. Days that alarmed stay out of the baseline, so a leak never becomes normal. The
-  context says whether the day was flat (leak) or peaked in the evening against a quiet night
-  (hot-water theft).
+  Once open, it is judged against the circulation it opened with at most: a leak that goes on
+  does not "clear" because a second pump raised the circulation.
+- ``makeup_daily``: make-up far above the station's *own* history, at three time scales. In
+  minutes, a surge (critical): the network's make-up flow at ``burst_factor`` × its own peak
+  (median over normal days of the median hourly maximum) and ``burst_min_excess`` above it for
+  ``burst_confirm_min`` — a burst paged within minutes whatever the pressure control does (a
+  variable-speed make-up pump holds the pressure, the city water keeps the tank up), or a big
+  draw-off. Hourly, a CUSUM
+  (Page's cumulative sum, the change-point test of the leak-detection literature) of each
+  hour's volume against that hour of day's baseline (median of the last ``baseline_days``
+  normal days): S = max(0, S + x − b − k), raised when S ≥ h, with k = ``cusum_k``·Δ and
+  h = ``cusum_h``·Δ, Δ the station's night minimum (median over those days of the least
+  01:00–05:00 hour, at least ``leak_min_m3_h``), both at least 2σ and 4σ of the hours' own
+  scatter. A sustained step of one night minimum (make-up at twice the night minimum) gains
+  Δ/2 an hour and is raised within 3 h; a theft that keeps each night hour under the fixed
+  rate limit is raised within the first hour at three times the night flow. Daily, a local day
+  far above the baseline: median of the last normal days + ``daily_mad_k``·MAD, and
+  ``daily_min_excess_pct`` above the median. Days that alarmed (either way) stay out of the
+  baselines, so a leak never becomes normal. The context says whether the excess was flat
+  (leak), at night or in the evening (hot-water theft).
 - ``makeup_burst`` (critical, at once): make-up flow ≥ ``burst_min_flow`` while the secondary
   return pressure fell ≥ ``burst_pressure_drop`` within ``burst_window_min``, or the tank level
-  fell ≥ ``tank_drop_m`` within the window; it holds while the make-up flow stays that high.
+  fell ≥ ``tank_drop_m`` within the window: the burst proved by the pressure or the tank; it
+  holds while the make-up flow stays that high.
 - ``makeup_pump``: a day with pump starts or run time ``pump_factor`` × its baseline.
 
 Water that flows during a silence or maintenance window (filling, pressure tests) or the season's
@@ -29,6 +45,7 @@ refilled — and the make-up alerts raised meanwhile are stored as silenced, not
 from __future__ import annotations
 
 import statistics
+from array import array
 from collections import deque
 from typing import Any
 
@@ -43,9 +60,11 @@ _NIGHT = range(1, 5)  # 01:00–05:00: a leak shows here as much as at any hour,
 _EVENING = range(17, 23)
 
 
-_NET_FIELDS = ("day_cover_ms", "day_hours", "day_m3", "excluded_m3", "flow", "flow_t", "history", "hour",
-               "hour_circ",
-               "hour_m3", "meter_events", "total", "total_t")
+_NET_FIELDS = ("base", "cusum", "cusum_on", "cusum_since", "day_cover_ms", "day_fmax", "day_hours",
+               "day_leak", "day_m3", "day_on", "excluded_m3", "flow", "flow_t", "history", "hour",
+               "hour_circ", "hour_cover_ms", "hour_excl", "hour_m3", "hours_hist", "meter_events",
+               "night_min", "open_circ", "peak", "peak_hist", "sigma", "surge_on", "surge_since", "total",
+               "total_t")
 
 
 class Net:
@@ -63,6 +82,24 @@ class Net:
         self.day_cover_ms = 0  # the part of the day the totalizer's readings span (gaps left out)
         self.history: deque[float] = deque(maxlen=14)  # daily m³ of normal days
         self.meter_events = 0  # resets and replacements seen
+        self.hour_cover_ms = 0  # the part of the hour its deltas span
+        self.hour_excl = False  # water of this hour was excluded (works, grace)
+        # the hour-of-day baseline: 24 hourly volumes of each recent normal day (8 bytes a value)
+        self.hours_hist: deque[array[float]] = deque(maxlen=14)
+        self.base: list[float] | None = None  # median m³ of each local hour over those days
+        self.night_min = 0.0  # median of the days' least night hour (m³/h)
+        self.sigma = 0.0  # robust scatter of an hour around its baseline (m³)
+        self.cusum = 0.0  # S, m³ above baseline + allowance, accumulated
+        self.cusum_since = 0  # when S last started rising from 0
+        self.cusum_on = False
+        self.day_on = False  # the last completed day alarmed (holds until the next day's verdict)
+        self.day_leak = False  # the CUSUM was raised on this day: not a baseline day
+        self.open_circ = 0.0  # the circulation (m³/h) the open makeup_rate alert started at
+        self.day_fmax = [0.0] * 24  # the make-up flow's maximum in each local hour of the day
+        self.peak_hist: deque[float] = deque(maxlen=14)  # normal days' median hourly maximum
+        self.peak: float | None = None  # the network's own peak make-up flow (m³/h)
+        self.surge_since = 0  # the make-up flow far above that peak since
+        self.surge_on = False
 
     def __getstate__(self) -> tuple[Any, ...]:
         return get_fields(self, _NET_FIELDS)
@@ -119,7 +156,7 @@ class Makeup(Family):
         nets = self.ctx.rules.makeup.networks.values()
         return (frozenset({"secondary_supply_temp", "makeup_flow", "makeup_pump_running",
                            "secondary_return_pressure", "tank_level"})
-                | {p for n in nets for p in (n.makeup_total, n.circulation_flow)})
+                | {p for n in nets for p in (n.makeup_total, n.circulation_flow, n.makeup_flow) if p})
 
     def observe(self, view: FrameView, now: int) -> list[Verdict]:
         if not view.values:
@@ -182,8 +219,7 @@ def _observe(ctx: Context, station: str, sm: StationMakeup, vals: dict[str, Samp
         quiet = Quiet.SILENCED
     for name in rules.networks:
         nr = ctx.rules.network_for(station, name) if station in ctx.rules.stations else rules.networks[name]
-        _network(ctx, station, sm, name, nr, vals, t, quiet, silenced, grace, rules.rate_hold_h,
-                  rules.max_plausible_flow, out)
+        _network(ctx, station, sm, name, nr, vals, t, quiet, silenced, grace, rules, out)
     s = vals.get("makeup_flow")
     if s is not None and type(s.value) is float and s.quality != "bad":
         sm.flow = s.value
@@ -216,20 +252,28 @@ def _good(s: Sample | None) -> float | None:
 
 def _network(ctx: Context, station: str, sm: StationMakeup, name: str, nr: NetworkRules,
              vals: dict[str, Sample], t: int, quiet: Quiet, silenced: bool, grace: bool,
-             hold_h: float, max_flow: float, out: list[Verdict]) -> None:
+             rules: Any, out: list[Verdict]) -> None:
     net = sm.nets.get(name)
     if net is None:
         net = sm.nets[name] = Net()
     hour = t // HOUR_MS
     if hour != net.hour:
         if net.hour >= 0 and not grace:
-            _close_hour(ctx, station, sm, name, nr, net, hold_h, quiet, out)
+            _close_hour(ctx, station, sm, name, nr, net, rules, quiet, out)
         net.hour, net.hour_m3, net.hour_circ = hour, 0.0, 0.0
+        net.hour_cover_ms, net.hour_excl = 0, False
     f = _good(vals.get(nr.circulation_flow))
     if f is not None and t > net.flow_t:
         if net.flow is not None and t - net.flow_t <= _GAP_MS:
             net.hour_circ += net.flow * (t - net.flow_t) / HOUR_MS
         net.flow, net.flow_t = f, t
+    mf = _good(vals.get(nr.makeup_flow)) if nr.makeup_flow else None
+    if mf is not None:
+        lh = ctx.local_hour(t)
+        if mf > net.day_fmax[lh]:
+            net.day_fmax[lh] = mf
+        if not grace:
+            _surge(ctx, station, sm, name, net, mf, t, rules, quiet, out)
     v = _good(vals.get(nr.makeup_total))
     if v is None or t <= net.total_t:
         return
@@ -244,13 +288,15 @@ def _network(ctx: Context, station: str, sm: StationMakeup, name: str, nr: Netwo
         else:
             net.meter_events += 1  # reset or a new meter: this delta is no water
             return
-    if d > max_flow * max(t - last_t, 60_000) / HOUR_MS:
+    if d > rules.max_plausible_flow * max(t - last_t, 60_000) / HOUR_MS:
         net.meter_events += 1  # a jump no pipe could carry: replacement or a misread
         return
     if t - last_t <= _GAP_MS:
         net.day_cover_ms += t - last_t
+        net.hour_cover_ms += t - last_t
     if silenced or t - last_t > _GAP_MS:
         net.excluded_m3 += d
+        net.hour_excl = net.hour_excl or silenced
         return
     net.hour_m3 += d
     net.day_m3 += d
@@ -258,26 +304,123 @@ def _network(ctx: Context, station: str, sm: StationMakeup, name: str, nr: Netwo
 
 
 def _close_hour(ctx: Context, station: str, sm: StationMakeup, name: str, nr: NetworkRules,
-                net: Net, hold_h: float, quiet: Quiet, out: list[Verdict]) -> None:
-    if net.hour_circ <= 0:
-        return  # no circulation measured: no verdict
+                net: Net, rules: Any, quiet: Quiet, out: list[Verdict]) -> None:
     ramp_now = net.hour == sm.sup_hour and sm.sup_hi - sm.sup_lo >= ctx.rules.makeup.ramp_k
-    if net.hour in sm.ramp_hours or ramp_now:
-        return  # thermal expansion: this hour says nothing about leaks
+    ramp = net.hour in sm.ramp_hours or ramp_now  # thermal expansion: says nothing about leaks
+    if not ramp and not net.hour_excl and net.hour_cover_ms >= 0.8 * HOUR_MS:
+        _cusum(ctx, station, sm, name, net, rules, quiet, out)
+    if net.hour_circ <= 0 or ramp:
+        return  # no circulation measured, or thermal expansion: no rate verdict
     if net.hour in sm.trip_hours:
         return  # the circulation tripped: make-up ÷ a collapsed flow is no leak rate
-    rate = 100.0 * net.hour_m3 / net.hour_circ
+    key = _key(sm, Rule.MAKEUP_RATE, station, name)
+    is_open = ctx.is_open(key)
+    circ = net.hour_circ
+    if is_open and net.open_circ > 0:
+        # the water lost does not shrink because more water circulates: judged against the
+        # circulation the alert started at, at most
+        circ = min(circ, net.open_circ)
+    rate = 100.0 * net.hour_m3 / circ
     end = (net.hour + 1) * HOUR_MS
     active = rate > nr.rate_limit_pct
-    key = _key(sm, Rule.MAKEUP_RATE, station, name)
-    if active or ctx.is_open(key):
-        m3, circ = net.hour_m3, net.hour_circ
+    if active and not is_open:
+        net.open_circ = net.hour_circ
+    if active or is_open:
+        m3 = net.hour_m3
         out.append(Verdict(key, Rule.MAKEUP_RATE, active, end, Severity.MAJOR, value=round(rate, 3),
-                           hold_ms=hold_h * HOUR_MS, quiet=quiet, station=station, subject=name,
-                           since=net.hour * HOUR_MS,
+                           hold_ms=rules.rate_hold_h * HOUR_MS, quiet=quiet, station=station,
+                           subject=name, since=net.hour * HOUR_MS,
                            context=lambda: {"rate_pct": round(rate, 3), "limit_pct": nr.rate_limit_pct,
                                             "makeup_m3_h": round(m3, 3),
                                             "circulation_m3_h": round(circ, 1)}))
+    elif net.open_circ:
+        net.open_circ = 0.0
+
+
+def _cusum(ctx: Context, station: str, sm: StationMakeup, name: str, net: Net, rules: Any,
+           quiet: Quiet, out: list[Verdict]) -> None:
+    """One hour's make-up against that hour of day's own baseline: Page's CUSUM."""
+    base = net.base
+    if base is None:
+        return  # too few normal days yet
+    start = net.hour * HOUR_MS
+    lh = ctx.local_hour(start)
+    x, b = net.hour_m3, base[lh]
+    delta = max(net.night_min, rules.leak_min_m3_h)
+    k = max(rules.cusum_k * delta, 2 * net.sigma)
+    h = max(rules.cusum_h * delta, 4 * net.sigma)
+    prev = net.cusum
+    # capped: a repaired leak falls back below h/2 within a few hours
+    s = max(0.0, min(prev + x - b - k, 2 * h))
+    if prev == 0 and s > 0:
+        net.cusum_since = start
+    net.cusum = s
+    on = s >= h or (net.cusum_on and s >= h / 2)
+    net.cusum_on = on
+    if on:
+        net.day_leak = True
+    key = _key(sm, Rule.MAKEUP_DAILY, station, name)
+    active = on or net.day_on or net.surge_on
+    if not active and not ctx.is_open(key):
+        return
+    excess, night = x - b, net.night_min
+    pattern = ("night: leak or theft at night?" if lh in _NIGHT else
+               "evening: hot-water theft?" if lh in _EVENING else "daytime excess: leak?")
+    update: dict[str, Any] = {"cusum_m3": round(s, 3), "last_hour_excess_m3": round(excess, 3)}
+    v = Verdict(key, Rule.MAKEUP_DAILY, active, start + HOUR_MS, Severity.MAJOR, value=round(x, 3),
+                clear_ms=rules.leak_clear_h * HOUR_MS, quiet=quiet, station=station, subject=name,
+                since=net.cusum_since or start,
+                context=lambda: {"detector": "hourly CUSUM against the station's own hours",
+                                 "hour_m3": round(x, 3), "baseline_hour_m3": round(b, 3),
+                                 "night_min_m3_h": round(night, 3), "allowance_m3": round(k, 3),
+                                 "threshold_m3": round(h, 3), "pattern": pattern, **update})
+    v.update = update
+    out.append(v)
+
+
+def _surge(ctx: Context, station: str, sm: StationMakeup, name: str, net: Net, flow: float, t: int,
+           rules: Any, quiet: Quiet, out: list[Verdict]) -> None:
+    """Minutes: the make-up flow far above the network's own peak, whatever the pressure control
+    and the tank do (a variable-speed make-up pump holds the pressure through a burst)."""
+    peak = net.peak
+    far = (peak is not None and flow >= rules.burst_factor * peak
+           and flow - peak >= rules.burst_min_excess)
+    if not far:
+        net.surge_since = 0
+        if not net.surge_on:
+            return
+    elif not net.surge_since:
+        net.surge_since = t
+    on = far and t - net.surge_since >= rules.burst_confirm_min * 60_000
+    if not on and not net.surge_on:
+        return
+    net.surge_on = on
+    key = _key(sm, Rule.MAKEUP_DAILY, station, name)
+    active = on or net.cusum_on or net.day_on
+    if not active and not ctx.is_open(key):
+        return
+    ratio = 0.0 if not peak else flow / peak
+    update: dict[str, Any] = {"makeup_flow_m3_h": round(flow, 2), "times_own_peak": round(ratio, 1)}
+    v = Verdict(key, Rule.MAKEUP_DAILY, active, t, Severity.CRITICAL if on else Severity.MAJOR,
+                value=round(flow, 3), clear_ms=rules.leak_clear_h * HOUR_MS, quiet=quiet,
+                station=station, subject=name, since=net.surge_since or t,
+                context=lambda: {"detector": "make-up flow far above the station's own peak (burst or "
+                                             "draw-off?), whatever the pressure does",
+                                 "peak_flow_m3_h": None if peak is None else round(peak, 2), **update})
+    v.update = update
+    out.append(v)
+
+
+def _hour_baseline(net: Net, min_days: int, days: int) -> None:
+    """The hour-of-day baseline, night minimum and scatter from the recent normal days."""
+    hist = list(net.hours_hist)[-days:]
+    if len(hist) < min_days:
+        net.base = None
+        return
+    base = [statistics.median([d[h] for d in hist]) for h in range(24)]
+    net.base = base
+    net.night_min = statistics.median([min(d[h] for h in _NIGHT) for d in hist])
+    net.sigma = 1.4826 * statistics.median([abs(d[h] - base[h]) for d in hist for h in range(24)])
 
 
 def _baseline(hist: list[float], k: float, min_excess_pct: float) -> tuple[float, float, float]:
@@ -296,28 +439,43 @@ def _close_day(ctx: Context, station: str, sm: StationMakeup, rules: Any, day: i
         hist = list(net.history)[-rules.baseline_days:]
         vol = net.day_m3
         alarmed = False
+        key = _key(sm, Rule.MAKEUP_DAILY, station, name)
         if len(hist) >= rules.baseline_min_days and not sm.day_excluded:
             med, mad, threshold = _baseline(hist, rules.daily_mad_k, rules.daily_min_excess_pct)
             alarmed = vol > threshold
-            key = _key(sm, Rule.MAKEUP_DAILY, station, name)
-            if alarmed or ctx.is_open(key):
+            net.day_on = alarmed
+            if alarmed or net.cusum_on or net.surge_on or ctx.is_open(key):
                 hours = net.day_hours
                 night = sum(hours[h] for h in _NIGHT) / len(_NIGHT)
                 evening = sum(hours[h] for h in _EVENING) / len(_EVENING)
                 pattern = ("evening peak: hot-water theft?" if evening > 1.5 * night + 0.05 * med / 24
                            else "flat: leak?")
                 out.append(Verdict(
-                    key, Rule.MAKEUP_DAILY, alarmed, end, Severity.MAJOR, value=round(vol, 2), quiet=quiet,
-                    station=station, subject=name, since=day_start,
-                    context={"day_m3": round(vol, 2), "baseline_median_m3": round(med, 2),
+                    key, Rule.MAKEUP_DAILY, alarmed or net.cusum_on or net.surge_on, end, Severity.MAJOR,
+                    value=round(vol, 2),
+                    clear_ms=rules.leak_clear_h * HOUR_MS, quiet=quiet, station=station, subject=name,
+                    since=day_start,
+                    context={"detector": "the day against the station's own days",
+                             "day_m3": round(vol, 2), "baseline_median_m3": round(med, 2),
                                            "baseline_mad_m3": round(mad, 3),
                                            "threshold_m3": round(threshold, 2), "pattern": pattern,
                                            "night_m3_h": round(night, 3),
                                            "evening_m3_h": round(evening, 3),
                                            "excluded_m3": round(net.excluded_m3, 2)}))
-        if not alarmed and not sm.day_excluded and net.day_cover_ms >= real_day_ms:
-            net.history.append(vol)  # only whole, normal days make the baseline
-        net.day_m3, net.excluded_m3, net.day_cover_ms = 0.0, 0.0, 0
+        else:
+            net.day_on = False
+        if (not alarmed and not net.day_leak and not sm.day_excluded
+                and net.day_cover_ms >= real_day_ms):
+            net.history.append(vol)  # only whole, normal days make the baselines
+            net.hours_hist.append(array("d", net.day_hours))
+            _hour_baseline(net, rules.baseline_min_days, rules.baseline_days)
+            peaks = [x for x in net.day_fmax if x > 0]
+            if len(peaks) >= 20:
+                net.peak_hist.append(statistics.median(peaks))
+                if len(net.peak_hist) >= rules.baseline_min_days:
+                    net.peak = statistics.median(list(net.peak_hist)[-rules.baseline_days:])
+        net.day_fmax = [0.0] * 24
+        net.day_m3, net.excluded_m3, net.day_cover_ms, net.day_leak = 0.0, 0.0, 0, net.cusum_on
         net.day_hours = [0.0] * 24
     # the make-up pump against its own baseline
     starts, run_h = sm.pump_starts, sm.pump_run_ms / HOUR_MS

@@ -185,6 +185,7 @@ class NetworkRules(_Strict):
     """One hydraulic network of a station: its make-up totalizer and circulating flow."""
 
     makeup_total: str = "makeup_total"
+    makeup_flow: str | None = Field("makeup_flow", description="its make-up flow meter, if any (surges)")
     circulation_flow: str = "secondary_flow"
     rate_limit_pct: float = Field(2.0, gt=0, description="hourly make-up ÷ circulation, %")
     rollover: float | None = Field(None, gt=0, description="totalizer wraps at this value, if known")
@@ -209,6 +210,16 @@ class MakeupRules(_Strict):
     pump_min_starts: int = Field(20, ge=1)
     ramp_k: float = Field(10.0, gt=0, description="a supply temperature change this big within an hour "
                                                   "is thermal expansion: that hour is not judged")
+    leak_min_m3_h: float = Field(0.1, gt=0, description="the CUSUM's unit Δ is the station's night "
+                                                        "minimum, at least this")
+    cusum_k: float = Field(0.5, gt=0, description="allowance per hour, in Δ: half the step to detect")
+    cusum_h: float = Field(1.0, gt=0, description="raised at this many Δ·h above the baseline")
+    leak_clear_h: float = Field(1.0, ge=0, description="makeup_daily resolves after this long clear")
+    burst_factor: float = Field(5.0, gt=1, description="make-up flow this many times the network's own "
+                                                       "peak is a surge (makeup_daily, critical), "
+                                                       "whatever the pressure does …")
+    burst_min_excess: float = Field(2.0, gt=0, description="… and this many m³/h above it …")
+    burst_confirm_min: float = Field(3.0, ge=0, description="… for this long")
     refill_tail_h: float = Field(2.0, ge=0, description="a works window (any building of the station) "
                                                         "covers the station's make-up this long after "
                                                         "it ends: refilling what the works drained")
