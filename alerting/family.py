@@ -30,6 +30,9 @@ from contract.alerts import AlertRules, Quiet, Rule, Severity, Silence
 from contract.payload import Frame, GatewayStatus, Sample, StationStatus
 
 ContextArg = Callable[[], dict[str, Any]] | dict[str, Any] | None
+# what a family with nothing to say returns: one shared list, never appended to (no allocation
+# per message and family)
+NO_VERDICTS: list[Verdict] = []
 
 
 class Verdict:
@@ -291,21 +294,21 @@ class Family:
 
     def observe(self, view: FrameView, now: int) -> list[Verdict]:
         """One telemetry message inside the heating season."""
-        return []
+        return NO_VERDICTS
 
     def observe_any(self, frame: Frame, now: int) -> list[Verdict]:
         """Every telemetry message, in season or not, before ``observe`` (e.g. data is back)."""
-        return []
+        return NO_VERDICTS
 
     def station_status(self, s: StationStatus, now: int) -> list[Verdict]:
-        return []
+        return NO_VERDICTS
 
     def gateway_status(self, g: GatewayStatus, now: int) -> list[Verdict]:
-        return []
+        return NO_VERDICTS
 
     def tick(self, now: int) -> list[Verdict]:
         """Time-driven judgement (in receive time), inside the season."""
-        return []
+        return NO_VERDICTS
 
     def escalate_after_ms(self, life: Life) -> float:
         """How long a firing life of this family stays firing before it is raised a level; 0 never."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from alerting.family import Context, Family, FrameView, Verdict
+from alerting.family import NO_VERDICTS, Context, Family, FrameView, Verdict
 from alerting.lifecycle import Life, get_fields, set_fields
 from contract.alerts import Rule, Severity, alert_key
 
@@ -67,17 +67,17 @@ class CirculationFamily(Family):
     def observe(self, view: FrameView, now: int) -> list[Verdict]:
         vals = view.values
         if not vals:
-            return []
+            return NO_VERDICTS
         flow_s = vals.get(self._flow)
         bits = [p for p in self._pumps if p in vals] + [p for p in self._faults if p in vals]
         if flow_s is None and not bits:
-            return []
+            return NO_VERDICTS
         st = self.stations.get(view.station)
         if st is None:
             st = self.stations[view.station] = Circulation()
         t = view.t
         if t <= st.last_t:
-            return []  # late or redelivered: the newer state is already judged
+            return NO_VERDICTS  # late or redelivered: the newer state is already judged
         dt = t - st.last_t if st.last_t else 0
         st.last_t = t
         for p in bits:
@@ -106,6 +106,8 @@ class CirculationFamily(Family):
 
     def _verdict(self, station: str, st: Circulation, tripped: bool, t: int,
                  view: FrameView) -> list[Verdict]:
+        if not tripped and not st.tripped and not st.back_at:
+            return NO_VERDICTS  # the common case, every message: circulating, nothing open
         key = alert_key(Rule.CIRC_PUMP_TRIP, station)
         is_open = self.ctx.is_open(key)
         below = self.ctx.rooms_below.get(station, 0)
@@ -120,8 +122,8 @@ class CirculationFamily(Family):
             recovery_ms = self.ctx.rules.room.recovery_max_h * _HOUR_MS
             active = below > st.below_before and t - st.back_at < recovery_ms
         else:
-            st.tripped = False
-            return []
+            st.tripped, st.back_at = False, 0
+            return NO_VERDICTS
         st.tripped = tripped
         r = self.ctx.rules.circulation
         faults = sorted(p for p, on in st.faults.items() if on)

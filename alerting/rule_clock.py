@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alerting.family import Context, Family, Verdict
+from alerting.family import NO_VERDICTS, Context, Family, Verdict
 from alerting.lifecycle import get_fields, set_fields
 from contract.alerts import Rule, Severity, alert_key
 from contract.payload import Frame
@@ -52,12 +52,12 @@ class Clock(Family):
 
     def observe_any(self, frame: Frame, now: int) -> list[Verdict]:
         if frame.backfill:
-            return []  # replayed data are old by nature
+            return NO_VERDICTS  # replayed data are old by nature
         skew = frame.skew_ms if frame.skew_ms else frame.ts - now
         skewed = skew >= self._skew_ms or (-skew >= self._skew_ms and frame.skew_ms != 0)
         gw = self.gateways.get(frame.gateway)
         if not skewed and (gw is None or not gw.open):
-            return []  # the common case: one subtraction a message
+            return NO_VERDICTS  # the common case: one subtraction a message
         if gw is None:
             gw = self.gateways[frame.gateway] = GatewayClock()
         gw.stations.add(frame.station)

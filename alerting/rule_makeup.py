@@ -49,7 +49,7 @@ from array import array
 from collections import deque
 from typing import Any
 
-from alerting.family import Context, Family, FrameView, Verdict
+from alerting.family import NO_VERDICTS, Context, Family, FrameView, Verdict
 from alerting.lifecycle import get_fields, set_fields
 from contract.alerts import NetworkRules, Quiet, Rule, Severity, alert_key
 from contract.payload import Sample
@@ -160,7 +160,7 @@ class Makeup(Family):
 
     def observe(self, view: FrameView, now: int) -> list[Verdict]:
         if not view.values:
-            return []
+            return NO_VERDICTS
         sm = self.stations.get(view.station)
         if sm is None:
             sm = self.stations[view.station] = StationMakeup()

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from alerting.family import Context, Family, Verdict
+from alerting.family import NO_VERDICTS, Context, Family, Verdict
 from alerting.lifecycle import Life, get_fields, set_fields
 from contract.alerts import Rule, Severity, alert_key
 from contract.payload import Frame, GatewayStatus, StationStatus
@@ -117,7 +117,7 @@ class Offline(Family):
             self._gateway(frame.gateway).seen = True
         key = alert_key(Rule.STATION_OFFLINE, frame.station)
         if not self.ctx.is_open(key) or frame.backfill:
-            return []
+            return NO_VERDICTS
         out: list[Verdict] = []  # data is back: resolved, or the rooms-back check starts
         self._offline(frame.station, self._station(frame.station), key, now, out)
         return out
