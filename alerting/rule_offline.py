@@ -192,11 +192,13 @@ class Offline(Family):
         offline = self.ctx.rules.offline
         after = offline.station_after_s * 1000
         # silence counts from the rules' start at the earliest: a restarted collector has not had
-        # the chance to hear from anyone yet
-        heard = max(info.last_rx, self.started)
-        silent = (info.last_rx > 0 or name in self.expected) and heard > 0 and now - heard > after
-        down = st.status_offline or silent
+        # the chance to hear from anyone yet (a station whose outage is open stays down until
+        # it is heard from again)
         is_open = self.ctx.is_open(key)
+        heard = max(info.last_rx, self.started)
+        silent = (((info.last_rx > 0 or name in self.expected) and heard > 0 and now - heard > after)
+                  or (is_open and info.last_rx > 0 and now - info.last_rx > after))
+        down = st.status_offline or silent
         below = self.ctx.rooms_below.get(name, 0)
         if down:
             if not st.out_since:

@@ -259,3 +259,18 @@ def test_intermittent_bad_reports_accumulate_into_a_sensor_fault() -> None:
 
     assert run(2) == [("h1", "intermittent")]
     assert run(10) == []  # one in ten: a glitch
+
+
+def test_an_outage_open_before_a_restart_stays_open_until_the_station_is_heard() -> None:
+    f = Feed()
+    f.frame(T0, secondary_supply_temp=55.0)
+    for m in range(1, 10):
+        f.out += f.engine.tick(T0 + m * MIN)
+    assert [x.rule for x in f.pages()] == ["station_offline"]
+    g = Feed()
+    g.engine.restore(f.engine.snapshot())
+    for m in range(20, 40):  # the grace after the restart does not "recover" it
+        g.out += g.engine.tick(T0 + m * MIN)
+    assert not [x for x in g.out if x.rule == "station_offline"]
+    g.frame(T0 + 40 * MIN, secondary_supply_temp=55.0)
+    assert [(x.state, x.page) for x in g.out if x.rule == "station_offline"] == [("resolved", True)]
