@@ -232,6 +232,9 @@ class AlertStage:
             log.warning("could not read open critical alerts to re-notify", error=str(exc)[:200])
             return
         due = []
+        open_keys = {r["key"] for r in page.rows}
+        for k in [k for k in self._notified if k not in open_keys]:
+            del self._notified[k]  # resolved or no longer critical: forgotten
         for r in page.rows:
             last = self._notified.get(r["key"]) or r["fired_at"] or r["since"]
             if r["ack_at"] is None and r["paged"] and now - last >= every * 3_600_000:
