@@ -166,12 +166,12 @@ class Engine:
             if ctx is not None:
                 life.context = ctx if isinstance(ctx, dict) else ctx()
             self.lives[v.key] = life
-            if v.hold_ms > 0:
+            # backdated past its hold already (a station silent since before this tick): the step
+            # below fires it at once, as a hold of 0 does (a pending row at the very instant it
+            # fires says nothing)
+            if v.hold_ms > 0 and (v.since is None or v.t - v.since < v.hold_ms):
                 self._emit(life, Change.PENDING, v.t, self._quiet_for(life, v.t, v.quiet))
-                if v.since is None or v.t - v.since < v.hold_ms:
-                    return
-                # backdated past its hold already (a station silent since before this tick):
-                # the step below fires it
+                return
         elif v.active and v.context is not None and life.state is State.PENDING:
             ctx = v.context
             life.context = ctx if isinstance(ctx, dict) else ctx()

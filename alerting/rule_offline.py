@@ -9,15 +9,17 @@
   paged.
 - ``gateway_offline`` (major): the gateway's last will (status ``offline``), held
   ``offline.station_after_s``; it inhibits its stations from the first moment (pending too), so
-  a silent station waits ``offline.gateway_wait_s`` past its own threshold for the will: a
-  gateway outage is one page with its stations under it.
+  a silent station behind a gateway that announced itself (its birth status: the broker holds
+  its will) waits ``offline.gateway_wait_s`` past its own threshold for the will: a gateway
+  outage is one page with its stations under it.
 
 Offline is judged against the inventory too (``inventory`` in the rule file: gateway → stations,
 as the asset register and the gateways' configs say they exist): a station never heard from is
 ``station_offline`` ("never heard from"), a gateway never seen (no status, none of its stations
 heard from) is ``gateway_offline``, ``offline.station_after_s`` after the rules start. Silence is
-counted from the rules' start at the earliest, so a collector that just (re)started does not page
-stations it has not yet had the chance to hear from.
+judged only once the rules have run ``offline.station_after_s`` (the start-up grace), so a
+collector that just (re)started does not page stations it has not yet had the chance to hear
+from; after it, from the last data the snapshot remembers or what came since.
 - ``device_offline`` (warning): the station status names a device offline for
   ``offline.device_hold_s``.
 """
@@ -54,7 +56,7 @@ class StationOffline:
         set_fields(self, _OFFLINE_FIELDS, state)
 
 
-_GATEWAY_FIELDS = ("offline_since", "seen")
+_GATEWAY_FIELDS = ("announced", "offline_since", "seen")
 
 
 class GatewayOffline:
@@ -63,6 +65,9 @@ class GatewayOffline:
     def __init__(self) -> None:
         self.offline_since: int | None = None
         self.seen = False  # a status message, or telemetry from a station behind it
+        # a status message: the gateway's birth (retained) comes with a will the broker publishes
+        # when it dies, so only then is there a will for its stations to wait for
+        self.announced = False
 
     def __getstate__(self) -> tuple[Any, ...]:
         return get_fields(self, _GATEWAY_FIELDS)
@@ -139,7 +144,7 @@ class Offline(Family):
     def gateway_status(self, g: GatewayStatus, now: int) -> list[Verdict]:
         self._start(now)
         gw = self._gateway(g.gateway)
-        gw.seen = True
+        gw.seen = gw.announced = True
         if g.state == "offline":
             if gw.offline_since is None:
                 gw.offline_since = now
@@ -191,13 +196,21 @@ class Offline(Family):
         info = self.ctx.station(name)
         offline = self.ctx.rules.offline
         after = offline.station_after_s * 1000
-        # silence counts from the rules' start at the earliest: a restarted collector has not had
-        # the chance to hear from anyone yet (a station whose outage is open stays down until
-        # it is heard from again)
+        # The start-up grace: silence is judged only once the rules have run station_after_s (a
+        # collector that just started, or restored a snapshot written minutes ago, has not had
+        # the chance to hear from anyone: judging the snapshot's last data at once paged every
+        # station on each restart), then from the last data itself, the snapshot's or newer. A
+        # station whose outage is open stays down until it is heard from again; one never heard
+        # from (the inventory's) is silent station_after_s after the start.
         is_open = self.ctx.is_open(key)
-        heard = max(info.last_rx, self.started)
-        silent = (((info.last_rx > 0 or name in self.expected) and heard > 0 and now - heard > after)
-                  or (is_open and info.last_rx > 0 and now - info.last_rx > after))
+        last_rx = info.last_rx
+        if last_rx > 0:
+            silent = ((is_open or (self.started > 0 and now - self.started >= after))
+                      and now - last_rx > after)
+            crossed = last_rx + after  # when the silence passed the threshold
+        else:
+            silent = name in self.expected and self.started > 0 and now - self.started > after
+            crossed = self.started + after
         down = st.status_offline or silent
         below = self.ctx.rooms_below.get(name, 0)
         if down:
@@ -220,11 +233,15 @@ class Offline(Family):
             update: dict[str, Any] = {"rooms_below_standard": max(0, below - st.below_before)}
             if not down:
                 update["back_at"] = st.back_at
-            # a silent station waits for its gateway's will (backdated: silent since heard + after)
-            wait = down and not st.status_offline
+            # a silent station waits for its gateway's will, if the gateway has one (it announced
+            # itself), counted from when the silence passed the threshold: a silence that passed
+            # it long ago (judged after a restart's grace) waits no more, the retained will came
+            # with the subscription
+            gw = self.gateways.get(info.gateway or "")
+            wait = down and not st.status_offline and gw is not None and gw.announced
             v = Verdict(key, Rule.STATION_OFFLINE, active, now, Severity.MAJOR, station=name,
                         hold_ms=offline.gateway_wait_s * 1000 if wait else 0,
-                        since=int(heard + after) if wait else None,
+                        since=int(crossed) if wait else None,
                         context=lambda: {"reason": reason, "last_data": last})
             v.update = {"reason": reason, **update} if is_open else update
             out.append(v)

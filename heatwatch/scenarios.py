@@ -32,6 +32,19 @@ their data on the way, and what the dispatch room must and must not be paged for
       - {rule: makeup_rate}
     restart_at: 2h              # optional: the collector restarts (engine from its snapshot)
 
+The closed loop of remote control (docs/control.md): an engineer paged for a rule sends remote
+commands, each checked as the gateway checks it (the point's bounds, ``max_step`` from the
+present value, ``min_interval_s`` since its last write: the vocabulary's defaults) and written
+into the model of the station that paged (or ``station``); the scenario then expects the alert
+to resolve and the rooms to recover::
+
+    commands:                   # when building_low pages for b02: 70, 80, 90, 100 % every 15 min
+      - {when_paged: building_low, building: b02, point: building_valve_setpoint,
+         values: [70, 80, 90, 100], delay: 10m, every: 15m}
+    resolved:                   # within `within` of the first command
+      - {rule: building_low, building: b02, within: 4h}
+    rooms_above: {building: b02, value: 18}   # every room of b02 (of st001, or `station`) at the end
+
 Every page that matches no ``expect`` entry is a false page, and a room page whose value meets
 the standard (median ≥ ``room.warning_below``) is counted on its own: it must never happen.
 The runner plays the collector in front of the engine: a message stamped more than
@@ -54,13 +67,14 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alerting.engine import Engine, Silence
 from contract.alerts import AlertRules, Transition
-from contract.config import read_yaml, render_errors
+from contract.commands import Bounds, Reason, bounds_problem
+from contract.config import WriteSpec, read_yaml, render_errors
 from contract.errors import ConfigError
 from contract.payload import Frame, GatewayStatus, Sample, StationStatus
 from contract.points import VOCABULARY, Kind, Level, check_name
@@ -216,6 +230,42 @@ class _Match(_Spec):
         return f"{self.rule} {where}".strip()
 
 
+class Command(_Spec):
+    """Remote commands an engineer sends once ``when_paged`` pages (for ``building``, if given),
+    to the station that paged unless ``station`` says which."""
+
+    when_paged: str
+    station: str | None = None
+    building: str | None = None
+    point: str
+    values: list[float] = Field(min_length=1)
+    delay: float = 600.0
+    every: float = 900.0
+
+    @field_validator("delay", "every", mode="before")
+    @classmethod
+    def _times(cls, v: object) -> float:
+        return seconds(v)
+
+    @field_validator("point")
+    @classmethod
+    def _writable(cls, v: str) -> str:
+        d = check_name(v)
+        if d is None or d.write is None:
+            raise ValueError(f"{v} is not a writable point of the vocabulary")
+        return v
+
+    def answers(self, tr: Transition) -> bool:
+        return (tr.page and tr.state == "firing" and tr.rule == self.when_paged
+                and self.station in (None, tr.station) and self.building in (None, tr.building))
+
+
+class RoomsAbove(_Spec):
+    station: str = STATION
+    building: str
+    value: float
+
+
 class ScenarioSpec(_Spec):
     description: str
     start: dt.datetime
@@ -238,6 +288,9 @@ class ScenarioSpec(_Spec):
     expect: list[_Match] = Field(default_factory=list)
     quiet: list[_Match] = Field(default_factory=list)
     open_at_end: list[_Match] = Field(default_factory=list)
+    commands: list[Command] = Field(default_factory=list)
+    resolved: list[_Match] = Field(default_factory=list)  # `within` counts from the first command
+    rooms_above: RoomsAbove | None = None
 
     @field_validator("duration", "step", "room_every", "restart_at", mode="before")
     @classmethod
@@ -255,6 +308,17 @@ class ScenarioSpec(_Spec):
                                  f"known: {', '.join(sorted(EVENT_KINDS))}")
         return v
 
+    @model_validator(mode="after")
+    def _stations_exist(self) -> ScenarioSpec:
+        names = set(self.station_names())
+        where = [(f"commands.{i}.station", c.station) for i, c in enumerate(self.commands)]
+        if self.rooms_above is not None:
+            where.append(("rooms_above.station", self.rooms_above.station))
+        for path, name in where:
+            if name is not None and name not in names:
+                raise ValueError(f"{path}: no station {name} in this scenario ({self.stations})")
+        return self
+
     def station_names(self) -> list[str]:
         return [f"st{i:03d}" for i in range(1, self.stations + 1)]
 
@@ -262,6 +326,16 @@ class ScenarioSpec(_Spec):
         if self.stations_per_gateway == 1:
             return f"gw-{station}"
         return f"gw{(int(station[2:]) - 1) // self.stations_per_gateway + 1:02d}"
+
+
+class Sent(NamedTuple):
+    """A command written into a station's model (a tuple: time first, value last)."""
+
+    ms: int
+    station: str
+    point: str
+    building: str | None
+    value: float
 
 
 @dataclass
@@ -275,12 +349,18 @@ class Outcome:
     closed: list[str] = field(default_factory=list)  # open_at_end entries that were not open
     transitions: list[Transition] = field(default_factory=list)
     error: str | None = None  # the scenario could not run (an invalid file)
+    sent: list[Sent] = field(default_factory=list)  # commands written
+    refused: list[str] = field(default_factory=list)  # commands the gateway's checks would refuse
+    # coldest room per building at the end (st001's by building, another station's "st002/b01")
+    rooms: dict[str, float] = field(default_factory=dict)
+    cold_rooms: list[str] = field(default_factory=list)  # rooms_above not met
 
     @property
     def passed(self) -> bool:
         return (self.error is None and all(d is not None for _, d in self.detections)
                 and not self.false_alarms and not self.loud and not self.compliant
-                and not self.missing_quiet and not self.closed)
+                and not self.missing_quiet and not self.closed and not self.refused
+                and not self.cold_rooms)
 
 
 def load(path: Path) -> ScenarioSpec:
@@ -296,7 +376,8 @@ def _keys(spec: ScenarioSpec) -> list[Key]:
     for i in range(1, spec.buildings + 1):
         b = f"b{i:02d}"
         keys += [(p, b, None) for p in ("building_supply_temp", "building_return_temp",
-                                        "building_valve_position", "building_heat_total")]
+                                        "building_valve_setpoint", "building_valve_position",
+                                        "building_heat_total")]
         keys += [("room_temp", b, f"{b}-{f:02d}01") for f in range(1, spec.households + 1)]
     return keys
 
@@ -392,10 +473,24 @@ def run(spec: ScenarioSpec, name: str = "") -> Outcome:
 
     for s in spec.status:
         push(t0 + s.at, "status", s)
+    by_name = {st.name: st for st in stations}
+    due: list[tuple[float, int, str, Command, float]] = []  # (sim time, order, station, command, value)
+    waiting = list(enumerate(spec.commands))  # not yet answered
+    last_write: dict[tuple[str, str, str | None], int] = {}
+    sent: list[Sent] = []
+    refused: list[str] = []
+    seen = 0  # transitions already looked at for pages the engineer answers
     next_room, next_tick, restarted, rejected = t0, t0, False, 0
     t = t0
     while t <= t0 + spec.duration:
         rel = t - t0
+        while due and due[0][0] <= t:
+            _, _, where, c, value = heapq.heappop(due)
+            problem = _command(by_name[where].model, c, value, int(t * 1000), last_write, where)
+            if problem is None:
+                sent.append(Sent(int(t * 1000), where, c.point, c.building, value))
+            else:
+                refused.append(f"{where} {c.point} {c.building or ''} {value:g}: {problem}")
         if spec.restart_at is not None and not restarted and rel >= spec.restart_at:
             blob = engine.snapshot()  # what the collector left on disk when it was killed
             engine = Engine(rules)
@@ -425,8 +520,55 @@ def run(spec: ScenarioSpec, name: str = "") -> Outcome:
         if t >= next_tick:
             out += engine.tick(int(t * 1000))
             next_tick += 60
+        for tr in out[seen:] if waiting else ():  # the engineer answers the page
+            for i, c in [w for w in waiting if w[1].answers(tr)]:
+                waiting.remove((i, c))
+                target = c.station or tr.station
+                if target is None:  # a gateway's page: say which station in the scenario file
+                    refused.append(f"{c.point}: the {tr.rule} page names no station")
+                    continue
+                for k, v in enumerate(c.values):
+                    heapq.heappush(due, (t + c.delay + k * c.every, order + k, target, c, v))
+                order += len(c.values)
+        seen = len(out)
         t += spec.step
-    return judge(spec, name, out)
+    res = judge(spec, name, out, sent)
+    res.sent, res.refused = sent, refused
+    for st in stations:
+        for b in sorted({b for _, b, h in st.model.keys if h is not None and b is not None}):
+            rooms = [float(v) for (p, bb, h), v in st.model.values.items()
+                     if p == "room_temp" and bb == b and h is not None and isinstance(v, float)]
+            if rooms:
+                res.rooms[b if st.name == STATION else f"{st.name}/{b}"] = min(rooms)
+    if spec.rooms_above is not None:
+        want = spec.rooms_above
+        where = want.building if want.station == STATION else f"{want.station}/{want.building}"
+        low = res.rooms.get(where)
+        if low is None or low < want.value:
+            res.cold_rooms.append(f"{where}: coldest room {low}")
+    return res
+
+
+def _command(model: StationModel, c: Command, value: float, now_ms: int,
+             last_write: dict[tuple[str, str, str | None], int], station: str) -> str | None:
+    """Check one command as a gateway with the vocabulary's default write block would, and write
+    it into the model; the reason it would be refused, or None."""
+    d = check_name(c.point)
+    assert d is not None and d.write is not None  # Command._writable
+    lo, hi, step = d.write
+    key: Key = (c.point, c.building, None)
+    present = model.setpoints.get(key, model.values.get(key))
+    problem = bounds_problem(c.point, value, Bounds(min=lo, max=hi, max_step=step,
+                                                    min_interval_s=WriteSpec().min_interval_s),
+                             is_bool=False, current=present if isinstance(present, float) else None,
+                             last_write_ms=last_write.get((station, c.point, c.building)), now_ms=now_ms)
+    if problem is None and step is not None and not isinstance(present, float):
+        problem = (Reason.STEP, f"the present value of {c.point} is unknown")
+    if problem is not None:
+        return problem[1]
+    model.write(key, value)
+    last_write[(station, c.point, c.building)] = now_ms
+    return None
 
 
 def _send(spec: ScenarioSpec, frame: Frame, t: float, rel: float,
@@ -479,7 +621,8 @@ def _compliant(spec: ScenarioSpec, tr: Transition) -> bool:
     return tr.value >= spec.rules.room_for(tr.station, tr.building).warning_below
 
 
-def judge(spec: ScenarioSpec, name: str, out: list[Transition]) -> Outcome:
+def judge(spec: ScenarioSpec, name: str, out: list[Transition],
+          sent: list[Sent] | None = None) -> Outcome:
     t0 = int(spec.start.timestamp() * 1000)
     res = Outcome(name, transitions=out)
     pages = [tr for tr in out if tr.page and tr.state == "firing"]
@@ -507,6 +650,14 @@ def judge(spec: ScenarioSpec, name: str, out: list[Transition]) -> Outcome:
                 last[tr.key] = tr.state
         if not last or "resolved" in last.values():
             res.closed.append(m.label())
+    first = min((s.ms for s in sent or ()), default=None)
+    for m in spec.resolved:  # after the engineer's first command
+        done = None if first is None else next(
+            (tr for tr in out if m.hits(tr) and tr.state == "resolved" and tr.ts >= first), None)
+        delay = None if done is None or first is None else (done.ts - first) / 1000
+        if delay is not None and m.within is not None and delay > m.within:
+            delay = None
+        res.detections.append((f"resolved {m.label()}", delay))
     return res
 
 
@@ -530,6 +681,8 @@ def report(results: list[Outcome]) -> str:
         bad = [f"{what} ×{n}" if n > 1 else what for what, n in Counter(bad).items()]
         bad += [f"not raised quietly: {q}" for q in r.missing_quiet]
         bad += [f"not open at the end: {c}" for c in r.closed]
+        bad += [f"command refused: {c}" for c in r.refused]
+        bad += [f"rooms still cold: {c}" for c in r.cold_rooms]
         lines.append(f"{r.name:<28} {'pass' if r.passed else 'FAIL':<6} {det:<58} "
                      f"{', '.join(bad) or '0'}")
     return "\n".join(lines)
@@ -577,10 +730,15 @@ def run_file(path: Path) -> Outcome:
         return Outcome(path.stem, error=str(exc).replace("\n", "; "))
 
 
+# the library beside this checkout's code, so the bare command works from any folder (the README
+# prints it; its walk test runs it from a folder holding only .venv and deploy)
+LIBRARY = Path(__file__).resolve().parent.parent / "tests" / "scenarios"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("paths", type=Path, nargs="*", default=[Path("tests/scenarios")],
-                    help="scenario files or folders of them")
+    ap.add_argument("paths", type=Path, nargs="*", default=[LIBRARY],
+                    help="scenario files or folders of them (default: this checkout's tests/scenarios)")
     args = ap.parse_args(argv)
     files: list[Path] = []
     for p in args.paths:

@@ -133,15 +133,24 @@ def test_a_gateway_outage_pages_once_whatever_comes_first() -> None:
     assert [(x.rule, x.gateway) for x in f.pages()] == [("gateway_offline", "gw1")]
     assert {(x.station, x.quiet) for x in f.out if x.rule == "station_offline" and x.state == "firing"} == {
         ("st001", "inhibited"), ("st002", "inhibited")}
-    # no will yet when the stations pass their threshold: they wait gateway_wait_s for it
-    f = Feed()
-    f.frame(T0, secondary_supply_temp=55.0)
-    for m in range(1, 6):
-        f.out += f.engine.tick(T0 + m * MIN)
-    _gateway(f, "offline", T0 + 5 * MIN + 30_000, ["st001"])  # a late will (a long keepalive)
-    for m in range(6, 20):
-        f.out += f.engine.tick(T0 + m * MIN)
-    assert [x.rule for x in f.pages()] == ["gateway_offline"]
+    # no will yet when the station passes its threshold: it waits gateway_wait_s for it, if its
+    # gateway announced itself (the birth status that comes with a will); ticks every 15 s
+    for announced in (True, False):
+        f = Feed()
+        if announced:
+            _gateway(f, "online", T0, ["st001"])
+        f.frame(T0, secondary_supply_temp=55.0)
+        for k in range(1, 80):
+            now = T0 + k * 15_000
+            if k == 23:  # 5 min 45 s: a late will (a long keepalive), after the threshold
+                _gateway(f, "offline", now, ["st001"])
+            f.out += f.engine.tick(now)
+        offline = [(x.state, x.quiet, (x.ts - T0) // 1000) for x in f.out if x.rule == "station_offline"]
+        if announced:
+            assert [x.rule for x in f.pages()] == ["gateway_offline"]
+            assert offline[:2] == [("pending", "", 315), ("firing", "inhibited", 360)]
+        else:  # no will to wait for: paged at the first tick past the threshold
+            assert offline[0] == ("firing", "", 315)
 
 
 def test_offline_is_judged_against_the_inventory_and_from_the_rules_start() -> None:
@@ -155,7 +164,8 @@ def test_offline_is_judged_against_the_inventory_and_from_the_rules_start() -> N
     assert got == {("station_offline", "st002", "never heard from", 6),
                    ("gateway_offline", "gw9", "never seen", 6)}
     assert ("firing", "inhibited") in {(x.state, x.quiet) for x in f.out if x.station == "st009"}
-    # a restarted collector: silence counts from its start, not from the snapshot's last data
+    # a restarted collector: silence is judged once the start-up grace (station_after_s from its
+    # start) is over, then from the snapshot's last data
     f = Feed()
     f.frame(T0, secondary_supply_temp=55.0)
     blob = f.engine.snapshot()
@@ -163,7 +173,7 @@ def test_offline_is_judged_against_the_inventory_and_from_the_rules_start() -> N
     g.engine.restore(blob)
     for m in range(10, 30):
         g.out += g.engine.tick(T0 + m * MIN)
-    assert [(x.rule, (x.ts - T0) // MIN) for x in g.pages()] == [("station_offline", 16)]
+    assert [(x.rule, (x.ts - T0) // MIN) for x in g.pages()] == [("station_offline", 15)]
 
 
 def test_no_circulation_is_a_pump_trip_not_a_leak() -> None:

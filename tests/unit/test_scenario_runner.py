@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from heatwatch.scenarios import ScenarioSpec, _Station, load, main, run, summary
 
@@ -42,6 +43,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     ("description: x\nstart: 2026-12-10T00:00:00+08:00\nduration: [1h\n", "not valid YAML"),
     ("description: x\nstart: 2026-12-10T00:00:00+08:00\nduration: 1h\n"
      "expect: [{rule: room_low, within: soon}]\n", "expect.0.within"),
+    ("description: x\nstart: 2026-12-10T00:00:00+08:00\nduration: 1h\n"
+     "commands: [{when_paged: building_low, point: room_temp, values: [20]}]\n",
+     "commands.0.point: room_temp is not a writable point"),
 ])
 def test_an_invalid_scenario_is_a_readable_error_not_a_traceback(tmp_path: Path, text: str,
                                                                   says: str) -> None:
@@ -106,3 +110,20 @@ def test_the_command_prints_the_table_for_a_folder(tmp_path: Path) -> None:
     for name in ("open_window", "cold_household"):
         (tmp_path / f"{name}.yaml").write_text((REPO / "tests" / "scenarios" / f"{name}.yaml").read_text())
     assert main([str(tmp_path)]) == 0
+
+
+def test_commands_go_to_the_station_that_paged_or_are_refused() -> None:
+    """Two stations, the second's building b01 goes cold: the engineer's valve commands reach that
+    station's model (not st001's); a command for a station the scenario does not have is an error."""
+    base = {"stations": 2, "duration": "8h", "households": 4,
+            "events": [{"at": "1h", "event": "cold_building", "station": "st002", "building": "b01"}],
+            "expect": [{"rule": "building_low", "station": "st002", "building": "b01"}]}
+    cmd = {"when_paged": "building_low", "building": "b01", "point": "building_valve_setpoint",
+           "values": [70, 80, 90, 100], "delay": "10m", "every": "15m"}
+    out = run(_spec(**base, commands=[cmd], rooms_above={"station": "st002", "building": "b01", "value": 18}))
+    assert [(s.station, s.value) for s in out.sent] == [("st002", v) for v in (70.0, 80.0, 90.0, 100.0)]
+    assert out.rooms["st002/b01"] > 18 and out.passed, out.cold_rooms
+    with pytest.raises(ValidationError, match=r"commands\.0\.station: no station st009 in this scenario"):
+        _spec(**base, commands=[{**cmd, "station": "st009"}])
+    with pytest.raises(ValidationError, match=r"rooms_above\.station: no station st003 in this scenario"):
+        _spec(**base, rooms_above={"station": "st003", "building": "b01", "value": 18})
