@@ -33,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from contract.alerts import AlertRules, load_rules
+from contract.alerts import AlertRules, Severity, load_rules
 from contract.codec import FLOATS, INTEGERS, MULTI_WORD, DataType, WordOrder, word_count
 from contract.errors import ConfigError
 from contract.points import Kind, Level, PointDef, check_name
@@ -730,7 +730,11 @@ class StatsSettings(_Strict):
 
 class WebhookSettings(_Strict):
     url: str = Field(pattern=r"^https?://")
-    min_severity: Literal["info", "warning", "major", "critical"] = "warning"
+    min_severity: Severity = Severity.WARNING
+    # heatwatch: the Transition as JSON; alertmanager: Alertmanager's webhook message (relays built
+    # for Alertmanager take it as is); alertmanager_api: POST to a real Alertmanager's
+    # /api/v2/alerts (url ends in it), which then routes, groups and repeats (contract/alertmanager.py)
+    format: Literal["heatwatch", "alertmanager", "alertmanager_api"] = "heatwatch"
     timeout_s: float = Field(default=5, gt=0)
     headers: dict[str, SecretStr] = Field(default_factory=dict)  # e.g. Authorization
 
@@ -753,6 +757,9 @@ class AlertSettings(_Strict):
     publish: bool = True  # every transition on heatwatch/v1/alert/{station}
     webhooks: list[WebhookSettings] = Field(default_factory=list)
     webhook_outbox: str | None = None  # durable queue of webhook deliveries; needed with webhooks
+    # a critical alert still firing that nobody has acknowledged is paged again this often (hours;
+    # None: never); checked every seen_s
+    renotify_critical_h: float | None = Field(default=4.0, gt=0)
 
     @model_validator(mode="after")
     def _outbox(self) -> AlertSettings:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what heatwatch needs on a fresh Debian/Ubuntu machine; safe to re-run.
-#   - mosquitto, influxd, PostgreSQL and Prometheus from the distribution (sudo when not root);
+#   - mosquitto, influxd, PostgreSQL, Prometheus and Alertmanager from the distribution (sudo when
+#     not root);
 #   - .venv with the exact versions of requirements.lock and heatwatch itself (editable);
 #   - the rule engine compiled with mypyc (gcc and Python's headers from the distribution).
 set -euo pipefail
@@ -26,6 +27,8 @@ command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
 # Latin glyphs for the PDF
 command -v pdftoppm >/dev/null 2>&1 || need_pkgs+=(poppler-utils)
 [ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need_pkgs+=(fonts-wqy-microhei)
+# Alertmanager: pages leave in its shapes; tests hold them to what a real one sends
+command -v prometheus-alertmanager >/dev/null 2>&1 || need_pkgs+=(prometheus-alertmanager)
 # the rule engine is compiled with mypyc (deploy/build_rules.py): a C compiler and Python's headers
 command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc)
 python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
