@@ -31,6 +31,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,15 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
         finally:
             for s, handler in previous.items():
                 loop.remove_signal_handler(s)
-                signal.signal(s, handler)
+                # once a stop is under way, the rest of the teardown (the interpreter's own, logging
+                # included) keeps the same rule: a repeat within 2 s is the same stop, later ends it
+                # at once; never a KeyboardInterrupt raised inside logging.shutdown (seen: a
+                # supervisor's SIGTERM 50 ms after Ctrl-C printed a traceback)
+                signal.signal(s, _late_signal if stopping else handler)
+
+    def _late_signal(signum: int, _frame: object) -> None:
+        if time.monotonic() - since >= 2.0:  # loop.time() is time.monotonic()
+            os._exit(130)
 
     try:
         asyncio.run(supervised())
