@@ -5,9 +5,14 @@ Starts mosquitto and influxd with their data under DIR, the simulator playing
 ``deploy/collector/rules-demo.yaml``: the real thresholds, short holds) and the API as child
 processes. Before any of them starts it loads the demo's asset register
 (``deploy/assets/demo-households.csv``) into the alert store and issues a dispatcher and an
-engineer token. It prints ready-to-paste commands (and writes them as ``DIR/env`` for
-``source``), runs the scenario's steps (a gateway losing power, coming back), prints each alert
-as it fires, and stops everything on Ctrl-C, SIGTERM, or SIGHUP (the terminal closed), or after
+engineer token. Remote control works out of the box: a key pair made once under DIR/keys
+signs the API's commands (DIR/api.yaml, the shipped API config with a ``control:`` block) and
+the gateways verify them (DIR/gateway/*.yaml, the shipped configs with a ``control:`` block and
+the ports moved; their maps under DIR/maps where the scenario's ``map_overrides`` change them).
+It prints ready-to-paste commands (and writes them as ``DIR/env`` for ``source``), runs the
+scenario's steps (a gateway losing power, coming back, the engineer opening the cold building's
+valve through the API and following it until the alert resolves), prints each alert as it fires,
+and stops everything on Ctrl-C, SIGTERM, or SIGHUP (the terminal closed), or after
 ``--seconds``. ``heatwatch demo --stop`` stops a demo left behind (DIR/demo.pid lists its
 processes). Safe to re-run: data persists under DIR, nothing else is touched.
 
