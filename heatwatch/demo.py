@@ -646,7 +646,7 @@ def _open_valve(stack: Stack, step: OpenValve) -> Story:
                     return True if p is not None and abs(p - cur) < 0.05 else None
 
                 yield from _until(seen, every=0.5)
-        yield by_hand_text(api, step, sent[-1] if sent else None)
+        yield by_hand_text(api, step, sent[-1] if sent else None, stack.root)
         rooms = yield from _until(lambda: _rooms(influx, step.station, step.building) or None)
         yield (f"{where}'s rooms: " + " ".join(f"{v:.1f}" for _, v in sorted(rooms.items())) + " °C; they "
                f"warm up over the next minutes (this demo's rooms follow a valve within minutes, "
@@ -679,14 +679,14 @@ def _open_valve(stack: Stack, step: OpenValve) -> Story:
         eng.close()
 
 
-def by_hand_text(api: str, step: OpenValve, last: str | None) -> str:
+def by_hand_text(api: str, step: OpenValve, last: str | None, root: Path = Path(".demo")) -> str:
     """How to send a command by hand, and to follow one: pasteable as printed (the engineer's
     token in $ENGINEER_TOKEN: `source .demo/env`). The example opens another building's valve
     a step (b01: its own rate limit, nothing to do with the story's b03)."""
     other = "b01" if step.building != "b01" else "b02"
     body = {"station": step.station, "device": step.device, "point": "building_valve_setpoint",
             "building": other, "value": 70, "reason": "trying remote control", "ticket": "T-1002"}
-    lines = [f"Send one by hand, as the engineer (`source {shown(Path('.demo') / 'env')}` sets "
+    lines = [f"Send one by hand, as the engineer (`source {shown(root / 'env')}` sets "
              f"$ENGINEER_TOKEN): {step.station}/{other}'s valve to 70 %; the answer's \"state\" goes "
              "requested → sent, and GET shows confirmed once the gateway has read it back:",
              f"    {curl(api, '/v1/commands', body)}"]

@@ -353,7 +353,8 @@ def test_the_curl_the_demo_prints_is_the_call_it_makes() -> None:
 
 def test_the_by_hand_commands_are_one_pasteable_line_each() -> None:
     step = OpenValve(at=0, do="open_valve", station="st001", building="b03", to=100)
-    text = by_hand_text("http://127.0.0.1:8000", step, "3f8efb31871d499386c83914e6325fa4")
+    text = by_hand_text("http://127.0.0.1:8000", step, "3f8efb31871d499386c83914e6325fa4", REPO / ".demo")
+    assert "`source .demo/env` sets $ENGINEER_TOKEN" in text  # from the repo root, as make demo runs
     cmds = _commands(text)
     assert len(cmds) == 3
     post = shlex.split(cmds[0])
