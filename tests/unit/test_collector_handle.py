@@ -7,10 +7,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+import structlog
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+import collector.alerts
 from alerting.engine import Engine
 from collector.app import Collector
 from contract.alerts import AlertRules, Transition
@@ -154,8 +156,11 @@ class _FailingOn:
 
 
 def test_a_fault_in_the_rules_stores_the_data_logs_once_and_judges_the_next_message(
-        judging: Collector) -> None:
+        judging: Collector, monkeypatch: pytest.MonkeyPatch) -> None:
     C = judging
+    # a fresh logger: the module's own may already be bound for good to the configuration of an
+    # earlier test in this process (cache_logger_on_first_use), which capture_logs cannot reach
+    monkeypatch.setattr(collector.alerts, "log", structlog.get_logger("heatwatch.collector.alerts"))
     assert C.alerts is not None
     real = C.alerts.engine
     C.alerts.engine = _FailingOn(real, "st009")  # type: ignore[assignment]
