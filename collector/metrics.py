@@ -9,7 +9,9 @@ from __future__ import annotations
 import gc
 import time
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -20,6 +22,22 @@ if TYPE_CHECKING:
     from collector.app import Collector
 
 P = "heatwatch_collector_"
+
+
+@dataclass
+class Stats:
+    received: int = 0
+    accepted: int = 0  # telemetry messages that passed validation
+    values: int = 0  # readings in accepted telemetry
+    rejected: Counter[str] = field(default_factory=Counter)  # by reason
+    written: int = 0  # lines InfluxDB took
+    write_rejected: int = 0  # lines InfluxDB refused
+    acked: int = 0
+    spooled: int = 0  # lines put in the disk spool
+    drained: int = 0  # lines written from the spool to InfluxDB
+    messages: Counter[str] = field(default_factory=Counter)  # accepted telemetry by station
+    seq_gaps: Counter[str] = field(default_factory=Counter)  # by station
+    restarts: Counter[str] = field(default_factory=Counter)  # by station (new boot id)
 
 
 class GcClock:
@@ -147,7 +165,7 @@ class _Source(_PromCollector):
             P + "latency_seconds", "live telemetry from its sample time at the gateway to durable "
             "(InfluxDB or spool) at the collector", buckets=c.latency.buckets(), sum_value=c.latency.sum)
         yield GaugeMetricFamily(P + "inbox", "received messages waiting to be validated and batched",
-                                value=c.inbox.qsize() if c.inbox is not None else 0)
+                                value=len(c.inbox.deliveries))
         yield GaugeMetricFamily(P + "spool_rows", "batches waiting in the spool", value=c.spool.count)
         yield GaugeMetricFamily(P + "spool_bytes", "bytes waiting in the spool", value=c.spool.bytes)
         yield GaugeMetricFamily(P + "spooling", "1 while InfluxDB is failing and batches are spooled",

@@ -22,12 +22,20 @@ transition's time.
 
 Rejected input goes to ``rejects`` (tags ``reason``, ``station``; fields ``count``=1i,
 ``detail`` string, ``topic`` string), timestamped at receipt.
+
+Status: ``station_status`` (tag ``station``; fields ``state`` string, ``devices_not_online``
+integer) at the gateway's status time; ``gateway_status`` (tag ``gateway``; fields ``state``,
+``boot`` strings) at receipt (a last will's own time is when it was registered, not when it fired).
+
+The collector's own counters (``collector/metrics.py`` holds the one table of them): ``collector``
+(tag ``client_id``), ``collector_rejects`` (tags ``client_id``, ``reason``), ``collector_gc`` (tags
+``client_id``, ``generation``) and, per station, ``ingest`` (tag ``station``).
 """
 
 from __future__ import annotations
 
 from contract.alerts import Transition
-from contract.payload import Frame
+from contract.payload import Frame, GatewayStatus, StationStatus
 from contract.points import QUALITY_SUFFIX
 
 MEASUREMENT_STATION = "station"
@@ -35,6 +43,12 @@ MEASUREMENT_BUILDING = "building"
 MEASUREMENT_HOUSEHOLD = "household"
 MEASUREMENT_REJECTS = "rejects"
 MEASUREMENT_ALERTS = "alerts"
+MEASUREMENT_STATION_STATUS = "station_status"
+MEASUREMENT_GATEWAY_STATUS = "gateway_status"
+MEASUREMENT_COLLECTOR = "collector"
+MEASUREMENT_COLLECTOR_REJECTS = "collector_rejects"
+MEASUREMENT_COLLECTOR_GC = "collector_gc"
+MEASUREMENT_INGEST = "ingest"
 PRECISION = "ms"
 
 
@@ -99,6 +113,17 @@ def telemetry_lines(t: Frame) -> list[str]:
             f.append(f'{r.point}{QUALITY_SUFFIX}="{r.quality}"')
     s, ts = t.station, f" {t.ts}"
     return [_head(s, b, h) + ",".join(fl) + ts for (b, h), fl in fields.items()]
+
+
+def station_status_line(st: StationStatus) -> str:
+    offline = sum(1 for d in st.devices.values() if d.state != "online")
+    return (f'{MEASUREMENT_STATION_STATUS},station={st.station} state="{st.state.value}",'
+            f"devices_not_online={offline}i {st.ts}")
+
+
+def gateway_status_line(gs: GatewayStatus, received_ms: int) -> str:
+    return (f'{MEASUREMENT_GATEWAY_STATUS},gateway={gs.gateway} state="{gs.state}",'
+            f'boot="{escape_string_field(gs.boot)}" {received_ms}')
 
 
 def reject_line(reason: str, station: str | None, topic: str, detail: str, ts_ms: int) -> str:

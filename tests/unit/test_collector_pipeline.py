@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from collector.app import Collector, _Batch
+from collector.acknowledge import Acknowledge
+from collector.app import Collector
 from collector.metrics import LATENCY_BUCKETS_S, Histogram
+from collector.stages import Batch
+from collector.store import Written
 from contract.config import CollectorConfig
 
 
@@ -25,8 +28,8 @@ class _Acks:
         self.all = asyncio.Event()
         self.expect = expect
 
-    def ack(self, mid: int, qos: int) -> None:
-        self.mids.append(mid)
+    def ack(self, mids: list[int]) -> None:
+        self.mids.extend(mids)
         if len(self.mids) == self.expect:
             self.all.set()
 
@@ -47,15 +50,19 @@ def test_acknowledgements_keep_arrival_order_when_writes_finish_out_of_order(
         await asyncio.sleep(0.2 if int(lines[0]) % 2 == 0 else 0.01)
         running -= 1
 
-    c._store = store  # type: ignore[method-assign]
+    c.store.store = store  # type: ignore[method-assign]
     acks = _Acks(16)
+    acknowledge = Acknowledge(acks.ack, c.stats, c.latency, None, c.clock)
 
     async def main() -> None:
-        batches: asyncio.Queue[_Batch] = asyncio.Queue()
+        batches: asyncio.Queue[Batch] = asyncio.Queue()
         for i in range(8):
-            batches.put_nowait(_Batch(lines=[str(i)], mids=[10 * i + 1, 10 * i + 2]))
+            batches.put_nowait(Batch(lines=[str(i)], mids=[10 * i + 1, 10 * i + 2]))
+        written: asyncio.Queue[Written] = asyncio.Queue()
+        slots = asyncio.Semaphore(concurrency)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(c._writer(batches, acks, tg))  # type: ignore[arg-type]
+            tg.create_task(c.store.run(batches, written, slots, tg))
+            tg.create_task(acknowledge.run(written, slots))
             await acks.all.wait()
             raise asyncio.CancelledError  # ends the group (writer and acker run forever)
 
