@@ -21,7 +21,12 @@ from alerting.store import Store
 from api.alerts import AlertPublic
 from api.auth import Admin, Dispatcher
 from api.influx import InfluxReader
-from contract.influx import MEASUREMENT_BUILDING, MEASUREMENT_HOUSEHOLD, MEASUREMENT_STATION
+from contract.influx import (
+    MEASUREMENT_BUILDING,
+    MEASUREMENT_HOUSEHOLD,
+    MEASUREMENT_STATION,
+    MEASUREMENT_STATION_STATUS,
+)
 from contract.points import QUALITY_SUFFIX
 
 router = APIRouter(prefix="/v1", tags=["hotline"])
@@ -143,7 +148,7 @@ async def _full(influx: InfluxReader, chain: _Chain) -> Lookup:
     bind: dict[str, str | int | float] = {"station": st, "building": b}
     statements = [
         f'SELECT last(*) FROM "{MEASUREMENT_STATION}" WHERE "station" = $station',
-        'SELECT last("state") AS state FROM "station_status" WHERE "station" = $station',
+        f'SELECT last("state") AS state FROM "{MEASUREMENT_STATION_STATUS}" WHERE "station" = $station',
         f'SELECT last(*) FROM "{MEASUREMENT_BUILDING}" WHERE "station" = $station AND "building" = $building']
     if sensor:
         bind["household"] = sensor

@@ -161,30 +161,8 @@ class Collector:
 
     # -- counters --------------------------------------------------------------------------------
     def stats_lines(self, now_ms: int) -> list[str]:
-        """The counters as InfluxDB lines (cumulative since start; Grafana takes the rate)."""
-        st = self.stats
-        fields = {
-            "received": st.received, "accepted": st.accepted, "values": st.values,
-            "rejected": sum(st.rejected.values()), "written": st.written,
-            "write_rejected": st.write_rejected, "retried": self.writer.retries,
-            "spooled": st.spooled, "drained": st.drained, "spool_dropped": self.spool.dropped,
-            "spool_rows": self.spool.count, "spool_bytes": self.spool.bytes, "acked": st.acked,
-            "seq_gaps": sum(st.seq_gaps.values()), "restarts": sum(st.restarts.values()),
-        }
-        if self.alerts is not None:
-            a = self.alerts.stats
-            fields |= {"alert_transitions": a.transitions, "alert_pages": a.pages,
-                       "alert_rule_errors": a.rule_errors,
-                       "alert_store_retries": a.store_retries, "webhook_sent": a.webhook_sent,
-                       "webhook_failed": a.webhook_failed, "webhook_retries": a.webhook_retries}
-        client = self.cfg.client_id
-        out = [f"collector,client_id={client} " + ",".join(f"{k}={v}i" for k, v in fields.items())
-               + f" {now_ms}"]
-        out += [f"collector_rejects,client_id={client},reason={reason} count={n}i {now_ms}"
-                for reason, n in st.rejected.items()]
-        out += [f"ingest,station={s} messages={n}i,seq_gaps={st.seq_gaps[s]}i,"
-                f"restarts={st.restarts[s]}i {now_ms}" for s, n in st.messages.items()]
-        return out
+        """The counters as InfluxDB lines (``collector/metrics.py``'s table)."""
+        return metrics.stats_lines(self, now_ms)
 
     async def _reporter(self) -> None:
         """Every ``stats.interval_s``: expire the spool's old batches, send the counters' lines."""

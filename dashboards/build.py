@@ -25,11 +25,25 @@ from typing import Any
 
 import orjson
 
+from contract.influx import (
+    MEASUREMENT_ALERTS,
+    MEASUREMENT_BUILDING,
+    MEASUREMENT_COLLECTOR,
+    MEASUREMENT_COLLECTOR_REJECTS,
+    MEASUREMENT_HOUSEHOLD,
+    MEASUREMENT_INGEST,
+    MEASUREMENT_STATION,
+)
+
+# the measurements' names, short for the queries below
+ALERTS, BUILDING, COLLECTOR, COLLECTOR_REJECTS, HOUSEHOLD, INGEST, STATION = (
+    MEASUREMENT_ALERTS, MEASUREMENT_BUILDING, MEASUREMENT_COLLECTOR, MEASUREMENT_COLLECTOR_REJECTS,
+    MEASUREMENT_HOUSEHOLD, MEASUREMENT_INGEST, MEASUREMENT_STATION)
 HERE = Path(__file__).parent
 DS = {"type": "influxdb", "uid": "heatwatch-influxdb"}  # deploy/grafana/datasources.yaml
 STATION_VAR = {
     "name": "station", "label": "Station", "type": "query", "datasource": DS,
-    "query": 'SHOW TAG VALUES FROM "station" WITH KEY = "station"', "refresh": 2, "sort": 1,
+    "query": f'SHOW TAG VALUES FROM "{STATION}" WITH KEY = "station"', "refresh": 2, "sort": 1,
     "current": {}, "includeAll": False, "multi": False,
 }
 
@@ -85,7 +99,7 @@ class Board:
         return len(self.d["panels"]) + 1
 
 
-def _mean(field: str, where: str = '"station" =~ /^$station$/', m: str = "station") -> str:
+def _mean(field: str, where: str = '"station" =~ /^$station$/', m: str = STATION) -> str:
     return (f'SELECT mean("{field}") AS "{field}" FROM "{m}" WHERE {where} AND $timeFilter '
             f"GROUP BY time($__interval) fill(none)")
 
@@ -94,7 +108,7 @@ def station() -> dict[str, Any]:
     b = Board("heatwatch-station", "heatwatch · station", tags=["heatwatch"], variables=[STATION_VAR],
               annotations=[{
                   "name": "alerts", "datasource": DS, "enable": True, "iconColor": "red",
-                  "query": 'SELECT "summary", "severity" FROM "alerts" WHERE "station" =~ /^$station$/ '
+                  "query": f'SELECT "summary", "severity" FROM "{ALERTS}" WHERE "station" =~ /^$station$/ '
                            "AND $timeFilter",
                   "textColumn": "summary", "tagsColumn": "rule,state"}])
     b.row("Supply")
@@ -110,36 +124,37 @@ def station() -> dict[str, Any]:
             description="m³/h")
     b.panel("Make-up as a share of circulation",
             [_q("A", 'SELECT mean("makeup_flow") / mean("secondary_flow") * 100 AS "makeup_share" '
-                     'FROM "station" WHERE "station" =~ /^$station$/ AND $timeFilter '
+                     f'FROM "{STATION}" WHERE "station" =~ /^$station$/ AND $timeFilter '
                      "GROUP BY time($__interval) fill(none)")],
             unit="percent", thresholds=[(None, "green"), (1.0, "orange"), (2.0, "red")],
             description="DOMAIN.md: above ~1 % of circulating flow is a leak to look at")
     b.panel("Make-up volume per hour",
-            [_q("A", 'SELECT non_negative_difference(last("makeup_total")) AS "makeup_m3" FROM "station" '
+            [_q("A", f'SELECT non_negative_difference(last("makeup_total")) AS "makeup_m3" FROM "{STATION}" '
                      'WHERE "station" =~ /^$station$/ AND $timeFilter GROUP BY time(1h) fill(none)')],
             description="m³ per hour from the totalizer")
     b.panel("Make-up tank level", [_q("A", _mean("tank_level"))], unit="lengthm")
     # booleans: InfluxQL has no mean() of a bool, and running/stopped is a state, not a curve
     b.panel("Pumps running", [
-        _q(ref, f'SELECT last("{f}") AS "{f}" FROM "station" WHERE "station" =~ /^$station$/ AND $timeFilter '
-                "GROUP BY time($__interval) fill(previous)")
+        _q(ref, f'SELECT last("{f}") AS "{f}" FROM "{STATION}" WHERE "station" =~ /^$station$/ '
+                "AND $timeFilter GROUP BY time($__interval) fill(previous)")
         for ref, f in (("A", "circ_pump_running"), ("B", "makeup_pump_running"))], kind="state-timeline")
     b.row("Buildings and rooms")
     b.panel("Building entrance valves",
-            [_q("A", 'SELECT mean("building_valve_position") FROM "building" WHERE "station" =~ /^$station$/ '
+            [_q("A", f'SELECT mean("building_valve_position") FROM "{BUILDING}" '
+                     'WHERE "station" =~ /^$station$/ '
                      'AND $timeFilter GROUP BY time($__interval), "building" fill(none)', "$tag_building")],
             unit="percent")
     b.panel("Building return temperatures",
-            [_q("A", 'SELECT mean("building_return_temp") FROM "building" WHERE "station" =~ /^$station$/ '
+            [_q("A", f'SELECT mean("building_return_temp") FROM "{BUILDING}" WHERE "station" =~ /^$station$/ '
                      'AND $timeFilter GROUP BY time($__interval), "building" fill(none)', "$tag_building")],
             unit="celsius")
     b.panel("Room temperatures by building (median of households)",
-            [_q("A", 'SELECT median("room_temp") FROM "household" WHERE "station" =~ /^$station$/ '
+            [_q("A", f'SELECT median("room_temp") FROM "{HOUSEHOLD}" WHERE "station" =~ /^$station$/ '
                      'AND $timeFilter GROUP BY time($__interval), "building" fill(none)', "$tag_building")],
             unit="celsius", thresholds=[(None, "red"), (16.0, "orange"), (18.0, "green")],
             description="GB/T 33833: ≥ 18 °C in bedrooms and living rooms")
     b.panel("Coldest households now",
-            [_q("A", 'SELECT bottom("room_temp", "household", 10) FROM "household" WHERE '
+            [_q("A", f'SELECT bottom("room_temp", "household", 10) FROM "{HOUSEHOLD}" WHERE '
                      '"station" =~ /^$station$/ AND time > now() - 1h')],
             unit="celsius", kind="table")
     return b.d
@@ -149,21 +164,22 @@ def alerts() -> dict[str, Any]:
     b = Board("heatwatch-alerts", "heatwatch · alerts", tags=["heatwatch"], variables=[])
     b.row("Alert transitions")
     b.panel("Firing, by rule",
-            [_q("A", 'SELECT count("since") FROM "alerts" WHERE "state" = \'firing\' AND $timeFilter '
+            [_q("A", f'SELECT count("since") FROM "{ALERTS}" WHERE "state" = \'firing\' AND $timeFilter '
                      'GROUP BY time($__interval), "rule" fill(0)', "$tag_rule")])
     b.panel("Firing, by severity",
-            [_q("A", 'SELECT count("since") FROM "alerts" WHERE "state" = \'firing\' AND $timeFilter '
+            [_q("A", f'SELECT count("since") FROM "{ALERTS}" WHERE "state" = \'firing\' AND $timeFilter '
                      'GROUP BY time($__interval), "severity" fill(0)')])
     b.panel("Latest transitions",
-            [_q("A", 'SELECT "station", "building", "household", "severity", "summary" FROM "alerts" '
+            [_q("A", f'SELECT "station", "building", "household", "severity", "summary" FROM "{ALERTS}" '
                      "WHERE $timeFilter ORDER BY time DESC LIMIT 200")], kind="table", w=24)
     return b.d
 
 
 def _rate(field: str, alias: str) -> dict[str, Any]:
     return _q(alias[0].upper(), f'SELECT non_negative_derivative(last("{field}"), 1s) AS "{alias}" '
-                                'FROM "collector" WHERE $timeFilter GROUP BY time($__interval), "client_id" '
-                                "fill(none)", f"{alias} $tag_client_id")
+                                f'FROM "{COLLECTOR}" WHERE $timeFilter '
+                                'GROUP BY time($__interval), "client_id" fill(none)',
+              f"{alias} $tag_client_id")
 
 
 def collector() -> dict[str, Any]:
@@ -176,33 +192,33 @@ def collector() -> dict[str, Any]:
             unit="short")
     b.row("Trouble")
     b.panel("Rejected messages by reason",
-            [_q("A", 'SELECT non_negative_derivative(last("count"), 1m) FROM "collector_rejects" '
+            [_q("A", f'SELECT non_negative_derivative(last("count"), 1m) FROM "{COLLECTOR_REJECTS}" '
                      'WHERE $timeFilter GROUP BY time($__interval), "reason" fill(none)', "$tag_reason")],
             description="per minute; the messages themselves are in the rejects measurement")
     b.panel("Spool (InfluxDB unavailable)",
-            [_q("A", 'SELECT last("spool_rows") FROM "collector" WHERE $timeFilter '
+            [_q("A", f'SELECT last("spool_rows") FROM "{COLLECTOR}" WHERE $timeFilter '
                      "GROUP BY time($__interval) fill(previous)", "batches waiting"),
-             _q("B", 'SELECT non_negative_derivative(last("retried"), 1m) FROM "collector" WHERE '
+             _q("B", f'SELECT non_negative_derivative(last("retried"), 1m) FROM "{COLLECTOR}" WHERE '
                      "$timeFilter GROUP BY time($__interval) fill(none)", "retries/min"),
-             _q("C", 'SELECT last("spool_dropped") FROM "collector" WHERE $timeFilter '
+             _q("C", f'SELECT last("spool_dropped") FROM "{COLLECTOR}" WHERE $timeFilter '
                      "GROUP BY time($__interval) fill(previous)", "dropped (total)")],
             thresholds=[(None, "green"), (1.0, "red")])
     b.panel("Sequence gaps per station (messages lost before the broker)",
-            [_q("A", 'SELECT non_negative_difference(last("seq_gaps")) FROM "ingest" WHERE $timeFilter '
+            [_q("A", f'SELECT non_negative_difference(last("seq_gaps")) FROM "{INGEST}" WHERE $timeFilter '
                      'GROUP BY time(10m), "station" fill(none)', "$tag_station")])
     b.panel("Gateway restarts per station",
-            [_q("A", 'SELECT non_negative_difference(last("restarts")) FROM "ingest" WHERE $timeFilter '
+            [_q("A", f'SELECT non_negative_difference(last("restarts")) FROM "{INGEST}" WHERE $timeFilter '
                      'GROUP BY time(10m), "station" fill(none)', "$tag_station")])
     b.row("Alerts")
     b.panel("Alert transitions and pages per minute",
-            [_q("A", 'SELECT non_negative_derivative(last("alert_transitions"), 1m) FROM "collector" '
+            [_q("A", f'SELECT non_negative_derivative(last("alert_transitions"), 1m) FROM "{COLLECTOR}" '
                      "WHERE $timeFilter GROUP BY time($__interval) fill(none)", "transitions"),
-             _q("B", 'SELECT non_negative_derivative(last("alert_pages"), 1m) FROM "collector" '
+             _q("B", f'SELECT non_negative_derivative(last("alert_pages"), 1m) FROM "{COLLECTOR}" '
                      "WHERE $timeFilter GROUP BY time($__interval) fill(none)", "pages")])
     b.panel("Webhook deliveries",
-            [_q("A", 'SELECT last("webhook_sent") FROM "collector" WHERE $timeFilter '
+            [_q("A", f'SELECT last("webhook_sent") FROM "{COLLECTOR}" WHERE $timeFilter '
                      "GROUP BY time($__interval) fill(previous)", "sent"),
-             _q("B", 'SELECT last("webhook_failed") FROM "collector" WHERE $timeFilter '
+             _q("B", f'SELECT last("webhook_failed") FROM "{COLLECTOR}" WHERE $timeFilter '
                      "GROUP BY time($__interval) fill(previous)", "failed")])
     return b.d
 

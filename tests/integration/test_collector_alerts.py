@@ -100,7 +100,7 @@ def test_a_cold_building_reaches_store_influxdb_mqtt_and_webhook(
     cfg = _config(tmp_path, mosquitto, influxd, influx_db, webhook.url, metrics_port=port)
     alerts_topic = Subscriber(mosquitto.port, "heatwatch/v1/alert/#")
     procs.start("collector", "collector", str(cfg))
-    time.sleep(2)
+    wait_for(lambda: '"subscribed"' in procs.log("collector"), 30, "collector subscribed")
     t0 = int(time.time() * 1000) - 3 * 3_600_000  # three hours of data, sent in a burst
     publish(mosquitto.port, [(TOPIC, _rooms(i + 1, t0 + i * 10 * MIN)) for i in range(19)])
     store = Store(f"sqlite:///{tmp_path / 'alerts.sqlite'}")
@@ -139,7 +139,7 @@ def test_sigkill_while_pending_then_fires_on_the_original_schedule(
         webhook: Webhook) -> None:
     cfg = _config(tmp_path, mosquitto, influxd, influx_db, webhook.url)
     p = procs.start("collector", "collector", str(cfg))
-    time.sleep(2)
+    wait_for(lambda: '"subscribed"' in procs.log("collector"), 30, "collector subscribed")
     t0 = int(time.time() * 1000) - 3 * 3_600_000
     publish(mosquitto.port, [(TOPIC, _rooms(i + 1, t0 + i * 10 * MIN)) for i in range(6)])  # 50 min
     store = Store(f"sqlite:///{tmp_path / 'alerts.sqlite'}")
@@ -149,7 +149,7 @@ def test_sigkill_while_pending_then_fires_on_the_original_schedule(
     p.wait(10)
     assert not (tmp_path / "engine.state").exists()
     procs.start("collector2", "collector", str(cfg))
-    time.sleep(2)
+    wait_for(lambda: '"subscribed"' in procs.log("collector2"), 30, "collector subscribed")
     publish(mosquitto.port, [(TOPIC, _rooms(i + 1, t0 + i * 10 * MIN)) for i in range(6, 12)])
     firing = wait_for(lambda: store.query(rule=["building_low"], state=["firing"]).rows, 20,
                       "building_low firing after the restart")[0]
