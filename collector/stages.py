@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -99,7 +98,6 @@ class Inbox:
         self._ready = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
-        self.on_take: Callable[[int], None] | None = None  # told how many deliveries left
 
     @property
     def full(self) -> bool:
@@ -133,11 +131,8 @@ class Inbox:
         """Up to ``n`` deliveries, oldest first."""
         d = self.deliveries
         out = [d.popleft() for _ in range(min(n, len(d)))]
-        if out:
-            if len(d) < self.capacity:
-                self._space.set()
-            if self.on_take is not None:
-                self.on_take(len(out))
+        if out and len(d) < self.capacity:
+            self._space.set()
         return out
 
     async def space(self) -> None:
