@@ -34,6 +34,11 @@ The collector's own counters (``collector/metrics.py`` holds the one table of th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from operator import attrgetter
+
+import msgspec
+
 from contract.alerts import Transition
 from contract.payload import Frame, GatewayStatus, StationStatus
 from contract.points import QUALITY_SUFFIX
@@ -89,30 +94,46 @@ def _head(s: str, b: str | None, h: str | None) -> str:
     return head
 
 
+_ENCODE = msgspec.json.Encoder().encode
+_VALUE = attrgetter("value")
+_NOWHERE = object()  # no reading's building or household
+
+
 def telemetry_lines(t: Frame) -> list[str]:
     """Line protocol for one validated telemetry message."""
-    # the collector's hottest loop (~0.3 µs a value): readings of one entity come in runs, so
-    # the group is looked up only when the entity changes; good floats take the first branch
-    fields: dict[tuple[str | None, str | None], list[str]] = {}
-    key: tuple[str | None, str | None] | None = None
-    f: list[str] = []
-    for r in t.samples:
-        k = (r.building, r.household)
-        if k != key:
-            got = fields.get(k)
+    samples = t.samples
+    # The collector's hottest loop. Every value's text at once: msgspec writes a message's values
+    # as JSON in C (floats shortest round-trip, e.g. 1e16, 1e-7, which InfluxDB reads as floats),
+    # ~50 ns a value against ~170 ns for repr() one by one. Only floats take their text from it;
+    # a string with a comma in it splits into more pieces, and then each float is written alone.
+    # Readings of one entity come in runs, so the group is looked up only when the entity
+    # changes; good floats take the first branch.
+    texts = _ENCODE(list(map(_VALUE, samples)))[1:-1].decode().split(",")
+    if len(texts) != len(samples):
+        texts = [_ENCODE(v).decode() if type(v) is float else "" for v in map(_VALUE, samples)]
+    groups: dict[tuple[str | None, str | None], list[str]] = {}
+    kb: object = _NOWHERE  # the first reading opens a group
+    kh: object = _NOWHERE
+    nowhere: list[str] = []
+    add: Callable[[str], None] = nowhere.append
+    for r, text in zip(samples, texts, strict=True):
+        b = r.building
+        if b != kb or r.household != kh:
+            h = r.household
+            got = groups.get((b, h))
             if got is None:
-                got = fields[k] = []
-            f, key = got, k
+                got = groups[(b, h)] = []
+            add, kb, kh = got.append, b, h
         v = r.value
         if type(v) is float and r.quality == "good":
-            f.append(f"{r.point}={v!r}")
+            add(f"{r.point}={text}")
             continue
         if v is not None:
-            f.append(f"{r.point}={_fmt(v)}")
+            add(f"{r.point}={text if type(v) is float else _fmt(v)}")
         if r.quality != "good":
-            f.append(f'{r.point}{QUALITY_SUFFIX}="{r.quality}"')
+            add(f'{r.point}{QUALITY_SUFFIX}="{r.quality}"')
     s, ts = t.station, f" {t.ts}"
-    return [_head(s, b, h) + ",".join(fl) + ts for (b, h), fl in fields.items()]
+    return [_head(s, b, h) + ",".join(fl) + ts for (b, h), fl in groups.items()]
 
 
 def station_status_line(st: StationStatus) -> str:
