@@ -76,7 +76,6 @@ class Collector:
         self.inbox = Inbox(cfg.receive_maximum)
         self.latency = metrics.Histogram(metrics.LATENCY_BUCKETS_S)  # sample time → durable
         self.metrics_port: int | None = None
-        self.receive: MqttReceive | None = None
         # the rule engine (a config or rule-file error raises here, at start-up)
         self.alerts = AlertStage(cfg.alerts, clock=clock) if cfg.alerts is not None else None
         self.validate = Validate(cfg.ingest, self.stats)
@@ -94,14 +93,8 @@ class Collector:
     def spooling(self) -> bool:
         return self.store.spooling
 
-    def handle(self, topic: str, payload: bytes) -> list[str]:
-        """The lines that store one message (validate → taps → lines): its data, or its reject record."""
-        b = Batch()
-        self.batcher.handle(topic, payload, int(self.clock() * 1000), b)
-        return b.lines
-
     async def run(self) -> None:
-        receive = self.receive = MqttReceive(self.cfg, self.inbox, self.connected)
+        receive = MqttReceive(self.cfg, self.inbox, self.connected)
         alerts = self.alerts
         record = None
         if alerts is not None:

@@ -1,4 +1,5 @@
-"""Whatever arrives, the collector's validation returns lines to store and never raises."""
+"""Whatever arrives, the collector's validate → taps → lines stages return lines to store and never
+raise."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from structlog.testing import capture_logs
 
 from alerting.engine import Engine
 from collector.app import Collector
+from collector.stages import Batch
 from contract.alerts import AlertRules, Transition
 from contract.config import CollectorConfig
 from contract.payload import Frame
@@ -39,6 +41,13 @@ PAYLOADS = st.one_of(
 )
 
 
+def handle(c: Collector, topic: str, payload: bytes) -> list[str]:
+    """One message through the batch stage's per-message chain (validate → taps → lines)."""
+    b = Batch()
+    c.batcher.handle(topic, payload, int(c.clock() * 1000), b)
+    return b.lines
+
+
 def _collector(folder: Path, **ingest: object) -> Collector:
     spool = str(folder / "spool.sqlite")
     return Collector(CollectorConfig.model_validate(
@@ -57,7 +66,7 @@ def test_any_topic_and_bytes_give_lines_never_an_exception(shared: Collector, to
                                                           payload: bytes) -> None:
     C = shared
     before = C.stats.received
-    lines = C.handle(topic, payload)
+    lines = handle(C, topic, payload)
     assert lines and all(isinstance(x, str) and "\n" not in x for x in lines)
     assert C.stats.received == before + 1
     if lines[0].startswith("rejects,"):
@@ -67,7 +76,7 @@ def test_any_topic_and_bytes_give_lines_never_an_exception(shared: Collector, to
 def test_unknown_station_is_rejected_when_a_station_list_is_configured(tmp_path: Path) -> None:
     c = _collector(tmp_path, known_stations=["st002"])
     now = int(time.time() * 1000)
-    lines = c.handle("heatwatch/v1/station/st001/telemetry", orjson.dumps({**GOOD, "ts": now}))
+    lines = handle(c, "heatwatch/v1/station/st001/telemetry", orjson.dumps({**GOOD, "ts": now}))
     assert lines[0].startswith("rejects,reason=unknown_station,station=st001")
     assert c.stats.rejected == {"unknown_station": 1}
 
@@ -78,7 +87,7 @@ def test_sequence_gaps_and_restarts_are_counted_per_station(tmp_path: Path) -> N
     topic = "heatwatch/v1/station/st001/telemetry"
     for boot, seq in [("aaaaaaaa", 1), ("aaaaaaaa", 2), ("aaaaaaaa", 5), ("aaaaaaaa", 3),
                       ("bbbbbbbb", 0), ("bbbbbbbb", 1)]:
-        c.handle(topic, orjson.dumps({**GOOD, "boot": boot, "seq": seq, "ts": now}))
+        handle(c, topic, orjson.dumps({**GOOD, "boot": boot, "seq": seq, "ts": now}))
     assert c.stats.seq_gaps == {"st001": 2}  # 3 and 4 missing at the time (3 arrives late: allowed)
     assert c.stats.restarts == {"st001": 1}
     assert c.stats.messages == {"st001": 6}
@@ -132,7 +141,7 @@ def test_any_valid_telemetry_through_the_rules_gives_lines_never_an_exception(
     now = int(time.time() * 1000)
     msg = {k: v for k, v in msg.items() if k != "ago_ms"} | {"ts": now - msg["ago_ms"]}  # type: ignore[operator]
     judged, waiting = C.alerts.engine.samples_judged, len(C.alerts.pending)
-    lines = C.handle(f"heatwatch/v1/station/{msg['station']}/telemetry", orjson.dumps(msg))
+    lines = handle(C, f"heatwatch/v1/station/{msg['station']}/telemetry", orjson.dumps(msg))
     assert lines and all(isinstance(x, str) for x in lines)
     if not lines[0].startswith("rejects,"):  # in the heating season: every reading was judged
         assert C.alerts.engine.samples_judged == judged + len(msg["values"])  # type: ignore[arg-type]
@@ -166,7 +175,7 @@ def test_a_fault_in_the_rules_stores_the_data_logs_once_and_judges_the_next_mess
         with capture_logs() as logs:
             for station in ("st009", "st009", "st001"):
                 msg = {**GOOD, "station": station, "ts": now, "values": rooms}
-                lines = C.handle(f"heatwatch/v1/station/{station}/telemetry", orjson.dumps(msg))
+                lines = handle(C, f"heatwatch/v1/station/{station}/telemetry", orjson.dumps(msg))
                 assert lines[0].startswith("household,"), lines  # stored all the same
         assert C.alerts.stats.rule_errors == errors + 2
         assert real.samples_judged == judged + 1  # the next station's message was judged
