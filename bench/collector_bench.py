@@ -276,6 +276,7 @@ def main() -> int:
             "steady_cpu_share_whole_machine": round(sum(shares.values()) / (os.cpu_count() or 1), 2)
             if shares else None,
             "alerts": a.alerts, "rules": rules_build() if a.alerts else None,
+            "collector_code": str(REPO),  # the checkout the collector ran from
             "steady_rules_cpu_added_to_the_rest": rules_share, "dir": str(tmp) if a.keep else None,
         }, option=orjson.OPT_INDENT_2).decode())
         return 0 if stored == published else 1
