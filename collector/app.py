@@ -1,5 +1,6 @@
-"""The collector's ingest, wired in one place: receive → validate → lines → batch → write or
-spool → acknowledge.
+"""The collector's ingest, wired in one place (``Collector.__init__`` builds the stages and the
+queues between them, ``Collector.run`` starts them): receive → validate → lines → batch → write
+or spool → acknowledge.
 
     stage          module                   takes                          emits
     receive        collector/receive.py     MQTT PUBLISHes                 Delivery → Inbox
@@ -71,19 +72,31 @@ class Collector:
         self.cfg, self.clock = cfg, clock
         self.stats = Stats()
         metrics.GC_CLOCK.install()
-        self.writer = InfluxWriter(cfg.influx)
-        self.store = WriteOrSpool(cfg.spool, self.writer, self.stats)
-        self.inbox = Inbox(cfg.receive_maximum)
         self.latency = metrics.Histogram(metrics.LATENCY_BUCKETS_S)  # sample time → durable
         self.metrics_port: int | None = None
+        self.connected = asyncio.Event()
+        self.writer = InfluxWriter(cfg.influx)
         # the rule engine (a config or rule-file error raises here, at start-up)
         self.alerts = AlertStage(cfg.alerts, clock=clock) if cfg.alerts is not None else None
+
+        # -- the ingest stages, in order, and the bounded queues between them -----------------
+        self.inbox = Inbox(cfg.receive_maximum)  # receive → batch (+ the control path)
+        self.receive = MqttReceive(cfg, self.inbox, self.connected)
         self.validate = Validate(cfg.ingest, self.stats)
         self.taps: list[Tap] = [alert_tap(self.alerts)] if self.alerts is not None else []
-        self.batches: asyncio.Queue[Batch] = asyncio.Queue(maxsize=2)  # a slow InfluxDB slows us
+        # batch → write: two batches wait at most, so a slow InfluxDB slows the batch stage
+        self.batches: asyncio.Queue[Batch] = asyncio.Queue(maxsize=2)
         self.batcher = Batcher(cfg.batch, self.inbox, self.batches, validate=self.validate,
                                taps=self.taps, lines=lines, alerts=self.alerts, clock=clock)
-        self.connected = asyncio.Event()
+        self.store = WriteOrSpool(cfg.spool, self.writer, self.stats)
+        self.written: asyncio.Queue[Written] = asyncio.Queue()  # write → acknowledge, ≤ slots long
+        self.slots = asyncio.Semaphore(cfg.batch.concurrency)
+        self.acknowledge = Acknowledge(self.receive.ack, self.stats, self.latency,
+                                       self._record if self.alerts is not None else None, clock)
+
+    async def _record(self, trs: list[Transition]) -> None:
+        assert self.alerts is not None
+        await self.alerts.record(trs, self.receive.client)
 
     @property
     def spool(self) -> DiskQueue:
@@ -94,16 +107,7 @@ class Collector:
         return self.store.spooling
 
     async def run(self) -> None:
-        receive = MqttReceive(self.cfg, self.inbox, self.connected)
         alerts = self.alerts
-        record = None
-        if alerts is not None:
-            async def record_alerts(trs: list[Transition]) -> None:
-                await alerts.record(trs, receive.client)
-            record = record_alerts
-        acknowledge = Acknowledge(receive.ack, self.stats, self.latency, record, self.clock)
-        written: asyncio.Queue[Written] = asyncio.Queue()  # bounded by slots
-        slots = asyncio.Semaphore(self.cfg.batch.concurrency)
         if self.cfg.stats.metrics_port is not None:
             self.metrics_port = metrics.serve(self, self.cfg.stats.metrics_host, self.cfg.stats.metrics_port)
             log.info("metrics", url=f"http://{self.cfg.stats.metrics_host}:{self.metrics_port}/metrics")
@@ -112,10 +116,10 @@ class Collector:
             await asyncio.to_thread(alerts.start)
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(receive.run())
+                tg.create_task(self.receive.run())
                 tg.create_task(self.batcher.run())
-                tg.create_task(self.store.run(self.batches, written, slots, tg))
-                tg.create_task(acknowledge.run(written, slots))
+                tg.create_task(self.store.run(self.batches, self.written, self.slots, tg))
+                tg.create_task(self.acknowledge.run(self.written, self.slots))
                 tg.create_task(self.store.drain())
                 tg.create_task(self._reporter())
                 tg.create_task(self._gc_keeper())

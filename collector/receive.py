@@ -111,8 +111,9 @@ class MqttReceive:
     def __init__(self, cfg: CollectorConfig, inbox: Inbox, connected: asyncio.Event) -> None:
         self.cfg, self.inbox = cfg, inbox
         self.connected = connected  # set while the broker session is up
-        self.loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
+        self.subscribed = asyncio.Event()  # set once the broker granted the subscriptions
+        self._loop: asyncio.AbstractEventLoop | None = None  # run()'s: paho is driven from it
+        self._loop_thread = 0
         self.received = 0
         self._failed = False  # the connection failed or was lost since we last logged it
         self._fd: int | None = None  # the MQTT socket the loop watches
@@ -129,6 +130,11 @@ class MqttReceive:
         c.on_socket_open, c.on_socket_close = self._socket_open, self._socket_close
         c.on_socket_register_write, c.on_socket_unregister_write = self._want_write, self._no_write
         self.client = c
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "paho's socket events come only after run() connects"
+        return self._loop
 
     def subscriptions(self) -> list[tuple[str, int]]:
         """Telemetry, shared with the group's other members if there is a group (each message to
@@ -245,9 +251,11 @@ class MqttReceive:
             log.error("broker refused a subscription", reasons=bad)
         else:
             log.info("subscribed", filters=[f for f, _ in self.subscriptions()])
+            self.subscribed.set()
 
     # -- the connection --------------------------------------------------------------------------
     async def run(self) -> None:
+        self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.cfg.session_expiry_s
         props.ReceiveMaximum = self.cfg.receive_maximum

@@ -48,8 +48,7 @@ class CollectorThread:
         self.thread.start()
         ready.wait(10)
         assert self.collector is not None
-        wait_for(self.collector.connected.is_set, 10, "collector connected")
-        time.sleep(0.3)  # SUBACK follows CONNACK
+        wait_for(self.collector.receive.subscribed.is_set, 10, "collector subscribed")
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.task.cancel)
