@@ -40,6 +40,7 @@ from measure import pct, proc_cpu_s, proc_cpu_split_s, proc_mem_kb, scrape
 from paho.mqtt.enums import CallbackAPIVersion
 
 from alerting import rules_build
+from contract.influx import MEASUREMENT_STATION
 from heatwatch.devstack import REPO, Influxd, Mosquitto, free_port
 from heatwatch.loadgen import Shape
 
@@ -88,7 +89,8 @@ class Probe:
         seen = 0
         while not self.stop_ev.is_set():
             try:
-                got = query(self.db, f"SELECT x_probe FROM station WHERE station='probe' AND time > {seen}ms")
+                got = query(self.db, f"SELECT x_probe FROM {MEASUREMENT_STATION} WHERE station='probe' "
+                                     f"AND time > {seen}ms")
             except (httpx.HTTPError, KeyError, ValueError):
                 got = []
             now = time.time()
@@ -232,7 +234,7 @@ def main() -> int:
         first_ts = min(r["first_ts"] for r in results) / 1000
         deadline = time.monotonic() + 600
         while True:
-            got = query(db, "SELECT count(x_p000) FROM station WHERE station != 'probe'")
+            got = query(db, f"SELECT count(x_p000) FROM {MEASUREMENT_STATION} WHERE station != 'probe'")
             stored = int(got[0][1]) if got else 0
             if stored >= published or time.monotonic() > deadline:
                 break
