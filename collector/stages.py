@@ -17,6 +17,7 @@ path (``Inbox.control``), never as fake deliveries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -98,6 +99,7 @@ class Inbox:
         self._ready = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
+        self._wake_at = 1  # deliveries waiting that wake the batch stage
 
     @property
     def full(self) -> bool:
@@ -105,27 +107,32 @@ class Inbox:
 
     def put(self, d: Delivery) -> None:
         self.deliveries.append(d)
-        if len(self.deliveries) >= self.capacity:
+        n = len(self.deliveries)
+        if n >= self.capacity:
             self._space.clear()
-        self._ready.set()
+        if n >= self._wake_at:
+            self._ready.set()
 
     def send(self, c: Control) -> None:
         self.control.append(c)
         self._ready.set()
 
-    async def wait(self, within_s: float | None) -> bool:
-        """Wait until something is waiting; False if ``within_s`` passed first."""
-        if self.deliveries or self.control:
-            return True
+    async def wait(self, within_s: float | None, at_least: int = 1) -> None:
+        """Wait until ``at_least`` deliveries (or as many as fit) or a control item are waiting,
+        or ``within_s`` has passed."""
+        want = min(at_least, self.capacity)
+        if len(self.deliveries) >= want or self.control:
+            return
+        self._wake_at = want
         self._ready.clear()
-        if within_s is None:
-            await self._ready.wait()
-            return True
         try:
-            await asyncio.wait_for(self._ready.wait(), within_s)
-        except TimeoutError:
-            return False
-        return True
+            if within_s is None:
+                await self._ready.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ready.wait(), within_s)
+        finally:
+            self._wake_at = 1
 
     def take(self, n: int) -> list[Delivery]:
         """Up to ``n`` deliveries, oldest first."""
