@@ -1,11 +1,15 @@
 # The two commands of the README. Everything else is a helper they call.
-.PHONY: demo test lint bootstrap lock bench
+.PHONY: demo demo-stop test lint bootstrap lock bench
 
 bootstrap:
 	@deploy/bootstrap.sh
 
 demo: bootstrap
 	.venv/bin/heatwatch demo
+
+# a demo left behind (its terminal killed): stop what .demo/demo.pid lists
+demo-stop:
+	.venv/bin/heatwatch demo --stop
 
 test: bootstrap lint
 	.venv/bin/python -m pytest -q

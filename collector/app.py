@@ -1,14 +1,17 @@
 """The collector's ingest, wired in one place (``Collector.__init__`` builds the stages and the
-queues between them, ``Collector.run`` starts them): receive → validate → lines → batch → write
-or spool → acknowledge.
+queues between them, ``Collector.run`` starts them): receive → validate → (taps) → lines → batch
+→ write or spool → acknowledge.
 
     stage          module                   takes                          emits
     receive        collector/receive.py     MQTT PUBLISHes                 Delivery → Inbox
-    validate       collector/validate.py    topic, payload, now            Frame | status | Rejected
-    (taps)         here                     what validate made             the rule engine's inputs
+    validate       collector/validate.py    topic, payload, now            Frame | status | result
+                                                                           | Rejected
+    (taps)         here                     what validate made             the rule engine's inputs;
+                                                                           latest values (latest.py)
     lines          collector/lines.py       what validate made             line protocol
     batch          collector/batch.py       Inbox (deliveries, control)    Batch → batches (≤ 2)
     write or spool collector/store.py       batches                        (Batch, write) → written
+      + results    collector/commands.py    a batch's command results      recorded in the store
     acknowledge    collector/acknowledge.py written, in order              alert records, PUBACKs
 
 ``collector/stages.py`` holds what they pass each other. Memory is bounded: at most
@@ -19,9 +22,19 @@ order, so PUBACKs go out in the order the PUBLISHes came in, and only once their
 (InfluxDB or the spool). A rejected message is stored as a ``rejects`` line, then acknowledged:
 bad input is never redelivered forever, and never silently dropped.
 
+With ``alerts:`` (the collector that keeps the alert store) two taps see every validated message in
+arrival order: the rule engine and the latest values (``collector/latest.py``, flushed to the
+store's ``latest`` table by its own task); and command results are subscribed to, carried like any
+message and recorded in the store alongside their batch's write, before their PUBACK.
+
+Start-up order: the alert store is opened first (a store that cannot be opened stops the start
+with one line, ``CannotOpen``, before anything waits for InfluxDB or the broker); then the
+``/metrics`` endpoint, InfluxDB's database, the latest values read back, and the tasks.
+
 Beside the stages: the alert ticker and the stats reporter, which reach the batch stage through the
-inbox's control path; the spool drainer; the garbage-collector keeper; the ``/metrics`` endpoint.
-Counters: ``collector/metrics.py``.
+inbox's control path; the spool drainer; the latest-value flusher; InfluxDB's retention and rollup
+set-up when ``influx.lifecycle`` asks (``collector/lifecycle.py``: logs, never stops ingest); the
+garbage-collector keeper; the ``/metrics`` endpoint. Counters: ``collector/metrics.py``.
 """
 
 from __future__ import annotations
@@ -33,11 +46,13 @@ from collections.abc import Callable
 
 import structlog
 
-from collector import metrics
+from collector import lifecycle, metrics
 from collector.acknowledge import Acknowledge
 from collector.alerts import AlertStage
 from collector.batch import Batcher, Tap
+from collector.commands import ResultStage
 from collector.influx import InfluxWriter
+from collector.latest import LatestValues
 from collector.lines import lines
 from collector.metrics import Stats
 from collector.receive import MqttReceive
@@ -67,6 +82,20 @@ def alert_tap(alerts: AlertStage) -> Tap:
     return tap
 
 
+def latest_tap(latest: LatestValues) -> Tap:
+    """Keep the latest value per station, building and household from every validated message."""
+
+    def tap(item: Validated, _now_ms: int) -> None:
+        if isinstance(item, Frame):
+            latest.observe(item)
+        elif isinstance(item, StationStatus):
+            latest.station_status(item)
+        elif isinstance(item, GatewaySeen):
+            latest.gateway_status(item.status)
+
+    return tap
+
+
 class Collector:
     def __init__(self, cfg: CollectorConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.cfg, self.clock = cfg, clock
@@ -78,17 +107,29 @@ class Collector:
         self.writer = InfluxWriter(cfg.influx)
         # the rule engine (a config or rule-file error raises here, at start-up)
         self.alerts = AlertStage(cfg.alerts, clock=clock) if cfg.alerts is not None else None
+        # command results, recorded in the same store (only with it)
+        self.results = ResultStage(self.alerts.store.engine, clock=clock) if self.alerts is not None else None
+        # the latest value per entity for the hotline: only where the rules run, which sees every
+        # message of its stations (a shared-subscription member sees a part)
+        self.latest = (LatestValues(self.alerts.store.latest, interval_s=cfg.alerts.latest_s, clock=clock)
+                       if self.alerts is not None and cfg.alerts is not None and cfg.alerts.latest_s
+                       else None)
 
         # -- the ingest stages, in order, and the bounded queues between them -----------------
         self.inbox = Inbox(cfg.receive_maximum)  # receive → batch (+ the control path)
-        self.receive = MqttReceive(cfg, self.inbox, self.connected)
-        self.validate = Validate(cfg.ingest, self.stats)
-        self.taps: list[Tap] = [alert_tap(self.alerts)] if self.alerts is not None else []
+        self.receive = MqttReceive(cfg, self.inbox, self.connected, results=self.results is not None)
+        self.validate = Validate(cfg.ingest, self.stats, results=self.results is not None)
+        self.taps: list[Tap] = []
+        if self.alerts is not None:
+            self.taps.append(alert_tap(self.alerts))
+        if self.latest is not None:
+            self.taps.append(latest_tap(self.latest))
         # batch → write: two batches wait at most, so a slow InfluxDB slows the batch stage
         self.batches: asyncio.Queue[Batch] = asyncio.Queue(maxsize=2)
         self.batcher = Batcher(cfg.batch, self.inbox, self.batches, validate=self.validate,
                                taps=self.taps, lines=lines, alerts=self.alerts, clock=clock)
-        self.store = WriteOrSpool(cfg.spool, self.writer, self.stats)
+        self.store = WriteOrSpool(cfg.spool, self.writer, self.stats,  # a spool it cannot open: CannotOpen
+                                  record_results=self.results.record if self.results is not None else None)
         self.written: asyncio.Queue[Written] = asyncio.Queue()  # write → acknowledge, ≤ slots long
         self.slots = asyncio.Semaphore(cfg.batch.concurrency)
         self.acknowledge = Acknowledge(self.receive.ack, self.stats, self.latency,
@@ -107,14 +148,24 @@ class Collector:
         return self.store.spooling
 
     async def run(self) -> None:
-        alerts = self.alerts
-        if self.cfg.stats.metrics_port is not None:
-            self.metrics_port = metrics.serve(self, self.cfg.stats.metrics_host, self.cfg.stats.metrics_port)
-            log.info("metrics", url=f"http://{self.cfg.stats.metrics_host}:{self.metrics_port}/metrics")
-        await self.writer.ensure_database_retrying()
+        alerts, latest = self.alerts, self.latest
         if alerts is not None:
-            await asyncio.to_thread(alerts.start)
+            # first: a store that cannot be opened stops the start-up with one line (CannotOpen),
+            # before anything waits for InfluxDB or the broker
+            try:
+                await asyncio.to_thread(alerts.start)
+            except BaseException:
+                await self.writer.close()
+                self.spool.close()
+                raise
         try:
+            st = self.cfg.stats
+            if st.metrics_port is not None:
+                self.metrics_port = metrics.serve(self, st.metrics_host, st.metrics_port)
+                log.info("metrics", url=f"http://{st.metrics_host}:{self.metrics_port}/metrics")
+            await self.writer.ensure_database_retrying()
+            if latest is not None:
+                await asyncio.to_thread(latest.load)  # before the first message: rows stay whole
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.receive.run())
                 tg.create_task(self.batcher.run())
@@ -123,12 +174,17 @@ class Collector:
                 tg.create_task(self.store.drain())
                 tg.create_task(self._reporter())
                 tg.create_task(self._gc_keeper())
+                tg.create_task(lifecycle.setup_at_start(self.cfg.influx))  # logs, never raises
                 if alerts is not None:
                     tg.create_task(alerts.ticker(lambda: self.inbox.send(AlertsDue())))
                     tg.create_task(alerts.webhooks())
+                if latest is not None:
+                    tg.create_task(latest.flusher())
         finally:
             await self.writer.close()
             self.spool.close()
+            if latest is not None:
+                await latest.close()  # the last changes
             if alerts is not None:
                 alerts.close()
 

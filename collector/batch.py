@@ -8,6 +8,9 @@ receive stage stops reading) once it holds ``batch.max_lines`` lines or is ``bat
 old. Every message, good or rejected, rides in the same batches in arrival order, so the
 acknowledgements can go out in the order the messages came (MQTT requires it).
 
+A command result (``CommandResult``) rides in ``Batch.results`` too, and its batch goes out at
+once, whatever its size or age: results are rare and an engineer waits for the answer.
+
 Control items: ``StatsLines`` ride with the current batch; ``AlertsDue`` (the ticker found
 transitions) takes the rule engine's pending transitions into it. Transitions a message caused
 always ride in that message's batch, so they are recorded before its PUBACK goes out.
@@ -22,6 +25,7 @@ from typing import Protocol
 
 from collector.stages import AlertsDue, Batch, Inbox, Validated
 from contract.alerts import Transition
+from contract.commands import CommandResult
 from contract.config import BatchSettings
 from contract.payload import Frame
 
@@ -56,8 +60,11 @@ class Batcher:
         for tap in self.taps:
             tap(item, now_ms)
         b.lines.extend(self.lines(item))
-        if type(item) is Frame and not item.backfill:
-            b.sample_ts.append(item.ts)
+        if type(item) is Frame:
+            if not item.backfill:
+                b.sample_ts.append(item.ts)
+        elif type(item) is CommandResult:
+            b.results.append(item)
 
     @staticmethod
     def _take_alerts(alerts: PendingAlerts, b: Batch) -> None:
@@ -89,7 +96,7 @@ class Batcher:
                     b.mids.append(mid)
                 if alerts is not None and alerts.pending:  # with the batch of what caused them
                     self._take_alerts(alerts, b)
-                if len(b.lines) >= max_lines:
+                if len(b.lines) >= max_lines or b.results:  # a result: an engineer waits for it
                     await self.out.put(b)
                     b = Batch(started=time.monotonic())
             if not b.empty and time.monotonic() >= b.started + max_delay:

@@ -1,8 +1,10 @@
 """Ingest stage receive: the broker → deliveries in the inbox; acknowledgements back to the broker.
 
 paho-mqtt (MQTT 5, persistent session, fixed client id, manual acknowledgement) subscribes to
-telemetry (shared with the group's other members when ``subscription_group`` is set) and to the
-gateway and station status topics. Emits each message as a ``Delivery`` into the ``Inbox``; takes
+telemetry (shared with the group's other members when ``subscription_group`` is set), to the
+gateway and station status topics and, in the collector with the alert store, to command results.
+TLS and the broker identity come from ``messaging.security.apply_security``, as for every other
+MQTT client of heatwatch. Emits each message as a ``Delivery`` into the ``Inbox``; takes
 ``ack(mids)`` from the acknowledge stage. The inbox holds at most ``receive_maximum`` deliveries:
 while it is full nothing more is read from the socket, so TCP pushes back and the backlog stays
 queued at the broker, where it is persisted anyway.
@@ -42,6 +44,7 @@ from paho.mqtt.properties import Properties
 from collector.stages import Delivery, Inbox
 from contract import topics
 from contract.config import CollectorConfig
+from messaging.security import apply_security
 
 log = structlog.get_logger("heatwatch.collector")
 
@@ -108,8 +111,10 @@ class _Client(mqtt.Client):
 
 
 class MqttReceive:
-    def __init__(self, cfg: CollectorConfig, inbox: Inbox, connected: asyncio.Event) -> None:
+    def __init__(self, cfg: CollectorConfig, inbox: Inbox, connected: asyncio.Event, *,
+                 results: bool = False) -> None:
         self.cfg, self.inbox = cfg, inbox
+        self.results = results  # subscribe to command results (the collector with the alert store)
         self.connected = connected  # set while the broker session is up
         self.subscribed = asyncio.Event()  # set once the broker granted the subscriptions
         self._loop: asyncio.AbstractEventLoop | None = None  # run()'s: paho is driven from it
@@ -122,9 +127,7 @@ class MqttReceive:
         self._resume: asyncio.Task[None] | None = None
         c = _Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv5,
                     manual_ack=True)
-        if cfg.mqtt.username:
-            pw = cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None
-            c.username_pw_set(cfg.mqtt.username, pw)
+        apply_security(c, cfg.mqtt)  # TLS (site CA, client certificate), username and password
         c.on_connect, c.on_disconnect = self._on_connect, self._on_disconnect
         c.on_delivery, c.on_subscribe = self._deliver, self._on_subscribe
         c.on_socket_open, c.on_socket_close = self._socket_open, self._socket_close
@@ -139,11 +142,15 @@ class MqttReceive:
     def subscriptions(self) -> list[tuple[str, int]]:
         """Telemetry, shared with the group's other members if there is a group (each message to
         one of them); gateway and station status always whole, since retained messages are not
-        sent to shared subscriptions and every member keeps its own view of who is online."""
+        sent to shared subscriptions and every member keeps its own view of who is online; command
+        results where they are recorded."""
         telemetry = topics.TELEMETRY_FILTER
         if self.cfg.subscription_group is not None:
             telemetry = f"$share/{self.cfg.subscription_group}/{telemetry}"
-        return [(telemetry, 1)] + [(f, 1) for f in topics.STATUS_FILTERS]
+        subs = [(telemetry, 1)] + [(f, 1) for f in topics.STATUS_FILTERS]
+        if self.results:
+            subs.append((topics.COMMAND_RESULT_FILTER, 1))
+        return subs
 
     # -- the acknowledge stage's way back --------------------------------------------------------
     def ack(self, mids: list[int]) -> None:
@@ -165,7 +172,12 @@ class MqttReceive:
                 self._pause()
                 return
             if self.received == before:
-                return  # no whole message was waiting (or it was not a PUBLISH)
+                break  # no whole message was waiting (or it was not a PUBLISH)
+        # TLS: bytes the TLS layer already took off the socket (and decrypted) are invisible to
+        # the selector; left there, the rest of a burst would wait for the next packet to arrive
+        pending = getattr(self.client.socket(), "pending", None)
+        if pending is not None and pending() > 0:
+            self.loop.call_soon(self._readable)
 
     def _pause(self) -> None:
         """Stop reading until the batch stage has taken from the inbox."""
@@ -180,6 +192,7 @@ class MqttReceive:
         self._paused = False
         if self._fd is not None:
             self.loop.add_reader(self._fd, self._readable)
+            self.loop.call_soon(self._readable)  # TLS may hold whole messages the selector cannot see
 
     # -- paho's socket on the loop's selector ----------------------------------------------------
     def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:

@@ -1,7 +1,7 @@
 """What the collector's ingest stages pass each other, and the queue between receive and batch.
 
     receive ──Delivery──▶ Inbox ──▶ validate ─Validated─▶ (taps) ─▶ lines ─▶ batch ──Batch──▶
-        write or spool ──(Batch, its write)──▶ acknowledge ──PUBACKs──▶ receive
+        write or spool (+ record command results) ──(Batch, its write)──▶ acknowledge ──PUBACKs──▶ receive
 
 The wiring is in ``collector/app.py`` (``Collector.run``); each stage is in its own module.
 Stages that run concurrently talk through bounded queues, and a full queue makes the stage before
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from contract.alerts import Transition
+from contract.commands import CommandResult
 from contract.payload import Frame, GatewayStatus, StationStatus
 
 
@@ -53,8 +54,9 @@ class Rejected:
     ts_ms: int  # distinct per (reason, station) series: see validate.Validate
 
 
-# what the validate stage makes of one delivery
-Validated = Frame | StationStatus | GatewaySeen | Rejected
+# what the validate stage makes of one delivery (a CommandResult only in the collector with the
+# alert store, which subscribes to the results)
+Validated = Frame | StationStatus | GatewaySeen | CommandResult | Rejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,7 @@ class Batch:
     lines: list[str] = field(default_factory=list)
     mids: list[int] = field(default_factory=list)  # PUBACKs, in arrival order
     transitions: list[Transition] = field(default_factory=list)  # alert changes these messages caused
+    results: list[CommandResult] = field(default_factory=list)  # command results these messages carry
     started: float = 0.0  # monotonic time of its first content
     sample_ts: list[int] = field(default_factory=list)  # live telemetry's sample times (ms)
 
@@ -126,11 +129,11 @@ class Inbox:
         self._wake_at = want
         self._ready.clear()
         try:
-            if within_s is None:
-                await self._ready.wait()
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._ready.wait(), within_s)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # arrives as the wait completes, and the collector would not stop (gateway/publisher.py)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(within_s):
+                    await self._ready.wait()
         finally:
             self._wake_at = 1
 

@@ -1,7 +1,9 @@
 """Ingest stage decode/validate: one delivery's topic and bytes → what it is, or why not.
 
 Takes (topic, payload, now) and returns a ``Validated``: a telemetry ``Frame``, a
-``StationStatus``, a ``GatewaySeen`` or a ``Rejected`` with its reason. Never raises on input.
+``StationStatus``, a ``GatewaySeen``, a ``CommandResult`` (only with ``results`` on: the
+collector with the alert store, which subscribes to them) or a ``Rejected`` with its reason.
+Never raises on input.
 Besides its answer it keeps only its own counters (``Stats``: received, accepted, values,
 rejected by reason, per station messages, sequence gaps and restarts) and the last sequence number
 per station that the gap count needs; it calls nothing else (the rule engine and other taps are
@@ -15,14 +17,16 @@ import structlog
 from collector.metrics import Stats
 from collector.stages import GatewaySeen, Rejected, Validated
 from contract import topics
+from contract.commands import parse_command_result
 from contract.config import IngestSettings
 from contract.errors import InvalidInput, PayloadError
 from contract.payload import Frame, decode_telemetry, parse_gateway_status, parse_station_status
 
 log = structlog.get_logger("heatwatch.collector")
 
-_TELEMETRY, _STATION_STATUS, _GATEWAY_STATUS = (
-    topics.TopicKind.TELEMETRY, topics.TopicKind.STATION_STATUS, topics.TopicKind.GATEWAY_STATUS)
+_TELEMETRY, _STATION_STATUS, _GATEWAY_STATUS, _COMMAND_RESULT = (
+    topics.TopicKind.TELEMETRY, topics.TopicKind.STATION_STATUS, topics.TopicKind.GATEWAY_STATUS,
+    topics.TopicKind.COMMAND_RESULT)
 # topics that parsed, by their text: a station's topic comes back every few seconds, and parsing
 # builds and checks a Topic each time (~1 % of the collector's CPU). Bounded like the decoder's
 # caches: cleared when full (a flood of made-up station names costs a re-parse, not memory).
@@ -30,8 +34,9 @@ _TOPICS_MAX = 100_000
 
 
 class Validate:
-    def __init__(self, cfg: IngestSettings, stats: Stats) -> None:
+    def __init__(self, cfg: IngestSettings, stats: Stats, *, results: bool = False) -> None:
         self.cfg, self.stats = cfg, stats
+        self.results = results  # command results are taken (the collector with the alert store)
         self._known = set(cfg.known_stations) if cfg.known_stations is not None else None
         self._max_future_ms = cfg.max_future_s * 1000
         self._max_past_ms = cfg.max_past_days * 86400_000
@@ -57,6 +62,12 @@ class Validate:
                 return st
             if kind is _GATEWAY_STATUS:
                 return GatewaySeen(parse_gateway_status(payload), now_ms)
+            if kind is _COMMAND_RESULT and self.results:
+                r = parse_command_result(payload)
+                if (r.station, r.id) != (t.subject, t.item):
+                    raise PayloadError(f"result {r.station}/{r.id} on the topic of {t.subject}/{t.item}",
+                                       "topic_mismatch")
+                return r
             raise PayloadError(f"the collector does not take {kind} messages", "unexpected_topic")
         except InvalidInput as exc:
             return self._reject(exc.reason, station, topic, str(exc), now_ms)

@@ -13,13 +13,16 @@ secrets and per-machine paths stay out of the files.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,11 +33,41 @@ from pydantic import (
     model_validator,
 )
 
-from contract.alerts import AlertRules
+from contract.alerts import AlertRules, load_rules
 from contract.codec import FLOATS, INTEGERS, MULTI_WORD, DataType, WordOrder, word_count
 from contract.errors import ConfigError
 from contract.points import Kind, Level, PointDef, check_name
+from contract.report import ReportSettings
 from contract.topics import Ident
+
+
+def _store_url(v: str) -> str:
+    """The alert store's SQLAlchemy URL: the two databases heatwatch ships a driver for."""
+    if re.fullmatch(r"sqlite:///\S.*", v) or v.startswith("postgresql+psycopg://"):
+        return v
+    scheme = v.partition("://")[0] if "://" in v else v[:40]  # never echo a password
+    hint = ("use sqlite:///PATH (four slashes for an absolute path: sqlite:////var/lib/heatwatch/"
+            "alerts.sqlite) or postgresql+psycopg://USER:PASSWORD@HOST/DB")
+    if scheme in ("sqlite", "postgresql", "postgres") or scheme.startswith("postgresql+"):
+        raise ValueError(f"store URL {scheme}://… is not supported: {hint}")
+    raise ValueError(f"unsupported store URL {scheme!r}: {hint}")
+
+
+StoreUrl = Annotated[str, AfterValidator(_store_url)]
+
+
+def _http_url(v: str) -> str:
+    parts = urlsplit(v)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{v!r}: the port is not a number from 1 to 65535") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0 or " " in v:
+        raise ValueError(f"{v!r} is not an http(s) URL of InfluxDB, e.g. http://127.0.0.1:8086")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{v!r}: no query or fragment here (the database is `database:`)")
+    return v
+
 
 Table = Literal["coil", "discrete_input", "input_register", "holding_register"]
 Addressing = Literal["zero_based", "one_based", "modicon"]
@@ -44,6 +77,33 @@ _MODICON_PREFIX = {"coil": 0, "discrete_input": 1, "input_register": 3, "holding
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+WriteFunction = Literal["fc6", "fc16"]
+_INT_LIMITS = {
+    DataType.INT16: (-(2**15), 2**15 - 1), DataType.UINT16: (0, 2**16 - 1),
+    DataType.INT32: (-(2**31), 2**31 - 1), DataType.UINT32: (0, 2**32 - 1),
+    DataType.INT64: (-(2**63), 2**63 - 1), DataType.UINT64: (0, 2**64 - 1),
+}
+
+
+class WriteSpec(_Strict):
+    """How a point may be written remotely. Engineering units; the bounds a canonical setpoint
+    leaves out come from the vocabulary (DOMAIN.md: valve ≥ its minimum opening, ≤ 10 % or 3 K
+    per step, 15 min between steps); a custom ``x_`` point must give min and max."""
+
+    min: float | None = None
+    max: float | None = None
+    # per command, against the value read just before the write; null: no step limit
+    max_step: float | None = Field(default=None, gt=0)
+    # between two writes of this point (EEPROM wear, thermal lag: a building answers in hours)
+    min_interval_s: float = Field(default=900, ge=0, le=7 * 86400)
+    # a single register by FC6 (default) or FC16 (devices that take only FC16); 32/64-bit values
+    # always go in one FC16 request; coils by FC5; a bit by read-modify-write of its register
+    function: WriteFunction | None = None
+    # read-back must match within this (engineering units); default: half the register's
+    # resolution for integers (scale / 2), float32's precision for floats
+    tolerance: float | None = Field(default=None, gt=0)
 
 
 class PointMap(_Strict):
@@ -64,7 +124,8 @@ class PointMap(_Strict):
     range: tuple[float, float] | None = None
     invalid_raw: list[int] = Field(default_factory=list, validate_default=True)
     group: Ident = "fast"
-    writable: bool = Field(default=False, validate_default=True)
+    # may be written by a remote command, within these bounds (docs/control.md)
+    write: WriteSpec | None = Field(default=None, validate_default=True)
     # report by exception (a poll group with by_exception): resend only when the value moved by
     # at least this much (engineering units) since it was last sent; None: on any change
     deadband: float | None = Field(default=None, ge=0, validate_default=True)
@@ -165,18 +226,58 @@ class PointMap(_Strict):
             raise ValueError("only for integer types")
         return v
 
-    @field_validator("writable")
+    @model_validator(mode="before")
     @classmethod
-    def _writable(cls, v: bool, info: ValidationInfo) -> bool:
-        if not v:
+    def _old_writable(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "writable" in data:
+            raise ValueError("@writable: replaced by a write: block (min, max, max_step, min_interval_s; "
+                             "write: {} takes the point's defaults), see docs/control.md")
+        return data
+
+    @field_validator("write")
+    @classmethod
+    def _write(cls, v: WriteSpec | None, info: ValidationInfo) -> WriteSpec | None:
+        if v is None:
             return v
-        if info.data.get("table") not in ("holding_register", "coil"):
+        t, table, name = info.data.get("type"), info.data.get("table"), info.data.get("point")
+        if t is None or table is None or name is None:
+            return v  # reported on its own key
+        if table not in ("holding_register", "coil"):
             raise ValueError("only holding registers and coils can be written")
-        name = info.data.get("point")
-        d = check_name(name) if name else None
+        d = check_name(name)
         if d is not None and not d.writable:
             raise ValueError(f"{name} is a measurement, not a setpoint")
-        return v
+        if t is DataType.STRING:
+            raise ValueError("text points are not written remotely")
+        given = v.model_fields_set
+        if t in (DataType.BOOL, DataType.BIT):
+            extra = sorted(given & {"min", "max", "max_step", "tolerance"})
+            if extra:
+                raise ValueError(f"@{extra[0]}: only for numeric points (a {t} point is true or false)")
+            if v.function is not None and t is DataType.BOOL:
+                raise ValueError("@function: coils are written with FC5")
+            return v
+        if v.function == "fc6" and t in MULTI_WORD:
+            raise ValueError(f"@function: a {t} value is written whole in one FC16 request, never "
+                             "as single registers (a half-written value is a wrong setpoint)")
+        lo, hi, step = v.min, v.max, v.max_step
+        if d is not None and d.write is not None:
+            lo = d.write[0] if "min" not in given else lo
+            hi = d.write[1] if "max" not in given else hi
+            step = d.write[2] if "max_step" not in given else step
+        if lo is None or hi is None:
+            raise ValueError("@min: a custom point needs its min and max")
+        if lo >= hi:
+            raise ValueError(f"@min: {lo:g} must be below max {hi:g}")
+        if t in INTEGERS:
+            scale, offset = info.data.get("scale", 1.0), info.data.get("offset", 0.0)
+            rlo, rhi = _INT_LIMITS[t]
+            for key, eng in (("min", lo), ("max", hi)):
+                raw = (eng - offset) / scale
+                if not rlo <= round(raw) <= rhi:
+                    raise ValueError(f"@{key}: {eng:g} does not fit {t} with scale {scale:g} "
+                                     f"(raw {raw:g} outside {rlo}..{rhi})")
+        return v.model_copy(update={"min": lo, "max": hi, "max_step": step})
 
     @model_validator(mode="after")
     def _entity(self) -> PointMap:
@@ -195,6 +296,10 @@ class PointMap(_Strict):
     @property
     def key(self) -> tuple[str, str | None, str | None]:
         return (self.point, self.building, self.household)
+
+    @property
+    def writable(self) -> bool:
+        return self.write is not None
 
     @property
     def words(self) -> int:
@@ -244,8 +349,11 @@ def check_layout(points: list[PointMap], addressing: Addressing, where: str = ""
         for w in range(wire, wire + p.words):
             other = claimed.get((p.table, w))
             if other is not None:
-                raise ValueError(f"{at}.address: {p.table} {w} is also used by {other}")
-            claimed[(p.table, w)] = p.point
+                # in the map's own notation, as its author wrote it, and on the wire
+                written = w + (p.address - wire)
+                addr = f"{written} (wire {w})" if written != w else str(w)
+                raise ValueError(f"{at}.address: {p.table} {addr} is also used by {other}")
+            claimed[(p.table, w)] = at
 
 
 class RegisterMap(_Strict):
@@ -256,10 +364,19 @@ class RegisterMap(_Strict):
     addressing: Addressing
     max_registers_per_request: int = Field(default=125, ge=1, le=125)
     word_order: WordOrder = WordOrder.ABCD  # default for multi-word points that name none
+    # how a single writable register is written: fc6, or fc16 for devices that take only that
+    write_single: WriteFunction = "fc6"
     points: list[PointMap] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _layout(self) -> RegisterMap:
+        seen: dict[tuple[str, str | None, str | None], int] = {}
+        for j, p in enumerate(self.points):
+            first = seen.setdefault(p.key, j)
+            if first != j:
+                what = " ".join(k for k in p.key if k)
+                raise ValueError(f"points.{j} ({p.point}).point: {what} is also points.{first}; "
+                                 "a point is mapped once (add building/household to tell them apart)")
         check_layout(self.points, self.addressing)
         return self
 
@@ -291,6 +408,7 @@ class DeviceConfig(_Strict):
     addressing: Addressing | None = None  # with inline points
     max_registers_per_request: int | None = Field(default=None, ge=1, le=125)
     word_order: WordOrder | None = None
+    write_single: WriteFunction | None = None  # overrides the map's
     points: list[PointMap] = Field(default_factory=list)
     # "一站一案": this station's differences from the shared map (applied by load_config)
     overrides: list[dict[str, Any]] = Field(default_factory=list)  # match keys + keys to change
@@ -328,12 +446,98 @@ class PollGroup(_Strict):
         return self
 
 
+def _secret_from_file(data: Any, info: ValidationInfo, pairs: tuple[tuple[str, str], ...]) -> Any:
+    """Fill a secret (``password``, ``token``) from its ``…_file`` before validation.
+
+    Secrets come from a file (mode 0600, or systemd's ``$CREDENTIALS_DIRECTORY``, or a compose
+    secret under /run/secrets) or from the environment through ``${NAME}`` in the config, never
+    from the command line, where ``ps`` shows them to every user of the machine. A relative path
+    is relative to the config file. One trailing newline is dropped (``echo pw > file``).
+    """
+    if not isinstance(data, dict):
+        return data
+    base = (info.context or {}).get("base") if info is not None else None
+    out = dict(data)
+    for key, file_key in pairs:
+        ref = out.get(file_key)
+        if ref is None:
+            continue
+        if out.get(key) is not None:
+            raise ValueError(f"@{file_key}: give {key} or {file_key}, not both")
+        path = Path(str(ref))
+        if base is not None and not path.is_absolute():
+            path = Path(base) / path
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"@{file_key}: cannot read {path}: {exc.strerror}") from None
+        secret = text[:-1] if text.endswith("\n") else text
+        if not secret or "\n" in secret:
+            raise ValueError(f"@{file_key}: {path} must hold the secret on one line")
+        out[file_key] = str(path)
+        out[key] = secret
+    return out
+
+
+def _config_path(value: str | None, info: ValidationInfo) -> str | None:
+    """A file named in a config, made absolute (relative to the config file)."""
+    if value is None:
+        return None
+    base = (info.context or {}).get("base")
+    path = Path(value)
+    return str(Path(base) / path) if base is not None and not path.is_absolute() else value
+
+
+class TlsSettings(_Strict):
+    """TLS to the broker: the site CA that signed the broker's certificate, and this client's own
+    certificate and key where the broker asks for one (``heatwatch site`` issues them)."""
+
+    ca_file: str  # the site CA (PEM); the broker's certificate must chain to it
+    cert_file: str | None = None  # this client's certificate (PEM)
+    key_file: str | None = None  # its private key (PEM, unencrypted, mode 0600)
+    # True skips the check that the broker's certificate names the host connected to: only for
+    # a broker reached through an address its certificate does not list. Never the default.
+    insecure: bool = False
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _path(cls, v: str | None, info: ValidationInfo) -> str | None:
+        path = _config_path(v, info)
+        if path is not None and not os.path.isfile(path):
+            raise ValueError(f"no such file: {path}")
+        return path
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("@key_file: a client certificate needs both cert_file and key_file")
+        return self
+
+
 class MqttSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     username: str | None = None
-    password: SecretStr | None = None
+    password: SecretStr | None = None  # or ${ENV_VAR}; never on the command line
+    password_file: str | None = None  # read at load into password
+    tls: TlsSettings | None = None  # None: plain TCP (loopback and tests only)
     keepalive_s: int = Field(default=30, ge=5, le=3600)
+    # MQTT 5 persistent sessions (the gateway; the collector has its own top-level keys): how long
+    # the broker keeps a disconnected client's session and queued messages, and how many
+    # unacknowledged messages it may send the client at once
+    session_expiry_s: int = Field(default=7 * 86400, ge=0, le=2**32 - 1)
+    receive_maximum: int = Field(default=100, ge=1, le=65535)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_file(cls, data: Any, info: ValidationInfo) -> Any:
+        return _secret_from_file(data, info, (("password", "password_file"),))
+
+    @model_validator(mode="after")
+    def _user(self) -> MqttSettings:
+        if self.password is not None and not self.username:
+            raise ValueError("@username: a password needs its username")
+        return self
 
 
 class OutboxSettings(_Strict):
@@ -355,6 +559,7 @@ class ResolvedDevice(_Strict):
     timeout_s: float
     addressing: Addressing
     max_registers_per_request: int
+    write_single: WriteFunction = "fc6"
     points: list[PointMap]
 
     @property
@@ -373,12 +578,28 @@ class ResolvedDevice(_Strict):
         return f"{self.host}:{self.port}" + (" rtu" if self.transport == "rtu_over_tcp" else "")
 
 
+class GatewayControl(_Strict):
+    """Remote commands (docs/control.md). Without this block the gateway takes none and its
+    status lists no writable point."""
+
+    # PEM files of the control room's Ed25519 public keys (relative to this config); a command
+    # that verifies against none of them is refused
+    public_keys: list[str] = Field(min_length=1)
+    # SQLite file: every command id seen with its result, and each point's last write, kept
+    # across restarts (a redelivered command is answered from here, never written twice)
+    ledger: str
+    # a command issued further ahead of this gateway's clock than this is refused (clock_skew):
+    # with a clock running behind, the deadline check would let a late command through
+    max_clock_skew_s: float = Field(default=120, gt=0, le=3600)
+
+
 class GatewayConfig(_Strict):
     kind: Literal["gateway"]
     gateway: Ident
     station: Ident
     mqtt: MqttSettings = MqttSettings()
     outbox: OutboxSettings
+    control: GatewayControl | None = None
     poll_groups: dict[Ident, PollGroup] = Field(default_factory=lambda: {"fast": PollGroup(interval_s=5)})
     devices: list[DeviceConfig] = Field(min_length=1)
     # Filled by load_config from devices[].map; not written by hand.
@@ -415,21 +636,47 @@ class GatewayConfig(_Strict):
         return self
 
 
+class LifecycleSettings(_Strict):
+    """How long InfluxDB keeps what (``heatwatch influx setup``; see contract/influx.py)."""
+
+    raw_days: float = Field(default=90, ge=1)  # raw samples: the default retention policy
+    rollup_5m_days: float = Field(default=2 * 365, ge=1)  # 5-minute mean/min/max/last
+    rollup_1h_days: float = Field(default=20 * 365, ge=1)  # 1-hour mean/min/max/last
+    # at collector start: create or adjust retention policies and continuous queries (needs an
+    # InfluxDB admin where authentication is on; without one the collector logs and carries on)
+    setup_at_start: bool = True
+
+    @model_validator(mode="after")
+    def _longer(self) -> LifecycleSettings:
+        if not self.raw_days <= self.rollup_5m_days <= self.rollup_1h_days:
+            raise ValueError("@rollup_5m_days: keep raw_days <= rollup_5m_days <= rollup_1h_days")
+        return self
+
+
 class InfluxSettings(_Strict):
-    url: str = "http://127.0.0.1:8086"
+    url: Annotated[str, AfterValidator(_http_url)] = "http://127.0.0.1:8086"
     api: Literal["v1", "v2"] = "v1"
     database: str = "heatwatch"  # v1 database; for v2 the bucket if bucket is not set
     retention_policy: str | None = None
     username: str | None = None
-    password: SecretStr | None = None
+    password: SecretStr | None = None  # or ${ENV_VAR}
+    password_file: str | None = None  # read at load into password
     org: str | None = None
     bucket: str | None = None
     token: SecretStr | None = None
+    token_file: str | None = None  # read at load into token
     create_database: bool = True
     timeout_s: float = Field(default=10, gt=0)
+    # retention and rollups; None: heatwatch leaves retention policies alone (keeps everything raw)
+    lifecycle: LifecycleSettings | None = None
     # gzip the write bodies: "auto" = when InfluxDB is not on this machine. Level 1 cuts the bytes
     # ~5× for ~0.5 µs per line; on loopback it buys nothing (LIMITS.md), across a WAN it does.
     gzip: Literal["auto", "on", "off"] = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any, info: ValidationInfo) -> Any:
+        return _secret_from_file(data, info, (("password", "password_file"), ("token", "token_file")))
 
     @model_validator(mode="after")
     def _v2(self) -> InfluxSettings:
@@ -480,7 +727,7 @@ class AlertSettings(_Strict):
     """The collector's rule engine and alert store (see contract/alerts.py for the rule file)."""
 
     rules: str | None = None  # rule file (YAML, kind: rules); relative to this config; None = defaults
-    store: str  # SQLAlchemy URL: sqlite:////var/lib/heatwatch/alerts.sqlite or postgresql+psycopg://…
+    store: StoreUrl  # SQLAlchemy URL: sqlite:////var/lib/heatwatch/alerts.sqlite or postgresql+psycopg://…
     state_path: str  # the engine's snapshot (windows, baselines, pending timers)
     tick_s: float = Field(default=15, gt=0)  # time-driven rules (stale, offline, escalation)
     # the snapshot pauses the loop ~1.5 s per 100,000 room sensors; the store keeps the alerts
@@ -488,6 +735,9 @@ class AlertSettings(_Strict):
     snapshot_s: float = Field(default=300, gt=0)
     silences_s: float = Field(default=30, gt=0)  # re-read silences from the store this often
     seen_s: float = Field(default=60, gt=0)  # open alerts' last seen written to the store this often
+    # the latest value of every point per entity into the store's `latest` table this often (the
+    # hotline's "now", read without a time-series query; collector/latest.py); null = off
+    latest_s: float | None = Field(default=5, gt=0)
     publish: bool = True  # every transition on heatwatch/v1/alert/{station}
     webhooks: list[WebhookSettings] = Field(default_factory=list)
     webhook_outbox: str | None = None  # durable queue of webhook deliveries; needed with webhooks
@@ -530,18 +780,38 @@ class ListenSettings(_Strict):
     port: int = Field(default=8000, ge=1, le=65535)
 
 
+class ApiControl(_Strict):
+    """Remote commands from the API (docs/control.md)."""
+
+    # PEM file of the control room's Ed25519 private key (mode 0600), relative to this config
+    signing_key: str
+    mqtt: MqttSettings = MqttSettings()
+    client_id: Ident = "heatwatch-api"  # each worker adds its process id
+    default_deadline_s: float = Field(default=300, ge=10, le=86400)
+    max_deadline_s: float = Field(default=3600, ge=10, le=86400)
+    # no result this long after its deadline: the command shows as "unknown" (sent, fate not known)
+    unknown_grace_s: float = Field(default=60, ge=0, le=86400)
+    # the broker keeps a command this long past its deadline (MQTT 5 message expiry), so a gateway
+    # back within it answers "expired" (certainly not written) instead of the command staying unknown
+    late_report_s: float = Field(default=900, ge=0, le=7 * 86400)
+
+
 class ApiConfig(_Strict):
     kind: Literal["api"]
     listen: ListenSettings = ListenSettings()
     influx: InfluxSettings = InfluxSettings()
-    store: str  # the alert store the collector writes (SQLAlchemy URL)
+    store: StoreUrl  # the alert store the collector writes (SQLAlchemy URL)
+    control: ApiControl | None = None
     workers: int = Field(default=1, ge=1, le=32,
                          description="uvicorn worker processes; 2 on a 2-core box halves the tail under load")
+    report: str | None = Field(default=None, description=(
+        "the takeover report's settings (kind: report; company, rule file, gateway configs, refund "
+        "bands); relative to this config"))
 
 
 _MODELS: dict[str, type[BaseModel]] = {
     "gateway": GatewayConfig, "collector": CollectorConfig, "api": ApiConfig,
-    "register_map": RegisterMap, "rules": AlertRules,
+    "register_map": RegisterMap, "rules": AlertRules, "report": ReportSettings,
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -568,19 +838,66 @@ def _expand(node: Any, path: str, problems: list[str]) -> Any:
     return node
 
 
-# libyaml's loader where PyYAML was built with it: a gateway config with a 300-point map loads
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, line: int, first: int) -> None:
+        super().__init__(f"line {line}: key {key!r} appears twice in one mapping (first on line {first}); "
+                         "YAML would keep only the last")
+
+
+# libyaml's parser where PyYAML was built with it: a gateway config with a 300-point map loads
 # in 25 ms instead of 115 ms, most of it parsing (one process with 200 stations: 23 s → 5 s)
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """A safe loader that refuses a key given twice in one mapping (PyYAML keeps the last one
+    silently: a second ``port:`` further down a file would win without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[tuple[str, str], int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            line, key = key_node.start_mark.line + 1, (key_node.tag, key_node.value)
+            if key in seen:
+                raise _DuplicateKey(str(key_node.value), line, seen[key])
+            seen[key] = line
+        out: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return out
+
+
+def decode_text(raw: bytes, file: str) -> str:
+    """A config file's bytes as text: UTF-8, with or without a byte-order mark.
+
+    Anything else is refused, naming the line, rather than guessed: a file saved by Windows
+    Notepad as "ANSI" on a Chinese system is GBK, and decoding GB18030 whenever UTF-8 fails
+    would also "succeed" on Latin-1 or damaged bytes (GB18030 maps most byte pairs to some
+    character), turning a wrong encoding into wrong addresses and labels that pass validation.
+    The fix is one "save as UTF-8" away, and every other tool (git, grep, the editor of the
+    next person) then reads the same characters.
+    """
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ConfigError(file, ['encoded as UTF-16 (Notepad\'s "Unicode"): save it as UTF-8'])
+    try:
+        return raw.decode("utf-8-sig")  # Notepad writes a UTF-8 BOM: still UTF-8, and harmless
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        try:
+            raw.decode("gb18030")
+        except UnicodeDecodeError:
+            raise ConfigError(file, [f"line {line}: not UTF-8: save it as UTF-8"]) from None
+        raise ConfigError(file, [f"line {line}: not UTF-8 (looks like GBK/GB18030?): save it as UTF-8 "
+                                 f"(e.g. iconv -f GB18030 -t UTF-8 {file} > new.yaml)"]) from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(file, [f"cannot read: {exc.strerror}"]) from None
+    text = decode_text(raw, file)
     try:
-        data = yaml.load(text, Loader=_YAML_LOADER)  # a safe loader
+        data = yaml.load(text, Loader=_Loader)  # a safe loader
+    except _DuplicateKey as exc:
+        raise ConfigError(file, [str(exc)]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -629,8 +946,8 @@ def render_errors(exc: ValidationError, data: Any) -> list[str]:
 
 
 def _validate(model: type[Any], data: dict[str, Any], file: str) -> Any:
-    try:
-        return model.model_validate(data)
+    try:  # "base": secret and certificate files named relative to the config file
+        return model.model_validate(data, context={"base": str(Path(file).resolve().parent)})
     except ValidationError as exc:
         raise ConfigError(file, render_errors(exc, data)) from None
 
@@ -708,6 +1025,7 @@ def _resolve_devices(data: dict[str, Any], base: Path, file: str) -> list[dict[s
             rmap = load_register_map((base / str(map_ref)).resolve())
             points = [p.model_dump(exclude_unset=True) for p in rmap.points]
             addressing, maxreg, order = rmap.addressing, rmap.max_registers_per_request, rmap.word_order
+            single = rmap.write_single
             points = _station_differences(points, dev, f"devices.{i} ({dev.get('name')})", file)
         else:
             if dev.get("overrides") or dev.get("without") or dev.get("extra_points"):
@@ -718,7 +1036,7 @@ def _resolve_devices(data: dict[str, Any], base: Path, file: str) -> list[dict[s
             if addressing is None:
                 raise ConfigError(file, [f"devices.{i}.addressing: inline points must say "
                                          "zero_based, one_based or modicon"])
-            maxreg, order = 125, WordOrder.ABCD
+            maxreg, order, single = 125, WordOrder.ABCD, "fc6"
         order = dev.get("word_order") or order
         for p in points:
             if isinstance(p, dict) and p.get("type") in {t.value for t in MULTI_WORD}:
@@ -729,12 +1047,16 @@ def _resolve_devices(data: dict[str, Any], base: Path, file: str) -> list[dict[s
             "device_id": dev.get("device_id", 1), "timeout_s": dev.get("timeout_s", 1.0),
             "addressing": addressing,
             "max_registers_per_request": dev.get("max_registers_per_request") or maxreg,
+            "write_single": dev.get("write_single") or single,
             "points": points,
         })
     return out
 
 
-def load_config(path: str | Path) -> GatewayConfig | CollectorConfig | ApiConfig | RegisterMap | AlertRules:
+AnyConfig = GatewayConfig | CollectorConfig | ApiConfig | RegisterMap | AlertRules | ReportSettings
+
+
+def load_config(path: str | Path) -> AnyConfig:
     """Load and validate any heatwatch config; raise ConfigError naming file, path and key."""
     p = Path(path)
     data = read_yaml(p)
@@ -744,12 +1066,43 @@ def load_config(path: str | Path) -> GatewayConfig | CollectorConfig | ApiConfig
         raise ConfigError(str(p), [f"kind: must be one of {', '.join(_MODELS)}, got {kind!r}"])
     if model is GatewayConfig:
         data["resolved"] = _resolve_devices(data, p.parent, str(p))
+    if model is ReportSettings:  # its rule file and gateway configs are relative to it
+        if isinstance(data.get("rules"), str):
+            data["rules"] = str(p.parent / data["rules"])
+        if isinstance(data.get("gateways"), list):
+            data["gateways"] = [str(p.parent / g) if isinstance(g, str) else g for g in data["gateways"]]
+    if model is ApiConfig and isinstance(data.get("report"), str):
+        data["report"] = str(p.parent / data["report"])  # absolute stays absolute
     alerts = data.get("alerts") if model is CollectorConfig else None
     if isinstance(alerts, dict) and isinstance(alerts.get("rules"), str):
         alerts["rules"] = str(p.parent / alerts["rules"])  # absolute stays absolute
-    cfg: GatewayConfig | CollectorConfig | ApiConfig | RegisterMap | AlertRules = _validate(model, data,
-                                                                                          str(p))
+    control = data.get("control") if model in (GatewayConfig, ApiConfig) else None
+    if isinstance(control, dict):  # key files are named relative to the config, like maps
+        if isinstance(control.get("public_keys"), list):
+            control["public_keys"] = [str(p.parent / k) if isinstance(k, str) else k
+                                      for k in control["public_keys"]]
+        if isinstance(control.get("signing_key"), str):
+            control["signing_key"] = str(p.parent / control["signing_key"])
+    cfg: AnyConfig = _validate(model, data, str(p))
+    if isinstance(cfg, CollectorConfig) and cfg.alerts is not None and cfg.alerts.rules is not None:
+        rules = Path(cfg.alerts.rules)
+        if not rules.is_file():
+            raise ConfigError(str(p), [f"alerts.rules: no rule file {rules}"
+                                       + (" (it is a directory)" if rules.is_dir() else "")])
+        load_rules(rules)  # its own errors name the rule file and its keys
     return cfg
+
+
+def env_names(path: str | Path, dotted: str) -> list[str]:
+    """The environment variables (``${NAME}``) the value at ``dotted`` of a config file is built
+    from, so a message can say which one moves it; [] when unreadable or none."""
+    try:
+        node: Any = yaml.load(Path(path).read_text(encoding="utf-8-sig"), Loader=_Loader)
+        for part in dotted.split("."):
+            node = node[part]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+        return []
+    return list(dict.fromkeys(m.group(1) for m in _ENV_RE.finditer(node))) if isinstance(node, str) else []
 
 
 def load_gateway_config(path: str | Path) -> GatewayConfig:
@@ -770,4 +1123,11 @@ def load_api_config(path: str | Path) -> ApiConfig:
     cfg = load_config(path)
     if not isinstance(cfg, ApiConfig):
         raise ConfigError(str(path), [f"kind: expected api, got {cfg.kind}"])
+    return cfg
+
+
+def load_report_settings(path: str | Path) -> ReportSettings:
+    cfg = load_config(path)
+    if not isinstance(cfg, ReportSettings):
+        raise ConfigError(str(path), [f"kind: expected report, got {cfg.kind}"])
     return cfg

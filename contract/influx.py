@@ -30,16 +30,25 @@ integer) at the gateway's status time; ``gateway_status`` (tag ``gateway``; fiel
 The collector's own counters (``collector/metrics.py`` holds the one table of them): ``collector``
 (tag ``client_id``), ``collector_rejects`` (tags ``client_id``, ``reason``), ``collector_gc`` (tags
 ``client_id``, ``generation``) and, per station, ``ingest`` (tag ``station``).
+
+Remote-command results go to ``commands`` (Grafana annotations, history): tags ``station``,
+``state``, and ``point``, ``building``, ``household`` where known; fields ``id``, ``reason``,
+``detail`` strings, ``value`` and ``read_back`` floats (``value_bool``, ``read_back_bool`` for
+true/false points: one field, one type), ``code`` integer; at the gateway's decision time. A
+redelivered result writes the same line again (same series and time: overwritten).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from operator import attrgetter
 
 import msgspec
 
 from contract.alerts import Transition
+from contract.commands import CommandResult
 from contract.payload import Frame, GatewayStatus, StationStatus
 from contract.points import QUALITY_SUFFIX
 
@@ -48,6 +57,7 @@ MEASUREMENT_BUILDING = "building"
 MEASUREMENT_HOUSEHOLD = "household"
 MEASUREMENT_REJECTS = "rejects"
 MEASUREMENT_ALERTS = "alerts"
+MEASUREMENT_COMMANDS = "commands"
 MEASUREMENT_STATION_STATUS = "station_status"
 MEASUREMENT_GATEWAY_STATUS = "gateway_status"
 MEASUREMENT_COLLECTOR = "collector"
@@ -167,3 +177,154 @@ def alert_line(tr: Transition) -> str:
     if tr.value is not None:
         fields += f",value={float(tr.value)!r}"
     return f"{MEASUREMENT_ALERTS},{tags} {fields} {tr.ts}"
+
+
+# ---------------------------------------------------------------------------------------------
+# data lifecycle: raw data for a while, 5-minute and 1-hour rollups for years
+#
+# Raw telemetry lives in the database's default retention policy (``raw_days``, 90 by default).
+# Two continuous queries keep rollups of the three telemetry measurements in their own retention
+# policies, under the same measurement names and tags, one field per aggregate of each point:
+#   mean_<point>, min_<point>, max_<point>   numbers (min/max of a boolean: was it ever false/true)
+#   last_<point>                             every point: states, booleans, text, qualities too
+# ``mean(*)`` skips booleans and strings (InfluxDB 1.x), so one wildcard query covers every point,
+# including custom x_ points added later, without knowing the field list.
+
+ROLLUP_MEASUREMENTS = (MEASUREMENT_STATION, MEASUREMENT_BUILDING, MEASUREMENT_HOUSEHOLD)
+ROLLUP_AGGREGATES = ("mean", "min", "max", "last")
+
+
+@dataclass(frozen=True, slots=True)
+class Rollup:
+    """One rollup: its retention policy, its bucket, and how far back each run recomputes.
+
+    ``resample_s``: every run recomputes this much (InfluxDB's ``RESAMPLE FOR``), so samples that
+    arrive late (a collector's spool draining, a batch after a short 4G gap) still land in their
+    bucket. Longer gaps — a gateway's outbox after hours offline — need ``heatwatch influx
+    backfill`` over that span (docs/operations.md)."""
+
+    name: str
+    bucket_s: int
+    resample_s: int
+
+    @property
+    def rp(self) -> str:
+        return f"rollup_{self.name}"
+
+
+ROLLUP_5M = Rollup("5m", 300, 3 * 300)
+ROLLUP_1H = Rollup("1h", 3600, 2 * 3600)
+ROLLUPS = (ROLLUP_5M, ROLLUP_1H)
+
+
+def _ident(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def rollup_select(database: str, raw_rp: str, rollup: Rollup) -> str:
+    """The continuous query's body; with a ``WHERE time`` range added it also backfills."""
+    names = "|".join(ROLLUP_MEASUREMENTS)
+    aggs = ", ".join(f"{a}(*)" for a in ROLLUP_AGGREGATES)
+    return (f"SELECT {aggs} INTO {_ident(database)}.{_ident(rollup.rp)}.:MEASUREMENT "
+            f"FROM {_ident(database)}.{_ident(raw_rp)}./^({names})$/ "
+            f"GROUP BY time({rollup.bucket_s}s), *")
+
+
+def backfill_select(database: str, raw_rp: str, rollup: Rollup, start_ms: int, end_ms: int) -> str:
+    """The rollup of ``[start, end)`` (both on bucket boundaries) by hand, as the CQ would have."""
+    body = rollup_select(database, raw_rp, rollup)
+    head, _, group = body.partition(" GROUP BY ")
+    return f"{head} WHERE time >= {start_ms}ms AND time < {end_ms}ms GROUP BY {group}"
+
+
+def rollup_cq(database: str, raw_rp: str, rollup: Rollup) -> tuple[str, str]:
+    """(name, CREATE CONTINUOUS QUERY statement). The name carries a digest of the statement, so
+    setup can tell a CQ that is current from one an older config left (and replace it)."""
+    body = rollup_select(database, raw_rp, rollup)
+    every = f"RESAMPLE EVERY {rollup.bucket_s}s FOR {rollup.resample_s}s"
+    digest = hashlib.sha256(f"{every} {body}".encode()).hexdigest()[:8]
+    name = f"heatwatch_rollup_{rollup.name}_{digest}"
+    return name, f"CREATE CONTINUOUS QUERY {_ident(name)} ON {_ident(database)} {every} BEGIN {body} END"
+
+
+class Source:
+    """Where a query over a time range reads: raw data or a rollup, and how it names a point.
+
+    ``expr("mean", "supply_temp")`` is ``mean("supply_temp")`` on raw data and
+    ``mean("mean_supply_temp")`` on a rollup (the mean of 5-minute means: equal to the raw mean
+    for evenly sampled points); ``min``/``max`` read ``min_``/``max_``; ``last`` reads ``last_``."""
+
+    __slots__ = ("bucket_s", "rollup")
+
+    def __init__(self, rollup: Rollup | None, bucket_s: int) -> None:
+        self.rollup, self.bucket_s = rollup, bucket_s
+
+    @property
+    def retention_policy(self) -> str | None:
+        return self.rollup.rp if self.rollup else None
+
+    def measurement(self, name: str) -> str:
+        return f"{_ident(self.rollup.rp)}.{_ident(name)}" if self.rollup else _ident(name)
+
+    def expr(self, agg: str, point: str) -> str:
+        if agg not in ROLLUP_AGGREGATES:
+            raise ValueError(f"aggregate {agg!r}: one of {', '.join(ROLLUP_AGGREGATES)}")
+        field = f"{agg}_{point}" if self.rollup else point
+        return f"{agg}({_ident(field)})"
+
+    def __repr__(self) -> str:
+        return f"Source({self.rollup.name if self.rollup else 'raw'}, bucket {self.bucket_s}s)"
+
+
+def pick_source(start_ms: int, end_ms: int, now_ms: int, max_points: int, *, raw_days: float | None,
+                rollup_5m_days: float | None = None, min_bucket_s: int = 1) -> Source:
+    """Raw data or a rollup for ``[start, end)`` drawn in at most ``max_points`` buckets.
+
+    The coarsest source whose bucket still fits the drawing wins: a range whose buckets are
+    5 minutes or more reads the 5-minute rollup (60× fewer rows than 5-second raw data), an hour
+    or more the 1-hour rollup. A range that starts before the raw data's retention reads a rollup
+    whatever the bucket (and before the 5-minute rollup's, the 1-hour one). ``raw_days`` None:
+    no rollups (heatwatch influx setup has not run), everything from raw data.
+    The bucket is rounded up to the source's bucket so every bucket holds whole rollup rows.
+    The newest bucket of a rollup is written when it closes (plus the CQ's run): a range ending
+    now misses up to one bucket there.
+    """
+    if end_ms <= start_ms or max_points < 1:
+        raise ValueError("need start < end and max_points >= 1")
+    bucket_s = max(min_bucket_s, -(-(end_ms - start_ms) // (1000 * max_points)))
+    if raw_days is None:
+        return Source(None, bucket_s)
+    pick: Rollup | None = None
+    for r in ROLLUPS:
+        if bucket_s >= r.bucket_s:
+            pick = r
+    if pick is None and start_ms < now_ms - raw_days * 86_400_000:
+        pick = ROLLUP_5M
+    if pick is ROLLUP_5M and rollup_5m_days is not None and start_ms < now_ms - rollup_5m_days * 86_400_000:
+        pick = ROLLUP_1H
+    if pick is None:
+        return Source(None, bucket_s)
+    bucket_s = -(-bucket_s // pick.bucket_s) * pick.bucket_s
+    for r in ROLLUPS:  # rounding up may have made a coarser rollup fit (3,303 s → 3,600 s: 1 h)
+        if r.bucket_s > pick.bucket_s and bucket_s % r.bucket_s == 0:
+            pick = r
+    return Source(pick, bucket_s)
+
+
+def command_line(r: CommandResult) -> str:
+    tags = f"station={r.station},state={r.state}"
+    for k in ("point", "building", "household"):
+        v = getattr(r, k)
+        if v is not None:
+            tags += f",{k}={_escape_tag(v)}"
+    fields = f'id="{r.id}",detail="{escape_string_field(r.detail[:500])}"'
+    if r.reason is not None:
+        fields += f',reason="{r.reason.value}"'
+    for name, v in (("value", r.value), ("read_back", r.read_back)):
+        if isinstance(v, bool):
+            fields += f",{name}_bool={_fmt(v)}"
+        elif v is not None:
+            fields += f",{name}={float(v)!r}"
+    if r.code is not None:
+        fields += f",code={r.code}i"
+    return f"{MEASUREMENT_COMMANDS},{tags} {fields} {r.ts}"

@@ -14,13 +14,17 @@ import msgspec
 from pydantic import BaseModel
 
 from contract.alerts import AlertRules, Transition
+from contract.commands import CommandResult, SignedCommand
 from contract.config import ApiConfig, CollectorConfig, GatewayConfig, RegisterMap
 from contract.payload import GatewayStatus, StationStatus, Telemetry
+from contract.report import ReportSettings
 
 MODELS: dict[str, type[BaseModel]] = {
     "telemetry": Telemetry, "station-status": StationStatus, "gateway-status": GatewayStatus,
     "register-map": RegisterMap, "gateway-config": GatewayConfig,
     "collector-config": CollectorConfig, "api-config": ApiConfig, "alert-rules": AlertRules,
+    "report-settings": ReportSettings,
+    "command": SignedCommand, "command-result": CommandResult,
 }
 
 

@@ -5,14 +5,24 @@
 #   - the rule engine compiled with mypyc (gcc and Python's headers from the distribution).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# one line per phase with the time so far: a fresh machine spends a minute or two in apt and pip
+phase() { echo "bootstrap: [$SECONDS s] $*"; }
 
 need_pkgs=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
+# mosquitto_sub: the demo prints a command that watches the broker with it
+command -v mosquitto_sub >/dev/null 2>&1 || need_pkgs+=(mosquitto-clients)
 command -v influxd >/dev/null 2>&1 || need_pkgs+=(influxdb)
 command -v influx >/dev/null 2>&1 || need_pkgs+=(influxdb-client)
 # PostgreSQL: the alert store of a multi-machine site; tests run the store against a real one
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_pkgs+=(postgresql)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
+# the tests verify the shipped systemd units with systemd-analyze (Debian: in package systemd)
+command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
+# the takeover report: pdftoppm renders its PDF to images in the tests; a font with Chinese and
+# Latin glyphs for the PDF
+command -v pdftoppm >/dev/null 2>&1 || need_pkgs+=(poppler-utils)
+[ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need_pkgs+=(fonts-wqy-microhei)
 # the rule engine is compiled with mypyc (deploy/build_rules.py): a C compiler and Python's headers
 command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc)
 python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
@@ -23,10 +33,11 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "bootstrap: need ${need_pkgs[*]} and neither root nor sudo: run 'apt-get install -y ${need_pkgs[*]}' as root" >&2
     exit 1
   fi
-  echo "bootstrap: installing ${need_pkgs[*]} from the distribution"
+  phase "installing ${need_pkgs[*]} from the distribution (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+  $SUDO apt-get install -y -q "${need_pkgs[@]}" | { grep --line-buffered -E '^(Unpacking|Setting up) ' || true; }
+  phase "distribution packages installed"
 fi
 # The packages start system services on some distributions; heatwatch runs its own on other
 # ports and never touches those.
@@ -37,10 +48,14 @@ py=python3
 
 stamp=.venv/.installed
 if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ requirements.lock -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "bootstrap: creating .venv from requirements.lock"
+  phase "creating .venv from requirements.lock ($(grep -c '==' requirements.lock) packages; pip lists each)"
   [ -x .venv/bin/python ] || "$py" -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check -r requirements.lock
-  .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+  # pip's own lines, one or two per package, without its progress bars (noise in a log)
+  .venv/bin/pip install --progress-bar off --disable-pip-version-check -r requirements.lock \
+    | { grep --line-buffered -v '^Requirement already satisfied' || true; }   # pipefail: pip's failure stops us
+  phase "installing heatwatch itself (editable)"
+  .venv/bin/pip install -q --progress-bar off --disable-pip-version-check --no-deps -e .
   touch "$stamp"
+  phase ".venv ready: the command is .venv/bin/heatwatch (or \`source .venv/bin/activate\`, then heatwatch)"
 fi
 .venv/bin/python deploy/build_rules.py

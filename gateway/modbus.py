@@ -81,6 +81,25 @@ class Link:
             return [1 if b else 0 for b in rr.bits[: req.count]]
         return list(rr.registers)
 
+    async def write(self, table: str, address: int, words: list[int], device_id: int, fc: str) -> None:
+        """One write request: a coil by FC5, one register by FC6, registers by FC16 (``fc``).
+        Raises ReadFailed when the device does not answer, ReadRejected with the Modbus
+        exception code when it refuses (the names cover writes too)."""
+        c = self.client
+        if not c.connected and not await c.connect():
+            raise ReadFailed(f"cannot connect to {self.where}")
+        try:
+            if table == "coil":
+                rr = await c.write_coil(address, bool(words[0]), device_id=device_id)
+            elif fc == "fc6":
+                rr = await c.write_register(address, words[0], device_id=device_id)
+            else:
+                rr = await c.write_registers(address, words, device_id=device_id)
+        except (TimeoutError, ModbusException, OSError) as exc:
+            raise ReadFailed(f"{type(exc).__name__}: {exc}") from None
+        if rr.isError():
+            raise ReadRejected(int(getattr(rr, "exception_code", 0)))
+
     def close(self) -> None:
         self.client.close()
 
@@ -105,8 +124,14 @@ class Device:
     plans: dict[str, list[Request]] = field(default_factory=dict)  # per poll group; adapts
 
     async def read_group(self, group: str) -> list[Answer]:
-        """Read one poll group's requests. Updates health, and the plan where a block was split."""
+        """Read one poll group's requests. Updates health, and the plan where a block was split.
+
+        Health changes only on an exchange with the device: a group with no requests for it says
+        nothing about it (a room concentrator read only by the slow group must not be declared
+        "answering again" by every fast cycle while it is dead)."""
         plan = self.plans.get(group, [])
+        if not plan:
+            return []
         h = self.health
         if h.state is DeviceState.OFFLINE and time.monotonic() < h.next_try:
             return [(r, None) for r in plan]

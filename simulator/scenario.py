@@ -7,6 +7,11 @@
       - {at: 30m, station: st003, event: dead_device, device: makeup_meter, for: 10m}
 
 ``at`` and ``for`` are sim time after the start: a number of seconds or 30s / 10m / 2h / 1d.
+A negative ``at`` (``-3h``) is an event that began before the start: the station model starts
+settled, so its rooms are already as cold as three hours of it made them.
+
+``steps:`` (a list) belongs to ``heatwatch demo``, which runs them against its processes
+(stop a gateway, start it again); the simulator only checks it is a list.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -21,20 +27,22 @@ from contract.config import read_yaml, render_errors
 from contract.errors import ConfigError
 from simulator.physics import EVENT_KINDS, Event
 
-_DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_DUR_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _PART_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_COMPOUND_RE = re.compile(r"^(?:\d+(?:\.\d+)?[smhd])+$")
+_COMPOUND_RE = re.compile(r"^-?(?:\d+(?:\.\d+)?[smhd])+$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def seconds(v: object) -> float:
     if isinstance(v, (int, float)):
         return float(v)
-    if _COMPOUND_RE.fullmatch(str(v).strip()):  # 1h30m, 4d18h
-        return sum(float(n) * _UNIT[u] for n, u in _PART_RE.findall(str(v)))
-    m = _DUR_RE.match(str(v))
+    text = str(v).strip()
+    if _COMPOUND_RE.fullmatch(text):  # 1h30m, 4d18h, -2h30m
+        total = sum(float(n) * _UNIT[u] for n, u in _PART_RE.findall(text))
+        return -total if text.startswith("-") else total
+    m = _DUR_RE.match(text)
     if not m:
-        raise ValueError(f"{v!r} is not a duration like 90, 30s, 10m, 2h, 1d or 1h30m")
+        raise ValueError(f"{v!r} is not a duration like 90, 30s, 10m, 2h, 1d, 1h30m or -3h")
     return float(m.group(1)) * _UNIT[m.group(2)]
 
 
@@ -55,6 +63,13 @@ class EventTiming(BaseModel):
     def _dur(cls, v: object) -> float | None:
         return None if v is None else seconds(v)
 
+    @field_validator("for_")
+    @classmethod
+    def _positive(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
+            raise ValueError("must be a positive duration")
+        return v
+
     @field_validator("event")
     @classmethod
     def _kind(cls, v: str) -> str:
@@ -69,8 +84,10 @@ class _EventSpec(EventTiming):
 
 class _Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    description: str = ""  # what it plays, in a sentence (heatwatch demo prints it)
     speed: float = Field(default=1.0, gt=0)
     events: list[_EventSpec] = Field(default_factory=list)
+    steps: list[dict[str, Any]] = Field(default_factory=list)  # heatwatch demo's (heatwatch.demo)
 
 
 class RelativeEvent(Event):

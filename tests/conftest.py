@@ -146,6 +146,18 @@ class Processes:
     def log(self, name: str) -> str:
         return (self.folder / f"{name}.log").read_text(errors="replace")
 
+    def wait_log(self, name: str, needle: str, timeout: float = 60) -> None:
+        """Wait until ``name``'s output holds ``needle`` (a readiness line), failing early with
+        the log if the process exits first."""
+        p = self.procs[name]
+
+        def seen() -> bool:
+            if p.poll() is not None:
+                raise AssertionError(f"{name} exited with {p.returncode}:\n{self.log(name)[-3000:]}")
+            return needle in self.log(name)
+
+        wait_for(seen, timeout, f"{name} to log {needle!r}")
+
     def stop_all(self) -> None:
         for p in self.procs.values():
             if p.poll() is None:

@@ -1,6 +1,7 @@
 """The batch stage: control items (stats lines, alert ticks) ride in batches without posing as
 messages; a full output queue makes it stop taking from the inbox, so the inbox fills up to its
-bound and nothing is dropped; alert transitions ride in the batch of the message that caused them."""
+bound and nothing is dropped; alert transitions ride in the batch of the message that caused them;
+a command result sends its batch at once."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import asyncio
 import time
 
 from collector.batch import Batcher
+from collector.lines import lines
 from collector.stages import AlertsDue, Batch, Delivery, Inbox, Rejected, StatsLines, Validated
 from contract.alerts import Transition
+from contract.commands import CommandResult
 from contract.config import BatchSettings
 
 
@@ -107,3 +110,32 @@ def test_transitions_ride_with_the_batch_of_the_message_that_caused_them() -> No
     assert [b.mids for b in batches] == [[1, 2], [3, 4], [5, 6]]
     assert [t.key for t in batches[1].transitions] == ["c/cause"] and not batches[0].transitions
     assert "alerts key='c/cause'" in batches[1].lines
+
+
+def test_a_command_result_sends_its_batch_at_once() -> None:
+    result = CommandResult.model_validate({
+        "id": "c1", "station": "st001", "gateway": "gw-st001", "state": "confirmed", "device": "plc",
+        "point": "building_valve_setpoint", "value": 70.0, "read_back": 70.0, "ts": 1_763_700_000_000})
+
+    async def main() -> tuple[Batch, int]:
+        inbox, out = Inbox(100), asyncio.Queue[Batch]()
+
+        def validate(topic: str, payload: bytes, now_ms: int) -> Validated:
+            return result if topic == "result" else Rejected("bad_json", None, topic, "x", now_ms)
+
+        # a minute before a batch would be due by age, and far from full
+        b = Batcher(BatchSettings(max_lines=1000, max_delay_s=60), inbox, out, validate=validate, taps=[],
+                    lines=lines, alerts=None, clock=time.time)
+        task = asyncio.create_task(b.run())
+        for i, topic in enumerate(["a", "result", "c"], 1):
+            inbox.put(Delivery(i, topic, b""))
+        first = await asyncio.wait_for(out.get(), 5)
+        await asyncio.sleep(0.05)
+        left = out.qsize()
+        task.cancel()
+        return first, left
+
+    first, left = asyncio.run(main())
+    assert first.mids == [1, 2] and first.results == [result]  # the result and what came before it
+    assert first.lines[1].startswith("commands,station=st001,state=confirmed")
+    assert left == 0  # the message after it waits for its own batch

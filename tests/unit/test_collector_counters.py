@@ -52,6 +52,9 @@ def test_every_row_is_in_metrics_and_in_the_stats_lines_under_one_name(collector
     c.stats.messages["st001"], c.stats.seq_gaps["st001"], c.stats.restarts["st001"] = 5, 1, 1
     assert c.alerts is not None
     c.alerts.stats.published = 3  # counted by the alert stage; before the table, exported nowhere
+    assert c.results is not None and c.latest is not None
+    c.results.recorded, c.results.retries = 2, 1  # command results: before, in the stats lines only
+    c.latest.stats.flushes = 4  # counted, before the table exported nowhere
     prom = _prometheus(c)
     lines = [_fields(x) for x in c.stats_lines(1_763_700_000_000)]
     by_measurement: dict[str, list[tuple[dict[str, str], dict[str, str]]]] = {}
@@ -68,6 +71,8 @@ def test_every_row_is_in_metrics_and_in_the_stats_lines_under_one_name(collector
             if row.total:
                 assert row.name in collector_fields, row.name
     assert collector_fields["alert_published"] == "3i"
+    assert (collector_fields["command_results"], collector_fields["command_results_retries"]) == ("2i", "1i")
+    assert collector_fields["latest_flushes"] == "4i"
     assert collector_fields["rejected"] == "2i" and collector_fields["seq_gaps"] == "1i"
     assert by_measurement[MEASUREMENT_COLLECTOR_REJECTS] == [({"client_id": "c1", "reason": "bad_json"},
                                                              {"count": "2i"})]
@@ -78,14 +83,17 @@ def test_every_row_is_in_metrics_and_in_the_stats_lines_under_one_name(collector
     assert {"latency_seconds_count", "latency_seconds_sum"} <= collector_fields.keys()
 
 
-def test_without_the_rule_engine_no_alert_figures(tmp_path: Path) -> None:
+def test_without_the_alert_store_no_alert_command_or_latest_figures(tmp_path: Path) -> None:
     c = Collector(CollectorConfig.model_validate({
         "kind": "collector", "spool": {"path": str(tmp_path / "spool.sqlite")}}))
     try:
         _m, _t, fields = _fields(c.stats_lines(1)[0])
-        assert not [r.name for r in metrics.TABLE if r.alerts and r.name in fields]
+        assert c.alerts is None and c.results is None and c.latest is None
+        parts = [r for r in metrics.TABLE if r.part is not None]
+        assert {r.part for r in parts} == {"alerts", "results", "latest"}
+        assert not [r.name for r in parts if r.name in fields]
         prom = _prometheus(c)
-        assert not [r.name for r in metrics.TABLE if r.alerts and "heatwatch_collector_" + r.name in prom]
+        assert not [r.name for r in parts if "heatwatch_collector_" + r.name in prom]
     finally:
         c.spool.close()
 

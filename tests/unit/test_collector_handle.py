@@ -14,9 +14,13 @@ from structlog.testing import capture_logs
 
 from alerting.engine import Engine
 from collector.app import Collector
-from collector.stages import Batch
+from collector.lines import lines
+from collector.metrics import Stats
+from collector.stages import Batch, Rejected
+from collector.validate import Validate
 from contract.alerts import AlertRules, Transition
-from contract.config import CollectorConfig
+from contract.commands import CommandResult
+from contract.config import CollectorConfig, IngestSettings
 from contract.payload import Frame
 from contract.points import VOCABULARY, Kind, Level
 from tests.unit.test_payload import GOOD
@@ -71,6 +75,38 @@ def test_any_topic_and_bytes_give_lines_never_an_exception(shared: Collector, to
     assert C.stats.received == before + 1
     if lines[0].startswith("rejects,"):
         assert sum(C.stats.rejected.values()) >= 1
+
+
+RESULT = {"schema": 1, "id": "c1", "station": "st001", "gateway": "gw-st001", "state": "confirmed",
+          "device": "plc", "point": "building_valve_setpoint", "building": "b01", "value": 70.0,
+          "read_back": 70.0, "ts": 1_763_700_000_000}
+
+
+def test_command_results_only_where_they_are_recorded_and_only_on_their_own_topic(tmp_path: Path) -> None:
+    topic = "heatwatch/v1/station/st001/command-result/c1"
+    payload = CommandResult.model_validate(RESULT).to_json()
+    plain = Validate(IngestSettings(), Stats())  # a collector without the store does not take them
+    assert isinstance(r := plain(topic, payload, 1), Rejected) and r.reason == "unexpected_topic"
+    v = Validate(IngestSettings(), Stats(), results=True)
+    got = v(topic, payload, 1)
+    assert isinstance(got, CommandResult) and (got.id, got.read_back) == ("c1", 70.0)
+    assert lines(got)[0].startswith("commands,station=st001,state=confirmed,point=building_valve_setpoint")
+    other = v("heatwatch/v1/station/st001/command-result/c2", payload, 2)  # c1's result on c2's topic
+    assert isinstance(other, Rejected) and other.reason == "topic_mismatch"
+    assert v.stats.received == 3 - 1 and v.stats.rejected == {"topic_mismatch": 1}
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(["c1", "c2"]), st.one_of(
+    PAYLOADS, st.dictionaries(st.sampled_from(sorted(RESULT)), JSONISH, max_size=6).map(
+        lambda d: orjson.dumps({**RESULT, **d}, option=orjson.OPT_NON_STR_KEYS))))
+def test_any_command_result_bytes_give_a_result_or_a_reject_never_an_exception(
+        cid: str, payload: bytes) -> None:
+    item = Validate(IngestSettings(), Stats(), results=True)(
+        f"heatwatch/v1/station/st001/command-result/{cid}", payload, 1)
+    event(type(item).__name__)
+    assert isinstance(item, CommandResult | Rejected)
+    assert lines(item) and all("\n" not in x for x in lines(item))
 
 
 def test_unknown_station_is_rejected_when_a_station_list_is_configured(tmp_path: Path) -> None:

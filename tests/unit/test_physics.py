@@ -111,3 +111,65 @@ def test_shipped_scenario_loads(tmp_path: Path) -> None:
     bad.write_text("events:\n  - {at: 5x, station: s, event: flood}\n")
     with pytest.raises(Exception, match=r"events\.0\.at: .*not a duration"):
         load_scenario(bad)
+
+
+def test_an_event_under_way_at_the_start_shows_at_the_first_step() -> None:
+    """A building cold since before the start has cold rooms at the first reading (the demo's
+    first alert comes from its first minute, not after half an hour of cooling)."""
+    m = StationModel("st001", KEYS)
+    m.events.append(Event("cold_building", start=T0 - 3 * 3600, building="b01"))
+    v = run(m, 0)
+    assert f(v, ("room_temp", "b01", "h1")) < 16 and f(v, ("room_temp", "b01", "h2")) < 16
+    assert f(v, ("room_temp", "b02", "h3")) > 18  # its neighbour is as usual
+    later = run(m, 2)  # and it stays settled there: no drift back or further down
+    assert abs(f(later, ("room_temp", "b01", "h1")) - f(v, ("room_temp", "b01", "h1"))) < 1.5
+    plain = StationModel("st001", KEYS)  # without events, the start is as it always was
+    assert f(run(plain, 0), ("room_temp", "b01", "h1")) > 18
+
+
+def test_opening_a_starved_buildings_valve_warms_it_again() -> None:
+    """cold_building is a starved branch: a valve opened to 100 % (the remote fix) restores it."""
+    m = StationModel("st001", KEYS)
+    m.events.append(Event("cold_building", start=T0 - 3 * 3600, building="b01"))
+    v = run(m, 0.5)
+    assert f(v, ("building_supply_temp", "b01", None)) < f(v, ("secondary_supply_temp", None, None)) - 10
+    m.setpoints[("building_valve_setpoint", "b01", None)] = 100.0
+    v = run(m, 3)
+    assert f(v, ("building_supply_temp", "b01", None)) > f(v, ("secondary_supply_temp", None, None)) - 3
+    assert f(v, ("room_temp", "b01", "h1")) > 18.5 and f(v, ("room_temp", "b01", "h2")) > 18.5
+
+
+def test_scenario_times_before_the_start_and_bad_durations(tmp_path: Path) -> None:
+    f_ = tmp_path / "s.yaml"
+    f_.write_text("events:\n  - {at: -3h, station: st001, event: cold_building, building: b03}\n"
+                  "  - {at: -1h30m, station: st001, event: leak, for: 2h}\n")
+    _, events = load_scenario(f_)
+    assert [(e.start, e.end) for _, e in events] == [(-10800, None), (-5400, 1800)]
+    assert events[0][1].shifted(T0).start == T0 - 10800
+    f_.write_text("events:\n  - {at: 0s, station: st001, event: leak, for: -5m}\n")
+    with pytest.raises(Exception, match=r"events\.0\.for: must be a positive duration"):
+        load_scenario(f_)
+
+
+def test_opening_a_cold_buildings_valve_brings_its_rooms_back_over_hours() -> None:
+    m = StationModel("st001", KEYS)
+    run(m, 1)
+    m.events.append(Event("cold_building", start=m.t or 0, building="b01"))
+    cold = run(m, 4)
+    assert max(f(cold, ("room_temp", "b01", h)) for h in ("h1", "h2")) < 16
+    m.write(("building_valve_setpoint", "b01", None), 100.0)
+    soon = run(m, 0.25)
+    assert max(f(soon, ("room_temp", "b01", h)) for h in ("h1", "h2")) < 18  # not at once: thermal lag
+    warm = run(m, 3)
+    assert min(f(warm, ("room_temp", "b01", h)) for h in ("h1", "h2")) > 18
+    assert abs(f(warm, ("room_temp", "b02", "h3")) - f(cold, ("room_temp", "b02", "h3"))) < 0.5  # b02 unmoved
+
+
+def test_a_written_supply_setpoint_moves_the_supply_temperature() -> None:
+    m = StationModel("st001", KEYS)
+    run(m, 1)
+    before = run(m, 0)
+    m.write(("secondary_supply_temp_setpoint", None, None), 70.0)
+    after = run(m, 1)
+    assert abs(f(after, ("secondary_supply_temp", None, None)) - 70.0) < 0.5
+    assert f(after, ("room_temp", "b01", "h1")) > f(before, ("room_temp", "b01", "h1"))

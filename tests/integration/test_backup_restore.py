@@ -1,0 +1,121 @@
+"""`heatwatch backup` and `heatwatch restore` end to end on real parts: the alert store (SQLite
+through its online backup API, PostgreSQL through pg_dump/pg_restore), the rule engine's state
+and InfluxDB (`influxd backup -portable`, 1.6), lost and brought back."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from alerting.store import Store
+from heatwatch.devstack import REPO, Influxd, Postgres, free_port
+
+
+@pytest.fixture(scope="module")
+def influx_rpc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Influxd, int]]:
+    rpc = free_port()
+    db = Influxd(tmp_path_factory.mktemp("influxd-backup"), free_port(), rpc_port=rpc)
+    db.start()
+    yield db, rpc
+    db.stop()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    pg = Postgres(free_port())
+    pg.start()
+    yield pg
+    pg.stop()
+
+
+def hw(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "heatwatch", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+
+
+def q(db: Influxd, statement: str, database: str) -> list[list[object]]:
+    r = httpx.post(f"{db.url}/query", data={"q": statement, "db": database, "epoch": "ms"}, timeout=30)
+    res = r.json()["results"][0]
+    assert "error" not in res, res
+    return [v for s in res.get("series", []) for v in s.get("values") or []]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_backup_and_restore_bring_everything_back(kind: str, influx_rpc: tuple[Influxd, int], tmp_path: Path,
+                                                  request: pytest.FixtureRequest) -> None:
+    influxd, rpc = influx_rpc
+    database = f"bk_{kind}"
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'state' / 'alerts.sqlite'}"
+        (tmp_path / "state").mkdir()
+    else:
+        pg: Postgres = request.getfixturevalue("postgres")
+        url = pg.url
+    cfg = tmp_path / "collector.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "kind": "collector", "influx": {"url": influxd.url, "database": database, "lifecycle": {}},
+        "spool": {"path": str(tmp_path / "spool.sqlite")},
+        "alerts": {"store": url, "state_path": str(tmp_path / "engine.state")}}))
+    store = Store(url)
+    if kind == "postgresql":
+        with store.engine.begin() as conn:
+            conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    store.migrate()
+    now = int(time.time() * 1000)
+    token = store.add_token(name="disp-li", role="dispatcher", actor="test", now=now)
+    store.close()
+    (tmp_path / "engine.state").write_bytes(b"engine snapshot \x00\x01")
+    hour = 3_600_000
+    t0 = (now // hour - 5) * hour
+    lines = "\n".join(f"station,station=st001 supply_temp={60 + k % 7}.5 {t0 + k * 10_000}"
+                      for k in range(720))
+    assert httpx.post(f"{influxd.url}/query", data={"q": f'CREATE DATABASE "{database}"'}).status_code == 200
+    assert httpx.post(f"{influxd.url}/write", params={"db": database, "precision": "ms"},
+                      content=lines).status_code == 204
+    p = hw("influx", "setup", str(cfg))  # retention, rollups backfilled: they must come back too
+    assert p.returncode == 0, p.stderr
+
+    backup = tmp_path / "backup"
+    p = hw("backup", str(cfg), str(backup), "--influx-rpc", f"127.0.0.1:{rpc}")
+    assert p.returncode == 0, p.stderr
+    assert "backed up: influxdb" in p.stdout and "backed up: alert store" in p.stdout
+
+    # the disaster: the store emptied, the engine state and the InfluxDB database gone
+    store = Store(url)
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM api_tokens"))
+    store.close()
+    (tmp_path / "engine.state").unlink()
+    q(influxd, f'DROP DATABASE "{database}"', database)
+    refused = hw("restore", str(cfg), str(backup), "--influx-rpc", f"127.0.0.1:{rpc}")
+    if kind == "sqlite":  # the store file is still there: not overwritten without --force
+        assert refused.returncode == 2 and "use --force" in refused.stderr
+    p = hw("restore", str(cfg), str(backup), "--influx-rpc", f"127.0.0.1:{rpc}", "--force")
+    assert p.returncode == 0, p.stderr
+
+    store = Store(url)
+    try:
+        assert store.principal(token) == ("disp-li", "dispatcher")
+    finally:
+        store.close()
+    assert (tmp_path / "engine.state").read_bytes() == b"engine snapshot \x00\x01"
+    assert q(influxd, "SELECT count(supply_temp) FROM station", database)[0][1] == 720
+    assert q(influxd, 'SELECT count(mean_supply_temp) FROM "rollup_5m"."station"', database)[0][1] == 24
+    r = httpx.post(f"{influxd.url}/query", data={"q": "SHOW CONTINUOUS QUERIES"}).json()
+    cqs = [v[0] for s_ in r["results"][0]["series"] if s_["name"] == database for v in s_.get("values") or []]
+    assert len(cqs) == 2 and all(c.startswith("heatwatch_rollup_") for c in cqs)  # set up again
+    rps = {v[0]: v[1] for v in q(influxd, f'SHOW RETENTION POLICIES ON "{database}"', database)}
+    assert rps["autogen"] == "2160h0m0s" and "rollup_1h" in rps
+
+    # a restore over what exists is refused without --force, before anything is touched
+    p = hw("restore", str(cfg), str(backup), "--influx-rpc", f"127.0.0.1:{rpc}")
+    assert p.returncode == 2
+    assert ("use --force" if kind == "sqlite" else "InfluxDB database exists") in p.stderr, p.stderr
