@@ -231,6 +231,8 @@ TABLE: tuple[Row, ...] = (
         lambda c: _alert_stats(c).pages, part="alerts"),
     Row("alert_published", "alert transitions published on the MQTT alert topic",
         lambda c: _alert_stats(c).published, part="alerts"),
+    Row("alert_renotified", "unacknowledged critical alerts paged again (alerts.renotify_critical_h)",
+        lambda c: _alert_stats(c).renotified, part="alerts"),
     Row("alert_store_retries", "alert store writes that failed and were retried",
         lambda c: _alert_stats(c).store_retries, part="alerts"),
     Row("webhook_sent", "pages delivered to every webhook", lambda c: _alert_stats(c).webhook_sent,

@@ -396,6 +396,7 @@ def report() -> dict[str, Any]:
             [_q("A", 'SELECT non_negative_difference(last("makeup_total")) '
                      f'FROM "{MEASUREMENT_STATION}" WHERE $timeFilter '
                      'GROUP BY time($__interval), "station" fill(none)', "$tag_station")],
+            unit=unit_of("makeup_total"),
             description="Totalizer growth per day (the panel's minimum interval); the report divides it by "
                         "heated area (t/10,000 m²/day)")
     b.d["panels"][-1]["interval"] = "1d"
@@ -412,7 +413,7 @@ def report() -> dict[str, Any]:
     b.panel("Sensor-hours below 18 °C by station",
             [_q("A", f'SELECT count("m") AS "hours_below" FROM ({rooms}) WHERE "m" < 18 GROUP BY "station"',
                 "$tag_station")],
-            kind="bargauge", thresholds=[(None, "green"), (24.0, "orange")])
+            unit="h", kind="bargauge", thresholds=[(None, "green"), (24.0, "orange")])
     b.row("Information management")
     b.panel("Samples per hour by station",
             [_q("A", f'SELECT count("secondary_supply_temp") FROM "{MEASUREMENT_STATION}" WHERE $timeFilter '
