@@ -60,6 +60,7 @@ class Stats:
     messages: Counter[str] = field(default_factory=Counter)  # accepted telemetry by station
     seq_gaps: Counter[str] = field(default_factory=Counter)  # by station
     restarts: Counter[str] = field(default_factory=Counter)  # by station (new boot id)
+    restamped: Counter[str] = field(default_factory=Counter)  # by station: stored at receipt time
 
 
 class GcClock:
@@ -213,6 +214,10 @@ TABLE: tuple[Row, ...] = (
         member_tag=False),
     Row("restarts", "gateway restarts seen (new boot id), by station", lambda c: c.stats.restarts,
         label="station", measurement=MEASUREMENT_INGEST, total=True, member_tag=False),
+    Row("restamped", "telemetry messages stamped more than ingest.max_future_s ahead of their "
+        "receipt (a gateway clock running fast), stored at their receipt time, by station",
+        lambda c: c.stats.restamped, label="station", measurement=MEASUREMENT_INGEST, total=True,
+        member_tag=False),
     Row("inbox", "received messages waiting to be validated and batched",
         lambda c: len(c.inbox.deliveries), kind="gauge"),
     Row("spool_rows", "batches waiting in the spool", lambda c: c.spool.count, kind="gauge"),

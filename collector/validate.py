@@ -5,12 +5,23 @@ Takes (topic, payload, now) and returns a ``Validated``: a telemetry ``Frame``, 
 collector with the alert store, which subscribes to them) or a ``Rejected`` with its reason.
 Never raises on input.
 Besides its answer it keeps only its own counters (``Stats``: received, accepted, values,
-rejected by reason, per station messages, sequence gaps and restarts) and the last sequence number
-per station that the gap count needs; it calls nothing else (the rule engine and other taps are
-fed by the wiring, with what this returns).
+rejected by reason, per station messages, sequence gaps, restarts and re-stamped messages) and,
+per station, the last sequence number the gap count needs and the last re-stamped time; it calls
+nothing else (the rule engine and other taps are fed by the wiring, with what this returns).
+
+A gateway clock running fast (its NTP server gone) stamps its messages ahead of their receipt.
+Past ``ingest.max_future_s`` such a message is not refused (the station would look offline while
+it reports, and its data would be lost): it is stored at its receipt time, marked with how far
+ahead its own stamp was (``Frame.skew_ms``, which the rules turn into a ``clock_skew`` alert for
+the gateway, ``alerting/rule_clock.py``), counted per station (``restamped``) and logged once per
+station and gateway boot. Re-stamped messages of one station get distinct times (1 ms apart when
+they arrive together, as a gateway's backlog does): one time for two messages would merge them
+into one InfluxDB point and lose the first one's values.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import structlog
 
@@ -31,6 +42,9 @@ _TELEMETRY, _STATION_STATUS, _GATEWAY_STATUS, _COMMAND_RESULT = (
 # builds and checks a Topic each time (~1 % of the collector's CPU). Bounded like the decoder's
 # caches: cleared when full (a flood of made-up station names costs a re-parse, not memory).
 _TOPICS_MAX = 100_000
+# stations whose re-stamping is remembered (the last time given, the boot last logged): one entry
+# per station with a fast clock; cleared when full like the topics (a flood costs a log line again)
+_RESTAMPED_MAX = 100_000
 
 
 class Validate:
@@ -44,6 +58,8 @@ class Validate:
         self._logged: set[tuple[str, str]] = set()
         self._last_reject_ms = 0
         self._topics: dict[str, topics.Topic] = {}
+        self._restamped: dict[str, int] = {}  # station → the last time a message was re-stamped to
+        self._restamp_logged: dict[str, str] = {}  # station → the gateway boot last logged
 
     def __call__(self, topic: str, payload: bytes, now_ms: int) -> Validated:
         self.stats.received += 1
@@ -87,9 +103,8 @@ class Validate:
             raise PayloadError(f"payload station {msg.station!r} ≠ topic station {station!r}",
                                "station_mismatch")
         if msg.ts > now_ms + self._max_future_ms:
-            raise PayloadError(f"ts {msg.ts} is {(msg.ts - now_ms) / 1000:.0f} s in the future "
-                               "(gateway clock?)", "ts_future")
-        if msg.ts < now_ms - self._max_past_ms:
+            msg = self._restamp(msg, now_ms)
+        elif msg.ts < now_ms - self._max_past_ms:
             raise PayloadError(f"ts {msg.ts} is older than {self.cfg.max_past_days} days", "ts_too_old")
         st = self.stats
         last = self._last_seq.get(station)
@@ -104,6 +119,25 @@ class Validate:
         st.messages[station] += 1
         st.values += len(msg.samples)
         return msg
+
+    def _restamp(self, msg: Frame, now_ms: int) -> Frame:
+        """The message at its receipt time (distinct from this station's last re-stamped one),
+        marked with how far ahead the gateway's stamp was."""
+        station, restamped = msg.station, self._restamped
+        ts = max(now_ms, restamped.get(station, 0) + 1)
+        if len(restamped) >= _RESTAMPED_MAX and station not in restamped:
+            restamped.clear()
+        restamped[station] = ts
+        self.stats.restamped[station] += 1
+        logged = self._restamp_logged
+        if logged.get(station) != msg.boot:  # once per station and gateway boot; the counter keeps the rest
+            if len(logged) >= _RESTAMPED_MAX:
+                logged.clear()
+            logged[station] = msg.boot
+            log.warning("gateway clock ahead: telemetry stored at its receipt time", station=station,
+                        gateway=msg.gateway, boot=msg.boot, ahead_s=round((msg.ts - now_ms) / 1000, 1),
+                        max_future_s=self.cfg.max_future_s)
+        return dataclasses.replace(msg, ts=ts, skew_ms=msg.ts - ts)
 
     def _reject(self, reason: str, station: str | None, topic: str, detail: str, now_ms: int) -> Rejected:
         self.stats.rejected[reason] += 1

@@ -13,7 +13,8 @@ Four dashboards on the InfluxDB data source heatwatch writes (measurements in
   room temperatures against 18 °C; the station's alert transitions as annotations.
 - ``alerts.json`` — the city's alerts: open now, transitions by rule and severity, the latest.
 - ``collector.json`` — the pipeline: received / accepted / written per second, rejects by
-  reason, spool, retries, sequence gaps and gateway restarts per station, alert pages.
+  reason, spool, retries, sequence gaps, gateway restarts and re-stamped messages per station,
+  alert pages.
 
 Every panel of points takes its unit from the vocabulary (``unit_of``): one unit per panel, so
 make-up flow (~0.5 m³/h) never shares an axis with circulation (~120 m³/h). Every query is raw
@@ -357,6 +358,11 @@ def collector() -> dict[str, Any]:
             [_q("A", f'SELECT non_negative_difference(last("restarts")) FROM "{MEASUREMENT_INGEST}" '
                      'WHERE $timeFilter GROUP BY time(10m), "station" fill(none)', "$tag_station")],
             description="per 10 minutes")
+    b.panel("Messages re-stamped on receipt per station (gateway clock fast)",
+            [_q("A", f'SELECT non_negative_difference(last("restamped")) FROM "{MEASUREMENT_INGEST}" '
+                     'WHERE $timeFilter GROUP BY time(10m), "station" fill(none)', "$tag_station")],
+            description="per 10 minutes; stamped past ingest.max_future_s ahead, stored at their "
+                        "receipt time (the gateway's clock_skew alert names it)")
     b.row("Alerts")
     b.panel("Alert transitions and pages per minute",
             [_q("A", f'SELECT non_negative_derivative(last("alert_transitions"), 1m) FROM "{c}" '
