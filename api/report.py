@@ -4,7 +4,8 @@ or as a printable PDF.
 Engineer or above: the report is the takeover working group's, not the hotline's, and it lists
 every household below the standard with its code and address across the whole company, where a
 dispatcher's lookup shows one household a call. A report is computed from InfluxDB and the
-alert store (about a second for a few stations; minutes for 500 and a season, bench/report_bench.py);
+alert store (about a second for a few stations; for 500 and a season seconds from the 1-hour rollup,
+minutes from raw data, bench/report_bench.py);
 the period is ``2026-11``, ``2026-11-15..2027-03-15`` or ``season:2026``. A period's report is kept
 ``CACHE_S`` (5 min) per API process, so its parts, spreadsheet and PDF asked in a row cost one
 computation; ``generated_at`` says when it was made.
@@ -70,7 +71,8 @@ async def _report(request: Request, period: str) -> Report:
             return hit[1]
         influx = InfluxReader(state.influx)  # its own session: a report is rare and long
         try:
-            rep = await source.report(influx.query_many, store, state.ctx, period, int(time.time() * 1000))
+            rep = await source.report(influx.query_many, store, state.ctx, period, int(time.time() * 1000),
+                                      database=influx.db)
         finally:
             await influx.close()
         if len(state.cache) > 50:

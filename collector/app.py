@@ -45,7 +45,7 @@ from collector import lifecycle, metrics
 from collector.alerts import AlertStage
 from collector.influx import BACKOFF_MIN_S, InfluxWriter
 from contract import topics
-from contract.alerts import Transition
+from contract.alerts import AlertRules, Transition
 from contract.config import CollectorConfig
 from contract.errors import DatabaseUnavailable, InvalidInput, PayloadError
 from contract.influx import escape_string_field, reject_line, telemetry_lines
@@ -254,6 +254,11 @@ class Collector:
             telemetry = f"$share/{self.cfg.subscription_group}/{telemetry}"
         return [(telemetry, 1)] + [(f, 1) for f in topics.STATUS_FILTERS]
 
+    def _plausible(self) -> tuple[float, float]:
+        """The room sensors' plausible range of the rule file: the 1-hour rollup's room means."""
+        rules = self.alerts.rules if self.alerts is not None else AlertRules()
+        return rules.sensor.plausible_min, rules.sensor.plausible_max
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         # Bounded by _slots (receive_maximum messages) and the batches queue.
@@ -281,7 +286,8 @@ class Collector:
                 tg.create_task(self._drainer())
                 tg.create_task(self._reporter(inbox))
                 tg.create_task(self._gc_keeper())
-                tg.create_task(lifecycle.setup_at_start(self.cfg.influx))  # logs, never raises
+                # logs, never raises
+                tg.create_task(lifecycle.setup_at_start(self.cfg.influx, self._plausible()))
                 if self.alerts is not None:
                     tg.create_task(self.alerts.ticker(lambda: inbox.put_nowait((0, "", b""))))
                     tg.create_task(self.alerts.webhooks())

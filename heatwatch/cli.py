@@ -209,7 +209,8 @@ def _report(args: argparse.Namespace) -> int:
 
     async def make() -> Report:
         try:
-            return await source.report(reader.query_many, store, ctx, args.period, int(time.time() * 1000))
+            return await source.report(reader.query_many, store, ctx, args.period, int(time.time() * 1000),
+                                       database=reader.db)
         finally:
             await reader.close()
 

@@ -252,14 +252,13 @@ class Inputs:
     station_register: dict[str, dict[str, Any]] = field(default_factory=dict)  # name, heated_area_m2
     building_register: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     households: list[dict[str, Any]] = field(default_factory=list)  # code, station, building, sensor
-    makeup_hours: dict[tuple[str, str], list[tuple[int, float | None, float | None]]] = field(
-        default_factory=dict)  # (station, network) → (hour, last total, mean circulation flow)
+    makeup: dict[tuple[str, str], MakeupTally] = field(default_factory=dict)  # (station, network)
     room_totals: dict[Sensor, RoomTotal] = field(default_factory=dict)
     room_low: dict[Sensor, list[tuple[int, float]]] = field(default_factory=dict)  # hours below max standard
     room_fault_hours: dict[Sensor, list[tuple[int, float]]] = field(default_factory=dict)
     counts: dict[str, dict[PointKey, int]] = field(default_factory=dict)  # received samples
     ref_point: dict[str, str] = field(default_factory=dict)
-    presence: dict[str, dict[int, int]] = field(default_factory=dict)  # station → hour → samples
+    presence: dict[str, Presence] = field(default_factory=dict)  # of each station's reference point
     alerts: list[dict[str, Any]] = field(default_factory=list)
     ticket_events: list[dict[str, Any]] = field(default_factory=list)  # with the alert's station, rule
     commands: list[CommandRow] | None = None
@@ -272,7 +271,7 @@ def standards(rules: AlertRules, sensors: Iterable[Sensor]) -> set[float]:
 
 def all_stations(i: Inputs) -> list[str]:
     names: set[str] = set(i.plans) | set(i.station_register) | set(i.counts) | set(i.presence)
-    names |= {s for s, _ in i.makeup_hours} | {s for s, _, _ in i.room_totals}
+    names |= {s for s, _ in i.makeup} | {s for s, _, _ in i.room_totals}
     names |= {a["station"] for a in i.alerts if a.get("station")}
     names |= {b[0] for b in i.building_register}
     return sorted(names)
@@ -295,7 +294,7 @@ def station_area(i: Inputs, station: str) -> float | None:
     return None
 
 
-def _in_maintenance(rules: AlertRules, station: str, hour: int) -> bool:
+def in_maintenance(rules: AlertRules, station: str, hour: int) -> bool:
     for w in rules.maintenance:
         if w.station == station and w.building is None:
             s, e = int(w.start.timestamp() * 1000), int(w.end.timestamp() * 1000)
@@ -307,19 +306,34 @@ def _in_maintenance(rules: AlertRules, station: str, hour: int) -> bool:
 HourRow = tuple[int, float | None, float | None]  # hour, last totalizer value, mean circulation flow
 
 
-def network_makeup(rules: AlertRules, station: str, network: str, rows: Sequence[HourRow],
-                   area: float | None) -> NetworkMakeup:
+@dataclass
+class MakeupTally:
+    """A station network's make-up over the period, what ``network_makeup`` judges: from hourly
+    rows (``tally``), or summed by InfluxDB from the 1-hour rollup (report.source) for a network
+    whose hours hold no exception (no gap, reset, replacement, missing circulation or maintenance
+    hour), where the sums come to the same."""
+
+    volume: float = 0.0  # every accepted delta
+    judged: float = 0.0  # deltas of hours that span one hour with circulation measured
+    circulation: float = 0.0  # those hours' mean flow × 1 h
+    hours: int = 0  # judged hours
+    events: int = 0  # resets, new meters, steps no pipe could carry: dropped
+    excluded: float = 0.0  # deltas of maintenance hours
+    first: int | None = None  # the first and last hour with a totalizer value
+    last: int | None = None
+
+
+def tally(rules: AlertRules, station: str, network: str, rows: Sequence[HourRow]) -> MakeupTally:
+    """Totalizer deltas between consecutive hourly last values (see the module's docstring)."""
     nr = rules.network_for(station, network)
     max_flow = rules.makeup_for(station).max_plausible_flow
-    volume = judged = circ = excluded = 0.0
-    hours = events = 0
+    out = MakeupTally()
     prev: tuple[int, float] | None = None
-    first = last = None
     for t, total, flow in sorted(rows):
         if total is None:
             continue
-        first = t if first is None else first
-        last = t
+        out.first = t if out.first is None else out.first
+        out.last = t
         if prev is None:
             prev = (t, total)
             continue
@@ -330,31 +344,39 @@ def network_makeup(rules: AlertRules, station: str, network: str, rows: Sequence
             if nr.rollover is not None and 0.5 * nr.rollover < pv <= nr.rollover and total < nr.rollover:
                 d += nr.rollover
             else:
-                events += 1  # reset or a new meter: not water
+                out.events += 1  # reset or a new meter: not water
                 continue
         if d > max_flow * (t - pt) / HOUR_MS:
-            events += 1  # a step no pipe could carry: replacement or misread
+            out.events += 1  # a step no pipe could carry: replacement or misread
             continue
-        volume += d
+        out.volume += d
         if t - pt != HOUR_MS or flow is None:
             continue  # spans a gap, or no circulation measured: counted, not judged
-        if _in_maintenance(rules, station, t):
-            excluded += d
+        if in_maintenance(rules, station, t):
+            out.excluded += d
             continue
-        judged += d
-        circ += flow  # mean m³/h over the hour × 1 h
-        hours += 1
-    days = ((last - first) / DAY_MS + 1 / 24) if first is not None and last is not None else 0.0
-    rate = 100.0 * judged / circ if circ > 0 else None
-    daily = (volume / days / area * 10_000) if (area and days > 0 and first is not None) else None
+        out.judged += d
+        out.circulation += flow  # mean m³/h over the hour × 1 h
+        out.hours += 1
+    return out
+
+
+def network_makeup(rules: AlertRules, station: str, network: str, got: MakeupTally | Sequence[HourRow],
+                   area: float | None) -> NetworkMakeup:
+    t = got if isinstance(got, MakeupTally) else tally(rules, station, network, got)
+    nr = rules.network_for(station, network)
+    seen = t.first is not None and t.last is not None
+    days = ((t.last - t.first) / DAY_MS + 1 / 24) if t.first is not None and t.last is not None else 0.0
+    rate = 100.0 * t.judged / t.circulation if t.circulation > 0 else None
+    daily = (t.volume / days / area * 10_000) if (area and days > 0 and seen) else None
     return NetworkMakeup(
-        network=network, makeup_m3=round(volume, 3) if first is not None else None,
-        judged_makeup_m3=round(judged, 3), circulation_m3=round(circ, 1), judged_hours=hours,
+        network=network, makeup_m3=round(t.volume, 3) if seen else None,
+        judged_makeup_m3=round(t.judged, 3), circulation_m3=round(t.circulation, 1), judged_hours=t.hours,
         rate_pct=round(rate, 4) if rate is not None else None, limit_pct=nr.rate_limit_pct,
         passed=None if rate is None else rate <= nr.rate_limit_pct,
         margin_pp=round(rate - nr.rate_limit_pct, 4) if rate is not None else None,
         days=round(days, 3), daily_t_per_10k_m2=round(daily, 4) if daily is not None else None,
-        meter_events=events, excluded_m3=round(excluded, 3))
+        meter_events=t.events, excluded_m3=round(t.excluded, 3))
 
 
 def _incident(a: Mapping[str, Any]) -> Incident:
@@ -384,7 +406,7 @@ def makeup_part(i: Inputs, stations: Sequence[str]) -> MakeupPart:
     passing = failing = no_data = 0
     for s in stations:
         area = station_area(i, s)
-        nm = [network_makeup(i.rules, s, n, i.makeup_hours.get((s, n), []), area) for n in nets]
+        nm = [network_makeup(i.rules, s, n, i.makeup.get((s, n), MakeupTally()), area) for n in nets]
         judged = [x for x in nm if x.passed is not None]
         if not judged:
             no_data += 1
@@ -542,6 +564,24 @@ def dominant(counts: Iterable[int]) -> int | None:
     return max(c.items(), key=lambda kv: (kv[1], kv[0]))[0]
 
 
+@dataclass
+class Presence:
+    """A station's reference point over [start, end): hours with a sample, the runs of hours
+    without one, and its own rate (``dominant`` of its hourly counts)."""
+
+    online: int
+    gaps: list[Gap]
+    rate: int | None
+
+
+def presence(hourly: Iterable[tuple[int, int]], start: int, end: int) -> Presence:
+    """From (hour, samples) pairs: what InfluxDB counted per hour of the reference point."""
+    rows = [(h, n) for h, n in hourly if n > 0]
+    present = [h for h, _ in rows]
+    return Presence(online=sum(1 for h in present if start <= h < end), gaps=gaps(present, start, end),
+                    rate=dominant(n for _, n in rows))
+
+
 def information_part(i: Inputs, stations: Sequence[str]) -> InformationPart:
     start, end = i.period.start, i.data_end
     period_h = max(0, (hour_ceil(end) - hour_floor(start)) // HOUR_MS)
@@ -561,16 +601,12 @@ def information_part(i: Inputs, stations: Sequence[str]) -> InformationPart:
                 e = int(per_hour * period_h)
                 expected += e
                 received += min(e, counts.get(key, 0))
-        elif s in i.ref_point:
-            ref = i.ref_point[s]
-            rate = dominant(i.presence.get(s, {}).values())
-            if rate is not None:
-                source = "data"
-                expected = rate * period_h
-                received = min(expected, counts.get((ref, None, None), 0))
-        present = [h for h, n in i.presence.get(s, {}).items() if n > 0]
-        online = sum(1 for h in present if start <= h < end)
-        gs = gaps(present, start, end)
+        pres = i.presence.get(s) or presence([], start, end)
+        if plan is None and s in i.ref_point and pres.rate is not None:
+            source = "data"
+            expected = pres.rate * period_h
+            received = min(expected, counts.get((i.ref_point[s], None, None), 0))
+        online, gs = pres.online, pres.gaps
         seen: dict[str, set[str]] = defaultdict(set)
         for (p, bld, hh), n in counts.items():
             if p == "room_temp" and bld and hh and n > 0:
