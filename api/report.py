@@ -4,9 +4,9 @@ or as a printable PDF.
 Engineer or above: the report is the takeover working group's, not the hotline's, and it lists
 every household below the standard with its code and address across the whole company, where a
 dispatcher's lookup shows one household a call. A report is computed from InfluxDB and the
-alert store (about a second for a few stations; for 500 and a season seconds from the 1-hour rollup,
-minutes from raw data, bench/report_bench.py);
-the period is ``2026-11``, ``2026-11-15..2027-03-15`` or ``season:2026``. A period's report is kept
+alert store (about a second for a few stations; for 500 stations and a season seconds from the
+1-hour rollup, minutes from raw data: bench/report_bench.py); the period is ``2026-11``,
+``2026-11-15..2027-03-15`` or ``season:2026``. A period's report is kept
 ``CACHE_S`` (5 min) per API process, so its parts, spreadsheet and PDF asked in a row cost one
 computation; ``generated_at`` says when it was made.
 """
@@ -35,7 +35,7 @@ PeriodQ = Annotated[str, Query(min_length=7, max_length=30,
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
-# a season of a large company without rollups takes InfluxDB minutes (bench/report_bench.py); the
+# a season of a large company without the 1-hour rollup takes InfluxDB minutes (bench/report_bench.py); the
 # hotline's reader gives up after influx.timeout_s (10 s), so reports get their own
 REPORT_TIMEOUT_S = 900.0
 

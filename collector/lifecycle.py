@@ -1,8 +1,10 @@
 """InfluxDB's data lifecycle and users, set up by heatwatch itself (idempotent).
 
     setup()     database; raw retention (default RP, ``raw_days``); rollup_5m and rollup_1h
-                retention policies; one continuous query per rollup; users with their grants;
-                a backfill of the rollups over the raw data already there when a CQ is new
+                retention policies; the rollups' continuous queries (contract.influx.rollup_cqs:
+                one for the 5-minute rollup, two for the hourly one — every point's aggregates and
+                the plausible room means, in the rule file's range); users with their grants; a
+                backfill of the rollups over the raw data already there when a CQ is new
     backfill()  recompute the rollups of a span by hand (what the CQs compute for new buckets)
 
 Run by ``heatwatch influx setup`` (as an InfluxDB admin where authentication is on) and, when the

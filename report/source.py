@@ -36,7 +36,7 @@ from alerting import schema
 from alerting.store import Store
 from contract.alerts import AlertRules, load_rules
 from contract.config import GatewayConfig, load_gateway_config
-from contract.errors import ConfigError
+from contract.errors import ConfigError, DatabaseUnavailable
 from contract.influx import (
     MEASUREMENT_BUILDING,
     MEASUREMENT_HOUSEHOLD,
@@ -190,7 +190,10 @@ async def find_sources(query: QueryMany, database: str, ctx: Context, period: Pe
     raw = "everything aggregated per hour from the raw data (minutes for a season of a large company)"
     if ctx.settings.rollups == "off":
         return Sources(notes=[f"Rollups off in the report settings: {raw}."])
-    rps, cqs = await query(["SHOW RETENTION POLICIES", "SHOW CONTINUOUS QUERIES"], None)
+    try:
+        rps, cqs = await query(["SHOW RETENTION POLICIES", "SHOW CONTINUOUS QUERIES"], None)
+    except DatabaseUnavailable as exc:  # InfluxDB 2.x's 1.x API has no continuous queries to show
+        return Sources(notes=[f"Could not ask InfluxDB which rollups it keeps ({exc}): {raw}."])
     have_rp = any(row.get("name") == rollup.RP for _, row in _rows(rps))
     mine = [row for s in cqs if s.get("name") == database for _, row in _rows([s])]
     main = [r for r in mine if str(r["name"]).startswith(f"heatwatch_rollup_{ROLLUP_1H.name}_")

@@ -36,8 +36,9 @@ from alerting.assets import parse
 from alerting.store import Store
 from api.app import create_app
 from api.influx import InfluxReader
+from collector.lifecycle import setup
 from contract.alerts import AlertRules
-from contract.config import InfluxSettings, load_api_config, load_gateway_config
+from contract.config import InfluxSettings, LifecycleSettings, load_api_config, load_gateway_config
 from dashboards import build
 from heatwatch.devstack import REPO, Influxd
 from heatwatch.season import StationSpec, Truth, influx_writer, run
@@ -679,5 +680,42 @@ def test_rollup_rows_from_before_the_counts_are_not_read(influxd: Influxd, tmp_p
     got = _report(influxd, db, store, ctx)
     assert "holds counts of station data from 2025-12-11 on only" in got.notes[0], got.notes[0]
     assert got.makeup == current.makeup  # from the raw data, which still has every sample
+    store.close()
+
+
+def test_a_period_not_over_reads_up_to_the_rollups_newest_hour(influxd: Influxd, tmp_path: Path) -> None:
+    """December asked on Dec 12 at 10:20, the 1-hour rollup written up to 10:00 (its CQ rolls an
+    hour up once the hour is over): the report ends at 10:00, says so, and gives what the raw data
+    gives up to 10:00."""
+    db = f"report_now_{int(time.time() * 1000)}"
+    t0 = P0 + 10 * D * 1000  # Dec 11 00:00 local
+    ten, now = t0 + 34 * H, t0 + 34 * H + 20 * 60_000
+    lines = [f"station,station=st009 makeup_total={100 + k * 0.05},secondary_flow=100.0,outdoor_temp=-2.0 "
+             f"{t0 + k * 600_000}" for k in range((now - t0) // 600_000)]
+    httpx.post(f"{influxd.url}/query", params={"q": f'CREATE DATABASE "{db}"'}).raise_for_status()
+    httpx.post(f"{influxd.url}/write", params={"db": db, "precision": "ms"},
+               content="\n".join(lines)).raise_for_status()
+    lc = LifecycleSettings(raw_days=3650, rollup_5m_days=3650, rollup_1h_days=3650, setup_at_start=False)
+    asyncio.run(setup(InfluxSettings(url=influxd.url, database=db, lifecycle=lc), now_ms=ten))
+    store = Store(f"sqlite:///{tmp_path / 'alerts.sqlite'}")
+    store.migrate()
+    reader = InfluxReader(InfluxSettings(url=influxd.url, database=db))
+
+    async def make(ctx: source.Context, at: int) -> Report:
+        return await source.report(reader.query_many, store, ctx, PERIOD, at, database=db)
+
+    async def both() -> tuple[Report, Report]:
+        try:
+            return (await make(source.Context(), now),
+                    await make(source.Context(settings=ReportSettings(rollups="off")), ten))
+        finally:
+            await reader.close()
+
+    rolled, raw = asyncio.run(both())
+    assert rolled.period.data_end == ten
+    assert rolled.notes[1] == "Up to 2025-12-12 10:00, the end of the 1-hour rollup's newest complete hour."
+    assert _without_notes(rolled) == _without_notes(raw)
+    st = rolled.makeup.stations[0].networks[0]
+    assert st.makeup_m3 == pytest.approx(0.05 * 6 * 33, abs=1e-6) and st.judged_hours == 33  # hourly lasts
     store.close()
 
