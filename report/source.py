@@ -178,6 +178,9 @@ def _first_time(series: list[dict[str, Any]]) -> int | None:
     return min(got) if got else None
 
 
+_MINUTE = "%Y-%m-%d %H:%M"
+
+
 def _local(t_ms: int, tz_h: float, fmt: str = "%Y-%m-%d") -> str:
     return dt.datetime.fromtimestamp(t_ms / 1000, dt.timezone(dt.timedelta(hours=tz_h))).strftime(fmt)
 
@@ -204,18 +207,26 @@ async def find_sources(query: QueryMany, database: str, ctx: Context, period: Pe
         return Sources(notes=["The 1-hour rollup here carries no counts (made by an older heatwatch): run "
                               f"`heatwatch influx setup` to bring it up to date; {raw}."])
     ranges = [got[1] for r in mine if (got := rooms_cq_range(str(r["name"]))) and got[0] == ROLLUP_1H.name]
-    # rows an older heatwatch rolled up have no counts: the counts must start with the data (one
-    # CQ and one backfill write every measurement's rows, so the station rows tell for all)
+    # the rollup must hold the period's hours from the first the raw data has (a CQ the collector
+    # made at start rolls up only from then: the hours before need `heatwatch influx backfill`),
+    # with counts (rows an older heatwatch rolled up have none). One CQ and one backfill write
+    # every measurement's rows, so the station rows tell for all; LIMIT 1 reads a block a series
     hs, he = hour_floor(period.start), hour_ceil(data_end)
     st = rollup.src(MEASUREMENT_STATION)
     stmts = [f"SELECT /^count_/ FROM {st} WHERE {_t(hs, he)} LIMIT 1",
-             f"SELECT /^last_/ FROM {st} WHERE {_t(hs, he)} LIMIT 1"]
+             f"SELECT /^last_/ FROM {st} WHERE {_t(hs, he)} LIMIT 1",
+             f'SELECT * FROM "{MEASUREMENT_STATION}" WHERE {_t(hs, he)} LIMIT 1']
     recent = data_end > now_ms - 3 * HOUR_MS
     if recent:  # the newest hour a continuous query has written
         stmts.append(f"SELECT /^count_/ FROM {st} WHERE {_t(he - 4 * HOUR_MS, he)} "
                      "ORDER BY time DESC LIMIT 1")
     res = await query(stmts, None)
-    counted, seen = _first_time(res[0]), _first_time(res[1])
+    counted, seen, first_raw = _first_time(res[0]), _first_time(res[1]), _first_time(res[2])
+    if first_raw is not None and (seen is None or hour_floor(first_raw) < seen):
+        at = "no hour of the period" if seen is None else _local(seen, period.tz_h, _MINUTE)
+        return Sources(notes=[f"The 1-hour rollup starts at {at}, the raw data at "
+                              f"{_local(first_raw, period.tz_h, _MINUTE)} (run `heatwatch influx backfill` "
+                              f"for the hours between): {raw}."])
     if seen is not None and (counted is None or counted > seen):
         since = "" if counted is None else f" from {_local(counted, period.tz_h)} on"
         return Sources(notes=[f"The 1-hour rollup holds counts of station data{since} only (older hours "
@@ -226,7 +237,7 @@ async def find_sources(query: QueryMany, database: str, ctx: Context, period: Pe
         newest = [int(row["time"]) for _, row in _rows(res[-1])]
         out.end = min(he, newest[0] + HOUR_MS) if newest else min(he, hour_floor(now_ms))
         if out.end < data_end:
-            out.notes.append(f"Up to {_local(out.end, period.tz_h, '%Y-%m-%d %H:%M')}, the end of the 1-hour "
+            out.notes.append(f"Up to {_local(out.end, period.tz_h, _MINUTE)}, the end of the 1-hour "
                              "rollup's newest complete hour.")
     plausible = (ctx.rules.sensor.plausible_min, ctx.rules.sensor.plausible_max)
     if plausible in ranges:

@@ -656,30 +656,53 @@ def test_rooms_from_raw_when_the_rollup_uses_another_plausible_range(season: Sea
     assert _without_notes(raw) == _without_notes(season.report)
 
 
-def test_rollup_rows_from_before_the_counts_are_not_read(influxd: Influxd, tmp_path: Path) -> None:
-    """Hours an older heatwatch rolled up (mean/min/max/last, no counts) and whose raw data is gone:
-    the report cannot count from them, says so and reads the raw data."""
+def test_hours_the_rollup_does_not_hold_are_read_raw(influxd: Influxd, tmp_path: Path) -> None:
+    """Raw hours the rollup does not cover — written after its backfill (a collector that made the
+    CQs at start rolls up only from then), or rolled up by an older heatwatch without counts (and
+    their raw data since gone): the report says so and reads the raw data; once the hours are
+    backfilled it reads the rollup again."""
     db = f"report_old_{int(time.time() * 1000)}"
-    t0 = P0 + 10 * D * 1000
-    lines = [f"station,station=st009 makeup_total={100 + k * 0.5},secondary_flow=100.0,outdoor_temp=-2.0 "
-             f"{t0 + k * 600_000}" for k in range(6 * 48)]
+    t0 = P0 + 10 * D * 1000  # Dec 11 00:00 local
+
+    def station(start: int, hours: int) -> str:
+        return "\n".join(f"station,station=st009 makeup_total={100 + (start - t0) / 1_200_000 + k * 0.5},"
+                         f"secondary_flow=100.0,outdoor_temp=-2.0 {start + k * 600_000}"
+                         for k in range(6 * hours))
+
     httpx.post(f"{influxd.url}/query", params={"q": f'CREATE DATABASE "{db}"'}).raise_for_status()
     httpx.post(f"{influxd.url}/write", params={"db": db, "precision": "ms"},
-               content="\n".join(lines)).raise_for_status()
-    _influx_setup(influxd, db, tmp_path)
+               content=station(t0, 48)).raise_for_status()
+    folder = tmp_path / "cfg"
+    _influx_setup(influxd, db, folder)
     store = Store(f"sqlite:///{tmp_path / 'alerts.sqlite'}")
     store.migrate()
-    ctx = source.Context()
+    ctx, off = source.Context(), source.Context(settings=ReportSettings(rollups="off"))
     current = _report(influxd, db, store, ctx)
     assert current.notes[0].startswith("Read from the 1-hour rollup")
-    # a day before, as an older version rolled it up: no count_ fields
+    # a day of raw data before the rollup's first hour
+    httpx.post(f"{influxd.url}/write", params={"db": db, "precision": "ms"},
+               content=station(t0 - D * 1000, 24)).raise_for_status()
+    got = _report(influxd, db, store, ctx)
+    assert got.notes[0].startswith("The 1-hour rollup starts at 2025-12-11 00:00, the raw data at 2025-12-10 "
+                                   "00:00 (run `heatwatch influx backfill`"), got.notes[0]
+    assert _without_notes(got) == _without_notes(_report(influxd, db, store, off))
+    assert got.makeup.stations[0].networks[0].judged_hours == 71
+    cfg = str(folder / "collector.yaml")
+    p = subprocess.run([sys.executable, "-m", "heatwatch", "influx", "backfill", cfg,
+                        "--since", "2025-12-09T16:00", "--until", "2025-12-10T16:00"],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert p.returncode == 0, p.stderr
+    again = _report(influxd, db, store, ctx)
+    assert again.notes[0].startswith("Read from the 1-hour rollup")
+    assert _without_notes(again) == _without_notes(got)
+    # a day before that as an older heatwatch rolled it up (no count_ fields), its raw data gone
     old = [f"station,station=st009 mean_makeup_total=99.0,last_makeup_total=99.0,mean_secondary_flow=100.0 "
-           f"{t0 - D * 1000 + k * H}" for k in range(24)]
+           f"{t0 - 2 * D * 1000 + k * H}" for k in range(24)]
     httpx.post(f"{influxd.url}/write", params={"db": db, "rp": "rollup_1h", "precision": "ms"},
                content="\n".join(old)).raise_for_status()
     got = _report(influxd, db, store, ctx)
-    assert "holds counts of station data from 2025-12-11 on only" in got.notes[0], got.notes[0]
-    assert got.makeup == current.makeup  # from the raw data, which still has every sample
+    assert "holds counts of station data from 2025-12-10 on only" in got.notes[0], got.notes[0]
+    assert got.makeup == again.makeup  # from the raw data, which has every sample it still keeps
     store.close()
 
 
