@@ -1,8 +1,9 @@
 """The takeover report's figures, pure: hourly aggregates and alert-store rows in, ``Report`` out.
 
-``report.source`` fetches the inputs (InfluxDB aggregates them per hour and per entity, so a
-company of 500 stations and a season arrives as hundreds of thousands of numbers, not the
-hundreds of millions of samples behind them); everything here is plain Python on what it got.
+``report.source`` fetches the inputs (InfluxDB aggregates them per hour and per entity, or reads
+the 1-hour rollup's sums per station and sensor, so a company of 500 stations and a season
+arrives as thousands of numbers plus the hours that need a closer look, not the hundreds of
+millions of samples behind them); everything here is plain Python on what it got.
 
 Definitions (the report's notes repeat them):
 
@@ -294,7 +295,7 @@ def station_area(i: Inputs, station: str) -> float | None:
     return None
 
 
-def in_maintenance(rules: AlertRules, station: str, hour: int) -> bool:
+def _in_maintenance(rules: AlertRules, station: str, hour: int) -> bool:
     for w in rules.maintenance:
         if w.station == station and w.building is None:
             s, e = int(w.start.timestamp() * 1000), int(w.end.timestamp() * 1000)
@@ -309,7 +310,7 @@ HourRow = tuple[int, float | None, float | None]  # hour, last totalizer value, 
 @dataclass
 class MakeupTally:
     """A station network's make-up over the period, what ``network_makeup`` judges: from hourly
-    rows (``tally``), or summed by InfluxDB from the 1-hour rollup (report.source) for a network
+    rows (``tally``), or summed by InfluxDB from the 1-hour rollup (report.rollup) for a network
     whose hours hold no exception (no gap, reset, replacement, missing circulation or maintenance
     hour), where the sums come to the same."""
 
@@ -352,7 +353,7 @@ def tally(rules: AlertRules, station: str, network: str, rows: Sequence[HourRow]
         out.volume += d
         if t - pt != HOUR_MS or flow is None:
             continue  # spans a gap, or no circulation measured: counted, not judged
-        if in_maintenance(rules, station, t):
+        if _in_maintenance(rules, station, t):
             out.excluded += d
             continue
         out.judged += d
