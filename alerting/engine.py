@@ -110,14 +110,26 @@ class Engine:
         self._season_cache: dict[int, tuple[bool, bool]] = {}  # local day → (in season, in grace)
         self.set_silences([])
         self.samples_judged = 0
+        # Start-up grace: until this receive time (ms), a station's silence is not judged (neither
+        # raised nor cleared). A collector that just started, or restored a snapshot written minutes
+        # ago, has not had the chance to hear from anyone yet: judging the snapshot's last_rx at
+        # once paged station_offline for every station on each restart, and resolved it with the
+        # first message. Set by the first input after __init__ or restore (see _begin).
+        self.grace_until: int | None = None
         self.wanted = frozenset(  # the points any rule reads; the rest pass by
             {"room_temp", "outdoor_temp", "secondary_supply_temp", "makeup_flow", "makeup_pump_running",
              "secondary_return_pressure", "tank_level"}
             | {p for n in rules.makeup.networks.values() for p in (n.makeup_total, n.circulation_flow)})
 
     # -- inputs -------------------------------------------------------------------------------
+    def _begin(self, now: int) -> None:
+        if self.grace_until is None:
+            self.grace_until = now + int(self.rules.offline.station_after_s * 1000)
+
     def observe(self, frame: Frame, now: int) -> list[Transition]:
         """Judge one telemetry message (received at ``now`` ms)."""
+        if self.grace_until is None:
+            self._begin(now)
         st = self.stations.get(frame.station)
         if st is None:
             st = self.stations[frame.station] = StationState()
@@ -154,6 +166,7 @@ class Engine:
         return self._flush()
 
     def station_status(self, s: StationStatus, now: int) -> list[Transition]:
+        self._begin(now)
         st = self.stations.get(s.station)
         if st is None:
             st = self.stations[s.station] = StationState()
@@ -169,6 +182,7 @@ class Engine:
         return self._flush()
 
     def gateway_status(self, g: GatewayStatus, now: int) -> list[Transition]:
+        self._begin(now)
         gw = self._gateway(g.gateway)
         gw.stations.update(g.stations)
         if g.state == "offline":
@@ -181,6 +195,7 @@ class Engine:
 
     def tick(self, now: int) -> list[Transition]:
         """Time-driven rules: offline stations and gateways, stale sensors, escalation, season end."""
+        self._begin(now)
         in_season, _ = self.season(now)
         if not in_season:
             for life in list(self.lives.values()):
@@ -341,7 +356,10 @@ class Engine:
         after = self.rules.offline.station_after_s * 1000
         silent = st.last_rx > 0 and now - st.last_rx > after
         active = st.status_offline or silent
-        if active or alert_key(Rule.STATION_OFFLINE, name) in self.lives:
+        # in the start-up grace only the gateway's own word (status offline) counts; silence is
+        # judged after it, from the last data the snapshot remembers or what arrived since
+        judged = st.status_offline or self.grace_until is None or now >= self.grace_until
+        if judged and (active or alert_key(Rule.STATION_OFFLINE, name) in self.lives):
             self.judge(Rule.STATION_OFFLINE, active, now, 0, 0, Severity.MAJOR, None, "", station=name,
                        context=lambda: {"reason": "status offline" if st.status_offline
                                         else "no telemetry", "last_data": st.last_rx})
@@ -395,3 +413,4 @@ class Engine:
         self.stations = state["stations"]
         self.gateways = state["gateways"]
         self.rooms.restore(state["rooms"])
+        self.grace_until = None  # the next input starts a new start-up grace

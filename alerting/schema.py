@@ -8,6 +8,9 @@ a partial unique index), and a new row when the condition comes back after resol
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
@@ -32,7 +35,9 @@ alerts = sa.Table(
     sa.Column("quiet", sa.String(16), nullable=False, server_default=""),
     sa.Column("paged", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("ack_by", _ID), sa.Column("ack_at", sa.BigInteger), sa.Column("ack_note", sa.Text),
-    sa.Column("ack_ticket", _ID),
+    sa.Column("ack_ticket", _ID),  # the latest ticket an acknowledgement gave (one without keeps it)
+    # every hotline ticket given with an acknowledgement or a note, oldest first
+    sa.Column("tickets", sa.JSON, nullable=False, server_default=sa.text("'[]'")),
     sa.Column("resolved_by", _ID),  # a person, when resolved by hand
     sa.Index("alerts_open_key", "key", unique=True, sqlite_where=sa.text("resolved_at IS NULL"),
              postgresql_where=sa.text("resolved_at IS NULL")),
@@ -68,6 +73,8 @@ silences = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("created_by", _ID, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("cancelled_at", sa.BigInteger),  # cancelled by hand: it no longer covers anything
+    sa.Column("cancelled_by", _ID),
     sa.Index("silences_end", "end_ms"),
 )
 
@@ -122,4 +129,84 @@ households = sa.Table(
     sa.Column("search", sa.String(500), nullable=False),  # lower-cased address + unit + room + code
     sa.Index("households_place", "station", "building"),
     sa.Index("households_sensor", "station", "building", "sensor"),
+)
+
+# -- remote commands (docs/control.md; alerting/commands.py) ------------------------------------
+class Value(sa.types.TypeDecorator[Any]):
+    """A command's number or true/false as JSON text. Not a JSON column: SQLite gives a column
+    typed JSON numeric affinity and turns the text "65.0" into a REAL, which no JSON reader takes."""
+
+    impl = sa.String(32)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> str | None:
+        return None if value is None else orjson.dumps(value).decode()
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> Any:
+        return None if value is None else orjson.loads(value)
+
+
+# One row per command id: what was asked, by whom, its state, and the gateway's result. A result
+# for an id the API never issued (published straight onto the broker) gets a row too, origin
+# "broker", so it is seen.
+commands = sa.Table(
+    "commands", metadata,
+    sa.Column("id", _ID, primary_key=True),
+    sa.Column("origin", sa.String(8), nullable=False, server_default="api"),  # api | broker
+    sa.Column("station", _ID, nullable=False),
+    sa.Column("device", _ID),
+    sa.Column("point", _ID),
+    sa.Column("building", _ID), sa.Column("household", _ID),
+    sa.Column("value", Value),  # number or bool
+    sa.Column("old_value", Value),  # the latest reading when it was requested
+    sa.Column("state", sa.String(24), nullable=False),
+    sa.Column("needs_confirmation", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("issuer", _ID),
+    sa.Column("confirmed_by", _ID), sa.Column("confirmed_at", sa.BigInteger),
+    sa.Column("reason", sa.Text),  # why, in the engineer's words
+    sa.Column("ticket", _ID),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("deadline", sa.BigInteger, nullable=False),
+    sa.Column("claimed_at", sa.BigInteger),  # a sender took it (several API workers: one publishes)
+    sa.Column("payload", sa.LargeBinary),  # the signed bytes, once signed: every publish sends the same
+    sa.Column("sent_at", sa.BigInteger),
+    sa.Column("result_state", sa.String(24)),
+    sa.Column("result_reason", sa.String(32)),
+    sa.Column("result_detail", sa.Text),
+    sa.Column("result_code", sa.Integer),
+    sa.Column("gateway_old_value", Value),  # read by the gateway just before the write
+    sa.Column("read_back", Value),
+    sa.Column("result_at", sa.BigInteger),  # the gateway's time of the result
+    sa.Index("commands_station", "station", "created_at"),
+    sa.Index("commands_building", "station", "building", "created_at"),
+    sa.Index("commands_state", "state"),
+)
+
+command_events = sa.Table(
+    "command_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("command_id", _ID, sa.ForeignKey("commands.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(24), nullable=False),  # requested confirmed sent result expired
+    sa.Column("state", sa.String(24), nullable=False),  # the command's state after it
+    sa.Column("actor", _ID),
+    sa.Column("detail", sa.JSON, nullable=False),
+    sa.Index("command_events_command", "command_id", "ts"),
+)
+
+
+# -- the latest value of every point, per station and building (written by the collector;
+# alerting/latest.py). building '' is the station itself; a building's row carries its
+# households: {household: {"ts": ms, "points": {point: value}}}.
+latest = sa.Table(
+    "latest", metadata,
+    sa.Column("station", _ID, primary_key=True),
+    sa.Column("building", _ID, primary_key=True),
+    sa.Column("ts", sa.BigInteger),  # sample time of the newest reading with a value; NULL: status only
+    sa.Column("points", sa.JSON, nullable=False),  # {point: latest value}; a bad reading keeps the last
+    sa.Column("households", sa.JSON),  # buildings: their households' latest values
+    sa.Column("state", sa.String(16)),  # stations: online / degraded / offline, from the station status
+    sa.Column("state_ts", sa.BigInteger),
+    sa.Column("gateway_state", sa.String(16)),  # stations: online / offline, from the gateway status
+    sa.Column("written_at", sa.BigInteger, nullable=False),  # when the collector wrote the row
 )

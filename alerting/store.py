@@ -24,13 +24,16 @@ import orjson
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.util import exc as alembic_exc
 from sqlalchemy.engine import Connection, Engine
 
 from alerting import schema
 from alerting.assets import Assets
 from alerting.engine import Silence
+from alerting.latest import LatestTable
 from contract.alerts import Transition
-from contract.errors import InvalidInput
+from contract.errors import CannotOpen, InvalidInput
+from durable.queue import why_unopenable
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 ROLES = ("dispatcher", "engineer", "admin")  # each has the rights of the ones before it
@@ -132,6 +135,10 @@ class Conflict(InvalidInput):
     """The alert is not in a state that allows this (e.g. resolving a resolved one): 409."""
 
 
+class Unknown(InvalidInput):
+    """The request names a station or building the site does not know: 422."""
+
+
 @dataclass(frozen=True)
 class Page:
     rows: list[dict[str, Any]]
@@ -148,15 +155,45 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 class Store:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        # a pre-ping finds PostgreSQL connections a restart or a firewall dropped; a SQLite file
-        # has no such thing and the ping would cost a round through the pool on every checkout
-        self.engine: Engine = sa.create_engine(
-            url, future=True, pool_pre_ping=not url.startswith("sqlite"),
-            json_serializer=lambda v: orjson.dumps(v).decode(), json_deserializer=orjson.loads)
+    def __init__(self, url: str, *, setting: str = "store") -> None:
+        """``setting``: where the URL is set in the process's config file, for CannotOpen."""
+        self.url, self.setting = url, setting
+        try:
+            # a pre-ping finds PostgreSQL connections a restart or a firewall dropped; a SQLite file
+            # has no such thing and the ping would cost a round through the pool on every checkout
+            self.engine: Engine = sa.create_engine(
+                url, future=True, pool_pre_ping=not url.startswith("sqlite"),
+                json_serializer=lambda v: orjson.dumps(v).decode(), json_deserializer=orjson.loads)
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+            raise CannotOpen("alert store", self._shown(), f"not a store URL heatwatch can use ({exc})",
+                             setting) from None
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.latest = LatestTable(self.engine)  # the latest value per entity (its own module)
+
+    def _shown(self) -> str:
+        try:
+            return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+        except sa.exc.ArgumentError:
+            return self.url.partition("://")[0] + "://…"
+
+    def open(self) -> Store:
+        """Connect and bring the schema up to date, at a process's start. Whatever stops that
+        raises CannotOpen: one line naming the URL, the cause and the setting, not a traceback."""
+        try:
+            self.migrate()
+        except (sa.exc.SQLAlchemyError, OSError, alembic_exc.CommandError) as exc:
+            self.engine.dispose()
+            orig = getattr(exc, "orig", None) or exc
+            if self.engine.dialect.name == "sqlite" and self.engine.url.database:
+                reason = why_unopenable(Path(self.engine.url.database), orig)
+            elif isinstance(exc, alembic_exc.CommandError):
+                reason = f"its schema is from another heatwatch version ({exc})"
+            else:
+                text = str(orig).strip()
+                reason = f"unable to open ({text.splitlines()[0][:200] if text else type(orig).__name__})"
+            raise CannotOpen("alert store", self._shown(), reason, self.setting) from None
+        return self
 
     def close(self) -> None:
         self.engine.dispose()
@@ -262,9 +299,10 @@ class Store:
             conn.execute(stmt, [{"k": k, "t": t} for k, t in seen])
 
     def active_silences(self, now: int) -> list[Silence]:
+        """Silences not over and not cancelled (the collector re-reads them every silences_s)."""
         s = schema.silences
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(s).where(s.c.end_ms > now)).all()
+            rows = conn.execute(sa.select(s).where(s.c.end_ms > now, s.c.cancelled_at.is_(None))).all()
         return [Silence(r.station, r.building, r.start_ms, r.end_ms, r.reason) for r in rows]
 
     # -- the dispatcher's side ----------------------------------------------------------------
@@ -296,11 +334,18 @@ class Store:
 
     def _event(self, conn: Connection, alert_id: int, kind: str, now: int, actor: str,
                note: str | None, ticket: str | None) -> dict[str, Any]:
+        """Record a person's event on an alert (and audit it); the alert's state, and its ticket
+        list with ``ticket`` added where it is new (the caller writes it)."""
         a = schema.alerts
-        row = conn.execute(sa.select(a.c.state, a.c.severity, a.c.value, a.c.key)
-                           .where(a.c.id == alert_id)).first()
+        # FOR UPDATE (PostgreSQL; SQLite serialises writers anyway): two acks at once must not
+        # each add their ticket to the list the other read
+        row = conn.execute(sa.select(a.c.state, a.c.severity, a.c.value, a.c.key, a.c.tickets)
+                           .where(a.c.id == alert_id).with_for_update()).first()
         if row is None:
             raise NotFound(f"alert {alert_id} does not exist", "not_found")
+        tickets = list(row.tickets or [])
+        if ticket is not None and ticket not in tickets:
+            tickets.append(ticket)
         conn.execute(schema.alert_events.insert().values(
             alert_id=alert_id, ts=now, kind=kind, state=row.state, severity=row.severity,
             value=row.value, actor=actor, note=note, ticket=ticket))
@@ -308,21 +353,29 @@ class Store:
                                                   target=row.key,
                                                   detail={"alert": alert_id, "note": note,
                                                           "ticket": ticket}))
-        return {"state": row.state}
+        return {"state": row.state, "tickets": tickets}
 
     def acknowledge(self, alert_id: int, *, actor: str, now: int, note: str | None = None,
                     ticket: str | None = None) -> dict[str, Any]:
+        """``ack_by``/``ack_at``/``ack_note`` are the latest acknowledgement's; its ticket
+        replaces ``ack_ticket`` only when it gives one (a later "me too" ack must not unlink the
+        hotline ticket), and every ticket stays in ``tickets``."""
         a = schema.alerts
         with self.engine.begin() as conn:
-            self._event(conn, alert_id, "ack", now, actor, note, ticket)
-            conn.execute(a.update().where(a.c.id == alert_id)
-                         .values(ack_by=actor, ack_at=now, ack_note=note, ack_ticket=ticket))
+            cur = self._event(conn, alert_id, "ack", now, actor, note, ticket)
+            values: dict[str, Any] = dict(ack_by=actor, ack_at=now, ack_note=note, tickets=cur["tickets"])
+            if ticket is not None:
+                values["ack_ticket"] = ticket
+            conn.execute(a.update().where(a.c.id == alert_id).values(**values))
         return self.get(alert_id)
 
     def add_note(self, alert_id: int, *, actor: str, now: int, note: str,
                  ticket: str | None = None) -> dict[str, Any]:
+        a = schema.alerts
         with self.engine.begin() as conn:
-            self._event(conn, alert_id, "note", now, actor, note, ticket)
+            cur = self._event(conn, alert_id, "note", now, actor, note, ticket)
+            if ticket is not None:
+                conn.execute(a.update().where(a.c.id == alert_id).values(tickets=cur["tickets"]))
         return self.get(alert_id)
 
     def resolve(self, alert_id: int, *, actor: str, now: int, note: str | None = None) -> dict[str, Any]:
@@ -337,12 +390,39 @@ class Store:
                          .values(state="resolved", resolved_at=now, resolved_by=actor, last_ts=now))
         return self.get(alert_id)
 
+    def _check_known(self, conn: Connection, station: str, building: str | None) -> None:
+        """Refuse a station (or building) the site does not know. Known: in the asset register,
+        or named by an alert ever raised. While neither knows any station (a new site), nothing
+        can be judged and everything is accepted; a building is judged only where its station
+        has known buildings."""
+        st, b, a = schema.stations, schema.buildings, schema.alerts
+
+        def any_row(q: sa.Select[Any]) -> bool:
+            return conn.execute(q.limit(1)).first() is not None
+
+        if not (any_row(sa.select(st.c.station).where(st.c.station == station))
+                or any_row(sa.select(b.c.station).where(b.c.station == station))
+                or any_row(sa.select(a.c.id).where(a.c.station == station))):
+            if any_row(sa.select(st.c.station)) or any_row(sa.select(a.c.id).where(a.c.station.is_not(None))):
+                raise Unknown(f"station {station!r} is unknown: not in the asset register and never "
+                              "in an alert (import it: POST /v1/assets/import)", "unknown_station")
+            return
+        if building is None:
+            return
+        if any_row(sa.select(b.c.building).where(b.c.station == station, b.c.building == building)) or \
+                any_row(sa.select(a.c.id).where(a.c.station == station, a.c.building == building)):
+            return
+        if any_row(sa.select(b.c.building).where(b.c.station == station)):
+            raise Unknown(f"building {building!r} of station {station!r} is unknown: not in the asset "
+                          "register and never in an alert", "unknown_building")
+
     def add_silence(self, *, station: str, building: str | None, start: int, end: int, reason: str,
                     actor: str, now: int) -> int:
         if end <= start:
             raise InvalidInput("a silence must end after it starts", "bad_silence")
         s = schema.silences
         with self.engine.begin() as conn:
+            self._check_known(conn, station, building)
             sid = conn.execute(s.insert().values(
                 station=station, building=building, start_ms=start, end_ms=end, reason=reason,
                 created_by=actor, created_at=now).returning(s.c.id)).scalar_one()
@@ -351,6 +431,46 @@ class Store:
                 target=f"{station}/{building}" if building else station,
                 detail={"silence": sid, "start": start, "end": end, "reason": reason}))
         return int(sid)
+
+    def silences(self, *, now: int, past: bool = False, station: str | None = None, limit: int = 100,
+                 offset: int = 0) -> Page:
+        """Silences, latest start first: those still to come or running, or (``past``) all of
+        them, cancelled and ended ones included. Each row carries its ``state`` at ``now``."""
+        s = schema.silences
+        conds: list[Any] = [] if past else [s.c.end_ms > now, s.c.cancelled_at.is_(None)]
+        if station is not None:
+            conds.append(s.c.station == station)
+        where = sa.and_(sa.true(), *conds)
+        with self.engine.connect() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(s).where(where)).scalar_one()
+            rows = [dict(r) for r in conn.execute(
+                sa.select(s).where(where).order_by(s.c.start_ms.desc(), s.c.id.desc())
+                .limit(limit).offset(offset)).mappings()]
+        for r in rows:
+            r["state"] = ("cancelled" if r["cancelled_at"] is not None else "ended" if r["end_ms"] <= now
+                          else "active" if r["start_ms"] <= now else "future")
+        return Page(rows, int(total))
+
+    def cancel_silence(self, sid: int, *, actor: str, now: int) -> dict[str, Any]:
+        """Stop a silence now (audited). The collector stops honouring it at its next re-read of
+        silences (``alerts.silences_s``). A cancelled or ended silence is a Conflict."""
+        s = schema.silences
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(s).where(s.c.id == sid).with_for_update()).mappings().first()
+            if row is None:
+                raise NotFound(f"silence {sid} does not exist", "not_found")
+            if row["cancelled_at"] is not None:
+                raise Conflict(f"silence {sid} was cancelled already by {row['cancelled_by']}",
+                               "already_cancelled")
+            if row["end_ms"] <= now:
+                raise Conflict(f"silence {sid} is over already", "already_ended")
+            conn.execute(s.update().where(s.c.id == sid).values(cancelled_at=now, cancelled_by=actor))
+            target = f"{row['station']}/{row['building']}" if row["building"] else row["station"]
+            conn.execute(schema.audit.insert().values(
+                at=now, actor=actor, action="silence.cancel", target=target,
+                detail={"silence": sid, "start": row["start_ms"], "end": row["end_ms"],
+                        "reason": row["reason"]}))
+        return {**row, "cancelled_at": now, "cancelled_by": actor, "state": "cancelled"}
 
     # -- credentials (the API's) ---------------------------------------------------------------
     def add_token(self, *, name: str, role: str, actor: str, now: int) -> str:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from alerting.store import Conflict, NotFound, Store
+from alerting.store import Conflict, NotFound, Store, Unknown
 from api.auth import Dispatcher, Engineer
 from contract.alerts import Rule, Severity, State
 from contract.topics import Ident
@@ -54,7 +54,10 @@ class AlertPublic(BaseModel):
     ack_by: str | None
     ack_at: int | None
     ack_note: str | None
-    ack_ticket: str | None
+    ack_ticket: str | None = Field(description="the latest ticket an acknowledgement gave; an "
+                                               "acknowledgement without one keeps it")
+    tickets: list[str] = Field(default_factory=list, description="every hotline ticket given with "
+                                                                 "an acknowledgement or note, oldest first")
     resolved_by: str | None
 
 
@@ -119,6 +122,25 @@ class SilenceOut(BaseModel):
     id: int
 
 
+class SilencePublic(BaseModel):
+    id: int
+    station: str
+    building: str | None
+    start: int = Field(description="ms", validation_alias="start_ms")
+    end: int = Field(description="ms", validation_alias="end_ms")
+    reason: str
+    state: Literal["future", "active", "ended", "cancelled"]
+    created_by: str
+    created_at: int
+    cancelled_by: str | None
+    cancelled_at: int | None
+
+
+class SilenceList(BaseModel):
+    data: list[SilencePublic]
+    count: int = Field(description="all matching silences, not only this page")
+
+
 def _store(request: Request) -> Store:
     s: Store = request.app.state.store
     return s
@@ -138,6 +160,8 @@ async def _call(fn: Any, *args: Any, **kw: Any) -> Any:
         raise HTTPException(404, str(exc)) from None
     except Conflict as exc:
         raise HTTPException(409, str(exc)) from None
+    except Unknown as exc:
+        raise HTTPException(422, str(exc)) from None
 
 
 @router.get("/alerts", response_model=AlertList, summary="List and filter alerts, newest first")
@@ -192,9 +216,33 @@ async def resolve(request: Request, alert_id: AlertId, body: ResolveIn, p: Engin
 
 
 @router.post("/silences", response_model=SilenceOut, status_code=201,
-             summary="Silence a station or building for planned works")
+             summary="Silence a station or building for planned works (a known one: docs/api.md)")
 async def add_silence(request: Request, body: SilenceIn, p: Engineer) -> SilenceOut:
     sid = await _call(_store(request).add_silence, station=body.station, building=body.building,
                       start=int(body.start.timestamp() * 1000), end=int(body.end.timestamp() * 1000),
                       reason=body.reason, actor=p.name, now=_now())
     return SilenceOut(id=sid)
+
+
+SilenceId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+@router.get("/silences", response_model=SilenceList,
+            summary="Silences running or still to come, latest start first (all=true: past ones too)")
+async def list_silences(
+    request: Request, _p: Dispatcher,
+    past: Annotated[bool, Query(alias="all", description="also ended and cancelled silences")] = False,
+    station: Annotated[Ident | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> SilenceList:
+    page = await _call(_store(request).silences, now=_now(), past=past, station=station, limit=limit,
+                       offset=offset)
+    return SilenceList(data=[SilencePublic.model_validate(r) for r in page.rows], count=page.total)
+
+
+@router.delete("/silences/{silence_id}", response_model=SilencePublic,
+               summary="Cancel a silence now; the collector stops honouring it within alerts.silences_s")
+async def cancel_silence(request: Request, silence_id: SilenceId, p: Engineer) -> SilencePublic:
+    return SilencePublic.model_validate(await _call(_store(request).cancel_silence, silence_id,
+                                                    actor=p.name, now=_now()))

@@ -3,7 +3,8 @@
 Health (no credential) and readiness; the hotline lookup (``api/lookup.py``); stations with their
 latest values and history (``api/stations.py``); alerts, their history, acknowledgement, notes,
 manual resolution and silences (``api/alerts.py``) on the alert store the collector writes;
-credentials and the audit trail (``api/admin.py``). Every endpoint but /health and /ready needs
+credentials and the audit trail (``api/admin.py``); remote building control (``api/commands.py``,
+``api/control.py``, with a ``control:`` block). Every endpoint but /health and /ready needs
 a bearer token; see ``api/auth.py`` for the roles.
 """
 
@@ -18,16 +19,24 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
+from alerting.commands import CommandStore
 from alerting.store import Store
-from api import admin, alerts, lookup
+from api import admin, alerts, commands, lookup
 from api import report as report_routes
 from api import stations as station_routes
 from api.auth import Dispatcher, TokenCache
+from api.control import Control
 from api.influx import InfluxReader
+from api.limits import FailedAuth
+from api.metrics import ApiMetrics, MetricsMiddleware, multiprocess
+from api.metrics import serve as serve_metrics
+from api.rooms import RoomHistory
 from contract.config import ApiConfig, load_api_config
-from contract.errors import DatabaseUnavailable
+from contract.errors import DatabaseUnavailable, QueryRejected
 from contract.influx import MEASUREMENT_STATION
 from contract.points import QUALITY_SUFFIX
 
@@ -68,26 +77,52 @@ def app_from_env() -> FastAPI:
 
 
 def create_app(settings: ApiConfig) -> FastAPI:
+    metrics = ApiMetrics(CollectorRegistry(auto_describe=False)) if settings.metrics is not None else None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics_server: Any = None
+        if metrics is not None and settings.metrics is not None and not multiprocess():
+            # one process: it serves its own; with several workers the supervisor does (api/metrics.py)
+            metrics_server = serve_metrics(metrics.registry, settings.metrics.host, settings.metrics.port)
         app.state.influx = InfluxReader(settings.influx)
-        app.state.store = Store(settings.store)
-        await asyncio.to_thread(app.state.store.migrate)
+        app.state.rooms = RoomHistory(app.state.influx)  # the hotline's 24 h, with its cache
+        app.state.store = await asyncio.to_thread(Store(settings.store).open)
         app.state.tokens = TokenCache(app.state.store)
         app.state.report = report_routes.load(settings)
+        app.state.failed_auth = FailedAuth()
+        app.state.commands = CommandStore(app.state.store.engine)
+        control_task: asyncio.Task[None] | None = None
+        if settings.control is not None:  # remote commands: the gateways' status and the sender
+            app.state.control = Control(settings.control, app.state.commands)
+            control_task = asyncio.create_task(app.state.control.run())
         # what start-up built lives as long as the process: keep it out of the collector's
         # generations so a full collection walks only per-request garbage
         gc.freeze()
         yield
+        if control_task is not None:
+            control_task.cancel()
+            await asyncio.gather(control_task, return_exceptions=True)
         await app.state.influx.close()
         app.state.store.close()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
 
-    app = FastAPI(title="heatwatch", version="0.1.0", lifespan=lifespan)
+    # /docs (Swagger UI) and /redoc load their scripts, styles and icon from this process, not
+    # a CDN: a control-room network often has no internet, and the page was blank there.
+    # fastapi-offline bundles current Swagger UI 5 and Redoc 2 files and serves them through
+    # FastAPI's own get_swagger_ui_html/get_redoc_html; no validator badge (it calls out).
+    app = FastAPIOffline(title="heatwatch", version="0.1.0", lifespan=lifespan, static_url="/docs-files",
+                         swagger_ui_parameters={"validatorUrl": None})
+    if metrics is not None:
+        app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(alerts.router)
     app.include_router(lookup.router)
     app.include_router(station_routes.router)
     app.include_router(admin.router)
     app.include_router(report_routes.router)
+    app.include_router(commands.router)
 
     async def _components(influx: InfluxReader, store: Store) -> Health:
         ok_influx = await influx.ping()
@@ -102,6 +137,10 @@ def create_app(settings: ApiConfig) -> FastAPI:
     @app.exception_handler(DatabaseUnavailable)
     async def _db_down(_r: Request, exc: DatabaseUnavailable) -> JSONResponse:
         return JSONResponse({"detail": f"time-series store unavailable: {exc}"}, status_code=503)
+
+    @app.exception_handler(QueryRejected)
+    async def _query_rejected(_r: Request, exc: QueryRejected) -> JSONResponse:
+        return JSONResponse({"detail": f"the time-series store refused the query: {exc}"}, status_code=422)
 
     @app.get("/health", response_model=Health, summary="Liveness, with the state of each dependency")
     async def health(request: Request, influx: Reader) -> Health:

@@ -2,8 +2,11 @@
 
 dispatcher (read, acknowledge, note) < engineer (+ silences, manual resolution, later remote
 control) < admin (+ credentials, assets). A missing or wrong token is 401, a wrong role 403.
-Lookups are cached for ``CACHE_S`` so a busy hotline screen does not hash-and-query per request;
-a revoked token stops working within that time.
+Lookups of valid tokens are cached for ``CACHE_S`` so a busy hotline screen does not
+hash-and-query per request; a revoked token stops working within that time. Unknown tokens are
+never cached (a caller choosing random tokens would fill the cache: 300 requests with 1 MB
+tokens grew a worker from 95 to 391 MB), and a client address that keeps failing is answered
+429 with Retry-After, before any lookup, by ``api.limits.FailedAuth``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from alerting.store import ROLES, Store
+from api.limits import FailedAuth
 
 CACHE_S = 30.0
 _RANK = {r: i for i, r in enumerate(ROLES)}
@@ -33,9 +37,18 @@ class Principal:
 
 
 class TokenCache:
+    """Valid tokens only, each for ``CACHE_S``; at most ``MAX_CACHED`` (more live credentials
+    than that in one process's last 30 s would be odd: the cache starts over)."""
+
+    MAX_CACHED = 10_000
+
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._hits: dict[str, tuple[float, Principal | None]] = {}
+        self._hits: dict[str, tuple[float, Principal]] = {}
+
+    def known(self, token: str) -> bool:
+        """This token was valid when last looked up (even if that answer is now stale)."""
+        return token in self._hits
 
     async def lookup(self, token: str) -> Principal | None:
         now = time.monotonic()
@@ -43,25 +56,55 @@ class TokenCache:
         if hit is not None and now - hit[0] < CACHE_S:
             return hit[1]
         found = await asyncio.to_thread(self.store.principal, token)
-        p = Principal(*found) if found is not None else None
-        if len(self._hits) > 10_000:
+        if found is None:
+            self._hits.pop(token, None)  # revoked since
+            return None
+        p = Principal(*found)
+        if len(self._hits) >= self.MAX_CACHED:
             self._hits.clear()
         self._hits[token] = (now, p)
         return p
 
     def forget(self, name: str) -> None:
         """Drop the cached answers for ``name``'s tokens (after revoking them here)."""
-        self._hits = {t: hit for t, hit in self._hits.items() if hit[1] is None or hit[1].name != name}
+        self._hits = {t: hit for t, hit in self._hits.items() if hit[1].name != name}
+
+    def expire(self) -> None:
+        """Treat every cached answer as stale: the next use of each token looks it up again."""
+        self._hits = {t: (-CACHE_S, p) for t, (_, p) in self._hits.items()}
+
+    def __len__(self) -> int:
+        return len(self._hits)
+
+
+def _unauthorized(request: Request, detail: str) -> HTTPException:
+    """A failed authentication: counted against the client's address."""
+    limiter: FailedAuth = request.app.state.failed_auth
+    limiter.failed(_client(request))
+    return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client is not None else "?"
 
 
 async def principal(request: Request,
                     cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
-    if cred is None or cred.scheme.lower() != "bearer":
-        raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
     tokens: TokenCache = request.app.state.tokens
-    p = await tokens.lookup(cred.credentials)
+    token = cred.credentials if cred is not None and cred.scheme.lower() == "bearer" else None
+    if token is None or not tokens.known(token):
+        # a token that worked before is looked up whatever its address did since: one bad screen
+        # behind a control room's NAT must not lock out the dispatchers beside it
+        limiter: FailedAuth = request.app.state.failed_auth
+        wait = limiter.retry_after(_client(request))
+        if wait:
+            raise HTTPException(429, "too many failed authentications from this address; "
+                                     f"retry in {wait} s", headers={"Retry-After": str(wait)})
+    if token is None:
+        raise _unauthorized(request, "a bearer token is required")
+    p = await tokens.lookup(token)
     if p is None:
-        raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
+        raise _unauthorized(request, "unknown or revoked token")
     return p
 
 

@@ -1,5 +1,7 @@
 """Read-only InfluxQL queries for the API. Identifiers are validated before they reach a query;
-values are never pasted into InfluxQL unchecked (they travel as bound parameters).
+values are never pasted into InfluxQL unchecked (they travel as bound parameters). A query
+InfluxDB refuses for what it asks raises QueryRejected (the API answers 422); InfluxDB away, or
+failing for its own reasons, raises DatabaseUnavailable (503).
 
 The client is aiohttp, not httpx (which the collector's writer uses): a lookup is one InfluxDB
 round trip, and measured against influxd on this machine httpx spends 0.9–1.1 ms of CPU per query
@@ -14,7 +16,21 @@ import aiohttp
 import orjson
 
 from contract.config import InfluxSettings
-from contract.errors import DatabaseUnavailable
+from contract.errors import DatabaseUnavailable, QueryRejected
+
+# InfluxDB 1.x answers 200 with an "error" per statement for everything that went wrong while
+# running it. Most are the statement's fault (measured on 1.6.7: mean() of a string field gives
+# "unsupported mean iterator type: *query.stringInterruptIterator"); these are the server's state
+# or limits, and stay 503 (retry later, page someone), not 4xx.
+_SERVER_SIDE = ("database not found", "retention policy not found", "timeout", "interrupted",
+                "limit exceeded", "max concurrent", "engine is closed", "shard", "out of memory")
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        return str(orjson.loads(body).get("error") or body[:200].decode(errors="replace"))
+    except orjson.JSONDecodeError:
+        return body[:200].decode(errors="replace")
 
 
 class InfluxReader:
@@ -66,13 +82,18 @@ class InfluxReader:
                 status = r.status
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise DatabaseUnavailable(f"InfluxDB: {exc or type(exc).__name__}") from None
-        if status != 200:
+        if status == 400:  # InfluxDB could not parse it: the query's fault
+            raise QueryRejected(_error_text(body), "query_rejected")
+        if status != 200:  # 5xx, or 401/403/404: InfluxDB or our settings for it, not the caller
             raise DatabaseUnavailable(f"InfluxDB answered {status}: {body[:200].decode(errors='replace')}")
         results = orjson.loads(body).get("results") or []
         out: list[list[dict[str, Any]]] = [[] for _ in statements]
         for res in results:
             if "error" in res:
-                raise DatabaseUnavailable(f"InfluxDB query error: {res['error']}")
+                err = str(res["error"])
+                if any(m in err for m in _SERVER_SIDE):
+                    raise DatabaseUnavailable(f"InfluxDB query error: {err}")
+                raise QueryRejected(err, "query_rejected")
             i = res.get("statement_id", 0)
             if 0 <= i < len(out):
                 out[i] = res.get("series", [])

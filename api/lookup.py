@@ -5,6 +5,11 @@ address; the answer is the household's room temperature now and over 24 h, its b
 station's latest values and state, every open alert on gateway → station → building →
 household, recent acknowledgements and notes, and a one-line verdict: a known fault (station
 down, leak, cold building) or this household alone.
+
+Cost per call: the store in one worker-thread hop (the household with its building's and
+station's latest values and state from the collector's ``latest`` table in one query, then the
+chain's open alerts and their acknowledgements), and, for a household with a room sensor, one
+small InfluxDB query for the 24 h (``api/rooms.py``). Figures in docs/api.md.
 """
 
 from __future__ import annotations
@@ -20,9 +25,7 @@ from alerting.assets import ImportProblems, decode, parse
 from alerting.store import Store
 from api.alerts import AlertPublic
 from api.auth import Admin, Dispatcher
-from api.influx import InfluxReader
-from contract.influx import MEASUREMENT_BUILDING, MEASUREMENT_HOUSEHOLD, MEASUREMENT_STATION
-from contract.points import QUALITY_SUFFIX
+from api.rooms import RoomHistory
 
 router = APIRouter(prefix="/v1", tags=["hotline"])
 MAX_CSV_BYTES = 50 * 1024 * 1024
@@ -43,12 +46,16 @@ class Room(BaseModel):
     now: float | None = Field(description="latest room temperature, °C")
     at: int | None = Field(description="ms of that reading")
     last_24h: list[tuple[int, float]] = Field(description="30-minute means: (ms, °C)")
+    last_24h_complete: bool = Field(default=True, description="false when InfluxDB did not answer in "
+                                    "time (or is down): last_24h is what the API had, possibly nothing")
 
 
 class Place(BaseModel):
-    state: str | None = None
-    last_seen: int | None = None
-    values: dict[str, float | bool | str]
+    state: str | None = Field(default=None, description="stations: online / degraded / offline from the "
+                              "station's status; offline while its gateway is offline")
+    last_seen: int | None = Field(default=None, description="ms: sample time of the newest reading with "
+                                  "a value")
+    values: dict[str, float | bool | str] = Field(description="the latest value of every point")
 
 
 class Ack(BaseModel):
@@ -88,23 +95,6 @@ def _ref(row: dict[str, Any]) -> HouseholdRef:
                         room=row["room"], address=row["address"], sensor=row["sensor"])
 
 
-def _last(series: list[dict[str, Any]]) -> tuple[int | None, dict[str, Any]]:
-    if not series or not series[0].get("values"):
-        return None, {}
-    row = dict(zip(series[0]["columns"], series[0]["values"][0], strict=True))
-    values = {k.removeprefix("last_"): v for k, v in row.items()
-              if k.startswith("last_") and v is not None and not k.endswith(QUALITY_SUFFIX)}
-    return row.get("time"), values
-
-
-def _half_hour_means(raw: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    """30-minute means, clock-aligned (what GROUP BY time(30m) gives), from the raw readings."""
-    buckets: dict[int, list[float]] = {}
-    for t, v in raw:
-        buckets.setdefault(t - t % 1_800_000, []).append(v)
-    return [(t, round(sum(vs) / len(vs), 2)) for t, vs in sorted(buckets.items())]
-
-
 def verdict(alerts: list[dict[str, Any]], household: str | None) -> str:
     """What the dispatcher tells the caller, from the open alerts on the chain."""
     firing = [a for a in alerts if a["state"] == "firing"]
@@ -124,7 +114,8 @@ def verdict(alerts: list[dict[str, Any]], household: str | None) -> str:
 
 
 class _Chain(NamedTuple):
-    """What the store knows about one household's chain, read in one worker-thread hop."""
+    """What the store knows about one household's chain, read in one worker-thread hop: ``row``
+    is ``LatestTable.household``'s (the household, its address and its chain's latest rows)."""
     row: dict[str, Any]
     alerts: list[dict[str, Any]]
     acks: list[dict[str, Any]]
@@ -137,32 +128,25 @@ def _chain(store: Store, row: dict[str, Any] | None, now: int) -> _Chain | None:
     return _Chain(row, alerts, store.recent_acks([a["id"] for a in alerts], now - 7 * DAY_MS))
 
 
-async def _full(influx: InfluxReader, chain: _Chain) -> Lookup:
+def _station_state(row: dict[str, Any]) -> str | None:
+    # a gateway that is gone cannot report its station offline: its last status would say online
+    return "offline" if row["gateway_state"] == "offline" else row["station_state"]
+
+
+async def _full(rooms: RoomHistory, chain: _Chain) -> Lookup:
     row, alerts, acks = chain
-    st, b, sensor = row["station"], row["building"], row["sensor"]
-    bind: dict[str, str | int | float] = {"station": st, "building": b}
-    statements = [
-        f'SELECT last(*) FROM "{MEASUREMENT_STATION}" WHERE "station" = $station',
-        'SELECT last("state") AS state FROM "station_status" WHERE "station" = $station',
-        f'SELECT last(*) FROM "{MEASUREMENT_BUILDING}" WHERE "station" = $station AND "building" = $building']
-    if sensor:
-        bind["household"] = sensor
-        statements.append(f'SELECT "room_temp" FROM "{MEASUREMENT_HOUSEHOLD}" WHERE "station" = $station '
-                          'AND "building" = $building AND "household" = $household AND time > now() - 24h')
-    results = await influx.query_many(statements, bind)  # one round trip for the whole screen
-    seen, station_values = _last(results[0])
-    status = results[1][0]["values"][0][1] if results[1] and results[1][0].get("values") else None
-    b_seen, b_values = _last(results[2])
+    sensor = row["sensor"]
     room = None
     if sensor:
-        raw = [(int(t), float(v)) for t, v in (results[3][0]["values"] if results[3] else [])
-               if v is not None]
-        room = Room(now=raw[-1][1] if raw else None, at=raw[-1][0] if raw else None,
-                    last_24h=_half_hour_means(raw))
+        now = (row["room_points"] or {}).get("room_temp")
+        means, complete = await rooms.last_24h(row["station"], row["building"], sensor)
+        room = Room(now=now, at=row["room_ts"] if now is not None else None, last_24h=means,
+                    last_24h_complete=complete)
     return Lookup(
         candidates=[_ref(row)], household=_ref(row), verdict=verdict(alerts, sensor), room=room,
-        building=Place(last_seen=b_seen, values=b_values),
-        station=Place(state=status, last_seen=seen, values=station_values),
+        building=Place(last_seen=row["building_ts"], values=row["building_points"] or {}),
+        station=Place(state=_station_state(row), last_seen=row["station_ts"],
+                      values=row["station_points"] or {}),
         alerts=[AlertPublic.model_validate(a) for a in alerts],
         acknowledgements=[Ack(alert_id=e["alert_id"], ts=e["ts"], kind=e["kind"], actor=e["actor"],
                               note=e["note"], ticket=e["ticket"]) for e in acks])
@@ -179,19 +163,21 @@ async def lookup(
     if (household is None) == (q is None):
         raise HTTPException(422, "give exactly one of household (a code) or q (address words)")
     store, now = _store(request), int(time.time() * 1000)
+    rooms: RoomHistory = request.app.state.rooms
     if household is not None:
-        chain = await asyncio.to_thread(lambda: _chain(store, store.household(household), now))
+        chain = await asyncio.to_thread(lambda: _chain(store, store.latest.household(household), now))
         if chain is None:
             raise HTTPException(404, f"no household with code {household!r}")
-        return await _full(request.app.state.influx, chain)
+        return await _full(rooms, chain)
 
     def find() -> tuple[list[dict[str, Any]], _Chain | None]:
         found = store.find_households(q or "", 20)
-        return found, _chain(store, store.household(found[0]["code"]), now) if len(found) == 1 else None
+        one = store.latest.household(found[0]["code"]) if len(found) == 1 else None
+        return found, _chain(store, one, now)
 
     found, chain = await asyncio.to_thread(find)  # the store in one worker-thread hop
     if chain is not None:
-        return await _full(request.app.state.influx, chain)
+        return await _full(rooms, chain)
     return Lookup(candidates=[_ref(r) for r in found])
 
 

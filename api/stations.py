@@ -15,6 +15,7 @@ from alerting.store import Store
 from api.alerts import AlertPublic
 from api.auth import Dispatcher
 from api.influx import InfluxReader
+from contract.errors import QueryRejected
 from contract.influx import MEASUREMENT_BUILDING, MEASUREMENT_HOUSEHOLD, MEASUREMENT_STATION
 from contract.points import QUALITY_SUFFIX, Kind, Level, check_name
 from contract.topics import Ident
@@ -137,9 +138,15 @@ async def history(
         bind["building"] = building
     if household:
         bind["household"] = household
-    series = await _influx(request).query(
-        f'SELECT {agg}("{point}") FROM "{measurement}" WHERE {where} AND time >= $start AND time < $end '
-        f"GROUP BY time({bucket_s}s) fill(none)", bind)
+    try:
+        series = await _influx(request).query(
+            f'SELECT {agg}("{point}") FROM "{measurement}" WHERE {where} AND time >= $start AND time < $end '
+            f"GROUP BY time({bucket_s}s) fill(none)", bind)
+    except QueryRejected as exc:
+        if agg == "mean" and "iterator type" in str(exc):  # a custom point that holds text or on/off
+            raise HTTPException(422, f"{point} is not numeric, so its history cannot be averaged "
+                                     f"(InfluxDB: {exc})") from None
+        raise
     values = [(int(t), v) for t, v in (series[0]["values"] if series else []) if v is not None]
     return History(point=point, station=station, building=building, household=household,
                    bucket_s=bucket_s, values=values)

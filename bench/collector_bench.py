@@ -189,6 +189,7 @@ def main() -> int:
             steady0 = (proc_cpu_s(collector.pid), scrape(port)["heatwatch_collector_values_total"])
             gc0 = sum(gc_figures(port)[0])
             rules0 = scrape(port).get("heatwatch_collector_rules_cpu_seconds_total", 0.0)
+            latest0 = scrape(port).get("heatwatch_collector_latest_flush_cpu_seconds_total", 0.0)
             cpu_before, t_before = {k: proc_cpu_s(p) for k, p in pids.items()}, time.monotonic()
             time.sleep(max(0.0, a.seconds - a.warmup - 2))
             shares = cpu_shares(pids, time.monotonic() - t_before, cpu_before)
@@ -205,6 +206,7 @@ def main() -> int:
         steady: float | None = None
         steady_gc_share: float | None = None
         rules_share: float | None = None
+        latest_share: float | None = None
         if steady0 is not None:
             gens[0].wait(a.seconds + 60)  # the window closes with the load, before the drain
             done_values = scrape(port)["heatwatch_collector_values_total"] - steady0[1]
@@ -215,6 +217,10 @@ def main() -> int:
                 rules_s = scrape(port)["heatwatch_collector_rules_cpu_seconds_total"] - rules0
                 # the rules' own CPU against the rest of the collector's, same run, same values
                 rules_share = round(rules_s / (steady_cpu - rules_s), 3)
+                # the latest-value flushes (copy + store write; not the per-reading update)
+                flush_name = "heatwatch_collector_latest_flush_cpu_seconds_total"
+                latest_s = scrape(port).get(flush_name, 0.0) - latest0
+                latest_share = round(latest_s / steady_cpu, 3)
         results = [orjson.loads(g.communicate(timeout=a.seconds + a.outage + 300)[0]) for g in gens]
         published = sum(r["published"] for r in results)
         first_ts = min(r["first_ts"] for r in results) / 1000
@@ -260,7 +266,8 @@ def main() -> int:
             "steady_cpu_share_whole_machine": round(sum(shares.values()) / (os.cpu_count() or 1), 2)
             if shares else None,
             "alerts": a.alerts, "rules": rules_build() if a.alerts else None,
-            "steady_rules_cpu_added_to_the_rest": rules_share, "dir": str(tmp) if a.keep else None,
+            "steady_rules_cpu_added_to_the_rest": rules_share,
+            "steady_latest_flush_share_of_cpu": latest_share, "dir": str(tmp) if a.keep else None,
         }, option=orjson.OPT_INDENT_2).decode())
         return 0 if stored == published else 1
     finally:

@@ -37,9 +37,10 @@ from alerting.store import Store
 from contract import topics
 from contract.alerts import AlertRules, Severity, Transition, load_rules
 from contract.config import AlertSettings
+from contract.errors import CannotOpen
 from contract.influx import alert_line
 from contract.payload import Frame, GatewayStatus, StationStatus
-from durable.queue import DiskQueue, oldest
+from durable.queue import DiskQueue, QueueUnavailable, oldest
 
 log = structlog.get_logger("heatwatch.collector.alerts")
 RETRY_MAX_S = 30.0
@@ -68,17 +69,22 @@ class AlertStage:
         self.cfg, self.clock = cfg, clock
         self.rules: AlertRules = load_rules(cfg.rules) if cfg.rules else AlertRules()
         self.engine = Engine(self.rules)
-        self.store = Store(cfg.store)
+        self.store = Store(cfg.store, setting="alerts.store")
         self.stats = AlertStats()
         self.pending: list[Transition] = []
-        self.outbox = (DiskQueue(cfg.webhook_outbox, max_bytes=256 * 1024**2, max_age_s=7 * 86400)
-                       if cfg.webhooks and cfg.webhook_outbox else None)
+        self.outbox: DiskQueue | None = None
+        if cfg.webhooks and cfg.webhook_outbox:
+            try:
+                self.outbox = DiskQueue(cfg.webhook_outbox, max_bytes=256 * 1024**2, max_age_s=7 * 86400)
+            except QueueUnavailable as exc:
+                raise CannotOpen("webhook outbox", exc.path, exc.reason, "alerts.webhook_outbox") from None
         self._webhook_wake = asyncio.Event()
         self._failed: set[str] = set()
 
     def start(self) -> None:
-        """Blocking: migrate the store, restore the snapshot, adopt the store's open alerts."""
-        self.store.migrate()
+        """Blocking: migrate the store, restore the snapshot, adopt the store's open alerts.
+        A store that cannot be opened raises CannotOpen (one line at start-up)."""
+        self.store.open()
         path = Path(self.cfg.state_path)
         if path.exists():
             try:

@@ -43,14 +43,17 @@ from paho.mqtt.properties import Properties
 
 from collector import lifecycle, metrics
 from collector.alerts import AlertStage
+from collector.commands import ResultStage
 from collector.influx import BACKOFF_MIN_S, InfluxWriter
+from collector.latest import LatestValues
 from contract import topics
 from contract.alerts import AlertRules, Transition
+from contract.commands import CommandResult
 from contract.config import CollectorConfig
-from contract.errors import DatabaseUnavailable, InvalidInput, PayloadError
+from contract.errors import CannotOpen, DatabaseUnavailable, InvalidInput, PayloadError
 from contract.influx import escape_string_field, reject_line, telemetry_lines
 from contract.payload import decode_telemetry, parse_gateway_status, parse_station_status
-from durable.queue import DiskQueue, oldest
+from durable.queue import DiskQueue, QueueUnavailable, oldest
 
 log = structlog.get_logger("heatwatch.collector")
 DRAIN_RETRY_MAX_S = 5.0
@@ -77,6 +80,7 @@ class _Batch:
     lines: list[str] = field(default_factory=list)
     mids: list[int] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)  # alert changes these messages caused
+    results: list[CommandResult] = field(default_factory=list)  # command results these messages carry
     started: float = 0.0
     sample_ts: list[int] = field(default_factory=list)  # live telemetry's sample times (ms)
 
@@ -87,8 +91,11 @@ class Collector:
         self.stats = Stats()
         metrics.GC_CLOCK.install()
         self.writer = InfluxWriter(cfg.influx)
-        self.spool = DiskQueue(cfg.spool.path, max_bytes=cfg.spool.max_bytes,
-                               max_age_s=cfg.spool.max_age_h * 3600)
+        try:
+            self.spool = DiskQueue(cfg.spool.path, max_bytes=cfg.spool.max_bytes,
+                                   max_age_s=cfg.spool.max_age_h * 3600)
+        except QueueUnavailable as exc:
+            raise CannotOpen("collector spool", exc.path, exc.reason, "spool.path") from None
         self.spooling = False  # InfluxDB is failing: batches go to the spool
         self._spool_wake = asyncio.Event()
         self._spool_broken = False
@@ -107,6 +114,13 @@ class Collector:
         self._client: mqtt.Client | None = None
         # the rule engine (a config or rule-file error raises here, at start-up)
         self.alerts = AlertStage(cfg.alerts, clock=clock) if cfg.alerts is not None else None
+        # command results, recorded in the same store (only with it)
+        self.results = ResultStage(self.alerts.store.engine, clock=clock) if self.alerts is not None else None
+        # the latest value per entity for the hotline: only where the rules run, which sees every
+        # message of its stations (a shared-subscription member sees a part)
+        self.latest = (LatestValues(self.alerts.store.latest, interval_s=cfg.alerts.latest_s, clock=clock)
+                       if self.alerts is not None and cfg.alerts is not None and cfg.alerts.latest_s
+                       else None)
 
     # -- validation (pure apart from counters) -------------------------------------------------
     def handle(self, topic: str, payload: bytes) -> list[str]:
@@ -125,6 +139,8 @@ class Collector:
                                        "station_mismatch")
                 if self.alerts is not None:
                     self.alerts.station_status(st, int(self.clock() * 1000))
+                if self.latest is not None:
+                    self.latest.station_status(st)
                 offline = sum(1 for d in st.devices.values() if d.state != "online")
                 return [f'station_status,station={st.station} state="{st.state.value}",'
                         f"devices_not_online={offline}i {st.ts}"]
@@ -133,11 +149,27 @@ class Collector:
                 now = int(self.clock() * 1000)  # a will's own ts is when it was registered
                 if self.alerts is not None:
                     self.alerts.gateway_status(gs, now)
+                if self.latest is not None:
+                    self.latest.gateway_status(gs)
                 return [f'gateway_status,gateway={gs.gateway} state="{gs.state}",'
                         f'boot="{escape_string_field(gs.boot)}" {now}']
             raise PayloadError(f"the collector does not take {t.kind} messages", "unexpected_topic")
         except InvalidInput as exc:
             return [self._reject(exc.reason, station, topic, str(exc))]
+
+    def command_result(self, topic: str, payload: bytes) -> tuple[list[str], CommandResult | None]:
+        """The lines of one command-result message, and the result to record (None if rejected)."""
+        self.stats.received += 1
+        station: str | None = None
+        try:
+            t = topics.parse_topic(topic)
+            station = t.subject
+            if self.results is None or t.kind is not topics.TopicKind.COMMAND_RESULT:
+                raise PayloadError(f"the collector does not take {t.kind} messages", "unexpected_topic")
+            result, lines = self.results.parse(t, payload)
+        except InvalidInput as exc:
+            return [self._reject(exc.reason, station, topic, str(exc))], None
+        return lines, result
 
     def _telemetry(self, station: str, payload: bytes) -> list[str]:
         if self._known is not None and station not in self._known:
@@ -166,6 +198,8 @@ class Collector:
         self.stats.values += len(msg.samples)
         if self.alerts is not None:
             self.alerts.observe(msg, int(now_ms))
+        if self.latest is not None:
+            self.latest.observe(msg)
         if not msg.backfill:
             self._live_ts = msg.ts
         return telemetry_lines(msg)
@@ -252,7 +286,10 @@ class Collector:
         telemetry = topics.TELEMETRY_FILTER
         if self.cfg.subscription_group is not None:
             telemetry = f"$share/{self.cfg.subscription_group}/{telemetry}"
-        return [(telemetry, 1)] + [(f, 1) for f in topics.STATUS_FILTERS]
+        subs = [(telemetry, 1)] + [(f, 1) for f in topics.STATUS_FILTERS]
+        if self.results is not None:  # the collector with the store records command results
+            subs.append((topics.COMMAND_RESULT_FILTER, 1))
+        return subs
 
     def _plausible(self) -> tuple[float, float]:
         """The room sensors' plausible range of the rule file: the 1-hour rollup's room means."""
@@ -260,6 +297,15 @@ class Collector:
         return rules.sensor.plausible_min, rules.sensor.plausible_max
 
     async def run(self) -> None:
+        if self.alerts is not None:
+            # first: a store that cannot be opened stops the start-up with one line (CannotOpen),
+            # before anything waits for InfluxDB or the broker
+            try:
+                await asyncio.to_thread(self.alerts.start)
+            except BaseException:
+                await self.writer.close()
+                self.spool.close()
+                raise
         loop = asyncio.get_running_loop()
         # Bounded by _slots (receive_maximum messages) and the batches queue.
         inbox: asyncio.Queue[tuple[int, str, bytes]] = asyncio.Queue()
@@ -274,8 +320,8 @@ class Collector:
             self.metrics_port = metrics.serve(self, self.cfg.stats.metrics_host, self.cfg.stats.metrics_port)
             log.info("metrics", url=f"http://{self.cfg.stats.metrics_host}:{self.metrics_port}/metrics")
         await self.writer.ensure_database_retrying()
-        if self.alerts is not None:
-            await asyncio.to_thread(self.alerts.start)
+        if self.latest is not None:
+            await asyncio.to_thread(self.latest.load)
         client.connect_async(self.cfg.mqtt.host, self.cfg.mqtt.port, self.cfg.mqtt.keepalive_s,
                              clean_start=False, properties=props)
         client.loop_start()
@@ -291,12 +337,16 @@ class Collector:
                 if self.alerts is not None:
                     tg.create_task(self.alerts.ticker(lambda: inbox.put_nowait((0, "", b""))))
                     tg.create_task(self.alerts.webhooks())
+                if self.latest is not None:
+                    tg.create_task(self.latest.flusher())
         finally:
             self._stopping = True
             client.disconnect()
             client.loop_stop()
             await self.writer.close()
             self.spool.close()
+            if self.latest is not None:
+                await self.latest.close()
             if self.alerts is not None:
                 self.alerts.close()
 
@@ -332,7 +382,12 @@ class Collector:
             empty = not b.mids and not b.lines
             timeout = None if empty else max(0.0, b.started + max_delay - time.monotonic())
             try:
-                mid, topic, payload = await asyncio.wait_for(inbox.get(), timeout)
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+                # arrives as the get completes, and the collector would not stop (gateway/publisher.py)
+                if timeout is not None and timeout <= 0:
+                    raise TimeoutError  # the batch is due: send it before taking more (as wait_for did)
+                async with asyncio.timeout(timeout):
+                    mid, topic, payload = await inbox.get()
             except TimeoutError:
                 await batches.put(b)
                 b = _Batch()
@@ -342,7 +397,17 @@ class Collector:
             if self._stats_lines:
                 b.lines.extend(self._stats_lines)
                 self._stats_lines = []
-            if topic:  # else the reporter's or the alert ticker's wake-up
+            flush = False
+            if topic and "/command-result/" in topic:
+                lines, result = self.command_result(topic, payload)
+                b.lines.extend(lines)
+                if result is not None:
+                    b.results.append(result)
+                    flush = True  # an engineer waits for it: no batching delay
+                self._slots.release()
+                if mid:
+                    b.mids.append(mid)
+            elif topic:  # else the reporter's or the alert ticker's wake-up
                 b.lines.extend(self.handle(topic, payload))
                 if self._live_ts is not None:
                     b.sample_ts.append(self._live_ts)
@@ -354,7 +419,7 @@ class Collector:
                 trs, lines = self.alerts.take()
                 b.transitions.extend(trs)
                 b.lines.extend(lines)
-            if len(b.lines) >= max_lines:
+            if len(b.lines) >= max_lines or flush:
                 await batches.put(b)
                 b = _Batch()
 
@@ -367,7 +432,15 @@ class Collector:
         while True:
             b = await batches.get()
             await slots.acquire()
-            writing.put_nowait((b, tg.create_task(self._store(b.lines))))
+            writing.put_nowait((b, tg.create_task(self._store_batch(b))))
+
+    async def _store_batch(self, b: _Batch) -> None:
+        """The batch's lines, and its command results into the store alongside (an engineer waits
+        for those; the InfluxDB write need not come first, the PUBACKs wait for both)."""
+        if b.results and self.results is not None:
+            await asyncio.gather(self._store(b.lines), self.results.record(b.results))
+        else:
+            await self._store(b.lines)
 
     async def _acker(self, writing: asyncio.Queue[tuple[_Batch, asyncio.Task[None]]],
                      slots: asyncio.Semaphore, client: mqtt.Client) -> None:
@@ -453,6 +526,9 @@ class Collector:
             "spool_rows": self.spool.count, "spool_bytes": self.spool.bytes, "acked": st.acked,
             "seq_gaps": sum(st.seq_gaps.values()), "restarts": sum(st.restarts.values()),
         }
+        if self.results is not None:
+            fields |= {"command_results": self.results.recorded,
+                       "command_results_failed": self.results.failed}
         if self.alerts is not None:
             a = self.alerts.stats
             fields |= {"alert_transitions": a.transitions, "alert_pages": a.pages,

@@ -134,6 +134,18 @@ class _Source(_PromCollector):
                                       "(observe, status, tick, snapshot)", value=a.stats.rules_cpu_ns / 1e9)
             yield GaugeMetricFamily(P + "alerts_open", "alerts pending or firing in the engine",
                                     value=len(a.engine.lives))
+        if c.latest is not None:
+            ls = c.latest.stats
+            yield GaugeMetricFamily(P + "latest_entities", "stations, buildings and households with "
+                                    "latest values held", value=ls.entities)
+            yield CounterMetricFamily(P + "latest_written", "latest-value rows upserted in the store",
+                                      value=ls.written)
+            yield CounterMetricFamily(P + "latest_write_errors", "latest-value flushes that failed "
+                                      "(retried next round)", value=ls.write_errors)
+            yield CounterMetricFamily(P + "latest_refused", "readings of entities beyond max_entities",
+                                      value=ls.refused)
+            yield CounterMetricFamily(P + "latest_flush_cpu_seconds", "CPU of the latest-value "
+                                      "flushes (copy and write)", value=ls.flush_ns / 1e9)
         gc_s = CounterMetricFamily(P + "gc_seconds", "time in garbage collection, by generation",
                                    labels=["generation"])
         gc_n = CounterMetricFamily(P + "gc_collections", "garbage collections, by generation",

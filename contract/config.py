@@ -13,13 +13,16 @@ secrets and per-machine paths stay out of the files.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,12 +33,41 @@ from pydantic import (
     model_validator,
 )
 
-from contract.alerts import AlertRules
+from contract.alerts import AlertRules, load_rules
 from contract.codec import FLOATS, INTEGERS, MULTI_WORD, DataType, WordOrder, word_count
 from contract.errors import ConfigError
 from contract.points import Kind, Level, PointDef, check_name
 from contract.report import ReportSettings
 from contract.topics import Ident
+
+
+def _store_url(v: str) -> str:
+    """The alert store's SQLAlchemy URL: the two databases heatwatch ships a driver for."""
+    if re.fullmatch(r"sqlite:///\S.*", v) or v.startswith("postgresql+psycopg://"):
+        return v
+    scheme = v.partition("://")[0] if "://" in v else v[:40]  # never echo a password
+    hint = ("use sqlite:///PATH (four slashes for an absolute path: sqlite:////var/lib/heatwatch/"
+            "alerts.sqlite) or postgresql+psycopg://USER:PASSWORD@HOST/DB")
+    if scheme in ("sqlite", "postgresql", "postgres") or scheme.startswith("postgresql+"):
+        raise ValueError(f"store URL {scheme}://… is not supported: {hint}")
+    raise ValueError(f"unsupported store URL {scheme!r}: {hint}")
+
+
+StoreUrl = Annotated[str, AfterValidator(_store_url)]
+
+
+def _http_url(v: str) -> str:
+    parts = urlsplit(v)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{v!r}: the port is not a number from 1 to 65535") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0 or " " in v:
+        raise ValueError(f"{v!r} is not an http(s) URL of InfluxDB, e.g. http://127.0.0.1:8086")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{v!r}: no query or fragment here (the database is `database:`)")
+    return v
+
 
 Table = Literal["coil", "discrete_input", "input_register", "holding_register"]
 Addressing = Literal["zero_based", "one_based", "modicon"]
@@ -45,6 +77,33 @@ _MODICON_PREFIX = {"coil": 0, "discrete_input": 1, "input_register": 3, "holding
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+WriteFunction = Literal["fc6", "fc16"]
+_INT_LIMITS = {
+    DataType.INT16: (-(2**15), 2**15 - 1), DataType.UINT16: (0, 2**16 - 1),
+    DataType.INT32: (-(2**31), 2**31 - 1), DataType.UINT32: (0, 2**32 - 1),
+    DataType.INT64: (-(2**63), 2**63 - 1), DataType.UINT64: (0, 2**64 - 1),
+}
+
+
+class WriteSpec(_Strict):
+    """How a point may be written remotely. Engineering units; the bounds a canonical setpoint
+    leaves out come from the vocabulary (DOMAIN.md: valve ≥ its minimum opening, ≤ 10 % or 3 K
+    per step, 15 min between steps); a custom ``x_`` point must give min and max."""
+
+    min: float | None = None
+    max: float | None = None
+    # per command, against the value read just before the write; null: no step limit
+    max_step: float | None = Field(default=None, gt=0)
+    # between two writes of this point (EEPROM wear, thermal lag: a building answers in hours)
+    min_interval_s: float = Field(default=900, ge=0, le=7 * 86400)
+    # a single register by FC6 (default) or FC16 (devices that take only FC16); 32/64-bit values
+    # always go in one FC16 request; coils by FC5; a bit by read-modify-write of its register
+    function: WriteFunction | None = None
+    # read-back must match within this (engineering units); default: half the register's
+    # resolution for integers (scale / 2), float32's precision for floats
+    tolerance: float | None = Field(default=None, gt=0)
 
 
 class PointMap(_Strict):
@@ -65,7 +124,8 @@ class PointMap(_Strict):
     range: tuple[float, float] | None = None
     invalid_raw: list[int] = Field(default_factory=list, validate_default=True)
     group: Ident = "fast"
-    writable: bool = Field(default=False, validate_default=True)
+    # may be written by a remote command, within these bounds (docs/control.md)
+    write: WriteSpec | None = Field(default=None, validate_default=True)
     # report by exception (a poll group with by_exception): resend only when the value moved by
     # at least this much (engineering units) since it was last sent; None: on any change
     deadband: float | None = Field(default=None, ge=0, validate_default=True)
@@ -166,18 +226,58 @@ class PointMap(_Strict):
             raise ValueError("only for integer types")
         return v
 
-    @field_validator("writable")
+    @model_validator(mode="before")
     @classmethod
-    def _writable(cls, v: bool, info: ValidationInfo) -> bool:
-        if not v:
+    def _old_writable(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "writable" in data:
+            raise ValueError("@writable: replaced by a write: block (min, max, max_step, min_interval_s; "
+                             "write: {} takes the point's defaults), see docs/control.md")
+        return data
+
+    @field_validator("write")
+    @classmethod
+    def _write(cls, v: WriteSpec | None, info: ValidationInfo) -> WriteSpec | None:
+        if v is None:
             return v
-        if info.data.get("table") not in ("holding_register", "coil"):
+        t, table, name = info.data.get("type"), info.data.get("table"), info.data.get("point")
+        if t is None or table is None or name is None:
+            return v  # reported on its own key
+        if table not in ("holding_register", "coil"):
             raise ValueError("only holding registers and coils can be written")
-        name = info.data.get("point")
-        d = check_name(name) if name else None
+        d = check_name(name)
         if d is not None and not d.writable:
             raise ValueError(f"{name} is a measurement, not a setpoint")
-        return v
+        if t is DataType.STRING:
+            raise ValueError("text points are not written remotely")
+        given = v.model_fields_set
+        if t in (DataType.BOOL, DataType.BIT):
+            extra = sorted(given & {"min", "max", "max_step", "tolerance"})
+            if extra:
+                raise ValueError(f"@{extra[0]}: only for numeric points (a {t} point is true or false)")
+            if v.function is not None and t is DataType.BOOL:
+                raise ValueError("@function: coils are written with FC5")
+            return v
+        if v.function == "fc6" and t in MULTI_WORD:
+            raise ValueError(f"@function: a {t} value is written whole in one FC16 request, never "
+                             "as single registers (a half-written value is a wrong setpoint)")
+        lo, hi, step = v.min, v.max, v.max_step
+        if d is not None and d.write is not None:
+            lo = d.write[0] if "min" not in given else lo
+            hi = d.write[1] if "max" not in given else hi
+            step = d.write[2] if "max_step" not in given else step
+        if lo is None or hi is None:
+            raise ValueError("@min: a custom point needs its min and max")
+        if lo >= hi:
+            raise ValueError(f"@min: {lo:g} must be below max {hi:g}")
+        if t in INTEGERS:
+            scale, offset = info.data.get("scale", 1.0), info.data.get("offset", 0.0)
+            rlo, rhi = _INT_LIMITS[t]
+            for key, eng in (("min", lo), ("max", hi)):
+                raw = (eng - offset) / scale
+                if not rlo <= round(raw) <= rhi:
+                    raise ValueError(f"@{key}: {eng:g} does not fit {t} with scale {scale:g} "
+                                     f"(raw {raw:g} outside {rlo}..{rhi})")
+        return v.model_copy(update={"min": lo, "max": hi, "max_step": step})
 
     @model_validator(mode="after")
     def _entity(self) -> PointMap:
@@ -196,6 +296,10 @@ class PointMap(_Strict):
     @property
     def key(self) -> tuple[str, str | None, str | None]:
         return (self.point, self.building, self.household)
+
+    @property
+    def writable(self) -> bool:
+        return self.write is not None
 
     @property
     def words(self) -> int:
@@ -245,8 +349,11 @@ def check_layout(points: list[PointMap], addressing: Addressing, where: str = ""
         for w in range(wire, wire + p.words):
             other = claimed.get((p.table, w))
             if other is not None:
-                raise ValueError(f"{at}.address: {p.table} {w} is also used by {other}")
-            claimed[(p.table, w)] = p.point
+                # in the map's own notation, as its author wrote it, and on the wire
+                written = w + (p.address - wire)
+                addr = f"{written} (wire {w})" if written != w else str(w)
+                raise ValueError(f"{at}.address: {p.table} {addr} is also used by {other}")
+            claimed[(p.table, w)] = at
 
 
 class RegisterMap(_Strict):
@@ -257,10 +364,19 @@ class RegisterMap(_Strict):
     addressing: Addressing
     max_registers_per_request: int = Field(default=125, ge=1, le=125)
     word_order: WordOrder = WordOrder.ABCD  # default for multi-word points that name none
+    # how a single writable register is written: fc6, or fc16 for devices that take only that
+    write_single: WriteFunction = "fc6"
     points: list[PointMap] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _layout(self) -> RegisterMap:
+        seen: dict[tuple[str, str | None, str | None], int] = {}
+        for j, p in enumerate(self.points):
+            first = seen.setdefault(p.key, j)
+            if first != j:
+                what = " ".join(k for k in p.key if k)
+                raise ValueError(f"points.{j} ({p.point}).point: {what} is also points.{first}; "
+                                 "a point is mapped once (add building/household to tell them apart)")
         check_layout(self.points, self.addressing)
         return self
 
@@ -292,6 +408,7 @@ class DeviceConfig(_Strict):
     addressing: Addressing | None = None  # with inline points
     max_registers_per_request: int | None = Field(default=None, ge=1, le=125)
     word_order: WordOrder | None = None
+    write_single: WriteFunction | None = None  # overrides the map's
     points: list[PointMap] = Field(default_factory=list)
     # "一站一案": this station's differences from the shared map (applied by load_config)
     overrides: list[dict[str, Any]] = Field(default_factory=list)  # match keys + keys to change
@@ -405,6 +522,11 @@ class MqttSettings(_Strict):
     password_file: str | None = None  # read at load into password
     tls: TlsSettings | None = None  # None: plain TCP (loopback and tests only)
     keepalive_s: int = Field(default=30, ge=5, le=3600)
+    # MQTT 5 persistent sessions (the gateway; the collector has its own top-level keys): how long
+    # the broker keeps a disconnected client's session and queued messages, and how many
+    # unacknowledged messages it may send the client at once
+    session_expiry_s: int = Field(default=7 * 86400, ge=0, le=2**32 - 1)
+    receive_maximum: int = Field(default=100, ge=1, le=65535)
 
     @model_validator(mode="before")
     @classmethod
@@ -437,6 +559,7 @@ class ResolvedDevice(_Strict):
     timeout_s: float
     addressing: Addressing
     max_registers_per_request: int
+    write_single: WriteFunction = "fc6"
     points: list[PointMap]
 
     @property
@@ -455,12 +578,40 @@ class ResolvedDevice(_Strict):
         return f"{self.host}:{self.port}" + (" rtu" if self.transport == "rtu_over_tcp" else "")
 
 
+class MetricsSettings(_Strict):
+    """A Prometheus ``/metrics`` endpoint of the process (docs/operations.md, "Health").
+    Loopback by default: the figures name stations and devices, and the endpoint has no login;
+    a Prometheus on another machine reaches it through the site's VPN or an SSH tunnel, or the
+    host is set to an address only that network reaches."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)  # 0: any free port (tests; the process logs which)
+
+
+class GatewayControl(_Strict):
+    """Remote commands (docs/control.md). Without this block the gateway takes none and its
+    status lists no writable point."""
+
+    # PEM files of the control room's Ed25519 public keys (relative to this config); a command
+    # that verifies against none of them is refused
+    public_keys: list[str] = Field(min_length=1)
+    # SQLite file: every command id seen with its result, and each point's last write, kept
+    # across restarts (a redelivered command is answered from here, never written twice)
+    ledger: str
+    # a command issued further ahead of this gateway's clock than this is refused (clock_skew):
+    # with a clock running behind, the deadline check would let a late command through
+    max_clock_skew_s: float = Field(default=120, gt=0, le=3600)
+
+
 class GatewayConfig(_Strict):
     kind: Literal["gateway"]
     gateway: Ident
     station: Ident
     mqtt: MqttSettings = MqttSettings()
     outbox: OutboxSettings
+    control: GatewayControl | None = None
+    # off by default; one endpoint per process: the configs of one process that set it agree
+    metrics: MetricsSettings | None = None
     poll_groups: dict[Ident, PollGroup] = Field(default_factory=lambda: {"fast": PollGroup(interval_s=5)})
     devices: list[DeviceConfig] = Field(min_length=1)
     # Filled by load_config from devices[].map; not written by hand.
@@ -515,7 +666,7 @@ class LifecycleSettings(_Strict):
 
 
 class InfluxSettings(_Strict):
-    url: str = "http://127.0.0.1:8086"
+    url: Annotated[str, AfterValidator(_http_url)] = "http://127.0.0.1:8086"
     api: Literal["v1", "v2"] = "v1"
     database: str = "heatwatch"  # v1 database; for v2 the bucket if bucket is not set
     retention_policy: str | None = None
@@ -588,7 +739,7 @@ class AlertSettings(_Strict):
     """The collector's rule engine and alert store (see contract/alerts.py for the rule file)."""
 
     rules: str | None = None  # rule file (YAML, kind: rules); relative to this config; None = defaults
-    store: str  # SQLAlchemy URL: sqlite:////var/lib/heatwatch/alerts.sqlite or postgresql+psycopg://…
+    store: StoreUrl  # SQLAlchemy URL: sqlite:////var/lib/heatwatch/alerts.sqlite or postgresql+psycopg://…
     state_path: str  # the engine's snapshot (windows, baselines, pending timers)
     tick_s: float = Field(default=15, gt=0)  # time-driven rules (stale, offline, escalation)
     # the snapshot pauses the loop ~1.5 s per 100,000 room sensors; the store keeps the alerts
@@ -596,6 +747,9 @@ class AlertSettings(_Strict):
     snapshot_s: float = Field(default=300, gt=0)
     silences_s: float = Field(default=30, gt=0)  # re-read silences from the store this often
     seen_s: float = Field(default=60, gt=0)  # open alerts' last seen written to the store this often
+    # the latest value of every point per entity into the store's `latest` table this often (the
+    # hotline's "now", read without a time-series query; collector/latest.py); null = off
+    latest_s: float | None = Field(default=5, gt=0)
     publish: bool = True  # every transition on heatwatch/v1/alert/{station}
     webhooks: list[WebhookSettings] = Field(default_factory=list)
     webhook_outbox: str | None = None  # durable queue of webhook deliveries; needed with webhooks
@@ -638,11 +792,30 @@ class ListenSettings(_Strict):
     port: int = Field(default=8000, ge=1, le=65535)
 
 
+class ApiControl(_Strict):
+    """Remote commands from the API (docs/control.md)."""
+
+    # PEM file of the control room's Ed25519 private key (mode 0600), relative to this config
+    signing_key: str
+    mqtt: MqttSettings = MqttSettings()
+    client_id: Ident = "heatwatch-api"  # each worker adds its process id
+    default_deadline_s: float = Field(default=300, ge=10, le=86400)
+    max_deadline_s: float = Field(default=3600, ge=10, le=86400)
+    # no result this long after its deadline: the command shows as "unknown" (sent, fate not known)
+    unknown_grace_s: float = Field(default=60, ge=0, le=86400)
+    # the broker keeps a command this long past its deadline (MQTT 5 message expiry), so a gateway
+    # back within it answers "expired" (certainly not written) instead of the command staying unknown
+    late_report_s: float = Field(default=900, ge=0, le=7 * 86400)
+
+
 class ApiConfig(_Strict):
     kind: Literal["api"]
     listen: ListenSettings = ListenSettings()
     influx: InfluxSettings = InfluxSettings()
-    store: str  # the alert store the collector writes (SQLAlchemy URL)
+    store: StoreUrl  # the alert store the collector writes (SQLAlchemy URL)
+    control: ApiControl | None = None
+    # requests by route and status, latency; with several workers the supervisor serves them all
+    metrics: MetricsSettings | None = None
     workers: int = Field(default=1, ge=1, le=32,
                          description="uvicorn worker processes; 2 on a 2-core box halves the tail under load")
     report: str | None = Field(default=None, description=(
@@ -679,19 +852,66 @@ def _expand(node: Any, path: str, problems: list[str]) -> Any:
     return node
 
 
-# libyaml's loader where PyYAML was built with it: a gateway config with a 300-point map loads
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, line: int, first: int) -> None:
+        super().__init__(f"line {line}: key {key!r} appears twice in one mapping (first on line {first}); "
+                         "YAML would keep only the last")
+
+
+# libyaml's parser where PyYAML was built with it: a gateway config with a 300-point map loads
 # in 25 ms instead of 115 ms, most of it parsing (one process with 200 stations: 23 s → 5 s)
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """A safe loader that refuses a key given twice in one mapping (PyYAML keeps the last one
+    silently: a second ``port:`` further down a file would win without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[tuple[str, str], int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            line, key = key_node.start_mark.line + 1, (key_node.tag, key_node.value)
+            if key in seen:
+                raise _DuplicateKey(str(key_node.value), line, seen[key])
+            seen[key] = line
+        out: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return out
+
+
+def decode_text(raw: bytes, file: str) -> str:
+    """A config file's bytes as text: UTF-8, with or without a byte-order mark.
+
+    Anything else is refused, naming the line, rather than guessed: a file saved by Windows
+    Notepad as "ANSI" on a Chinese system is GBK, and decoding GB18030 whenever UTF-8 fails
+    would also "succeed" on Latin-1 or damaged bytes (GB18030 maps most byte pairs to some
+    character), turning a wrong encoding into wrong addresses and labels that pass validation.
+    The fix is one "save as UTF-8" away, and every other tool (git, grep, the editor of the
+    next person) then reads the same characters.
+    """
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ConfigError(file, ['encoded as UTF-16 (Notepad\'s "Unicode"): save it as UTF-8'])
+    try:
+        return raw.decode("utf-8-sig")  # Notepad writes a UTF-8 BOM: still UTF-8, and harmless
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        try:
+            raw.decode("gb18030")
+        except UnicodeDecodeError:
+            raise ConfigError(file, [f"line {line}: not UTF-8: save it as UTF-8"]) from None
+        raise ConfigError(file, [f"line {line}: not UTF-8 (looks like GBK/GB18030?): save it as UTF-8 "
+                                 f"(e.g. iconv -f GB18030 -t UTF-8 {file} > new.yaml)"]) from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(file, [f"cannot read: {exc.strerror}"]) from None
+    text = decode_text(raw, file)
     try:
-        data = yaml.load(text, Loader=_YAML_LOADER)  # a safe loader
+        data = yaml.load(text, Loader=_Loader)  # a safe loader
+    except _DuplicateKey as exc:
+        raise ConfigError(file, [str(exc)]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -819,6 +1039,7 @@ def _resolve_devices(data: dict[str, Any], base: Path, file: str) -> list[dict[s
             rmap = load_register_map((base / str(map_ref)).resolve())
             points = [p.model_dump(exclude_unset=True) for p in rmap.points]
             addressing, maxreg, order = rmap.addressing, rmap.max_registers_per_request, rmap.word_order
+            single = rmap.write_single
             points = _station_differences(points, dev, f"devices.{i} ({dev.get('name')})", file)
         else:
             if dev.get("overrides") or dev.get("without") or dev.get("extra_points"):
@@ -829,7 +1050,7 @@ def _resolve_devices(data: dict[str, Any], base: Path, file: str) -> list[dict[s
             if addressing is None:
                 raise ConfigError(file, [f"devices.{i}.addressing: inline points must say "
                                          "zero_based, one_based or modicon"])
-            maxreg, order = 125, WordOrder.ABCD
+            maxreg, order, single = 125, WordOrder.ABCD, "fc6"
         order = dev.get("word_order") or order
         for p in points:
             if isinstance(p, dict) and p.get("type") in {t.value for t in MULTI_WORD}:
@@ -840,6 +1061,7 @@ def _resolve_devices(data: dict[str, Any], base: Path, file: str) -> list[dict[s
             "device_id": dev.get("device_id", 1), "timeout_s": dev.get("timeout_s", 1.0),
             "addressing": addressing,
             "max_registers_per_request": dev.get("max_registers_per_request") or maxreg,
+            "write_single": dev.get("write_single") or single,
             "points": points,
         })
     return out
@@ -868,8 +1090,33 @@ def load_config(path: str | Path) -> AnyConfig:
     alerts = data.get("alerts") if model is CollectorConfig else None
     if isinstance(alerts, dict) and isinstance(alerts.get("rules"), str):
         alerts["rules"] = str(p.parent / alerts["rules"])  # absolute stays absolute
+    control = data.get("control") if model in (GatewayConfig, ApiConfig) else None
+    if isinstance(control, dict):  # key files are named relative to the config, like maps
+        if isinstance(control.get("public_keys"), list):
+            control["public_keys"] = [str(p.parent / k) if isinstance(k, str) else k
+                                      for k in control["public_keys"]]
+        if isinstance(control.get("signing_key"), str):
+            control["signing_key"] = str(p.parent / control["signing_key"])
     cfg: AnyConfig = _validate(model, data, str(p))
+    if isinstance(cfg, CollectorConfig) and cfg.alerts is not None and cfg.alerts.rules is not None:
+        rules = Path(cfg.alerts.rules)
+        if not rules.is_file():
+            raise ConfigError(str(p), [f"alerts.rules: no rule file {rules}"
+                                       + (" (it is a directory)" if rules.is_dir() else "")])
+        load_rules(rules)  # its own errors name the rule file and its keys
     return cfg
+
+
+def env_names(path: str | Path, dotted: str) -> list[str]:
+    """The environment variables (``${NAME}``) the value at ``dotted`` of a config file is built
+    from, so a message can say which one moves it; [] when unreadable or none."""
+    try:
+        node: Any = yaml.load(Path(path).read_text(encoding="utf-8-sig"), Loader=_Loader)
+        for part in dotted.split("."):
+            node = node[part]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+        return []
+    return list(dict.fromkeys(m.group(1) for m in _ENV_RE.finditer(node))) if isinstance(node, str) else []
 
 
 def load_gateway_config(path: str | Path) -> GatewayConfig:

@@ -2,10 +2,12 @@
 
     HeatwatchError
     ├── ConfigError          broken config: fail fast at start-up, never retried
+    ├── CannotOpen           a store needed at start-up cannot be opened: one line, exit 1
     ├── InvalidInput         bad data from outside: rejected, counted, logged once, never retried
     │   ├── TopicError
     │   ├── PayloadError
-    │   └── DecodeError      register words that cannot be a value of the declared type
+    │   ├── DecodeError      register words that cannot be a value of the declared type
+    │   └── QueryRejected    a query the time-series store refused because of what it asked
     └── TransientError       the other side is away: keep the data, retry with capped backoff
         ├── BrokerUnavailable
         ├── DatabaseUnavailable
@@ -31,6 +33,24 @@ class ConfigError(HeatwatchError):
         super().__init__("\n".join(f"{file}: {p}" for p in problems))
 
 
+class CannotOpen(HeatwatchError):
+    """A store a process needs (alert store, outbox, spool) cannot be opened at start-up.
+
+    ``explain`` gives the one line a person reads: what, where, why, and the setting that moves
+    it (``setting``: its dotted key in the process's config file)."""
+
+    def __init__(self, what: str, where: str, reason: str, setting: str) -> None:
+        super().__init__(f"{what} {where}: {reason}")
+        self.what, self.where, self.reason, self.setting = what, where, reason, setting
+        self.config: str | None = None  # the config file, when the raiser's caller knows it
+
+    def explain(self, config: str | None = None, env: list[str] | None = None) -> str:
+        hint = f"set `{self.setting}:` in {config}" if config else f"set `{self.setting}:` in the config"
+        if env:
+            hint += " or " + " or ".join(env)
+        return f"{self}; {hint}"
+
+
 class InvalidInput(HeatwatchError):
     """Input from outside that is wrong. ``reason`` is a stable label for counters."""
 
@@ -52,6 +72,13 @@ class PayloadError(InvalidInput):
 
 class DecodeError(InvalidInput):
     reason = "bad_registers"
+
+
+class QueryRejected(InvalidInput):
+    """InfluxDB refused a query for what it asked (mean() of a text field, a parse error): the
+    request's fault, answered 4xx with the reason; not an outage."""
+
+    reason = "query_rejected"
 
 
 class TransientError(HeatwatchError):

@@ -22,6 +22,12 @@ transition's time.
 
 Rejected input goes to ``rejects`` (tags ``reason``, ``station``; fields ``count``=1i,
 ``detail`` string, ``topic`` string), timestamped at receipt.
+
+Remote-command results go to ``commands`` (Grafana annotations, history): tags ``station``,
+``state``, and ``point``, ``building``, ``household`` where known; fields ``id``, ``reason``,
+``detail`` strings, ``value`` and ``read_back`` floats (``value_bool``, ``read_back_bool`` for
+true/false points: one field, one type), ``code`` integer; at the gateway's decision time. A
+redelivered result writes the same line again (same series and time: overwritten).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import re
 from dataclasses import dataclass
 
 from contract.alerts import Transition
+from contract.commands import CommandResult
 from contract.payload import Frame
 from contract.points import QUALITY_SUFFIX
 
@@ -39,6 +46,14 @@ MEASUREMENT_BUILDING = "building"
 MEASUREMENT_HOUSEHOLD = "household"
 MEASUREMENT_REJECTS = "rejects"
 MEASUREMENT_ALERTS = "alerts"
+MEASUREMENT_COMMANDS = "commands"
+# written by the collector from the status topics (tags station / gateway; field state string)
+MEASUREMENT_STATION_STATUS = "station_status"
+MEASUREMENT_GATEWAY_STATUS = "gateway_status"
+# the collector's own counters (collector/app.py stats_lines): totals, rejects by reason, per station
+MEASUREMENT_COLLECTOR = "collector"
+MEASUREMENT_COLLECTOR_REJECTS = "collector_rejects"
+MEASUREMENT_INGEST = "ingest"
 PRECISION = "ms"
 
 
@@ -338,3 +353,22 @@ def pick_source(start_ms: int, end_ms: int, now_ms: int, max_points: int, *, raw
         if r.bucket_s > pick.bucket_s and bucket_s % r.bucket_s == 0:
             pick = r
     return Source(pick, bucket_s)
+
+
+def command_line(r: CommandResult) -> str:
+    tags = f"station={r.station},state={r.state}"
+    for k in ("point", "building", "household"):
+        v = getattr(r, k)
+        if v is not None:
+            tags += f",{k}={_escape_tag(v)}"
+    fields = f'id="{r.id}",detail="{escape_string_field(r.detail[:500])}"'
+    if r.reason is not None:
+        fields += f',reason="{r.reason.value}"'
+    for name, v in (("value", r.value), ("read_back", r.read_back)):
+        if isinstance(v, bool):
+            fields += f",{name}_bool={_fmt(v)}"
+        elif v is not None:
+            fields += f",{name}={float(v)!r}"
+    if r.code is not None:
+        fields += f",code={r.code}i"
+    return f"{MEASUREMENT_COMMANDS},{tags} {fields} {r.ts}"

@@ -156,8 +156,28 @@ class StationStatus(_Frozen):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class WritablePoint(_Frozen):
+    """One point a gateway takes remote commands for, with the bounds it enforces (its map's
+    ``write:`` block). The API validates a command against these, as the gateway announced them."""
+
+    device: Ident
+    point: str
+    building: Ident | None = None
+    household: Ident | None = None
+    unit: str = Field(max_length=16)
+    kind: Literal["number", "bool"]
+    min: float | None = None
+    max: float | None = None
+    max_step: float | None = None
+    min_interval_s: float = Field(ge=0)
+    # a station-level point (supply temperature, pressure setpoints, pump speed) acts on every
+    # building: a second engineer confirms it before it is sent
+    station_wide: bool
+
+
 class GatewayStatus(_Frozen):
-    """Retained. Published ``online`` at connect; the broker publishes the ``offline`` will."""
+    """Retained. Published ``online`` at connect; the broker publishes the ``offline`` will.
+    Both list the points the gateway takes commands for (none without a ``control:`` block)."""
 
     schema_: Literal[1] = Field(alias="schema")
     gateway: Ident
@@ -165,6 +185,7 @@ class GatewayStatus(_Frozen):
     boot: BootId
     stations: list[Ident]
     ts: int = Field(ge=TS_MIN_MS, le=TS_MAX_MS)
+    writable: list[WritablePoint] = Field(default_factory=list, max_length=5000)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

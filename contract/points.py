@@ -37,7 +37,14 @@ class PointDef:
     kind: Kind = Kind.NUMBER
     lo: float | None = None  # plausible range; readings outside are flagged "uncertain"
     hi: float | None = None
-    writable: bool = False  # may be written remotely (setpoints, valve openings)
+    # may be written remotely (setpoints, valve openings): the default engineering bounds of a
+    # command, (min, max, max_step per command), which a map's ``write:`` block may tighten or
+    # change (DOMAIN.md §Remote building control)
+    write: tuple[float, float, float | None] | None = None
+
+    @property
+    def writable(self) -> bool:
+        return self.write is not None
 
 
 _S, _B, _H = Level.STATION, Level.BUILDING, Level.HOUSEHOLD
@@ -70,23 +77,31 @@ _DEFS: tuple[PointDef, ...] = (
     PointDef("circ_pump_running", "循环泵运行", "", _S, _BOOL),
     PointDef("circ_pump_fault", "循环泵故障", "", _S, _BOOL),
     PointDef("circ_pump_freq", "循环泵频率", "Hz", _S, lo=0, hi=50),
+    PointDef("circ_pump_freq_setpoint", "循环泵频率设定", "Hz", _S, lo=0, hi=50, write=(20, 50, 5)),
     PointDef("makeup_pump_running", "补水泵运行", "", _S, _BOOL),
     PointDef("makeup_pump_fault", "补水泵故障", "", _S, _BOOL),
     PointDef("makeup_pump_freq", "补水泵频率", "Hz", _S, lo=0, hi=50),
     # primary control valve 一次侧电动调节阀
-    PointDef("primary_valve_setpoint", "一次侧电动调节阀开度给定", "%", _S, lo=0, hi=100, writable=True),
+    # a minimum opening of 5 % was seen across a 100-station city; ≤ ~10 % opening per step
+    PointDef("primary_valve_setpoint", "一次侧电动调节阀开度给定", "%", _S, lo=0, hi=100, write=(5, 100, 10)),
     PointDef("primary_valve_position", "一次侧电动调节阀阀位反馈", "%", _S, lo=0, hi=100),
     # setpoints 设定
-    PointDef("secondary_supply_temp_setpoint", "二次供温设定", "°C", _S, lo=20, hi=95, writable=True),
-    PointDef("secondary_return_pressure_setpoint", "二次回压设定", "MPa", _S, lo=0, hi=1.6, writable=True),
-    PointDef("diff_pressure_setpoint", "压差设定", "MPa", _S, lo=0, hi=1.0, writable=True),
-    PointDef("work_mode", "工作模式", "", _S, lo=0, hi=15, writable=True),
+    # radiators: supply ≤ 85 °C, climate curves clamp at a 30 °C minimum; ≤ ~3 K per step
+    PointDef("secondary_supply_temp_setpoint", "二次供温设定", "°C", _S, lo=20, hi=95, write=(30, 85, 3)),
+    # secondary loops run at 0.2–0.6 MPa; a step of 0.05 MPa is already a large hydraulic change
+    PointDef("secondary_return_pressure_setpoint", "二次回压设定", "MPa", _S, lo=0, hi=1.6,
+             write=(0.1, 0.8, 0.05)),
+    PointDef("diff_pressure_setpoint", "压差设定", "MPa", _S, lo=0, hi=1.0, write=(0.02, 0.5, 0.05)),
+    PointDef("work_mode", "工作模式", "", _S, lo=0, hi=15, write=(0, 15, None)),
+    # the PLC's local/manual switch (就地/手动): while true, the gateway refuses every remote write
+    # to that device (DOMAIN.md: a controller in local mode must not be written)
+    PointDef("local_mode", "就地/手动模式", "", _S, _BOOL),
     # environment 环境
     PointDef("outdoor_temp", "室外温度", "°C", _S, lo=-40, hi=40),
     # building entrance 楼栋热力入口
     PointDef("building_supply_temp", "楼栋供水温度", "°C", _B, lo=0, hi=100),
     PointDef("building_return_temp", "楼栋回水温度", "°C", _B, lo=0, hi=100),
-    PointDef("building_valve_setpoint", "楼栋阀门开度给定", "%", _B, lo=0, hi=100, writable=True),
+    PointDef("building_valve_setpoint", "楼栋阀门开度给定", "%", _B, lo=0, hi=100, write=(5, 100, 10)),
     PointDef("building_valve_position", "楼栋阀门开度反馈", "%", _B, lo=0, hi=100),
     PointDef("building_heat_total", "楼栋热表累计热量", "GJ", _B, lo=0),
     # household 住户

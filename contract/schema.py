@@ -14,6 +14,7 @@ import msgspec
 from pydantic import BaseModel
 
 from contract.alerts import AlertRules, Transition
+from contract.commands import CommandResult, SignedCommand
 from contract.config import ApiConfig, CollectorConfig, GatewayConfig, RegisterMap
 from contract.payload import GatewayStatus, StationStatus, Telemetry
 from contract.report import ReportSettings
@@ -23,6 +24,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "register-map": RegisterMap, "gateway-config": GatewayConfig,
     "collector-config": CollectorConfig, "api-config": ApiConfig, "alert-rules": AlertRules,
     "report-settings": ReportSettings,
+    "command": SignedCommand, "command-result": CommandResult,
 }
 
 

@@ -4,8 +4,10 @@
     heatwatch/v1/station/{station}/status            gateway → all         QoS 1, retained
     heatwatch/v1/gateway/{gateway}/status            gateway → all         QoS 1, retained;
                                                      birth "online", last will "offline"
-    heatwatch/v1/station/{station}/command/{id}      control room → gateway (reserved)
-    heatwatch/v1/station/{station}/command-result/{id}  gateway → control room (reserved)
+    heatwatch/v1/station/{station}/command/{id}      API → gateway        QoS 1, MQTT 5 message
+                                                     expiry; signed (contract.commands)
+    heatwatch/v1/station/{station}/command-result/{id}  gateway → all     QoS 1, via the gateway's
+                                                     outbox; the collector records it
     heatwatch/v1/alert/{station|gateway}             collector → all       QoS 1, not retained:
                                                      every alert transition (contract.alerts)
 
@@ -93,9 +95,10 @@ def gateway_status(gateway: str) -> Topic:
     return Topic(TopicKind.GATEWAY_STATUS, gateway)
 
 
-# Subscriptions the collector makes.
+# Subscriptions the collector makes (and the API: gateway status).
 TELEMETRY_FILTER = f"{ROOT}/station/+/telemetry"
 STATUS_FILTERS = (f"{ROOT}/station/+/status", f"{ROOT}/gateway/+/status")
+COMMAND_RESULT_FILTER = f"{ROOT}/station/+/command-result/+"
 
 
 def parse_topic(topic: str) -> Topic:

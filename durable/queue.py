@@ -15,6 +15,7 @@ Blocking: every method does disk I/O; async owners call them through ``asyncio.t
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
@@ -40,20 +41,54 @@ class Row:
     created_ms: int
 
 
+class QueueUnavailable(Exception):
+    """The queue's file cannot be opened or created; ``reason`` says why in a few words."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def why_unopenable(path: Path, exc: BaseException) -> str:
+    """A few words on why the SQLite file ``path`` could not be opened (what to fix, not SQLite's
+    "unable to open database file", which names neither the file nor the cause)."""
+    d = path.parent
+    if not d.exists():
+        return f"unable to open (directory {d} missing)"
+    if not d.is_dir():
+        return f"unable to open ({d} is not a directory)"
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return "unable to open (no permission to read and write the file)"
+    if not path.exists() and not os.access(d, os.W_OK | os.X_OK):
+        return f"unable to create it (directory {d} not writable)"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"unable to open ({first[:200]})"
+
+
 class DiskQueue:
     def __init__(self, path: str | Path, *, max_bytes: int, max_age_s: float) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        """Open (creating it and its directory if need be) the queue at ``path``; raises
+        ``QueueUnavailable`` naming the file and the cause when that cannot be done."""
+        p = Path(path)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise QueueUnavailable(str(path), f"cannot create directory {p.parent} "
+                                              f"({(exc.strerror or str(exc)).lower()})") from None
         self.path = str(path)
         self.max_bytes, self.max_age_s = max_bytes, max_age_s
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()  # one connection, used from the to_thread workers
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            row = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM queue").fetchone()
-            self.count, self.bytes = int(row[0]), int(row[1])
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            with self._lock:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(_SCHEMA)
+                row = self._db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM queue").fetchone()
+        except sqlite3.Error as exc:
+            raise QueueUnavailable(self.path, why_unopenable(p, exc)) from None
+        self.count, self.bytes = int(row[0]), int(row[1])
         self.dropped = self._counter("dropped")
 
     def _counter(self, name: str) -> int:
@@ -130,6 +165,13 @@ class DiskQueue:
                 "SELECT id, key, payload, created_ms FROM queue WHERE id > ? ORDER BY id LIMIT ?",
                 (after_id, limit)).fetchall()
         return [Row(int(r[0]), str(r[1]), bytes(r[2]), int(r[3])) for r in rows]
+
+    def oldest_ms(self) -> int | None:
+        """When the oldest row was created (None when empty): how late the queue runs. One
+        primary-key lookup; safe from another thread (a metrics scrape)."""
+        with self._lock:
+            row = self._db.execute("SELECT created_ms FROM queue ORDER BY id LIMIT 1").fetchone()
+        return int(row[0]) if row else None
 
     def delete(self, ids: list[int]) -> None:
         """The broker confirmed these; forget them."""

@@ -1,4 +1,5 @@
-"""Wiring of the gateway: one task per poll group, the publisher, and housekeeping.
+"""Wiring of the gateway: one task per poll group, the publisher, remote commands
+(gateway/commands.py, with a ``control:`` block), and housekeeping.
 
 Every cycle of a poll group reads all devices concurrently (devices behind one link take
 turns), decodes each point with its quality, keeps what a report-by-exception group sends
@@ -19,9 +20,11 @@ import structlog
 
 from contract import topics
 from contract.config import GatewayConfig
+from contract.errors import CannotOpen
 from contract.payload import DeviceState, DeviceStatus, GatewayStatus, Reading, StationStatus, Telemetry
-from durable.queue import DiskQueue
+from durable.queue import DiskQueue, QueueUnavailable
 from gateway import watchdog
+from gateway.commands import CommandPath
 from gateway.modbus import Answer, Device, Link
 from gateway.plan import plan_requests
 from gateway.publisher import Publisher
@@ -51,8 +54,11 @@ class Gateway:
         self.cfg = cfg
         self.boot = uuid.uuid4().hex
         self.seq = 0
-        self.outbox = DiskQueue(cfg.outbox.path, max_bytes=cfg.outbox.max_bytes,
-                                 max_age_s=cfg.outbox.max_age_h * 3600)
+        try:
+            self.outbox = DiskQueue(cfg.outbox.path, max_bytes=cfg.outbox.max_bytes,
+                                     max_age_s=cfg.outbox.max_age_h * 3600)
+        except QueueUnavailable as exc:
+            raise CannotOpen("gateway outbox", exc.path, exc.reason, "outbox.path") from None
         links: dict[tuple[str, ...], Link] = {}
         self.devices: list[Device] = []
         for d in cfg.resolved:
@@ -71,24 +77,38 @@ class Gateway:
         self.gw_topic = str(topics.gateway_status(cfg.gateway))
         self._last_status: bytes | None = None
         self.messages = 0
+        self.cycles: dict[str, int] = dict.fromkeys(cfg.poll_groups, 0)  # finished, per poll group
         self.publisher: Publisher | None = None
+        # remote commands (a bad key file fails here, at start-up)
+        self.commands = (CommandPath(cfg, self.devices, self.outbox, send=self._send_now)
+                         if cfg.control is not None else None)
+
+    def _send_now(self, row_id: int, topic: str, payload: bytes) -> None:
+        if self.publisher is not None:
+            self.publisher.publish_now(row_id, topic, payload)
 
     def _gateway_status(self, state: Literal["online", "offline"]) -> bytes:
         return GatewayStatus(schema_=1, gateway=self.cfg.gateway, state=state,
                              boot=self.boot, stations=[self.cfg.station],
-                             ts=int(time.time() * 1000)).model_dump_json(by_alias=True).encode()
+                             ts=int(time.time() * 1000),
+                             writable=self.commands.writable() if self.commands else []
+                             ).model_dump_json(by_alias=True).encode()
 
     async def run(self) -> None:
         structlog.contextvars.bind_contextvars(station=self.cfg.station)  # this task and its children
         log.info("gateway starting", gateway=self.cfg.gateway, station=self.cfg.station,
                  boot=self.boot, backlog=self.outbox.count,
                  requests={g: sum(len(d.plans[g]) for d in self.devices) for g in self.cfg.poll_groups})
+        subs = [(self.commands.filter, 1)] if self.commands is not None else []
         self.publisher = Publisher(self.cfg, self.outbox, blocking=blocking,
                                    birth=self._gateway_status("online"),
-                                   will=self._gateway_status("offline"), will_topic=self.gw_topic)
+                                   will=self._gateway_status("offline"), will_topic=self.gw_topic,
+                                   subscriptions=subs)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.publisher.run())
+                if self.commands is not None:
+                    tg.create_task(self.commands.run(self.publisher.client))
                 for group, pg in self.cfg.poll_groups.items():
                     if any(d.plans[group] for d in self.devices):
                         tg.create_task(self._poll_loop(group, pg.interval_s))
@@ -97,6 +117,8 @@ class Gateway:
             for link in self.links:
                 link.close()
             self.outbox.close()
+            if self.commands is not None:
+                self.commands.close()
 
     async def _poll_loop(self, group: str, interval: float) -> None:
         next_t = time.monotonic()
@@ -127,22 +149,28 @@ class Gateway:
         if by_exception is not None:
             by_exception.sent_at(readings, ts)
         self.messages += 1
+        self.cycles[group] = self.cycles.get(group, 0) + 1
         if self.publisher is not None:
             self.publisher.notify()
             self._publish_status(ts)
         return msg
 
-    def _publish_status(self, ts: int) -> None:
+    def station_status(self, ts: int) -> StationStatus:
+        """The station's state from its devices' health, as published on the status topic."""
         devs = {d.cfg.name: DeviceStatus(state=d.health.state, error=d.health.error) for d in self.devices}
         states = {s.state for s in devs.values()}
         state = (DeviceState.ONLINE if states == {DeviceState.ONLINE} else
                  DeviceState.OFFLINE if states == {DeviceState.OFFLINE} else DeviceState.DEGRADED)
-        body = orjson.dumps({"state": state, "devices": {k: v.model_dump() for k, v in devs.items()}})
+        return StationStatus(schema_=1, station=self.cfg.station, gateway=self.cfg.gateway,
+                             state=state, devices=devs, ts=ts)
+
+    def _publish_status(self, ts: int) -> None:
+        status = self.station_status(ts)
+        body = orjson.dumps({"state": status.state,
+                             "devices": {k: v.model_dump() for k, v in status.devices.items()}})
         if body == self._last_status:
             return  # retained: publish changes only
         self._last_status = body
-        status = StationStatus(schema_=1, station=self.cfg.station, gateway=self.cfg.gateway,
-                               state=state, devices=devs, ts=ts)
         assert self.publisher is not None
         self.publisher.publish_retained(self.status_topic, status.model_dump_json(by_alias=True).encode())
 
@@ -152,3 +180,5 @@ class Gateway:
             n = await blocking(self.outbox.expire)
             if n:
                 log.warning("outbox messages expired unsent", dropped=n, total_dropped=self.outbox.dropped)
+            if self.commands is not None:
+                await self.commands.housekeeping()

@@ -1,2 +1,5 @@
-"""What every heatwatch process shares to talk MQTT: the broker identities and TLS of a site
-(``messaging.security``)."""
+"""MQTT for every heatwatch process: one client module (``messaging.client``) and the broker
+identities and TLS of a site (``messaging.security``).
+
+May import ``contract``; never a stage (gateway, collector, api, simulator).
+"""

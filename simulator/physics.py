@@ -6,10 +6,14 @@ Model (per station, deterministic for a seed):
   below it by a load-dependent ΔT; primary supply 70–120 °C;
 - totalizers integrate their flows over sim time; make-up runs at a small baseline
   (~0.3 % of circulation) and the tank drains with it and is refilled by the city-water valve;
-- buildings: valve position follows its setpoint (written remotely) with a lag; building
-  supply/return follow the station's secondary loop;
-- households: room temperature settles toward a target set by their building's supply and
-  valve, with a per-household offset and ±0.1 K noise.
+- a written secondary supply setpoint (a remote command) replaces the climate curve: the supply
+  temperature follows it over ~10 minutes;
+- buildings: valve position follows its setpoint (written remotely) with a lag; the building's
+  flow follows the valve; building supply/return follow the station's secondary loop;
+- households: room temperature settles (over ~half an hour to the next hours) toward a target
+  set by their building's flow (valve) and supply, with a per-household offset and ±0.1 K
+  noise: opening a cold building's valve from 60 % to 100 % raises its rooms by 6 K, enough to
+  carry them through a ``cold_building`` supply fault (the closed loop of docs/control.md).
 
 An event already under way at the model's first step (a scenario's negative ``at``) starts with
 its full effect on the rooms, as a station first connected mid-winter would show it: a building
@@ -41,6 +45,9 @@ EVENT_KINDS = frozenset({
     "open_window", "stuck_sensor", "broken_sensor", "stale_sensor", "dead_device", "link_down",
 })
 LOCAL_UTC_OFFSET_H = 8.0  # the simulated city's local time (theft happens in the local evening)
+VALVE_GAIN_K = 0.06  # room temperature per % of building valve opening, around the nominal 60 %
+# (a cold_building is a starved branch: opening its valve restores the flow, see _starved)
+SUPPLY_GAIN = 0.3  # room temperature per K of secondary supply above (or below) the climate curve
 
 
 @dataclass
@@ -68,6 +75,8 @@ class StationModel:
     seed: int = 0
     events: list[Event] = field(default_factory=list)
     setpoints: dict[Key, float | bool] = field(default_factory=dict)
+    local_mode: bool = False  # the cabinet's local/remote switch
+    written: set[Key] = field(default_factory=set)  # setpoints a remote command has written
 
     def __post_init__(self) -> None:
         rnd = random.Random(f"{self.station}:{self.seed}")
@@ -87,6 +96,8 @@ class StationModel:
         self.tank = 1.6
         self.refilling = False
         self.valve_pos: dict[str, float] = {}
+        self.supply: float | None = None  # the secondary supply actually delivered
+        self.supply_offset = 0.0  # how far it is above the climate curve (a written setpoint)
         self.room: dict[str, float] = {h: 20.0 + self.hh_offset[h] for _, h in self.households}
         self.values: dict[Key, float | bool | str] = {}
         self.frozen: dict[Key, float | bool | str] = {}
@@ -97,6 +108,11 @@ class StationModel:
             elif p.endswith("_setpoint") or p == "work_mode":
                 self.setpoints.setdefault(k, {"primary_valve_setpoint": 50.0, "work_mode": 1.0,
                                               "diff_pressure_setpoint": 0.12}.get(p, 0.3))
+
+    def write(self, key: Key, value: float | bool) -> None:
+        """A remote write landed on this setpoint (the PLC took it)."""
+        self.setpoints[key] = value
+        self.written.add(key)
 
     # -- events --------------------------------------------------------------------------------
     def _on(self, kind: str, t: float, **match: str | None) -> Event | None:
@@ -129,7 +145,16 @@ class StationModel:
         noise = self._rnd.gauss
         outdoor = -4.0 + self.phase + 5.0 * math.sin(2 * math.pi * (hour - 9) / 24)
         load = max(0.0, min(1.0, (18.0 - outdoor) / 25.0))
-        sec_supply = max(35.0, min(75.0, 35.0 + 1.4 * (18.0 - outdoor)))
+        curve = max(35.0, min(75.0, 35.0 + 1.4 * (18.0 - outdoor)))
+        wanted = curve
+        sp_key: Key = ("secondary_supply_temp_setpoint", None, None)
+        if sp_key in self.written:
+            wanted = float(self.setpoints[sp_key])
+        # the exchanger's control loop brings the supply to what is wanted over ~10 minutes
+        self.supply = wanted if self.supply is None else self.supply + (wanted - self.supply) * min(
+            1.0, dt / 600.0)
+        sec_supply = self.supply
+        self.supply_offset = sec_supply - curve
         sec_return = sec_supply - (6.0 + 10.0 * load)
         sec_flow = 120.0 + noise(0, 0.5)
         pri_supply = max(70.0, min(120.0, 85.0 + 1.3 * (5.0 - outdoor)))
@@ -189,6 +214,7 @@ class StationModel:
             "makeup_pump_running": makeup > 0.3 or leak is not None,
             "makeup_pump_fault": False, "makeup_pump_freq": 30.0 if makeup > 0.3 else 0.0,
             "primary_valve_position": 20.0 + 70.0 * load,
+            "local_mode": self.local_mode,
             **self.totals,
         }
         for k in self.keys:
@@ -245,7 +271,8 @@ class StationModel:
         if p != "room_temp":
             return 0.0
         pos = self.valve_pos.get(b, 60.0)
-        usual = target = 20.5 + self.b_offset[b] + self.hh_offset[h] + (pos - 60.0) * 0.06
+        usual = target = (20.5 + self.b_offset[b] + self.hh_offset[h] + (pos - 60.0) * VALVE_GAIN_K
+                          + self.supply_offset * SUPPLY_GAIN)
         target -= 6.0 * self._starved(b, t, pos)
         if self._on("cold_household", t, household=h):
             target = 14.0

@@ -95,6 +95,11 @@ class DeviceImage:
         # wire addresses this device refuses with "illegal data address" although they sit
         # inside its served span: firmware holes, the quirk that breaks coalesced reads
         self.illegal: dict[str, set[int]] = {}
+        # every write request that reached this device: (function code, address, values)
+        self.writes: list[tuple[int, int, list[int]]] = []
+        self.held: set[Key] = set()  # points the PLC program overrides: writes to them do not take
+        self.write_error: ExcCodes | None = None  # answer every write with this exception
+        self.write_delay_s = 0.0  # a slow PLC: the write is answered this much later
         self.render()
 
     def simdevice(self) -> SimDevice:
@@ -174,6 +179,8 @@ class DeviceImage:
         for s in self.slots:
             if s.table != table or not (s.wire < end and address < s.wire + s.point.words):
                 continue
+            if s.key in self.held:
+                continue
             p = s.point
             if table == "coil":
                 val: float | bool | str = bool(words["coil"][s.wire // 16] >> (s.wire % 16) & 1)
@@ -183,7 +190,7 @@ class DeviceImage:
                              p.bit or 0)
                 val = raw if isinstance(raw, (bool, str)) else float(raw) * p.scale + p.offset
             if not isinstance(val, str):
-                self.model.setpoints[s.key] = val
+                self.model.write(s.key, val)
         self.model.values.update({k: v for k, v in self.model.setpoints.items() if k in self.model.values})
         self.render()
 
@@ -193,6 +200,11 @@ async def _action(img: DeviceImage, fc: int, start: int, address: int, count: in
     if img.model.t is not None and img.dev.name in img.model.dead_devices(img.model.t):
         await asyncio.Event().wait()  # a dead slave: never answer; the client times out
     if set_values is not None:
+        img.writes.append((fc, address, [int(v) for v in set_values]))
+        if img.write_delay_s:
+            await asyncio.sleep(img.write_delay_s)
+        if img.write_error is not None:
+            return img.write_error
         table = _WRITE_TABLE.get(fc)
         if table is not None:
             img.apply_write(table, address, set_values)
@@ -266,6 +278,39 @@ class Simulator:
                 img.illegal.setdefault(table, set()).add(wire)
                 return
         raise KeyError(f"no device {device} at station {station}")
+
+    def image(self, station: str, device: str) -> DeviceImage:
+        for img in self.images:
+            if img.model.station == station and img.dev.name == device:
+                return img
+        raise KeyError(f"no device {device} at station {station}")
+
+    def writes(self, station: str, device: str) -> list[tuple[int, int, list[int]]]:
+        """Every write request the device received: (function code, address, values)."""
+        return list(self.image(station, device).writes)
+
+    def hold(self, station: str, device: str, key: Key) -> None:
+        """The PLC program overrides this point: a write is acknowledged and does not take."""
+        self.image(station, device).held.add(key)
+
+    def refuse_writes(self, station: str, device: str, code: int | None) -> None:
+        """Answer every write with Modbus exception ``code`` (None: accept them again)."""
+        self.image(station, device).write_error = ExcCodes(code) if code is not None else None
+
+    def slow_writes(self, station: str, device: str, delay_s: float) -> None:
+        """A slow PLC: every write is answered ``delay_s`` after it arrives."""
+        self.image(station, device).write_delay_s = delay_s
+
+    def set_local_mode(self, station: str, on: bool) -> None:
+        """Turn the cabinet's local/remote switch (the ``local_mode`` point)."""
+        m = self.models[station]
+        m.local_mode = on
+        for k in m.values:
+            if k[0] == "local_mode":
+                m.values[k] = on
+        for img in self.images:
+            if img.model is m:
+                img.render()
 
     def served(self, station: str) -> dict[Key, float | bool | str]:
         """The engineering value a correct gateway reads for every point, right now."""

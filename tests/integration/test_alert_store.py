@@ -11,7 +11,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from alerting import schema
-from alerting.store import Conflict, NotFound, Store
+from alerting.assets import parse
+from alerting.store import Conflict, NotFound, Store, Unknown
 from contract.alerts import Transition
 from heatwatch.devstack import Postgres, free_port
 
@@ -150,3 +151,65 @@ def test_a_whole_lifecycle_and_a_second_episode_in_one_batch(store: Store) -> No
     assert [e["kind"] for e in store.get(k1_rows[0]["id"])["events"]] == ["pending", "firing", "resolved"]
     assert [e["kind"] for e in store.get(k1_rows[1]["id"])["events"]] == ["pending"]
     assert store.query(rule=["building_low"]).total == 1
+
+
+def test_a_second_ack_keeps_the_first_acks_ticket(store: Store) -> None:
+    store.apply([tr("firing", T, page=True)])
+    aid = store.query().rows[0]["id"]
+    store.acknowledge(aid, actor="disp-li", now=T + 1, note="caller at 301", ticket="HL-0042")
+    a = store.acknowledge(aid, actor="disp-zhao", now=T + 2, note="second caller")  # no ticket
+    assert (a["ack_by"], a["ack_note"], a["ack_ticket"], a["tickets"]) == (
+        "disp-zhao", "second caller", "HL-0042", ["HL-0042"])
+    store.add_note(aid, actor="disp-zhao", now=T + 3, note="third caller", ticket="HL-0050")
+    a = store.acknowledge(aid, actor="disp-li", now=T + 4, ticket="HL-0042")
+    assert (a["ack_ticket"], a["tickets"]) == ("HL-0042", ["HL-0042", "HL-0050"])
+    assert store.query().rows[0]["tickets"] == ["HL-0042", "HL-0050"]
+
+
+def test_silences_list_cancel_and_the_engine_stops_honouring_a_cancelled_one(store: Store) -> None:
+    hour = 3_600_000
+    running = store.add_silence(station="st001", building=None, start=T - hour, end=T + hour,
+                                reason="pressure test", actor="eng-wang", now=T - hour)
+    coming = store.add_silence(station="st001", building="b01", start=T + hour, end=T + 2 * hour,
+                               reason="valve swap", actor="eng-wang", now=T - hour)
+    ended = store.add_silence(station="st002", building=None, start=T - 3 * hour, end=T - 2 * hour,
+                              reason="filling", actor="eng-wang", now=T - 3 * hour)
+    page = store.silences(now=T)
+    assert page.total == 2 and [(r["id"], r["state"]) for r in page.rows] == [
+        (coming, "future"), (running, "active")]
+    assert [r["state"] for r in store.silences(now=T, past=True).rows] == ["future", "active", "ended"]
+    assert store.silences(now=T, station="st002").total == 0
+    assert [s.reason for s in store.active_silences(T)] == ["pressure test", "valve swap"]
+
+    got = store.cancel_silence(running, actor="eng-li", now=T + 5)
+    assert (got["state"], got["cancelled_by"], got["cancelled_at"]) == ("cancelled", "eng-li", T + 5)
+    assert [s.reason for s in store.active_silences(T + 5)] == ["valve swap"]  # what the collector reads
+    assert [(r["id"], r["state"]) for r in store.silences(now=T + 5, past=True).rows] == [
+        (coming, "future"), (running, "cancelled"), (ended, "ended")]
+    with pytest.raises(Conflict, match="cancelled already by eng-li"):
+        store.cancel_silence(running, actor="eng-li", now=T + 6)
+    with pytest.raises(Conflict, match="over already"):
+        store.cancel_silence(ended, actor="eng-li", now=T + 6)
+    with pytest.raises(NotFound):
+        store.cancel_silence(999_999, actor="eng-li", now=T)
+    audit = store.audit_log(limit=1)[0]
+    assert (audit["action"], audit["actor"], audit["target"]) == ("silence.cancel", "eng-li", "st001")
+
+
+def test_a_silence_needs_a_station_the_site_knows(store: Store) -> None:
+    hour = 3_600_000
+    # a new site knows no station yet: nothing to judge against
+    store.add_silence(station="st-new", building=None, start=T, end=T + hour, reason="x", actor="e", now=T)
+    store.apply([tr("firing", T)])  # st001 b01 raised an alert: known from now on
+    store.add_silence(station="st001", building="b09", start=T, end=T + hour, reason="x", actor="e", now=T)
+    with pytest.raises(Unknown, match="station 'st009' is unknown: not in the asset register and never in "
+                                      "an alert"):
+        store.add_silence(station="st009", building=None, start=T, end=T + hour, reason="x", actor="e",
+                          now=T)
+    assets = parse("station,station_name,building,address,household\n"
+                   "st002,和平路换热站,b01,和平路8号院1号楼,HH-1\n")
+    store.import_assets(assets, actor="admin", now=T)
+    store.add_silence(station="st002", building="b01", start=T, end=T + hour, reason="x", actor="e", now=T)
+    with pytest.raises(Unknown, match="building 'b07' of station 'st002' is unknown"):
+        store.add_silence(station="st002", building="b07", start=T, end=T + hour, reason="x", actor="e",
+                          now=T)

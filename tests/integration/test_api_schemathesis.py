@@ -22,8 +22,9 @@ from alerting.assets import parse
 from alerting.store import Store
 from api.app import create_app
 from contract.alerts import Transition
-from contract.config import ApiConfig, InfluxSettings
-from heatwatch.devstack import Influxd
+from contract.commands import generate_keypair
+from contract.config import ApiConfig, ApiControl, InfluxSettings, MqttSettings
+from heatwatch.devstack import Influxd, free_port
 
 CSV = """station,station_name,building,address,household,unit,room,sensor
 st001,幸福里换热站,b01,幸福里小区3号楼,HH-0001,2,301,b01-0301
@@ -49,8 +50,13 @@ def api_app(tmp_path_factory: pytest.TempPathFactory, influxd: Influxd) -> Itera
     httpx.post(f"{influxd.url}/query", params={"q": "CREATE DATABASE fuzz"}).raise_for_status()
     httpx.post(f"{influxd.url}/write", params={"db": "fuzz", "precision": "ms"},
                content=f"station,station=st001 secondary_supply_temp=52.0 {now}").raise_for_status()
+    folder = tmp_path_factory.mktemp("keys")
+    (folder / "control.key").write_bytes(generate_keypair()[0])
+    # remote control on, with no broker to reach: commands are checked and refused (no gateway
+    # status), never sent
+    control = ApiControl(signing_key=str(folder / "control.key"), mqtt=MqttSettings(port=free_port()))
     app = create_app(ApiConfig(kind="api", influx=InfluxSettings(url=influxd.url, database="fuzz"),
-                               store=url))
+                               store=url, control=control))
     with TestClient(app):  # runs the lifespan: the store and InfluxDB reader on app.state
         yield app
 

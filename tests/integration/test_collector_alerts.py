@@ -14,7 +14,9 @@ from pathlib import Path
 
 import httpx
 import orjson
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from alerting.store import Store
 from heatwatch.devstack import Influxd, Mosquitto, free_port
@@ -156,4 +158,74 @@ def test_sigkill_while_pending_then_fires_on_the_original_schedule(
     # the same episode (the store's pending alert was adopted), firing an hour after it began
     assert firing["id"] == pending["id"] and firing["since"] == pending["since"]
     assert firing["fired_at"] == pending["since"] + 60 * MIN
+    store.close()
+
+
+def _retain(port: int, messages: list[tuple[str, bytes]]) -> None:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"retain-{time.monotonic_ns()}")
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        for topic, payload in messages:
+            c.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def _station_msg(station: str, seq: int, ts: int) -> tuple[str, bytes]:
+    return (f"heatwatch/v1/station/{station}/telemetry", orjson.dumps({
+        "schema": 1, "station": station, "gateway": f"gw-{station}", "boot": "0badc0de", "seq": seq,
+        "ts": ts, "values": [{"point": "secondary_supply_temp", "value": 55.0, "unit": "°C"}]}))
+
+
+def test_a_restarted_collector_does_not_page_stations_it_has_not_heard_from_yet(
+        tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, influx_db: str, procs: Processes) -> None:
+    """Three stations report; the collector stops (its snapshot remembers their last data) and
+    comes back after more than station_after_s. st001 and st002 report again at once: no
+    station_offline for them, neither raised nor resolved. st003 stays silent: judged, and
+    paged, once the start-up grace (station_after_s) is over."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(f"kind: rules\n{WHOLE_YEAR}\noffline: {{station_after_s: 4}}\n")
+    cfg = write_collector_config(
+        tmp_path, mqtt_port=mosquitto.port, influx_url=influxd.url, database=influx_db,
+        alerts={"rules": "rules.yaml", "store": f"sqlite:///{tmp_path / 'alerts.sqlite'}",
+                "state_path": str(tmp_path / "engine.state"), "tick_s": 0.5, "snapshot_s": 3600})
+    procs.start("collector", "collector", str(cfg))
+    wait_for(lambda: '"subscribed"' in procs.log("collector"), 30, "the collector subscribed")
+    seq = {"st001": 0, "st002": 0, "st003": 0}
+
+    def report(*stations: str) -> None:
+        now = int(time.time() * 1000)
+        for s in stations:
+            seq[s] += 1
+        publish(mosquitto.port, [_station_msg(s, seq[s], now) for s in stations])
+
+    report("st001", "st002", "st003")
+    # like the gateways: each station's status, retained, so a collector gets it when it subscribes
+    # (before the fix that alone judged the snapshot's old last data and paged every station)
+    _retain(mosquitto.port, [(f"heatwatch/v1/station/{s}/status", orjson.dumps({
+        "schema": 1, "station": s, "gateway": f"gw-{s}", "state": "online",
+        "devices": {"plc": {"state": "online"}}, "ts": int(time.time() * 1000)})) for s in seq])
+    wait_for(lambda: len(rows(influx_query(influxd, influx_db, 'SELECT * FROM "station"'))) == 3, 20,
+             "the three stations' data in InfluxDB")
+    last = time.time()
+    procs.procs["collector"].terminate()  # SIGTERM: the snapshot is written on the way out
+    procs.procs["collector"].wait(20)
+    assert (tmp_path / "engine.state").exists()
+    wait_for(lambda: time.time() - last > 5, 10, "the last data older than station_after_s (4 s)")
+
+    procs.start("collector2", "collector", str(cfg))
+    wait_for(lambda: '"subscribed"' in procs.log("collector2"), 30, "the collector subscribed again")
+    store = Store(f"sqlite:///{tmp_path / 'alerts.sqlite'}")
+
+    def st003_offline() -> list[dict[str, object]]:
+        report("st001", "st002")  # every 0.2 s while we wait
+        return store.query(rule=["station_offline"]).rows
+
+    fired = wait_for(st003_offline, 30, "station_offline for the silent st003")
+    assert [(a["station"], a["state"], a["paged"]) for a in fired] == [("st003", "firing", True)]
+    # no page came and went for the two that report (the store keeps every episode)
+    assert store.query(rule=["station_offline"], station="st001").total == 0
+    assert store.query(rule=["station_offline"], station="st002").total == 0
     store.close()

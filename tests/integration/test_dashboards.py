@@ -1,11 +1,15 @@
 """The Grafana dashboards (``dashboards/``): the committed JSON is what ``dashboards/build.py``
 makes, and every query in them — panels, annotations, variables — runs on a real influxd holding
-what the pipeline writes (telemetry through the collector's decoder and line encoder, the
-collector's own counters, alert transitions) and finds data. A renamed point or measurement
-fails here, not in front of an operator."""
+what the pipeline writes (telemetry through the collector's decoder and line encoder, station
+and gateway status through the collector's handler, the collector's own counters, alert
+transitions) and finds data. A renamed point or measurement fails here, not in front of an
+operator. Every panel of vocabulary points shows them in their unit; the open-alerts tables
+leave resolved alerts out; the provisioned data source is where the demo's InfluxDB listens.
+Grafana itself is not run here (it cannot be installed on this machine)."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -20,16 +24,14 @@ from contract.alerts import Transition
 from contract.config import AlertSettings, CollectorConfig, InfluxSettings, SpoolSettings
 from contract.influx import alert_line, telemetry_lines
 from contract.payload import decode_telemetry
-from contract.points import Kind, lookup
+from contract.points import VOCABULARY, Kind, Level, lookup
 from dashboards import build
 from heatwatch.devstack import DEPLOY, Influxd
-from tests.conftest import influx_query
+from tests.conftest import influx_query, rows
 
-STATION_POINTS = ["primary_supply_temp", "primary_return_temp", "secondary_supply_temp",
-                  "secondary_return_temp", "secondary_supply_pressure", "secondary_return_pressure",
-                  "outdoor_temp", "primary_valve_position", "primary_valve_setpoint", "secondary_flow",
-                  "makeup_flow", "makeup_total", "tank_level", "makeup_pump_running", "circ_pump_running"]
-BUILDING_POINTS = ["building_valve_position", "building_return_temp"]
+# every point of the vocabulary, as a station would send them
+STATION_POINTS = [p for p, d in VOCABULARY.items() if d.level is Level.STATION]
+BUILDING_POINTS = [p for p, d in VOCABULARY.items() if d.level is Level.BUILDING]
 
 
 def _value(point: str, i: int) -> Any:
@@ -68,11 +70,30 @@ def pipeline_data(tmp_path: Path, influxd: Influxd, influx_db: str) -> str:
                                        severity="warning", station="st001", building="b01",
                                        household="b01-0101", ts=now - 600_000, since=now - 8_000_000,
                                        value=16.9, summary="room 16.9 °C", page=True)))
+    for state, ts in (("firing", now - 900_000), ("resolved", now - 300_000)):  # over: not open
+        lines.append(alert_line(Transition(key="makeup_rate:st002", rule="makeup_rate", state=state,
+                                           severity="major", station="st002", ts=ts, since=now - 900_000,
+                                           value=2.5, summary=f"make-up {state}", page=True)))
+    for rule, sev, state, b in (("station_offline", "critical", "firing", None),  # one of each severity
+                                ("building_low", "major", "pending", "b02"),
+                                ("makeup_daily", "info", "firing", None)):
+        lines.append(alert_line(Transition(key=f"{rule}:st002", rule=rule, state=state, severity=sev,
+                                           station="st002", building=b, ts=now - 120_000, since=now - 120_000,
+                                           summary=rule, page=sev != "info")))
     cfg = CollectorConfig(kind="collector", influx=InfluxSettings(url=influxd.url, database=influx_db),
                           spool=SpoolSettings(path=str(tmp_path / "spool.sqlite")),
                           alerts=AlertSettings(store=f"sqlite:///{tmp_path / 'a.sqlite'}",
                                                state_path=str(tmp_path / "engine.state")))
     c = Collector(cfg)
+    for st in ("st001", "st002"):  # status messages through the collector's own handler
+        lines += c.handle(f"heatwatch/v1/station/{st}/status", orjson.dumps({
+            "schema": 1, "station": st, "gateway": f"gw-{st}", "ts": now - 60_000,
+            "state": "degraded" if st == "st002" else "online",
+            "devices": {"plc": {"state": "online"}, "meter": {"state": "offline", "error": "timeout"}}}))
+        lines += c.handle(f"heatwatch/v1/gateway/gw-{st}/status", orjson.dumps({
+            "schema": 1, "gateway": f"gw-{st}", "state": "online", "boot": "0badc0de", "stations": [st],
+            "ts": now - 60_000}))
+    assert not any(ln.startswith("rejects") for ln in lines), lines[-4:]
     for k in range(12):  # the collector's counters, once a minute, rising
         c.stats.received = c.stats.accepted = c.stats.acked = 100 * k
         c.stats.values = c.stats.written = 2000 * k
@@ -98,7 +119,7 @@ def _queries(board: dict[str, Any]) -> list[tuple[str, str]]:
 def _fill(q: str) -> str:
     """What Grafana sends: macros and variables filled in."""
     return (q.replace("$timeFilter", "time > now() - 6h").replace("$__interval", "5m")
-            .replace("/^$station$/", "/^st001$/"))
+            .replace("/^$station$/", "/^st001$/").replace("/^$building$/", "/^(b01|b02)$/"))
 
 
 def test_the_committed_dashboards_are_what_build_makes() -> None:
@@ -122,5 +143,63 @@ def test_every_dashboard_query_finds_pipeline_data(name: str, influxd: Influxd, 
 def test_the_provisioned_data_source_is_the_one_the_dashboards_name() -> None:
     provisioned = yaml.safe_load((DEPLOY / "grafana" / "datasources.yaml").read_text())["datasources"]
     assert [(d["uid"], d["type"]) for d in provisioned] == [(build.DS["uid"], build.DS["type"])]
+    # where the shipped collector writes by default, which is where the demo's InfluxDB listens
+    collector = (DEPLOY / "collector" / "collector.yaml").read_text()
+    default_url = re.search(r"HEATWATCH_INFLUX_URL:-(http://[^}]+)\}", collector)
+    assert default_url is not None and provisioned[0]["url"] == default_url.group(1)
+    assert provisioned[0]["jsonData"]["dbName"] == yaml.safe_load(collector)["influx"]["database"]
     providers = yaml.safe_load((DEPLOY / "grafana" / "dashboards.yaml").read_text())["providers"]
     assert [p["type"] for p in providers] == ["file"]
+
+
+def _panels(board: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in board["panels"] if p["type"] != "row"]
+
+
+def test_every_panel_of_points_shows_them_in_their_vocabulary_unit() -> None:
+    checked = 0
+    for name, make in build.BOARDS.items():
+        for p in _panels(make()):
+            for t in p["targets"]:
+                if " / " in t["query"]:  # a ratio of two points: a share in percent
+                    assert p["fieldConfig"]["defaults"]["unit"] == "percent", p["title"]
+                    continue
+                if t["query"].startswith("SELECT count("):  # how many samples or hours, not the point
+                    continue
+                for point in set(re.findall(r'"([a-z0-9_]+)"', t["query"])) & set(VOCABULARY):
+                    assert p["fieldConfig"]["defaults"]["unit"] == build.unit_of(point), (name, p["title"])
+                    checked += 1
+    assert checked >= 30
+    assert build.unit_of("makeup_flow") == "suffix: m³/h" and build.unit_of("secondary_supply_pressure") == (
+        "suffix: MPa")
+    assert build.unit_of("circ_pump_fault") == "bool_on_off" and build.unit_of("room_temp") == "celsius"
+
+
+def test_make_up_and_circulation_flow_are_never_on_one_axis() -> None:
+    for make in build.BOARDS.values():
+        for p in _panels(make()):
+            fields = {f for t in p["targets"] for f in re.findall(r'"([a-z0-9_]+)"', t["query"])}
+            if " / " not in " ".join(t["query"] for t in p["targets"]):
+                assert not {"makeup_flow", "secondary_flow"} <= fields, p["title"]
+
+
+def test_open_alerts_leave_the_resolved_out(influxd: Influxd, pipeline_data: str) -> None:
+    fleet = build.fleet()
+    table = next(p for p in fleet["panels"] if p["title"] == "Open alerts")
+    got = rows(influx_query(influxd, pipeline_data, table["targets"][0]["query"]))
+    assert sorted((r["rule"], r["station"], r["severity"], r["state"]) for r in got) == [
+        ("building_low", "st002", "major", "pending"), ("makeup_daily", "st002", "info", "firing"),
+        ("room_low", "st001", "warning", "firing"), ("station_offline", "st002", "critical", "firing")]
+    counts = next(p for p in fleet["panels"] if p["title"] == "Open alerts by severity")
+    by = {t["alias"]: rows(influx_query(influxd, pipeline_data, t["query"]))[0] for t in counts["targets"]}
+    assert {s: r[s] for s, r in by.items()} == {"critical": 1, "major": 1, "warning": 1, "info": 1}
+    states = next(p for p in fleet["panels"] if p["title"] == "Stations: state")
+    got = rows(influx_query(influxd, pipeline_data, states["targets"][0]["query"]))
+    assert {(r["station"], r["state"], r["devices not online"]) for r in got} == {
+        ("st001", "online", 1), ("st002", "degraded", 1)}
+
+
+def test_the_fleet_overview_is_the_landing_page() -> None:
+    assert next(iter(build.BOARDS)) == build.LANDING == "fleet.json"
+    ini = (DEPLOY / "grafana" / "grafana.ini").read_text()
+    assert re.search(r"^default_home_dashboard_path = .*/fleet\.json$", ini, re.M), ini

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+import gateway.modbus
+from alerting.engine import Engine
+from contract.alerts import AlertRules
 from contract.config import GatewayConfig, load_gateway_config
-from contract.payload import DeviceState, Quality, Reading
+from contract.payload import DeviceState, Quality, Reading, StationStatus
 from gateway.app import Gateway
 from gateway.plan import plan_requests
 from heatwatch.devstack import NullModem, SimThread, free_port
@@ -216,3 +221,102 @@ def test_report_by_exception_sends_changes_and_a_heartbeat(tmp_path: Path) -> No
         assert {(r.point, r.building, r.household) for v in sent[-2:] for r in v} == slow  # heartbeat
     finally:
         sim.stop()
+
+
+def test_a_dead_device_read_by_one_group_stays_offline_through_every_group(
+    station_config: GatewayConfig, simulator: SimThread,
+) -> None:
+    """st001's topology: the room concentrator shares the meter's RS-485 converter and is read
+    only by the slow group. Dead, it must stay offline through every fast and status cycle and
+    every backoff retry: its health changes only on an exchange with it. The station status the
+    gateway publishes then makes the rule engine raise device_offline once the hold has passed
+    (before the fix each fast cycle declared it "answering again" and the hold never ran out)."""
+    groups = {p.group for d in station_config.resolved if d.name == "rooms" for p in d.points}
+    assert groups == {"slow"}  # the premise: other groups have no request for it
+    now = simulator.call(simulator.sim.now)
+    assert isinstance(now, float)
+    simulator.call(simulator.sim.add_event, "st001", Event("dead_device", start=now - 1, device="rooms"))
+    simulator.call(simulator.sim.step)
+
+    async def run() -> list[StationStatus]:
+        gw = Gateway(station_config)
+        rooms = next(d for d in gw.devices if d.cfg.name == "rooms")
+        statuses: list[StationStatus] = []
+        cycles: Counter[str] = Counter()
+        try:
+            # until two backoff periods (1 s, 2 s) ran out and the retries failed again
+            while rooms.health.failures < 3:
+                for group in ("slow", "fast", "status"):
+                    await gw.poll_once(group)
+                    cycles[group] += 1
+                    status = gw.station_status(int(time.time() * 1000))
+                    statuses.append(status)
+                    assert rooms.health.state is DeviceState.OFFLINE, (group, cycles)
+                    assert status.devices["rooms"].state is DeviceState.OFFLINE, (group, cycles)
+                    assert status.devices["plc"].state is DeviceState.ONLINE
+                    assert status.devices["makeup_meter"].state is DeviceState.ONLINE
+                await asyncio.sleep(0.1)  # the poll interval of this test
+        finally:
+            for link in gw.links:
+                link.close()
+            gw.outbox.close()
+        assert min(cycles.values()) >= 10, cycles
+        return statuses
+
+    statuses = asyncio.run(run())
+    # the rule engine on those statuses: device_offline fires once the hold has passed
+    rules = AlertRules.model_validate({"season": {"start": "01-01", "end": "12-31"},
+                                       "offline": {"device_hold_s": 2}})
+    engine = Engine(rules)
+    out = [tr for s in statuses for tr in engine.station_status(s, s.ts)]
+    out += engine.tick(statuses[-1].ts + 2500)
+    fired = [tr for tr in out if tr.rule == "device_offline" and tr.state == "firing"]
+    assert [tr.subject for tr in fired] == ["rooms"]
+    assert not [tr for tr in out if tr.state == "resolved"]
+
+
+class _Said:
+    """Stands in for a module's structlog logger: what was logged, by event."""
+
+    def __init__(self) -> None:
+        self.events: Counter[str] = Counter()
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **_kw: self.events.update([event])
+
+
+def test_a_refused_block_keeps_its_device_degraded_through_the_other_groups(
+    station_config: GatewayConfig, simulator: SimThread, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wrong map in one poll group's block: the device stays degraded while the other groups
+    read it fine, and the refusal is logged once. Before the fix every status or slow cycle
+    declared the PLC online again and the next fast cycle logged "device rejects a request" anew
+    (five times a second in a gateway polling at 0.2 s; the device_state metric read "online")."""
+    said = _Said()
+    monkeypatch.setattr(gateway.modbus, "log", said)
+
+    async def run() -> None:
+        gw = Gateway(station_config)
+        try:
+            plc = next(d for d in gw.devices if d.cfg.name == "plc")
+            p, wire = plc.plans["fast"][0].points[0]
+            others = {q.key for g in ("status", "slow") for r in plc.plans[g] for q, _ in r.points}
+            assert p.key not in others  # the other groups never read the refused register
+            simulator.call(simulator.sim.refuse, "st001", "plc", p.table, wire)
+            for _ in range(3):
+                for group in ("fast", "status", "slow"):
+                    await gw.poll_once(group)
+                    assert plc.health.state is DeviceState.DEGRADED, group
+                    assert p.point in (plc.health.error or ""), group
+                    status = gw.station_status(int(time.time() * 1000))
+                    assert status.devices["plc"].state is DeviceState.DEGRADED
+            simulator.call(simulator.sim.image("st001", "plc").illegal.clear)  # the map fixed on site
+            await gw.poll_once("fast")
+            assert plc.health.state is DeviceState.ONLINE and plc.health.error is None
+        finally:
+            for link in gw.links:
+                link.close()
+            gw.outbox.close()
+
+    asyncio.run(run())
+    assert said.events["device rejects a request: check the register map"] == 1

@@ -402,3 +402,59 @@ def test_makeup_pump_starting_far_more_often_than_its_baseline() -> None:
     fired = [x for x in f.out if x.rule == "makeup_pump" and x.state == "firing"]
     assert len(fired) == 1 and fired[0].context["starts"] == 40 and fired[0].context["baseline_starts"] == 6
     assert fired[0].since == T0 + 4 * day * MIN
+
+
+def test_a_restart_does_not_page_stations_it_has_not_had_the_chance_to_hear_from() -> None:
+    """The snapshot was written a minute before the collector stopped; it comes back 6 minutes
+    later (station_after_s: 300 s). No station_offline for stations that report again within
+    the grace; one that stays silent is judged once the grace is over, from its old last data."""
+    stations = ("st001", "st002", "st003")
+    before = Feed()
+    for i in range(0, 10):
+        for s in stations:
+            before.station = s
+            before.frame(T0 + i * MIN, _station(secondary_supply_temp=55.0))
+        before.tick(T0 + i * MIN)
+    assert not before.of("station_offline")
+    blob = before.engine.snapshot()
+    after = Feed()
+    after.engine.restore(blob)
+    up = T0 + 16 * MIN  # down for 7 minutes: the snapshot's last data is older than 300 s
+    for s in stations:  # the retained statuses arrive first, as the collector subscribes
+        status = StationStatus.model_validate({"schema": 1, "station": s, "gateway": "gw1", "state": "online",
+                                               "devices": {"plc": {"state": "online"}}, "ts": T0})
+        after.out += after.engine.station_status(status, up)
+    for k in range(0, 12):  # ticks every 15 s; st001 and st002 report from the 20th second on
+        t = up + k * 15_000
+        after.tick(t)
+        if k >= 1:
+            for s in ("st001", "st002"):
+                after.station = s
+                after.frame(t + 5_000, _station(secondary_supply_temp=55.0))
+    assert not after.of("station_offline")  # 3 minutes after the restart: nothing raised, nothing cleared
+    for k in range(12, 24):
+        after.tick(up + k * 15_000)
+    offline = [x for x in after.out if x.rule == "station_offline"]
+    assert [(x.station, x.state, x.page) for x in offline] == [("st003", "firing", True)]
+    assert offline[0].ts == up + 20 * 15_000  # the first tick once the 300 s grace is over
+    assert offline[0].context["last_data"] == T0 + 9 * MIN  # judged from what the snapshot knew
+
+
+def test_the_grace_neither_raises_nor_clears_and_a_gateways_offline_word_counts_at_once() -> None:
+    f = Feed()
+    f.frame(T0, _station(secondary_supply_temp=55.0))
+    for m in range(1, 8):
+        f.tick(T0 + m * MIN)
+    assert [x.state for x in f.out if x.rule == "station_offline"] == ["firing"]
+    g = Feed()
+    g.engine.restore(f.engine.snapshot())
+    g.engine.adopt([{"key": x.key, "rule": x.rule, "station": x.station, "building": None,
+                     "household": None, "gateway": None, "subject": None, "since": x.since,
+                     "state": "firing", "severity": "major", "fired_at": x.ts, "last_ts": x.ts,
+                     "value": None, "context": {}, "paged": True} for x in f.out])
+    g.tick(T0 + 60 * MIN)  # still no data: the open alert is neither re-raised nor resolved
+    assert not g.out
+    s = StationStatus.model_validate({"schema": 1, "station": "st002", "gateway": "gw1", "state": "offline",
+                                      "devices": {"plc": {"state": "offline"}}, "ts": T0})
+    g.out += g.engine.station_status(s, T0 + 60 * MIN + 1)  # the gateway says so: judged in the grace
+    assert [(x.station, x.state) for x in g.out] == [("st002", "firing")]

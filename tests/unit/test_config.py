@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import codecs
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
-from contract.config import load_config, load_gateway_config
+from contract.config import decode_text, load_config, load_gateway_config
 from contract.errors import ConfigError
 from heatwatch.devstack import DEPLOY, REPO
 
@@ -88,7 +92,7 @@ def test_check_config_command(tmp_path: Path) -> None:
     ok = subprocess.run([*run, str(DEPLOY / "gateway" / "st001.yaml")], capture_output=True, text=True,
                         cwd=REPO, check=False)
     assert ok.returncode == 0, ok.stderr
-    assert "ok (gateway: station st001, 3 devices, 61 points)" in ok.stdout
+    assert "ok (gateway: station st001, 3 devices, 62 points)" in ok.stdout
     bad = subprocess.run([*run, str(broken)], capture_output=True, text=True, cwd=REPO, check=False)
     assert bad.returncode == 1
     assert f"{broken}: points.0 (outdoor_temp).word_order: only for 32/64-bit types" in bad.stderr
@@ -169,3 +173,167 @@ def test_transport_errors_name_the_device_and_key(tmp_path: Path, meter: dict[st
     cfg["devices"][2].update(BUS, device_id=3)
     p.write_text(yaml.safe_dump(cfg))
     assert {d.link for d in load_gateway_config(p).resolved[1:]} == {("rtu", "/dev/ttyUSB0")}
+
+
+def _collector(tmp_path: Path, **change: object) -> Path:
+    cfg = yaml.safe_load((DEPLOY / "collector" / "collector.yaml").read_text())
+    cfg["alerts"]["rules"] = str(DEPLOY / "collector" / "rules.yaml")
+    for key, value in change.items():
+        node = cfg
+        *parents, last = key.split("__")
+        for k in parents:
+            node = node[k]
+        node[last] = value
+    p = tmp_path / "collector.yaml"
+    p.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    return p
+
+
+def _check(*files: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "heatwatch", "check-config", *map(str, files)],
+                          capture_output=True, text=True, cwd=REPO, check=False)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"alerts__rules": "no-such-rules.yaml"},
+     r"collector\.yaml: alerts\.rules: no rule file .*no-such-rules"),
+    ({"influx__url": "http//127.0.0.1:8086"}, r"collector\.yaml: influx\.url: 'http//127\.0\.0\.1"
+                                              r":8086' is not an http\(s\) URL of InfluxDB"),
+    ({"influx__url": "127.0.0.1:8086"}, r"influx\.url: .* is not an http\(s\) URL"),
+    ({"influx__url": "http://127.0.0.1:80x6"}, r"influx\.url: .* the port is not a number"),
+    ({"alerts__store": "mysql://u:secret@db/heatwatch"},
+     r"alerts\.store: unsupported store URL 'mysql': use sqlite:///PATH"),
+    ({"alerts__store": "postgresql://u:secret@db/heatwatch"},
+     r"alerts\.store: store URL postgresql://… is not supported: .*postgresql\+psycopg://"),
+    ({"alerts__store": "sqlite://"}, r"alerts\.store: store URL sqlite://… is not supported"),
+], ids=["missing-rules", "influx-no-colon", "influx-no-scheme", "influx-bad-port", "mysql-store",
+        "postgresql-without-driver", "sqlite-in-memory"])
+def test_configs_that_cannot_start_are_refused_by_check_config(
+        tmp_path: Path, change: dict[str, object], message: str) -> None:
+    p = _collector(tmp_path, **change)
+    with pytest.raises(ConfigError, match=message) as exc:
+        load_config(p)
+    assert "secret" not in str(exc.value)  # a password in a URL is never echoed
+    out = _check(p)
+    assert out.returncode == 1 and re.search(message, out.stderr), out.stderr
+
+
+def test_a_store_url_check_holds_for_the_api_too(tmp_path: Path) -> None:
+    p = tmp_path / "api.yaml"
+    p.write_text("kind: api\nstore: oracle://x\n")
+    with pytest.raises(ConfigError, match=r"api\.yaml: store: unsupported store URL 'oracle'"):
+        load_config(p)
+    p.write_text("kind: api\nstore: postgresql+psycopg://hw@db/heatwatch\ninflux: {url: 'https://tsdb:8086/'}\n")
+    load_config(p)
+
+
+def test_a_bad_rule_file_is_named_when_the_collector_config_is_checked(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("kind: rules\nroom:\n  warning_below: hot\n")
+    with pytest.raises(ConfigError, match=rf"{rules}: room\.warning_below"):
+        load_config(_collector(tmp_path, alerts__rules=str(rules)))
+
+
+DUPLICATES = {
+    "gateway": "kind: gateway\ngateway: g\nstation: s\nmqtt:\n  port: 1883\n  host: a\n  port: 1884\n",
+    "collector": "kind: collector\nspool: {path: /tmp/x}\nclient_id: a\nclient_id: b\n",
+    "api": "kind: api\nstore: sqlite:////tmp/a.sqlite\nlisten:\n  port: 8000\n  port: 8001\n",
+    "register_map": "kind: register_map\nmodel: m\naddressing: modicon\nmodel: n\n",
+    "rules": "kind: rules\nseason: {start: 11-15, start: 10-15}\n",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DUPLICATES))
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path: Path, kind: str) -> None:
+    p = tmp_path / f"{kind}.yaml"
+    p.write_text(DUPLICATES[kind])
+    key, first, line = {"gateway": ("port", 5, 7), "collector": ("client_id", 3, 4),
+                        "api": ("port", 4, 5), "register_map": ("model", 2, 4),
+                        "rules": ("start", 2, 2)}[kind]
+    want = f"{p}: line {line}: key '{key}' appears twice in one mapping (first on line {first})"
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert str(exc.value).startswith(want), str(exc.value)
+    out = _check(p)
+    assert out.returncode == 1 and want in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_register_map_with_a_point_twice_is_refused_on_its_own(tmp_path: Path) -> None:
+    raw = yaml.safe_load((DEPLOY / "maps" / "room-concentrator.yaml").read_text())
+    dup = dict(raw["points"][0], address=raw["points"][0]["address"] + 1000)
+    raw["points"].append(dup)
+    p = tmp_path / "map.yaml"
+    p.write_text(yaml.safe_dump(raw, allow_unicode=True))
+    n = len(raw["points"]) - 1
+    want = (rf"{p}: points\.{n} \(room_temp\)\.point: room_temp {dup['building']} {dup['household']} "
+            r"is also points\.0")
+    with pytest.raises(ConfigError, match=want):
+        load_config(p)
+    assert _check(p).returncode == 1
+
+
+def test_a_config_saved_in_gbk_is_named_with_its_line_and_the_fix(tmp_path: Path) -> None:
+    """Windows Notepad's "ANSI" on a Chinese system is GBK: refused with the file, the line and
+    what to do; a UTF-8 byte-order mark (Notepad's "UTF-8 with BOM") is fine; UTF-16 is named."""
+    text = _gateway(tmp_path).read_text(encoding="utf-8")
+    text = text.replace("gateway: gw-st001\n", "gateway: gw-st001\n# 幸福里换热站 一次网\n")
+    line = text.splitlines().index("# 幸福里换热站 一次网") + 1
+    p = tmp_path / "notepad.yaml"
+    p.write_bytes(text.encode("gbk"))
+    want = (f"{p}: line {line}: not UTF-8 (looks like GBK/GB18030?): save it as UTF-8 "
+            f"(e.g. iconv -f GB18030 -t UTF-8 {p} > new.yaml)")
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert str(exc.value) == want
+    out = _check(p)
+    assert out.returncode == 1 and out.stderr.strip() == want and "Traceback" not in out.stderr
+    p.write_bytes(codecs.BOM_UTF8 + text.encode("utf-8"))
+    assert load_gateway_config(p).station == "st001"
+    p.write_bytes(text.encode("utf-16"))
+    with pytest.raises(ConfigError, match=r'notepad\.yaml: encoded as UTF-16 \(Notepad\'s "Unicode"\)'):
+        load_config(p)
+    p.write_bytes(b"kind: api\nstore: sqlite:////tmp/\xff.sqlite\n")  # neither: no guess offered
+    with pytest.raises(ConfigError, match=r"notepad\.yaml: line 2: not UTF-8: save it as UTF-8$"):
+        load_config(p)
+
+
+@given(st.text(min_size=1, max_size=200))
+def test_config_text_decodes_utf8_with_or_without_bom_and_never_anything_else(text: str) -> None:
+    assume(not text.startswith("\ufeff"))  # a BOM is not text
+    for raw in (text.encode("utf-8"), codecs.BOM_UTF8 + text.encode("utf-8")):
+        assert decode_text(raw, "f.yaml") == text
+    try:
+        gbk = text.encode("gb18030")
+    except UnicodeEncodeError:
+        return
+    try:
+        gbk.decode("utf-8")
+    except UnicodeDecodeError:
+        with pytest.raises(ConfigError, match=r"^f\.yaml: line \d+: not UTF-8 \(looks like GBK"):
+            decode_text(gbk, "f.yaml")
+
+
+def test_check_config_reads_the_control_blocks_key_files(tmp_path: Path) -> None:
+    from contract.commands import generate_keypair
+
+    gw = yaml.safe_load((DEPLOY / "gateway" / "st001.yaml").read_text())
+    for dev in gw["devices"]:
+        dev["map"] = str((DEPLOY / "gateway" / dev["map"]).resolve())
+    gw["control"] = {"public_keys": ["keys/control.pub"], "ledger": str(tmp_path / "ledger.sqlite")}
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(gw))
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "heatwatch", "check-config", str(path)],
+                              capture_output=True, text=True, cwd=REPO, check=False)
+
+    missing = check()
+    assert missing.returncode == 1
+    assert f"{path}: control.public_keys.0: cannot read {tmp_path}/keys/control.pub" in missing.stderr
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "control.pub").write_bytes(generate_keypair()[0])  # a private key: the wrong kind
+    wrong = check()
+    assert wrong.returncode == 1 and "control.public_keys.0: " in wrong.stderr
+    (tmp_path / "keys" / "control.pub").write_bytes(generate_keypair()[1])
+    ok = check()
+    assert ok.returncode == 0 and "62 points, 8 writable" in ok.stdout

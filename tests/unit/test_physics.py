@@ -149,3 +149,27 @@ def test_scenario_times_before_the_start_and_bad_durations(tmp_path: Path) -> No
     f_.write_text("events:\n  - {at: 0s, station: st001, event: leak, for: -5m}\n")
     with pytest.raises(Exception, match=r"events\.0\.for: must be a positive duration"):
         load_scenario(f_)
+
+
+def test_opening_a_cold_buildings_valve_brings_its_rooms_back_over_hours() -> None:
+    m = StationModel("st001", KEYS)
+    run(m, 1)
+    m.events.append(Event("cold_building", start=m.t or 0, building="b01"))
+    cold = run(m, 4)
+    assert max(f(cold, ("room_temp", "b01", h)) for h in ("h1", "h2")) < 16
+    m.write(("building_valve_setpoint", "b01", None), 100.0)
+    soon = run(m, 0.25)
+    assert max(f(soon, ("room_temp", "b01", h)) for h in ("h1", "h2")) < 18  # not at once: thermal lag
+    warm = run(m, 3)
+    assert min(f(warm, ("room_temp", "b01", h)) for h in ("h1", "h2")) > 18
+    assert abs(f(warm, ("room_temp", "b02", "h3")) - f(cold, ("room_temp", "b02", "h3"))) < 0.5  # b02 unmoved
+
+
+def test_a_written_supply_setpoint_moves_the_supply_temperature() -> None:
+    m = StationModel("st001", KEYS)
+    run(m, 1)
+    before = run(m, 0)
+    m.write(("secondary_supply_temp_setpoint", None, None), 70.0)
+    after = run(m, 1)
+    assert abs(f(after, ("secondary_supply_temp", None, None)) - 70.0) < 0.5
+    assert f(after, ("room_temp", "b01", "h1")) > f(before, ("room_temp", "b01", "h1"))

@@ -40,5 +40,5 @@ def test_shipped_station_plan_is_optimal() -> None:
                                  "holding_register[200:224] (9 points)"]
     assert per_group["status"] == ["coil[0:2] (circ_pump_running, makeup_pump_running)",
                                    "discrete_input[0:1] (circ_pump_fault)",
-                                   "holding_register[13:14] (makeup_pump_fault)"]
+                                   "holding_register[13:14] (makeup_pump_fault, local_mode)"]
     assert sum(len(plan_requests(d)) for d in cfg.resolved) == 9

@@ -1,0 +1,91 @@
+"""A room's last 24 hours for the hotline screen: 30-minute means of one room sensor.
+
+This is the seam for the rollups: today one small InfluxDB query over the raw readings, the
+means computed by InfluxDB (``GROUP BY time(30m)``: at most 49 rows cross the wire, whatever the
+sensor's rate). When the site's 5-minute / 1-hour rollups exist (retention policies and
+continuous queries, deployed with the site), ``_QUERY`` reads the rollup measurement instead
+and nothing else changes: the lookup only calls ``last_24h``.
+
+The history must not hold the answer up. Under ingest, InfluxDB stalls queries for 0.5–1.2 s
+now and then here (new series being indexed, cache snapshots; bench/api_bench.py), while the
+rest of the screen — the room now, the building, the station, the alerts — comes from the alert
+store. So the query gets ``timeout_s`` (0.1 s; it answers in 1–5 ms otherwise): past that, or
+with InfluxDB down, the lookup answers with what this process last had for the room (possibly
+nothing) and says so (``complete`` false). The query is not abandoned: it finishes in the
+background and fills a small per-process cache (``ttl_s``; a sensor reports every 20–60 min,
+so a minute-old 24 h is current), which also answers a dispatcher who asks again. At most
+``max_running`` queries are out at once: beyond that InfluxDB is not keeping up, and piling
+more queries on it would only make it slower, so the lookup answers at once from the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+
+from api.influx import InfluxReader
+from contract.errors import DatabaseUnavailable
+from contract.influx import MEASUREMENT_HOUSEHOLD
+
+BUCKET = "30m"
+_QUERY = (f'SELECT mean("room_temp") FROM "{MEASUREMENT_HOUSEHOLD}" WHERE "station" = $station '
+          f'AND "building" = $building AND "household" = $household AND time > now() - 24h '
+          f"GROUP BY time({BUCKET}) fill(none)")
+Means = list[tuple[int, float]]
+_Key = tuple[str, str, str]
+
+
+class RoomHistory:
+    def __init__(self, influx: InfluxReader, *, timeout_s: float = 0.1, ttl_s: float = 60.0,
+                 max_entries: int = 4096, max_running: int = 16) -> None:
+        self.influx, self.timeout_s, self.ttl_s, self.max_entries = influx, timeout_s, ttl_s, max_entries
+        self.max_running = max_running
+        self._cache: OrderedDict[_Key, tuple[float, Means]] = OrderedDict()
+        self._running: dict[_Key, asyncio.Task[Means]] = {}
+        self.late = 0  # answers given without a complete history (timeout or InfluxDB down)
+
+    async def last_24h(self, station: str, building: str, household: str) -> tuple[Means, bool]:
+        """Clock-aligned 30-minute means (ms, °C), oldest first, and whether they are complete
+        (False: InfluxDB did not answer in time; these are what the cache had)."""
+        key = (station, building, household)
+        hit = self._cache.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
+            return hit[1], True
+        task = self._running.get(key)
+        if task is None:  # one query per room at a time, however many lookups wait for it
+            if len(self._running) >= self.max_running:
+                self.late += 1
+                return (hit[1] if hit is not None else []), False
+            task = self._running[key] = asyncio.create_task(self._fetch(key))
+            task.add_done_callback(_retrieved)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self.timeout_s), True
+        except (TimeoutError, DatabaseUnavailable):
+            self.late += 1
+            return (hit[1] if hit is not None else []), False
+
+    @property
+    def running(self) -> int:
+        """Queries out at InfluxDB now."""
+        return len(self._running)
+
+    async def _fetch(self, key: _Key) -> Means:
+        try:
+            series = await self.influx.query(_QUERY, {"station": key[0], "building": key[1],
+                                                      "household": key[2]})
+        finally:
+            del self._running[key]
+        means = [(int(t), round(float(v), 2)) for t, v in (series[0]["values"] if series else [])
+                 if v is not None]
+        self._cache[key] = (time.monotonic(), means)
+        self._cache.move_to_end(key)
+        if len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
+        return means
+
+
+def _retrieved(task: asyncio.Task[Means]) -> None:
+    # a query that fails after its waiters gave up: nobody else would look at its exception
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,74 @@
+"""The collector's command-result stage: gateways' results → the command store, before the PUBACK.
+
+Only a collector with the alert store (``alerts:``) takes results: it subscribes to
+``heatwatch/v1/station/+/command-result/+``; each result becomes a line of the ``commands``
+measurement (history, annotations) and is recorded in the site's store by command id,
+idempotently (a redelivered result changes nothing), before its message is acknowledged. A
+message carrying a result flushes its batch at once: results are rare and an engineer is waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import sqlalchemy.exc
+import structlog
+from sqlalchemy.engine import Engine
+
+from alerting.commands import CommandStore
+from contract.commands import CommandResult, parse_command_result
+from contract.errors import PayloadError
+from contract.influx import command_line
+from contract.topics import Topic
+
+log = structlog.get_logger("heatwatch.collector.commands")
+RETRY_MAX_S = 30.0
+
+
+class ResultStage:
+    def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.time) -> None:
+        self.store = CommandStore(engine)
+        self.clock = clock
+        self.recorded = self.retries = self.failed = 0
+        # batches are written concurrently (batch.concurrency); their results are recorded one
+        # batch at a time, so two copies of one result never race to insert the same command
+        self._one_at_a_time = asyncio.Lock()
+
+    @staticmethod
+    def parse(t: Topic, payload: bytes) -> tuple[CommandResult, list[str]]:
+        """The result and its line; PayloadError when the payload is not a result of this topic."""
+        r = parse_command_result(payload)
+        if (r.station, r.id) != (t.subject, t.item):
+            raise PayloadError(f"result {r.station}/{r.id} on the topic of {t.subject}/{t.item}",
+                               "topic_mismatch")
+        return r, [command_line(r)]
+
+    async def record(self, results: list[CommandResult]) -> None:
+        """Into the store (retrying while it is away): only then may their PUBACKs go out."""
+        delay = 0.5
+        conflicts = 0
+        while True:
+            try:
+                async with self._one_at_a_time:
+                    await asyncio.to_thread(self.store.record_results, results, int(self.clock() * 1000))
+                break
+            except sqlalchemy.exc.IntegrityError as exc:  # another writer inserted it first: now it exists
+                conflicts += 1
+                if conflicts < 3:
+                    continue
+                self.failed += len(results)  # a fault of ours, not of the input: loud, counted, not looping
+                log.error("command results could not be recorded; their lines are in InfluxDB",
+                          error=str(exc)[:300], commands=[r.id for r in results])
+                return
+            except sqlalchemy.exc.OperationalError as exc:
+                self.retries += 1
+                if self.retries == 1 or delay >= RETRY_MAX_S:
+                    log.warning("command store unavailable; holding the results", error=str(exc)[:300])
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+        self.recorded += len(results)
+        for r in results:
+            log.info("command result", command=r.id, station=r.station, state=r.state, reason=r.reason,
+                     point=r.point, building=r.building)

@@ -1,0 +1,295 @@
+"""The latest value of every point per entity: the collector's stage (``collector/latest.py``)
+writing the store's ``latest`` table (``alerting/latest.py``) on real SQLite and PostgreSQL, and
+the collector process keeping it while it ingests, read back by the API's lookup."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from alerting import schema
+from alerting.assets import parse
+from alerting.store import Store
+from api.app import create_app
+from api.influx import InfluxReader
+from api.rooms import RoomHistory
+from collector.latest import LatestValues
+from contract.config import ApiConfig, InfluxSettings
+from contract.influx import telemetry_lines
+from contract.payload import Frame, decode_telemetry, parse_gateway_status, parse_station_status
+from heatwatch.devstack import Influxd, Mosquitto, Postgres, free_port
+from tests.conftest import Processes, influx_query, publish, wait_for, write_collector_config
+
+T = 1_796_832_000_000
+CSV = """station,station_name,building,address,household,unit,room,sensor
+st001,幸福里换热站,b01,幸福里小区3号楼,HH-0001,2,301,b01-0301
+st001,幸福里换热站,b02,幸福里小区5号楼,HH-0003,1,101,
+"""
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    pg = Postgres(free_port())
+    pg.start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        s = Store(f"sqlite:///{tmp_path / 'alerts.sqlite'}")
+    else:
+        pg: Postgres = request.getfixturevalue("postgres")
+        s = Store(pg.url)
+        with s.engine.begin() as conn:  # a clean schema per test
+            conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    s.migrate()
+    s.import_assets(parse(CSV), actor="t", now=T)
+    yield s
+    s.close()
+
+
+def frame(ts: int, values: list[dict[str, Any]], *, seq: int = 1, backfill: bool = False) -> Frame:
+    return decode_telemetry(orjson.dumps({"schema": 1, "station": "st001", "gateway": "gw1",
+                                          "boot": "0badc0de", "seq": seq, "ts": ts, "backfill": backfill,
+                                          "values": values}))
+
+
+def v(point: str, value: Any, unit: str, building: str | None = None, household: str | None = None,
+      quality: str = "good") -> dict[str, Any]:
+    out = {"point": point, "value": value, "unit": unit, "quality": quality}
+    if building:
+        out["building"] = building
+    if household:
+        out["household"] = household
+    return out
+
+
+def rows(store: Store) -> dict[tuple[str, str], dict[str, Any]]:
+    with store.engine.connect() as conn:
+        return {(r.station, r.building): dict(r._mapping) for r in conn.execute(sa.select(schema.latest))}
+
+
+FAST = [v("secondary_supply_temp", 55.0, "°C"), v("circ_pump_running", True, ""),
+        v("building_valve_position", 40.0, "%", "b01"), v("room_temp", 19.5, "°C", "b01", "b01-0301")]
+
+
+def test_newest_value_per_point_and_entity_a_row_per_station_and_building(store: Store) -> None:
+    lv = LatestValues(store.latest, clock=lambda: T / 1000)
+    lv.observe(frame(T, FAST))
+    lv.observe(frame(T - 600_000, [v("outdoor_temp", -4.0, "°C")], seq=2))  # slower group, older
+    lv.observe(frame(T + 10_000, [v("secondary_supply_temp", 56.0, "°C"),  # newer, and a bad reading
+                                  v("room_temp", None, "°C", "b01", "b01-0301", quality="bad")], seq=3))
+    lv.observe(frame(T - 3_600_000, [v("secondary_supply_temp", 40.0, "°C"),  # a backfill from an
+                                     v("tank_level", 1.2, "m")], seq=0, backfill=True))  # hour ago
+    assert asyncio.run(lv.flush()) == 2 and asyncio.run(lv.flush()) == 0  # only what changed is written
+    got = rows(store)
+    st = got[("st001", "")]
+    assert st["points"] == {"secondary_supply_temp": 56.0, "circ_pump_running": True, "outdoor_temp": -4.0,
+                            "tank_level": 1.2}  # the backfill only added the point it alone had
+    assert st["ts"] == T + 10_000 and st["written_at"] == T and st["households"] is None
+    b01 = got[("st001", "b01")]
+    assert b01["points"] == {"building_valve_position": 40.0}
+    # the room's bad reading kept its value and its time
+    assert b01["households"] == {"b01-0301": {"ts": T, "points": {"room_temp": 19.5}}}
+    one = store.latest.household("HH-0001")
+    assert one is not None
+    assert (one["station_ts"], one["building_ts"], one["room_ts"]) == (T + 10_000, T, T)
+    assert one["room_points"] == {"room_temp": 19.5} and one["address"] == "幸福里小区3号楼"
+    quiet = store.latest.household("HH-0003")  # a building that never reported, no sensor
+    assert quiet is not None and quiet["building_ts"] is None and quiet["room_ts"] is None
+    assert quiet["station_points"] == st["points"]
+
+
+def test_station_and_gateway_state(store: Store) -> None:
+    lv = LatestValues(store.latest)
+    status = {"schema": 1, "station": "st001", "gateway": "gw1", "state": "degraded", "devices": {}, "ts": T}
+    lv.station_status(parse_station_status(orjson.dumps(status)))
+    lv.station_status(parse_station_status(orjson.dumps(status | {"state": "online", "ts": T - 1})))  # late
+    asyncio.run(lv.flush())
+    st = rows(store)[("st001", "")]
+    assert (st["state"], st["state_ts"], st["ts"], st["points"]) == ("degraded", T, None, {})
+    gone = {"schema": 1, "gateway": "gw1", "state": "offline", "boot": "0badc0de", "stations": ["st001"],
+            "ts": T}
+    lv.gateway_status(parse_gateway_status(orjson.dumps(gone)))
+    asyncio.run(lv.flush())
+    assert rows(store)[("st001", "")]["gateway_state"] == "offline"
+
+
+def test_a_restart_loads_the_table_so_rows_stay_whole(store: Store) -> None:
+    lv = LatestValues(store.latest)
+    lv.observe(frame(T, FAST))
+    asyncio.run(lv.flush())
+    again = LatestValues(store.latest)  # a new collector process
+    again.load()
+    assert again.stats.entities == 3  # the station, b01 and its household
+    again.observe(frame(T + 60_000, [v("secondary_supply_temp", 57.0, "°C")], seq=5))  # by exception
+    asyncio.run(again.flush())
+    st = rows(store)[("st001", "")]
+    assert st["points"] == {"secondary_supply_temp": 57.0, "circ_pump_running": True}
+    assert st["ts"] == T + 60_000
+
+
+def test_a_failed_write_keeps_the_entities_for_the_next_round(store: Store) -> None:
+    lv = LatestValues(store.latest)
+    lv.observe(frame(T, FAST))
+    schema.latest.drop(store.engine)  # the table is gone: the write fails
+    assert asyncio.run(lv.flush()) == 0 and lv.stats.write_errors == 1 and len(lv.dirty) == 2
+    schema.latest.create(store.engine)
+    assert asyncio.run(lv.flush()) == 2 and lv.stats.written == 2 and not lv.dirty
+
+
+def test_entities_beyond_the_bound_are_counted_not_kept(store: Store) -> None:
+    lv = LatestValues(store.latest, max_entities=2)
+    lv.observe(frame(T, FAST))
+    assert lv.stats.entities == 2 and lv.stats.refused == 1
+    asyncio.run(lv.flush())
+    assert {k: r["households"] for k, r in rows(store).items()} == {("st001", ""): None, ("st001", "b01"): {}}
+
+
+def test_the_collector_keeps_the_latest_values_and_the_lookup_reads_them(
+        tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, influx_db: str, procs: Processes) -> None:
+    url = f"sqlite:///{tmp_path / 'alerts.sqlite'}"
+    store = Store(url)
+    store.migrate()
+    store.import_assets(parse(CSV), actor="t", now=T)
+    cfg = write_collector_config(
+        tmp_path, mqtt_port=mosquitto.port, influx_url=influxd.url, database=influx_db,
+        alerts={"store": url, "state_path": str(tmp_path / "engine.state"), "latest_s": 0.2})
+    procs.start("collector", "collector", str(cfg))
+    wait_for(lambda: '"subscribed"' in procs.log("collector"), 20, "the collector's subscription")
+    now = int(time.time() * 1000)
+    msgs = [("heatwatch/v1/station/st001/telemetry", orjson.dumps({
+        "schema": 1, "station": "st001", "gateway": "gw1", "boot": "0badc0de", "seq": i,
+        "ts": now - (3 - i) * 60_000, "values": [
+            v("secondary_supply_temp", 50.0 + i, "°C"), v("building_valve_position", 30.0 + i, "%", "b01"),
+            v("room_temp", 18.0 + i / 10, "°C", "b01", "b01-0301")]})) for i in range(4)]
+    msgs.append(("heatwatch/v1/station/st001/status", orjson.dumps({
+        "schema": 1, "station": "st001", "gateway": "gw1", "state": "online", "devices": {}, "ts": now})))
+    publish(mosquitto.port, msgs)
+    got = wait_for(lambda: [r for r in rows(store).values() if r["station"] == "st001" and r["state"]
+                            and r["ts"] == now], 20, "the station's latest row")
+    assert got[0]["points"] == {"secondary_supply_temp": 53.0}
+    # the latest table is kept before the write to InfluxDB completes; the lookup's 24 h is asked
+    # once InfluxDB holds the four room readings (an empty answer would be cached for a minute)
+    wait_for(lambda: (r := influx_query(influxd, influx_db, 'SELECT count("room_temp") FROM "household"'))
+             and r[0]["values"][0][1] == 4, 20, "the room readings in InfluxDB")
+    settings = InfluxSettings(url=influxd.url, database=influx_db)
+    token = store.add_token(name="disp", role="dispatcher", actor="t", now=now)
+    with TestClient(create_app(ApiConfig(kind="api", influx=settings, store=url))) as client:
+        def lookup() -> Any:
+            r = client.get("/v1/lookup", params={"household": "HH-0001"},
+                           headers={"Authorization": f"Bearer {token}"})
+            return r.json()
+
+        # asked again if InfluxDB took longer than the lookup waits for the 24 h (a busy machine)
+        body = wait_for(lambda: (b := lookup())["room"]["last_24h_complete"] and b, 20, "a complete 24 h")
+        # the gateway dies: its will says offline, and so does the station's state
+        publish(mosquitto.port, [("heatwatch/v1/gateway/gw1/status", orjson.dumps({
+            "schema": 1, "gateway": "gw1", "state": "offline", "boot": "0badc0de", "stations": ["st001"],
+            "ts": now}))])
+        gone = wait_for(lambda: (b := lookup())["station"]["state"] == "offline" and b, 20,
+                        "the station offline with its gateway")
+        assert gone["station"]["values"] == {"secondary_supply_temp": 53.0}  # its last values stay
+    assert body["station"] == {"state": "online", "last_seen": now, "values": {"secondary_supply_temp": 53.0}}
+    assert body["building"] == {"state": None, "last_seen": now, "values": {"building_valve_position": 33.0}}
+    assert body["room"]["now"] == pytest.approx(18.3) and body["room"]["at"] == now
+    # the 24 h from InfluxDB: clock-aligned 30-minute means of what the collector wrote there
+    buckets: dict[int, list[float]] = {}
+    for i in range(4):
+        t = now - (3 - i) * 60_000
+        buckets.setdefault(t - t % 1_800_000, []).append(18.0 + i / 10)
+    means = [[t, pytest.approx(sum(x) / len(x))] for t, x in sorted(buckets.items())]
+    assert body["room"]["last_24h"] == means
+    store.close()
+
+
+def stop(pid: int) -> None:
+    """SIGSTOP, and wait until the process is stopped (the signal is delivered asynchronously)."""
+    os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T", 5,
+             f"process {pid} stopped")
+
+
+def test_the_lookup_answers_without_waiting_for_a_stalled_or_absent_influxdb(tmp_path: Path) -> None:
+    """The screen's current state comes from the store; InfluxDB stopped (SIGSTOP: a stall) costs
+    the 24 h only, for 0.1 s, and the query finishing later fills the cache; InfluxDB gone too."""
+    db = Influxd(tmp_path / "influxd", free_port())
+    db.start()
+    url = f"sqlite:///{tmp_path / 'alerts.sqlite'}"
+    store = Store(url)
+    store.migrate()
+    store.import_assets(parse(CSV.replace(",101,\n", ",101,b02-0101\n")), actor="t", now=T)
+    now = int(time.time() * 1000)
+    lv = LatestValues(store.latest)
+    lines = []
+    for sensor, b in (("b01-0301", "b01"), ("b02-0101", "b02")):
+        f = frame(now - 60_000, [v("room_temp", 17.5, "°C", b, sensor)])
+        lv.observe(f)
+        lines += telemetry_lines(f)
+    asyncio.run(lv.flush())
+    httpx.post(f"{db.url}/query", params={"q": "CREATE DATABASE hw"}).raise_for_status()
+    httpx.post(f"{db.url}/write", params={"db": "hw", "precision": "ms"},
+               content="\n".join(lines)).raise_for_status()
+    token = store.add_token(name="disp", role="dispatcher", actor="t", now=now)
+    settings = InfluxSettings(url=db.url, database="hw", timeout_s=5)
+
+    def lookup(client: TestClient, code: str) -> tuple[dict[str, Any], float]:
+        t0 = time.monotonic()
+        r = client.get("/v1/lookup", params={"household": code}, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+        return r.json()["room"], time.monotonic() - t0
+
+    try:
+        with TestClient(create_app(ApiConfig(kind="api", influx=settings, store=url))) as client:
+            assert client.get("/ready").status_code == 200  # the API's connection to InfluxDB is open
+            assert db.proc is not None
+            stop(db.proc.pid)
+            try:
+                room, took = lookup(client, "HH-0001")
+            finally:
+                os.kill(db.proc.pid, signal.SIGCONT)
+            assert took < 1.0 and room["now"] == 17.5 and room["at"] == now - 60_000
+            assert room["last_24h"] == [] and room["last_24h_complete"] is False
+            # the query went on after the answer: the next lookup has the history from the cache
+            room = wait_for(lambda: (r := lookup(client, "HH-0001")[0])["last_24h_complete"] and r, 10,
+                            "the stalled query's answer in the cache")
+            assert [m for _t, m in room["last_24h"]] == [17.5]
+            # a stalled InfluxDB gets at most max_running queries: the next room answers at once
+            assert asyncio.run(_shed(settings, db)) == ([], False, [], False)
+            db.stop()
+            room, took = lookup(client, "HH-0003")  # never asked for: nothing cached
+            assert room["now"] == 17.5 and room["last_24h"] == [] and room["last_24h_complete"] is False
+            room, _ = lookup(client, "HH-0001")  # cached a moment ago
+            assert room["last_24h_complete"] is True and len(room["last_24h"]) == 1
+    finally:
+        db.stop()
+        store.close()
+
+
+async def _shed(settings: InfluxSettings, db: Influxd) -> tuple[Any, ...]:
+    reader = InfluxReader(settings)
+    rooms = RoomHistory(reader, max_running=1)
+    assert await reader.ping()
+    assert db.proc is not None
+    stop(db.proc.pid)
+    try:
+        first = await rooms.last_24h("st001", "b01", "b01-0301")  # waits 0.1 s, goes on running
+        second = await rooms.last_24h("st001", "b02", "b02-0101")  # nothing asked of InfluxDB
+        assert rooms.running == 1 and rooms.late == 2
+    finally:
+        os.kill(db.proc.pid, signal.SIGCONT)
+    await reader.close()
+    return (*first, *second)
