@@ -23,6 +23,7 @@ from fastapi.responses import Response
 
 from alerting.store import Store
 from api.auth import Engineer
+from api.control import Control
 from api.influx import InfluxReader
 from contract.config import ApiConfig, InfluxSettings
 from report import compute, source
@@ -53,8 +54,18 @@ class ReportState:
 
 def load(settings: ApiConfig) -> ReportState:
     """At start-up: the report settings the API config names (a config error stops the start)."""
-    return ReportState(source.load_context(settings.report), settings.influx.model_copy(
+    ctx = source.load_context(settings.report)
+    if settings.control is not None:
+        ctx.unknown_grace_s = settings.control.unknown_grace_s
+    return ReportState(ctx, settings.influx.model_copy(
         update={"timeout_s": max(settings.influx.timeout_s, REPORT_TIMEOUT_S)}))
+
+
+def announced(request: Request) -> dict[str, set[str]] | None:
+    """The valve buildings each station's gateway announces writable, from the gateway statuses
+    this process's remote control holds (None without ``control:``: the configs answer)."""
+    control: Control | None = getattr(request.app.state, "control", None)
+    return source.announced_valves(control.gateways.values()) if control is not None else None
 
 
 async def _report(request: Request, period: str) -> Report:
@@ -72,7 +83,7 @@ async def _report(request: Request, period: str) -> Report:
         influx = InfluxReader(state.influx)  # its own session: a report is rare and long
         try:
             rep = await source.report(influx.query_many, store, state.ctx, period, int(time.time() * 1000),
-                                      database=influx.db)
+                                      announced(request), database=influx.db)
         finally:
             await influx.close()
         if len(state.cache) > 50:

@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 from contract.alerts import AlertRules
 from report.model import (
+    VALVE_POINT,
     BuildingCoverage,
     BuildingRooms,
     CommandRow,
@@ -54,6 +55,7 @@ from report.model import (
     PeriodOut,
     RefundBand,
     RemotePart,
+    RemoteProof,
     Report,
     ReportSettings,
     RoomsPart,
@@ -231,7 +233,9 @@ class StationPlan:
 
     station: str
     per_hour: dict[PointKey, float]
-    controllable: set[str]  # buildings with a writable building_valve_setpoint
+    # buildings whose building_valve_setpoint the map makes writable under a control: block (what
+    # the gateway announces in its status)
+    controllable: set[str]
 
 
 @dataclass
@@ -262,7 +266,8 @@ class Inputs:
     presence: dict[str, Presence] = field(default_factory=dict)  # of each station's reference point
     alerts: list[dict[str, Any]] = field(default_factory=list)
     ticket_events: list[dict[str, Any]] = field(default_factory=list)  # with the alert's station, rule
-    commands: list[CommandRow] | None = None
+    commands: list[CommandRow] | None = None  # issued in the period (the commands table)
+    announced: dict[str, set[str]] | None = None  # station → valve buildings its gateway announced writable
     notes: list[str] = field(default_factory=list)
 
 
@@ -675,29 +680,48 @@ def service_part(i: Inputs, stations: Sequence[str]) -> ServicePart:
                        to_resolve=durations([res_min(a) for a in res]), tickets=tickets, stations=out)
 
 
-# -- remote control (the seam to the commands table) -----------------------------------------
+# -- remote control ------------------------------------------------------------------------
+def controllable_valves(plans: Mapping[str, StationPlan], announced: Mapping[str, set[str]] | None
+                        ) -> dict[str, tuple[set[str], Literal["announced", "config"]]]:
+    """Each station's buildings whose entrance valve setpoint is remotely writable: what its
+    gateway announced (``announced``: the writable points of the gateway statuses the API holds),
+    else what its gateway config gives (a ``write:`` block under a gateway with ``control:``)."""
+    out: dict[str, tuple[set[str], Literal["announced", "config"]]] = {
+        s: (set(p.controllable), "config") for s, p in plans.items()}
+    for s, bs in (announced or {}).items():
+        out[s] = (set(bs), "announced")
+    return out
+
+
 def remote_part(controllable: Mapping[str, set[str]], commands: Sequence[CommandRow] | None,
-                start: int, end: int, stations: Sequence[str]) -> RemotePart:
+                start: int, end: int, stations: Sequence[str],
+                sources: Mapping[str, Literal["announced", "config"]] | None = None) -> RemotePart:
     """Buildings whose entrance valve is remotely writable, those proven in [start, end) by a
-    confirmed command to their valve, and the period's commands by outcome. ``commands`` None:
-    the commands table is not wired yet (the section says so rather than claim zero)."""
-    rows = [c for c in commands or () if start <= c.issued_at < end]
-    proven: dict[str, set[str]] = defaultdict(set)
+    confirmed command to their valve (written and read back equal: ``mismatch`` proves nothing),
+    and the commands issued in the period by outcome. ``commands`` None: the commands were not
+    read (the section says so rather than claim zero)."""
+    rows = sorted((c for c in commands or () if start <= c.issued_at < end),
+                  key=lambda c: (c.finished_at or c.issued_at, c.id))
+    proofs: dict[tuple[str, str], RemoteProof] = {}
     by_station: dict[str, Counter[str]] = defaultdict(Counter)
     for c in rows:
         by_station[c.station][c.outcome] += 1
-        valve = c.building is not None and c.point.startswith("building_valve")
-        if c.outcome == "confirmed" and valve and c.building in controllable.get(c.station, set()):
-            proven[c.station].add(str(c.building))
+        if (c.outcome == "confirmed" and c.point == VALVE_POINT and c.building is not None
+                and c.household is None and c.building in controllable.get(c.station, set())):
+            proofs.setdefault((c.station, c.building), RemoteProof(
+                station=c.station, building=c.building, command=c.id, at=c.finished_at or c.issued_at,
+                ticket=c.ticket))
     names = sorted(set(stations) | set(controllable) | set(by_station))
-    out = [StationRemote(station=s, controllable=sorted(controllable.get(s, set())), proven=sorted(proven[s]),
+    src = sources or {}
+    out = [StationRemote(station=s, controllable=sorted(controllable.get(s, set())), source=src.get(s),
+                         proven=sorted(b for st, b in proofs if st == s),
                          commands=dict(sorted(by_station[s].items()))) for s in names]
     total: Counter[str] = Counter()
     for per in by_station.values():
         total.update(per)
     return RemotePart(wired=commands is not None, controllable=sum(len(v) for v in controllable.values()),
-                      proven=sum(len(v) for v in proven.values()), commands=dict(sorted(total.items())),
-                      stations=out)
+                      proven=len(proofs), commands=dict(sorted(total.items())), stations=out,
+                      proofs=sorted(proofs.values(), key=lambda p: (p.station, p.building)))
 
 
 # -- the whole ------------------------------------------------------------------------------
@@ -715,16 +739,21 @@ def _missing(i: Inputs, stations: Sequence[str], mk: MakeupPart) -> list[str]:
     if no_data:
         out.append(f"make-up rate: no make-up totalizer or circulation data from {', '.join(no_data[:30])}")
     no_plan = [s for s in stations if s not in i.plans]
+    announced = i.announced or {}
     if no_plan and i.plans:
         out.append(f"gateway config for {len(no_plan)} station(s) ({', '.join(no_plan[:30])}): their "
-                   "expected rate is the data's own, and their remotely controllable valves are unknown")
+                   "expected rate is the data's own")
     if not i.plans:
-        out.append("gateway configs: none given, so expected sample rates come from the data and "
-                   "remotely controllable valves are unknown")
+        out.append("gateway configs: none given, so expected sample rates come from the data")
+    unknown = [s for s in stations if s not in i.plans and s not in announced]
+    if unknown:
+        out.append(f"remotely controllable valves of {len(unknown)} station(s) ({', '.join(unknown[:30])}"
+                   f"{' …' if len(unknown) > 30 else ''}): neither a gateway status with its writable points "
+                   "(the API's control: block) nor a gateway config in the report settings")
     if not i.settings.refund_bands:
         out.append("refund bands: the company has configured none")
     if i.commands is None:
-        out.append("remote control: commands (confirmed, failed, …) are not wired into the report yet")
+        out.append("remote control: the commands table was not read")
     if not i.building_register:
         out.append("asset register: empty; names, addresses, household codes and sensor coverage are missing")
     return out
@@ -742,10 +771,12 @@ def build(i: Inputs) -> Report:
         cold_days=[dt.datetime.fromtimestamp((d + i.period.tz_h * HOUR_MS) / 1000, dt.UTC).date().isoformat()
                    for d in cold],
         design_outdoor_temp=i.rules.design_outdoor_temp)
-    controllable = {s: p.controllable for s, p in i.plans.items() if p.controllable}
+    valves = controllable_valves(i.plans, i.announced)
+    controllable = {s: bs for s, (bs, _) in valves.items() if bs}
     return Report(
         company=i.settings.company, period=period, generated_at=i.generated_at, stations=stations, makeup=mk,
         rooms=rooms_part(i, stations), information=information_part(i, stations),
         service=service_part(i, stations),
-        remote_control=remote_part(controllable, i.commands, i.period.start, i.period.end, stations),
+        remote_control=remote_part(controllable, i.commands, i.period.start, i.period.end, stations,
+                                   {s: src for s, (_, src) in valves.items()}),
         missing=_missing(i, stations, mk), notes=list(i.notes))

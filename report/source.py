@@ -25,7 +25,7 @@ import asyncio
 import datetime as dt
 import glob
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from alerting import schema
 from alerting.store import Store
 from contract.alerts import AlertRules, load_rules
+from contract.commands import State, shown_state
 from contract.config import GatewayConfig, load_gateway_config
 from contract.errors import ConfigError, DatabaseUnavailable
 from contract.influx import (
@@ -45,6 +46,7 @@ from contract.influx import (
     ROOM_POINT,
     rooms_cq_range,
 )
+from contract.payload import GatewayStatus
 from contract.points import POINT_NAME_RE, QUALITY_SUFFIX
 from report import compute, rollup
 from report.compute import (
@@ -59,7 +61,7 @@ from report.compute import (
     hour_ceil,
     hour_floor,
 )
-from report.model import CommandRow, Report, ReportSettings, load_settings
+from report.model import VALVE_POINT, CommandRow, Report, ReportSettings, load_settings
 
 QueryMany = Callable[[list[str], dict[str, str | int | float] | None], Awaitable[list[list[dict[str, Any]]]]]
 _BATCH = 200  # statements per round trip (fault windows): one URL stays well under 1 MB
@@ -72,11 +74,16 @@ class Context:
     settings: ReportSettings = field(default_factory=ReportSettings)
     rules: AlertRules = field(default_factory=AlertRules)
     plans: dict[str, StationPlan] = field(default_factory=dict)
+    # a command sent with no result this long past its deadline shows as unknown (the API's
+    # control.unknown_grace_s, so the report shows what GET /v1/commands shows)
+    unknown_grace_s: float = 60.0
 
 
 def plans_from(configs: Sequence[GatewayConfig]) -> dict[str, StationPlan]:
     """Samples per hour of each point (its poll group's interval; a report-by-exception group
-    at least its heartbeat) and the buildings whose entrance valve the map makes writable."""
+    at least its heartbeat) and the buildings whose entrance valve setpoint the gateway takes
+    commands for: a ``write:`` block in the map under a gateway with a ``control:`` block (without
+    one it takes no command and announces no writable point: gateway/commands.py)."""
     out: dict[str, StationPlan] = {}
     for cfg in configs:
         plan = out.setdefault(cfg.station, StationPlan(cfg.station, {}, set()))
@@ -85,8 +92,21 @@ def plans_from(configs: Sequence[GatewayConfig]) -> dict[str, StationPlan]:
                 g = cfg.poll_groups[p.group]
                 every = g.max_silence_s if g.by_exception else g.interval_s
                 plan.per_hour[p.key] = plan.per_hour.get(p.key, 0.0) + 3600.0 / every
-                if p.point.startswith("building_valve_setpoint") and p.writable and p.building:
+                if (cfg.control is not None and p.writable and p.point == VALVE_POINT and p.building
+                        and p.household is None):
                     plan.controllable.add(p.building)
+    return out
+
+
+def announced_valves(statuses: Iterable[GatewayStatus]) -> dict[str, set[str]]:
+    """Station → the buildings whose entrance valve setpoint its gateway's status announces
+    writable (the points the API checks a command against; an offline will carries them too)."""
+    out: dict[str, set[str]] = {}
+    for st in statuses:
+        valves = {w.building for w in st.writable
+                  if w.point == VALVE_POINT and w.building is not None and w.household is None}
+        for s in st.stations:
+            out.setdefault(s, set()).update(valves)
     return out
 
 
@@ -108,9 +128,14 @@ def load_context(path: str | Path | None) -> Context:
 # -- the alert store ------------------------------------------------------------------------
 def store_rows(store: Store, start: int, end: int) -> dict[str, list[dict[str, Any]]]:
     """Alerts overlapping [start, end), acknowledgements and notes with a hotline ticket in it,
-    and the asset register. Read-only."""
-    a, ev = schema.alerts, schema.alert_events
+    the remote commands issued in it, and the asset register. Read-only."""
+    a, ev, c = schema.alerts, schema.alert_events, schema.commands
     with store.engine.connect() as conn:
+        commands = [dict(r) for r in conn.execute(
+            sa.select(c.c.id, c.c.origin, c.c.station, c.c.building, c.c.household, c.c.point, c.c.state,
+                      c.c.ticket, c.c.created_at, c.c.deadline, c.c.result_at)
+            .where(c.c.created_at >= start, c.c.created_at < end)
+            .order_by(c.c.created_at, c.c.id)).mappings()]
         alerts = [dict(r) for r in conn.execute(sa.select(a).where(
             a.c.since < end, sa.or_(a.c.resolved_at.is_(None), a.c.resolved_at >= start))
             .order_by(a.c.since, a.c.id)).mappings()]
@@ -125,7 +150,16 @@ def store_rows(store: Store, start: int, end: int) -> dict[str, list[dict[str, A
         households = [dict(r) for r in conn.execute(
             sa.select(h.c.code, h.c.station, h.c.building, h.c.unit, h.c.room, h.c.sensor)).mappings()]
     return {"alerts": alerts, "events": events, "stations": stations, "buildings": buildings,
-            "households": households}
+            "households": households, "commands": commands}
+
+
+def command_rows(rows: Iterable[dict[str, Any]], now_ms: int, grace_s: float) -> list[CommandRow]:
+    """The commands table's rows as the report counts them: their state as the API shows it (a
+    command sent and unanswered past its deadline plus the grace is unknown)."""
+    return [CommandRow(id=r["id"], station=r["station"], building=r["building"], household=r["household"],
+                       point=r["point"] or "", origin=r["origin"], issued_at=r["created_at"],
+                       outcome=shown_state(State(r["state"]), r["deadline"], now_ms, grace_s).value,
+                       finished_at=r["result_at"], ticket=r["ticket"]) for r in rows]
 
 
 # -- InfluxQL -------------------------------------------------------------------------------
@@ -374,10 +408,12 @@ def _ref_points(counts: dict[str, dict[PointKey, int]], plans: dict[str, Station
 
 # -- collect --------------------------------------------------------------------------------
 async def collect(query: QueryMany, store: Store, ctx: Context, period: Period, now_ms: int,
-                  commands: list[CommandRow] | None = None, *, database: str) -> Inputs:
+                  announced: dict[str, set[str]] | None = None, *, database: str) -> Inputs:
     """Every input of the report, from the 1-hour rollup where it serves (``find_sources``), else
     from the raw data. Independent statements run as concurrent requests (InfluxDB answers
-    concurrent requests on every core; one request's statements run one after another)."""
+    concurrent requests on every core; one request's statements run one after another).
+    ``announced``: station → the valve buildings its gateway's status announces writable
+    (``announced_valves``; the API with ``control:`` holds the statuses), ahead of the configs."""
     rules = ctx.rules
     data_end = min(period.end, max(period.start, now_ms))
     src = await find_sources(query, database, ctx, period, data_end, now_ms)
@@ -404,7 +440,7 @@ async def collect(query: QueryMany, store: Store, ctx: Context, period: Period, 
                  f'SELECT mean("outdoor_temp") AS m FROM "{MEASUREMENT_STATION}" WHERE {span} '
                  f"GROUP BY time(1d, {_offset(period.tz_h)}) fill(none)")
     i = Inputs(period=period, rules=rules, settings=ctx.settings, data_end=data_end, generated_at=now_ms,
-               daily_outdoor={}, analysis=[], plans=ctx.plans, commands=commands)
+               daily_outdoor={}, analysis=[], plans=ctx.plans, announced=announced)
 
     async def rooms_side() -> dict[str, list[dict[str, Any]]]:
         # the outdoor means decide the analysed ranges (cold days leave), and the alert store the
@@ -464,6 +500,7 @@ async def collect(query: QueryMany, store: Store, ctx: Context, period: Period, 
     i.households = rows["households"]
     i.alerts = rows["alerts"]
     i.ticket_events = rows["events"]
+    i.commands = command_rows(rows["commands"], now_ms, ctx.unknown_grace_s)
     i.notes = [
         *src.notes,
         "Make-up: totalizer deltas between consecutive hourly last values; the rate counts hours whose "
@@ -480,12 +517,17 @@ async def collect(query: QueryMany, store: Store, ctx: Context, period: Period, 
         "most frequent point (source data). Online: hours with a sample of the reference point.",
         "Service: alerts raised in the period; time to acknowledge from firing (or first seen); time to "
         "resolve from first seen.",
+        "Remote control: a building is remotely controllable when its gateway's status announces its "
+        f"entrance valve setpoint ({VALVE_POINT}) writable — what the API checks a command against — or, "
+        "for a station whose status the report does not hold, when its gateway config maps it writable "
+        "under a control: block; proven when a command to that valve issued in the period was confirmed "
+        "(written and read back equal); commands by their state at the time of the report.",
     ]
     return i
 
 
 async def report(query: QueryMany, store: Store, ctx: Context, period_text: str, now_ms: int,
-                 commands: list[CommandRow] | None = None, *, database: str) -> Report:
+                 announced: dict[str, set[str]] | None = None, *, database: str) -> Report:
     """The whole report for a period given as text (see ``compute.parse_period``)."""
     period = compute.parse_period(period_text, ctx.rules)
-    return compute.build(await collect(query, store, ctx, period, now_ms, commands, database=database))
+    return compute.build(await collect(query, store, ctx, period, now_ms, announced, database=database))

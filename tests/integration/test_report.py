@@ -33,11 +33,13 @@ from openpyxl import load_workbook
 from PIL import Image
 
 from alerting.assets import parse
+from alerting.commands import CommandStore, NewCommand
 from alerting.store import Store
 from api.app import create_app
 from api.influx import InfluxReader
 from collector.lifecycle import setup
 from contract.alerts import AlertRules
+from contract.commands import CommandResult
 from contract.config import InfluxSettings, LifecycleSettings, load_api_config, load_gateway_config
 from dashboards import build
 from heatwatch.devstack import REPO, Influxd
@@ -46,6 +48,7 @@ from report import source
 from report.model import RefundBand, Report, ReportSettings
 from simulator.physics import Event
 from tests.conftest import influx_query, write_gateway_config
+from tests.control_helpers import write_keys
 
 H, D = 3_600_000, 86_400
 TZ = dt.timezone(dt.timedelta(hours=8))
@@ -80,6 +83,7 @@ class Season:
     tickets: list[str]
     folder: Path
     api_config: Path
+    commands: Commands
 
 
 def _register() -> str:
@@ -101,8 +105,8 @@ def season(tmp_path_factory: pytest.TempPathFactory, influxd: Influxd) -> Iterat
     store = Store(f"sqlite:///{folder / 'alerts.sqlite'}")
     store.migrate()
     store.import_assets(parse(_register()), actor="test", now=P0)
-    gw = load_gateway_config(write_gateway_config(folder / "gw", "st001", mqtt_port=1883, plc_port=15011,
-                                                  bus_port=15012, fast_s=600, slow_s=600))
+    gw = load_gateway_config(_with_control(write_gateway_config(
+        folder / "gw", "st001", mqtt_port=1883, plc_port=15011, bus_port=15012, fast_s=600, slow_s=600)))
     specs = [
         StationSpec("st001", config=gw, events=[
             Event("cold_building", 4 * D, 8 * D, building="b02"),  # 4 days ~14.5 °C: refund band 2–6 K
@@ -129,6 +133,7 @@ def season(tmp_path_factory: pytest.TempPathFactory, influxd: Influxd) -> Iterat
             store.acknowledge(a["id"], actor="disp-li", now=a["fired_at"] + ACK_AFTER_MIN * 60_000,
                               note="caller reports cold rooms", ticket=t)
             tickets.append(t)
+    commands = _commands(store)
     first = store.query(limit=1, rule=["makeup_rate"]).rows[0]
     store.add_note(first["id"], actor="eng-wang", now=first["fired_at"] + 3 * H, note="valve found open",
                    ticket="HL-9999")
@@ -149,8 +154,81 @@ def season(tmp_path_factory: pytest.TempPathFactory, influxd: Influxd) -> Iterat
     api_config.write_text(yaml.safe_dump({
         "kind": "api", "influx": {"url": influxd.url, "database": database},
         "store": f"sqlite:///{folder / 'alerts.sqlite'}", "report": "report.yaml"}))
-    yield Season(truth, store, influxd, database, ctx, rep, rolled, rolled_db, tickets, folder, api_config)
+    yield Season(truth, store, influxd, database, ctx, rep, rolled, rolled_db, tickets, folder, api_config,
+                 commands)
     store.close()
+
+
+def _with_control(path: Path) -> Path:
+    """st001's gateway takes remote commands (a control: block): the entrance valve setpoints its
+    map makes writable (b01–b03) are what it announces."""
+    _, _, public = write_keys(path.parent / "keys")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["control"] = {"public_keys": [str(public)], "ledger": str(path.parent / "ledger.sqlite")}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@dataclass
+class Commands:
+    """What the season's commands make known: outcome of each command issued in December."""
+
+    outcomes: dict[str, str]  # command id → its state as the API shows it
+    proof: str  # the command that proved st001's b01
+
+
+def _commands(store: Store) -> Commands:
+    """Remote commands through the command store's own calls, as the API creates, confirms, claims
+    and marks them sent and the collector records the gateways' results: st001's b01 valve
+    confirmed twice (the first proves it), b02's failed and another read back otherwise, b03's
+    refused by the gateway and one sent with no answer ever; a station-wide setpoint confirmed by
+    a second engineer and written, another never confirmed; st003's gateway answering a command
+    this API never issued (origin broker); b03's confirmed in November (not this period)."""
+    cs = CommandStore(store.engine)
+    t = P0 + 2 * D * 1000
+
+    def new(cid: str, at: int, building: str | None, point: str = "building_valve_setpoint",
+            value: float = 70.0) -> None:
+        cs.create(NewCommand(id=cid, station="st001", device="plc", point=point, building=building,
+                             household=None, value=value, old_value=60.0, needs_confirmation=building is None,
+                             issuer="eng-wang", reason="rooms at 16 °C", ticket=f"HL-{cid}", created_at=at,
+                             deadline=at + 300_000, payload=None if building is None else b"signed"))
+
+    def result(cid: str, at: int, building: str | None, state: str, station: str = "st001",
+               point: str = "building_valve_setpoint", **kw: object) -> CommandResult:
+        return CommandResult.model_validate({
+            "id": cid, "station": station, "gateway": f"gw-{station}", "state": state, "device": "plc",
+            "point": point, "building": building, "value": 70.0, "ts": at + 2_000, **kw})
+
+    plan = [("c-b01", t, "b01", "confirmed", {"read_back": 70.0}),
+            ("c-b02", t + H, "b02", "failed", {"reason": "modbus_exception", "code": 4}),
+            ("c-b02-mismatch", t + 2 * H, "b02", "mismatch", {"read_back": 65.0}),
+            ("c-b03", t + 3 * H, "b03", "rejected", {"reason": "step"}),
+            ("c-b01-again", t + 5 * D * 1000, "b01", "confirmed", {"read_back": 70.0})]
+    for cid, at, b, state, kw in plan:
+        new(cid, at, b)
+        cs.mark_sent(cid, at + 100)
+        cs.record_results([result(cid, at, b, state, **kw)], at + 2_100)
+    new("c-b03-silent", t + 4 * H, "b03")  # sent; the gateway never answered
+    cs.mark_sent("c-b03-silent", t + 4 * H + 100)
+    sp = "secondary_supply_temp_setpoint"
+    new("c-supply", t + 6 * H, None, sp, 55.0)
+    cs.confirm("c-supply", actor="eng-li", now=t + 6 * H + 60_000)
+    cs.set_payload("c-supply", b"signed")
+    cs.mark_sent("c-supply", t + 6 * H + 60_100)
+    cs.record_results([result("c-supply", t + 6 * H + 60_000, None, "confirmed", point=sp, read_back=55.0)],
+                      t + 6 * H + 62_000)
+    new("c-supply-unconfirmed", t + 7 * H, None, sp, 56.0)
+    assert cs.claim(t + 8 * H) == []  # the sender's next turn expires it: not confirmed in time
+    cs.record_results([result("c-st003", t + 8 * H, "b01", "confirmed", station="st003", read_back=70.0)],
+                      t + 8 * H + 2_100)
+    new("c-november", P0 - 3 * D * 1000, "b03")
+    cs.mark_sent("c-november", P0 - 3 * D * 1000 + 100)
+    cs.record_results([result("c-november", P0 - 3 * D * 1000, "b03", "confirmed", read_back=70.0)], P0)
+    return Commands({"c-b01": "confirmed", "c-b02": "failed", "c-b02-mismatch": "mismatch",
+                     "c-b03": "rejected", "c-b01-again": "confirmed", "c-b03-silent": "unknown",
+                     "c-supply": "confirmed", "c-supply-unconfirmed": "expired", "c-st003": "confirmed"},
+                    "c-b01")
 
 
 def _report(influxd: Influxd, database: str, store: Store, ctx: source.Context) -> Report:
@@ -437,17 +515,55 @@ def test_service_against_the_store(season: Season, rep: Report) -> None:
     assert per["st003"].by_rule.get("station_offline") == 1
 
 
-def test_remote_control_and_what_is_missing(season: Season, rep: Report) -> None:
+def test_remote_control_from_the_commands_table(season: Season, rep: Report) -> None:
+    """Controllable: the buildings whose valve st001's gateway config maps writable under its
+    control: block; proven: b01, by the first of its two confirmed commands (b02's failed and its
+    read-back mismatch prove nothing, nor does a station-wide setpoint); commands of December by
+    their state as the API shows them — against the store's own rows."""
     rc = rep.remote_control
-    assert not rc.wired and rc.controllable == 3 and rc.proven == 0
-    assert {s.station: s.controllable for s in rc.stations}["st001"] == ["b01", "b02", "b03"]
+    assert rc.wired and rc.controllable == 3 and rc.proven == 1
+    by = {s.station: s for s in rc.stations}
+    assert by["st001"].controllable == ["b01", "b02", "b03"] and by["st001"].source == "config"
+    assert by["st001"].proven == ["b01"]
+    assert by["st003"].controllable == [] and by["st003"].source is None and by["st003"].proven == []
+    want: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    cs = CommandStore(season.store.engine)
+    rows = [r for r in cs.query(limit=100).rows if P0 <= r["created_at"] < P1]
+    assert {r["id"] for r in rows} == set(season.commands.outcomes)  # November's is left out
+    for r in rows:
+        shown = "unknown" if r["state"] == "sent" and r["deadline"] < NOW else r["state"]
+        assert shown == season.commands.outcomes[r["id"]], r["id"]
+        want[r["station"]][shown] += 1
+    for st, outcomes in want.items():
+        assert by[st].commands == dict(sorted(outcomes.items())), st
+    assert rc.commands == {"confirmed": 4, "expired": 1, "failed": 1, "mismatch": 1, "rejected": 1,
+                           "unknown": 1}
+    [proof] = rc.proofs
+    assert (proof.station, proof.building, proof.command, proof.ticket) == (
+        "st001", "b01", season.commands.proof, "HL-c-b01")
+    assert proof.at == cs.get(season.commands.proof)["result_at"]
+
+
+def test_what_is_missing(season: Season, rep: Report) -> None:
     missing = "\n".join(rep.missing)
     assert "st003" in missing and "heated area" in missing
-    assert "not wired" in missing
+    assert "remotely controllable valves of 2 station(s) (st002, st003)" in missing
+    assert "commands table" not in missing
     st2 = next(s for s in rep.makeup.stations if s.station == "st002")
     assert st2.area_m2 == 42000 and st2.name == "和平里换热站"
 
 
+def test_a_gateway_without_control_announces_no_valve(tmp_path: Path) -> None:
+    """The map's write: blocks alone do not make a valve remotely controllable: without a
+    control: block the gateway takes no command and its status lists no writable point."""
+    plain = load_gateway_config(write_gateway_config(tmp_path, "st001", mqtt_port=1883, plc_port=15011,
+                                                     bus_port=15012))
+    assert any(p.write is not None and p.point == "building_valve_setpoint"
+               for d in plain.resolved for p in d.points)
+    assert source.plans_from([plain])["st001"].controllable == set()
+    ctl = load_gateway_config(_with_control(write_gateway_config(
+        tmp_path / "ctl", "st001", mqtt_port=1883, plc_port=15011, bus_port=15012)))
+    assert source.plans_from([ctl])["st001"].controllable == {"b01", "b02", "b03"}
 
 
 # -- delivered as: API, spreadsheet, PDF, command line ----------------------------------------
@@ -503,6 +619,16 @@ def test_spreadsheet_has_a_sheet_per_part_with_the_figures(
     st1 = next(x for x in rooms if x[0] == "st001")
     assert st1[4] == next(s for s in season.report.rooms.stations if s.station == "st001").rate_pct
     assert wb["Summary"]["A1"].value.startswith("幸福热力公司")
+    remote = list(wb["Remote control"].iter_rows(values_only=True))
+    head = remote[1]
+    st1 = next(x for x in remote if x[0] == "st001")
+    rc = {s.station: s for s in season.report.remote_control.stations}["st001"]
+    col = {name: st1[j] for j, name in enumerate(head)}
+    assert (col["controllable"], col["from"], col["proven buildings"]) == (3, "config", "b01")
+    for outcome, n in rc.commands.items():
+        assert st1[head.index(f"commands {outcome}")] == n, outcome
+    assert next(x for x in remote if x[0] == "st003")[head.index("commands confirmed")] == 1
+    assert ("st001", "b01", season.commands.proof) in {x[:3] for x in remote}
 
 
 def test_pdf_renders_with_headings_charts_and_tables(
@@ -523,6 +649,9 @@ def test_pdf_renders_with_headings_charts_and_tables(
                     "Missing figures"):
         assert heading in text, heading
     assert "S1-b02-1" in text  # a household below the standard, by its code
+    remote = text[text.index("Building remote control"):text.index("Missing figures")]
+    assert "b01, b02, b03" in remote and season.commands.proof in remote and "HL-c-b01" in remote
+    assert "Valves proven" in remote
     # rendered to images (pdftoppm): each page is a real picture, not blank
     out = season.folder / "page"
     subprocess.run(["pdftoppm", "-png", "-r", "50", str(pdf), str(out)], check=True)
