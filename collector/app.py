@@ -59,7 +59,7 @@ from collector.receive import MqttReceive
 from collector.stages import AlertsDue, Batch, GatewaySeen, Inbox, StatsLines, Validated
 from collector.store import WriteOrSpool, Written
 from collector.validate import Validate
-from contract.alerts import Transition
+from contract.alerts import AlertRules, Transition
 from contract.config import CollectorConfig
 from contract.payload import Frame, StationStatus
 from durable.queue import DiskQueue
@@ -147,6 +147,11 @@ class Collector:
     def spooling(self) -> bool:
         return self.store.spooling
 
+    def _plausible(self) -> tuple[float, float]:
+        """The room sensors' plausible range of the rule file: the 1-hour rollup's room means."""
+        rules = self.alerts.rules if self.alerts is not None else AlertRules()
+        return rules.sensor.plausible_min, rules.sensor.plausible_max
+
     async def run(self) -> None:
         alerts, latest = self.alerts, self.latest
         if alerts is not None:
@@ -174,7 +179,8 @@ class Collector:
                 tg.create_task(self.store.drain())
                 tg.create_task(self._reporter())
                 tg.create_task(self._gc_keeper())
-                tg.create_task(lifecycle.setup_at_start(self.cfg.influx))  # logs, never raises
+                # logs, never raises
+                tg.create_task(lifecycle.setup_at_start(self.cfg.influx, self._plausible()))
                 if alerts is not None:
                     tg.create_task(alerts.ticker(lambda: self.inbox.send(AlertsDue())))
                     tg.create_task(alerts.webhooks())

@@ -41,6 +41,7 @@ redelivered result writes the same line again (same series and time: overwritten
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
@@ -187,11 +188,26 @@ def alert_line(tr: Transition) -> str:
 # policies, under the same measurement names and tags, one field per aggregate of each point:
 #   mean_<point>, min_<point>, max_<point>   numbers (min/max of a boolean: was it ever false/true)
 #   last_<point>                             every point: states, booleans, text, qualities too
+#   count_<point>                            samples of every point in the bucket (completeness,
+#                                            presence: the takeover report counts from it)
 # ``mean(*)`` skips booleans and strings (InfluxDB 1.x), so one wildcard query covers every point,
-# including custom x_ points added later, without knowing the field list.
+# including custom x_ points added later, without knowing the field list. A bucket's row holds
+# ``count_<point>`` only when the point had a sample in it (the report counts a station's hours
+# with a sample by counting its ``count_<point>``): a plain SELECT fills count with 0 where a
+# point had none, SELECT … INTO in InfluxDB 1.6 writes no filled value (measured); ``fill(none)``
+# says so in the statement rather than leaning on that.
+#
+# The 1-hour rollup has a third continuous query for the room sensors: the hourly mean of only
+# the plausible readings (the rule file's sensor.plausible_min…max), ``plausible_mean_room_temp``,
+# which is what the room pass rate counts. The wildcard ``mean_room_temp`` averages implausible
+# (uncertain) readings in with the rest — a sensor reading 1 °C half of an hour of 19 °C gives
+# 10 °C, a low hour that never was. Its name carries the range so a reader can check it.
 
 ROLLUP_MEASUREMENTS = (MEASUREMENT_STATION, MEASUREMENT_BUILDING, MEASUREMENT_HOUSEHOLD)
-ROLLUP_AGGREGATES = ("mean", "min", "max", "last")
+ROLLUP_AGGREGATES = ("mean", "min", "max", "last", "count")
+ROOM_POINT = "room_temp"
+PLAUSIBLE_MEAN = f"plausible_mean_{ROOM_POINT}"
+DEFAULT_PLAUSIBLE = (5.0, 35.0)  # contract.alerts SensorRules' defaults
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,11 +217,15 @@ class Rollup:
     ``resample_s``: every run recomputes this much (InfluxDB's ``RESAMPLE FOR``), so samples that
     arrive late (a collector's spool draining, a batch after a short 4G gap) still land in their
     bucket. Longer gaps — a gateway's outbox after hours offline — need ``heatwatch influx
-    backfill`` over that span (docs/operations.md)."""
+    backfill`` over that span (docs/operations.md). ``rooms``: it also keeps the plausible hourly
+    room means (the report's sensor-hours). ``shard_weeks``: the shard group duration of its
+    retention policy."""
 
     name: str
     bucket_s: int
     resample_s: int
+    rooms: bool = False
+    shard_weeks: int | None = None  # the retention policy's shard group duration; None: InfluxDB's
 
     @property
     def rp(self) -> str:
@@ -213,7 +233,10 @@ class Rollup:
 
 
 ROLLUP_5M = Rollup("5m", 300, 3 * 300)
-ROLLUP_1H = Rollup("1h", 3600, 2 * 3600)
+# a year per shard: a season's report reads two shards, not eighteen weekly ones (InfluxDB's
+# default for a policy kept years) — a count over 5.8 M sensor-hours took 1.1 s instead of 3.1 s
+# (bench/report_bench.py, 500 stations; the series' blocks are longer and fewer)
+ROLLUP_1H = Rollup("1h", 3600, 2 * 3600, rooms=True, shard_weeks=52)
 ROLLUPS = (ROLLUP_5M, ROLLUP_1H)
 
 
@@ -227,24 +250,79 @@ def rollup_select(database: str, raw_rp: str, rollup: Rollup) -> str:
     aggs = ", ".join(f"{a}(*)" for a in ROLLUP_AGGREGATES)
     return (f"SELECT {aggs} INTO {_ident(database)}.{_ident(rollup.rp)}.:MEASUREMENT "
             f"FROM {_ident(database)}.{_ident(raw_rp)}./^({names})$/ "
-            f"GROUP BY time({rollup.bucket_s}s), *")
+            f"GROUP BY time({rollup.bucket_s}s), * fill(none)")
 
 
-def backfill_select(database: str, raw_rp: str, rollup: Rollup, start_ms: int, end_ms: int) -> str:
-    """The rollup of ``[start, end)`` (both on bucket boundaries) by hand, as the CQ would have."""
-    body = rollup_select(database, raw_rp, rollup)
+def rooms_select(database: str, raw_rp: str, rollup: Rollup, plausible: tuple[float, float]) -> str:
+    """The plausible hourly room means: the readings inside ``plausible`` (°C, inclusive)."""
+    lo, hi = (float(x) for x in plausible)
+    room = _ident(ROOM_POINT)
+    return (f"SELECT mean({room}) AS {_ident(PLAUSIBLE_MEAN)} "
+            f"INTO {_ident(database)}.{_ident(rollup.rp)}.{_ident(MEASUREMENT_HOUSEHOLD)} "
+            f"FROM {_ident(database)}.{_ident(raw_rp)}.{_ident(MEASUREMENT_HOUSEHOLD)} "
+            f"WHERE {room} >= {lo!r} AND {room} <= {hi!r} "
+            f"GROUP BY time({rollup.bucket_s}s), * fill(none)")
+
+
+def rollup_selects(database: str, raw_rp: str, rollup: Rollup, plausible: tuple[float, float]) -> list[str]:
+    """Every continuous query body of one rollup."""
+    out = [rollup_select(database, raw_rp, rollup)]
+    if rollup.rooms:
+        out.append(rooms_select(database, raw_rp, rollup, plausible))
+    return out
+
+
+def backfill_select(body: str, start_ms: int, end_ms: int) -> str:
+    """A continuous query's body over ``[start, end)`` (both on bucket boundaries) by hand, as
+    the CQ would have computed it."""
     head, _, group = body.partition(" GROUP BY ")
-    return f"{head} WHERE time >= {start_ms}ms AND time < {end_ms}ms GROUP BY {group}"
+    span = f"time >= {start_ms}ms AND time < {end_ms}ms"
+    if " WHERE " in head:
+        return f"{head} AND {span} GROUP BY {group}"
+    return f"{head} WHERE {span} GROUP BY {group}"
+
+
+def _bound(x: float) -> str:
+    return repr(float(x))
+
+
+ROOMS_CQ_RE = re.compile(r"^heatwatch_rollup_(?P<rollup>[0-9a-z]+)_[0-9a-f]{8}_rooms_"
+                         r"(?P<lo>-?[0-9][0-9.e+-]*)_(?P<hi>-?[0-9][0-9.e+-]*)$")
+
+
+def rooms_cq_range(name: str) -> tuple[str, tuple[float, float]] | None:
+    """(rollup name, plausible range) of a rooms CQ's name; None for any other name."""
+    m = ROOMS_CQ_RE.fullmatch(name)
+    if m is None:
+        return None
+    try:
+        return m["rollup"], (float(m["lo"]), float(m["hi"]))
+    except ValueError:
+        return None
+
+
+def rollup_cqs(database: str, raw_rp: str, rollup: Rollup,
+               plausible: tuple[float, float] = DEFAULT_PLAUSIBLE) -> list[tuple[str, str]]:
+    """(name, CREATE CONTINUOUS QUERY statement) of each CQ of one rollup. The names carry a digest
+    of all of the rollup's statements, so setup can tell a set that is current from one an older
+    config or version left (and replace the set whole: its rows then agree from the backfill on).
+    The rooms CQ's name ends in its plausible range, ``…_rooms_5.0_35.0`` (ROOMS_CQ_RE), which the
+    report compares with its own rule file's."""
+    every = f"RESAMPLE EVERY {rollup.bucket_s}s FOR {rollup.resample_s}s"
+    bodies = rollup_selects(database, raw_rp, rollup, plausible)
+    digest = hashlib.sha256(" ".join([every, *bodies]).encode()).hexdigest()[:8]
+    base = f"heatwatch_rollup_{rollup.name}_{digest}"
+    out = []
+    for i, body in enumerate(bodies):
+        name = base if i == 0 else f"{base}_rooms_{_bound(plausible[0])}_{_bound(plausible[1])}"
+        out.append((name, f"CREATE CONTINUOUS QUERY {_ident(name)} ON {_ident(database)} {every} "
+                          f"BEGIN {body} END"))
+    return out
 
 
 def rollup_cq(database: str, raw_rp: str, rollup: Rollup) -> tuple[str, str]:
-    """(name, CREATE CONTINUOUS QUERY statement). The name carries a digest of the statement, so
-    setup can tell a CQ that is current from one an older config left (and replace it)."""
-    body = rollup_select(database, raw_rp, rollup)
-    every = f"RESAMPLE EVERY {rollup.bucket_s}s FOR {rollup.resample_s}s"
-    digest = hashlib.sha256(f"{every} {body}".encode()).hexdigest()[:8]
-    name = f"heatwatch_rollup_{rollup.name}_{digest}"
-    return name, f"CREATE CONTINUOUS QUERY {_ident(name)} ON {_ident(database)} {every} BEGIN {body} END"
+    """The rollup's main CQ (every point's mean/min/max/last/count)."""
+    return rollup_cqs(database, raw_rp, rollup)[0]
 
 
 class Source:
@@ -252,7 +330,8 @@ class Source:
 
     ``expr("mean", "supply_temp")`` is ``mean("supply_temp")`` on raw data and
     ``mean("mean_supply_temp")`` on a rollup (the mean of 5-minute means: equal to the raw mean
-    for evenly sampled points); ``min``/``max`` read ``min_``/``max_``; ``last`` reads ``last_``."""
+    for evenly sampled points); ``min``/``max`` read ``min_``/``max_``; ``last`` reads ``last_``;
+    ``count`` sums ``count_``."""
 
     __slots__ = ("bucket_s", "rollup")
 
@@ -269,8 +348,11 @@ class Source:
     def expr(self, agg: str, point: str) -> str:
         if agg not in ROLLUP_AGGREGATES:
             raise ValueError(f"aggregate {agg!r}: one of {', '.join(ROLLUP_AGGREGATES)}")
-        field = f"{agg}_{point}" if self.rollup else point
-        return f"{agg}({_ident(field)})"
+        if self.rollup is None:
+            return f"{agg}({_ident(point)})"
+        if agg == "count":  # samples in a bucket: the sum of the rollup rows' counts
+            return f"sum({_ident(f'count_{point}')})"
+        return f"{agg}({_ident(f'{agg}_{point}')})"
 
     def __repr__(self) -> str:
         return f"Source({self.rollup.name if self.rollup else 'raw'}, bucket {self.bucket_s}s)"

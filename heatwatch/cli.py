@@ -409,6 +409,8 @@ def _report(args: argparse.Namespace) -> int:
         return 2
     cfg = load_api_config(args.config)
     ctx = source.load_context(cfg.report)
+    if cfg.control is not None:
+        ctx.unknown_grace_s = cfg.control.unknown_grace_s
     try:
         compute.parse_period(args.period, ctx.rules)
     except ValueError as exc:
@@ -420,7 +422,8 @@ def _report(args: argparse.Namespace) -> int:
 
     async def make() -> Report:
         try:
-            return await source.report(reader.query_many, store, ctx, args.period, int(time.time() * 1000))
+            return await source.report(reader.query_many, store, ctx, args.period, int(time.time() * 1000),
+                                       database=reader.db)
         finally:
             await reader.close()
 
