@@ -19,11 +19,30 @@ from typing import Any
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
+import structlog
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from contract.config import GatewayConfig, load_gateway_config
+from heatwatch import logs
 from heatwatch.devstack import DEPLOY, REPO, Influxd, Mosquitto, SimThread, free_port
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _loggers_stay_reconfigurable() -> Iterator[None]:
+    """A test that runs ``heatwatch`` in this process configures structlog as the CLI does, with
+    ``cache_logger_on_first_use``: every module logger used after that stays bound to that set-up
+    for good, and a later test's ``capture_logs`` sees nothing (a rule-fault test failed that way
+    in a full run, by test order). In tests the set-up is the CLI's, minus the caching."""
+    real = logs.setup
+
+    def setup(level: str = "info") -> None:
+        real(level)
+        structlog.configure(cache_logger_on_first_use=False)
+
+    logs.setup = setup
+    yield
+    logs.setup = real
 
 
 @pytest.fixture(scope="session")
