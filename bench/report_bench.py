@@ -16,6 +16,12 @@ figures, and renders the PDF and spreadsheet of the second.
 
     .venv/bin/python bench/report_bench.py --stations 500 --days 121 --rooms 4 --keep
     .venv/bin/python bench/report_bench.py --reuse /tmp/report-bench-XXXX --only rollup --profile
+
+With ``--reuse`` give the folder's ``--stations``/``--days`` again: they only label the output (the
+report always asks for the season). Each run prints the elapsed seconds and the CPU seconds
+influxd and the report's own process spent: on a shared machine the elapsed time swings 2x from
+run to run, the CPU seconds far less (docs/report.md). ``--profile`` times each statement, but the
+report's three chains still run side by side: a statement's time includes the others'.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import os
 import random
 import shutil
 import tempfile
@@ -150,7 +157,8 @@ def main() -> int:
             reports[name], result[name] = run(db, store, ctx, a.profile)
         if len(reports) == 2:
             raw, rolled = (reports[k].model_dump(mode="json") for k in ("raw", "rollup"))
-            same = {k: raw[k] == rolled[k] for k in ("makeup", "rooms", "information", "service")}
+            same = {k: raw[k] == rolled[k] for k in ("makeup", "rooms", "information", "service",
+                                                      "remote_control")}
             result["same_figures"] = same
             result["speed_up"] = round(result["raw"]["report_s"] / result["rollup"]["report_s"], 1)
         rep = reports[a.only or "rollup"]
@@ -197,10 +205,20 @@ def run(db: Influxd, store: Store, ctx: source.Context, profile: bool) -> tuple[
         finally:
             await reader.close()
 
-    t = time.monotonic()
+    t, cpu0, mine0 = time.monotonic(), _cpu_s(db), time.process_time()
     rep = asyncio.run(go())
-    return rep, {"report_s": round(time.monotonic() - t, 2), **sizes,
+    # CPU seconds besides the elapsed ones: on a machine shared with other work the elapsed time
+    # swings 2x from run to run (load average 6-9 on 2 cores), the CPU each side spent much less
+    return rep, {"report_s": round(time.monotonic() - t, 2), "influxd_cpu_s": round(_cpu_s(db) - cpu0, 2),
+                 "report_cpu_s": round(time.process_time() - mine0, 2), **sizes,
                  "json_bytes": len(orjson.dumps(rep.model_dump()))}
+
+
+def _cpu_s(db: Influxd) -> float:
+    """influxd's user + system CPU seconds so far (/proc/PID/stat, clock ticks)."""
+    assert db.proc is not None
+    fields = Path(f"/proc/{db.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ no statement that returns a row per station-hour. Each function takes ``each(sta
 sends the statements as concurrent requests (InfluxDB answers one request on one core) and gives
 back the series of each, and returns what it read; report.source wires them.
 
-What the costs are (bench/report_bench.py: 500 stations × 121 days, 1.45 M station-hours and
-5.8 M sensor-hours, on the 2-core machine shared with other work): a count or a first/last over
-one field of the station-hours 0.3–0.4 s, a float sum 0.5–0.9 s, a spread 1.9 s, a derivative in a
-subquery ~2.6 s (elapsed and difference together 4.6 s: a subquery's columns each cost a pass), a
-row returned ~7 µs of JSON on both sides (1.45 M hourly rows: 10–15 s). So make-up comes from
+What the costs are (bench/report_bench.py, on the 2-core machine shared with other work): each
+aggregate or selector is one pass over one field's stored hours — 500 stations × 121 days (1.45 M
+station-hours): a count or a first/last 0.3–0.4 s, a float sum 0.5–0.9 s, a spread 1.9 s, a
+derivative in a subquery ~2.6 s (elapsed and difference together 4.6 s: a subquery's columns each
+cost a pass); later, under heavier load, 0.7–1 µs an hour (a count over 1.44 M sensor-hours
+1.0–1.4 s; a count and a min together twice that: docs/report.md). A row returned costs ~7 µs of
+JSON on both sides (1.45 M hourly rows: 10–15 s). So make-up comes from
 counts and first/last selectors with one derivative pass to find the hours that would break them,
 and only the stations with such hours are read hour by hour.
 """
