@@ -19,30 +19,40 @@ from typing import Any
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
-import structlog
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from contract.config import GatewayConfig, load_gateway_config
-from heatwatch import logs
 from heatwatch.devstack import DEPLOY, REPO, Influxd, Mosquitto, SimThread, free_port
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _loggers_stay_reconfigurable() -> Iterator[None]:
-    """A test that runs ``heatwatch`` in this process configures structlog as the CLI does, with
-    ``cache_logger_on_first_use``: every module logger used after that stays bound to that set-up
-    for good, and a later test's ``capture_logs`` sees nothing (a rule-fault test failed that way
-    in a full run, by test order). In tests the set-up is the CLI's, minus the caching."""
-    real = logs.setup
+def _no_logging_setup_in_the_test_process() -> Iterator[None]:
+    """heatwatch's ``main()`` sets up logging for its process (``heatwatch.logs.setup``): in the
+    test process it would hand structlog a new processor list, and every logger already used keeps
+    the old one, so a later ``capture_logs`` sees nothing from it (two unit tests failed that way
+    in the full suite only, after a site test had run ``main(["site", ...])`` twice). Tests run
+    heatwatch commands as processes (``heatwatch()`` below, ``Processes``)."""
+    import heatwatch.logs
 
-    def setup(level: str = "info") -> None:
-        real(level)
-        structlog.configure(cache_logger_on_first_use=False)
+    real = heatwatch.logs.setup
 
-    logs.setup = setup
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("heatwatch.logs.setup in the test process: run the command with "
+                             "tests.conftest.heatwatch() or Processes instead")
+
+    heatwatch.logs.setup = refuse
     yield
-    logs.setup = real
+    heatwatch.logs.setup = real
+
+
+def heatwatch(*args: str) -> str:
+    """Run a heatwatch command as its own process, as an operator does; its output, or a failure
+    with it when it exits non-zero."""
+    r = subprocess.run([sys.executable, "-m", "heatwatch", *args], capture_output=True, text=True,
+                       cwd=REPO, timeout=120)
+    assert r.returncode == 0, f"heatwatch {' '.join(args)} exited {r.returncode}:\n{r.stderr[-3000:]}"
+    return r.stdout
 
 
 @pytest.fixture(scope="session")
