@@ -13,13 +13,12 @@ import asyncio
 import time
 from collections.abc import Callable
 
-import sqlalchemy.exc
 import structlog
 from sqlalchemy.engine import Engine
 
 from alerting.commands import CommandStore
 from contract.commands import CommandResult, parse_command_result
-from contract.errors import PayloadError
+from contract.errors import DatabaseUnavailable, InvalidInput, PayloadError
 from contract.influx import command_line
 from contract.topics import Topic
 
@@ -54,7 +53,8 @@ class ResultStage:
                 async with self._one_at_a_time:
                     await asyncio.to_thread(self.store.record_results, results, int(self.clock() * 1000))
                 break
-            except sqlalchemy.exc.IntegrityError as exc:  # another writer inserted it first: now it exists
+            except InvalidInput as exc:  # the store refused a row: another writer inserted it first (a
+                # Conflict), then it exists now; anything else will not pass a retry either
                 conflicts += 1
                 if conflicts < 3:
                     continue
@@ -62,7 +62,7 @@ class ResultStage:
                 log.error("command results could not be recorded; their lines are in InfluxDB",
                           error=str(exc)[:300], commands=[r.id for r in results])
                 return
-            except sqlalchemy.exc.OperationalError as exc:
+            except DatabaseUnavailable as exc:
                 self.retries += 1
                 if self.retries == 1 or delay >= RETRY_MAX_S:
                     log.warning("command store unavailable; holding the results", error=str(exc)[:300])

@@ -8,7 +8,8 @@ of 500 stations and a season is a few hundred thousand numbers (bench/report_ben
 raw measurements.
 
 ``collect()`` takes a ``query_many(statements, bind)`` coroutine (the API's InfluxReader has
-one; the command line makes one) and the alert store, and returns ``report.compute.Inputs``.
+one; the command line makes one) and the alert store (the asset register is read through the
+site registry on the same database), and returns ``report.compute.Inputs``.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
-from alerting import schema
+from alerting.registry import SiteRegistry
+from alerting.rows import AlertRow, Register, TicketEvent
 from alerting.store import Store
 from contract.alerts import AlertRules, load_rules
 from contract.config import GatewayConfig, load_gateway_config
@@ -82,26 +82,17 @@ def load_context(path: str | Path | None) -> Context:
 
 
 # -- the alert store ------------------------------------------------------------------------
-def store_rows(store: Store, start: int, end: int) -> dict[str, list[dict[str, Any]]]:
-    """Alerts overlapping [start, end), acknowledgements and notes with a hotline ticket in it,
-    and the asset register. Read-only."""
-    a, ev = schema.alerts, schema.alert_events
-    with store.engine.connect() as conn:
-        alerts = [dict(r) for r in conn.execute(sa.select(a).where(
-            a.c.since < end, sa.or_(a.c.resolved_at.is_(None), a.c.resolved_at >= start))
-            .order_by(a.c.since, a.c.id)).mappings()]
-        events = [dict(r) for r in conn.execute(
-            sa.select(ev.c.alert_id, ev.c.ts, ev.c.kind, ev.c.actor, ev.c.ticket, ev.c.note, a.c.station,
-                      a.c.rule).join(a, a.c.id == ev.c.alert_id)
-            .where(ev.c.ticket.is_not(None), ev.c.kind.in_(["ack", "note"]), ev.c.ts >= start, ev.c.ts < end)
-            .order_by(ev.c.ts)).mappings()]
-        stations = [dict(r) for r in conn.execute(sa.select(schema.stations)).mappings()]
-        buildings = [dict(r) for r in conn.execute(sa.select(schema.buildings)).mappings()]
-        h = schema.households
-        households = [dict(r) for r in conn.execute(
-            sa.select(h.c.code, h.c.station, h.c.building, h.c.unit, h.c.room, h.c.sensor)).mappings()]
-    return {"alerts": alerts, "events": events, "stations": stations, "buildings": buildings,
-            "households": households}
+@dataclass
+class StoreRows:
+    alerts: list[AlertRow]  # overlapping the period
+    events: list[TicketEvent]  # acknowledgements and notes with a hotline ticket, in the period
+    register: Register
+
+
+def store_rows(store: Store, start: int, end: int) -> StoreRows:
+    """What the report reads from the site's database, read-only."""
+    return StoreRows(store.between(start, end), store.ticket_events(start, end),
+                     SiteRegistry(store.db).register())
 
 
 # -- InfluxQL -------------------------------------------------------------------------------
@@ -325,7 +316,7 @@ async def collect(query: QueryMany, store: Store, ctx: Context, period: Period, 
 
     async def fault_hours() -> None:
         # the hours of each sensor_fault episode: left out of the pass rate
-        windows = compute.fault_windows(rows["alerts"], i.analysis, data_end)
+        windows = compute.fault_windows(rows.alerts, i.analysis, data_end)
         jobs = [(k, s, e) for k, ws in sorted(windows.items()) for s, e in ws]
         for j in range(0, len(jobs), _BATCH):
             chunk = jobs[j:j + _BATCH]
@@ -342,11 +333,11 @@ async def collect(query: QueryMany, store: Store, ctx: Context, period: Period, 
 
     await asyncio.gather(counts_and_presence(), makeup(), room_totals(), fault_hours())
     lo, hi = rooms.lo, rooms.hi
-    i.station_register = {r["station"]: r for r in rows["stations"]}
-    i.building_register = {(r["station"], r["building"]): r for r in rows["buildings"]}
-    i.households = rows["households"]
-    i.alerts = rows["alerts"]
-    i.ticket_events = rows["events"]
+    i.station_register = {r.station: r for r in rows.register.stations}
+    i.building_register = {(r.station, r.building): r for r in rows.register.buildings}
+    i.households = rows.register.households
+    i.alerts = rows.alerts
+    i.ticket_events = rows.events
     i.notes = [
         ("InfluxDB aggregates per hour and per entity on the raw measurements (GROUP BY time(1h)); "
          "the 5-minute/1-hour rollups are not used yet." if rooms.rollup is None else
