@@ -196,9 +196,13 @@ class Postgres(_Service):
                                "-k", str(self.folder), "-c", "listen_addresses=127.0.0.1",
                                "-c", "fsync=off"])
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15, *, keep: bool = False) -> None:
+        """Stop the server and remove its cluster, or (``keep``) leave the cluster for ``start``
+        again: a database outage. SIGTERM waits for every client to disconnect ("smart"
+        shutdown); SIGINT ends their sessions ("fast"), as a crash or a restart looks to them."""
         super().stop(sig, timeout)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class NullModem:
