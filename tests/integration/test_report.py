@@ -32,6 +32,7 @@ from openpyxl import load_workbook
 from PIL import Image
 
 from alerting.assets import parse
+from alerting.registry import SiteRegistry
 from alerting.store import Store
 from api.app import create_app
 from api.influx import InfluxReader
@@ -92,7 +93,7 @@ def season(tmp_path_factory: pytest.TempPathFactory, influxd: Influxd) -> Iterat
     folder = tmp_path_factory.mktemp("report")
     store = Store(f"sqlite:///{folder / 'alerts.sqlite'}")
     store.migrate()
-    store.import_assets(parse(_register()), actor="test", now=P0)
+    SiteRegistry(store.db).import_assets(parse(_register()), actor="test", now=P0)
     gw = load_gateway_config(write_gateway_config(folder / "gw", "st001", mqtt_port=1883, plc_port=15011,
                                                   bus_port=15012, fast_s=600, slow_s=600))
     specs = [
@@ -395,7 +396,7 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 @pytest.fixture(scope="module")
 def api(season: Season) -> Iterator[tuple[TestClient, dict[str, dict[str, str]]]]:
     now = int(time.time() * 1000)
-    auth = {role: {"Authorization": "Bearer " + season.store.add_token(
+    auth = {role: {"Authorization": "Bearer " + SiteRegistry(season.store.db).add_token(
         name=f"report-{role}", role=role, actor="test", now=now)} for role in ("dispatcher", "engineer")}
     with TestClient(create_app(load_api_config(season.api_config))) as client:
         yield client, auth
