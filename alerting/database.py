@@ -69,18 +69,18 @@ def _integrity(what: str, exc: sa.exc.IntegrityError) -> InvalidInput:
 
 
 @contextmanager
-def translated(what: str, where: str) -> Iterator[None]:
+def translated(what: str, engine: Engine) -> Iterator[None]:
     """Map SQLAlchemy's exceptions raised inside into the contract's tree. ``what`` names the
-    part ("alert store"); ``where`` the database, password hidden."""
+    part ("alert store"); an outage's message ends with the database's URL, password hidden."""
     try:
         yield
     except _UNAVAILABLE as exc:
         orig = getattr(exc, "orig", None) or exc
-        raise DatabaseUnavailable(f"{_first_line(orig)} ({where})", store=what) from exc
+        raise DatabaseUnavailable(f"{_first_line(orig)} ({shown(engine)})", store=what) from exc
     except sa.exc.DBAPIError as exc:
         orig = exc.orig if exc.orig is not None else exc
         if exc.connection_invalidated:  # whatever the driver called it: the connection is gone
-            raise DatabaseUnavailable(f"{_first_line(orig)} ({where})", store=what) from exc
+            raise DatabaseUnavailable(f"{_first_line(orig)} ({shown(engine)})", store=what) from exc
         if isinstance(exc, sa.exc.IntegrityError):
             raise _integrity(what, exc) from exc
         if isinstance(exc, sa.exc.DataError):  # a value the column cannot hold (PostgreSQL: a NUL)
@@ -151,9 +151,9 @@ class Database:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
-    def ping(self, what: str = "alert store") -> None:
+    def ping(self) -> None:
         """DatabaseUnavailable unless the database answers a query."""
-        with connected(self.engine, what) as conn:
+        with connected(self.engine, "alert store") as conn:
             conn.execute(sa.text("SELECT 1"))
 
     def close(self) -> None:
@@ -168,7 +168,7 @@ def shown(engine: Engine) -> str:
 def connected(engine: Engine, what: str, *, write: bool = False) -> Iterator[Connection]:
     """A connection (``write``: in a transaction committed at the end), with the database's
     errors mapped (``translated``)."""
-    with translated(what, shown(engine)), (engine.begin() if write else engine.connect()) as conn:
+    with translated(what, engine), (engine.begin() if write else engine.connect()) as conn:
         yield conn
 
 
@@ -189,9 +189,6 @@ class OnDatabase:
 
     def migrate(self) -> None:
         self.db.migrate()
-
-    def ping(self) -> None:
-        self.db.ping(self.WHAT)
 
     def close(self) -> None:
         self.db.close()
