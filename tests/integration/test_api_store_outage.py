@@ -1,7 +1,7 @@
 """A store outage under a running API, on a real PostgreSQL: every endpoint that needs the site
 database answers 503 naming the part that is away and why (not a 500, not a 401 for a token it
 could not look up), the API keeps running, and when PostgreSQL is back the pool's pre-ping
-reconnects and the same requests answer 200 again."""
+reconnects and the same requests answer 200 again. A value the database refuses is a 422."""
 
 from __future__ import annotations
 
@@ -53,6 +53,9 @@ def test_a_store_outage_is_503_naming_the_store_and_the_api_recovers(pg: Postgre
     with TestClient(create_app(cfg)) as c:
         assert c.get("/v1/alerts", headers=used).json()["count"] == 1  # its token is cached now
         aid = c.get("/v1/alerts", headers=used).json()["data"][0]["id"]
+        # a value PostgreSQL cannot hold is the request's fault, not the server's
+        r = c.post(f"/v1/alerts/{aid}/ack", headers=used, json={"note": "caller at 3\u000001"})
+        assert r.status_code == 422 and r.json()["detail"].startswith("alert store cannot store a value: ")
 
         pg.stop(signal.SIGINT, keep=True)  # "fast" shutdown: the pool's connections are cut
         for method, path, body in (("get", "/v1/alerts", None), ("get", f"/v1/alerts/{aid}", None),
