@@ -214,6 +214,14 @@ class CommandStore:
                 sa.select(*_EVENT).where(ev.c.command_id == cid).order_by(ev.c.ts, ev.c.id))]
         return CommandDetail(**row._mapping, events=events)
 
+    def issued(self, start: int, end: int) -> list[CommandRecord]:
+        """Commands created in [start, end), oldest first (the takeover report's remote control)."""
+        t = schema.commands
+        with self._read() as conn:
+            return [CommandRecord(*r) for r in conn.execute(
+                sa.select(*_COMMAND).where(t.c.created_at >= start, t.c.created_at < end)
+                .order_by(t.c.created_at, t.c.id))]
+
     def query(self, *, station: str | None = None, building: str | None = None,
               state: Sequence[str] | None = None, limit: int = 50, offset: int = 0) -> Page[CommandRecord]:
         t = schema.commands

@@ -4,8 +4,9 @@ or as a printable PDF.
 Engineer or above: the report is the takeover working group's, not the hotline's, and it lists
 every household below the standard with its code and address across the whole company, where a
 dispatcher's lookup shows one household a call. A report is computed from InfluxDB and the
-alert store (about a second for a few stations; minutes for 500 and a season, bench/report_bench.py);
-the period is ``2026-11``, ``2026-11-15..2027-03-15`` or ``season:2026``. A period's report is kept
+alert store (about a second for a few stations; for 500 stations and a season seconds from the
+1-hour rollup, minutes from raw data: bench/report_bench.py); the period is ``2026-11``,
+``2026-11-15..2027-03-15`` or ``season:2026``. A period's report is kept
 ``CACHE_S`` (5 min) per API process, so its parts, spreadsheet and PDF asked in a row cost one
 computation; ``generated_at`` says when it was made.
 """
@@ -20,6 +21,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import Response
 
+from api.control import Control
 from api.deps import AlertStoreDep, Engineer, ServicesDep
 from api.influx import InfluxReader
 from contract.config import ApiConfig, InfluxSettings
@@ -33,7 +35,7 @@ PeriodQ = Annotated[str, Query(min_length=7, max_length=30,
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
-# a season of a large company without rollups takes InfluxDB minutes (bench/report_bench.py); the
+# a season of a large company without the 1-hour rollup takes InfluxDB minutes (bench/report_bench.py); the
 # hotline's reader gives up after influx.timeout_s (10 s), so reports get their own
 REPORT_TIMEOUT_S = 900.0
 
@@ -51,8 +53,17 @@ class ReportState:
 
 def load(settings: ApiConfig) -> ReportState:
     """At start-up: the report settings the API config names (a config error stops the start)."""
-    return ReportState(source.load_context(settings.report), settings.influx.model_copy(
+    ctx = source.load_context(settings.report)
+    if settings.control is not None:
+        ctx.unknown_grace_s = settings.control.unknown_grace_s
+    return ReportState(ctx, settings.influx.model_copy(
         update={"timeout_s": max(settings.influx.timeout_s, REPORT_TIMEOUT_S)}))
+
+
+def announced(control: Control | None) -> dict[str, set[str]] | None:
+    """The valve buildings each station's gateway announces writable, from the gateway statuses
+    this process's remote control holds (None without ``control:``: the configs answer)."""
+    return source.announced_valves(control.gateways.values()) if control is not None else None
 
 
 async def _report(_p: Engineer, s: ServicesDep, store: AlertStoreDep, period: PeriodQ) -> Report:
@@ -70,7 +81,8 @@ async def _report(_p: Engineer, s: ServicesDep, store: AlertStoreDep, period: Pe
             return hit[1]
         influx = InfluxReader(state.influx)  # its own session: a report is rare and long
         try:
-            rep = await source.report(influx.query_many, store, state.ctx, period, int(time.time() * 1000))
+            rep = await source.report(influx.query_many, store, state.ctx, period, int(time.time() * 1000),
+                                      announced(s.control), database=influx.db)
         finally:
             await influx.close()
         if len(state.cache) > 50:

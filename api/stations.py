@@ -14,7 +14,12 @@ from pydantic import BaseModel, Field
 from api.alerts import AlertPublic
 from api.deps import AlertStoreDep, Dispatcher, InfluxDep, RegistryDep
 from contract.errors import QueryRejected
-from contract.influx import MEASUREMENT_BUILDING, MEASUREMENT_HOUSEHOLD, MEASUREMENT_STATION
+from contract.influx import (
+    MEASUREMENT_BUILDING,
+    MEASUREMENT_HOUSEHOLD,
+    MEASUREMENT_STATION,
+    MEASUREMENT_STATION_STATUS,
+)
 from contract.points import QUALITY_SUFFIX, Kind, Level, check_name
 from contract.topics import Ident
 
@@ -60,7 +65,8 @@ async def station(influx: InfluxDep, store: AlertStoreDep, station: Annotated[Id
     bind: dict[str, str | int | float] = {"station": station}
     last, status, newest = await asyncio.gather(
         influx.query(f'SELECT last(*) FROM "{MEASUREMENT_STATION}" WHERE "station" = $station', bind),
-        influx.query('SELECT last("state") AS state FROM "station_status" WHERE "station" = $station', bind),
+        influx.query(f'SELECT last("state") AS state FROM "{MEASUREMENT_STATION_STATUS}" '
+                     'WHERE "station" = $station', bind),
         influx.query(f'SELECT * FROM "{MEASUREMENT_STATION}" WHERE "station" = $station '
                      "ORDER BY time DESC LIMIT 1", bind))
     if not last:

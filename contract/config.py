@@ -652,8 +652,8 @@ class LifecycleSettings(_Strict):
     """How long InfluxDB keeps what (``heatwatch influx setup``; see contract/influx.py)."""
 
     raw_days: float = Field(default=90, ge=1)  # raw samples: the default retention policy
-    rollup_5m_days: float = Field(default=2 * 365, ge=1)  # 5-minute mean/min/max/last
-    rollup_1h_days: float = Field(default=20 * 365, ge=1)  # 1-hour mean/min/max/last
+    rollup_5m_days: float = Field(default=2 * 365, ge=1)  # 5-minute mean/min/max/last/count
+    rollup_1h_days: float = Field(default=20 * 365, ge=1)  # 1-hour mean/min/max/last/count
     # at collector start: create or adjust retention policies and continuous queries (needs an
     # InfluxDB admin where authentication is on; without one the collector logs and carries on)
     setup_at_start: bool = True

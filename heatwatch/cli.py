@@ -323,14 +323,16 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from simulator.scenario import RelativeEvent, load_scenario
+    from simulator.scenario import RelativeEvent, load_scenario, rooms_settle
     from simulator.server import PortInUse, Simulator
 
     configs = [load_gateway_config(c) for c in args.configs]
     speed: float = 1.0
     events: list[tuple[str, RelativeEvent]] = []
+    settle: float | None = None
     if args.scenario:
         speed, events = load_scenario(args.scenario)
+        settle = rooms_settle(args.scenario)
     if args.speed is not None:
         speed = args.speed
     served = {c.station for c in configs}
@@ -342,7 +344,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         peers = dict(p.split("=", 1) for p in args.serial_peer)
-        sim = Simulator(configs, speed=speed, seed=args.seed, serial_peers=peers, scenario=events)
+        sim = Simulator(configs, speed=speed, seed=args.seed, serial_peers=peers, scenario=events,
+                        room_settle_s=settle)
         await sim.run()
 
     try:
@@ -406,6 +409,8 @@ def _report(args: argparse.Namespace) -> int:
         return 2
     cfg = load_api_config(args.config)
     ctx = source.load_context(cfg.report)
+    if cfg.control is not None:
+        ctx.unknown_grace_s = cfg.control.unknown_grace_s
     try:
         compute.parse_period(args.period, ctx.rules)
     except ValueError as exc:
@@ -417,7 +422,8 @@ def _report(args: argparse.Namespace) -> int:
 
     async def make() -> Report:
         try:
-            return await source.report(reader.query_many, store, ctx, args.period, int(time.time() * 1000))
+            return await source.report(reader.query_many, store, ctx, args.period, int(time.time() * 1000),
+                                       database=reader.db)
         finally:
             await reader.close()
 

@@ -1,8 +1,9 @@
 """The takeover report's figures, pure: hourly aggregates and alert-store rows in, ``Report`` out.
 
-``report.source`` fetches the inputs (InfluxDB aggregates them per hour and per entity, so a
-company of 500 stations and a season arrives as hundreds of thousands of numbers, not the
-hundreds of millions of samples behind them); everything here is plain Python on what it got.
+``report.source`` fetches the inputs (InfluxDB aggregates them per hour and per entity, or reads
+the 1-hour rollup's sums per station and sensor, so a company of 500 stations and a season
+arrives as thousands of numbers plus the hours that need a closer look, not the hundreds of
+millions of samples behind them); everything here is plain Python on what it got.
 
 Definitions (the report's notes repeat them):
 
@@ -41,6 +42,7 @@ from typing import Literal
 from alerting.rows import AlertRow, BuildingRow, HouseholdRow, StationRow, TicketEvent
 from contract.alerts import AlertRules
 from report.model import (
+    VALVE_POINT,
     BuildingCoverage,
     BuildingRooms,
     CommandRow,
@@ -54,6 +56,7 @@ from report.model import (
     PeriodOut,
     RefundBand,
     RemotePart,
+    RemoteProof,
     Report,
     ReportSettings,
     RoomsPart,
@@ -231,7 +234,9 @@ class StationPlan:
 
     station: str
     per_hour: dict[PointKey, float]
-    controllable: set[str]  # buildings with a writable building_valve_setpoint
+    # buildings whose building_valve_setpoint the map makes writable under a control: block (what
+    # the gateway announces in its status)
+    controllable: set[str]
 
 
 @dataclass
@@ -253,17 +258,17 @@ class Inputs:
     station_register: dict[str, StationRow] = field(default_factory=dict)  # name, heated_area_m2
     building_register: dict[tuple[str, str], BuildingRow] = field(default_factory=dict)
     households: list[HouseholdRow] = field(default_factory=list)  # code, station, building, sensor
-    makeup_hours: dict[tuple[str, str], list[tuple[int, float | None, float | None]]] = field(
-        default_factory=dict)  # (station, network) → (hour, last total, mean circulation flow)
+    makeup: dict[tuple[str, str], MakeupTally] = field(default_factory=dict)  # (station, network)
     room_totals: dict[Sensor, RoomTotal] = field(default_factory=dict)
     room_low: dict[Sensor, list[tuple[int, float]]] = field(default_factory=dict)  # hours below max standard
     room_fault_hours: dict[Sensor, list[tuple[int, float]]] = field(default_factory=dict)
     counts: dict[str, dict[PointKey, int]] = field(default_factory=dict)  # received samples
     ref_point: dict[str, str] = field(default_factory=dict)
-    presence: dict[str, dict[int, int]] = field(default_factory=dict)  # station → hour → samples
+    presence: dict[str, Presence] = field(default_factory=dict)  # of each station's reference point
     alerts: list[AlertRow] = field(default_factory=list)
     ticket_events: list[TicketEvent] = field(default_factory=list)  # with the alert's station, rule
-    commands: list[CommandRow] | None = None
+    commands: list[CommandRow] | None = None  # issued in the period (the commands table)
+    announced: dict[str, set[str]] | None = None  # station → valve buildings its gateway announced writable
     notes: list[str] = field(default_factory=list)
 
 
@@ -273,7 +278,7 @@ def standards(rules: AlertRules, sensors: Iterable[Sensor]) -> set[float]:
 
 def all_stations(i: Inputs) -> list[str]:
     names: set[str] = set(i.plans) | set(i.station_register) | set(i.counts) | set(i.presence)
-    names |= {s for s, _ in i.makeup_hours} | {s for s, _, _ in i.room_totals}
+    names |= {s for s, _ in i.makeup} | {s for s, _, _ in i.room_totals}
     names |= {a.station for a in i.alerts if a.station}
     names |= {b[0] for b in i.building_register}
     return sorted(names)
@@ -318,19 +323,34 @@ def _in_maintenance(rules: AlertRules, station: str, hour: int) -> bool:
 HourRow = tuple[int, float | None, float | None]  # hour, last totalizer value, mean circulation flow
 
 
-def network_makeup(rules: AlertRules, station: str, network: str, rows: Sequence[HourRow],
-                   area: float | None) -> NetworkMakeup:
+@dataclass
+class MakeupTally:
+    """A station network's make-up over the period, what ``network_makeup`` judges: from hourly
+    rows (``tally``), or summed by InfluxDB from the 1-hour rollup (report.rollup) for a network
+    whose hours hold no exception (no gap, reset, replacement, missing circulation or maintenance
+    hour), where the sums come to the same."""
+
+    volume: float = 0.0  # every accepted delta
+    judged: float = 0.0  # deltas of hours that span one hour with circulation measured
+    circulation: float = 0.0  # those hours' mean flow × 1 h
+    hours: int = 0  # judged hours
+    events: int = 0  # resets, new meters, steps no pipe could carry: dropped
+    excluded: float = 0.0  # deltas of maintenance hours
+    first: int | None = None  # the first and last hour with a totalizer value
+    last: int | None = None
+
+
+def tally(rules: AlertRules, station: str, network: str, rows: Sequence[HourRow]) -> MakeupTally:
+    """Totalizer deltas between consecutive hourly last values (see the module's docstring)."""
     nr = rules.network_for(station, network)
     max_flow = rules.makeup_for(station).max_plausible_flow
-    volume = judged = circ = excluded = 0.0
-    hours = events = 0
+    out = MakeupTally()
     prev: tuple[int, float] | None = None
-    first = last = None
     for t, total, flow in sorted(rows):
         if total is None:
             continue
-        first = t if first is None else first
-        last = t
+        out.first = t if out.first is None else out.first
+        out.last = t
         if prev is None:
             prev = (t, total)
             continue
@@ -341,31 +361,39 @@ def network_makeup(rules: AlertRules, station: str, network: str, rows: Sequence
             if nr.rollover is not None and 0.5 * nr.rollover < pv <= nr.rollover and total < nr.rollover:
                 d += nr.rollover
             else:
-                events += 1  # reset or a new meter: not water
+                out.events += 1  # reset or a new meter: not water
                 continue
         if d > max_flow * (t - pt) / HOUR_MS:
-            events += 1  # a step no pipe could carry: replacement or misread
+            out.events += 1  # a step no pipe could carry: replacement or misread
             continue
-        volume += d
+        out.volume += d
         if t - pt != HOUR_MS or flow is None:
             continue  # spans a gap, or no circulation measured: counted, not judged
         if _in_maintenance(rules, station, t):
-            excluded += d
+            out.excluded += d
             continue
-        judged += d
-        circ += flow  # mean m³/h over the hour × 1 h
-        hours += 1
-    days = ((last - first) / DAY_MS + 1 / 24) if first is not None and last is not None else 0.0
-    rate = 100.0 * judged / circ if circ > 0 else None
-    daily = (volume / days / area * 10_000) if (area and days > 0 and first is not None) else None
+        out.judged += d
+        out.circulation += flow  # mean m³/h over the hour × 1 h
+        out.hours += 1
+    return out
+
+
+def network_makeup(rules: AlertRules, station: str, network: str, got: MakeupTally | Sequence[HourRow],
+                   area: float | None) -> NetworkMakeup:
+    t = got if isinstance(got, MakeupTally) else tally(rules, station, network, got)
+    nr = rules.network_for(station, network)
+    seen = t.first is not None and t.last is not None
+    days = ((t.last - t.first) / DAY_MS + 1 / 24) if t.first is not None and t.last is not None else 0.0
+    rate = 100.0 * t.judged / t.circulation if t.circulation > 0 else None
+    daily = (t.volume / days / area * 10_000) if (area and days > 0 and seen) else None
     return NetworkMakeup(
-        network=network, makeup_m3=round(volume, 3) if first is not None else None,
-        judged_makeup_m3=round(judged, 3), circulation_m3=round(circ, 1), judged_hours=hours,
+        network=network, makeup_m3=round(t.volume, 3) if seen else None,
+        judged_makeup_m3=round(t.judged, 3), circulation_m3=round(t.circulation, 1), judged_hours=t.hours,
         rate_pct=round(rate, 4) if rate is not None else None, limit_pct=nr.rate_limit_pct,
         passed=None if rate is None else rate <= nr.rate_limit_pct,
         margin_pp=round(rate - nr.rate_limit_pct, 4) if rate is not None else None,
         days=round(days, 3), daily_t_per_10k_m2=round(daily, 4) if daily is not None else None,
-        meter_events=events, excluded_m3=round(excluded, 3))
+        meter_events=t.events, excluded_m3=round(t.excluded, 3))
 
 
 def _incident(a: AlertRow) -> Incident:
@@ -395,7 +423,7 @@ def makeup_part(i: Inputs, stations: Sequence[str]) -> MakeupPart:
     passing = failing = no_data = 0
     for s in stations:
         area = station_area(i, s)
-        nm = [network_makeup(i.rules, s, n, i.makeup_hours.get((s, n), []), area) for n in nets]
+        nm = [network_makeup(i.rules, s, n, i.makeup.get((s, n), MakeupTally()), area) for n in nets]
         judged = [x for x in nm if x.passed is not None]
         if not judged:
             no_data += 1
@@ -553,6 +581,24 @@ def dominant(counts: Iterable[int]) -> int | None:
     return max(c.items(), key=lambda kv: (kv[1], kv[0]))[0]
 
 
+@dataclass
+class Presence:
+    """A station's reference point over [start, end): hours with a sample, the runs of hours
+    without one, and its own rate (``dominant`` of its hourly counts)."""
+
+    online: int
+    gaps: list[Gap]
+    rate: int | None
+
+
+def presence(hourly: Iterable[tuple[int, int]], start: int, end: int) -> Presence:
+    """From (hour, samples) pairs: what InfluxDB counted per hour of the reference point."""
+    rows = [(h, n) for h, n in hourly if n > 0]
+    present = [h for h, _ in rows]
+    return Presence(online=sum(1 for h in present if start <= h < end), gaps=gaps(present, start, end),
+                    rate=dominant(n for _, n in rows))
+
+
 def information_part(i: Inputs, stations: Sequence[str]) -> InformationPart:
     start, end = i.period.start, i.data_end
     period_h = max(0, (hour_ceil(end) - hour_floor(start)) // HOUR_MS)
@@ -572,16 +618,12 @@ def information_part(i: Inputs, stations: Sequence[str]) -> InformationPart:
                 e = int(per_hour * period_h)
                 expected += e
                 received += min(e, counts.get(key, 0))
-        elif s in i.ref_point:
-            ref = i.ref_point[s]
-            rate = dominant(i.presence.get(s, {}).values())
-            if rate is not None:
-                source = "data"
-                expected = rate * period_h
-                received = min(expected, counts.get((ref, None, None), 0))
-        present = [h for h, n in i.presence.get(s, {}).items() if n > 0]
-        online = sum(1 for h in present if start <= h < end)
-        gs = gaps(present, start, end)
+        pres = i.presence.get(s) or presence([], start, end)
+        if plan is None and s in i.ref_point and pres.rate is not None:
+            source = "data"
+            expected = pres.rate * period_h
+            received = min(expected, counts.get((i.ref_point[s], None, None), 0))
+        online, gs = pres.online, pres.gaps
         seen: dict[str, set[str]] = defaultdict(set)
         for (p, bld, hh), n in counts.items():
             if p == "room_temp" and bld and hh and n > 0:
@@ -648,29 +690,48 @@ def service_part(i: Inputs, stations: Sequence[str]) -> ServicePart:
                        tickets=tickets, stations=out)
 
 
-# -- remote control (the seam to the commands table) -----------------------------------------
+# -- remote control ------------------------------------------------------------------------
+def controllable_valves(plans: Mapping[str, StationPlan], announced: Mapping[str, set[str]] | None
+                        ) -> dict[str, tuple[set[str], Literal["announced", "config"]]]:
+    """Each station's buildings whose entrance valve setpoint is remotely writable: what its
+    gateway announced (``announced``: the writable points of the gateway statuses the API holds),
+    else what its gateway config gives (a ``write:`` block under a gateway with ``control:``)."""
+    out: dict[str, tuple[set[str], Literal["announced", "config"]]] = {
+        s: (set(p.controllable), "config") for s, p in plans.items()}
+    for s, bs in (announced or {}).items():
+        out[s] = (set(bs), "announced")
+    return out
+
+
 def remote_part(controllable: Mapping[str, set[str]], commands: Sequence[CommandRow] | None,
-                start: int, end: int, stations: Sequence[str]) -> RemotePart:
+                start: int, end: int, stations: Sequence[str],
+                sources: Mapping[str, Literal["announced", "config"]] | None = None) -> RemotePart:
     """Buildings whose entrance valve is remotely writable, those proven in [start, end) by a
-    confirmed command to their valve, and the period's commands by outcome. ``commands`` None:
-    the commands table is not wired yet (the section says so rather than claim zero)."""
-    rows = [c for c in commands or () if start <= c.issued_at < end]
-    proven: dict[str, set[str]] = defaultdict(set)
+    confirmed command to their valve (written and read back equal: ``mismatch`` proves nothing),
+    and the commands issued in the period by outcome. ``commands`` None: the commands were not
+    read (the section says so rather than claim zero)."""
+    rows = sorted((c for c in commands or () if start <= c.issued_at < end),
+                  key=lambda c: (c.finished_at or c.issued_at, c.id))
+    proofs: dict[tuple[str, str], RemoteProof] = {}
     by_station: dict[str, Counter[str]] = defaultdict(Counter)
     for c in rows:
         by_station[c.station][c.outcome] += 1
-        valve = c.building is not None and c.point.startswith("building_valve")
-        if c.outcome == "confirmed" and valve and c.building in controllable.get(c.station, set()):
-            proven[c.station].add(str(c.building))
+        if (c.outcome == "confirmed" and c.point == VALVE_POINT and c.building is not None
+                and c.household is None and c.building in controllable.get(c.station, set())):
+            proofs.setdefault((c.station, c.building), RemoteProof(
+                station=c.station, building=c.building, command=c.id, at=c.finished_at or c.issued_at,
+                ticket=c.ticket))
     names = sorted(set(stations) | set(controllable) | set(by_station))
-    out = [StationRemote(station=s, controllable=sorted(controllable.get(s, set())), proven=sorted(proven[s]),
+    src = sources or {}
+    out = [StationRemote(station=s, controllable=sorted(controllable.get(s, set())), source=src.get(s),
+                         proven=sorted(b for st, b in proofs if st == s),
                          commands=dict(sorted(by_station[s].items()))) for s in names]
     total: Counter[str] = Counter()
     for per in by_station.values():
         total.update(per)
     return RemotePart(wired=commands is not None, controllable=sum(len(v) for v in controllable.values()),
-                      proven=sum(len(v) for v in proven.values()), commands=dict(sorted(total.items())),
-                      stations=out)
+                      proven=len(proofs), commands=dict(sorted(total.items())), stations=out,
+                      proofs=sorted(proofs.values(), key=lambda p: (p.station, p.building)))
 
 
 # -- the whole ------------------------------------------------------------------------------
@@ -688,16 +749,21 @@ def _missing(i: Inputs, stations: Sequence[str], mk: MakeupPart) -> list[str]:
     if no_data:
         out.append(f"make-up rate: no make-up totalizer or circulation data from {', '.join(no_data[:30])}")
     no_plan = [s for s in stations if s not in i.plans]
+    announced = i.announced or {}
     if no_plan and i.plans:
         out.append(f"gateway config for {len(no_plan)} station(s) ({', '.join(no_plan[:30])}): their "
-                   "expected rate is the data's own, and their remotely controllable valves are unknown")
+                   "expected rate is the data's own")
     if not i.plans:
-        out.append("gateway configs: none given, so expected sample rates come from the data and "
-                   "remotely controllable valves are unknown")
+        out.append("gateway configs: none given, so expected sample rates come from the data")
+    unknown = [s for s in stations if s not in i.plans and s not in announced]
+    if unknown:
+        out.append(f"remotely controllable valves of {len(unknown)} station(s) ({', '.join(unknown[:30])}"
+                   f"{' …' if len(unknown) > 30 else ''}): neither a gateway status with its writable points "
+                   "(the API's control: block) nor a gateway config in the report settings")
     if not i.settings.refund_bands:
         out.append("refund bands: the company has configured none")
     if i.commands is None:
-        out.append("remote control: commands (confirmed, failed, …) are not wired into the report yet")
+        out.append("remote control: the commands table was not read")
     if not i.building_register:
         out.append("asset register: empty; names, addresses, household codes and sensor coverage are missing")
     return out
@@ -715,10 +781,12 @@ def build(i: Inputs) -> Report:
         cold_days=[dt.datetime.fromtimestamp((d + i.period.tz_h * HOUR_MS) / 1000, dt.UTC).date().isoformat()
                    for d in cold],
         design_outdoor_temp=i.rules.design_outdoor_temp)
-    controllable = {s: p.controllable for s, p in i.plans.items() if p.controllable}
+    valves = controllable_valves(i.plans, i.announced)
+    controllable = {s: bs for s, (bs, _) in valves.items() if bs}
     return Report(
         company=i.settings.company, period=period, generated_at=i.generated_at, stations=stations, makeup=mk,
         rooms=rooms_part(i, stations), information=information_part(i, stations),
         service=service_part(i, stations),
-        remote_control=remote_part(controllable, i.commands, i.period.start, i.period.end, stations),
+        remote_control=remote_part(controllable, i.commands, i.period.start, i.period.end, stations,
+                                   {s: src for s, (_, src) in valves.items()}),
         missing=_missing(i, stations, mk), notes=list(i.notes))

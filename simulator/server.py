@@ -224,9 +224,11 @@ class Simulator:
     def __init__(self, configs: Sequence[GatewayConfig], *, speed: float = 1.0,
                  start: float | None = None, seed: int = 0, tick_s: float = 1.0,
                  serial_peers: dict[str, str] | None = None,
-                 scenario: Sequence[tuple[str, RelativeEvent]] = ()) -> None:
+                 scenario: Sequence[tuple[str, RelativeEvent]] = (),
+                 room_settle_s: float | None = None) -> None:
         """``scenario``: events timed from the start, in place before the first step (one that
-        began before the start is already in the models' settled state)."""
+        began before the start is already in the models' settled state); ``room_settle_s``: how
+        fast rooms follow their target (None: the model's own)."""
         self.configs = list(configs)
         # a gateway's serial port → the port the simulator answers on (the other end of the
         # cable or null modem); a port not listed is opened by its own name
@@ -243,6 +245,8 @@ class Simulator:
                 keys[cfg.station].extend(p.key for p in dev.points)
         for station, ks in keys.items():
             self.models[station] = StationModel(station, ks, seed=seed)
+            if room_settle_s is not None:
+                self.models[station].room_settle_s = room_settle_s
         for station, ev in scenario:
             if station not in self.models:
                 raise ValueError(f"the scenario has an event for station {station!r}, which none of "

@@ -104,7 +104,8 @@ def test_backup_and_restore_bring_everything_back(kind: str, influx_rpc: tuple[I
     assert q(influxd, 'SELECT count(mean_supply_temp) FROM "rollup_5m"."station"', database)[0][1] == 24
     r = httpx.post(f"{influxd.url}/query", data={"q": "SHOW CONTINUOUS QUERIES"}).json()
     cqs = [v[0] for s_ in r["results"][0]["series"] if s_["name"] == database for v in s_.get("values") or []]
-    assert len(cqs) == 2 and all(c.startswith("heatwatch_rollup_") for c in cqs)  # set up again
+    # set up again: the 5-minute rollup's CQ, the 1-hour one's and its plausible room means
+    assert len(cqs) == 3 and all(c.startswith("heatwatch_rollup_") for c in cqs)
     rps = {v[0]: v[1] for v in q(influxd, f'SHOW RETENTION POLICIES ON "{database}"', database)}
     assert rps["autogen"] == "2160h0m0s" and "rollup_1h" in rps
 

@@ -155,29 +155,46 @@ def test_service_durations_and_tickets() -> None:
     assert compute.durations([]).median_min is None
 
 
-def test_remote_control_seam_on_constructed_command_rows() -> None:
+def test_remote_control_on_constructed_command_rows() -> None:
     p = compute.parse_period("2026-12", RULES)
     inside = p.start + DAY_MS
 
     def cmd(i: int, station: str, building: str | None, outcome: str, at: int = inside,
-            point: str = "building_valve_setpoint") -> CommandRow:
-        return CommandRow(id=f"c{i}", station=station, building=building, point=point, outcome=outcome,
-                          issued_at=at)
+            point: str = "building_valve_setpoint", household: str | None = None) -> CommandRow:
+        return CommandRow(id=f"c{i}", station=station, building=building, household=household, point=point,
+                          outcome=outcome, issued_at=at, finished_at=at + 1000 * i, ticket=f"T-{i}")
 
     rows = [cmd(1, "st001", "b01", "confirmed"), cmd(2, "st001", "b02", "failed"),
             cmd(3, "st001", "b03", "confirmed", at=p.start - 1),  # before the period
-            cmd(4, "st002", "b01", "confirmed"),  # a valve the config does not make writable
+            cmd(4, "st002", "b01", "confirmed"),  # a valve not announced writable
             cmd(5, "st001", None, "confirmed", point="secondary_supply_temp_setpoint"),
-            cmd(6, "st001", "b01", "expired")]
+            cmd(6, "st001", "b01", "expired"),
+            cmd(7, "st001", "b02", "mismatch"),  # written, read back otherwise: proves nothing
+            cmd(8, "st001", "b03", "confirmed", household="b03-0101", point="x_room_valve"),
+            cmd(9, "st001", "b01", "confirmed", at=inside - 500),  # issued first, answered after c1
+            cmd(10, "st001", "b03", "confirmed", at=p.end)]  # after the period
     controllable = {"st001": {"b01", "b02", "b03"}}
-    part = compute.remote_part(controllable, rows, p.start, p.end, ["st001", "st002"])
+    part = compute.remote_part(controllable, rows, p.start, p.end, ["st001", "st002"],
+                               {"st001": "announced"})
     assert part.wired and part.controllable == 3 and part.proven == 1
-    assert part.commands == {"confirmed": 3, "expired": 1, "failed": 1}
+    assert part.commands == {"confirmed": 5, "expired": 1, "failed": 1, "mismatch": 1}
     st1 = part.stations[0]
-    assert st1.proven == ["b01"] and st1.controllable == ["b01", "b02", "b03"]
+    assert st1.proven == ["b01"] and st1.controllable == ["b01", "b02", "b03"] and st1.source == "announced"
+    # the first answered, not the first issued
+    assert [(x.building, x.command, x.ticket) for x in part.proofs] == [("b01", "c1", "T-1")]
     assert part.stations[1].proven == [] and part.stations[1].commands == {"confirmed": 1}
+    assert part.stations[1].source is None
     unwired = compute.remote_part(controllable, None, p.start, p.end, ["st001"])
     assert not unwired.wired and unwired.commands == {} and unwired.controllable == 3
+
+
+def test_controllable_valves_announced_before_config() -> None:
+    plans = {"st001": compute.StationPlan("st001", {}, {"b01", "b02"}),
+             "st002": compute.StationPlan("st002", {}, {"b01"})}
+    got = compute.controllable_valves(plans, {"st002": set(), "st003": {"b07"}})
+    assert got == {"st001": ({"b01", "b02"}, "config"), "st002": (set(), "announced"),
+                   "st003": ({"b07"}, "announced")}
+    assert compute.controllable_valves(plans, None)["st002"] == ({"b01"}, "config")
 
 
 HEADER = "station,station_name,building,address,household,unit,room,sensor,building_area_m2,station_area_m2\n"
