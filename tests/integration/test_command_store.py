@@ -5,6 +5,8 @@ that expire what can no longer go."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import sqlalchemy as sa
 
@@ -118,3 +120,18 @@ def test_a_command_id_taken_is_a_conflict_and_nothing_of_it_is_written(cs: Comma
     assert dup.value.reason == "duplicate"
     got = cs.get("c1")
     assert got.value == 70.0 and [e.kind for e in got.events] == ["requested"]
+
+
+def test_issued_reads_the_commands_created_in_a_period_oldest_first(cs: CommandStore) -> None:
+    """The takeover report's read: created in [start, end), by creation then id, typed rows with
+    the result (a broker-origin result counts from when it arrived)."""
+    for cid, at in (("c-late", T + 2_000), ("c-b", T + 1_000), ("c-a", T + 1_000), ("c-before", T - 1),
+                    ("c-end", T + 10_000)):
+        cs.create(dataclasses.replace(new(cid), created_at=at, deadline=at + 300_000))
+    cs.record_results([result("c-a")], T + 1_500)
+    cs.record_results([result("foreign", ts=T + 3_000)], T + 3_100)
+    rows = cs.issued(T, T + 10_000)
+    assert [r.id for r in rows] == ["c-a", "c-b", "c-late", "foreign"]
+    assert (rows[0].state, rows[0].result_at, rows[1].state) == ("confirmed", T + 1000, "requested")
+    assert (rows[3].origin, rows[3].created_at) == ("broker", T + 3_000)
+    assert cs.issued(T + 10_000, T + 10_001)[0].id == "c-end" and cs.issued(T + 3_001, T + 9_999) == []

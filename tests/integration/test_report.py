@@ -185,7 +185,7 @@ def _commands(store: Store) -> Commands:
     refused by the gateway and one sent with no answer ever; a station-wide setpoint confirmed by
     a second engineer and written, another never confirmed; st003's gateway answering a command
     this API never issued (origin broker); b03's confirmed in November (not this period)."""
-    cs = CommandStore(store.engine)
+    cs = CommandStore(store.db.engine)
     t = P0 + 2 * D * 1000
 
     def new(cid: str, at: int, building: str | None, point: str = "building_valve_setpoint",
@@ -528,13 +528,13 @@ def test_remote_control_from_the_commands_table(season: Season, rep: Report) -> 
     assert by["st001"].proven == ["b01"]
     assert by["st003"].controllable == [] and by["st003"].source is None and by["st003"].proven == []
     want: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    cs = CommandStore(season.store.engine)
-    rows = [r for r in cs.query(limit=100).rows if P0 <= r["created_at"] < P1]
-    assert {r["id"] for r in rows} == set(season.commands.outcomes)  # November's is left out
+    cs = CommandStore(season.store.db.engine)
+    rows = [r for r in cs.query(limit=100).rows if P0 <= r.created_at < P1]
+    assert {r.id for r in rows} == set(season.commands.outcomes)  # November's is left out
     for r in rows:
-        shown = "unknown" if r["state"] == "sent" and r["deadline"] < NOW else r["state"]
-        assert shown == season.commands.outcomes[r["id"]], r["id"]
-        want[r["station"]][shown] += 1
+        shown = "unknown" if r.state == "sent" and r.deadline < NOW else r.state
+        assert shown == season.commands.outcomes[r.id], r.id
+        want[r.station][shown] += 1
     for st, outcomes in want.items():
         assert by[st].commands == dict(sorted(outcomes.items())), st
     assert rc.commands == {"confirmed": 4, "expired": 1, "failed": 1, "mismatch": 1, "rejected": 1,
@@ -542,7 +542,7 @@ def test_remote_control_from_the_commands_table(season: Season, rep: Report) -> 
     [proof] = rc.proofs
     assert (proof.station, proof.building, proof.command, proof.ticket) == (
         "st001", "b01", season.commands.proof, "HL-c-b01")
-    assert proof.at == cs.get(season.commands.proof)["result_at"]
+    assert proof.at == cs.get(season.commands.proof).result_at
 
 
 def test_what_is_missing(season: Season, rep: Report) -> None:
