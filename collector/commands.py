@@ -15,12 +15,12 @@ import asyncio
 import time
 from collections.abc import Callable
 
-import sqlalchemy.exc
 import structlog
 from sqlalchemy.engine import Engine
 
 from alerting.commands import CommandStore
 from contract.commands import CommandResult
+from contract.errors import DatabaseUnavailable, InvalidInput
 
 log = structlog.get_logger("heatwatch.collector.commands")
 RETRY_MAX_S = 30.0
@@ -44,7 +44,8 @@ class ResultStage:
                 async with self._one_at_a_time:
                     await asyncio.to_thread(self.store.record_results, results, int(self.clock() * 1000))
                 break
-            except sqlalchemy.exc.IntegrityError as exc:  # another writer inserted it first: now it exists
+            except InvalidInput as exc:  # the store refused a row: another writer inserted it first (a
+                # Conflict), then it exists now; anything else will not pass a retry either
                 conflicts += 1
                 if conflicts < 3:
                     continue
@@ -52,7 +53,7 @@ class ResultStage:
                 log.error("command results could not be recorded; their lines are in InfluxDB",
                           error=str(exc)[:300], commands=[r.id for r in results])
                 return
-            except sqlalchemy.exc.OperationalError as exc:
+            except DatabaseUnavailable as exc:
                 self.retries += 1
                 if self.retries == 1 or delay >= RETRY_MAX_S:
                     log.warning("command store unavailable; holding the results", error=str(exc)[:300])

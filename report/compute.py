@@ -37,8 +37,9 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
+from alerting.rows import AlertRow, BuildingRow, HouseholdRow, StationRow, TicketEvent
 from contract.alerts import AlertRules
 from report.model import (
     VALVE_POINT,
@@ -206,17 +207,17 @@ def merge(ranges: Iterable[Range]) -> list[Range]:
     return out
 
 
-def fault_windows(alerts: Iterable[Mapping[str, Any]], analysis: Sequence[Range],
+def fault_windows(alerts: Iterable[AlertRow], analysis: Sequence[Range],
                   data_end: int) -> dict[Sensor, list[Range]]:
     """Each sensor's ``sensor_fault`` episodes as whole hours inside the analysed ranges (an
     hour any part of which the sensor was faulty is left out)."""
     raw: dict[Sensor, list[Range]] = defaultdict(list)
     for a in alerts:
-        if a["rule"] != "sensor_fault" or not (a["station"] and a["building"] and a["household"]):
+        if a.rule != "sensor_fault" or not (a.station and a.building and a.household):
             continue
-        end = a["resolved_at"] if a["resolved_at"] is not None else data_end
-        raw[(a["station"], a["building"], a["household"])].append(
-            (hour_floor(a["since"]), hour_ceil(max(end, a["since"] + 1))))
+        end = a.resolved_at if a.resolved_at is not None else data_end
+        raw[(a.station, a.building, a.household)].append(
+            (hour_floor(a.since), hour_ceil(max(end, a.since + 1))))
     out: dict[Sensor, list[Range]] = {}
     for k, ws in raw.items():
         cut = [(max(s, rs), min(e, re_)) for s, e in merge(ws) for rs, re_ in analysis
@@ -254,9 +255,9 @@ class Inputs:
     daily_outdoor: dict[int, float]  # local day → company outdoor mean
     analysis: list[Range]  # season minus cold days, whole hours
     plans: dict[str, StationPlan] = field(default_factory=dict)
-    station_register: dict[str, dict[str, Any]] = field(default_factory=dict)  # name, heated_area_m2
-    building_register: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    households: list[dict[str, Any]] = field(default_factory=list)  # code, station, building, sensor
+    station_register: dict[str, StationRow] = field(default_factory=dict)  # name, heated_area_m2
+    building_register: dict[tuple[str, str], BuildingRow] = field(default_factory=dict)
+    households: list[HouseholdRow] = field(default_factory=list)  # code, station, building, sensor
     makeup: dict[tuple[str, str], MakeupTally] = field(default_factory=dict)  # (station, network)
     room_totals: dict[Sensor, RoomTotal] = field(default_factory=dict)
     room_low: dict[Sensor, list[tuple[int, float]]] = field(default_factory=dict)  # hours below max standard
@@ -264,8 +265,8 @@ class Inputs:
     counts: dict[str, dict[PointKey, int]] = field(default_factory=dict)  # received samples
     ref_point: dict[str, str] = field(default_factory=dict)
     presence: dict[str, Presence] = field(default_factory=dict)  # of each station's reference point
-    alerts: list[dict[str, Any]] = field(default_factory=list)
-    ticket_events: list[dict[str, Any]] = field(default_factory=list)  # with the alert's station, rule
+    alerts: list[AlertRow] = field(default_factory=list)
+    ticket_events: list[TicketEvent] = field(default_factory=list)  # with the alert's station, rule
     commands: list[CommandRow] | None = None  # issued in the period (the commands table)
     announced: dict[str, set[str]] | None = None  # station → valve buildings its gateway announced writable
     notes: list[str] = field(default_factory=list)
@@ -278,9 +279,19 @@ def standards(rules: AlertRules, sensors: Iterable[Sensor]) -> set[float]:
 def all_stations(i: Inputs) -> list[str]:
     names: set[str] = set(i.plans) | set(i.station_register) | set(i.counts) | set(i.presence)
     names |= {s for s, _ in i.makeup} | {s for s, _, _ in i.room_totals}
-    names |= {a["station"] for a in i.alerts if a.get("station")}
+    names |= {a.station for a in i.alerts if a.station}
     names |= {b[0] for b in i.building_register}
     return sorted(names)
+
+
+def _name(i: Inputs, station: str) -> str:
+    st = i.station_register.get(station)
+    return st.name if st is not None else ""
+
+
+def _address(i: Inputs, station: str, building: str) -> str | None:
+    b = i.building_register.get((station, building))
+    return b.address if b is not None else None
 
 
 def _pct(num: float, den: float) -> float | None:
@@ -291,10 +302,10 @@ def _pct(num: float, den: float) -> float | None:
 def station_area(i: Inputs, station: str) -> float | None:
     """The station's heated area: as registered, else the sum of its buildings' when every
     registered building has one."""
-    st = i.station_register.get(station, {})
-    if st.get("heated_area_m2"):
-        return float(st["heated_area_m2"])
-    areas = [b.get("heated_area_m2") for (s, _), b in i.building_register.items() if s == station]
+    st = i.station_register.get(station)
+    if st is not None and st.heated_area_m2:
+        return float(st.heated_area_m2)
+    areas = [b.heated_area_m2 for (s, _), b in i.building_register.items() if s == station]
     if areas and all(areas):
         return float(sum(float(a) for a in areas if a))
     return None
@@ -385,27 +396,27 @@ def network_makeup(rules: AlertRules, station: str, network: str, got: MakeupTal
         meter_events=t.events, excluded_m3=round(t.excluded, 3))
 
 
-def _incident(a: Mapping[str, Any]) -> Incident:
-    ctx = a.get("context") or {}
+def _incident(a: AlertRow) -> Incident:
+    ctx = a.context or {}
     pattern = str(ctx.get("pattern") or ctx.get("why") or "")
     # only the daily verdict tells a flat day (leak) from an evening peak (theft); an hour above
     # the limit says no more than that
     kind = {"makeup_burst": "burst", "makeup_pump": "pump", "makeup_rate": "above the limit"}.get(
-        a["rule"]) or ("theft?" if "theft" in pattern else "leak?")
+        a.rule) or ("theft?" if "theft" in pattern else "leak?")
     detail = pattern or (f"{ctx['rate_pct']} % against {ctx['limit_pct']} %" if "rate_pct" in ctx else "")
-    return Incident(alert_id=a["id"], station=a["station"], rule=a["rule"], network=a["subject"],
-                    severity=a["severity"], since=a["since"], resolved_at=a["resolved_at"], value=a["value"],
-                    kind=kind, detail=detail, ticket=a.get("ack_ticket"))
+    return Incident(alert_id=a.id, station=a.station, rule=a.rule, network=a.subject,
+                    severity=a.severity, since=a.since, resolved_at=a.resolved_at, value=a.value,
+                    kind=kind, detail=detail, ticket=a.ack_ticket)
 
 
-def overlaps(a: Mapping[str, Any], start: int, end: int) -> bool:
-    return bool(a["since"] < end and (a["resolved_at"] is None or a["resolved_at"] >= start))
+def overlaps(a: AlertRow, start: int, end: int) -> bool:
+    return bool(a.since < end and (a.resolved_at is None or a.resolved_at >= start))
 
 
 def makeup_part(i: Inputs, stations: Sequence[str]) -> MakeupPart:
     nets = list(i.rules.makeup.networks)
-    incidents = [_incident(a) for a in sorted(i.alerts, key=lambda a: (a["since"], a["id"]))
-                 if a["rule"] in MAKEUP_RULES and overlaps(a, i.period.start, i.period.end)]
+    incidents = [_incident(a) for a in sorted(i.alerts, key=lambda a: (a.since, a.id))
+                 if a.rule in MAKEUP_RULES and overlaps(a, i.period.start, i.period.end)]
     per_station = Counter(x.station for x in incidents)
     out: list[StationMakeup] = []
     sums: dict[str, list[float]] = {n: [0.0, 0.0, 0.0, 0.0, 0.0] for n in nets}  # judged, circ, vol/day, area
@@ -428,7 +439,7 @@ def makeup_part(i: Inputs, stations: Sequence[str]) -> MakeupPart:
             if x.daily_t_per_10k_m2 is not None and area and x.makeup_m3 is not None and x.days > 0:
                 acc[2] += x.makeup_m3 / x.days
                 acc[3] += area
-        out.append(StationMakeup(station=s, name=str(i.station_register.get(s, {}).get("name") or ""),
+        out.append(StationMakeup(station=s, name=_name(i, s),
                                  area_m2=area, networks=nm, incidents=per_station.get(s, 0)))
     company: list[NetworkMakeup] = []
     for n in nets:
@@ -516,26 +527,26 @@ def rooms_part(i: Inputs, stations: Sequence[str]) -> RoomsPart:
             x = by_b[b]
             h, p = sum(r.hours for r in x), sum(r.passing for r in x)
             blds.append(BuildingRooms(
-                building=b, address=i.building_register.get((s, b), {}).get("address"),
+                building=b, address=_address(i, s, b),
                 standard_c=x[0].standard, sensors=len(x), hours=h, passing=p, rate_pct=_pct(p, h),
                 households_low=sum(1 for r in x if r.low)))
         h, p = sum(r.hours for r in rs), sum(r.passing for r in rs)
         counts = Counter(r.band.name for r in rs if r.band is not None)
-        out.append(StationRooms(station=s, name=str(i.station_register.get(s, {}).get("name") or ""),
+        out.append(StationRooms(station=s, name=_name(i, s),
                                 hours=h, passing=p, rate_pct=_pct(p, h),
                                 fault_hours=sum(r.fault_hours for r in rs), buildings=blds,
                                 bands={n: counts.get(n, 0) for n in band_names}))
-    codes = {(h["station"], h["building"], h["sensor"]): h for h in i.households if h.get("sensor")}
+    codes = {(h.station, h.building, h.sensor): h for h in i.households if h.sensor}
     low = sorted((r for r in rooms if r.low), key=lambda r: (-len(r.low), -len(r.longest), r.sensor))
     longest = []
     for r in low[: i.settings.longest_n]:
         reg = codes.get(r.sensor)
-        addr = i.building_register.get(r.sensor[:2], {}).get("address")
+        addr = _address(i, r.sensor[0], r.sensor[1])
         if reg is not None and addr:
-            addr = f"{addr} {reg.get('unit') or ''}-{reg.get('room') or ''}".rstrip("-").strip()
+            addr = f"{addr} {reg.unit or ''}-{reg.room or ''}".rstrip("-").strip()
         longest.append(LowHousehold(
             station=r.sensor[0], building=r.sensor[1], sensor=r.sensor[2],
-            code=reg["code"] if reg is not None else None, address=addr, standard_c=r.standard,
+            code=reg.code if reg is not None else None, address=addr, standard_c=r.standard,
             hours_below=len(r.low), longest_h=len(r.longest),
             longest_from=r.longest[0][0] if r.longest else None,
             coldest_c=round(min(v for _, v in r.low), 2) if r.low else None,
@@ -591,9 +602,9 @@ def presence(hourly: Iterable[tuple[int, int]], start: int, end: int) -> Presenc
 def information_part(i: Inputs, stations: Sequence[str]) -> InformationPart:
     start, end = i.period.start, i.data_end
     period_h = max(0, (hour_ceil(end) - hour_floor(start)) // HOUR_MS)
-    per_b: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    per_b: dict[tuple[str, str], list[HouseholdRow]] = defaultdict(list)
     for h in i.households:
-        per_b[(h["station"], h["building"])].append(h)
+        per_b[(h.station, h.building)].append(h)
     out: list[StationInfo] = []
     tot_exp = tot_recv = tot_online = tot_hours = 0
     for s in stations:
@@ -622,14 +633,14 @@ def information_part(i: Inputs, stations: Sequence[str]) -> InformationPart:
             reg = per_b.get((s, b), [])
             reporting = len(seen.get(b, set()))
             blds.append(BuildingCoverage(
-                building=b, households=len(reg), sensors_registered=sum(1 for x in reg if x.get("sensor")),
+                building=b, households=len(reg), sensors_registered=sum(1 for x in reg if x.sensor),
                 sensors_reporting=reporting, coverage_pct=_pct(reporting, len(reg)) if reg else None))
         tot_exp += expected
         tot_recv += received
         tot_online += online
         tot_hours += period_h
         out.append(StationInfo(
-            station=s, name=str(i.station_register.get(s, {}).get("name") or ""), source=source,
+            station=s, name=_name(i, s), source=source,
             expected=expected, received=received, completeness_pct=_pct(received, expected),
             period_hours=period_h, online_hours=online, online_pct=_pct(online, period_h), gaps=len(gs),
             gap_hours=sum(g.hours for g in gs), longest_gap_h=max((g.hours for g in gs), default=0),
@@ -650,34 +661,33 @@ def durations(minutes: Sequence[float]) -> Durations:
 
 def service_part(i: Inputs, stations: Sequence[str]) -> ServicePart:
     start, end = i.period.start, i.period.end
-    raised = [a for a in i.alerts if start <= a["since"] < end]
-    tickets = sorted((TicketAck(alert_id=e["alert_id"], station=e.get("station"), rule=e["rule"], ts=e["ts"],
-                                kind=e["kind"], actor=e.get("actor"), ticket=e["ticket"], note=e.get("note"))
-                      for e in i.ticket_events if e.get("ticket") and start <= e["ts"] < end),
+    raised = [a for a in i.alerts if start <= a.since < end]
+    tickets = sorted((TicketAck(alert_id=e.alert_id, station=e.station, rule=e.rule, ts=e.ts, kind=e.kind,
+                                actor=e.actor, ticket=e.ticket, note=e.note)
+                      for e in i.ticket_events if e.ticket and start <= e.ts < end),
                      key=lambda x: (x.ts, x.alert_id))
 
-    def ack_min(a: Mapping[str, Any]) -> float:
-        return max(0.0, float(a["ack_at"] - (a["fired_at"] or a["since"])) / 60_000)
+    def to_ack(xs: Iterable[AlertRow]) -> list[float]:
+        """Minutes from firing (or first seen) to the acknowledgement, of those acknowledged."""
+        return [max(0.0, float(a.ack_at - (a.fired_at or a.since)) / 60_000) for a in xs
+                if a.ack_at is not None]
 
-    def res_min(a: Mapping[str, Any]) -> float:
-        return max(0.0, float(a["resolved_at"] - a["since"]) / 60_000)
+    def to_res(xs: Iterable[AlertRow]) -> list[float]:
+        """Minutes from first seen to resolution, of those resolved."""
+        return [max(0.0, float(a.resolved_at - a.since) / 60_000) for a in xs if a.resolved_at is not None]
 
     out = []
     for s in stations:
-        xs = [a for a in raised if a.get("station") == s]
-        acked = [a for a in xs if a.get("ack_at") is not None]
-        res = [a for a in xs if a.get("resolved_at") is not None]
+        xs = [a for a in raised if a.station == s]
+        acked, res = to_ack(xs), to_res(xs)
         out.append(StationService(
-            station=s, raised=len(xs), by_rule=dict(sorted(Counter(a["rule"] for a in xs).items())),
-            by_severity=dict(sorted(Counter(a["severity"] for a in xs).items())), acknowledged=len(acked),
-            to_acknowledge=durations([ack_min(a) for a in acked]), resolved=len(res),
-            to_resolve=durations([res_min(a) for a in res]),
+            station=s, raised=len(xs), by_rule=dict(sorted(Counter(a.rule for a in xs).items())),
+            by_severity=dict(sorted(Counter(a.severity for a in xs).items())), acknowledged=len(acked),
+            to_acknowledge=durations(acked), resolved=len(res), to_resolve=durations(res),
             tickets=sum(1 for t in tickets if t.station == s)))
-    acked = [a for a in raised if a.get("ack_at") is not None]
-    res = [a for a in raised if a.get("resolved_at") is not None]
-    return ServicePart(raised=len(raised), by_rule=dict(sorted(Counter(a["rule"] for a in raised).items())),
-                       to_acknowledge=durations([ack_min(a) for a in acked]),
-                       to_resolve=durations([res_min(a) for a in res]), tickets=tickets, stations=out)
+    return ServicePart(raised=len(raised), by_rule=dict(sorted(Counter(a.rule for a in raised).items())),
+                       to_acknowledge=durations(to_ack(raised)), to_resolve=durations(to_res(raised)),
+                       tickets=tickets, stations=out)
 
 
 # -- remote control ------------------------------------------------------------------------
@@ -732,7 +742,7 @@ def _missing(i: Inputs, stations: Sequence[str], mk: MakeupPart) -> list[str]:
         out.append(f"daily make-up per heated area (t/10,000 m²/day): no heated area for {len(no_area)} "
                    f"station(s): {', '.join(no_area[:30])}{' …' if len(no_area) > 30 else ''} — import "
                    "building_area_m2 or station_area_m2 with the asset register")
-    b_missing = sum(1 for b in i.building_register.values() if not b.get("heated_area_m2"))
+    b_missing = sum(1 for b in i.building_register.values() if not b.heated_area_m2)
     if b_missing:
         out.append(f"heated area of {b_missing} of {len(i.building_register)} registered buildings")
     no_data = [s.station for s in mk.stations if all(n.passed is None for n in s.networks)]

@@ -15,8 +15,9 @@ Two sources, picked for each report by what ``heatwatch influx setup`` created (
   season of a large company (bench/report_bench.py).
 
 ``collect()`` takes a ``query_many(statements, bind)`` coroutine (the API's InfluxReader has
-one; the command line makes one), the database's name and the alert store, and returns
-``report.compute.Inputs``.
+one; the command line makes one), the database's name and the alert store (the asset register
+is read through the site registry, the remote commands through the command store, on the same
+database), and returns ``report.compute.Inputs``.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
-from alerting import schema
+from alerting.commands import CommandStore
+from alerting.registry import SiteRegistry
+from alerting.rows import AlertRow, CommandRecord, Register, TicketEvent
 from alerting.store import Store
 from contract.alerts import AlertRules, load_rules
 from contract.commands import State, shown_state
@@ -126,40 +127,27 @@ def load_context(path: str | Path | None) -> Context:
 
 
 # -- the alert store ------------------------------------------------------------------------
-def store_rows(store: Store, start: int, end: int) -> dict[str, list[dict[str, Any]]]:
-    """Alerts overlapping [start, end), acknowledgements and notes with a hotline ticket in it,
-    the remote commands issued in it, and the asset register. Read-only."""
-    a, ev, c = schema.alerts, schema.alert_events, schema.commands
-    with store.engine.connect() as conn:
-        commands = [dict(r) for r in conn.execute(
-            sa.select(c.c.id, c.c.origin, c.c.station, c.c.building, c.c.household, c.c.point, c.c.state,
-                      c.c.ticket, c.c.created_at, c.c.deadline, c.c.result_at)
-            .where(c.c.created_at >= start, c.c.created_at < end)
-            .order_by(c.c.created_at, c.c.id)).mappings()]
-        alerts = [dict(r) for r in conn.execute(sa.select(a).where(
-            a.c.since < end, sa.or_(a.c.resolved_at.is_(None), a.c.resolved_at >= start))
-            .order_by(a.c.since, a.c.id)).mappings()]
-        events = [dict(r) for r in conn.execute(
-            sa.select(ev.c.alert_id, ev.c.ts, ev.c.kind, ev.c.actor, ev.c.ticket, ev.c.note, a.c.station,
-                      a.c.rule).join(a, a.c.id == ev.c.alert_id)
-            .where(ev.c.ticket.is_not(None), ev.c.kind.in_(["ack", "note"]), ev.c.ts >= start, ev.c.ts < end)
-            .order_by(ev.c.ts)).mappings()]
-        stations = [dict(r) for r in conn.execute(sa.select(schema.stations)).mappings()]
-        buildings = [dict(r) for r in conn.execute(sa.select(schema.buildings)).mappings()]
-        h = schema.households
-        households = [dict(r) for r in conn.execute(
-            sa.select(h.c.code, h.c.station, h.c.building, h.c.unit, h.c.room, h.c.sensor)).mappings()]
-    return {"alerts": alerts, "events": events, "stations": stations, "buildings": buildings,
-            "households": households, "commands": commands}
+@dataclass
+class StoreRows:
+    alerts: list[AlertRow]  # overlapping the period
+    events: list[TicketEvent]  # acknowledgements and notes with a hotline ticket, in the period
+    register: Register
+    commands: list[CommandRecord]  # the remote commands issued in the period
 
 
-def command_rows(rows: Iterable[dict[str, Any]], now_ms: int, grace_s: float) -> list[CommandRow]:
-    """The commands table's rows as the report counts them: their state as the API shows it (a
+def store_rows(store: Store, start: int, end: int) -> StoreRows:
+    """What the report reads from the site's database, read-only."""
+    return StoreRows(store.between(start, end), store.ticket_events(start, end),
+                     SiteRegistry(store.db).register(), CommandStore(store.db.engine).issued(start, end))
+
+
+def command_rows(rows: Iterable[CommandRecord], now_ms: int, grace_s: float) -> list[CommandRow]:
+    """The command store's rows as the report counts them: their state as the API shows it (a
     command sent and unanswered past its deadline plus the grace is unknown)."""
-    return [CommandRow(id=r["id"], station=r["station"], building=r["building"], household=r["household"],
-                       point=r["point"] or "", origin=r["origin"], issued_at=r["created_at"],
-                       outcome=shown_state(State(r["state"]), r["deadline"], now_ms, grace_s).value,
-                       finished_at=r["result_at"], ticket=r["ticket"]) for r in rows]
+    return [CommandRow(id=r.id, station=r.station, building=r.building, household=r.household,
+                       point=r.point or "", origin=r.origin, issued_at=r.created_at,
+                       outcome=shown_state(State(r.state), r.deadline, now_ms, grace_s).value,
+                       finished_at=r.result_at, ticket=r.ticket) for r in rows]
 
 
 # -- InfluxQL -------------------------------------------------------------------------------
@@ -442,10 +430,10 @@ async def collect(query: QueryMany, store: Store, ctx: Context, period: Period, 
     i = Inputs(period=period, rules=rules, settings=ctx.settings, data_end=data_end, generated_at=now_ms,
                daily_outdoor={}, analysis=[], plans=ctx.plans, announced=announced)
 
-    async def rooms_side() -> dict[str, list[dict[str, Any]]]:
+    async def rooms_side() -> StoreRows:
         # the outdoor means decide the analysed ranges (cold days leave), and the alert store the
         # sensors' fault episodes: then the sensor-hours and the fault hours
-        rows: dict[str, list[dict[str, Any]]]
+        rows: StoreRows
         rows, outdoor = await asyncio.gather(asyncio.to_thread(store_rows, store, period.start, period.end),
                                              each([outdoor_q]))
         for _, row in _rows(outdoor[0]):
@@ -458,9 +446,9 @@ async def collect(query: QueryMany, store: Store, ctx: Context, period: Period, 
             (i.room_totals, i.room_low), i.room_fault_hours = await asyncio.gather(got, fault_hours(rows))
         return rows
 
-    async def fault_hours(rows: dict[str, list[dict[str, Any]]]) -> dict[Sensor, list[tuple[int, float]]]:
+    async def fault_hours(rows: StoreRows) -> dict[Sensor, list[tuple[int, float]]]:
         # the hours of each sensor_fault episode: left out of the pass rate
-        windows = compute.fault_windows(rows["alerts"], i.analysis, data_end)
+        windows = compute.fault_windows(rows.alerts, i.analysis, data_end)
         jobs = [(k, s, e) for k, ws in sorted(windows.items()) for s, e in ws]
         out: dict[Sensor, list[tuple[int, float]]] = {}
         for j in range(0, len(jobs), _BATCH):
@@ -495,12 +483,12 @@ async def collect(query: QueryMany, store: Store, ctx: Context, period: Period, 
                           else _raw_makeup(query, span, rules, nets))
 
     rows, _, _ = await asyncio.gather(rooms_side(), information(), makeup())
-    i.station_register = {r["station"]: r for r in rows["stations"]}
-    i.building_register = {(r["station"], r["building"]): r for r in rows["buildings"]}
-    i.households = rows["households"]
-    i.alerts = rows["alerts"]
-    i.ticket_events = rows["events"]
-    i.commands = command_rows(rows["commands"], now_ms, ctx.unknown_grace_s)
+    i.station_register = {r.station: r for r in rows.register.stations}
+    i.building_register = {(r.station, r.building): r for r in rows.register.buildings}
+    i.households = rows.register.households
+    i.alerts = rows.alerts
+    i.ticket_events = rows.events
+    i.commands = command_rows(rows.commands, now_ms, ctx.unknown_grace_s)
     i.notes = [
         *src.notes,
         "Make-up: totalizer deltas between consecutive hourly last values; the rate counts hours whose "

@@ -19,11 +19,13 @@ from typing import Any
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
+import sqlalchemy as sa
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from alerting.database import Database
 from contract.config import GatewayConfig, load_gateway_config
-from heatwatch.devstack import DEPLOY, REPO, Influxd, Mosquitto, SimThread, free_port
+from heatwatch.devstack import DEPLOY, REPO, Influxd, Mosquitto, Postgres, SimThread, free_port
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -67,6 +69,30 @@ def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Influxd]:
 def influx_db(influxd: Influxd) -> str:
     """A fresh database name for one test (the collector creates it)."""
     return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL cluster for one test module (tests take a clean schema: ``site_db``)."""
+    pg = Postgres(free_port())
+    pg.start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def site_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """An empty, migrated site database: a SQLite file, or a clean schema on the module's
+    PostgreSQL. The alert store, site registry and command store of a test share it."""
+    if request.param == "sqlite":
+        db = Database(f"sqlite:///{tmp_path / 'site.sqlite'}")
+    else:
+        db = Database(request.getfixturevalue("postgres").url)
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    db.migrate()
+    yield db
+    db.close()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from alerting.store import Store
+from alerting.registry import SiteRegistry
 from contract.config import load_gateway_config
 from heatwatch.devstack import Influxd, Mosquitto, SimThread, free_port, port_open
 from tests.conftest import Processes, Subscriber, wait_for, write_collector_config
@@ -69,12 +69,11 @@ def stack(tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, influx_db: str
                                     public_key=public)
     sim = SimThread([load_gateway_config(gw_path)])
     store_url = f"sqlite:///{tmp_path / 'site.sqlite'}"
-    store = Store(store_url)
-    store.migrate()
+    registry = SiteRegistry(store_url).open()
     now = int(time.time() * 1000)
-    auth = {who: {"Authorization": "Bearer " + store.add_token(name=who, role=role, actor="test", now=now)}
+    auth = {who: {"Authorization": "Bearer " + registry.add_token(name=who, role=role, actor="test", now=now)}
             for who, role in ROLES.items()}
-    store.close()
+    registry.close()
     col = write_collector_config(tmp_path / "col", mqtt_port=mosquitto.port, influx_url=influxd.url,
                                  database=influx_db,
                                  alerts={"store": store_url, "state_path": str(tmp_path / "col" / "state")})

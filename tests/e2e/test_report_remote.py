@@ -23,7 +23,7 @@ import orjson
 import pytest
 import yaml
 
-from alerting.store import Store
+from alerting.registry import SiteRegistry
 from contract.alerts import AlertRules
 from contract.config import load_gateway_config
 from heatwatch.devstack import Influxd, Mosquitto, SimThread, free_port, port_open
@@ -72,12 +72,11 @@ def site(tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, influx_db: str,
                                     public_key=public)
     sim = SimThread([load_gateway_config(gw_path)])
     store_url = f"sqlite:///{tmp_path / 'site.sqlite'}"
-    store = Store(store_url)
-    store.migrate()
+    registry = SiteRegistry(store_url).open()
     now = int(time.time() * 1000)
-    auth = {who: {"Authorization": "Bearer " + store.add_token(name=who, role="engineer", actor="test",
-                                                               now=now)} for who in ("eng1", "eng2")}
-    store.close()
+    auth = {who: {"Authorization": "Bearer " + registry.add_token(name=who, role="engineer", actor="test",
+                                                                  now=now)} for who in ("eng1", "eng2")}
+    registry.close()
     col = write_collector_config(tmp_path / "col", mqtt_port=mosquitto.port, influx_url=influxd.url,
                                  database=influx_db,
                                  alerts={"store": store_url, "state_path": str(tmp_path / "col" / "state")})

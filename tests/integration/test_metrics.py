@@ -17,7 +17,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from alerting.store import Store
+from alerting.registry import SiteRegistry
 from contract.config import load_gateway_config
 from heatwatch.devstack import REPO, Mosquitto, SimThread, free_port, port_open
 from tests.conftest import Processes, wait_for, write_gateway_config
@@ -130,10 +130,9 @@ def test_two_gateway_configs_naming_different_endpoints_are_refused(tmp_path: Pa
 
 def test_api_metrics_with_two_workers_count_every_request_by_route(tmp_path: Path, procs: Processes) -> None:
     store_url = f"sqlite:///{tmp_path / 'alerts.sqlite'}"
-    store = Store(store_url)
-    store.migrate()
-    token = store.add_token(name="disp", role="dispatcher", actor="test", now=0)
-    store.close()
+    registry = SiteRegistry(store_url).open()
+    token = registry.add_token(name="disp", role="dispatcher", actor="test", now=0)
+    registry.close()
     api_port, metrics_port = free_port(), free_port()
     cfg = tmp_path / "api.yaml"
     cfg.write_text(yaml.safe_dump({

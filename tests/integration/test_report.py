@@ -34,6 +34,7 @@ from PIL import Image
 
 from alerting.assets import parse
 from alerting.commands import CommandStore, NewCommand
+from alerting.registry import SiteRegistry
 from alerting.store import Store
 from api.app import create_app
 from api.influx import InfluxReader
@@ -104,7 +105,7 @@ def season(tmp_path_factory: pytest.TempPathFactory, influxd: Influxd) -> Iterat
     folder = tmp_path_factory.mktemp("report")
     store = Store(f"sqlite:///{folder / 'alerts.sqlite'}")
     store.migrate()
-    store.import_assets(parse(_register()), actor="test", now=P0)
+    SiteRegistry(store.db).import_assets(parse(_register()), actor="test", now=P0)
     gw = load_gateway_config(_with_control(write_gateway_config(
         folder / "gw", "st001", mqtt_port=1883, plc_port=15011, bus_port=15012, fast_s=600, slow_s=600)))
     specs = [
@@ -184,7 +185,7 @@ def _commands(store: Store) -> Commands:
     refused by the gateway and one sent with no answer ever; a station-wide setpoint confirmed by
     a second engineer and written, another never confirmed; st003's gateway answering a command
     this API never issued (origin broker); b03's confirmed in November (not this period)."""
-    cs = CommandStore(store.engine)
+    cs = CommandStore(store.db.engine)
     t = P0 + 2 * D * 1000
 
     def new(cid: str, at: int, building: str | None, point: str = "building_valve_setpoint",
@@ -527,13 +528,13 @@ def test_remote_control_from_the_commands_table(season: Season, rep: Report) -> 
     assert by["st001"].proven == ["b01"]
     assert by["st003"].controllable == [] and by["st003"].source is None and by["st003"].proven == []
     want: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    cs = CommandStore(season.store.engine)
-    rows = [r for r in cs.query(limit=100).rows if P0 <= r["created_at"] < P1]
-    assert {r["id"] for r in rows} == set(season.commands.outcomes)  # November's is left out
+    cs = CommandStore(season.store.db.engine)
+    rows = [r for r in cs.query(limit=100).rows if P0 <= r.created_at < P1]
+    assert {r.id for r in rows} == set(season.commands.outcomes)  # November's is left out
     for r in rows:
-        shown = "unknown" if r["state"] == "sent" and r["deadline"] < NOW else r["state"]
-        assert shown == season.commands.outcomes[r["id"]], r["id"]
-        want[r["station"]][shown] += 1
+        shown = "unknown" if r.state == "sent" and r.deadline < NOW else r.state
+        assert shown == season.commands.outcomes[r.id], r.id
+        want[r.station][shown] += 1
     for st, outcomes in want.items():
         assert by[st].commands == dict(sorted(outcomes.items())), st
     assert rc.commands == {"confirmed": 4, "expired": 1, "failed": 1, "mismatch": 1, "rejected": 1,
@@ -541,7 +542,7 @@ def test_remote_control_from_the_commands_table(season: Season, rep: Report) -> 
     [proof] = rc.proofs
     assert (proof.station, proof.building, proof.command, proof.ticket) == (
         "st001", "b01", season.commands.proof, "HL-c-b01")
-    assert proof.at == cs.get(season.commands.proof)["result_at"]
+    assert proof.at == cs.get(season.commands.proof).result_at
 
 
 def test_what_is_missing(season: Season, rep: Report) -> None:
@@ -574,7 +575,7 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 @pytest.fixture(scope="module")
 def api(season: Season) -> Iterator[tuple[TestClient, dict[str, dict[str, str]]]]:
     now = int(time.time() * 1000)
-    auth = {role: {"Authorization": "Bearer " + season.store.add_token(
+    auth = {role: {"Authorization": "Bearer " + SiteRegistry(season.store.db).add_token(
         name=f"report-{role}", role=role, actor="test", now=now)} for role in ("dispatcher", "engineer")}
     with TestClient(create_app(load_api_config(season.api_config))) as client:
         yield client, auth

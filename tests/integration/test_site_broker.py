@@ -31,9 +31,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from alerting.commands import CommandStore
-from alerting.store import Store
+from alerting.database import Database
+from alerting.rows import CommandDetail
 from contract.commands import CommandResult
 from contract.config import MqttSettings
+from contract.errors import NotFound
 from heatwatch.devstack import Influxd, _Service, find_binary, free_port
 from heatwatch.site import SiteDir
 from messaging.security import apply_security
@@ -333,11 +335,19 @@ def test_the_collector_ingests_through_the_sites_tls_broker_as_its_own_identity(
         return int(got[0]["values"][0][1]) if got else 0
 
     wait_for(lambda: stored() == n, 30, f"{n} messages in InfluxDB")
-    store = Store(url)
+    db = Database(url)
+    commands = CommandStore(db.engine)
+
+    def recorded() -> CommandDetail | None:
+        try:
+            return commands.get("c1")
+        except NotFound:  # recorded alongside the write, not before it: may trail the count
+            return None
+
     try:
-        recorded = wait_for(lambda: CommandStore(store.engine).get("c1"), 20, "the result in the store")
-        assert (recorded["state"], recorded["origin"]) == ("confirmed", "broker")
+        got = wait_for(recorded, 20, "the result in the store")
+        assert (got.state, got.origin) == ("confirmed", "broker")
     finally:
-        store.close()
+        db.close()
     gw.close()
     assert "broker refused" not in procs.log("collector")

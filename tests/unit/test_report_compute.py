@@ -9,6 +9,7 @@ import datetime as dt
 import pytest
 
 from alerting.assets import ImportProblems, parse
+from alerting.rows import AlertRow, BuildingRow, StationRow, TicketEvent
 from contract.alerts import AlertRules
 from report import compute
 from report.compute import DAY_MS, HOUR_MS, Inputs, RoomTotal
@@ -126,18 +127,25 @@ def test_gaps_and_the_dominant_rate() -> None:
     assert compute.dominant([0, 0]) is None
 
 
+def alert(id: int, rule: str, station: str, severity: str, since: int, fired_at: int | None,
+          ack_at: int | None, resolved_at: int | None) -> AlertRow:
+    return AlertRow(id=id, key=f"{rule}:{station}", rule=rule, state="firing", severity=severity,
+                    station=station, building=None, household=None, gateway=None, subject=None, since=since,
+                    last_ts=since, fired_at=fired_at, resolved_at=resolved_at, value=None, summary="",
+                    context={}, quiet="", paged=True, ack_by=None, ack_at=ack_at, ack_note=None,
+                    ack_ticket=None, tickets=[], resolved_by=None)
+
+
 def test_service_durations_and_tickets() -> None:
     t0 = ms(2026, 12, 3)
     alerts = [
-        {"id": 1, "rule": "room_low", "station": "st001", "severity": "warning", "since": t0,
-         "fired_at": t0 + 7_200_000, "ack_at": t0 + 7_200_000 + 10 * 60_000, "resolved_at": t0 + 86_400_000},
-        {"id": 2, "rule": "makeup_rate", "station": "st001", "severity": "major", "since": t0,
-         "fired_at": t0, "ack_at": t0 + 30 * 60_000, "resolved_at": None},
-        {"id": 3, "rule": "room_low", "station": "st002", "severity": "warning", "since": ms(2026, 11, 3),
-         "fired_at": None, "ack_at": None, "resolved_at": None},  # raised before the period
+        alert(1, "room_low", "st001", "warning", t0, t0 + 7_200_000, t0 + 7_200_000 + 10 * 60_000,
+              t0 + 86_400_000),
+        alert(2, "makeup_rate", "st001", "major", t0, t0, t0 + 30 * 60_000, None),
+        alert(3, "room_low", "st002", "warning", ms(2026, 11, 3), None, None, None),  # before the period
     ]
-    events = [{"alert_id": 2, "ts": t0 + 30 * 60_000, "kind": "ack", "actor": "li", "ticket": "T-1",
-               "note": "caller on line", "station": "st001", "rule": "makeup_rate"}]
+    events = [TicketEvent(alert_id=2, ts=t0 + 30 * 60_000, kind="ack", actor="li", ticket="T-1",
+                          note="caller on line", station="st001", rule="makeup_rate")]
     part = compute.service_part(_inputs(alerts=alerts, ticket_events=events), ["st001", "st002"])
     assert part.raised == 2 and part.by_rule == {"makeup_rate": 1, "room_low": 1}
     assert part.to_acknowledge.median_min == 20.0 and part.to_acknowledge.p90_min == 30.0
@@ -213,11 +221,15 @@ def test_asset_register_heated_area_columns() -> None:
 
 
 def test_station_area_is_registered_or_the_sum_of_every_building() -> None:
-    i = _inputs(station_register={"st001": {"heated_area_m2": None}, "st002": {"heated_area_m2": 9000.0}},
-                building_register={("st001", "b01"): {"heated_area_m2": 100.0},
-                                   ("st001", "b02"): {"heated_area_m2": 200.0},
-                                   ("st003", "b01"): {"heated_area_m2": 100.0},
-                                   ("st003", "b02"): {"heated_area_m2": None}})
+    def b(station: str, building: str, area: float | None) -> BuildingRow:
+        return BuildingRow(station=station, building=building, address="", heated_area_m2=area)
+
+    i = _inputs(station_register={"st001": StationRow("st001", "", None, None),
+                                  "st002": StationRow("st002", "", None, 9000.0)},
+                building_register={("st001", "b01"): b("st001", "b01", 100.0),
+                                   ("st001", "b02"): b("st001", "b02", 200.0),
+                                   ("st003", "b01"): b("st003", "b01", 100.0),
+                                   ("st003", "b02"): b("st003", "b02", None)})
     assert compute.station_area(i, "st001") == 300.0
     assert compute.station_area(i, "st002") == 9000.0
     assert compute.station_area(i, "st003") is None  # one building unknown: the sum would lie
