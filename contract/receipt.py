@@ -24,12 +24,12 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from contract.payload import SEQ_MAX as SEQ_MAX  # the wire's bound (InfluxDB integers are int64)
 from contract.payload import parse
 from contract.topics import ROOT, Ident, check_ident
 
 SCHEMA = 1
 MAX_RANGES = 512
-SEQ_MAX = 2**63 - 1  # the wire's bound for a sequence number (InfluxDB integer fields are int64)
 RECEIPT_FILTER = f"{ROOT}/station/+/receipt"
 
 

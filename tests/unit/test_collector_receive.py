@@ -55,7 +55,7 @@ def test_publish_parse_agrees_with_paho(topic: str, qos: int, mid: int, props: d
     c._in_packet = {"command": header, "have_remaining": 1, "remaining_count": [], "remaining_mult": 1,
                     "remaining_length": len(body), "packet": bytearray(body), "to_process": 0, "pos": 0}
     assert c._handle_publish() == 0
-    assert got == [Delivery(want.mid, want.topic.decode(), bytes(want.payload))]
+    assert got == [Delivery(want.mid, want.topic.decode(), bytes(want.payload), len(want.payload))]
 
 
 def test_a_truncated_publish_is_a_protocol_error_not_an_exception() -> None:
