@@ -1,6 +1,7 @@
 """Alert rules, their state machine and the alert store; used by the collector and the API.
 
-The rule engine's per-reading modules (``COMPILED``) are compiled with mypyc by ``make``
+The rule engine's modules (``COMPILED``: the lifecycle, the family protocol, the engine and
+every rule family ``rule_*.py``) are compiled with mypyc by ``make``
 (``deploy/build_rules.py``): the same source, about half the CPU per reading (docs/alerts.md).
 They run interpreted instead when they have not been built, when the build was made from other
 source than what is here now (a stale build never runs: it would judge by other rules), or with
@@ -19,10 +20,17 @@ from importlib.util import spec_from_file_location
 from pathlib import Path
 from types import ModuleType
 
-COMPILED = ("lifecycle", "makeup", "rooms", "engine")
+_HERE = Path(__file__).parent
+
+
+def rule_modules() -> tuple[str, ...]:
+    """The rule families: every ``rule_*.py`` here (a new family is one new file)."""
+    return tuple(sorted(p.stem for p in _HERE.glob("rule_*.py")))
+
+
+COMPILED = ("lifecycle", "family", "engine", *rule_modules())
 GROUP = "alerting._rules"  # mypyc's shared library: alerting/_rules__mypyc.*.so
 STAMP = Path(__file__).with_name("_rules.sha256")  # the source digest the build was made from
-_HERE = Path(__file__).parent
 _SUFFIX = sysconfig.get_config_var("EXT_SUFFIX") or ".so"  # this interpreter's builds only
 
 

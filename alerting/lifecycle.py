@@ -124,8 +124,11 @@ def step(life: Life, active: bool, t: int, hold_ms: float, clear_ms: float,
 
 
 def maybe_escalate(life: Life, t: int, after_ms: float) -> bool:
+    """Raise a firing life one level once, ``after_ms`` after it fired — only while its condition
+    still holds (its latest verdict found it true): a life held open by a clear hold, e.g. a room
+    back at 18.3 °C inside the hysteresis band, is never escalated."""
     if (life.state is State.FIRING and not life.escalated and life.fired is not None
-            and t - life.fired >= after_ms):
+            and life.clear_since is None and t - life.fired >= after_ms):
         life.escalated = True
         life.severity = escalate(life.severity)
         life.context["escalated_after_h"] = round((t - life.fired) / 3.6e6, 1)

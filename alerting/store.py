@@ -29,9 +29,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from alerting import schema
 from alerting.assets import Assets
-from alerting.engine import Silence
 from alerting.latest import LatestTable
-from contract.alerts import Transition
+from contract.alerts import Silence, Transition, severity_rank
 from contract.errors import CannotOpen, InvalidInput
 from durable.queue import why_unopenable
 
@@ -587,8 +586,7 @@ class Store:
             rows = [dict(r) for r in conn.execute(_CHAIN[gateway is not None], {
                 "station": station, "building": building, "household": household,
                 "gateway": gateway}).mappings()]
-        rank = {"critical": 0, "major": 1, "warning": 2, "info": 3}
-        return sorted(rows, key=lambda r: (rank.get(r["severity"], 9), -r["since"]))
+        return sorted(rows, key=lambda r: (-severity_rank(r["severity"]), -r["since"]))
 
     def recent_acks(self, alert_ids: list[int], since: int, limit: int = 20) -> list[dict[str, Any]]:
         if not alert_ids:

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from alerting.commands import CommandStore
@@ -31,6 +32,8 @@ from api.auth import Dispatcher, TokenCache
 from api.control import Control
 from api.influx import InfluxReader
 from api.limits import FailedAuth
+from api.metrics import ApiMetrics, MetricsMiddleware, multiprocess
+from api.metrics import serve as serve_metrics
 from api.rooms import RoomHistory
 from contract.config import ApiConfig, load_api_config
 from contract.errors import DatabaseUnavailable, QueryRejected
@@ -74,8 +77,14 @@ def app_from_env() -> FastAPI:
 
 
 def create_app(settings: ApiConfig) -> FastAPI:
+    metrics = ApiMetrics(CollectorRegistry(auto_describe=False)) if settings.metrics is not None else None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics_server: Any = None
+        if metrics is not None and settings.metrics is not None and not multiprocess():
+            # one process: it serves its own; with several workers the supervisor does (api/metrics.py)
+            metrics_server = serve_metrics(metrics.registry, settings.metrics.host, settings.metrics.port)
         app.state.influx = InfluxReader(settings.influx)
         app.state.rooms = RoomHistory(app.state.influx)  # the hotline's 24 h, with its cache
         app.state.store = await asyncio.to_thread(Store(settings.store).open)
@@ -96,6 +105,9 @@ def create_app(settings: ApiConfig) -> FastAPI:
             await asyncio.gather(control_task, return_exceptions=True)
         await app.state.influx.close()
         app.state.store.close()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
 
     # /docs (Swagger UI) and /redoc load their scripts, styles and icon from this process, not
     # a CDN: a control-room network often has no internet, and the page was blank there.
@@ -103,6 +115,8 @@ def create_app(settings: ApiConfig) -> FastAPI:
     # FastAPI's own get_swagger_ui_html/get_redoc_html; no validator badge (it calls out).
     app = FastAPIOffline(title="heatwatch", version="0.1.0", lifespan=lifespan, static_url="/docs-files",
                          swagger_ui_parameters={"validatorUrl": None})
+    if metrics is not None:
+        app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(alerts.router)
     app.include_router(lookup.router)
     app.include_router(station_routes.router)

@@ -22,6 +22,7 @@ import time
 
 from alerting import rules_build
 from alerting.engine import Engine
+from alerting.rule_rooms import Rooms
 from contract.alerts import AlertRules
 from contract.influx import telemetry_lines
 from contract.payload import decode_telemetry
@@ -83,7 +84,9 @@ def main() -> None:
             base_cpu += c1 - c0
             eng_cpu += c2 - c1
             values += sum(len(f.samples) for f in frames)
-    sensors = len(engine.rooms.sensors)
+    rooms = engine.family("rooms")
+    assert isinstance(rooms, Rooms)
+    sensors = len(rooms.sensors)
     c0 = time.process_time()
     ticks = 3
     for i in range(ticks):

@@ -35,7 +35,8 @@ from alerting import rules_build
 from alerting.engine import Engine
 from alerting.store import Store
 from contract import topics
-from contract.alerts import AlertRules, Severity, Transition, load_rules
+from contract.alertmanager import postable_alert, webhook_message
+from contract.alerts import AlertRules, Transition, load_rules, severity_rank
 from contract.config import AlertSettings
 from contract.errors import CannotOpen
 from contract.influx import alert_line
@@ -44,7 +45,6 @@ from durable.queue import DiskQueue, QueueUnavailable, oldest
 
 log = structlog.get_logger("heatwatch.collector.alerts")
 RETRY_MAX_S = 30.0
-_RANK = {s.value: s.rank for s in Severity}
 
 
 @dataclass
@@ -62,6 +62,7 @@ class AlertStats:
     # message, ~1 µs against ~500 µs for a 200-value message)
     rules_cpu_ns: int = 0
     rule_errors: int = 0  # messages (or ticks) the engine failed on: their data is stored all the same
+    renotified: int = 0  # unacknowledged critical alerts paged again (renotify_critical_h)
 
 
 class AlertStage:
@@ -80,6 +81,7 @@ class AlertStage:
                 raise CannotOpen("webhook outbox", exc.path, exc.reason, "alerts.webhook_outbox") from None
         self._webhook_wake = asyncio.Event()
         self._failed: set[str] = set()
+        self._notified: dict[str, int] = {}  # alert key → when it was last re-notified (ms)
 
     def start(self) -> None:
         """Blocking: migrate the store, restore the snapshot, adopt the store's open alerts.
@@ -175,7 +177,7 @@ class AlertStage:
                     client.publish(str(topics.alert(subject)), msgspec.json.encode(t), qos=1)
                     self.stats.published += 1
         if self.outbox is not None and pages:
-            batch = [t for t in pages if any(_RANK[t.severity] >= _RANK[w.min_severity]
+            batch = [t for t in pages if any(severity_rank(t.severity) >= w.min_severity.rank
                                              for w in self.cfg.webhooks)]
             for t in batch:
                 await asyncio.to_thread(self.outbox.append, t.key, msgspec.json.encode(t))
@@ -202,6 +204,7 @@ class AlertStage:
             if mono - last_seen >= self.cfg.seen_s:
                 last_seen = mono
                 await self.flush_seen()
+                await self.renotify(now)
             if mono - last_snap >= self.cfg.snapshot_s:
                 last_snap = mono
                 await asyncio.to_thread(self._write_snapshot, self.snapshot())
@@ -221,6 +224,39 @@ class AlertStage:
             await asyncio.to_thread(self.store.touch, seen)
         except sqlalchemy.exc.OperationalError as exc:  # the next flush carries them
             log.warning("could not write alerts' last seen; retrying later", error=str(exc)[:200])
+
+    async def renotify(self, now: int) -> None:
+        """Page again every critical alert still firing that nobody has acknowledged, every
+        ``renotify_critical_h`` from when it fired (or was last re-notified)."""
+        every = self.cfg.renotify_critical_h
+        if every is None or self.outbox is None:
+            return
+        try:
+            page = await asyncio.to_thread(self.store.query, state=["firing"], severity=["critical"],
+                                           open_only=True, limit=10_000)
+        except sqlalchemy.exc.OperationalError as exc:  # the next check carries them
+            log.warning("could not read open critical alerts to re-notify", error=str(exc)[:200])
+            return
+        due = []
+        open_keys = {r["key"] for r in page.rows}
+        for k in [k for k in self._notified if k not in open_keys]:
+            del self._notified[k]  # resolved or no longer critical: forgotten
+        for r in page.rows:
+            last = self._notified.get(r["key"]) or r["fired_at"] or r["since"]
+            if r["ack_at"] is None and r["paged"] and now - last >= every * 3_600_000:
+                self._notified[r["key"]] = now
+                due.append(Transition(
+                    key=r["key"], rule=r["rule"], state="firing", severity=r["severity"],
+                    station=r["station"], building=r["building"], household=r["household"],
+                    gateway=r["gateway"], subject=r["subject"], ts=now, since=r["since"], value=r["value"],
+                    summary=f"{r['rule']} still firing, not acknowledged (re-notified)",
+                    context=dict(r["context"] or {}), page=True))
+        for t in due:
+            log.info("alert re-notified", key=t.key, severity=t.severity)
+            await asyncio.to_thread(self.outbox.append, t.key, msgspec.json.encode(t))
+        if due:
+            self.stats.renotified += len(due)
+            self._webhook_wake.set()
 
     def save_snapshot(self) -> None:
         self._write_snapshot(self.snapshot())
@@ -245,15 +281,19 @@ class AlertStage:
             delay = 0.5
             while True:
                 row = await oldest(self.outbox, self._webhook_wake)
-                sev = _RANK[orjson.loads(row.payload)["severity"]]
+                tr = msgspec.json.decode(row.payload, type=Transition)
+                sev = severity_rank(tr.severity)
                 ok = True
                 for w in self.cfg.webhooks:
-                    if sev < _RANK[w.min_severity]:
+                    if sev < w.min_severity.rank:
                         continue
                     headers = {k: v.get_secret_value() for k, v in w.headers.items()}
                     headers["content-type"] = "application/json"
+                    body = (row.payload if w.format == "heatwatch"
+                            else orjson.dumps(webhook_message(tr)) if w.format == "alertmanager"
+                            else orjson.dumps([postable_alert(tr, now_ms=int(self.clock() * 1000))]))
                     try:
-                        r = await http.post(w.url, content=row.payload, headers=headers, timeout=w.timeout_s)
+                        r = await http.post(w.url, content=body, headers=headers, timeout=w.timeout_s)
                     except httpx.HTTPError as exc:
                         ok = False
                         err = str(exc) or type(exc).__name__

@@ -61,6 +61,7 @@ class Stats:
     messages: Counter[str] = field(default_factory=Counter)  # accepted telemetry by station
     seq_gaps: Counter[str] = field(default_factory=Counter)  # by station
     restarts: Counter[str] = field(default_factory=Counter)  # by station (new boot id)
+    restamped: Counter[str] = field(default_factory=Counter)  # by station: stored at receipt time
     receipts: int = 0  # receipts published
     receipted: int = 0  # messages they cover
     receipts_dropped: int = 0  # receipts not published: too many awaiting the broker
@@ -228,6 +229,10 @@ TABLE: tuple[Row, ...] = (
         member_tag=False),
     Row("restarts", "gateway restarts seen (new boot id), by station", lambda c: c.stats.restarts,
         label="station", measurement=MEASUREMENT_INGEST, total=True, member_tag=False),
+    Row("restamped", "telemetry messages stamped more than ingest.max_future_s ahead of their "
+        "receipt (a gateway clock running fast), stored at their receipt time, by station",
+        lambda c: c.stats.restamped, label="station", measurement=MEASUREMENT_INGEST, total=True,
+        member_tag=False),
     Row("inbox", "received messages waiting to be validated and batched",
         lambda c: len(c.inbox.deliveries), kind="gauge"),
     Row("spool_rows", "batches waiting in the spool", lambda c: c.spool.count, kind="gauge"),
@@ -246,6 +251,8 @@ TABLE: tuple[Row, ...] = (
         lambda c: _alert_stats(c).pages, part="alerts"),
     Row("alert_published", "alert transitions published on the MQTT alert topic",
         lambda c: _alert_stats(c).published, part="alerts"),
+    Row("alert_renotified", "unacknowledged critical alerts paged again (alerts.renotify_critical_h)",
+        lambda c: _alert_stats(c).renotified, part="alerts"),
     Row("alert_store_retries", "alert store writes that failed and were retried",
         lambda c: _alert_stats(c).store_retries, part="alerts"),
     Row("webhook_sent", "pages delivered to every webhook", lambda c: _alert_stats(c).webhook_sent,

@@ -5,8 +5,9 @@ Takes (topic, payload, now, size on the wire) and returns a ``Validated``: a tel
 ``GatewaySeen``, a ``CommandResult`` (only with ``results`` on: the collector with the alert
 store, which subscribes to them) or a ``Rejected`` with its reason. Never raises on input.
 Besides its answer it keeps only its own state: counters (``Stats``: received, accepted, values,
-rejected by reason, per station messages, sequence gaps and restarts), the last sequence number
-per station that the gap count needs, and the kind of every point name it has stored (below); it
+rejected by reason, per station messages, sequence gaps, restarts and re-stamped messages), per
+station the last sequence number the gap count needs and the last re-stamped time, and the kind
+of every point name it has stored (below); it
 calls nothing else (the rule engine and other taps are fed by the wiring, with what this returns).
 
 Kinds. InfluxDB fixes a field's type at its first write in a shard and refuses a line of any
@@ -18,6 +19,16 @@ reading of another kind is refused (``kind_conflict``) while the rest of its mes
 At most ``MAX_CUSTOM_POINTS`` custom names are kept; a reading of a further name is refused
 (``too_many_custom_points``): a flood of made-up names costs neither memory nor InfluxDB schema.
 
+A gateway clock running fast (its NTP server gone) stamps its messages ahead of their receipt.
+Past ``ingest.max_future_s`` such a message is not refused (the station would look offline while
+it reports, and its data would be lost): it is stored at its receipt time, marked with how far
+ahead its own stamp was (``Frame.skew_ms``, which the rules turn into a ``clock_skew`` alert for
+the gateway, ``alerting/rule_clock.py``), counted per station (``restamped``) and logged once per
+station and gateway boot. Re-stamped messages of one station get distinct times (1 ms apart when
+they arrive together, as a gateway's backlog does): one time for two messages would merge them
+into one InfluxDB point and lose the first one's values. Stored, a re-stamped message is
+receipted like any other (re-sent, it would be stored a second time, at a later time).
+
 The inventory (``ingest.known_stations``). When set, a message of any other station — telemetry,
 station status, a command result, or a gateway status naming none of the known stations — is
 rejected (``unknown_station``) under one ``rejects`` series: the station from the wire is never a
@@ -27,6 +38,7 @@ logged once, up to ``MAX_LOGGED`` ids and reasons; the counters keep the rest.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import structlog
@@ -61,9 +73,12 @@ _TOPICS_MAX = 100_000
 MAX_LOGGED = 1_000
 # custom point names whose kind is kept (a real site has tens)
 MAX_CUSTOM_POINTS = 10_000
+# stations whose re-stamping is remembered (the last time given, the boot last logged): one entry
+# per station with a fast clock; cleared when full like the topics (a flood costs a log line again)
+_RESTAMPED_MAX = 100_000
 # rejected telemetry that can never become valid, so its gateway may stop re-sending it (not
-# ts_future: the gateway's clock may be put right; not schema_version: the collector may be
-# upgraded; not unknown_station: the station may be added to the inventory)
+# schema_version: the collector may be upgraded; not unknown_station: the station may be added to
+# the inventory)
 RECEIPTED_REJECTS = frozenset({"schema", "ts_too_old"})
 
 _PYTYPE: dict[Kind, type] = {Kind.NUMBER: float, Kind.BOOL: bool, Kind.TEXT: str}
@@ -87,6 +102,8 @@ class Validate:
         # point name → the Python type of its value: canonical from the vocabulary, custom first seen
         self._kinds: dict[str, type] = {}
         self._custom = 0
+        self._restamped: dict[str, int] = {}  # station → the last time a message was re-stamped to
+        self._restamp_logged: dict[str, str] = {}  # station → the gateway boot last logged
 
     # -- kinds -------------------------------------------------------------------------------------
     def seed_kinds(self, fields: dict[str, str]) -> int:
@@ -150,8 +167,7 @@ class Validate:
             detail = f"more than {MAX_CUSTOM_POINTS} custom point names: {', '.join(unkept)}"
         if conflicts and unkept:
             detail += f"; and over {MAX_CUSTOM_POINTS} custom names: {', '.join(unkept)}"
-        trimmed = Frame(msg.station, msg.gateway, msg.boot, msg.seq, msg.ts, msg.backfill, keep,
-                        msg.heartbeat_s)
+        trimmed = dataclasses.replace(msg, samples=keep)
         refused = self._reject(reason, msg.station, topic, detail, now_ms, count=len(conflicts) + len(unkept),
                                log_key=(conflicts or unkept)[0])
         return Trimmed(trimmed, refused)
@@ -214,9 +230,8 @@ class Validate:
             raise PayloadError(f"payload station {msg.station!r} ≠ topic station {station!r}",
                                "station_mismatch")
         if msg.ts > now_ms + self._max_future_ms:
-            raise PayloadError(f"ts {msg.ts} is {(msg.ts - now_ms) / 1000:.0f} s in the future "
-                               "(gateway clock?)", "ts_future")
-        if msg.ts < now_ms - self._max_past_ms:
+            msg = self._restamp(msg, now_ms)
+        elif msg.ts < now_ms - self._max_past_ms:
             raise PayloadError(f"ts {msg.ts} is older than {self.cfg.max_past_days} days", "ts_too_old")
         st = self.stats
         last = self._last_seq.get(station)
@@ -231,6 +246,25 @@ class Validate:
         st.messages[station] += 1
         st.values += len(msg.samples)
         return self._check_kinds(msg, topic, now_ms)
+
+    def _restamp(self, msg: Frame, now_ms: int) -> Frame:
+        """The message at its receipt time (distinct from this station's last re-stamped one),
+        marked with how far ahead the gateway's stamp was."""
+        station, restamped = msg.station, self._restamped
+        ts = max(now_ms, restamped.get(station, 0) + 1)
+        if len(restamped) >= _RESTAMPED_MAX and station not in restamped:
+            restamped.clear()
+        restamped[station] = ts
+        self.stats.restamped[station] += 1
+        logged = self._restamp_logged
+        if logged.get(station) != msg.boot:  # once per station and gateway boot; the counter keeps the rest
+            if len(logged) >= _RESTAMPED_MAX:
+                logged.clear()
+            logged[station] = msg.boot
+            log.warning("gateway clock ahead: telemetry stored at its receipt time", station=station,
+                        gateway=msg.gateway, boot=msg.boot, ahead_s=round((msg.ts - now_ms) / 1000, 1),
+                        max_future_s=self.cfg.max_future_s)
+        return dataclasses.replace(msg, ts=ts, skew_ms=msg.ts - ts)
 
     def _reject(self, reason: str, station: str | None, topic: str, detail: str, now_ms: int, *,
                 receipt: tuple[str, str, int] | None = None, count: int = 1,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -39,21 +40,49 @@ class Severity(StrEnum):
 
     @property
     def rank(self) -> int:
+        """0 (info) … 3 (critical): the one ranking every part of heatwatch sorts and filters by."""
         return _RANK[self]
 
 
-_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.MAJOR: 2, Severity.CRITICAL: 3}
-_BY_RANK = {v: k for k, v in _RANK.items()}
+SEVERITIES = (Severity.INFO, Severity.WARNING, Severity.MAJOR, Severity.CRITICAL)  # lowest first
+_RANK = {s: i for i, s in enumerate(SEVERITIES)}
+
+
+def severity_rank(s: str) -> int:
+    """The rank of a severity given as text (a stored row, a JSON page): higher is worse."""
+    return _RANK[Severity(s)]
 
 
 def escalate(s: Severity) -> Severity:
-    return _BY_RANK[min(3, s.rank + 1)]
+    return SEVERITIES[min(len(SEVERITIES) - 1, s.rank + 1)]
 
 
 class State(StrEnum):
     PENDING = "pending"
     FIRING = "firing"
     RESOLVED = "resolved"
+
+
+class Quiet(StrEnum):
+    """Why a transition is stored but not paged ("" = it pages)."""
+
+    NONE = ""
+    BACKFILL = "backfill"  # judged on replayed data: the past never pages
+    SILENCED = "silenced"  # a maintenance window or a silence covers it
+    INHIBITED = "inhibited"  # a bigger alert above it in the topology holds it
+    SEASON = "season"  # the heating season ended
+    EXEMPT = "exempt"  # a room alert on a day colder than the design outdoor temperature (GB/T 33833)
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """Planned works: nothing under ``station`` (or one of its buildings) pages in [start, end)."""
+
+    station: str
+    building: str | None
+    start: int  # ms
+    end: int
+    reason: str
 
 
 class Rule(StrEnum):
@@ -67,6 +96,8 @@ class Rule(StrEnum):
     STATION_OFFLINE = "station_offline"
     GATEWAY_OFFLINE = "gateway_offline"
     DEVICE_OFFLINE = "device_offline"  # one PLC / meter / concentrator of a station not answering
+    CIRC_PUMP_TRIP = "circ_pump_trip"  # no circulation: every pump stopped or the flow collapsed
+    CLOCK_SKEW = "clock_skew"  # a gateway's clock is off: a data-quality fault, its data kept
 
 
 class Transition(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,7 +117,7 @@ class Transition(msgspec.Struct, frozen=True, kw_only=True):
     value: float | None = None
     summary: str = ""
     context: dict[str, Any] = {}
-    quiet: Literal["", "backfill", "silenced", "inhibited", "season"] = ""  # why it is not paged
+    quiet: Quiet = Quiet.NONE  # why it is not paged
     page: bool = False  # goes to the pager (MQTT alert topic, webhooks)
 
 
@@ -115,6 +146,13 @@ class RoomRules(_Strict):
     hold_min: float = Field(120.0, ge=0, description="low for this long before firing")
     clear_above_by: float = Field(0.5, ge=0, description="hysteresis: clear at warning_below + this")
     clear_hold_min: float = Field(30.0, ge=0, description="cleared for this long before resolved")
+    compliant_clear_min: float = Field(120.0, ge=0,
+                                       description="meeting the standard (≥ warning_below) inside the "
+                                                   "hysteresis band this long also resolves; the band "
+                                                   "never pages or escalates")
+    recovery_max_h: float = Field(6.0, gt=0,
+                                  description="an incident (building, outage) holds its flats still below "
+                                              "the standard this long after its cause is gone")
     escalate_after_h: float = Field(24.0, gt=0)
     building_share: float = Field(0.3, gt=0, le=1)
     building_min: int = Field(2, ge=1)
@@ -136,6 +174,8 @@ class SensorRules(_Strict):
     flat_band: float = Field(0.05, ge=0, description="± this for flat_hours = flat-lined")
     flat_hours: float = Field(24.0, gt=0)
     jump_k: float = Field(4.0, gt=0, description="a step this big that the neighbours did not see")
+    intermittent_bad: int = Field(3, ge=1, description="this many bad reports (quality bad or implausible) …")
+    intermittent_of: int = Field(12, ge=2, le=60, description="… among its last this many is a fault")
     mass_stale_share: float = Field(0.5, gt=0, le=1,
                                     description="this share of a station's sensors stale at once is "
                                                 "a concentrator or link fault, not sensor faults")
@@ -145,6 +185,7 @@ class NetworkRules(_Strict):
     """One hydraulic network of a station: its make-up totalizer and circulating flow."""
 
     makeup_total: str = "makeup_total"
+    makeup_flow: str | None = Field("makeup_flow", description="its make-up flow meter, if any (surges)")
     circulation_flow: str = "secondary_flow"
     rate_limit_pct: float = Field(2.0, gt=0, description="hourly make-up ÷ circulation, %")
     rollover: float | None = Field(None, gt=0, description="totalizer wraps at this value, if known")
@@ -155,6 +196,10 @@ class MakeupRules(_Strict):
     rate_hold_h: float = Field(2.0, ge=0)
     baseline_days: int = Field(7, ge=2)
     baseline_min_days: int = Field(3, ge=1)
+    day_min_coverage: float = Field(0.9, gt=0, le=1,
+                                    description="a day enters the baselines only when its readings span "
+                                                "this share of it (a day cut by an outage or a restart "
+                                                "is not a day)")
     daily_mad_k: float = Field(5.0, gt=0)
     daily_min_excess_pct: float = Field(50.0, ge=0, description="and at least this much above the median")
     burst_min_flow: float = Field(5.0, ge=0, description="m³/h make-up flow that counts as surging")
@@ -165,13 +210,52 @@ class MakeupRules(_Strict):
     pump_min_starts: int = Field(20, ge=1)
     ramp_k: float = Field(10.0, gt=0, description="a supply temperature change this big within an hour "
                                                   "is thermal expansion: that hour is not judged")
+    leak_min_m3_h: float = Field(0.1, gt=0, description="the CUSUM's unit Δ is the station's night "
+                                                        "minimum, at least this")
+    cusum_k: float = Field(0.5, gt=0, description="allowance per hour, in Δ: half the step to detect")
+    cusum_h: float = Field(1.0, gt=0, description="raised at this many Δ·h above the baseline")
+    leak_clear_h: float = Field(1.0, ge=0, description="makeup_daily resolves after this long clear")
+    burst_factor: float = Field(5.0, gt=1, description="make-up flow this many times the network's own "
+                                                       "peak is a surge (makeup_daily, critical), "
+                                                       "whatever the pressure does …")
+    burst_min_excess: float = Field(2.0, gt=0, description="… and this many m³/h above it …")
+    burst_confirm_min: float = Field(3.0, ge=0, description="… for this long")
+    refill_tail_h: float = Field(2.0, ge=0, description="a works window (any building of the station) "
+                                                        "covers the station's make-up this long after "
+                                                        "it ends: refilling what the works drained")
     max_plausible_flow: float = Field(100.0, gt=0, description="m³/h: a bigger make-up totalizer step "
                                                                "is a meter replacement, not water")
+
+
+class CirculationRules(_Strict):
+    """The secondary circulation: no circulation is a pump trip (heat stops), not a leak."""
+
+    flow: str = Field("secondary_flow", description="the circulation flow point")
+    pumps: list[str] = Field(default_factory=lambda: ["circ_pump_running", "circ_pump_running_2"],
+                             description="pump running bits: a trip is none of them running")
+    faults: list[str] = Field(default_factory=lambda: ["circ_pump_fault", "circ_pump_fault_2"])
+    flow_share: float = Field(0.2, gt=0, lt=1, description="a flow below this share of its normal is "
+                                                            "a trip whatever the pump bits say")
+    learn_min: float = Field(30.0, gt=0, description="normal flow learned over this much data first")
+    hold_min: float = Field(2.0, ge=0)
+    clear_min: float = Field(5.0, ge=0)
+
+
+class ClockRules(_Strict):
+    skew_s: float = Field(60.0, gt=0, description="a gateway clock this far off (its stamps ahead of "
+                                                  "their receipt, or re-stamped by the collector) "
+                                                  "is a clock_skew")
+    hold_min: float = Field(10.0, ge=0)
+    clear_min: float = Field(10.0, ge=0)
 
 
 class OfflineRules(_Strict):
     station_after_s: float = Field(300.0, gt=0, description="no telemetry for this long")
     device_hold_s: float = Field(300.0, ge=0)
+    gateway_wait_s: float = Field(60.0, ge=0,
+                                  description="a silent station waits this long past station_after_s "
+                                              "for its gateway's will (1.5 × the gateway's MQTT "
+                                              "keepalive_s after it died): a gateway outage pages once")
 
 
 class Overrides(_Strict):
@@ -227,19 +311,54 @@ class Window(_Strict):
         return self
 
 
+class ColdDay(_Strict):
+    """GB/T 33833 §5.1 holds only while the outdoor daily mean is not below the design outdoor
+    temperature: which mean decides, and how room alerts page on colder days."""
+
+    mean: Literal["previous_day", "official"] = Field(
+        "previous_day", description="previous_day: the station's own completed previous local day; "
+                                    "official: the official/forecast mean of the day (below), the "
+                                    "previous day where it has none")
+    official: dict[dt.date, float] = Field(default_factory=dict,
+                                           description="local date → official or forecast daily mean °C")
+    paging: Literal["quiet", "info", "page"] = Field(
+        "info", description="room_low and building_low on such a day: quiet (stored, not paged), "
+                            "info (paged at severity info, below the usual webhook minimum), page "
+                            "(as any day, tagged)")
+
+
 class AlertRules(_Strict):
     kind: Literal["rules"] = "rules"
     timezone_offset_h: float = Field(8.0, ge=-12, le=14, description="local time for days and seasons")
     season: Season = Season()
     design_outdoor_temp: float = Field(-7.6, description="GB 50736 Appendix A (Beijing −7.6 °C)")
+    cold_day: ColdDay = ColdDay()
     room: RoomRules = RoomRules()
     sensor: SensorRules = SensorRules()
     makeup: MakeupRules = MakeupRules()
     offline: OfflineRules = OfflineRules()
+    circulation: CirculationRules = CirculationRules()
+    clock: ClockRules = ClockRules()
     stations: dict[str, Overrides] = Field(default_factory=dict, description="overrides by station id")
     buildings: dict[str, Overrides] = Field(default_factory=dict,
                                             description="overrides by 'station/building'")
     maintenance: list[Window] = Field(default_factory=list)
+    inventory: dict[Ident, list[Ident]] = Field(
+        default_factory=dict,
+        description="gateway → the stations behind it, as the asset register and the gateways' configs "
+                    "say they exist: offline is judged against this list too (a station or gateway "
+                    "never heard from is flagged station_after_s after the rules start)")
+
+    @field_validator("inventory")
+    @classmethod
+    def _once(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        seen: dict[str, str] = {}
+        for gw, stations in v.items():
+            for st in stations:
+                if st in seen:
+                    raise ValueError(f"station {st} is listed under {seen[st]} and {gw}")
+                seen[st] = gw
+        return v
 
     @field_validator("buildings")
     @classmethod

@@ -33,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from contract.alerts import AlertRules, load_rules
+from contract.alerts import AlertRules, Severity, load_rules
 from contract.codec import FLOATS, INTEGERS, MULTI_WORD, DataType, WordOrder, word_count
 from contract.errors import ConfigError
 from contract.points import Kind, Level, PointDef, check_name
@@ -578,6 +578,16 @@ class ResolvedDevice(_Strict):
         return f"{self.host}:{self.port}" + (" rtu" if self.transport == "rtu_over_tcp" else "")
 
 
+class MetricsSettings(_Strict):
+    """A Prometheus ``/metrics`` endpoint of the process (docs/operations.md, "Health").
+    Loopback by default: the figures name stations and devices, and the endpoint has no login;
+    a Prometheus on another machine reaches it through the site's VPN or an SSH tunnel, or the
+    host is set to an address only that network reaches."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)  # 0: any free port (tests; the process logs which)
+
+
 class GatewayControl(_Strict):
     """Remote commands (docs/control.md). Without this block the gateway takes none and its
     status lists no writable point."""
@@ -600,6 +610,8 @@ class GatewayConfig(_Strict):
     mqtt: MqttSettings = MqttSettings()
     outbox: OutboxSettings
     control: GatewayControl | None = None
+    # off by default; one endpoint per process: the configs of one process that set it agree
+    metrics: MetricsSettings | None = None
     poll_groups: dict[Ident, PollGroup] = Field(default_factory=lambda: {"fast": PollGroup(interval_s=5)})
     devices: list[DeviceConfig] = Field(min_length=1)
     # Filled by load_config from devices[].map; not written by hand.
@@ -721,7 +733,11 @@ class StatsSettings(_Strict):
 
 class WebhookSettings(_Strict):
     url: str = Field(pattern=r"^https?://")
-    min_severity: Literal["info", "warning", "major", "critical"] = "warning"
+    min_severity: Severity = Severity.WARNING
+    # heatwatch: the Transition as JSON; alertmanager: Alertmanager's webhook message (relays built
+    # for Alertmanager take it as is); alertmanager_api: POST to a real Alertmanager's
+    # /api/v2/alerts (url ends in it), which then routes, groups and repeats (contract/alertmanager.py)
+    format: Literal["heatwatch", "alertmanager", "alertmanager_api"] = "heatwatch"
     timeout_s: float = Field(default=5, gt=0)
     headers: dict[str, SecretStr] = Field(default_factory=dict)  # e.g. Authorization
 
@@ -744,6 +760,9 @@ class AlertSettings(_Strict):
     publish: bool = True  # every transition on heatwatch/v1/alert/{station}
     webhooks: list[WebhookSettings] = Field(default_factory=list)
     webhook_outbox: str | None = None  # durable queue of webhook deliveries; needed with webhooks
+    # a critical alert still firing that nobody has acknowledged is paged again this often (hours;
+    # None: never); checked every seen_s
+    renotify_critical_h: float | None = Field(default=4.0, gt=0)
 
     @model_validator(mode="after")
     def _outbox(self) -> AlertSettings:
@@ -809,6 +828,8 @@ class ApiConfig(_Strict):
     influx: InfluxSettings = InfluxSettings()
     store: StoreUrl  # the alert store the collector writes (SQLAlchemy URL)
     control: ApiControl | None = None
+    # requests by route and status, latency; with several workers the supervisor serves them all
+    metrics: MetricsSettings | None = None
     workers: int = Field(default=1, ge=1, le=32,
                          description="uvicorn worker processes; 2 on a 2-core box halves the tail under load")
     report: str | None = Field(default=None, description=(

@@ -291,6 +291,11 @@ class Frame:
     backfill: bool
     samples: list[Sample]
     heartbeat_s: float | None = None  # reported by exception: each point at least this often
+    # The gateway's clock was off: the collector re-stamped the message on its receipt time (``ts``
+    # is then that) and keeps here how far the gateway's own stamp was from it (gateway − receipt,
+    # ms; > 0 = the gateway's clock is fast). 0: ``ts`` is the gateway's own. The data are kept
+    # and judged; the rules raise ``clock_skew`` for the gateway (alerting/rule_clock.py).
+    skew_ms: int = 0
 
     @classmethod
     def of(cls, t: Telemetry) -> Frame:

@@ -13,7 +13,8 @@ Four dashboards on the InfluxDB data source heatwatch writes (measurements in
   room temperatures against 18 °C; the station's alert transitions as annotations.
 - ``alerts.json`` — the city's alerts: open now, transitions by rule and severity, the latest.
 - ``collector.json`` — the pipeline: received / accepted / written per second, rejects by
-  reason, spool, retries, sequence gaps and gateway restarts per station, alert pages.
+  reason, spool, retries, sequence gaps, gateway restarts and re-stamped messages per station,
+  alert pages.
 
 Every panel of points takes its unit from the vocabulary (``unit_of``): one unit per panel, so
 make-up flow (~0.5 m³/h) never shares an axis with circulation (~120 m³/h). Every query is raw
@@ -357,6 +358,11 @@ def collector() -> dict[str, Any]:
             [_q("A", f'SELECT non_negative_difference(last("restarts")) FROM "{MEASUREMENT_INGEST}" '
                      'WHERE $timeFilter GROUP BY time(10m), "station" fill(none)', "$tag_station")],
             description="per 10 minutes")
+    b.panel("Messages re-stamped on receipt per station (gateway clock fast)",
+            [_q("A", f'SELECT non_negative_difference(last("restamped")) FROM "{MEASUREMENT_INGEST}" '
+                     'WHERE $timeFilter GROUP BY time(10m), "station" fill(none)', "$tag_station")],
+            description="per 10 minutes; stamped past ingest.max_future_s ahead, stored at their "
+                        "receipt time (the gateway's clock_skew alert names it)")
     b.row("Alerts")
     b.panel("Alert transitions and pages per minute",
             [_q("A", f'SELECT non_negative_derivative(last("alert_transitions"), 1m) FROM "{c}" '
@@ -396,6 +402,7 @@ def report() -> dict[str, Any]:
             [_q("A", 'SELECT non_negative_difference(last("makeup_total")) '
                      f'FROM "{MEASUREMENT_STATION}" WHERE $timeFilter '
                      'GROUP BY time($__interval), "station" fill(none)', "$tag_station")],
+            unit=unit_of("makeup_total"),
             description="Totalizer growth per day (the panel's minimum interval); the report divides it by "
                         "heated area (t/10,000 m²/day)")
     b.d["panels"][-1]["interval"] = "1d"
@@ -412,7 +419,7 @@ def report() -> dict[str, Any]:
     b.panel("Sensor-hours below 18 °C by station",
             [_q("A", f'SELECT count("m") AS "hours_below" FROM ({rooms}) WHERE "m" < 18 GROUP BY "station"',
                 "$tag_station")],
-            kind="bargauge", thresholds=[(None, "green"), (24.0, "orange")])
+            unit="h", kind="bargauge", thresholds=[(None, "green"), (24.0, "orange")])
     b.row("Information management")
     b.panel("Samples per hour by station",
             [_q("A", f'SELECT count("secondary_supply_temp") FROM "{MEASUREMENT_STATION}" WHERE $timeFilter '

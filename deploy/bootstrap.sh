@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what heatwatch needs on a fresh Debian/Ubuntu machine; safe to re-run.
-#   - mosquitto, influxd and PostgreSQL from the distribution (sudo when not root);
+#   - mosquitto, influxd, PostgreSQL, Prometheus and Alertmanager from the distribution (sudo when
+#     not root);
 #   - .venv with the exact versions of requirements.lock and heatwatch itself (editable);
 #   - the rule engine compiled with mypyc (gcc and Python's headers from the distribution).
 set -euo pipefail
@@ -17,12 +18,17 @@ command -v influx >/dev/null 2>&1 || need_pkgs+=(influxdb-client)
 # PostgreSQL: the alert store of a multi-machine site; tests run the store against a real one
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_pkgs+=(postgresql)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
+# a real Prometheus scrapes gateway, collector and API in the tests; promtool checks the shipped
+# alerting rules (deploy/prometheus/)
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
 # the tests verify the shipped systemd units with systemd-analyze (Debian: in package systemd)
 command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
 # the takeover report: pdftoppm renders its PDF to images in the tests; a font with Chinese and
 # Latin glyphs for the PDF
 command -v pdftoppm >/dev/null 2>&1 || need_pkgs+=(poppler-utils)
 [ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need_pkgs+=(fonts-wqy-microhei)
+# Alertmanager: pages leave in its shapes; tests hold them to what a real one sends
+command -v prometheus-alertmanager >/dev/null 2>&1 || need_pkgs+=(prometheus-alertmanager)
 # the rule engine is compiled with mypyc (deploy/build_rules.py): a C compiler and Python's headers
 command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc)
 python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \

@@ -166,6 +166,13 @@ class DiskQueue:
                 (after_id, limit)).fetchall()
         return [Row(int(r[0]), str(r[1]), bytes(r[2]), int(r[3])) for r in rows]
 
+    def oldest_ms(self) -> int | None:
+        """When the oldest row was created (None when empty): how late the queue runs. One
+        primary-key lookup; safe from another thread (a metrics scrape)."""
+        with self._lock:
+            row = self._db.execute("SELECT created_ms FROM queue ORDER BY id LIMIT 1").fetchone()
+        return int(row[0]) if row else None
+
     def delete(self, ids: list[int]) -> None:
         """The broker confirmed these; forget them."""
         if not ids:

@@ -77,6 +77,7 @@ class Gateway:
         self.gw_topic = str(topics.gateway_status(cfg.gateway))
         self._last_status: bytes | None = None
         self.messages = 0
+        self.cycles: dict[str, int] = dict.fromkeys(cfg.poll_groups, 0)  # finished, per poll group
         self.publisher: Publisher | None = None
         # remote commands (a bad key file fails here, at start-up)
         self.commands = (CommandPath(cfg, self.devices, self.outbox, send=self._send_now)
@@ -148,6 +149,7 @@ class Gateway:
         if by_exception is not None:
             by_exception.sent_at(readings, ts)
         self.messages += 1
+        self.cycles[group] = self.cycles.get(group, 0) + 1
         if self.publisher is not None:
             self.publisher.notify()
             self._publish_status(ts)

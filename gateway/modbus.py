@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import structlog
@@ -20,6 +21,7 @@ from pymodbus.exceptions import ModbusException
 
 from contract.config import ResolvedDevice
 from contract.payload import DeviceState
+from gateway.metrics import Histogram
 from gateway.plan import Request
 
 log = structlog.get_logger("heatwatch.gateway.modbus")
@@ -38,6 +40,21 @@ class ReadRejected(Exception):
     def __init__(self, code: int) -> None:
         super().__init__(f"modbus exception {code}")
         self.code = code
+
+
+# seconds per Modbus request: 0.3 ms for 125 registers on loopback TCP (LIMITS.md) up to
+# ~0.3 s for a full request at 9600 baud; a timeout is counted, not timed
+RTT_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass
+class ModbusStats:
+    """One device's exchanges: round trips answered (with an answer or a Modbus exception),
+    exceptions by code (a wrong map), and requests that got no answer (a sick device)."""
+
+    rtt: Histogram = field(default_factory=lambda: Histogram(RTT_BUCKETS_S))
+    exceptions: Counter[int] = field(default_factory=Counter)
+    no_answer: int = 0
 
 
 class Link:
@@ -59,11 +76,21 @@ class Link:
             self.client = AsyncModbusTcpClient(str(dev.host), port=dev.port, framer=framer,
                                                timeout=dev.timeout_s, retries=0, reconnect_delay=0)
         self.lock = asyncio.Lock()
+        self.stats: dict[int, ModbusStats] = {}  # by device id (unique on one link)
+
+    def _stats(self, device_id: int) -> ModbusStats:
+        st = self.stats.get(device_id)
+        if st is None:
+            st = self.stats[device_id] = ModbusStats()
+        return st
 
     async def read(self, req: Request, device_id: int) -> list[int]:
+        st = self._stats(device_id)
         c = self.client
         if not c.connected and not await c.connect():
+            st.no_answer += 1
             raise ReadFailed(f"cannot connect to {self.where}")
+        t0 = time.perf_counter()
         try:
             if req.table == "holding_register":
                 rr = await c.read_holding_registers(req.address, count=req.count, device_id=device_id)
@@ -74,9 +101,13 @@ class Link:
             else:
                 rr = await c.read_discrete_inputs(req.address, count=req.count, device_id=device_id)
         except (TimeoutError, ModbusException, OSError) as exc:
+            st.no_answer += 1
             raise ReadFailed(f"{type(exc).__name__}: {exc}") from None
+        st.rtt.observe(time.perf_counter() - t0)
         if rr.isError():
-            raise ReadRejected(int(getattr(rr, "exception_code", 0)))
+            code = int(getattr(rr, "exception_code", 0))
+            st.exceptions[code] += 1
+            raise ReadRejected(code)
         if req.table in ("coil", "discrete_input"):
             return [1 if b else 0 for b in rr.bits[: req.count]]
         return list(rr.registers)
@@ -85,9 +116,12 @@ class Link:
         """One write request: a coil by FC5, one register by FC6, registers by FC16 (``fc``).
         Raises ReadFailed when the device does not answer, ReadRejected with the Modbus
         exception code when it refuses (the names cover writes too)."""
+        st = self._stats(device_id)
         c = self.client
         if not c.connected and not await c.connect():
+            st.no_answer += 1
             raise ReadFailed(f"cannot connect to {self.where}")
+        t0 = time.perf_counter()
         try:
             if table == "coil":
                 rr = await c.write_coil(address, bool(words[0]), device_id=device_id)
@@ -96,9 +130,13 @@ class Link:
             else:
                 rr = await c.write_registers(address, words, device_id=device_id)
         except (TimeoutError, ModbusException, OSError) as exc:
+            st.no_answer += 1
             raise ReadFailed(f"{type(exc).__name__}: {exc}") from None
+        st.rtt.observe(time.perf_counter() - t0)
         if rr.isError():
-            raise ReadRejected(int(getattr(rr, "exception_code", 0)))
+            code = int(getattr(rr, "exception_code", 0))
+            st.exceptions[code] += 1
+            raise ReadRejected(code)
 
     def close(self) -> None:
         self.client.close()
@@ -111,6 +149,9 @@ class DeviceHealth:
     failures: int = 0
     next_try: float = 0.0
     reported: bool = False  # the current outage was logged loudly already
+    # poll group → the first refusal of its last cycle: a wrong map in one group's block keeps
+    # the device degraded while the other groups read it fine
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 Answer = tuple[Request, list[int] | None]  # a request and its words (None: failed)
@@ -151,7 +192,7 @@ class Device:
                 out.extend(answers)
                 rejected = rejected or error
         self.plans[group] = [r for r, _ in out]  # the next cycle reads the pieces, not the refused block
-        self._answered(rejected)
+        self._answered(group, rejected)
         return out
 
     async def _read(self, req: Request) -> tuple[list[Answer], str | None]:
@@ -184,13 +225,16 @@ class Device:
             log.debug("device still not answering", device=self.cfg.name, error=error)
         h.state, h.error = DeviceState.OFFLINE, error
 
-    def _answered(self, rejected: str | None) -> None:
+    def _answered(self, group: str, rejected: str | None) -> None:
         h = self.health
         if h.state is DeviceState.OFFLINE:
             log.info("device answering again", device=self.cfg.name, after_failures=h.failures)
-        if rejected and h.error != rejected:
+        if rejected is None:
+            h.refused.pop(group, None)
+        elif h.refused.get(group) != rejected:
             log.warning("device rejects a request: check the register map", device=self.cfg.name,
                         error=rejected)
+            h.refused[group] = rejected
         h.failures, h.reported = 0, False
-        h.state = DeviceState.DEGRADED if rejected else DeviceState.ONLINE
-        h.error = rejected
+        h.state = DeviceState.DEGRADED if h.refused else DeviceState.ONLINE
+        h.error = next(iter(h.refused.values()), None)

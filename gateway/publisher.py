@@ -26,10 +26,14 @@ import structlog
 
 from contract.config import GatewayConfig
 from durable.queue import DiskQueue
+from gateway.metrics import Histogram
 from messaging.client import MqttClient, PublishRefused, Will
 
 log = structlog.get_logger("heatwatch.gateway.publisher")
 
+# seconds from handing a message to the client to its PUBACK: ~1 ms on a LAN, 0.1–1 s over
+# 4G; a message handed over while the broker is away waits for the reconnect
+PUBLISH_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BACKFILL_AFTER_S = 30.0  # a message older than this when published is marked backfill
 REFUSED_RETRY_S = 30.0
 _LIVE, _BACKFILL = b'"backfill":false', b'"backfill":true'
@@ -58,6 +62,7 @@ class Publisher:
         self._direct: set[int] = set()  # rows handed over by publish_now, not yet acknowledged
         self._refused_logged = False
         self.published = self.acked = self.backfilled = self.refused = 0
+        self.latency = Histogram(PUBLISH_BUCKETS_S)
 
     @property
     def connected(self) -> bool:
@@ -82,7 +87,7 @@ class Publisher:
         if self.client.connected and self.client.room > 0:
             self._direct.add(row_id)
             fut = self.client.publish_nowait(topic, payload)
-            fut.add_done_callback(partial(self._done, row_id))
+            fut.add_done_callback(partial(self._done, row_id, time.monotonic()))
             self.published += 1
         else:
             self._wake.set()
@@ -96,12 +101,13 @@ class Publisher:
             tg.create_task(self.client.run())
             tg.create_task(self._pump())
 
-    def _done(self, row_id: int, fut: asyncio.Future[None]) -> None:
+    def _done(self, row_id: int, handed_at: float, fut: asyncio.Future[None]) -> None:
         self._direct.discard(row_id)
         if fut.cancelled():
             return
         exc = fut.exception()
         if exc is None:
+            self.latency.observe(time.monotonic() - handed_at)
             self._acked.append(row_id)
             self.acked += 1
             self._wake.set()
@@ -139,6 +145,7 @@ class Publisher:
             limit = min(room, 500)
             rows = await self._blocking(self.outbox.fetch_after, self.cursor, limit)
             now_ms = time.time() * 1000
+            handed_at = time.monotonic()
             for row in rows:
                 if row.id in self._direct:  # already with the client (publish_now)
                     self.cursor = row.id
@@ -148,7 +155,7 @@ class Publisher:
                     payload = mark_backfill(payload)
                     self.backfilled += 1
                 fut = client.publish_nowait(row.key, payload)
-                fut.add_done_callback(partial(self._done, row.id))
+                fut.add_done_callback(partial(self._done, row.id, handed_at))
                 self.cursor = row.id
                 self.published += 1
             if len(rows) == limit:

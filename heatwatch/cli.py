@@ -27,8 +27,11 @@ import getpass
 import importlib.metadata
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
+import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -84,7 +87,15 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
         finally:
             for s, handler in previous.items():
                 loop.remove_signal_handler(s)
-                signal.signal(s, handler)
+                # once a stop is under way, the rest of the teardown (the interpreter's own, logging
+                # included) keeps the same rule: a repeat within 2 s is the same stop, later ends it
+                # at once; never a KeyboardInterrupt raised inside logging.shutdown (seen: a
+                # supervisor's SIGTERM 50 ms after Ctrl-C printed a traceback)
+                signal.signal(s, _late_signal if stopping else handler)
+
+    def _late_signal(signum: int, _frame: object) -> None:
+        if time.monotonic() - since >= 2.0:  # loop.time() is time.monotonic()
+            os._exit(130)
 
     try:
         asyncio.run(supervised())
@@ -129,6 +140,14 @@ def _gateway(args: argparse.Namespace) -> int:
                 raise ConfigError(w, [f"{what}: {key} is also the {what} of {seen[key]}; "
                                       "each station needs its own"])
             seen[key] = w
+    # one /metrics per process, whatever the number of stations: the configs that set it agree
+    endpoints = {(c.metrics.host, c.metrics.port): w for w, c in zip(words, cfgs, strict=True)
+                 if c.metrics is not None}
+    if len(endpoints) > 1:
+        (h1, p1), w1 = next(iter(endpoints.items()))
+        w2 = list(endpoints.values())[1]
+        raise ConfigError(w2, [f"metrics: one endpoint per process, and {w1} names {h1}:{p1}; give every "
+                               "config of this process the same metrics: (or leave it out)"])
 
     async def run() -> None:  # pymodbus clients need the running loop at construction
         gateways = []
@@ -138,6 +157,17 @@ def _gateway(args: argparse.Namespace) -> int:
             except CannotOpen as exc:
                 exc.config = w
                 raise
+        if endpoints:
+            from gateway.metrics import serve
+
+            (host, port), w = next(iter(endpoints.items()))
+            try:
+                serve(gateways, host, port)
+            except OSError as exc:
+                err = CannotOpen("metrics endpoint", f"{host}:{port}", (exc.strerror or str(exc)).lower(),
+                                 "metrics.port")
+                err.config = w
+                raise err from None
         async with asyncio.TaskGroup() as tg:
             for gw in gateways:
                 tg.create_task(gw.run())
@@ -166,6 +196,7 @@ def _api(args: argparse.Namespace) -> int:
     from alerting.store import Store
     from api.app import API_CONFIG_ENV, create_app
     from api.limits import MAX_HEAD_BYTES
+    from api.metrics import MULTIPROC_ENV, serve_workers
 
     cfg = load_api_config(args.config)
     # the store opens here first: a wrong path is one line (CannotOpen), not a traceback per worker
@@ -173,6 +204,7 @@ def _api(args: argparse.Namespace) -> int:
     # a request head over MAX_HEAD_BYTES is refused (431) before the app sees it (api/limits.py)
     http, h11_max = "api.limits:HeadLimitedProtocol", MAX_HEAD_BYTES
     if cfg.workers == 1:
+        os.environ.pop(MULTIPROC_ENV, None)  # this process serves its own metrics (api/metrics.py)
         server = uvicorn.Server(uvicorn.Config(
             create_app(cfg), host=cfg.listen.host, port=cfg.listen.port, log_level="warning",
             http=http, h11_max_incomplete_event_size=h11_max))
@@ -191,8 +223,25 @@ def _api(args: argparse.Namespace) -> int:
     # uvicorn.run with workers returns normally when a worker fails to start; its supervisor
     # knows, so run that directly and look at how the workers ended
     supervisor = Multiprocess(config, sockets=[config.bind_socket()])
-    with contextlib.suppress(KeyboardInterrupt):
-        supervisor.run()
+    metrics_dir: str | None = None
+    metrics_server: Any = None
+    if cfg.metrics is not None:
+        # each worker counts into files here; this process serves the sum (api/metrics.py)
+        metrics_dir = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="heatwatch-api-metrics-")
+        try:
+            metrics_server = serve_workers(metrics_dir, cfg.metrics.host, cfg.metrics.port)
+        except OSError as exc:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            raise CannotOpen("metrics endpoint", f"{cfg.metrics.host}:{cfg.metrics.port}",
+                             (exc.strerror or str(exc)).lower(), "metrics.port") from None
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            supervisor.run()
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     if any(p.process.exitcode == STARTUP_FAILURE for p in supervisor.processes):
         print(f"heatwatch api: a worker failed to start on {cfg.listen.host}:{cfg.listen.port} "
               "(the reason is logged above)", file=sys.stderr)

@@ -179,6 +179,15 @@ class Postgres(_Service):
                        check=True, capture_output=True)
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
 
+    def _ready(self) -> bool:
+        """Accepting queries, not only the port: PostgreSQL answers "the database system is
+        starting up" for a while after it listens (a test connected in that window and failed)."""
+        if not port_open(self.port):
+            return False
+        r = subprocess.run([str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port),
+                            "-U", "postgres", "-q"], check=False)
+        return r.returncode == 0
+
     def _as_owner(self, cmd: list[str]) -> list[str]:
         return ["runuser", "-u", "postgres", "--", *cmd] if self.as_root else cmd
 

@@ -1,87 +1,241 @@
 """Alert scenarios: the simulator's station physics on an accelerated clock, judged by the engine.
 
-A scenario file (``tests/scenarios/*.yaml``) states the station, the events, and what the
-dispatch room must and must not be paged for::
+A scenario file (``tests/scenarios/*.yaml``) states the stations, what happens to them and to
+their data on the way, and what the dispatch room must and must not be paged for::
 
     description: a building's supply fails; its households go cold together
     start: 2026-12-10T00:00:00+08:00
     duration: 8h
+    stations: 1                 # st001, st002 …; stations_per_gateway of them behind each gateway
     buildings: 3                # b01..b03, each with `households` room sensors
     households: 8
-    events:
+    events:                     # the simulator's physics (simulator/physics.py EVENT_KINDS)
       - {at: 1h, event: cold_building, building: b02, for: 6h}
+    profiles:                   # any reported point: set / add (a number, or [from, to] = a ramp)
+      - {point: makeup_flow, at: 4d10h, for: 6h, add: [0.1, 1.9]}    # also counted by the totalizer
+      - {point: circ_pump_running, at: 2h, for: 1h, set: false}
+      - {point: room_temp, household: b01-0301, at: 2h, set: 18.3}    # stuck at a given value
+      - {point: room_temp, household: b01-0401, at: 1h, sentinel: 85.0, every: 2}   # or sentinel: bad
+    delivery:                   # what the network does to the messages on their way
+      - {at: 3d23h55m, for: 10m, fault: redeliver, by: 7m}   # also gap, duplicate, delay, reverse, clock_skew
+    status:                     # status messages: a gateway's will, a station's devices
+      - {at: 1h, gateway: gw-st001, state: offline}
+      - {at: 1h, station: st001, state: offline, devices: {plc: offline}}
+    works:                      # a works window for a building (a silence in the store)
+      - {at: 2h, for: 4h, building: b02, reason: riser repair}
+    rules: {}                   # the rule file (overrides of contract/alerts.py AlertRules)
     expect:                     # each must be paged (firing, not quiet) within `within` of `after`
       - {rule: building_low, building: b02, after: 1h, within: 3h}
     quiet:                      # raised and stored, but must not page
       - {rule: room_low, building: b02}
+    open_at_end:                # still open when the scenario ends (a continuing leak never "clears")
+      - {rule: makeup_rate}
     restart_at: 2h              # optional: the collector restarts (engine from its snapshot)
-
-Every page that matches no ``expect`` entry is a false alarm. Run them all and print the report:
-``.venv/bin/python -m heatwatch.scenarios tests/scenarios``.
 
 The closed loop of remote control (docs/control.md): an engineer paged for a rule sends remote
 commands, each checked as the gateway checks it (the point's bounds, ``max_step`` from the
 present value, ``min_interval_s`` since its last write: the vocabulary's defaults) and written
-into the station model; the scenario then expects the alert to resolve and the rooms to recover::
+into the model of the station that paged (or ``station``); the scenario then expects the alert
+to resolve and the rooms to recover::
 
     commands:                   # when building_low pages for b02: 70, 80, 90, 100 % every 15 min
       - {when_paged: building_low, building: b02, point: building_valve_setpoint,
          values: [70, 80, 90, 100], delay: 10m, every: 15m}
     resolved:                   # within `within` of the first command
       - {rule: building_low, building: b02, within: 4h}
-    rooms_above: {building: b02, value: 18}   # every room of b02 at the end
+    rooms_above: {building: b02, value: 18}   # every room of b02 (of st001, or `station`) at the end
+
+Every page that matches no ``expect`` entry is a false page, and a room page whose value meets
+the standard (median ≥ ``room.warning_below``) is counted on its own: it must never happen.
+The runner plays the collector in front of the engine: a message stamped more than
+``max_future_s`` ahead of its receipt is re-stamped on receipt time and marked (``skew_ms``)
+where the contract carries the mark, else rejected as the collector did before.
+
+Run them all and print the report: ``.venv/bin/python -m heatwatch.scenarios tests/scenarios``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
+import heapq
+import random
+import statistics
 import sys
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from alerting.engine import Engine
+from alerting.engine import Engine, Silence
 from contract.alerts import AlertRules, Transition
 from contract.commands import Bounds, Reason, bounds_problem
 from contract.config import WriteSpec, read_yaml, render_errors
 from contract.errors import ConfigError
-from contract.payload import Frame, Sample
+from contract.payload import Frame, GatewayStatus, Sample, StationStatus
 from contract.points import VOCABULARY, Kind, Level, check_name
 from simulator.physics import Event, Key, StationModel
-from simulator.scenario import EventTiming, seconds
+from simulator.scenario import seconds
 
 STATION, GATEWAY = "st001", "gw-st001"
 _STATION_POINTS = [d.name for d in VOCABULARY.values()
                    if d.level is Level.STATION and d.kind is not Kind.TEXT]
+# a flow a profile changes is counted by its totalizer too, so volumes and rates agree
+_TOTALS = {"makeup_flow": "makeup_total", "secondary_flow": "secondary_flow_total",
+           "primary_flow": "primary_flow_total"}
+_ROOM_RULES = ("room_low", "building_low")
+Number = float | int
 
 
-class _Match(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _dur(v: object) -> float | None:
+    return None if v is None else seconds(v)
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class _Timed(_Spec):
+    at: float = 0.0
+    for_: float | None = Field(default=None, alias="for")
+
+    @field_validator("at", "for_", mode="before")
+    @classmethod
+    def _times(cls, v: object) -> float | None:
+        return _dur(v)
+
+    def active(self, rel: float) -> bool:
+        return self.at <= rel and (self.for_ is None or rel < self.at + self.for_)
+
+    def progress(self, rel: float) -> float:
+        """0 at the start of the span, 1 at its end (a span without an end: 0)."""
+        if not self.for_:
+            return 0.0
+        return min(1.0, max(0.0, (rel - self.at) / self.for_))
+
+
+class EventSpec(_Timed):
+    event: str
+    station: str | None = None  # None: every station
+    building: str | None = None
+    household: str | None = None
+    point: str | None = None
+    device: str | None = None
+
+
+class Profile(_Timed):
+    """A reported point changed over a span: ``set`` it, ``add`` to it (a number, or [from, to] ramped
+    across the span), or replace every ``every``-th report with a ``sentinel`` (a number, or ``bad``)."""
+
+    point: str
+    station: str | None = None
+    building: str | None = None
+    household: str | None = None
+    set: bool | Number | tuple[Number, Number] | None = None
+    add: Number | tuple[Number, Number] | None = None
+    sentinel: Number | Literal["bad"] | None = None
+    every: int = Field(1, ge=1)
+    noise: float = Field(0.0, ge=0, description="± this (Gaussian σ) on a set value: a live sensor")
+
+    @model_validator(mode="after")
+    def _one(self) -> Profile:
+        given = [k for k in ("set", "add", "sentinel") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of set, add, sentinel")
+        try:
+            check_name(self.point)
+        except ValueError as exc:
+            raise ValueError(f"point: {exc}") from None
+        return self
+
+    def matches(self, key: Key, station: str) -> bool:
+        p, b, h = key
+        return (p == self.point and self.station in (None, station) and self.building in (None, b)
+                and self.household in (None, h))
+
+    def apply(self, v: float | bool, rel: float, rnd: random.Random) -> float | bool:
+        x = self.set if self.set is not None else self.add
+        if isinstance(x, tuple):
+            x = x[0] + (x[1] - x[0]) * self.progress(rel)
+        if isinstance(x, bool):
+            return x
+        jitter = rnd.gauss(0, self.noise) if self.noise else 0.0
+        if self.set is not None:
+            return float(x) + jitter  # type: ignore[arg-type]
+        return float(v) + float(x) + jitter  # type: ignore[arg-type]
+
+
+class Delivery(_Timed):
+    """What the network or the gateway does to messages of the span."""
+
+    fault: Literal["gap", "duplicate", "delay", "reverse", "redeliver", "clock_skew"]
+    by: float = 0.0  # delay / redelivery / skew
+    station: str | None = None
+
+    @field_validator("by", mode="before")
+    @classmethod
+    def _by(cls, v: object) -> float:
+        return seconds(v)
+
+
+class StatusSpec(_Timed):
+    gateway: str | None = None
+    station: str | None = None
+    state: Literal["online", "offline", "degraded"]
+    devices: dict[str, Literal["online", "offline", "degraded"]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _which(self) -> StatusSpec:
+        if (self.gateway is None) == (self.station is None):
+            raise ValueError("give a gateway or a station")
+        if self.gateway is not None and self.state == "degraded":
+            raise ValueError("a gateway is online or offline")
+        return self
+
+
+class Works(_Timed):
+    building: str | None = None
+    station: str = STATION
+    reason: str = "works"
+
+
+class _Match(_Spec):
     rule: str
+    station: str | None = None
     building: str | None = None
     household: str | None = None
     subject: str | None = None
+    gateway: str | None = None
     after: float = 0.0  # sim seconds from the start: the detection delay is measured from here
     within: float | None = None
+    context: dict[str, Any] = Field(default_factory=dict)  # the page's context must say these
 
     @field_validator("after", "within", mode="before")
     @classmethod
-    def _dur(cls, v: object) -> float | None:
-        return None if v is None else seconds(v)
+    def _times(cls, v: object) -> float | None:
+        return _dur(v)
 
     def hits(self, tr: Transition) -> bool:
-        return (tr.rule == self.rule and self.building in (None, tr.building)
-                and self.household in (None, tr.household) and self.subject in (None, tr.subject))
+        return (tr.rule == self.rule and self.station in (None, tr.station)
+                and self.building in (None, tr.building) and self.household in (None, tr.household)
+                and self.subject in (None, tr.subject) and self.gateway in (None, tr.gateway))
+
+    def label(self) -> str:
+        where = " ".join(x for x in (self.station, self.gateway, self.building, self.household,
+                                     self.subject) if x)
+        return f"{self.rule} {where}".strip()
 
 
-class _Command(BaseModel):
-    """Remote commands an engineer sends once ``when_paged`` pages (for ``building``, if given)."""
+class Command(_Spec):
+    """Remote commands an engineer sends once ``when_paged`` pages (for ``building``, if given),
+    to the station that paged unless ``station`` says which."""
 
-    model_config = ConfigDict(extra="forbid")
     when_paged: str
+    station: str | None = None
     building: str | None = None
     point: str
     values: list[float] = Field(min_length=1)
@@ -90,7 +244,7 @@ class _Command(BaseModel):
 
     @field_validator("delay", "every", mode="before")
     @classmethod
-    def _dur(cls, v: object) -> float:
+    def _times(cls, v: object) -> float:
         return seconds(v)
 
     @field_validator("point")
@@ -101,36 +255,87 @@ class _Command(BaseModel):
             raise ValueError(f"{v} is not a writable point of the vocabulary")
         return v
 
+    def answers(self, tr: Transition) -> bool:
+        return (tr.page and tr.state == "firing" and tr.rule == self.when_paged
+                and self.station in (None, tr.station) and self.building in (None, tr.building))
 
-class _Rooms(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+
+class RoomsAbove(_Spec):
+    station: str = STATION
     building: str
     value: float
 
 
-class ScenarioSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ScenarioSpec(_Spec):
     description: str
     start: dt.datetime
     duration: float
     step: float = 60.0
     room_every: float = 1200.0
+    stations: int = Field(1, ge=1, le=50)
+    stations_per_gateway: int = Field(1, ge=1)
     buildings: int = Field(3, ge=1, le=50)
     households: int = Field(8, ge=1, le=200)
     seed: int = 1
-    events: list[EventTiming] = Field(default_factory=list)
-    rules: dict[str, Any] = Field(default_factory=dict)
+    max_future_s: float = 300.0  # the collector's ingest.max_future_s
+    events: list[EventSpec] = Field(default_factory=list)
+    profiles: list[Profile] = Field(default_factory=list)
+    delivery: list[Delivery] = Field(default_factory=list)
+    status: list[StatusSpec] = Field(default_factory=list)
+    works: list[Works] = Field(default_factory=list)
+    rules: AlertRules = AlertRules()
     restart_at: float | None = None
     expect: list[_Match] = Field(default_factory=list)
     quiet: list[_Match] = Field(default_factory=list)
-    commands: list[_Command] = Field(default_factory=list)
+    open_at_end: list[_Match] = Field(default_factory=list)
+    commands: list[Command] = Field(default_factory=list)
     resolved: list[_Match] = Field(default_factory=list)  # `within` counts from the first command
-    rooms_above: _Rooms | None = None
+    rooms_above: RoomsAbove | None = None
 
     @field_validator("duration", "step", "room_every", "restart_at", mode="before")
     @classmethod
-    def _dur(cls, v: object) -> float | None:
-        return None if v is None else seconds(v)
+    def _times(cls, v: object) -> float | None:
+        return _dur(v)
+
+    @field_validator("events")
+    @classmethod
+    def _kinds(cls, v: list[EventSpec]) -> list[EventSpec]:
+        from simulator.physics import EVENT_KINDS
+
+        for i, e in enumerate(v):
+            if e.event not in EVENT_KINDS:
+                raise ValueError(f"@{i}.event: unknown event {e.event!r}; "
+                                 f"known: {', '.join(sorted(EVENT_KINDS))}")
+        return v
+
+    @model_validator(mode="after")
+    def _stations_exist(self) -> ScenarioSpec:
+        names = set(self.station_names())
+        where = [(f"commands.{i}.station", c.station) for i, c in enumerate(self.commands)]
+        if self.rooms_above is not None:
+            where.append(("rooms_above.station", self.rooms_above.station))
+        for path, name in where:
+            if name is not None and name not in names:
+                raise ValueError(f"{path}: no station {name} in this scenario ({self.stations})")
+        return self
+
+    def station_names(self) -> list[str]:
+        return [f"st{i:03d}" for i in range(1, self.stations + 1)]
+
+    def gateway_of(self, station: str) -> str:
+        if self.stations_per_gateway == 1:
+            return f"gw-{station}"
+        return f"gw{(int(station[2:]) - 1) // self.stations_per_gateway + 1:02d}"
+
+
+class Sent(NamedTuple):
+    """A command written into a station's model (a tuple: time first, value last)."""
+
+    ms: int
+    station: str
+    point: str
+    building: str | None
+    value: float
 
 
 @dataclass
@@ -139,17 +344,23 @@ class Outcome:
     detections: list[tuple[str, float | None]] = field(default_factory=list)  # expect → delay s
     false_alarms: list[Transition] = field(default_factory=list)
     loud: list[Transition] = field(default_factory=list)  # expected quiet, but paged
+    compliant: list[Transition] = field(default_factory=list)  # room pages for values ≥ standard
     missing_quiet: list[str] = field(default_factory=list)
+    closed: list[str] = field(default_factory=list)  # open_at_end entries that were not open
     transitions: list[Transition] = field(default_factory=list)
-    sent: list[tuple[int, str, str | None, float]] = field(default_factory=list)  # ms, point, building, value
+    error: str | None = None  # the scenario could not run (an invalid file)
+    sent: list[Sent] = field(default_factory=list)  # commands written
     refused: list[str] = field(default_factory=list)  # commands the gateway's checks would refuse
-    rooms: dict[str, float] = field(default_factory=dict)  # coldest room per building at the end
+    # coldest room per building at the end (st001's by building, another station's "st002/b01")
+    rooms: dict[str, float] = field(default_factory=dict)
     cold_rooms: list[str] = field(default_factory=list)  # rooms_above not met
 
     @property
     def passed(self) -> bool:
-        return (all(d is not None for _, d in self.detections) and not self.false_alarms
-                and not self.loud and not self.missing_quiet and not self.refused and not self.cold_rooms)
+        return (self.error is None and all(d is not None for _, d in self.detections)
+                and not self.false_alarms and not self.loud and not self.compliant
+                and not self.missing_quiet and not self.closed and not self.refused
+                and not self.cold_rooms)
 
 
 def load(path: Path) -> ScenarioSpec:
@@ -171,113 +382,260 @@ def _keys(spec: ScenarioSpec) -> list[Key]:
     return keys
 
 
+_RESTAMP = "skew_ms" in {f.name for f in dataclasses.fields(Frame)}  # the contract carries the mark
+
+
+class _Station:
+    """One simulated station: physics, the scenario's profiles on top, and its message sequence."""
+
+    def __init__(self, spec: ScenarioSpec, name: str, index: int, t0: float) -> None:
+        self.spec, self.name, self.t0 = spec, name, t0
+        self.gateway = spec.gateway_of(name)
+        events = [Event(e.event, t0 + e.at, None if e.for_ is None else t0 + e.at + e.for_,
+                        e.building, e.household, e.point, e.device)
+                  for e in spec.events if e.station in (None, name)]
+        self.model = StationModel(name, _keys(spec), seed=spec.seed + index, events=events)
+        self.profiles = [p for p in spec.profiles if p.station in (None, name)]
+        self.extra: dict[str, float] = {}  # totalizer volume the profiles added
+        self.reports: dict[Key, int] = {}  # reports per sensor (for sentinel every N)
+        self.seq = 0
+        self.last_t: float | None = None
+        self.rnd = random.Random(f"{name}:{spec.seed}:profiles")
+
+    def frame(self, t: float, rooms_due: bool) -> Frame | None:
+        values = self.model.step(t)
+        rel = t - self.t0
+        dt_h = 0.0 if self.last_t is None else (t - self.last_t) / 3600
+        self.last_t = t
+        model = self.model
+        if model.event_on("link_down", t):
+            return None
+        samples = []
+        live = [p for p in self.profiles if p.active(rel)]
+        for key, v in values.items():
+            p, b, h = key
+            if h is not None and not rooms_due:
+                continue
+            if model.event_on("stale_sensor", t, point=p, building=b, household=h):
+                continue
+            unit = VOCABULARY[p].unit
+            if model.broken(key, t):
+                samples.append(Sample(point=p, unit=unit, building=b, household=h, quality="bad"))
+                continue
+            val: bool | float = v if isinstance(v, bool) else float(v)
+            bad = False
+            for prof in live:
+                if not prof.matches(key, self.name):
+                    continue
+                if prof.sentinel is not None:
+                    n = self.reports[key] = self.reports.get(key, 0) + 1
+                    if n % prof.every == 0:
+                        if prof.sentinel == "bad":
+                            bad = True
+                        else:
+                            val = float(prof.sentinel)
+                    continue
+                before = val
+                val = prof.apply(val, rel, self.rnd)
+                total = _TOTALS.get(p)
+                if total is not None and isinstance(val, float) and isinstance(before, float):
+                    self.extra[total] = self.extra.get(total, 0.0) + (val - before) * dt_h
+            if p in self.extra and isinstance(val, float):
+                val += self.extra[p]
+            if bad:
+                samples.append(Sample(point=p, unit=unit, building=b, household=h, quality="bad"))
+            else:
+                samples.append(Sample(point=p, unit=unit, building=b, household=h, value=val))
+        for prof in live:  # a point the station's maps do not serve (a second pump): the profile's own
+            if (prof.set is not None and prof.building is None and prof.household is None
+                    and (prof.point, None, None) not in values):
+                d = check_name(prof.point)
+                unit = d.unit if d is not None else ""
+                samples.append(Sample(point=prof.point, unit=unit, value=prof.apply(0.0, rel, self.rnd)))
+        self.seq += 1
+        return Frame(self.name, self.gateway, "0badc0de", self.seq, int(t * 1000), False, samples)
+
+
 def run(spec: ScenarioSpec, name: str = "") -> Outcome:
-    rules = AlertRules.model_validate(spec.rules)
+    rules = spec.rules
     t0 = spec.start.timestamp()
-    model = StationModel(STATION, _keys(spec), seed=spec.seed, events=[
-        Event(e.event, t0 + e.at, None if e.for_ is None else t0 + e.at + e.for_, e.building,
-              e.household, e.point, e.device) for e in spec.events])
+    stations = [_Station(spec, s, i, t0) for i, s in enumerate(spec.station_names())]
     engine = Engine(rules)
+    _works(engine, spec, t0)
     out: list[Transition] = []
-    seq, next_room, next_tick, restarted = 0, t0, t0, False
-    due: list[tuple[float, _Command, float]] = []  # (sim time, command, value)
-    triggered: set[int] = set()
-    last_write: dict[tuple[str, str | None], int] = {}
-    sent: list[tuple[int, str, str | None, float]] = []
+    queue: list[tuple[float, int, str, Any]] = []  # (deliver at, order, kind, message)
+    order = 0
+
+    def push(at: float, kind: str, msg: Any) -> None:
+        nonlocal order
+        order += 1
+        heapq.heappush(queue, (at, order, kind, msg))
+
+    for s in spec.status:
+        push(t0 + s.at, "status", s)
+    by_name = {st.name: st for st in stations}
+    due: list[tuple[float, int, str, Command, float]] = []  # (sim time, order, station, command, value)
+    waiting = list(enumerate(spec.commands))  # not yet answered
+    last_write: dict[tuple[str, str, str | None], int] = {}
+    sent: list[Sent] = []
     refused: list[str] = []
+    seen = 0  # transitions already looked at for pages the engineer answers
+    next_room, next_tick, restarted, rejected = t0, t0, False, 0
     t = t0
     while t <= t0 + spec.duration:
-        for when, c, value in [d for d in due if d[0] <= t]:
-            due.remove((when, c, value))
-            problem = _command(model, c, value, int(t * 1000), last_write)
+        rel = t - t0
+        while due and due[0][0] <= t:
+            _, _, where, c, value = heapq.heappop(due)
+            problem = _command(by_name[where].model, c, value, int(t * 1000), last_write, where)
             if problem is None:
-                sent.append((int(t * 1000), c.point, c.building, value))
+                sent.append(Sent(int(t * 1000), where, c.point, c.building, value))
             else:
-                refused.append(f"{c.point} {c.building or ''} {value:g}: {problem}")
-        values = model.step(t)
-        ms = int(t * 1000)
-        if spec.restart_at is not None and not restarted and t >= t0 + spec.restart_at:
+                refused.append(f"{where} {c.point} {c.building or ''} {value:g}: {problem}")
+        if spec.restart_at is not None and not restarted and rel >= spec.restart_at:
             blob = engine.snapshot()  # what the collector left on disk when it was killed
             engine = Engine(rules)
             engine.restore(blob)
+            _works(engine, spec, t0)
             restarted = True
-        down = model.event_on("link_down", t)
         rooms_due = t >= next_room
         if rooms_due:
             next_room += spec.room_every
-        if not down:
-            samples = []
-            for (p, b, h), v in values.items():
-                if h is not None and not rooms_due:
-                    continue
-                if model.event_on("stale_sensor", t, point=p, building=b, household=h):
-                    continue
-                unit = VOCABULARY[p].unit
-                if model.broken((p, b, h), t):
-                    samples.append(Sample(point=p, unit=unit, building=b, household=h, quality="bad"))
-                    continue
-                val: bool | float = v if isinstance(v, bool) else float(v)
-                samples.append(Sample(point=p, unit=unit, building=b, household=h, value=val))
-            seq += 1
-            out += engine.observe(Frame(STATION, GATEWAY, "0badc0de", seq, ms, False, samples), ms)
-        if t >= next_tick:
-            out += engine.tick(ms)
-            next_tick += 60
-        for i, c in enumerate(spec.commands):  # the engineer answers the page
-            if i in triggered:
+        for st in stations:
+            frame = st.frame(t, rooms_due)
+            if frame is not None:
+                _send(spec, frame, t, rel, push)
+        while queue and queue[0][0] <= t:
+            at, _, kind, msg = heapq.heappop(queue)
+            now = int(at * 1000)
+            if kind == "status":
+                out += _status(engine, spec, msg, now)
                 continue
-            if any(tr.page and tr.state == "firing" and tr.rule == c.when_paged
-                   and c.building in (None, tr.building) for tr in out):
-                triggered.add(i)
-                due += [(t + c.delay + k * c.every, c, v) for k, v in enumerate(c.values)]
+            frame = msg
+            if frame.ts > now + spec.max_future_s * 1000:  # the collector's ingest check
+                if not _RESTAMP:
+                    rejected += 1  # "ts in the future (gateway clock?)": rejected, not judged
+                    continue
+                frame = dataclasses.replace(frame, ts=now, skew_ms=frame.ts - now)
+            out += engine.observe(frame, now)
+        if t >= next_tick:
+            out += engine.tick(int(t * 1000))
+            next_tick += 60
+        for tr in out[seen:] if waiting else ():  # the engineer answers the page
+            for i, c in [w for w in waiting if w[1].answers(tr)]:
+                waiting.remove((i, c))
+                target = c.station or tr.station
+                if target is None:  # a gateway's page: say which station in the scenario file
+                    refused.append(f"{c.point}: the {tr.rule} page names no station")
+                    continue
+                for k, v in enumerate(c.values):
+                    heapq.heappush(due, (t + c.delay + k * c.every, order + k, target, c, v))
+                order += len(c.values)
+        seen = len(out)
         t += spec.step
     res = judge(spec, name, out, sent)
     res.sent, res.refused = sent, refused
-    for b in sorted({b for _, b, h in model.keys if h is not None and b is not None}):
-        res.rooms[b] = min(float(v) for (p, bb, h), v in model.values.items()
-                           if p == "room_temp" and bb == b and h is not None and isinstance(v, float))
+    for st in stations:
+        for b in sorted({b for _, b, h in st.model.keys if h is not None and b is not None}):
+            rooms = [float(v) for (p, bb, h), v in st.model.values.items()
+                     if p == "room_temp" and bb == b and h is not None and isinstance(v, float)]
+            if rooms:
+                res.rooms[b if st.name == STATION else f"{st.name}/{b}"] = min(rooms)
     if spec.rooms_above is not None:
-        low = res.rooms.get(spec.rooms_above.building)
-        if low is None or low < spec.rooms_above.value:
-            res.cold_rooms.append(f"{spec.rooms_above.building}: coldest room {low}")
+        want = spec.rooms_above
+        where = want.building if want.station == STATION else f"{want.station}/{want.building}"
+        low = res.rooms.get(where)
+        if low is None or low < want.value:
+            res.cold_rooms.append(f"{where}: coldest room {low}")
     return res
 
 
-def _command(model: StationModel, c: _Command, value: float, now_ms: int,
-             last_write: dict[tuple[str, str | None], int]) -> str | None:
+def _command(model: StationModel, c: Command, value: float, now_ms: int,
+             last_write: dict[tuple[str, str, str | None], int], station: str) -> str | None:
     """Check one command as a gateway with the vocabulary's default write block would, and write
     it into the model; the reason it would be refused, or None."""
     d = check_name(c.point)
-    assert d is not None and d.write is not None
+    assert d is not None and d.write is not None  # Command._writable
     lo, hi, step = d.write
-    key = (c.point, c.building, None)
+    key: Key = (c.point, c.building, None)
     present = model.setpoints.get(key, model.values.get(key))
     problem = bounds_problem(c.point, value, Bounds(min=lo, max=hi, max_step=step,
                                                     min_interval_s=WriteSpec().min_interval_s),
                              is_bool=False, current=present if isinstance(present, float) else None,
-                             last_write_ms=last_write.get((c.point, c.building)), now_ms=now_ms)
+                             last_write_ms=last_write.get((station, c.point, c.building)), now_ms=now_ms)
     if problem is None and step is not None and not isinstance(present, float):
         problem = (Reason.STEP, f"the present value of {c.point} is unknown")
     if problem is not None:
         return problem[1]
     model.write(key, value)
-    last_write[(c.point, c.building)] = now_ms
+    last_write[(station, c.point, c.building)] = now_ms
     return None
 
 
+def _send(spec: ScenarioSpec, frame: Frame, t: float, rel: float,
+          push: Any) -> None:
+    """Put one message on its way, through the scenario's delivery faults."""
+    at, copies = t, [0.0]
+    for d in spec.delivery:
+        if not d.active(rel) or d.station not in (None, frame.station):
+            continue
+        if d.fault == "gap":
+            return
+        if d.fault == "clock_skew":
+            frame = dataclasses.replace(frame, ts=frame.ts + int(d.by * 1000))
+        elif d.fault == "delay":
+            at = t + d.by
+        elif d.fault == "reverse":  # held to the span's end, then sent newest first
+            end = spec.start.timestamp() + d.at + (d.for_ or 0.0)
+            at = end + (end - t) / 1e6
+        elif d.fault == "duplicate":
+            copies.append(0.0)
+        elif d.fault == "redeliver":
+            copies.append(d.by)
+    for extra in copies:
+        push(at + extra, "frame", frame)
+
+
+def _status(engine: Engine, spec: ScenarioSpec, s: StatusSpec, now: int) -> list[Transition]:
+    if s.gateway is not None:
+        stations = [x for x in spec.station_names() if spec.gateway_of(x) == s.gateway]
+        g = GatewayStatus.model_validate({"schema": 1, "gateway": s.gateway, "state": s.state,
+                                          "boot": "0badc0de", "stations": stations, "ts": now})
+        return engine.gateway_status(g, now)
+    assert s.station is not None
+    st = StationStatus.model_validate({
+        "schema": 1, "station": s.station, "gateway": spec.gateway_of(s.station), "state": s.state,
+        "devices": {k: {"state": v} for k, v in s.devices.items()}, "ts": now})
+    return engine.station_status(st, now)
+
+
+def _works(engine: Engine, spec: ScenarioSpec, t0: float) -> None:
+    engine.set_silences([Silence(w.station, w.building, int((t0 + w.at) * 1000),
+                                 int((t0 + w.at + (w.for_ or spec.duration)) * 1000), w.reason)
+                         for w in spec.works])
+
+
+def _compliant(spec: ScenarioSpec, tr: Transition) -> bool:
+    """A room page for a median that meets the standard."""
+    if tr.rule not in _ROOM_RULES or tr.value is None or tr.station is None:
+        return False
+    return tr.value >= spec.rules.room_for(tr.station, tr.building).warning_below
+
+
 def judge(spec: ScenarioSpec, name: str, out: list[Transition],
-          sent: list[tuple[int, str, str | None, float]] | None = None) -> Outcome:
+          sent: list[Sent] | None = None) -> Outcome:
     t0 = int(spec.start.timestamp() * 1000)
     res = Outcome(name, transitions=out)
     pages = [tr for tr in out if tr.page and tr.state == "firing"]
     for m in spec.expect:
-        hit = next((tr for tr in pages if m.hits(tr) and tr.ts >= t0 + m.after * 1000), None)
+        hit = next((tr for tr in pages if m.hits(tr) and tr.ts >= t0 + m.after * 1000
+                    and all(tr.context.get(k) == v for k, v in m.context.items())), None)
         delay = None if hit is None else (hit.ts - t0) / 1000 - m.after
         if delay is not None and m.within is not None and delay > m.within:
             delay = None
-        res.detections.append((f"{m.rule} {m.building or ''}{m.household or ''}{m.subject or ''}".strip(),
-                               delay))
+        res.detections.append((m.label(), delay))
     for tr in pages:
+        if _compliant(spec, tr):
+            res.compliant.append(tr)
         if any(m.hits(tr) for m in spec.quiet):
             res.loud.append(tr)
         elif not any(m.hits(tr) for m in spec.expect):
@@ -285,38 +643,121 @@ def judge(spec: ScenarioSpec, name: str, out: list[Transition],
     for m in spec.quiet:
         if not any(m.hits(tr) and tr.quiet for tr in out):
             res.missing_quiet.append(m.rule)
-    first = min((ts for ts, *_ in sent), default=None) if sent else None
-    for m in spec.resolved:
+    for m in spec.open_at_end:
+        last: dict[str, str] = {}
+        for tr in out:
+            if m.hits(tr):
+                last[tr.key] = tr.state
+        if not last or "resolved" in last.values():
+            res.closed.append(m.label())
+    first = min((s.ms for s in sent or ()), default=None)
+    for m in spec.resolved:  # after the engineer's first command
         done = None if first is None else next(
             (tr for tr in out if m.hits(tr) and tr.state == "resolved" and tr.ts >= first), None)
         delay = None if done is None or first is None else (done.ts - first) / 1000
         if delay is not None and m.within is not None and delay > m.within:
             delay = None
-        res.detections.append((f"resolved {m.rule} {m.building or ''}{m.household or ''}".strip(), delay))
+        res.detections.append((f"resolved {m.label()}", delay))
     return res
 
 
+def _rule_of(label: str) -> str:
+    return label.split(" ", 1)[0]
+
+
 def report(results: list[Outcome]) -> str:
-    lines = [f"{'scenario':<28} {'result':<6} {'detections (delay)':<58} false alarms"]
+    lines = [f"{'scenario':<28} {'result':<6} {'detections (delay)':<58} false pages"]
     for r in results:
+        if r.error is not None:
+            lines.append(f"{r.name:<28} {'ERROR':<6} {r.error}")
+            continue
         det = ", ".join(f"{what} {'MISSED' if d is None else f'{d / 60:.0f} min'}"
                         for what, d in r.detections) or "none expected"
-        fa = ", ".join(f"{t.rule} {t.building or t.subject or ''}" for t in r.false_alarms + r.loud)
-        fa = fa or ("0" if not r.missing_quiet else f"not raised quietly: {r.missing_quiet}")
-        if r.refused:
-            fa += f"; commands refused: {r.refused}"
-        if r.cold_rooms:
-            fa += f"; rooms still cold: {r.cold_rooms}"
-        lines.append(f"{r.name:<28} {'pass' if r.passed else 'FAIL':<6} {det:<58} {fa}")
+        bad = [f"{t.rule} {t.station if t.station != STATION else ''} "
+               f"{t.building or t.subject or t.gateway or ''}".replace("  ", " ").strip()
+               for t in r.false_alarms + r.loud]
+        bad += [f"{t.rule} {t.household or t.building} at {t.value:.1f} °C (meets the standard)"
+                for t in r.compliant if t.value is not None]
+        bad = [f"{what} ×{n}" if n > 1 else what for what, n in Counter(bad).items()]
+        bad += [f"not raised quietly: {q}" for q in r.missing_quiet]
+        bad += [f"not open at the end: {c}" for c in r.closed]
+        bad += [f"command refused: {c}" for c in r.refused]
+        bad += [f"rooms still cold: {c}" for c in r.cold_rooms]
+        lines.append(f"{r.name:<28} {'pass' if r.passed else 'FAIL':<6} {det:<58} "
+                     f"{', '.join(bad) or '0'}")
     return "\n".join(lines)
+
+
+def summary(results: Iterable[Outcome]) -> str:
+    """The whole library per rule: detection delay median and max, missed, false pages, and pages
+    for room values that meet the standard (must be 0)."""
+    results = list(results)
+    delays: dict[str, list[float]] = {}
+    missed: dict[str, int] = {}
+    false: dict[str, int] = {}
+    compliant: dict[str, int] = {}
+    for r in results:
+        for what, d in r.detections:
+            rule = _rule_of(what)
+            if d is None:
+                missed[rule] = missed.get(rule, 0) + 1
+            else:
+                delays.setdefault(rule, []).append(d)
+        for t in r.false_alarms + r.loud:
+            false[t.rule] = false.get(t.rule, 0) + 1
+        for t in r.compliant:
+            compliant[t.rule] = compliant.get(t.rule, 0) + 1
+    rules = sorted(set(delays) | set(missed) | set(false) | set(compliant))
+    lines = [f"{'rule':<18} {'detected':>8} {'median':>9} {'max':>9} {'missed':>7} {'false pages':>12} "
+             f"{'pages ≥ standard':>17}"]
+    for rule in rules:
+        ds = delays.get(rule, [])
+        med = f"{statistics.median(ds) / 60:.0f} min" if ds else "-"
+        mx = f"{max(ds) / 60:.0f} min" if ds else "-"
+        lines.append(f"{rule:<18} {len(ds):>8} {med:>9} {mx:>9} {missed.get(rule, 0):>7} "
+                     f"{false.get(rule, 0):>12} {compliant.get(rule, 0):>17}")
+    n_pass = sum(r.passed for r in results)
+    lines.append(f"{len(results)} scenarios, {n_pass} pass; missed {sum(missed.values())}, "
+                 f"false pages {sum(false.values())}, pages for values meeting the standard "
+                 f"{sum(compliant.values())}")
+    return "\n".join(lines)
+
+
+def run_file(path: Path) -> Outcome:
+    try:
+        return run(load(path), path.stem)
+    except ConfigError as exc:
+        return Outcome(path.stem, error=str(exc).replace("\n", "; "))
+
+
+# the library beside this checkout's code, so the bare command works from any folder (the README
+# prints it; its walk test runs it from a folder holding only .venv and deploy)
+LIBRARY = Path(__file__).resolve().parent.parent / "tests" / "scenarios"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("folder", type=Path, nargs="?", default=Path("tests/scenarios"))
+    ap.add_argument("paths", type=Path, nargs="*", default=[LIBRARY],
+                    help="scenario files or folders of them (default: this checkout's tests/scenarios)")
     args = ap.parse_args(argv)
-    results = [run(load(f), f.stem) for f in sorted(args.folder.glob("*.yaml"))]
+    files: list[Path] = []
+    for p in args.paths:
+        if p.is_dir():
+            files += sorted(p.glob("*.yaml"))
+        elif p.exists():
+            files.append(p)
+        else:
+            print(f"{p}: no such file or folder", file=sys.stderr)
+            return 2
+    results = [run_file(f) for f in files]
     print(report(results))
+    print()
+    print(summary(results))
+    for r in results:
+        if r.error is not None:
+            print(r.error, file=sys.stderr)
+    if any(r.error is not None for r in results):
+        return 2
     return 0 if all(r.passed for r in results) else 1
 
 

@@ -7,10 +7,12 @@ import asyncio
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+import gateway.modbus
 from alerting.engine import Engine
 from contract.alerts import AlertRules
 from contract.config import GatewayConfig, load_gateway_config
@@ -271,3 +273,50 @@ def test_a_dead_device_read_by_one_group_stays_offline_through_every_group(
     fired = [tr for tr in out if tr.rule == "device_offline" and tr.state == "firing"]
     assert [tr.subject for tr in fired] == ["rooms"]
     assert not [tr for tr in out if tr.state == "resolved"]
+
+
+class _Said:
+    """Stands in for a module's structlog logger: what was logged, by event."""
+
+    def __init__(self) -> None:
+        self.events: Counter[str] = Counter()
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **_kw: self.events.update([event])
+
+
+def test_a_refused_block_keeps_its_device_degraded_through_the_other_groups(
+    station_config: GatewayConfig, simulator: SimThread, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wrong map in one poll group's block: the device stays degraded while the other groups
+    read it fine, and the refusal is logged once. Before the fix every status or slow cycle
+    declared the PLC online again and the next fast cycle logged "device rejects a request" anew
+    (five times a second in a gateway polling at 0.2 s; the device_state metric read "online")."""
+    said = _Said()
+    monkeypatch.setattr(gateway.modbus, "log", said)
+
+    async def run() -> None:
+        gw = Gateway(station_config)
+        try:
+            plc = next(d for d in gw.devices if d.cfg.name == "plc")
+            p, wire = plc.plans["fast"][0].points[0]
+            others = {q.key for g in ("status", "slow") for r in plc.plans[g] for q, _ in r.points}
+            assert p.key not in others  # the other groups never read the refused register
+            simulator.call(simulator.sim.refuse, "st001", "plc", p.table, wire)
+            for _ in range(3):
+                for group in ("fast", "status", "slow"):
+                    await gw.poll_once(group)
+                    assert plc.health.state is DeviceState.DEGRADED, group
+                    assert p.point in (plc.health.error or ""), group
+                    status = gw.station_status(int(time.time() * 1000))
+                    assert status.devices["plc"].state is DeviceState.DEGRADED
+            simulator.call(simulator.sim.image("st001", "plc").illegal.clear)  # the map fixed on site
+            await gw.poll_once("fast")
+            assert plc.health.state is DeviceState.ONLINE and plc.health.error is None
+        finally:
+            for link in gw.links:
+                link.close()
+            gw.outbox.close()
+
+    asyncio.run(run())
+    assert said.events["device rejects a request: check the register map"] == 1

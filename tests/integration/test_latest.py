@@ -29,7 +29,7 @@ from contract.config import ApiConfig, InfluxSettings
 from contract.influx import telemetry_lines
 from contract.payload import Frame, decode_telemetry, parse_gateway_status, parse_station_status
 from heatwatch.devstack import Influxd, Mosquitto, Postgres, free_port
-from tests.conftest import Processes, publish, wait_for, write_collector_config
+from tests.conftest import Processes, influx_query, publish, wait_for, write_collector_config
 
 T = 1_796_832_000_000
 CSV = """station,station_name,building,address,household,unit,room,sensor
@@ -182,6 +182,10 @@ def test_the_collector_keeps_the_latest_values_and_the_lookup_reads_them(
     got = wait_for(lambda: [r for r in rows(store).values() if r["station"] == "st001" and r["state"]
                             and r["ts"] == now], 20, "the station's latest row")
     assert got[0]["points"] == {"secondary_supply_temp": 53.0}
+    # the latest table is kept before the write to InfluxDB completes; the lookup's 24 h is asked
+    # once InfluxDB holds the four room readings (an empty answer would be cached for a minute)
+    wait_for(lambda: (r := influx_query(influxd, influx_db, 'SELECT count("room_temp") FROM "household"'))
+             and r[0]["values"][0][1] == 4, 20, "the room readings in InfluxDB")
     settings = InfluxSettings(url=influxd.url, database=influx_db)
     token = store.add_token(name="disp", role="dispatcher", actor="t", now=now)
     with TestClient(create_app(ApiConfig(kind="api", influx=settings, store=url))) as client:

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from alerting.engine import Engine, Silence
 from alerting.lifecycle import Change, Life, step
+from alerting.rule_makeup import Makeup
+from alerting.rule_rooms import Rooms
 from contract.alerts import AlertRules, Severity, Transition, load_rules
 from contract.errors import ConfigError
 from contract.payload import Frame, GatewayStatus, Sample, StationStatus
@@ -286,7 +288,9 @@ def test_totalizer_volumes_never_go_negative_or_count_a_meter_change(
                 events += 1
         prev = reading
         f.frame(T0 + i * MIN, _station(makeup_total=reading, secondary_flow=100.0))
-    net = f.engine.stations["st001"].makeup.nets["secondary"]
+    makeup = f.engine.family("makeup")
+    assert isinstance(makeup, Makeup)
+    net = makeup.stations["st001"].nets["secondary"]
     assert net.day_m3 + net.excluded_m3 == pytest.approx(expected, abs=1e-6)
     assert net.meter_events == events
 
@@ -367,7 +371,8 @@ def test_one_household_code_in_two_buildings_is_two_sensors_also_after_a_restart
     g.engine.restore(f.engine.snapshot())
     for i in range(60, 3 * 60, 10):
         both(g, T0 + i * MIN)
-    assert len(g.engine.rooms.sensors) == 16
+    rooms = g.engine.family("rooms")
+    assert isinstance(rooms, Rooms) and len(rooms.sensors) == 16
     firing = [(x.building, x.household) for x in g.out if x.rule == "room_low" and x.state == "firing"]
     assert firing == [("b01", "h1")]
 

@@ -50,6 +50,7 @@ def test_every_row_is_in_metrics_and_in_the_stats_lines_under_one_name(collector
     c = collector
     c.stats.rejected["bad_json"] = 2
     c.stats.messages["st001"], c.stats.seq_gaps["st001"], c.stats.restarts["st001"] = 5, 1, 1
+    c.stats.restamped["st001"] = 2
     assert c.alerts is not None
     c.alerts.stats.published = 3  # counted by the alert stage; before the table, exported nowhere
     assert c.results is not None and c.latest is not None
@@ -74,10 +75,12 @@ def test_every_row_is_in_metrics_and_in_the_stats_lines_under_one_name(collector
     assert (collector_fields["command_results"], collector_fields["command_results_retries"]) == ("2i", "1i")
     assert collector_fields["latest_flushes"] == "4i"
     assert collector_fields["rejected"] == "2i" and collector_fields["seq_gaps"] == "1i"
+    assert collector_fields["restamped"] == "2i"
     assert by_measurement[MEASUREMENT_COLLECTOR_REJECTS] == [({"client_id": "c1", "reason": "bad_json"},
                                                              {"count": "2i", "lines": "0i"})]
     assert by_measurement[MEASUREMENT_INGEST] == [({"station": "st001"},
-                                                   {"messages": "5i", "seq_gaps": "1i", "restarts": "1i"})]
+                                                   {"messages": "5i", "seq_gaps": "1i", "restarts": "1i",
+                                                    "restamped": "2i"})]
     assert {t["generation"] for t, _f in by_measurement[MEASUREMENT_COLLECTOR_GC]} == {"0", "1", "2"}
     assert "heatwatch_collector_latency_seconds" in prom
     assert {"latency_seconds_count", "latency_seconds_sum"} <= collector_fields.keys()

@@ -22,7 +22,7 @@ from contract.alerts import AlertRules, Transition
 from contract.commands import CommandResult
 from contract.config import CollectorConfig, IngestSettings
 from contract.influx import split_lines
-from contract.payload import Frame
+from contract.payload import Frame, decode_telemetry
 from contract.points import VOCABULARY, Kind, Level
 from tests.unit.test_payload import GOOD
 
@@ -143,6 +143,63 @@ def test_sequence_gaps_and_restarts_are_counted_per_station(tmp_path: Path) -> N
     assert c.stats.restarts == {"st001": 1}
     assert c.stats.messages == {"st001": 6}
     assert any(x.startswith("ingest,station=st001 messages=6i,seq_gaps=2i,restarts=1i")
+               for x in c.stats_lines(now))
+
+
+def test_a_fast_gateway_clock_is_stored_at_receipt_time_marked_counted_and_logged_once_per_boot(
+        tmp_path: Path) -> None:
+    """Past ingest.max_future_s a message is re-stamped on receipt (before: refused as ts_future,
+    and the station looked offline); within it, stored as stamped. A backlog handled in one chunk
+    shares one receipt time: each message still gets its own time (one InfluxDB point per message)."""
+    v = Validate(IngestSettings(max_future_s=300), stats := Stats())
+    now, topic = 1_795_000_000_000, "heatwatch/v1/station/st001/telemetry"
+
+    def msg(seq: int, ahead_ms: int, boot: str = "aaaaaaaa", station: str = "st001") -> bytes:
+        return orjson.dumps({**GOOD, "station": station, "boot": boot, "seq": seq, "ts": now + ahead_ms})
+
+    with capture_logs() as logs:
+        within = v(topic, msg(1, 1_000), now)
+        burst = [v(topic, msg(2 + i, 360_000 + i * 5_000), now) for i in range(3)]  # one chunk
+        later = v(topic, msg(5, 361_000), now + 20)
+        rebooted = v(topic, msg(0, 360_000, boot="bbbbbbbb"), now + 40)
+        other = v("heatwatch/v1/station/st002/telemetry", msg(1, 360_000, station="st002"), now)
+    assert isinstance(within, Frame) and (within.ts, within.skew_ms) == (now + 1_000, 0)
+    frames = [*burst, later, rebooted, other]
+    assert all(isinstance(f, Frame) for f in frames)
+    assert [(f.ts, f.skew_ms) for f in frames if isinstance(f, Frame)] == [
+        (now, 360_000), (now + 1, 365_000 - 1), (now + 2, 370_000 - 2),
+        (now + 20, 361_000 - 20), (now + 40, 360_000 - 40), (now, 360_000)]
+    assert isinstance(burst[0], Frame) and burst[0].samples == decode_telemetry(msg(2, 360_000)).samples
+    assert stats.restamped == {"st001": 5, "st002": 1} and not stats.rejected
+    assert stats.accepted == 7
+    warned = [e for e in logs if e["event"].startswith("gateway clock ahead")]
+    assert [(e["station"], e["boot"], e["ahead_s"]) for e in warned] == [
+        ("st001", "aaaaaaaa", 360.0), ("st001", "bbbbbbbb", 360.0), ("st002", "aaaaaaaa", 360.0)]
+    # the lines carry the receipt time; far in the past is still refused
+    assert lines(burst[1])[0].endswith(f" {now + 1}")
+    old = v(topic, msg(9, -40 * 86_400_000), now)
+    assert isinstance(old, Rejected) and old.reason == "ts_too_old"
+
+
+def test_a_restamped_message_reaches_the_rules_with_its_mark(tmp_path: Path) -> None:
+    """The rule-engine tap sees the frame the validate stage made: the re-stamped time and the
+    skew, from which the clock rule raises clock_skew for the gateway (hold_min 0 here)."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text('kind: rules\nseason: {start: "01-01", end: "12-31", start_grace_days: 0}\n'
+                     "clock: {hold_min: 0}\n")
+    now = int(time.time() * 1000)
+    c = Collector(CollectorConfig.model_validate(
+        {"kind": "collector", "spool": {"path": str(tmp_path / "spool.sqlite")},
+         "alerts": {"rules": str(rules), "store": f"sqlite:///{tmp_path / 'alerts.sqlite'}",
+                    "state_path": str(tmp_path / "state")}}), clock=lambda: now / 1000)
+    assert c.alerts is not None
+    topic = "heatwatch/v1/station/st001/telemetry"
+    for i in range(2):
+        handle(c, topic, orjson.dumps({**GOOD, "seq": i, "ts": now + 360_000 + i}))
+    skew = [t for t in c.alerts.pending if t.rule == "clock_skew"]
+    assert skew and skew[-1].gateway == "gw-st001" and skew[-1].value == 360.0
+    assert c.stats.restamped == {"st001": 2}
+    assert any(x.startswith("ingest,station=st001 messages=2i,seq_gaps=0i,restarts=0i,restamped=2i")
                for x in c.stats_lines(now))
 
 

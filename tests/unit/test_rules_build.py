@@ -38,7 +38,7 @@ def test_a_build_older_than_the_source_is_never_run(tmp_path: Path) -> None:
     code = ("import alerting, alerting.engine as e; print(alerting.rules_build()); "
             "print(e.__file__.endswith('.py'))")
     assert _run(["-c", code], interpreted=False, path=tmp_path).split("\n")[0] == "compiled (mypyc)"
-    rooms = tmp_path / "alerting" / "rooms.py"
+    rooms = tmp_path / "alerting" / "rule_rooms.py"
     rooms.write_text(rooms.read_text() + "\n# edited after the build\n")
     out = _run(["-c", code], interpreted=False, path=tmp_path).split("\n")
     assert out[0].startswith("interpreted: the build is older than the source") and out[1] == "True"

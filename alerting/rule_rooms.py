@@ -2,33 +2,41 @@
 
 GB/T 33833-2017 §5.1 asks ≥ 18 °C in bedrooms and living rooms. A household is judged on the
 median of its sensor over ``room.window_min`` (an open window or a kettle next to the sensor
-does not move a median), low for ``room.hold_min`` before it fires, cleared only above
-``warning_below + clear_above_by`` for ``clear_hold_min`` (hysteresis, no flapping).
+does not move a median), low (below ``warning_below``) for ``room.hold_min`` before it fires.
+It resolves after the median is back above ``warning_below + clear_above_by`` for
+``clear_hold_min``, or meets the standard (≥ ``warning_below``, inside that hysteresis band) for
+``compliant_clear_min``. The hysteresis only ever holds an alert open: a median that meets the
+standard is never a firing, a page, a severity raise or an escalation (a flat at 18.3 °C is
+not a complaint, whatever it was before).
 
 A sensor that is stale (no good report for ``stale_factor`` × its learned interval, or × the
 station's heartbeat when its gateway reports by exception; judged against its own station's
 newest data so a dead link is the station's alert, not a thousand sensor alerts), implausible
 (outside 5–35 °C), flat-lined (within ± flat_band for flat_hours) or jumped > jump_k K away
 from its building's other sensors is a ``sensor_fault`` (info) and is excluded from room_low
-and from the building count while the condition lasts.
+and from the building count while the condition lasts. A sensor that is intermittently bad —
+``intermittent_bad`` of its last ``intermittent_of`` reports bad (quality bad, or implausible,
+e.g. a reset value every other report) — is a ``sensor_fault`` too ("intermittent"; a good
+report in between does not reset that count); its plausible readings are still judged.
 
 A building with ≥ building_share (min building_min) of its valid sensors low at once is a supply
-or hydraulic fault: ``building_low``, which inhibits its households' pages.
+or hydraulic fault: ``building_low``, one incident with its households under it (listed in its
+context; their own alerts are inhibited). When the cause is gone it stays open while any of its
+flats is still below the standard (the rooms-back check, up to ``recovery_max_h``), then resolves
+after ``clear_hold_min``: the households' tail is reported inside the incident, not paged. A
+flat still cold after ``recovery_max_h`` is its own problem, and its own alert pages.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
-from alerting.lifecycle import get_fields, set_fields
-from contract.alerts import Rule, Severity, State
+from alerting.family import Context, Family, FrameView, Verdict
+from alerting.lifecycle import Life, get_fields, set_fields
+from contract.alerts import Quiet, Rule, Severity, alert_key
 from contract.payload import Sample
-
-if TYPE_CHECKING:
-    from alerting.engine import Engine
-    from alerting.lifecycle import Life
 
 _MEDIAN_EVERY_MS = 60_000  # recompute a busy sensor's median at most once a minute of data time
 _MIN_GAP_MS, _MAX_GAP_MS = 1_000, 6 * 3_600_000
@@ -46,6 +54,8 @@ class Params(NamedTuple):
     minimum: int
     b_hold_ms: float
     bucket_ms: float
+    band_clear_ms: float
+    recovery_ms: float
 
 
 _SENSOR_FIELDS = (
@@ -58,6 +68,7 @@ _SENSOR_FIELDS = (
     "flat_hi",
     "flat_lo",
     "flat_since",
+    "hist",
     "household",
     "interval",
     "jump_since",
@@ -92,10 +103,13 @@ class Sensor:
         self.prev: float | None = None
         self.median: float | None = None
         self.next_eval = 0
-        self.low = False  # hysteresis state of the median
+        self.low = False  # the median is below the standard
         self.flat_since = 0
         self.flat_lo = self.flat_hi = 0.0
         self.bad_since: int | None = None  # implausible since
+        # its last reports, newest in bit 0, 1 = bad (quality bad or implausible): an intermittent
+        # fault (a reset value every other report) accumulates here where bad_since resets
+        self.hist = 0
         self.jump_since: int | None = None
         self.stale = False
         self.c_valid = self.c_low = False  # what this sensor contributes to its building's counts
@@ -116,7 +130,7 @@ class Sensor:
         return self.last_good - self.flat_since >= flat_ms and self.flat_since > 0
 
 
-_BUILDING_FIELDS = ("n_last", "n_low", "n_valid", "open", "sensors", "sum_last")
+_BUILDING_FIELDS = ("cause_gone", "n_last", "n_low", "n_valid", "open", "sensors", "sum_last")
 
 
 class Building:
@@ -128,6 +142,7 @@ class Building:
         self.sum_last = 0.0  # of the sensors' latest plausible values (neighbour mean for jumps)
         self.n_last = 0
         self.open = False
+        self.cause_gone = 0  # when its open alert's cause (the share of low flats) went away
 
     def __getstate__(self) -> tuple[Any, ...]:
         return get_fields(self, _BUILDING_FIELDS)
@@ -138,12 +153,17 @@ class Building:
 
 def _blank_sensor() -> Sensor:
     """What unpickling fills (a compiled class cannot be created without its arguments)."""
-    return Sensor("", "", "", Building(), Params(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+    return Sensor("", "", "", Building(), Params(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
 
 
-class Rooms:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+class Rooms(Family):
+    name = "rooms"
+    order = 20
+    raises = (Rule.ROOM_LOW, Rule.BUILDING_LOW, Rule.SENSOR_FAULT)
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self._out: list[Verdict] = []
         self.sensors: dict[tuple[str, str, str], Sensor] = {}
         self.buildings: dict[tuple[str, str], Building] = {}
         self.by_station: dict[str, list[Sensor]] = {}
@@ -153,22 +173,51 @@ class Rooms:
         self.households: dict[str, dict[str, Sensor]] = {}
         self._params: dict[tuple[str, str], Params] = {}
         self._dirty: dict[tuple[str, str], Building] = {}
-        sr = engine.rules.sensor
+        sr = ctx.rules.sensor
         self._flat_ms = sr.flat_hours * 3.6e6
         self._flat2 = 2 * sr.flat_band
         self._fault_hold = sr.implausible_hold_min * 60_000
         self._pmin, self._pmax, self._jump_k = sr.plausible_min, sr.plausible_max, sr.jump_k
+        self._hist_mask = (1 << sr.intermittent_of) - 1
+        self._intermittent = sr.intermittent_bad
 
-    def state(self) -> dict[str, Any]:
+    def points(self) -> frozenset[str]:
+        return frozenset({"room_temp"})
+
+    def observe(self, view: FrameView, now: int) -> list[Verdict]:
+        if view.households:
+            station, t, quiet, room = view.station, view.t, view.quiet, self.sample
+            hh = self.station_households(station)
+            for s in view.households:
+                room(station, hh, s, t, quiet)
+            self.flush(t, quiet)
+        return self._take()
+
+    def _take(self) -> list[Verdict]:
+        if not self._out:
+            return self._out
+        out, self._out = self._out, []
+        return out
+
+    def escalate_after_ms(self, life: Life) -> float:
+        if life.rule == Rule.ROOM_LOW or life.rule == Rule.BUILDING_LOW:
+            return self.ctx.rules.room.escalate_after_h * 3.6e6
+        return 0.0
+
+    def state(self) -> Any:
         return {"sensors": self.sensors, "buildings": self.buildings, "by_station": self.by_station}
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: Any) -> None:
         self.sensors, self.buildings = state["sensors"], state["buildings"]
         self.by_station = state["by_station"]
         self.households = {}
+        below = self.ctx.rooms_below
+        below.clear()
         for se in self.sensors.values():  # the rule file may have changed since the snapshot
             se.p = self.params(se.station, se.building)
             self.households.setdefault(se.station, {}).setdefault(se.household, se)
+            if se.c_low:
+                below[se.station] = below.get(se.station, 0) + 1
 
     def adopt(self, lives: Iterable[Life]) -> None:
         """Point the sensors' and buildings' open-alert flags at the engine's lives."""
@@ -192,11 +241,12 @@ class Rooms:
     def params(self, station: str, building: str) -> Params:
         p = self._params.get((station, building))
         if p is None:
-            r = self.engine.rules.room_for(station, building)
+            r = self.ctx.rules.room_for(station, building)
             p = self._params[(station, building)] = Params(
                 r.warning_below, r.major_below, r.critical_below, r.window_min * 60_000,
                 r.hold_min * 60_000, r.warning_below + r.clear_above_by, r.clear_hold_min * 60_000,
-                r.building_share, r.building_min, r.building_hold_min * 60_000, r.window_min * 5_000)
+                r.building_share, r.building_min, r.building_hold_min * 60_000, r.window_min * 5_000,
+                r.compliant_clear_min * 60_000, r.recovery_max_h * 3_600_000)
         return p
 
     # -- one reading --------------------------------------------------------------------------
@@ -206,7 +256,7 @@ class Rooms:
             hh = self.households[station] = {}
         return hh
 
-    def sample(self, station: str, hh: dict[str, Sensor], s: Sample, t: int, quiet: str) -> None:
+    def sample(self, station: str, hh: dict[str, Sensor], s: Sample, t: int, quiet: Quiet) -> None:
         """One room reading; ``hh`` is ``station_households(station)``, looked up once a message."""
         # The hot path of the rules: ~0.2 µs per value budget. Constants are cached on self, a
         # sensor carries its building and parameters, and a sensor with nothing to judge (no
@@ -222,7 +272,13 @@ class Rooms:
         se.last_t = t
         v = s.value
         if s.quality == "bad" or type(v) is not float:
-            return  # not a report: the stale rule counts the silence
+            # not a reading (the stale rule counts the silence), but a bad report all the same
+            se.hist = ((se.hist << 1) | 1) & self._hist_mask
+            if se.fault_open or bin(se.hist).count("1") >= self._intermittent:
+                self._judge(se, se.b, t, quiet)
+            return
+        implausible = v < self._pmin or v > self._pmax
+        se.hist = ((se.hist << 1) | implausible) & self._hist_mask
         if se.last_good:
             gap = t - se.last_good
             gap = _MIN_GAP_MS if gap < _MIN_GAP_MS else _MAX_GAP_MS if gap > _MAX_GAP_MS else gap
@@ -230,7 +286,7 @@ class Rooms:
         se.last_good = t
         se.stale = False
         b = se.b
-        if v < self._pmin or v > self._pmax:
+        if implausible:
             if se.bad_since is None:
                 se.bad_since = t
         else:
@@ -277,13 +333,10 @@ class Rooms:
                     m = vals[n // 2] if n % 2 else (vals[n // 2 - 1] + vals[n // 2]) / 2
                 se.median = m
                 se.next_eval = t + _MEDIAN_EVERY_MS
-                if m < p.warn:
-                    se.low = True
-                elif m >= p.clear_at:
-                    se.low = False
+                se.low = m < p.warn
         if (se.low or se.c_low or se.low_open or se.fault_open or se.bad_since is not None
                 or se.jump_since is not None or se.c_valid is not (se.median is not None)
-                or t - se.flat_since >= self._flat_ms):
+                or t - se.flat_since >= self._flat_ms or se.hist):
             self._judge(se, b, t, quiet)
 
     def _new(self, station: str, building: str, household: str) -> Sensor:
@@ -298,35 +351,52 @@ class Rooms:
         return se
 
     # -- verdicts -----------------------------------------------------------------------------
-    def _judge(self, se: Sensor, b: Building, t: int, quiet: str, *, faults: bool = True) -> None:
-        eng = self.engine
+    def _judge(self, se: Sensor, b: Building, t: int, quiet: Quiet, *, faults: bool = True) -> None:
         excluded = se.excluded(self._flat_ms)
         p = self.params(se.station, se.building)
+        station, building, household = se.station, se.building, se.household
         # sensor_fault
         reason = self._fault(se, t) if faults else None
         if faults and (reason is not None or se.fault_open):
-            life = eng.judge(Rule.SENSOR_FAULT, reason is not None, t, 0, self._fault_hold,
-                             Severity.INFO, se.prev, quiet, station=se.station, building=se.building,
-                             household=se.household, context=lambda: {"reason": reason})
-            se.fault_open = life is not None and life.state is not State.RESOLVED
+            key = alert_key(Rule.SENSOR_FAULT, station, building, household)
+            if reason is None and not self.ctx.is_open(key):
+                se.fault_open = False  # resolved by the verdict before
+            else:
+                self._out.append(Verdict(key, Rule.SENSOR_FAULT, reason is not None, t, Severity.INFO,
+                                         value=se.prev, clear_ms=self._fault_hold, quiet=quiet,
+                                         station=station, building=building, household=household,
+                                         context=lambda: {"reason": reason}))
+                se.fault_open = True
         # room_low
         m = se.median
         low = se.low and not excluded and m is not None
         if low or se.low_open:
-            sev = self._severity(m, p) if m is not None else Severity.WARNING
-            life = eng.judge(Rule.ROOM_LOW, low, t, p.hold_ms, p.clear_ms, sev, m, quiet,
-                             station=se.station, building=se.building, household=se.household,
-                             context=lambda: self._context(se.station, m, p, t))
-            se.low_open = life is not None and life.state is not State.RESOLVED
+            key = alert_key(Rule.ROOM_LOW, station, building, household)
+            if not low and not self.ctx.is_open(key):
+                se.low_open = False
+            else:
+                sev = self._severity(m, p) if m is not None else Severity.WARNING
+                sev, q = self._cold_day(station, t, sev, quiet) if low else (sev, quiet)
+                # meets the standard but inside the hysteresis band: clear, on a longer hold
+                clear = p.band_clear_ms if (not low and m is not None and not excluded
+                                            and m < p.clear_at) else p.clear_ms
+                self._out.append(Verdict(key, Rule.ROOM_LOW, low, t, sev, value=m, hold_ms=p.hold_ms,
+                                         clear_ms=clear, quiet=q, station=station,
+                                         building=building, household=household,
+                                         context=lambda: self._context(station, m, p, t)))
+                se.low_open = True
         # the building's counts, then its verdict
         valid = m is not None and not excluded
         if valid != se.c_valid or low != se.c_low:
             b.n_valid += valid - se.c_valid
             b.n_low += low - se.c_low
+            if low != se.c_low:
+                below = self.ctx.rooms_below
+                below[station] = below.get(station, 0) + low - se.c_low
             se.c_valid, se.c_low = valid, low
-        self._dirty[(se.station, se.building)] = b
+        self._dirty[(station, building)] = b
 
-    def flush(self, t: int, quiet: str) -> None:
+    def flush(self, t: int, quiet: Quiet) -> None:
         """Judge the buildings whose sensors reported, once per message (not per reading, so a
         message's first readings never stand for the whole building)."""
         if not self._dirty:
@@ -335,24 +405,50 @@ class Rooms:
         for (station, building), b in dirty.items():
             self._judge_building(station, building, b, t, quiet)
 
-    def _judge_building(self, station: str, building: str, b: Building, t: int, quiet: str) -> None:
+    def _judge_building(self, station: str, building: str, b: Building, t: int, quiet: Quiet) -> None:
         p = self.params(station, building)
         if b.n_valid < max(p.minimum, len(b.sensors) / 2):
             return  # most sensors silent, faulty or not yet heard since a restart: no verdict
         need = max(p.minimum, math.ceil(p.share * b.n_valid - 1e-9))
-        b_low = b.n_low >= need
-        if b_low or b.open:
-            meds = sorted(x.median for x in b.sensors if x.c_low and x.median is not None)
-            bm = meds[len(meds) // 2] if meds else None
-            sev = self._severity(bm, p) if bm is not None else Severity.WARNING
-            n_low, n_valid = b.n_low, b.n_valid
-            life = self.engine.judge(
-                Rule.BUILDING_LOW, b_low, t, p.b_hold_ms, p.clear_ms, sev, bm, quiet, station=station,
-                building=building, context=lambda: {**self._context(station, bm, p, t),
-                                                    "sensors_low": n_low, "sensors_valid": n_valid})
-            if life is not None:
-                life.context["sensors_low"], life.context["sensors_valid"] = n_low, n_valid
-            b.open = life is not None and life.state is not State.RESOLVED
+        cause = b.n_low >= need
+        if not cause and not b.open:
+            return
+        key = alert_key(Rule.BUILDING_LOW, station, building)
+        if not cause and not self.ctx.is_open(key):
+            b.open = False
+            b.cause_gone = 0
+            return
+        if cause:
+            b.cause_gone = 0
+        elif not b.cause_gone:
+            b.cause_gone = t
+        # the rooms-back check: the incident holds while any of its flats is still below
+        tail = not cause and b.n_low > 0 and t - b.cause_gone < p.recovery_ms
+        low = [x for x in b.sensors if x.c_low and x.median is not None]
+        meds = sorted(x.median for x in low if x.median is not None)
+        bm = meds[len(meds) // 2] if meds else None
+        sev = self._severity(bm, p) if bm is not None else Severity.WARNING
+        sev, quiet = self._cold_day(station, t, sev, quiet) if cause or tail else (sev, quiet)
+        n_low, n_valid = b.n_low, b.n_valid
+        hh = sorted(x.household for x in low)
+        update: dict[str, Any] = {"sensors_low": n_low, "sensors_valid": n_valid,
+                                  "households_low": hh[:50], "rooms_back": not low}
+        v = Verdict(key, Rule.BUILDING_LOW, cause or tail, t, sev, value=bm, hold_ms=p.b_hold_ms,
+                    clear_ms=p.clear_ms, quiet=quiet, station=station, building=building,
+                    context=lambda: {**self._context(station, bm, p, t), **update})
+        v.update = update
+        self._out.append(v)
+        b.open = True
+
+    def _cold_day(self, station: str, t: int, sev: Severity, quiet: Quiet) -> tuple[Severity, Quiet]:
+        """On a day colder than the design outdoor temperature GB/T 33833 §5.1 does not apply:
+        the room alert pages as the rule file says (``cold_day.paging``)."""
+        paging = self.ctx.rules.cold_day.paging
+        if paging == "page" or not self.ctx.cold_day(station, t):
+            return sev, quiet
+        if paging == "info":
+            return Severity.INFO, quiet
+        return sev, quiet or Quiet.EXEMPT
 
     def _fault(self, se: Sensor, t: int) -> str | None:
         if se.stale:
@@ -363,6 +459,8 @@ class Rooms:
             return "jump"
         if se.flat(self._flat_ms):
             return "flat"
+        if se.bad_since is None and bin(se.hist).count("1") >= self._intermittent:
+            return "intermittent"  # bad reports among good ones (all bad is "implausible")
         return None
 
     @staticmethod
@@ -374,29 +472,28 @@ class Rooms:
         return Severity.WARNING
 
     def _context(self, station: str, median: float | None, p: Params, t: int) -> dict[str, Any]:
-        eng = self.engine
         ctx: dict[str, Any] = {}
         if median is not None:
             ctx["median"] = round(median, 2)
             ctx["shortfall_k"] = round(p.warn - median, 2)  # Tianjin refunds by this: ≤2, 2–6, >6 K
-        st = eng.stations.get(station)
-        if st is not None and st.makeup.outdoor_n:
-            mean = st.makeup.outdoor_sum / st.makeup.outdoor_n
-            ctx["outdoor_daily_mean"] = round(mean, 1)
+        daily = self.ctx.daily_mean(station, t)
+        if daily is not None:
+            ctx["outdoor_daily_mean"] = round(daily[0], 1)
+            ctx["outdoor_mean_source"] = daily[1]
             # GB/T 33833 §5.1 does not hold on days colder than the design outdoor temperature
-            ctx["below_design_outdoor"] = mean < eng.rules.design_outdoor_temp
-        if eng.season(t)[1]:
+            ctx["below_design_outdoor"] = daily[0] < self.ctx.rules.design_outdoor_temp
+        if self.ctx.season(t)[1]:
             ctx["season_start"] = True
         return ctx
 
     # -- time-driven --------------------------------------------------------------------------
-    def tick(self, now: int) -> None:
+    def tick(self, now: int) -> list[Verdict]:
         """Stale sensors, judged against their station's newest data, not the wall clock."""
-        eng = self.engine
-        sr = eng.rules.sensor
+        sr = self.ctx.rules.sensor
         default = sr.interval_s * 1000
+        stations = self.ctx.stations
         for station, sensors in self.by_station.items():
-            st = eng.stations.get(station)
+            st = stations.get(station)
             if st is None or not st.last_t:
                 continue
             ref, quiet_ms = st.last_t, max(st.heartbeat_ms, _MIN_GAP_MS)  # quiet: reported by exception
@@ -408,5 +505,10 @@ class Rooms:
                     se.stale = True
                     # a mass silence is a concentrator or link: the sensors leave the rules but
                     # get no alert each (the station's device_offline / station_offline says it)
-                    self._judge(se, self.buildings[(station, se.building)], ref, "", faults=not mass)
-            self.flush(ref, "")
+                    self._judge(se, self.buildings[(station, se.building)], ref, Quiet.NONE,
+                                faults=not mass)
+            self.flush(ref, Quiet.NONE)
+        return self._take()
+
+
+FAMILY = Rooms
