@@ -12,7 +12,8 @@ What ``Batch.receipts`` holds (the batch stage fills it): every telemetry messag
 or without refused readings (``Trimmed``), and every one rejected for a reason that can never
 change (``Rejected.receipt``: re-sending it would be rejected again, forever). Never a message
 that was lost or is not yet durable (it is in no durable batch), one from a station outside the
-inventory (the station may be added) or one whose time is ahead of ours (it becomes valid).
+inventory (the station may be added) or of a schema version this collector does not read (it may
+be upgraded). A message stamped ahead of our clock is stored re-stamped, and receipted.
 
 Each collector receipts what it stored: members of a shared subscription receipt their own shares.
 Bounded: paho holds at most ``MAX_OUTSTANDING`` (``collector/receive.py``) receipts not yet
