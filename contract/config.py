@@ -34,7 +34,17 @@ from pydantic import (
 )
 
 from contract.alerts import AlertRules, Severity, load_rules
-from contract.codec import FLOATS, INTEGERS, MULTI_WORD, DataType, WordOrder, word_count
+from contract.codec import (
+    FLOATS,
+    INTEGERS,
+    MULTI_WORD,
+    SIXTEEN_BIT,
+    ByteOrder,
+    DataType,
+    WordOrder,
+    order_of,
+    word_count,
+)
 from contract.errors import ConfigError
 from contract.points import Kind, Level, PointDef, check_name
 from contract.report import ReportSettings
@@ -118,6 +128,8 @@ class PointMap(_Strict):
     bit: int | None = Field(default=None, validate_default=True)
     length: int | None = Field(default=None, validate_default=True)
     word_order: WordOrder | None = Field(default=None, validate_default=True)
+    # a 16-bit register whose two bytes come swapped (low byte first): BA; AB is Modbus's own
+    byte_order: ByteOrder | None = Field(default=None, validate_default=True)
     scale: float = Field(default=1.0, validate_default=True)
     offset: float = Field(default=0.0, validate_default=True)
     unit: str | None = Field(default=None, validate_default=True)
@@ -179,7 +191,20 @@ class PointMap(_Strict):
         if t is DataType.STRING and v in (WordOrder.ABCD, WordOrder.BADC):
             return v
         if t not in MULTI_WORD:
-            raise ValueError("only for 32/64-bit types (and ABCD/BADC for strings)")
+            hint = ("; a 16-bit register with its bytes swapped takes byte_order: BA"
+                    if t in SIXTEEN_BIT else "")
+            raise ValueError(f"only for 32/64-bit types (and ABCD/BADC for strings){hint}")
+        return v
+
+    @field_validator("byte_order")
+    @classmethod
+    def _byte_order(cls, v: ByteOrder | None, info: ValidationInfo) -> ByteOrder | None:
+        t = info.data.get("type")
+        if v is None or t is None:
+            return v
+        if t not in SIXTEEN_BIT:
+            raise ValueError("only for int16/uint16 (a 32/64-bit value swaps the bytes of each word "
+                             "with word_order: BADC or DCBA)")
         return v
 
     @field_validator("scale", "offset")
@@ -304,6 +329,11 @@ class PointMap(_Strict):
     @property
     def words(self) -> int:
         return word_count(self.type, self.length)
+
+    @property
+    def order(self) -> WordOrder:
+        """The codec's order for this point (its word order, or a 16-bit point's byte order)."""
+        return order_of(self.word_order, self.byte_order)
 
     @property
     def plausible(self) -> tuple[float | None, float | None]:

@@ -43,7 +43,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from contract import topics
-from contract.codec import FLOATS, INTEGERS, DataType, WordOrder, encode
+from contract.codec import FLOATS, INTEGERS, DataType, encode
 from contract.commands import (
     Bounds,
     Command,
@@ -424,7 +424,7 @@ class CommandPath:
             mask = 1 << (p.bit or 0)
             return [(reg | mask) if value else (reg & ~mask & 0xFFFF)]
         raw = (float(value) - p.offset) / p.scale
-        order = p.word_order or WordOrder.ABCD
+        order = p.order  # word order, or a 16-bit register's byte order
         if p.type in FLOATS:
             return encode(raw, p.type, order)
         return encode(round(raw), p.type, order)

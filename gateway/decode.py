@@ -38,11 +38,11 @@ class PointDecoder:
         self.offset = p.offset
         self._kw = {"point": p.point, "building": p.building, "household": p.household,
                     "unit": p.unit or ""}
-        t, order, bit = p.type, p.word_order or WordOrder.ABCD, p.bit or 0
+        t, order, bit = p.type, p.order, p.bit or 0
         self.raw: Callable[[Sequence[int]], int | float | str | bool]
-        if t is DataType.INT16:
+        if t is DataType.INT16 and order is WordOrder.ABCD:
             self.raw = _int16
-        elif t is DataType.UINT16:
+        elif t is DataType.UINT16 and order is WordOrder.ABCD:
             self.raw = _uint16
         else:
             self.raw = partial(decode, dtype=t, order=order, bit=bit)

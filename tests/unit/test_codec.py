@@ -9,8 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pymodbus.client.mixin import ModbusClientMixin
 
-from contract.codec import DataType, WordOrder, decode, encode, word_count
+from contract.codec import ByteOrder, DataType, WordOrder, decode, encode, order_of, word_count
+from contract.config import PointMap
 from contract.errors import DecodeError
+from gateway.decode import PointDecoder
 
 PM = ModbusClientMixin.DATATYPE
 _PM_TYPE = {
@@ -64,6 +66,23 @@ def test_16_bit_types_match_pymodbus(case: tuple[DataType, int]) -> None:
     words = ModbusClientMixin.convert_to_registers(value, _PM_TYPE[dtype])
     assert decode(words, dtype) == value
     assert encode(value, dtype) == words
+
+
+@given(st.sampled_from([DataType.INT16, DataType.UINT16]).flatmap(
+    lambda t: st.tuples(st.just(t), _RANGES[t])))
+def test_byte_swapped_16_bit_registers_match_pymodbus_both_ways(case: tuple[DataType, int]) -> None:
+    # a meter that sends a 16-bit value low byte first: pymodbus's big-endian word, bytes swapped
+    dtype, value = case
+    wire = _swap(ModbusClientMixin.convert_to_registers(value, _PM_TYPE[dtype]))
+    order = order_of(None, ByteOrder.BA)
+    assert decode(wire, dtype, order) == value
+    assert encode(value, dtype, order) == wire  # the command path's writes
+    assert ModbusClientMixin.convert_from_registers(_swap(wire), _PM_TYPE[dtype]) == value
+    # and the gateway's own decoder for a point mapped with byte_order: BA
+    p = PointMap(point="x_p", type=dtype, table="holding_register", address=0, unit="", byte_order="BA")
+    assert PointDecoder(p)(wire).value == float(value)
+    plain = PointMap(point="x_p", type=dtype, table="holding_register", address=0, unit="")
+    assert PointDecoder(plain)(_swap(wire)).value == float(value)
 
 
 @pytest.mark.parametrize(("order", "words"), [
