@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -85,6 +86,13 @@ BIT_TABLES = ("coil", "discrete_input")
 _MODICON_PREFIX = {"coil": 0, "discrete_input": 1, "input_register": 3, "holding_register": 4}
 
 
+def type_kind(t: DataType) -> Kind:
+    """The kind of value a register type gives."""
+    if t in (DataType.BOOL, DataType.BIT):
+        return Kind.BOOL
+    return Kind.TEXT if t is DataType.STRING else Kind.NUMBER
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -123,6 +131,10 @@ class PointMap(_Strict):
     building: Ident | None = None
     household: Ident | None = None
     type: DataType
+    # what its readings are: number, bool or text, as its type gives (bool and bit: bool, string:
+    # text, the rest: number). A custom x_ point may say so; the gateway publishes no other kind,
+    # and InfluxDB fixes a field's type at its first write (docs/contract.md, "Kinds")
+    kind: Kind | None = Field(default=None, validate_default=True)
     table: Table
     address: int = Field(ge=0, le=465536)
     bit: int | None = Field(default=None, validate_default=True)
@@ -151,6 +163,18 @@ class PointMap(_Strict):
     @property
     def definition(self) -> PointDef | None:
         return check_name(self.point)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: Kind | None, info: ValidationInfo) -> Kind | None:
+        t = info.data.get("type")
+        if t is None:
+            return v
+        given = type_kind(t)
+        if v is not None and v is not given:
+            need = {Kind.BOOL: "bool or bit", Kind.TEXT: "string", Kind.NUMBER: "a numeric type"}[v]
+            raise ValueError(f"type {t} gives a {given} value; a {v} point needs type {need}")
+        return given
 
     @field_validator("table")
     @classmethod
@@ -230,8 +254,7 @@ class PointMap(_Strict):
         if v is not None and v != d.unit:
             raise ValueError(f"{name} is measured in {d.unit!r}, not {v!r}")
         if t is not None:
-            kind = (Kind.BOOL if t in (DataType.BOOL, DataType.BIT)
-                    else Kind.TEXT if t is DataType.STRING else Kind.NUMBER)
+            kind = type_kind(t)
             if kind is not d.kind:
                 raise ValueError(f"{name} is a {d.kind} point; type {t} gives a {kind}")
         return d.unit
@@ -302,6 +325,9 @@ class PointMap(_Strict):
                 if not rlo <= round(raw) <= rhi:
                     raise ValueError(f"@{key}: {eng:g} does not fit {t} with scale {scale:g} "
                                      f"(raw {raw:g} outside {rlo}..{rhi})")
+                if abs(raw) > 2**53:  # a command's value is a float64: beyond, it is not exact
+                    raise ValueError(f"@{key}: {eng:g} is raw {raw:g}, beyond ±2^53 where a command's "
+                                     "value (a float64) cannot name every integer")
         return v.model_copy(update={"min": lo, "max": hi, "max_step": step})
 
     @model_validator(mode="after")
@@ -329,6 +355,11 @@ class PointMap(_Strict):
     @property
     def words(self) -> int:
         return word_count(self.type, self.length)
+
+    @property
+    def value_kind(self) -> Kind:
+        """What its readings are (the ``kind`` key is filled from the type when not given)."""
+        return self.kind if self.kind is not None else type_kind(self.type)
 
     @property
     def order(self) -> WordOrder:
@@ -363,6 +394,17 @@ class PointMap(_Strict):
         if wire + self.words > 65536:
             raise ValueError("runs past the end of the register space")
         return wire
+
+
+def check_kinds(points: Iterable[tuple[str, PointMap]]) -> None:
+    """A custom point name has one kind wherever it is mapped (``(where, point)`` pairs): every
+    building's ``x_valve_mode`` lands in one InfluxDB field, whose type its first write fixes."""
+    seen: dict[str, tuple[Kind, str]] = {}
+    for where, p in points:
+        first = seen.setdefault(p.point, (p.value_kind, where))
+        if first[0] is not p.value_kind:
+            raise ValueError(f"{where}.kind: {p.point} is a {p.value_kind} here and a {first[0]} on "
+                             f"{first[1]}; one name, one kind")
 
 
 def check_layout(points: list[PointMap], addressing: Addressing, where: str = "") -> None:
@@ -408,6 +450,7 @@ class RegisterMap(_Strict):
                 raise ValueError(f"points.{j} ({p.point}).point: {what} is also points.{first}; "
                                  "a point is mapped once (add building/household to tell them apart)")
         check_layout(self.points, self.addressing)
+        check_kinds((f"points.{j} ({p.point})", p) for j, p in enumerate(self.points))
         return self
 
 
@@ -575,6 +618,14 @@ class OutboxSettings(_Strict):
     max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
     max_age_h: float = Field(default=72, ge=1)
     max_inflight: int = Field(default=200, ge=1, le=10000)
+    # Keep a telemetry row after the broker's PUBACK until the collector receipts it, after its
+    # own durable write (docs/contract.md, "Receipts"): a broker killed with -9 loses what it
+    # acknowledged since its last autosave. false: delete at the PUBACK, for a site whose
+    # collector sends no receipts (the broker's persistence is then the only copy).
+    receipts: bool = True
+    # re-send a row still unreceipted this long after it went out, once the collector has
+    # receipted a row sent after it (so a collector that is away or behind is not sent copies)
+    receipt_timeout_s: float = Field(default=300, ge=1, le=86400)
 
 
 class ResolvedDevice(_Strict):
@@ -675,6 +726,8 @@ class GatewayConfig(_Strict):
                                      f"{p.household or ''} is also mapped on {seen[p.key]}")
                 seen[p.key] = f"{dev.name} points.{j}"
             check_layout(dev.points, dev.addressing, f"devices.{i} ({dev.name}).")
+        check_kinds((f"devices.{i} ({dev.name}).points.{j} ({p.point})", p)
+                    for i, dev in enumerate(self.resolved) for j, p in enumerate(dev.points))
         return self
 
 

@@ -91,7 +91,9 @@ class Gateway:
         return GatewayStatus(schema_=1, gateway=self.cfg.gateway, state=state,
                              boot=self.boot, stations=[self.cfg.station],
                              ts=int(time.time() * 1000),
-                             writable=self.commands.writable() if self.commands else []
+                             writable=self.commands.writable() if self.commands else [],
+                             custom={p.point: p.value_kind for d in self.cfg.resolved for p in d.points
+                                     if p.definition is None},
                              ).model_dump_json(by_alias=True).encode()
 
     async def run(self) -> None:
@@ -154,6 +156,18 @@ class Gateway:
             self.publisher.notify()
             self._publish_status(ts)
         return msg
+
+    def refused_readings(self) -> dict[str, int]:
+        """Readings published as bad instead of a value that must not go out, by reason
+        (gateway/decode.py: ``inexact``, ``kind``). Read by the metrics scrape."""
+        out: dict[str, int] = {}
+        for dev in self.devices:
+            for plan in list(dev.plans.values()):
+                for req in plan:
+                    for dec in req.built():
+                        for reason, n in list(dec.refused.items()):
+                            out[reason] = out.get(reason, 0) + n
+        return out
 
     def station_status(self, ts: int) -> StationStatus:
         """The station's state from its devices' health, as published on the status topic."""

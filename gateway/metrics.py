@@ -14,7 +14,8 @@ number of stations it polls: every series carries ``station``. What it shows (al
   refused by the broker, sent as backfill, and the seconds from hand-over to PUBACK;
 - per device: its state (online / degraded / offline, one series each, 1 for the current one),
   Modbus round-trip seconds, Modbus exceptions by code, requests that got no answer;
-- poll cycles finished per poll group, remote commands by outcome and by refusal reason.
+- poll cycles finished per poll group, readings refused at decode (published bad) by reason,
+  remote commands by outcome and by refusal reason.
 """
 
 from __future__ import annotations
@@ -95,6 +96,10 @@ class _Source(_PromCollector):
                                          labels=["station", "device", "code"])
         no_answer = CounterMetricFamily(P + "modbus_no_answer", "Modbus requests that got no answer "
                                         "(timeout, no connection)", labels=["station", "device"])
+        refused_readings = CounterMetricFamily(
+            P + "readings_refused", "readings published as bad instead of a value that must not go out, "
+            "by reason (inexact: a 64-bit integer beyond ±2^53; kind: not the point's kind)",
+            labels=["station", "reason"])
         commands = CounterMetricFamily(P + "commands", "remote commands, by outcome",
                                        labels=["station", "state"])
         refusals = CounterMetricFamily(P + "command_reasons", "remote commands not confirmed, by outcome "
@@ -141,6 +146,8 @@ class _Source(_PromCollector):
                 for code, n in sorted(ms.exceptions.items()):
                     exceptions.add_metric([st, name, str(code)], n)
                 no_answer.add_metric([st, name], ms.no_answer)
+            for reason, n in sorted(gw.refused_readings().items()):
+                refused_readings.add_metric([st, reason], n)
             if gw.commands is not None:
                 for key, n in sorted(gw.commands.counts.items()):
                     state_, _, reason = key.partition(":")
@@ -149,7 +156,8 @@ class _Source(_PromCollector):
                     else:
                         commands.add_metric([st, state_], n)
         yield from (rows, size, age, max_age, dropped, connected, inflight, published, acked, refused,
-                    backfilled, messages, cycles, state, exceptions, no_answer, commands, refusals)
+                    backfilled, messages, cycles, state, exceptions, no_answer, refused_readings, commands,
+                    refusals)
         yield from _merge(latencies)
         yield from _merge(rtts)
 
