@@ -33,7 +33,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -228,10 +228,11 @@ class CommandPath:
         self.ledger.close()
 
     # -- the consumer ----------------------------------------------------------------------------
-    async def run(self, client: MqttClient) -> None:
+    async def run(self, client: MqttClient, messages: AsyncIterator[Message] | None = None) -> None:
         """Take commands one at a time (never two writes at once on one station) and acknowledge
-        each once its result is durable."""
-        async for msg in client.messages():
+        each once its result is durable. ``messages``: where they come from when the session's
+        consumer is someone else (the gateway routes receipts apart); else the client's own."""
+        async for msg in messages if messages is not None else client.messages():
             await self.take(msg)
             client.ack(msg)
 
