@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import orjson
 import yaml
 from pydantic import (
     AfterValidator,
@@ -47,6 +48,7 @@ from contract.codec import (
     word_count,
 )
 from contract.errors import ConfigError
+from contract.payload import MAX_PAYLOAD_BYTES, MAX_VALUES, TS_MAX_MS
 from contract.points import Kind, Level, PointDef, check_name
 from contract.report import ReportSettings
 from contract.topics import Ident
@@ -396,6 +398,25 @@ class PointMap(_Strict):
         return wire
 
 
+# The longest a reading can be on the wire: every name as written, the value at its longest (a
+# float's repr is at most 24 characters; a string register's ASCII control characters are JSON-
+# escaped to 6 bytes each), quality "uncertain"; and an envelope with every field at its longest.
+_LONGEST_FLOAT = -2.2250738585072014e-308
+_ENVELOPE_BYTES = len(orjson.dumps({
+    "schema": 1, "station": "s" * 64, "gateway": "g" * 64, "boot": "f" * 64, "seq": 2**63 - 1,
+    "ts": TS_MAX_MS, "backfill": False, "heartbeat_s": -_LONGEST_FLOAT, "values": []}))
+
+
+def longest_reading(p: PointMap) -> int:
+    """Bytes of the longest reading ``p`` can give in a telemetry message (with its comma)."""
+    kind = p.value_kind
+    value: float | bool | str = ("\x01" * 2 * (p.length or 1) if kind is Kind.TEXT
+                                 else False if kind is Kind.BOOL else _LONGEST_FLOAT)
+    r = {"point": p.point, "building": p.building, "household": p.household, "value": value,
+         "unit": p.unit or "", "quality": "uncertain"}
+    return len(orjson.dumps({k: v for k, v in r.items() if v is not None})) + 1
+
+
 def check_kinds(points: Iterable[tuple[str, PointMap]]) -> None:
     """A custom point name has one kind wherever it is mapped (``(where, point)`` pairs): every
     building's ``x_valve_mode`` lands in one InfluxDB field, whose type its first write fixes."""
@@ -728,6 +749,15 @@ class GatewayConfig(_Strict):
             check_layout(dev.points, dev.addressing, f"devices.{i} ({dev.name}).")
         check_kinds((f"devices.{i} ({dev.name}).points.{j} ({p.point})", p)
                     for i, dev in enumerate(self.resolved) for j, p in enumerate(dev.points))
+        # one message per poll group and cycle: it must fit what the broker and collector take
+        # (a larger one would be refused by both, every cycle, and a failed build stops the poll)
+        for group in self.poll_groups:
+            points = [p for dev in self.resolved for p in dev.points if p.group == group]
+            size = _ENVELOPE_BYTES + sum(longest_reading(p) for p in points)
+            if len(points) > MAX_VALUES or size > MAX_PAYLOAD_BYTES:
+                raise ValueError(f"poll_groups.{group}: {len(points):,} points make messages of up to "
+                                 f"{size:,} bytes; one message holds at most {MAX_VALUES:,} values and "
+                                 f"{MAX_PAYLOAD_BYTES:,} bytes: spread the points over more poll groups")
         return self
 
 
