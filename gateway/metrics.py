@@ -78,7 +78,8 @@ class _Source(_PromCollector):
             return CounterMetricFamily(P + name, doc, labels=["station"])
 
         rows, size, age, max_age, dropped = (
-            g("outbox_messages", "messages in the outbox (not yet acknowledged by the broker)"),
+            g("outbox_messages", "messages in the outbox (not yet receipted by the collector, or "
+              "acknowledged by the broker where no receipt is awaited)"),
             g("outbox_bytes", "bytes in the outbox"),
             g("outbox_oldest_age_seconds", "age of the oldest message in the outbox (0 when empty)"),
             g("outbox_max_age_seconds", "the outbox's age bound: older messages are dropped"),
