@@ -189,8 +189,18 @@ class GatewayStatus(_Frozen):
     stations: list[Ident]
     ts: int = Field(ge=TS_MIN_MS, le=TS_MAX_MS)
     writable: list[WritablePoint] = Field(default_factory=list, max_length=5000)
+    # the kind of each custom x_ point it publishes, as its maps declare them: its readings of
+    # that point are of that kind and no other (docs/contract.md, "Kinds")
+    custom: dict[str, Kind] = Field(default_factory=dict, max_length=MAX_VALUES)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _custom_names(self) -> GatewayStatus:
+        for name in self.custom:
+            if check_name(name) is not None:
+                raise ValueError(f"custom: {name} is a canonical point (its kind is the vocabulary's)")
+        return self
 
 
 def _first_error(exc: ValidationError) -> str:
