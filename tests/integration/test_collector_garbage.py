@@ -3,7 +3,7 @@ by bytes, every good message is stored and every bad one counted with its reason
 
 The broker here takes packets up to 256 MB, as a site that raised ``max_packet_size`` (or another
 broker) would: the shipped limit (1 MiB, deploy/mosquitto/heatwatch.conf) refuses the 10 MB
-messages before they reach any collector, which the last test shows.
+messages before they reach any collector (tests/integration/test_broker_limits.py).
 """
 
 from __future__ import annotations
@@ -220,24 +220,3 @@ def test_garbage_through_the_broker_every_good_stored_every_bad_counted(
                               ("st003", "gw-st003", "aaaaaaaa"): set(range(10))}
     gw.close()
 
-
-def test_the_shipped_broker_refuses_a_payload_past_the_contracts_limit(
-        tmp_path: Path, procs: Processes, mosquitto: Mosquitto, influxd: Influxd, influx_db: str) -> None:
-    """deploy/mosquitto/heatwatch.conf: max_packet_size 1 MiB. A 2 MB PUBLISH disconnects its
-    sender and never reaches the collector; a 999,000-byte one does."""
-    col = CollectorProc(procs, tmp_path, mqtt_port=mosquitto.port, db=influxd, database=influx_db)
-    reasons: list[str] = []
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"big-{uuid.uuid4().hex[:6]}",
-                    protocol=mqtt.MQTTv5)
-    c.on_disconnect = lambda _c, _u, _f, rc, _p: reasons.append(str(rc))
-    c.connect("127.0.0.1", mosquitto.port)
-    c.loop_start()
-    c.publish(TELEMETRY.format("st001"), padded("st001", 0, 999_000), qos=1).wait_for_publish(10)
-    c.publish(TELEMETRY.format("st001"), b"{" + b" " * 2_000_000 + b"}", qos=1)
-    wait_for(lambda: reasons, 10, "the broker to disconnect the sender")
-    c.loop_stop()
-    assert reasons[0] in {"Packet too large", "Unspecified error"}  # as paho reads mosquitto's DISCONNECT
-    wait_for(lambda: col.count("SELECT count(primary_heat_total) FROM station") == 1, 20,
-             "the 999 kB one stored")
-    time.sleep(1)
-    assert col.metric("heatwatch_collector_received_total") == 1
