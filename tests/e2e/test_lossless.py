@@ -180,7 +180,7 @@ def test_broker_sigkilled_holding_a_backlog_loses_no_sample(
     until the collector receipts it and send again what it never does: nothing lost."""
     col = _collector(tmp_path, procs, mosquitto, influxd, influx_db)  # its session: the broker queues
     gateways.start()
-    wait_for(lambda: col.metric("heatwatch_collector_receipted_total") >= 20, 30, "the first receipts")
+    wait_for(lambda: col.metric("heatwatch_collector_acked_total") >= 20, 30, "the first messages stored")
     procs.procs["collector"].terminate()
     procs.procs["collector"].wait(15)
     backlog_from = len(gateways.produced())
@@ -209,7 +209,7 @@ def test_broker_sigkilled_under_live_traffic_loses_no_sample(
         gateways: Gateways) -> None:
     col = _collector(tmp_path, procs, mosquitto, influxd, influx_db)
     gateways.start()
-    wait_for(lambda: col.metric("heatwatch_collector_receipted_total") >= 50, 30, "traffic")
+    wait_for(lambda: col.metric("heatwatch_collector_acked_total") >= 50, 30, "traffic")
     mosquitto.kill()
     time.sleep(3)
     mosquitto.start()
