@@ -13,14 +13,19 @@ queues between them, ``Collector.run`` starts them): receive → validate → (t
     write or spool collector/store.py       batches                        (Batch, write) → written
       + results    collector/commands.py    a batch's command results      recorded in the store
     acknowledge    collector/acknowledge.py written, in order              alert records, PUBACKs
+    receipt        collector/receipt.py     a durable batch's seqs         receipts to the gateways
 
 ``collector/stages.py`` holds what they pass each other. Memory is bounded: at most
-``receive_maximum`` deliveries wait in the inbox (the receive stage stops reading the socket
-while it is full), two batches wait for a write, and ``batch.concurrency`` batches are being
-written or acknowledged. Every message, good or rejected, rides in the same batches in arrival
-order, so PUBACKs go out in the order the PUBLISHes came in, and only once their batch is durable
-(InfluxDB or the spool). A rejected message is stored as a ``rejects`` line, then acknowledged:
-bad input is never redelivered forever, and never silently dropped.
+``receive_maximum`` deliveries or ``receive_max_bytes`` of payload wait in the inbox (the receive
+stage stops reading the socket while it is full; a payload over the contract's 1 MB is not kept at
+all), two batches wait for a write, and ``batch.concurrency`` batches are being written or
+acknowledged, each at most ``batch.max_lines`` lines and ``batch.max_bytes``. Every message, good or
+rejected, rides in the same batches in arrival order, so PUBACKs go out in the order the PUBLISHes
+came in, and only once their batch is durable (InfluxDB or the spool). A rejected message is stored
+as a ``rejects`` line, then acknowledged: bad input is never redelivered forever, and never silently
+dropped. Once durable, a batch's telemetry is receipted to its gateways (``collector/receipt.py``),
+so they keep their outbox rows until then and re-send what is never receipted: the broker's PUBACK
+is not durability.
 
 With ``alerts:`` (the collector that keeps the alert store) two taps see every validated message in
 arrival order: the rule engine and the latest values (``collector/latest.py``, flushed to the
@@ -55,12 +60,14 @@ from collector.influx import InfluxWriter
 from collector.latest import LatestValues
 from collector.lines import lines
 from collector.metrics import Stats
+from collector.receipt import Receipts
 from collector.receive import MqttReceive
-from collector.stages import AlertsDue, Batch, GatewaySeen, Inbox, StatsLines, Validated
+from collector.stages import AlertsDue, Batch, GatewaySeen, Inbox, StatsLines, Trimmed, Validated
 from collector.store import WriteOrSpool, Written
 from collector.validate import Validate
 from contract.alerts import AlertRules, Transition
 from contract.config import CollectorConfig
+from contract.influx import TELEMETRY_MEASUREMENTS
 from contract.payload import Frame, StationStatus
 from durable.queue import DiskQueue
 
@@ -72,6 +79,8 @@ def alert_tap(alerts: AlertStage) -> Tap:
     transitions pending; the batch stage takes them into the batch of the message that caused them)."""
 
     def tap(item: Validated, now_ms: int) -> None:
+        if isinstance(item, Trimmed):
+            item = item.frame
         if isinstance(item, Frame):
             alerts.observe(item, now_ms)
         elif isinstance(item, StationStatus):
@@ -86,6 +95,8 @@ def latest_tap(latest: LatestValues) -> Tap:
     """Keep the latest value per station, building and household from every validated message."""
 
     def tap(item: Validated, _now_ms: int) -> None:
+        if isinstance(item, Trimmed):
+            item = item.frame
         if isinstance(item, Frame):
             latest.observe(item)
         elif isinstance(item, StationStatus):
@@ -116,7 +127,7 @@ class Collector:
                        else None)
 
         # -- the ingest stages, in order, and the bounded queues between them -----------------
-        self.inbox = Inbox(cfg.receive_maximum)  # receive → batch (+ the control path)
+        self.inbox = Inbox(cfg.receive_maximum, cfg.receive_max_bytes)  # receive → batch (+ control)
         self.receive = MqttReceive(cfg, self.inbox, self.connected, results=self.results is not None)
         self.validate = Validate(cfg.ingest, self.stats, results=self.results is not None)
         self.taps: list[Tap] = []
@@ -132,8 +143,10 @@ class Collector:
                                   record_results=self.results.record if self.results is not None else None)
         self.written: asyncio.Queue[Written] = asyncio.Queue()  # write → acknowledge, ≤ slots long
         self.slots = asyncio.Semaphore(cfg.batch.concurrency)
+        self.receipts = Receipts(self.receive.publish, self.stats)  # beside the PUBACKs
         self.acknowledge = Acknowledge(self.receive.ack, self.stats, self.latency,
-                                       self._record if self.alerts is not None else None, clock)
+                                       self._record if self.alerts is not None else None, clock,
+                                       receipt=self.receipts)
 
     async def _record(self, trs: list[Transition]) -> None:
         assert self.alerts is not None
@@ -169,6 +182,9 @@ class Collector:
                 self.metrics_port = metrics.serve(self, st.metrics_host, st.metrics_port)
                 log.info("metrics", url=f"http://{st.metrics_host}:{self.metrics_port}/metrics")
             await self.writer.ensure_database_retrying()
+            # the custom points' kinds InfluxDB holds already, before the first message
+            seeded = self.validate.seed_kinds(await self.writer.field_types(TELEMETRY_MEASUREMENTS))
+            log.info("custom point kinds read from InfluxDB", points=seeded)
             if latest is not None:
                 await asyncio.to_thread(latest.load)  # before the first message: rows stay whole
             async with asyncio.TaskGroup() as tg:

@@ -44,6 +44,7 @@ from paho.mqtt.properties import Properties
 from collector.stages import Delivery, Inbox
 from contract import topics
 from contract.config import CollectorConfig
+from contract.payload import MAX_PAYLOAD_BYTES
 from messaging.security import apply_security
 
 log = structlog.get_logger("heatwatch.collector")
@@ -54,6 +55,9 @@ RECONNECT_MIN_S, RECONNECT_MAX_S = 1.0, 30.0
 # the message's own read
 READ_BURST = 64
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
+# QoS 1 messages we publish (receipts, alert transitions) held by paho until the broker's PUBACK,
+# each ~150 bytes: a broker that stops acknowledging costs at most ~1.5 MB here
+MAX_OUTSTANDING = 10_000
 _PUBACK = struct.Struct("!BBH")  # PUBACK, remaining length 2, packet id: success, no properties
 
 
@@ -101,7 +105,11 @@ class _Client(mqtt.Client):
                 raise IndexError(i)
         except IndexError:
             return MQTTErrorCode.MQTT_ERR_PROTOCOL  # paho disconnects, as for its own MalformedPacket
-        self.on_delivery(Delivery(mid, topic, bytes(memoryview(pkt)[i:])))
+        size = len(pkt) - i
+        # a payload past the contract's limit cannot be valid: keep none of it (the validate
+        # stage rejects it by its size), so it never waits in the inbox or a batch
+        payload = bytes(memoryview(pkt)[i:]) if size <= MAX_PAYLOAD_BYTES else b""
+        self.on_delivery(Delivery(mid, topic, payload, size))
         return _OK
 
     def ack_many(self, mids: list[int]) -> None:
@@ -128,6 +136,11 @@ class MqttReceive:
         c = _Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv5,
                     manual_ack=True)
         apply_security(c, cfg.mqtt)  # TLS (site CA, client certificate), username and password
+        # what we publish (receipts, alert transitions): QoS 1 messages paho holds until the
+        # broker's PUBACK; past MAX_OUTSTANDING ``publish`` answers MQTT_ERR_QUEUE_SIZE (paho 2.2
+        # also refuses, rather than overwrites, a message id still in use)
+        c.max_inflight_messages_set(1000)
+        c.max_queued_messages_set(MAX_OUTSTANDING)
         c.on_connect, c.on_disconnect = self._on_connect, self._on_disconnect
         c.on_delivery, c.on_subscribe = self._deliver, self._on_subscribe
         c.on_socket_open, c.on_socket_close = self._socket_open, self._socket_close
@@ -156,6 +169,10 @@ class MqttReceive:
     def ack(self, mids: list[int]) -> None:
         """PUBACK these, in this order (they are durable)."""
         self.client.ack_many(mids)
+
+    def publish(self, topic: str, payload: bytes) -> MQTTErrorCode:
+        """QoS 1, not retained (the receipt stage's way out). Queued by paho while disconnected."""
+        return self.client.publish(topic, payload, qos=1).rc
 
     # -- reading ---------------------------------------------------------------------------------
     def _deliver(self, d: Delivery) -> None:

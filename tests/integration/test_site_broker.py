@@ -221,10 +221,11 @@ def test_each_identity_gets_its_part_and_no_more(site: tuple[Site, SiteBroker]) 
     b_topics = (f"{R}/station/st002/", f"{R}/gateway/gw-st002/")
     assert not any(t.startswith(b_topics) for t, _ in collector.messages)
 
-    # A reads its own commands, not B's, and no telemetry at all
+    # A reads its own commands and receipts, not B's, and no telemetry at all
     assert not gw_a.subscribe(f"{R}/station/st001/command/+")[0].is_failure
+    assert not gw_a.subscribe(f"{R}/station/st001/receipt")[0].is_failure
     for f in (f"{R}/station/st002/command/+", f"{R}/station/+/command/+", f"{R}/station/+/telemetry",
-              f"{R}/station/st002/telemetry", "#"):
+              f"{R}/station/st002/telemetry", f"{R}/station/st002/receipt", f"{R}/station/+/receipt", "#"):
         # mosquitto 2.0 grants any filter and then delivers only what the ACL lets this user read
         gw_a.subscribe(f)
     gw_b.publish(f"{R}/station/st002/telemetry", b"b-data")
@@ -235,9 +236,13 @@ def test_each_identity_gets_its_part_and_no_more(site: tuple[Site, SiteBroker]) 
     wait_for(lambda: gw_a.got(f"{R}/station/st001/command/x2"), 10, "A's own command")
     assert {t for t, _ in gw_a.messages} == {f"{R}/station/st001/command/x2"}, gw_a.messages
 
-    # the collector publishes alerts and receipts, never telemetry or commands
+    # the collector publishes alerts and receipts, never telemetry or commands; a gateway reads the
+    # receipts of its own stations only (B's first: once A's is in, B's would be in too)
     assert collector.publish(f"{R}/alert/st001").is_failure is False
+    assert collector.publish(f"{R}/station/st002/receipt").is_failure is False
     assert collector.publish(f"{R}/station/st001/receipt").is_failure is False
+    wait_for(lambda: gw_a.got(f"{R}/station/st001/receipt"), 10, "A's receipt")
+    assert not gw_a.got(f"{R}/station/st002/receipt")
     assert collector.publish(f"{R}/station/st001/telemetry").getName() == "Not authorized"
     assert collector.publish(f"{R}/station/st001/command/c9").getName() == "Not authorized"
     # the API publishes commands only

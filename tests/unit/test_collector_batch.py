@@ -35,7 +35,7 @@ def _batcher(inbox: Inbox, out: asyncio.Queue[Batch], alerts: _Alerts | None = N
              per_message: int = 1) -> tuple[Batcher, list[str]]:
     seen: list[str] = []
 
-    def validate(topic: str, payload: bytes, now_ms: int) -> Validated:
+    def validate(topic: str, payload: bytes, now_ms: int, size: int = -1) -> Validated:
         seen.append(topic)
         return Rejected("bad_json", None, topic, "x", now_ms)
 
@@ -79,7 +79,7 @@ def test_a_full_output_stops_the_stage_and_the_inbox_holds_the_rest() -> None:
         for _ in range(40):  # the receive stage: put while there is room, as it does
             while not inbox.full:
                 sent += 1
-                inbox.put(Delivery(sent, f"t/{sent}", b""))
+                inbox.put(Delivery(sent, f"t/{sent}", b"", 0))
             await asyncio.sleep(0.01)
         assert inbox.full and len(inbox.deliveries) == 5  # stalled at the bound
         held = [d.mid for d in inbox.deliveries]
@@ -101,7 +101,7 @@ def test_transitions_ride_with_the_batch_of_the_message_that_caused_them() -> No
         b, _seen = _batcher(inbox, out, _Alerts(), max_lines=4, per_message=2)  # two messages a batch
         task = asyncio.create_task(b.run())
         for i, topic in enumerate(["a", "b", "c/cause", "d", "e", "f"], 1):
-            inbox.put(Delivery(i, topic, b""))
+            inbox.put(Delivery(i, topic, b"", 0))
         got = [await asyncio.wait_for(out.get(), 5) for _ in range(3)]
         task.cancel()
         return got
@@ -120,7 +120,7 @@ def test_a_command_result_sends_its_batch_at_once() -> None:
     async def main() -> tuple[Batch, int]:
         inbox, out = Inbox(100), asyncio.Queue[Batch]()
 
-        def validate(topic: str, payload: bytes, now_ms: int) -> Validated:
+        def validate(topic: str, payload: bytes, now_ms: int, size: int = -1) -> Validated:
             return result if topic == "result" else Rejected("bad_json", None, topic, "x", now_ms)
 
         # a minute before a batch would be due by age, and far from full
@@ -128,7 +128,7 @@ def test_a_command_result_sends_its_batch_at_once() -> None:
                     lines=lines, alerts=None, clock=time.time)
         task = asyncio.create_task(b.run())
         for i, topic in enumerate(["a", "result", "c"], 1):
-            inbox.put(Delivery(i, topic, b""))
+            inbox.put(Delivery(i, topic, b"", 0))
         first = await asyncio.wait_for(out.get(), 5)
         await asyncio.sleep(0.05)
         left = out.qsize()

@@ -23,6 +23,7 @@ from collector.validate import Validate
 from contract.alerts import AlertRules, Transition
 from contract.commands import CommandResult
 from contract.config import CollectorConfig, IngestSettings
+from contract.influx import split_lines
 from contract.payload import Frame, decode_telemetry
 from contract.points import VOCABULARY, Kind, Level
 from tests.unit.test_payload import GOOD
@@ -73,7 +74,8 @@ def test_any_topic_and_bytes_give_lines_never_an_exception(shared: Collector, to
     C = shared
     before = C.stats.received
     lines = handle(C, topic, payload)
-    assert lines and all(isinstance(x, str) and "\n" not in x for x in lines)
+    assert lines and all(isinstance(x, str) for x in lines)
+    assert split_lines("\n".join(lines)) == lines  # each one InfluxDB line (a text's newline is kept)
     assert C.stats.received == before + 1
     if lines[0].startswith("rejects,"):
         assert sum(C.stats.rejected.values()) >= 1
@@ -108,15 +110,28 @@ def test_any_command_result_bytes_give_a_result_or_a_reject_never_an_exception(
         f"heatwatch/v1/station/st001/command-result/{cid}", payload, 1)
     event(type(item).__name__)
     assert isinstance(item, CommandResult | Rejected)
-    assert lines(item) and all("\n" not in x for x in lines(item))
+    assert lines(item) and split_lines("\n".join(lines(item))) == lines(item)
 
 
 def test_unknown_station_is_rejected_when_a_station_list_is_configured(tmp_path: Path) -> None:
+    """Under one series: the station from the wire is no tag (issue #16: one series per made-up id);
+    its status, and a gateway status naming only unknown stations, too."""
     c = _collector(tmp_path, known_stations=["st002"])
     now = int(time.time() * 1000)
     lines = handle(c, "heatwatch/v1/station/st001/telemetry", orjson.dumps({**GOOD, "ts": now}))
-    assert lines[0].startswith("rejects,reason=unknown_station,station=st001")
-    assert c.stats.rejected == {"unknown_station": 1}
+    assert lines[0].startswith("rejects,reason=unknown_station count=1i,detail=\"station 'st001'")
+    status = {"schema": 1, "station": "st001", "gateway": "gw-st001", "state": "online", "devices": {},
+              "ts": now}
+    lines = handle(c, "heatwatch/v1/station/st001/status", orjson.dumps(status))
+    assert lines[0].startswith("rejects,reason=unknown_station count=1i")
+    gw = {"schema": 1, "gateway": "gw-st001", "state": "online", "boot": "aaaaaaaa", "stations": ["st001"],
+          "ts": now}
+    lines = handle(c, "heatwatch/v1/gateway/gw-st001/status", orjson.dumps(gw))
+    assert lines[0].startswith("rejects,reason=unknown_station count=1i")
+    lines = handle(c, "heatwatch/v1/gateway/gw-st001/status",
+                   orjson.dumps({**gw, "stations": ["st001", "st002"]}))
+    assert lines[0].startswith("gateway_status,gateway=gw-st001")
+    assert c.stats.rejected == {"unknown_station": 3}
 
 
 def test_sequence_gaps_and_restarts_are_counted_per_station(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from paho.mqtt.properties import Properties
 
 from collector.receive import _Client
 from collector.stages import Delivery
+from contract.payload import MAX_PAYLOAD_BYTES
 
 # MQTT strings: UTF-8 without NUL or surrogates (a broker refuses anything else)
 MQTT_CHARS = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")
@@ -55,7 +56,7 @@ def test_publish_parse_agrees_with_paho(topic: str, qos: int, mid: int, props: d
     c._in_packet = {"command": header, "have_remaining": 1, "remaining_count": [], "remaining_mult": 1,
                     "remaining_length": len(body), "packet": bytearray(body), "to_process": 0, "pos": 0}
     assert c._handle_publish() == 0
-    assert got == [Delivery(want.mid, want.topic.decode(), bytes(want.payload))]
+    assert got == [Delivery(want.mid, want.topic.decode(), bytes(want.payload), len(want.payload))]
 
 
 def test_a_truncated_publish_is_a_protocol_error_not_an_exception() -> None:
@@ -76,3 +77,16 @@ def test_batched_pubacks_are_paho_own_pubacks_in_order_in_one_write() -> None:
         paho.ack(m, 1)
     assert len(ours._out_packet) == 1
     assert ours._out_packet[0]["packet"] == b"".join(bytes(p["packet"]) for p in paho._out_packet)
+
+
+def test_a_payload_past_the_contracts_limit_is_not_kept() -> None:
+    """Its size travels instead (the validate stage rejects it as too_large): 10 MB never waits in
+    the inbox or a batch."""
+    c, got = _client()
+    t = b"heatwatch/v1/station/st001/telemetry"
+    payload = b"x" * (MAX_PAYLOAD_BYTES + 1)
+    body = struct.pack("!H", len(t)) + t + struct.pack("!H", 9) + b"\x00" + payload
+    c._in_packet = {"command": 0x32, "have_remaining": 1, "remaining_count": [], "remaining_mult": 1,
+                    "remaining_length": len(body), "packet": bytearray(body), "to_process": 0, "pos": 0}
+    assert c._handle_publish() == 0
+    assert got == [Delivery(9, t.decode(), b"", MAX_PAYLOAD_BYTES + 1)]
