@@ -199,7 +199,7 @@ class Publisher:
                 self.published += 1
                 if row.boot == self.boot and row.seq is not None and row.seq > self.sent_seq:
                     self.sent_seq = row.seq
-            if rows:
+            if rows and self.receipts:  # (the marks are popped by the sweep, which runs with receipts)
                 self._mark(handed_at)
             if len(rows) == limit:
                 self._wake.set()

@@ -78,7 +78,7 @@ def test_promtool_passes_the_shipped_rules_and_the_example_config() -> None:
                  ("check", "config", str(DEPLOY / "prometheus" / "prometheus.yml"))):
         r = promtool(*args)
         assert r.returncode == 0, f"promtool {' '.join(args)}:\n{r.stdout}\n{r.stderr}"
-    assert "17 rules found" in promtool("check", "rules", str(RULES)).stdout
+    assert "18 rules found" in promtool("check", "rules", str(RULES)).stdout
 
 
 def short_for(text: str) -> str:
