@@ -24,6 +24,7 @@ import yaml
 
 from contract.config import GatewayConfig, load_gateway_config
 from contract.receipt import Receipt, receipt_topic
+from gateway.publisher import MARK_EVERY_S
 from heatwatch.devstack import Mosquitto, SimThread, free_port
 from tests.conftest import Processes, Subscriber, publish, wait_for, write_gateway_config
 from tests.integration.test_metrics import scrape, value
@@ -119,22 +120,22 @@ def test_rows_stay_after_their_puback_until_a_receipt_names_them(rig: Rig) -> No
 
 def test_a_lost_message_is_sent_again_after_the_timeout(rig: Rig) -> None:
     col = Subscriber(rig.mosquitto.port, "heatwatch/v1/station/+/telemetry", persistent=True, receipts=True)
-    first: set[tuple[str, int]] = set()
+    arrivals: list[float] = []  # of seq 3 (the first boot's: the only one here)
 
     def lose_seq_3_once(boot: str, seq: int) -> bool:  # its first copy never reaches the store
-        if seq != 3 or (boot, seq) in first:
+        if seq != 3:
             return False
-        first.add((boot, seq))
-        return True
+        arrivals.append(time.monotonic())
+        return len(arrivals) == 1
 
     col.withhold = lose_seq_3_once
     rig.start()
-    wait_for(lambda: len(_sent(col)) >= 6, 30, "six messages")
-    t_lost = time.monotonic()
+    wait_for(lambda: arrivals, 30, "seq 3")
     boot = _sent(col)[0][0]
     # every other row receipted and gone; seq 3 waits, then goes again, and its receipt clears it
-    wait_for(lambda: Counter(_sent(col))[(boot, 3)] == 2, TIMEOUT_S + 20, "seq 3 sent again")
-    assert time.monotonic() - t_lost >= TIMEOUT_S - 1.0  # not before its timeout
+    wait_for(lambda: len(arrivals) >= 2, TIMEOUT_S + 20, "seq 3 sent again")
+    # not before its timeout (hand-over times are kept to the second)
+    assert arrivals[1] - arrivals[0] >= TIMEOUT_S - MARK_EVERY_S - 0.5
     wait_for(lambda: (boot, 3) not in rig.outbox(), 10, "the second copy receipted")
     twice = {k for k, n in Counter(_sent(col)).items() if n > 1}
     assert twice == {(boot, 3)}, twice  # nothing receipted was sent again
@@ -216,14 +217,14 @@ def test_without_receipts_the_outbox_keeps_to_its_byte_bound(tmp_path: Path, mos
         def dropped() -> float:
             return value(scrape(port), "heatwatch_gateway_outbox_dropped_total", **ST) or 0.0
 
-        wait_for(lambda: dropped() > 0, 120, "the byte bound reached")
+        wait_for(lambda: dropped() > 0, 300, "the byte bound reached")  # ~10 s on an idle machine
         s = scrape(port)
         assert (value(s, "heatwatch_gateway_outbox_bytes", **ST) or 0) <= 1024 * 1024
         acked = value(s, "heatwatch_gateway_acked_total", **ST) or 0
         rows = value(s, "heatwatch_gateway_outbox_messages", **ST) or 0
         assert acked > rows + dropped() * 0.5  # PUBACKed, kept until the bound dropped the oldest
         n = len(obs.messages)
-        wait_for(lambda: len(obs.messages) > n + 20, 10, "publishing on")
+        wait_for(lambda: len(obs.messages) > n + 20, 60, "publishing on")
         assert procs.procs["gateway"].poll() is None
         # said once, with what to do: a site without a receipting collector turns receipts off
         assert procs.log("gateway").count("no receipt from the collector") == 1
