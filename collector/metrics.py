@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from collector.influx import InfluxWriter
     from collector.latest import LatestStats, LatestValues
     from collector.receipt import Receipts
+    from collector.receive import MqttReceive
     from collector.stages import Inbox
     from contract.config import CollectorConfig
     from durable.queue import DiskQueue
@@ -159,6 +160,8 @@ class Collector(Protocol):
     def latest(self) -> LatestValues | None: ...
     @property
     def receipts(self) -> Receipts: ...
+    @property
+    def receive(self) -> MqttReceive: ...
 
 
 # the parts of a collector that not every collector runs: the rule engine, the command-result
@@ -225,6 +228,8 @@ TABLE: tuple[Row, ...] = (
         "gateways re-send)", lambda c: c.stats.receipts_dropped),
     Row("receipts_waiting", "stations whose receipts wait for the broker's Receive Maximum",
         lambda c: len(c.receipts.pending), kind="gauge"),
+    Row("published_refused", "receipts and alert transitions the broker refused (PUBACK reason, e.g. "
+        "the ACL)", lambda c: c.receive.client.refused),
     Row("inbox_bytes", "payload bytes of the received messages waiting", lambda c: c.inbox.bytes,
         kind="gauge"),
     Row("messages", "accepted telemetry messages, by station", lambda c: c.stats.messages,

@@ -18,11 +18,12 @@ the GIL) cost ~0.3 µs per value at 200 values a message, ~1/5 of the collector'
 under ``bench/collector_bench.py --rate 1500``: ``threading.Semaphore.release`` alone was 11 % of
 the samples, paho's thread 17 %).
 
-Two of paho's per-message paths are replaced (``_Client``), because measured they were the
+Four of paho's per-message paths are replaced (``_Client``), because measured they were the
 collector's largest cost after the lines themselves: see the figures there.
 
 This is the seam to a shared MQTT client: the rest of the collector sees only the ``Inbox``,
-``ack``, ``connected`` and ``client`` (the alert stage publishes transitions with it).
+``ack``, ``publish`` and ``room`` (the receipt stage's way out), ``connected`` and ``client``
+(the alert stage publishes transitions with it).
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ def _varint(n: int) -> bytes:
 
 
 class _Client(mqtt.Client):
-    """paho's client (paho-mqtt 2.2, pinned in requirements.lock) with two per-message paths of
-    its own replaced; everything else (connect, subscribe, keep-alive, publish) is paho's.
+    """paho's client (paho-mqtt 2.2, pinned in requirements.lock) with four per-message paths of
+    its own replaced; everything else (connect, subscribe, keep-alive, re-sending after a
+    reconnect, ``publish``) is paho's.
 
     - Receiving a PUBLISH: paho builds an MQTT 5 ``Properties`` object for every message (it
       walks its table of 27 property names twice, even when there are none), copies the payload
@@ -88,6 +90,12 @@ class _Client(mqtt.Client):
       reads; properties are skipped by their length.
     - Acknowledging: one PUBACK per ``ack()`` call is a socket write each (5 % of the collector's
       samples under the bench); ``ack_many`` queues a batch's PUBACKs, in order, as one write.
+    - Publishing receipts (a batch's ~one per station): ``publish`` is a socket write (and a
+      wake-up byte) each; ``publish_many`` queues them as one write, each held in paho's
+      ``_out_messages`` as ``publish`` holds it, so paho sends it again after a reconnect.
+    - Their PUBACKs: paho decodes an MQTT 5 ``Properties`` object for each; ``_handle_pubackcomp``
+      reads the packet id and reason code and releases the message (a failure reason, e.g. the
+      ACL refusing the topic, is counted in ``refused``).
     """
 
     on_delivery: Callable[[Delivery], None]
