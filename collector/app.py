@@ -143,7 +143,7 @@ class Collector:
                                   record_results=self.results.record if self.results is not None else None)
         self.written: asyncio.Queue[Written] = asyncio.Queue()  # write → acknowledge, ≤ slots long
         self.slots = asyncio.Semaphore(cfg.batch.concurrency)
-        self.receipts = Receipts(self.receive.publish, self.stats)  # beside the PUBACKs
+        self.receipts = Receipts(self.receive.publish, self.receive.room, self.stats)  # beside the PUBACKs
         self.acknowledge = Acknowledge(self.receive.ack, self.stats, self.latency,
                                        self._record if self.alerts is not None else None, clock,
                                        receipt=self.receipts)
@@ -192,6 +192,7 @@ class Collector:
                 tg.create_task(self.batcher.run())
                 tg.create_task(self.store.run(self.batches, self.written, self.slots, tg))
                 tg.create_task(self.acknowledge.run(self.written, self.slots))
+                tg.create_task(self.receipts.run())
                 tg.create_task(self.store.drain())
                 tg.create_task(self._reporter())
                 tg.create_task(self._gc_keeper())

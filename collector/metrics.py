@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from collector.commands import ResultStage
     from collector.influx import InfluxWriter
     from collector.latest import LatestStats, LatestValues
+    from collector.receipt import Receipts
+    from collector.receive import MqttReceive
     from collector.stages import Inbox
     from contract.config import CollectorConfig
     from durable.queue import DiskQueue
@@ -156,6 +158,10 @@ class Collector(Protocol):
     def results(self) -> ResultStage | None: ...
     @property
     def latest(self) -> LatestValues | None: ...
+    @property
+    def receipts(self) -> Receipts: ...
+    @property
+    def receive(self) -> MqttReceive: ...
 
 
 # the parts of a collector that not every collector runs: the rule engine, the command-result
@@ -218,8 +224,12 @@ TABLE: tuple[Row, ...] = (
         lambda c: c.stats.receipts),
     Row("receipted", "telemetry messages receipted (stored, or rejected for good)",
         lambda c: c.stats.receipted),
-    Row("receipts_dropped", "receipts dropped: too many awaiting the broker's PUBACK (their "
+    Row("receipts_dropped", "receipts dropped: too many stations waiting for the broker (their "
         "gateways re-send)", lambda c: c.stats.receipts_dropped),
+    Row("receipts_waiting", "stations whose receipts wait for the broker's Receive Maximum",
+        lambda c: len(c.receipts.pending), kind="gauge"),
+    Row("published_refused", "receipts and alert transitions the broker refused (PUBACK reason, e.g. "
+        "the ACL)", lambda c: c.receive.client.refused),
     Row("inbox_bytes", "payload bytes of the received messages waiting", lambda c: c.inbox.bytes,
         kind="gauge"),
     Row("messages", "accepted telemetry messages, by station", lambda c: c.stats.messages,

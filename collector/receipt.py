@@ -15,57 +15,97 @@ that was lost or is not yet durable (it is in no durable batch), one from a stat
 inventory (the station may be added) or of a schema version this collector does not read (it may
 be upgraded). A message stamped ahead of our clock is stored re-stamped, and receipted.
 
-Each collector receipts what it stored: members of a shared subscription receipt their own shares.
-Bounded: paho holds at most ``MAX_OUTSTANDING`` (``collector/receive.py``) receipts not yet
-acknowledged by the broker; past that a receipt is dropped and counted (``receipts_dropped``): its
-gateway re-sends those messages after its timeout, and they are stored (same timestamps:
-overwritten) and receipted again.
+In flight: at most ``room()`` receipts await the broker's PUBACK (the broker's Receive Maximum,
+which MQTT 5 forbids exceeding); while the window is full, receipts wait here per (station,
+gateway, boot) and merge, so a slow broker gets fewer, longer receipts rather than a queue. A
+pending receipt goes out at the next batch or within ``RETRY_S``. Bounded: past
+``MAX_PENDING`` (station, boot) pairs the oldest is dropped and counted (``receipts_dropped``):
+its gateway re-sends those messages after its timeout, and they are stored (same timestamps:
+overwritten) and receipted again. Each collector receipts what it stored: members of a shared
+subscription receipt their own shares.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
-from functools import lru_cache
 
 import structlog
-from paho.mqtt.enums import MQTTErrorCode
 
 from collector.metrics import Stats
-from collector.receive import MAX_OUTSTANDING
 from collector.stages import Batch
 from contract.receipt import receipt_topic, receipts
 
 log = structlog.get_logger("heatwatch.collector")
 
-Publish = Callable[[str, bytes], MQTTErrorCode]
+# (station, gateway, boot) pairs whose receipts may wait for room: a site's stations, twice over
+MAX_PENDING = 100_000
+RETRY_S = 0.2  # a pending receipt's next try when no batch comes
 
-
-@lru_cache(maxsize=65_536)
-def _topic(station: str) -> str:
-    return receipt_topic(station)
+Publish = Callable[[list[tuple[str, bytes]]], int]  # (topic, payload) QoS 1 → how many were taken
+Key = tuple[str, str, str]
 
 
 class Receipts:
-    def __init__(self, publish: Publish, stats: Stats) -> None:
-        self.publish, self.stats = publish, stats
-        self._dropping = False
+    def __init__(self, publish: Publish, room: Callable[[], int], stats: Stats) -> None:
+        self.publish, self.room, self.stats = publish, room, stats
+        self.pending: dict[Key, list[int]] = {}  # oldest first
+        self._topics: dict[str, str] = {}
+        self._waiting = False  # logged: receipts wait for room
 
     def __call__(self, b: Batch) -> None:
-        """Publish the receipts of a durable batch."""
-        st = self.stats
-        for (station, gateway, boot), seqs in b.receipts.items():
-            topic = _topic(station)
+        """Take a durable batch's seqs; publish what the window has room for."""
+        pending = self.pending
+        for key, seqs in b.receipts.items():
+            got = pending.get(key)
+            if got is None:
+                pending[key] = seqs
+            else:
+                got += seqs
+        if len(pending) > MAX_PENDING:
+            self._drop(len(pending) - MAX_PENDING)
+        self.flush()
+
+    def flush(self) -> None:
+        pending, st = self.pending, self.stats
+        room = self.room()
+        out: list[tuple[str, bytes]] = []
+        covered: list[int] = []  # messages each receipt covers
+        while pending and room > 0:
+            key = next(iter(pending))
+            seqs = pending.pop(key)
+            station, gateway, boot = key
+            topic = self._topics.get(station)
+            if topic is None:
+                if len(self._topics) > MAX_PENDING:
+                    self._topics.clear()
+                topic = self._topics[station] = receipt_topic(station)
             for r in receipts(station, gateway, boot, seqs):
-                rc = self.publish(topic, r.encode())
-                if rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-                    st.receipts_dropped += 1
-                    if not self._dropping:
-                        log.warning("receipts not acknowledged by the broker pile up; dropping new ones "
-                                    "(their gateways re-send those messages)", outstanding=MAX_OUTSTANDING)
-                        self._dropping = True
-                    continue
-                if self._dropping:
-                    log.info("receipts flow again", dropped=st.receipts_dropped)
-                    self._dropping = False
-                st.receipts += 1
-                st.receipted += sum([last - first + 1 for first, last in r.seqs])
+                out.append((topic, r.encode()))
+                covered.append(sum([last - first + 1 for first, last in r.seqs]))
+                room -= 1
+        if out:
+            taken = self.publish(out)  # one write for all of them
+            st.receipts += taken
+            st.receipted += sum(covered[:taken])
+            st.receipts_dropped += len(out) - taken  # paho's own bound: their gateways re-send
+        if pending and not self._waiting:
+            log.warning("the broker acknowledges receipts slower than they come; they wait and merge",
+                        waiting=len(pending))
+        elif not pending and self._waiting:
+            log.info("receipts flow again", dropped=st.receipts_dropped)
+        self._waiting = bool(pending)
+
+    def _drop(self, n: int) -> None:
+        for key in list(self.pending)[:n]:
+            del self.pending[key]
+        self.stats.receipts_dropped += n
+        log.error("receipts dropped: too many stations wait for the broker (their gateways re-send)",
+                  dropped=n, total=self.stats.receipts_dropped)
+
+    async def run(self) -> None:
+        """Send what waited for room when no batch comes to do it."""
+        while True:
+            await asyncio.sleep(RETRY_S)
+            if self.pending:
+                self.flush()

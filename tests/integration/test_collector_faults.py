@@ -145,18 +145,18 @@ def test_broker_restarted_under_load(mosquitto: Mosquitto, influxd: Influxd,
 
 def test_influxd_hung_spools_within_after_s_then_drains_exactly(
         tmp_path: Path, procs: Processes, mosquitto: Mosquitto, influx_db: str) -> None:
-    """InfluxDB hangs (SIGSTOP) instead of refusing: each write attempt is bounded by what is left
-    of spool.after_s, so spooling starts after_s after the write, not after the HTTP timeout
-    (10 s); nothing is receipted before it is durable; after SIGCONT the spool drains, nothing
-    lost, nothing twice."""
-    after_s = 3.0
+    """InfluxDB hangs (SIGSTOP) instead of refusing: each write attempt is bounded by what is left of
+    spool.after_s, so spooling starts after_s after the write, not after the HTTP timeout
+    (influx.timeout_s, 30 s here); nothing is receipted before it is durable; after SIGCONT the
+    spool drains, nothing lost, nothing twice."""
+    after_s, timeout_s = 2.0, 30.0  # far apart: which of the two starts the spooling is plain
     db = Influxd(tmp_path / "influxd-hung", free_port())
     db.start()
     gw = TestGateway(mosquitto.port)
     try:
         col = CollectorProc(procs, tmp_path, mqtt_port=mosquitto.port, db=db, database=influx_db,
                             spool={"path": str(tmp_path / "spool.sqlite"), "after_s": after_s},
-                            influx={"url": db.url, "database": influx_db, "timeout_s": 10})
+                            influx={"url": db.url, "database": influx_db, "timeout_s": timeout_s})
         gw.publish([(TELEMETRY.format("st001"), telemetry("st001", s)) for s in range(20)])
         wait_for(lambda: col.count("SELECT count(primary_heat_total) FROM station") == 20, 20, "20 stored")
         assert db.proc is not None
@@ -175,7 +175,8 @@ def test_influxd_hung_spools_within_after_s_then_drains_exactly(
 
         wait_for(spooling, 15, "spooling")
         took = time.monotonic() - t0
-        assert took <= after_s + 2.0, f"spooling began {took:.1f} s after InfluxDB hung"
+        # (the margin: publishing the 50 and the first batch's cut, on a machine shared with others)
+        assert took <= after_s + 5.0, f"spooling began {took:.1f} s after InfluxDB hung"
         assert early and all(seen == set(range(20)) for seen in early)  # nothing receipted before durable
         wait_for(lambda: gw.receipted()[key] == set(range(70)), 15, "receipts once spooled")
         os.kill(db.proc.pid, signal.SIGCONT)

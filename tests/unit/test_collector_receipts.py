@@ -9,12 +9,11 @@ import time
 
 import orjson
 import pytest
-from paho.mqtt.enums import MQTTErrorCode
 
 from collector.batch import Batcher
 from collector.lines import lines
 from collector.metrics import Stats
-from collector.receipt import Receipts
+from collector.receipt import MAX_PENDING, Receipts
 from collector.stages import Batch, Delivery, Inbox, Rejected, Trimmed
 from collector.validate import MAX_CUSTOM_POINTS, Validate
 from contract.config import BatchSettings, IngestSettings
@@ -30,7 +29,7 @@ TOPIC = "heatwatch/v1/station/st001/telemetry"
 def test_one_receipt_per_station_and_boot_with_exactly_the_batchs_seqs() -> None:
     sent: list[tuple[str, bytes]] = []
     stats = Stats()
-    r = Receipts(lambda t, p: sent.append((t, p)) or MQTTErrorCode.MQTT_ERR_SUCCESS, stats)
+    r = Receipts(lambda items: sent.extend(items) or len(items), lambda: 100, stats)
     b = Batch(receipts={("st001", "gw-st001", "aaaaaaaa"): [5, 3, 4, 9, 4],
                         ("st002", "gw-st002", "aaaaaaaa"): [0],
                         ("st001", "gw-st001", "bbbbbbbb"): [0, 1]})
@@ -41,22 +40,54 @@ def test_one_receipt_per_station_and_boot_with_exactly_the_batchs_seqs() -> None
         ("heatwatch/v1/station/st002/receipt", "st002", "aaaaaaaa", [(0, 0)]),
         ("heatwatch/v1/station/st001/receipt", "st001", "bbbbbbbb", [(0, 1)])]
     assert (stats.receipts, stats.receipted, stats.receipts_dropped) == (3, 4 + 1 + 2, 0)
+    assert r.pending == {}
 
 
-def test_many_gaps_split_into_receipts_and_a_full_queue_drops_and_counts() -> None:
-    answers = iter([MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_QUEUE_SIZE,
-                    MQTTErrorCode.MQTT_ERR_NO_CONN])  # no connection: paho queues it, sent on reconnect
+def test_many_gaps_split_into_receipts_and_what_paho_does_not_take_is_counted() -> None:
     sent: list[bytes] = []
 
-    def publish(_t: str, p: bytes) -> MQTTErrorCode:
-        sent.append(p)
-        return next(answers)
+    def publish(items: list[tuple[str, bytes]]) -> int:
+        sent.extend(p for _t, p in items)
+        return 2  # the third not taken (paho's bound)
 
     stats = Stats()
     seqs = list(range(0, 2 * (2 * MAX_RANGES + 10), 2))  # every other seq: 2 × 512 + 10 ranges
-    Receipts(publish, stats)(Batch(receipts={("st001", "gw-st001", "aaaaaaaa"): seqs}))
+    Receipts(publish, lambda: 100, stats)(Batch(receipts={("st001", "gw-st001", "aaaaaaaa"): seqs}))
     assert [len(parse_receipt(p).seqs) for p in sent] == [MAX_RANGES, MAX_RANGES, 10]
-    assert (stats.receipts, stats.receipts_dropped, stats.receipted) == (2, 1, MAX_RANGES + 10)
+    assert (stats.receipts, stats.receipts_dropped, stats.receipted) == (2, 1, 2 * MAX_RANGES)
+
+
+def test_without_room_receipts_wait_and_merge_then_go_out_once() -> None:
+    """The broker's Receive Maximum reached: a station's receipts of several batches become one."""
+    sent: list[bytes] = []
+    room = [0]
+    stats = Stats()
+    r = Receipts(lambda items: sent.extend(p for _t, p in items) or len(items), lambda: room[0], stats)
+    key = ("st001", "gw-st001", "aaaaaaaa")
+    for batch in ([1, 2], [3], [7]):
+        r(Batch(receipts={key: list(batch), ("st002", "gw-st002", "aaaaaaaa"): [batch[0]]}))
+    assert sent == [] and list(r.pending) == [key, ("st002", "gw-st002", "aaaaaaaa")]
+    room[0] = 1  # room for one: the oldest station goes first
+    r.flush()
+    assert [parse_receipt(p).seqs for p in sent] == [[(1, 3), (7, 7)]]
+    room[0] = 5
+    asyncio.run(_one_retry(r))
+    assert [parse_receipt(p).seqs for p in sent][1:] == [[(1, 1), (3, 3), (7, 7)]]
+    assert r.pending == {} and stats.receipts == 2 and stats.receipted == 4 + 3
+
+
+async def _one_retry(r: Receipts) -> None:
+    task = asyncio.create_task(r.run())
+    await asyncio.sleep(0.5)  # RETRY_S is 0.2
+    task.cancel()
+
+
+def test_pending_stations_are_bounded() -> None:
+    stats = Stats()
+    r = Receipts(lambda items: len(items), lambda: 0, stats)
+    r(Batch(receipts={(f"s{i}", "g", "aaaaaaaa"): [0] for i in range(MAX_PENDING + 5)}))
+    assert len(r.pending) == MAX_PENDING and stats.receipts_dropped == 5
+    assert ("s0", "g", "aaaaaaaa") not in r.pending  # the oldest went
 
 
 # -- what the batch stage collects for it ----------------------------------------------------------
