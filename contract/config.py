@@ -794,6 +794,72 @@ class CollectorConfig(_Strict):
         return self
 
 
+class AlerterAlerts(_Strict):
+    """The alerter's rule engine, its alert store and what it sends (contract/alerts.py: the rule file)."""
+
+    rules: str | None = None  # rule file (YAML, kind: rules); relative to this config; None = defaults
+    store: StoreUrl  # SQLAlchemy URL: sqlite:////var/lib/heatwatch/alerts.sqlite or postgresql+psycopg://…
+    tick_s: float = Field(default=15, gt=0)  # time-driven rules (stale, offline, escalation)
+    # each partition's engine snapshot into the store this often (a takeover restores it and replays
+    # what came since from its standby); a partition of a 5,000-station city pickles in ~25 ms
+    snapshot_s: float = Field(default=30, gt=0)
+    silences_s: float = Field(default=30, gt=0)  # re-read silences from the store this often
+    seen_s: float = Field(default=60, gt=0)  # open alerts' last seen written to the store this often
+    # the latest value of every point per entity into the store's `latest` table this often (the
+    # hotline's "now", read without a time-series query; alerter/latest.py); null = off
+    latest_s: float | None = Field(default=5, gt=0)
+    publish: bool = True  # every transition on heatwatch/v1/alert/{station} (the collector stores them)
+    webhooks: list[WebhookSettings] = Field(default_factory=list)
+    # a critical alert still firing that nobody has acknowledged is paged again this often (hours;
+    # None: never); checked every seen_s
+    renotify_critical_h: float | None = Field(default=4.0, gt=0)
+
+
+class PartitionSettings(_Strict):
+    """Alerter members sharing the stations by partition leases in the store (docs/scaling.md)."""
+
+    count: int = Field(default=64, ge=1, le=4096)  # fixed for a store once members have run
+    lease_s: float = Field(default=10, ge=1, le=600)  # a member silent this long loses its partitions
+    renew_s: float = Field(default=3, gt=0)  # leases renewed and the assignment looked at this often
+    # messages of the partitions another member judges, kept this long (and at most max_bytes) so
+    # a takeover replays what came since the partition's last snapshot
+    standby_s: float = Field(default=90, gt=0)
+    standby_max_bytes: int = Field(default=512 * 1024**2, ge=1024**2)
+
+    @model_validator(mode="after")
+    def _renew(self) -> PartitionSettings:
+        if self.renew_s * 2 > self.lease_s:
+            raise ValueError("@renew_s: renew at least twice per lease_s (a missed round must not cost "
+                             "the leases)")
+        return self
+
+
+class AlerterConfig(_Strict):
+    kind: Literal["alerter"]
+    # this member's name, unique among the alerter members sharing a store; also its MQTT client id
+    # (its own persistent session: every member receives every message)
+    member: Ident = "heatwatch-alerter"
+    mqtt: MqttSettings = MqttSettings()
+    receive_maximum: int = Field(default=1000, ge=1, le=65535)
+    session_expiry_s: int = Field(default=7 * 86400, ge=0)
+    # what counts as valid telemetry: the same limits as the collector's, so the rules judge what
+    # the collector stores (keep the two in step)
+    ingest: IngestSettings = IngestSettings()
+    alerts: AlerterAlerts
+    partitions: PartitionSettings = PartitionSettings()
+    batch_max: int = Field(default=500, ge=1, le=100_000)  # messages judged per store commit at most
+    metrics: MetricsSettings | None = None
+
+    @model_validator(mode="after")
+    def _standby_covers_a_takeover(self) -> AlerterConfig:
+        p = self.partitions
+        need = self.alerts.snapshot_s + p.lease_s + p.renew_s
+        if p.standby_s < need + 5:
+            raise ValueError(f"partitions.standby_s: keep at least alerts.snapshot_s + lease_s + renew_s + 5 "
+                             f"= {need + 5:g} s (a takeover replays from the last snapshot)")
+        return self
+
+
 class ListenSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -831,7 +897,7 @@ class ApiConfig(_Strict):
 
 
 _MODELS: dict[str, type[BaseModel]] = {
-    "gateway": GatewayConfig, "collector": CollectorConfig, "api": ApiConfig,
+    "gateway": GatewayConfig, "collector": CollectorConfig, "alerter": AlerterConfig, "api": ApiConfig,
     "register_map": RegisterMap, "rules": AlertRules, "report": ReportSettings,
 }
 
@@ -1074,7 +1140,8 @@ def _resolve_devices(data: dict[str, Any], base: Path, file: str) -> list[dict[s
     return out
 
 
-AnyConfig = GatewayConfig | CollectorConfig | ApiConfig | RegisterMap | AlertRules | ReportSettings
+AnyConfig = (GatewayConfig | CollectorConfig | AlerterConfig | ApiConfig | RegisterMap | AlertRules
+             | ReportSettings)
 
 
 def load_config(path: str | Path) -> AnyConfig:
@@ -1094,7 +1161,7 @@ def load_config(path: str | Path) -> AnyConfig:
             data["gateways"] = [str(p.parent / g) if isinstance(g, str) else g for g in data["gateways"]]
     if model is ApiConfig and isinstance(data.get("report"), str):
         data["report"] = str(p.parent / data["report"])  # absolute stays absolute
-    alerts = data.get("alerts") if model is CollectorConfig else None
+    alerts = data.get("alerts") if model in (CollectorConfig, AlerterConfig) else None
     if isinstance(alerts, dict) and isinstance(alerts.get("rules"), str):
         alerts["rules"] = str(p.parent / alerts["rules"])  # absolute stays absolute
     control = data.get("control") if model in (GatewayConfig, ApiConfig) else None
@@ -1105,8 +1172,9 @@ def load_config(path: str | Path) -> AnyConfig:
         if isinstance(control.get("signing_key"), str):
             control["signing_key"] = str(p.parent / control["signing_key"])
     cfg: AnyConfig = _validate(model, data, str(p))
-    if isinstance(cfg, CollectorConfig) and cfg.alerts is not None and cfg.alerts.rules is not None:
-        rules = Path(cfg.alerts.rules)
+    alerts = cfg.alerts if isinstance(cfg, CollectorConfig | AlerterConfig) else None
+    if alerts is not None and alerts.rules is not None:
+        rules = Path(alerts.rules)
         if not rules.is_file():
             raise ConfigError(str(p), [f"alerts.rules: no rule file {rules}"
                                        + (" (it is a directory)" if rules.is_dir() else "")])
@@ -1137,6 +1205,13 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     cfg = load_config(path)
     if not isinstance(cfg, CollectorConfig):
         raise ConfigError(str(path), [f"kind: expected collector, got {cfg.kind}"])
+    return cfg
+
+
+def load_alerter_config(path: str | Path) -> AlerterConfig:
+    cfg = load_config(path)
+    if not isinstance(cfg, AlerterConfig):
+        raise ConfigError(str(path), [f"kind: expected alerter, got {cfg.kind}"])
     return cfg
 
 

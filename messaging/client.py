@@ -227,6 +227,16 @@ class MqttClient:
             self._inbox_wake.clear()
             await self._inbox_wake.wait()
 
+    async def receive(self, most: int) -> list[Message]:
+        """Wait for a message; return it with those already waiting, up to ``most``, oldest first
+        (for a consumer that makes a batch durable at once; ``messages()`` gives them one by one).
+        One consumer per client."""
+        while not self._inbox:
+            self._inbox_wake.clear()
+            await self._inbox_wake.wait()
+        inbox = self._inbox
+        return [inbox.popleft() for _ in range(min(most, len(inbox)))]
+
     def ack(self, msg: Message) -> None:
         """The consumer has made ``msg`` durable: the broker may forget it.
 
