@@ -48,7 +48,7 @@ from alerter.record import Recorder
 from alerter.standby import Standby
 from alerting import rules_build
 from alerting.outbox import Outbox
-from alerting.partitions import Leases, PartitionCountMismatch, PartState, assign, owner_name, partition_of
+from alerting.partitions import Leases, PartitionCountMismatch, PartState, owner_name, partition_of, plan
 from alerting.store import Store
 from contract import topics
 from contract.alerts import AlertRules, load_rules
@@ -362,27 +362,13 @@ class Alerter:
             for p in lost:
                 self._gained.pop(p, None)
         view = await asyncio.to_thread(self.leases.view)
-        want = assign(view.members, self.count)
         mine = set(self.judge.parts) | set(self._gained) | set(self._taking)
-        # the first round only looks: members started together see each other before any takes
-        # a share it would hand over a round later
-        settled = self.stats.rounds > 0
-        for p in range(self.count):
-            if p in mine:
-                if want.get(p, self.member) != self.member and p not in self._handover:
-                    self._handover.add(p)
-                continue
-            if not view.free(p):
-                free_rounds.pop(p, None)
-                continue
-            free_rounds[p] = free_rounds.get(p, 0) + 1
-            # its member takes it; if that member does not within three rounds, anyone does (a
-            # later round hands it over)
-            if settled and (want.get(p) == self.member or free_rounds[p] > 3):
-                epoch = await asyncio.to_thread(self.leases.acquire, self.owner, p)
-                if epoch is not None:
-                    self._gained[p] = epoch
-                    free_rounds.pop(p, None)
+        moves = plan(view, self.member, mine, self.count, free_rounds, settled=self.stats.rounds > 0)
+        self._handover.update(moves.handover)
+        for p in moves.acquire:
+            epoch = await asyncio.to_thread(self.leases.acquire, self.owner, p)
+            if epoch is not None:
+                self._gained[p] = epoch
 
     # -- store readers ------------------------------------------------------------------------------
     async def _readers(self) -> None:

@@ -1,8 +1,9 @@
 """The alerter's judging: one rule engine per owned partition; the rest kept in standby.
 
 Stage: receive → **validate → route → judge (owned) or keep (standby)** → commit → acknowledge.
-``receive(topic, payload, now)`` takes one delivery, checks it as the collector does (the same
-``ingest`` limits, so the rules judge what the collector stores), finds its partitions (a
+``receive(topic, payload, now)`` takes one delivery, checks it (the collector's ``ingest`` limits;
+a message stamped more than ``max_future_s`` ahead of its receipt is judged on its receipt time
+and marked ``skew_ms``, as ``alerting/rule_clock.py`` expects), finds its partitions (a
 station's topic names the station; a gateway's status names its stations) and, for each owned
 one, hands it to that partition's engine; transitions, command results and the identities of
 the messages judged wait in ``pending`` for the next commit (``take``). Nothing here does I/O:
@@ -26,6 +27,7 @@ pending work go (its messages arrive in standby from then on).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -79,6 +81,7 @@ class Stats:
     rule_errors: int = 0
     takeovers: int = 0  # partitions taken over
     handovers: int = 0  # partitions given up (released or lost)
+    restamped: int = 0  # telemetry stamped ahead of its receipt by more than max_future_s
     replay_incomplete: int = 0  # takeovers whose standby did not reach back to the snapshot
     retired_samples: int = 0  # readings judged by the engines of partitions since given up
 
@@ -200,8 +203,10 @@ class Judge:
                 raise PayloadError(f"payload station {msg.station!r} ≠ topic station {station!r}",
                                    "station_mismatch")
             if msg.ts > now + self._max_future_ms:
-                raise PayloadError(f"ts {msg.ts} is {(msg.ts - now) / 1000:.0f} s in the future "
-                                   "(gateway clock?)", "ts_future")
+                # a gateway clock running ahead: judged on its receipt time, marked (clock_skew
+                # judges the mark, alerting/rule_clock.py)
+                self.stats.restamped += 1
+                return dataclasses.replace(msg, ts=now, skew_ms=msg.ts - now)
             if msg.ts < now - self._max_past_ms:
                 raise PayloadError(f"ts {msg.ts} is older than {self.ingest.max_past_days} days",
                                    "ts_too_old")

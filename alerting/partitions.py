@@ -71,6 +71,37 @@ def assign(members: Sequence[str], count: int) -> dict[int, str]:
     return out
 
 
+@dataclass
+class Plan:
+    acquire: list[int] = field(default_factory=list)  # free now, and ours to take
+    handover: list[int] = field(default_factory=list)  # ours, but another member alive should have it
+
+
+def plan(view: View, member: str, mine: set[int], count: int, free_rounds: dict[int, int], *,
+         settled: bool = True, patience: int = 3) -> Plan:
+    """One member's moves after a look at the leases: take the free partitions ``assign`` gives it
+    (or any left free for more than ``patience`` rounds: their member is not taking them; a later
+    round hands them over), hand over those it holds that ``assign`` gives another member.
+    ``free_rounds`` counts, per partition, the rounds it was seen free (kept by the caller).
+    ``settled`` False: only look (the first round after joining, so members started together see
+    each other before taking shares they would hand over a round later)."""
+    want = assign(view.members, count)
+    out = Plan()
+    for p in range(count):
+        if p in mine:
+            free_rounds.pop(p, None)
+            if want.get(p, member) != member:
+                out.handover.append(p)
+            continue
+        if not view.free(p):
+            free_rounds.pop(p, None)
+            continue
+        free_rounds[p] = free_rounds.get(p, 0) + 1
+        if settled and (want.get(p) == member or free_rounds[p] > patience):
+            out.acquire.append(p)
+    return out
+
+
 def pack_ids(ids: Iterable[int]) -> bytes:
     """Message identities (unsigned 64-bit) as bytes for the store."""
     return array("Q", ids).tobytes()

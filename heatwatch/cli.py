@@ -472,8 +472,9 @@ def _demo(args: argparse.Namespace) -> int:
 HELP = """\
 Telemetry and alerting for district-heating heat-exchange stations: gateways read the stations'
 Modbus devices and publish over MQTT, a collector stores the data in InfluxDB, an alerter judges
-them and raises alerts, and an HTTP API serves the dispatch hotline. Each runs as its own command with its config file
-(examples under deploy/); `heatwatch demo` runs all of it on simulated stations.
+them and raises alerts, and an HTTP API serves the dispatch hotline. Each runs as its own command
+with its config file (examples under deploy/); `heatwatch demo` runs all of it on simulated
+stations.
 """
 
 EPILOG = """\
