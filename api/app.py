@@ -37,7 +37,7 @@ from api.metrics import serve as serve_metrics
 from api.rooms import RoomHistory
 from contract.config import ApiConfig, load_api_config
 from contract.errors import DatabaseUnavailable, QueryRejected
-from contract.influx import MEASUREMENT_STATION
+from contract.influx import MEASUREMENT_STATION, MEASUREMENT_STATION_STATUS
 from contract.points import QUALITY_SUFFIX
 
 
@@ -157,7 +157,8 @@ def create_app(settings: ApiConfig) -> FastAPI:
     @app.get("/v1/stations", response_model=StationList)
     async def stations(influx: Reader, _p: Dispatcher) -> StationList:
         latest = await influx.query(f'SELECT last(*) FROM "{MEASUREMENT_STATION}" GROUP BY "station"')
-        status = await influx.query('SELECT last("state") AS state FROM "station_status" GROUP BY "station"')
+        status = await influx.query(
+            f'SELECT last("state") AS state FROM "{MEASUREMENT_STATION_STATUS}" GROUP BY "station"')
         newest = await influx.query(
             f'SELECT * FROM "{MEASUREMENT_STATION}" GROUP BY "station" ORDER BY time DESC LIMIT 1')
         state = {s["tags"]["station"]: s["values"][0][1] for s in status if s.get("values")}

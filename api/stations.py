@@ -16,7 +16,12 @@ from api.alerts import AlertPublic
 from api.auth import Dispatcher
 from api.influx import InfluxReader
 from contract.errors import QueryRejected
-from contract.influx import MEASUREMENT_BUILDING, MEASUREMENT_HOUSEHOLD, MEASUREMENT_STATION
+from contract.influx import (
+    MEASUREMENT_BUILDING,
+    MEASUREMENT_HOUSEHOLD,
+    MEASUREMENT_STATION,
+    MEASUREMENT_STATION_STATUS,
+)
 from contract.points import QUALITY_SUFFIX, Kind, Level, check_name
 from contract.topics import Ident
 
@@ -67,7 +72,8 @@ async def station(request: Request, station: Annotated[Ident, Path()], _p: Dispa
     bind: dict[str, str | int | float] = {"station": station}
     last, status, newest = await asyncio.gather(
         influx.query(f'SELECT last(*) FROM "{MEASUREMENT_STATION}" WHERE "station" = $station', bind),
-        influx.query('SELECT last("state") AS state FROM "station_status" WHERE "station" = $station', bind),
+        influx.query(f'SELECT last("state") AS state FROM "{MEASUREMENT_STATION_STATUS}" '
+                     'WHERE "station" = $station', bind),
         influx.query(f'SELECT * FROM "{MEASUREMENT_STATION}" WHERE "station" = $station '
                      "ORDER BY time DESC LIMIT 1", bind))
     if not last:

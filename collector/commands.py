@@ -1,10 +1,12 @@
-"""The collector's command-result stage: gateways' results → the command store, before the PUBACK.
+"""The collector's command-result recorder: gateways' results → the command store, before the PUBACK.
 
 Only a collector with the alert store (``alerts:``) takes results: it subscribes to
-``heatwatch/v1/station/+/command-result/+``; each result becomes a line of the ``commands``
-measurement (history, annotations) and is recorded in the site's store by command id,
-idempotently (a redelivered result changes nothing), before its message is acknowledged. A
-message carrying a result flushes its batch at once: results are rare and an engineer is waiting.
+``heatwatch/v1/station/+/command-result/+``. The ingest stages carry a result as any message
+(``collector/stages.py``): the validate stage parses it and checks it against its topic, the lines
+stage makes its line of the ``commands`` measurement (history, annotations), the batch stage sends
+its batch at once (results are rare and an engineer is waiting). The write stage then writes the
+batch's lines and calls ``record`` alongside; the acknowledge stage waits for both, so a result is
+recorded by command id, idempotently (a redelivered result changes nothing), before its PUBACK.
 """
 
 from __future__ import annotations
@@ -18,10 +20,7 @@ import structlog
 from sqlalchemy.engine import Engine
 
 from alerting.commands import CommandStore
-from contract.commands import CommandResult, parse_command_result
-from contract.errors import PayloadError
-from contract.influx import command_line
-from contract.topics import Topic
+from contract.commands import CommandResult
 
 log = structlog.get_logger("heatwatch.collector.commands")
 RETRY_MAX_S = 30.0
@@ -35,15 +34,6 @@ class ResultStage:
         # batches are written concurrently (batch.concurrency); their results are recorded one
         # batch at a time, so two copies of one result never race to insert the same command
         self._one_at_a_time = asyncio.Lock()
-
-    @staticmethod
-    def parse(t: Topic, payload: bytes) -> tuple[CommandResult, list[str]]:
-        """The result and its line; PayloadError when the payload is not a result of this topic."""
-        r = parse_command_result(payload)
-        if (r.station, r.id) != (t.subject, t.item):
-            raise PayloadError(f"result {r.station}/{r.id} on the topic of {t.subject}/{t.item}",
-                               "topic_mismatch")
-        return r, [command_line(r)]
 
     async def record(self, results: list[CommandResult]) -> None:
         """Into the store (retrying while it is away): only then may their PUBACKs go out."""

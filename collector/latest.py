@@ -1,4 +1,4 @@
-"""The collector's latest-value stage: validated frame → latest value per entity → ``latest`` table.
+"""The collector's latest-value tap: validated frame → latest value per entity → ``latest`` table.
 
 Takes every validated telemetry frame and every station and gateway status (``observe``,
 ``station_status``, ``gateway_status``; in the event loop, in arrival order) and keeps, per

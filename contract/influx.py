@@ -23,6 +23,14 @@ transition's time.
 Rejected input goes to ``rejects`` (tags ``reason``, ``station``; fields ``count``=1i,
 ``detail`` string, ``topic`` string), timestamped at receipt.
 
+Status: ``station_status`` (tag ``station``; fields ``state`` string, ``devices_not_online``
+integer) at the gateway's status time; ``gateway_status`` (tag ``gateway``; fields ``state``,
+``boot`` strings) at receipt (a last will's own time is when it was registered, not when it fired).
+
+The collector's own counters (``collector/metrics.py`` holds the one table of them): ``collector``
+(tag ``client_id``), ``collector_rejects`` (tags ``client_id``, ``reason``), ``collector_gc`` (tags
+``client_id``, ``generation``) and, per station, ``ingest`` (tag ``station``).
+
 Remote-command results go to ``commands`` (Grafana annotations, history): tags ``station``,
 ``state``, and ``point``, ``building``, ``household`` where known; fields ``id``, ``reason``,
 ``detail`` strings, ``value`` and ``read_back`` floats (``value_bool``, ``read_back_bool`` for
@@ -33,11 +41,15 @@ redelivered result writes the same line again (same series and time: overwritten
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
+
+import msgspec
 
 from contract.alerts import Transition
 from contract.commands import CommandResult
-from contract.payload import Frame
+from contract.payload import Frame, GatewayStatus, StationStatus
 from contract.points import QUALITY_SUFFIX
 
 MEASUREMENT_STATION = "station"
@@ -46,12 +58,11 @@ MEASUREMENT_HOUSEHOLD = "household"
 MEASUREMENT_REJECTS = "rejects"
 MEASUREMENT_ALERTS = "alerts"
 MEASUREMENT_COMMANDS = "commands"
-# written by the collector from the status topics (tags station / gateway; field state string)
 MEASUREMENT_STATION_STATUS = "station_status"
 MEASUREMENT_GATEWAY_STATUS = "gateway_status"
-# the collector's own counters (collector/app.py stats_lines): totals, rejects by reason, per station
 MEASUREMENT_COLLECTOR = "collector"
 MEASUREMENT_COLLECTOR_REJECTS = "collector_rejects"
+MEASUREMENT_COLLECTOR_GC = "collector_gc"
 MEASUREMENT_INGEST = "ingest"
 PRECISION = "ms"
 
@@ -93,30 +104,57 @@ def _head(s: str, b: str | None, h: str | None) -> str:
     return head
 
 
+_ENCODE = msgspec.json.Encoder().encode
+_VALUE = attrgetter("value")
+_NOWHERE = object()  # no reading's building or household
+
+
 def telemetry_lines(t: Frame) -> list[str]:
     """Line protocol for one validated telemetry message."""
-    # the collector's hottest loop (~0.3 µs a value): readings of one entity come in runs, so
-    # the group is looked up only when the entity changes; good floats take the first branch
-    fields: dict[tuple[str | None, str | None], list[str]] = {}
-    key: tuple[str | None, str | None] | None = None
-    f: list[str] = []
-    for r in t.samples:
-        k = (r.building, r.household)
-        if k != key:
-            got = fields.get(k)
+    samples = t.samples
+    # The collector's hottest loop. Every value's text at once: msgspec writes a message's values
+    # as JSON in C (floats shortest round-trip, e.g. 1e16, 1e-7, which InfluxDB reads as floats),
+    # ~50 ns a value against ~170 ns for repr() one by one. Only floats take their text from it;
+    # a string with a comma in it splits into more pieces, and then each float is written alone.
+    # Readings of one entity come in runs, so the group is looked up only when the entity
+    # changes; good floats take the first branch.
+    texts = _ENCODE(list(map(_VALUE, samples)))[1:-1].decode().split(",")
+    if len(texts) != len(samples):
+        texts = [_ENCODE(v).decode() if type(v) is float else "" for v in map(_VALUE, samples)]
+    groups: dict[tuple[str | None, str | None], list[str]] = {}
+    kb: object = _NOWHERE  # the first reading opens a group
+    kh: object = _NOWHERE
+    nowhere: list[str] = []
+    add: Callable[[str], None] = nowhere.append
+    for r, text in zip(samples, texts, strict=True):
+        b = r.building
+        if b != kb or r.household != kh:
+            h = r.household
+            got = groups.get((b, h))
             if got is None:
-                got = fields[k] = []
-            f, key = got, k
+                got = groups[(b, h)] = []
+            add, kb, kh = got.append, b, h
         v = r.value
         if type(v) is float and r.quality == "good":
-            f.append(f"{r.point}={v!r}")
+            add(f"{r.point}={text}")
             continue
         if v is not None:
-            f.append(f"{r.point}={_fmt(v)}")
+            add(f"{r.point}={text if type(v) is float else _fmt(v)}")
         if r.quality != "good":
-            f.append(f'{r.point}{QUALITY_SUFFIX}="{r.quality}"')
+            add(f'{r.point}{QUALITY_SUFFIX}="{r.quality}"')
     s, ts = t.station, f" {t.ts}"
-    return [_head(s, b, h) + ",".join(fl) + ts for (b, h), fl in fields.items()]
+    return [_head(s, b, h) + ",".join(fl) + ts for (b, h), fl in groups.items()]
+
+
+def station_status_line(st: StationStatus) -> str:
+    offline = sum(1 for d in st.devices.values() if d.state != "online")
+    return (f'{MEASUREMENT_STATION_STATUS},station={st.station} state="{st.state.value}",'
+            f"devices_not_online={offline}i {st.ts}")
+
+
+def gateway_status_line(gs: GatewayStatus, received_ms: int) -> str:
+    return (f'{MEASUREMENT_GATEWAY_STATUS},gateway={gs.gateway} state="{gs.state}",'
+            f'boot="{escape_string_field(gs.boot)}" {received_ms}')
 
 
 def reject_line(reason: str, station: str | None, topic: str, detail: str, ts_ms: int) -> str:

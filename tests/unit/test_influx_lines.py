@@ -1,9 +1,15 @@
 from __future__ import annotations
 
-import orjson
+import re
 
-from contract.influx import reject_line, telemetry_lines
-from contract.payload import decode_telemetry
+import msgspec
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from contract.influx import _fmt, _head, reject_line, telemetry_lines
+from contract.payload import Frame, Sample, decode_telemetry
+from contract.points import QUALITY_SUFFIX
 from tests.unit.test_payload import GOOD
 
 
@@ -21,3 +27,48 @@ def test_string_fields_and_reject_tags_are_escaped() -> None:
     line = reject_line("bad json", "st001", 'a"b', 'x\\y"\nz', 5)
     assert line == ('rejects,reason=bad\\ json,station=st001 count=1i,detail="x\\\\y\\"\\nz",'
                     'topic="a\\"b" 5')
+
+
+# -- the encoder against the plain one it replaced, for any readings ------------------------------
+def _reference_lines(t: Frame) -> list[str]:
+    """One value at a time (floats written as msgspec writes one float)."""
+    fields: dict[tuple[str | None, str | None], list[str]] = {}
+    for r in t.samples:
+        f = fields.setdefault((r.building, r.household), [])
+        if type(r.value) is float:
+            f.append(f"{r.point}={msgspec.json.encode(r.value).decode()}")
+        elif r.value is not None:
+            f.append(f"{r.point}={_fmt(r.value)}")
+        if r.quality != "good":
+            f.append(f'{r.point}{QUALITY_SUFFIX}="{r.quality}"')
+    return [_head(t.station, b, h) + ",".join(fl) + f" {t.ts}" for (b, h), fl in fields.items()]
+
+
+_VALUES = (st.floats(allow_nan=False, allow_infinity=False) | st.booleans() | st.none()
+           | st.text(max_size=12) | st.sampled_from(['a,b', '"', "\\", "x\ny", ",", "null", "1.5"]))
+_SAMPLES = st.lists(st.builds(
+    Sample, point=st.sampled_from(["p1", "p2", "room_temp"]), unit=st.just(""),
+    building=st.sampled_from([None, "b1", "b2"]), household=st.sampled_from([None, "h1"]),
+    value=_VALUES, quality=st.sampled_from(["good", "uncertain", "bad"])), min_size=1, max_size=40)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_SAMPLES)
+def test_lines_equal_the_one_value_at_a_time_encoder(samples: list[Sample]) -> None:
+    t = Frame("st001", "gw", "0badc0de", 1, 1795000000000, False, samples)
+    assert telemetry_lines(t) == _reference_lines(t)
+
+
+# InfluxDB 1.x reads these as floats (tried on influxd 1.6: 1e16, 1e-7, -0.0, 5e-324, 1.8e308)
+_FLOAT_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?(e-?[0-9]+)?")
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=5))
+def test_float_texts_read_back_exactly(values: list[float]) -> None:
+    t = Frame("st001", "gw", "0badc0de", 1, 1795000000000, False,
+              [Sample(point=f"p{i}", unit="", value=v) for i, v in enumerate(values)])
+    [line] = telemetry_lines(t)
+    texts = [f.split("=")[1] for f in line.split(" ")[1].split(",")]
+    assert all(_FLOAT_TEXT.fullmatch(x) for x in texts), texts
+    assert [float(x) for x in texts] == values
