@@ -140,6 +140,7 @@ class Judge:
         self.recent_ms = recent_ms if recent_ms is not None else standby.window_ms + REPLAY_MARGIN_MS
         self._rules: dict[int, AlertRules] = {}
         self._topics: dict[str, topics.Topic] = {}
+        self._restamped: dict[str, int] = {}  # station → its last re-stamped time
         self._known = set(ingest.known_stations) if ingest.known_stations is not None else None
         self._max_future_ms = ingest.max_future_s * 1000
         self._max_past_ms = ingest.max_past_days * 86400_000
@@ -203,10 +204,15 @@ class Judge:
                 raise PayloadError(f"payload station {msg.station!r} ≠ topic station {station!r}",
                                    "station_mismatch")
             if msg.ts > now + self._max_future_ms:
-                # a gateway clock running ahead: judged on its receipt time, marked (clock_skew
-                # judges the mark, alerting/rule_clock.py)
+                # a gateway clock running ahead: judged at its receipt time and marked, as the
+                # collector stores it (collector/validate.py: distinct times per station); the
+                # rules judge the mark (clock_skew, alerting/rule_clock.py)
                 self.stats.restamped += 1
-                return dataclasses.replace(msg, ts=now, skew_ms=msg.ts - now)
+                ts = max(now, self._restamped.get(station, 0) + 1)
+                if len(self._restamped) >= _TOPICS_MAX and station not in self._restamped:
+                    self._restamped.clear()
+                self._restamped[station] = ts
+                return dataclasses.replace(msg, ts=ts, skew_ms=msg.ts - ts)
             if msg.ts < now - self._max_past_ms:
                 raise PayloadError(f"ts {msg.ts} is older than {self.ingest.max_past_days} days",
                                    "ts_too_old")
