@@ -68,6 +68,8 @@ class _Source(_PromCollector):
         yield CounterMetricFamily(P + "commit_seconds", "time in store commits", value=st.commit_ns / 1e9)
         yield GaugeMetricFamily(P + "partitions_owned", "partitions this member judges",
                                 value=len(a.judge.parts))
+        yield GaugeMetricFamily(P + "partitions", "partitions the stations are split into (all members)",
+                                value=a.count)
         yield GaugeMetricFamily(P + "alerts_open", "alerts pending or firing in the owned partitions",
                                 value=sum(len(p.engine.lives) for p in a.judge.parts.values()))
         yield GaugeMetricFamily(P + "standby_bytes", "bytes of standby messages held",

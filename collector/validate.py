@@ -1,8 +1,8 @@
 """Ingest stage decode/validate: one delivery's topic and bytes → what it is, or why not.
 
 Takes (topic, payload, now) and returns a ``Validated``: a telemetry ``Frame``, a
-``StationStatus``, a ``GatewaySeen``, a ``CommandResult`` (only with ``results`` on: the
-collector with the alert store, which subscribes to them) or a ``Rejected`` with its reason.
+``StationStatus``, a ``GatewaySeen``, a gateway's ``CommandResult``, an alerter's ``Transition``
+(the alert topic) or a ``Rejected`` with its reason.
 Never raises on input.
 Besides its answer it keeps only its own counters (``Stats``: received, accepted, values,
 rejected by reason, per station messages, sequence gaps, restarts and re-stamped messages) and,
@@ -28,6 +28,7 @@ import structlog
 from collector.metrics import Stats
 from collector.stages import GatewaySeen, Rejected, Validated
 from contract import topics
+from contract.alerts import parse_transition
 from contract.commands import parse_command_result
 from contract.config import IngestSettings
 from contract.errors import InvalidInput, PayloadError
@@ -38,6 +39,7 @@ log = structlog.get_logger("heatwatch.collector")
 _TELEMETRY, _STATION_STATUS, _GATEWAY_STATUS, _COMMAND_RESULT = (
     topics.TopicKind.TELEMETRY, topics.TopicKind.STATION_STATUS, topics.TopicKind.GATEWAY_STATUS,
     topics.TopicKind.COMMAND_RESULT)
+_ALERT = topics.TopicKind.ALERT
 # topics that parsed, by their text: a station's topic comes back every few seconds, and parsing
 # builds and checks a Topic each time (~1 % of the collector's CPU). Bounded like the decoder's
 # caches: cleared when full (a flood of made-up station names costs a re-parse, not memory).
@@ -48,9 +50,8 @@ _RESTAMPED_MAX = 100_000
 
 
 class Validate:
-    def __init__(self, cfg: IngestSettings, stats: Stats, *, results: bool = False) -> None:
+    def __init__(self, cfg: IngestSettings, stats: Stats) -> None:
         self.cfg, self.stats = cfg, stats
-        self.results = results  # command results are taken (the collector with the alert store)
         self._known = set(cfg.known_stations) if cfg.known_stations is not None else None
         self._max_future_ms = cfg.max_future_s * 1000
         self._max_past_ms = cfg.max_past_days * 86400_000
@@ -78,12 +79,17 @@ class Validate:
                 return st
             if kind is _GATEWAY_STATUS:
                 return GatewaySeen(parse_gateway_status(payload), now_ms)
-            if kind is _COMMAND_RESULT and self.results:
+            if kind is _COMMAND_RESULT:
                 r = parse_command_result(payload)
                 if (r.station, r.id) != (t.subject, t.item):
                     raise PayloadError(f"result {r.station}/{r.id} on the topic of {t.subject}/{t.item}",
                                        "topic_mismatch")
                 return r
+            if kind is _ALERT:
+                tr = parse_transition(payload)
+                if t.subject not in (tr.station, tr.gateway):
+                    raise PayloadError(f"alert {tr.key} on the topic of {t.subject}", "topic_mismatch")
+                return tr
             raise PayloadError(f"the collector does not take {kind} messages", "unexpected_topic")
         except InvalidInput as exc:
             return self._reject(exc.reason, station, topic, str(exc), now_ms)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from contract.errors import ConfigError
+from contract.errors import ConfigError, PayloadError
 from contract.topics import Ident
 
 
@@ -119,6 +119,17 @@ class Transition(msgspec.Struct, frozen=True, kw_only=True):
     context: dict[str, Any] = {}
     quiet: Quiet = Quiet.NONE  # why it is not paged
     page: bool = False  # goes to the pager (MQTT alert topic, webhooks)
+
+
+_TRANSITION = msgspec.json.Decoder(Transition)
+
+
+def parse_transition(raw: bytes) -> Transition:
+    """One transition as the alert topic carries it; PayloadError saying why it is not one."""
+    try:
+        return _TRANSITION.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise PayloadError(f"not an alert transition: {str(exc)[:200]}", "bad_alert") from None
 
 
 def alert_key(rule: str, station: str | None = None, building: str | None = None,

@@ -739,35 +739,6 @@ class WebhookSettings(_Strict):
     headers: dict[str, SecretStr] = Field(default_factory=dict)  # e.g. Authorization
 
 
-class AlertSettings(_Strict):
-    """The collector's rule engine and alert store (see contract/alerts.py for the rule file)."""
-
-    rules: str | None = None  # rule file (YAML, kind: rules); relative to this config; None = defaults
-    store: StoreUrl  # SQLAlchemy URL: sqlite:////var/lib/heatwatch/alerts.sqlite or postgresql+psycopg://…
-    state_path: str  # the engine's snapshot (windows, baselines, pending timers)
-    tick_s: float = Field(default=15, gt=0)  # time-driven rules (stale, offline, escalation)
-    # the snapshot pauses the loop ~1.5 s per 100,000 room sensors; the store keeps the alerts
-    # themselves, so a crash between snapshots costs window samples, not alerts
-    snapshot_s: float = Field(default=300, gt=0)
-    silences_s: float = Field(default=30, gt=0)  # re-read silences from the store this often
-    seen_s: float = Field(default=60, gt=0)  # open alerts' last seen written to the store this often
-    # the latest value of every point per entity into the store's `latest` table this often (the
-    # hotline's "now", read without a time-series query; collector/latest.py); null = off
-    latest_s: float | None = Field(default=5, gt=0)
-    publish: bool = True  # every transition on heatwatch/v1/alert/{station}
-    webhooks: list[WebhookSettings] = Field(default_factory=list)
-    webhook_outbox: str | None = None  # durable queue of webhook deliveries; needed with webhooks
-    # a critical alert still firing that nobody has acknowledged is paged again this often (hours;
-    # None: never); checked every seen_s
-    renotify_critical_h: float | None = Field(default=4.0, gt=0)
-
-    @model_validator(mode="after")
-    def _outbox(self) -> AlertSettings:
-        if self.webhooks and not self.webhook_outbox:
-            raise ValueError("webhooks need webhook_outbox (a file path for the delivery queue)")
-        return self
-
-
 class CollectorConfig(_Strict):
     kind: Literal["collector"]
     client_id: Ident = "heatwatch-collector"
@@ -779,22 +750,23 @@ class CollectorConfig(_Strict):
     ingest: IngestSettings = IngestSettings()
     spool: SpoolSettings
     stats: StatsSettings = StatsSettings()
-    alerts: AlertSettings | None = None  # the rule engine; None = store telemetry only
     subscription_group: Ident | None = Field(
-        default=None, description="share the telemetry with other collectors through the MQTT 5 shared "
-                                  "subscription $share/<group>/… (docs/scaling.md)")
+        default=None, description="share telemetry, command results and alert transitions with other "
+                                  "collectors through MQTT 5 shared subscriptions $share/<group>/… "
+                                  "(docs/scaling.md)")
 
-    @model_validator(mode="after")
-    def _group_without_alerts(self) -> CollectorConfig:
-        if self.subscription_group is not None and self.alerts is not None:
+    @model_validator(mode="before")
+    @classmethod
+    def _rules_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "alerts" in data:
             raise ValueError(
-                "alerts: a collector that judges alerts must see every message of its stations, but "
-                "subscription_group spreads them over the group's members; run the rules in one "
-                "collector without subscription_group (docs/scaling.md)")
-        return self
+                "@alerts: the rules run in the alerter now (kind: alerter, `heatwatch alerter CONFIG`; "
+                "docs/alerts.md): move this block into an alerter config, without state_path and "
+                "webhook_outbox (the alerter keeps both in the alert store)")
+        return data
 
 
-class AlerterAlerts(_Strict):
+class AlertSettings(_Strict):
     """The alerter's rule engine, its alert store and what it sends (contract/alerts.py: the rule file)."""
 
     rules: str | None = None  # rule file (YAML, kind: rules); relative to this config; None = defaults
@@ -845,7 +817,7 @@ class AlerterConfig(_Strict):
     # what counts as valid telemetry: the same limits as the collector's, so the rules judge what
     # the collector stores (keep the two in step)
     ingest: IngestSettings = IngestSettings()
-    alerts: AlerterAlerts
+    alerts: AlertSettings
     partitions: PartitionSettings = PartitionSettings()
     batch_max: int = Field(default=500, ge=1, le=100_000)  # messages judged per store commit at most
     metrics: MetricsSettings | None = None
@@ -855,8 +827,8 @@ class AlerterConfig(_Strict):
         p = self.partitions
         need = self.alerts.snapshot_s + p.lease_s + p.renew_s
         if p.standby_s < need + 5:
-            raise ValueError(f"partitions.standby_s: keep at least alerts.snapshot_s + lease_s + renew_s + 5 "
-                             f"= {need + 5:g} s (a takeover replays from the last snapshot)")
+            raise ValueError("@partitions.standby_s: keep at least alerts.snapshot_s + lease_s + renew_s "
+                             f"+ 5 = {need + 5:g} s (a takeover replays from the last snapshot)")
         return self
 
 
@@ -1161,7 +1133,7 @@ def load_config(path: str | Path) -> AnyConfig:
             data["gateways"] = [str(p.parent / g) if isinstance(g, str) else g for g in data["gateways"]]
     if model is ApiConfig and isinstance(data.get("report"), str):
         data["report"] = str(p.parent / data["report"])  # absolute stays absolute
-    alerts = data.get("alerts") if model in (CollectorConfig, AlerterConfig) else None
+    alerts = data.get("alerts") if model is AlerterConfig else None
     if isinstance(alerts, dict) and isinstance(alerts.get("rules"), str):
         alerts["rules"] = str(p.parent / alerts["rules"])  # absolute stays absolute
     control = data.get("control") if model in (GatewayConfig, ApiConfig) else None
@@ -1172,7 +1144,7 @@ def load_config(path: str | Path) -> AnyConfig:
         if isinstance(control.get("signing_key"), str):
             control["signing_key"] = str(p.parent / control["signing_key"])
     cfg: AnyConfig = _validate(model, data, str(p))
-    alerts = cfg.alerts if isinstance(cfg, CollectorConfig | AlerterConfig) else None
+    alerts = cfg.alerts if isinstance(cfg, AlerterConfig) else None
     if alerts is not None and alerts.rules is not None:
         rules = Path(alerts.rules)
         if not rules.is_file():
