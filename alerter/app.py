@@ -48,7 +48,7 @@ from alerter.record import Recorder
 from alerter.standby import Standby
 from alerting import rules_build
 from alerting.outbox import Outbox
-from alerting.partitions import Leases, PartitionCountMismatch, PartState, owner_name, partition_of, plan
+from alerting.partitions import Leases, PartitionCountMismatch, PartState, owner_name, plan
 from alerting.store import Store
 from contract import topics
 from contract.alerts import AlertRules, load_rules
@@ -271,7 +271,7 @@ class Alerter:
     async def _take_over(self, gained: dict[int, int]) -> None:
         t0 = time.monotonic()
         parts = sorted(gained)
-        count = self.count
+        part_of = self.judge.part_of
 
         def load() -> tuple[dict[int, PartState], list[dict[str, Any]], list[Any]]:
             states = self.leases.load_states(parts)
@@ -279,7 +279,7 @@ class Alerter:
             places = []
             if self.latest is not None:
                 want = set(parts)
-                places = [pl for pl in self.store.latest.load() if partition_of(pl.station, count) in want]
+                places = [pl for pl in self.store.latest.load() if part_of(pl.station) in want]
             return states, open_alerts, places
 
         states, open_alerts, places = await asyncio.to_thread(load)
@@ -396,10 +396,8 @@ class Alerter:
         every = self.cfg.alerts.renotify_critical_h
         if every is None or not self.cfg.alerts.webhooks:
             return
-        count = self.count
-
         def part_of(r: dict[str, Any]) -> int:
-            return partition_of(r["station"] or r["gateway"] or "", count)
+            return self.judge.part_of(r["station"] or r["gateway"] or "")
 
         due = await asyncio.to_thread(self.recorder.renotify, self.judge.epochs(), part_of, now,
                                       every * 3_600_000)

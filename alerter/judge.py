@@ -10,12 +10,16 @@ the messages judged wait in ``pending`` for the next commit (``take``). Nothing 
 the caller reads and writes the store (``alerter/app.py``).
 
 One engine per partition (``alerting/engine.py`` unchanged): its snapshot is the partition's
-state, its lives the partition's alerts. A gateway's stations may sit in several partitions; each
-of them judges the gateway's own alerts (offline, clock skew) from the same messages, and the
-store keeps one open row per key and records a change once (``Store.apply_in``): the first
-partition to commit a change pages it, the others' copies change nothing. A partition's rules are
-the rule file's with the inventory cut to its stations (a station never heard from is flagged by
-its own partition only).
+state, its lives the partition's alerts. A station's partition is its gateway's when the rule
+file's inventory names the gateway (``part_of``): a gateway and its stations are judged together,
+so an outage is one page with its stations under it and a gateway is seen when any of its
+stations reports, exactly as one engine judges them. A station the inventory does not list goes by
+its own id; its gateway (learned from its messages) may then be judged in several partitions: each
+judges the gateway's own alerts (offline, clock skew) from the same messages, and the store keeps
+one open row per key and records a change once (``Store.apply_in``): the first partition to commit
+a change pages it, the others' copies change nothing. Every member must read the same inventory
+(the same rule file) to route alike. A partition's rules are the rule file's with the inventory
+cut to its gateways.
 
 Takeover (``gain``): a fresh engine, the partition's snapshot restored, then the standby
 replayed in arrival order: messages judged before the snapshot (its ``recent`` identities) are
@@ -113,15 +117,11 @@ class Part:
 
 
 def rules_for(rules: AlertRules, part: int, count: int) -> AlertRules:
-    """The rule file as one partition judges it: the inventory cut to the partition's stations
-    (a gateway stays where some of its stations are, or in its own partition when it lists none)."""
+    """The rule file as one partition judges it: the inventory cut to the partition's gateways
+    (each with all its stations: they share the gateway's partition)."""
     if not rules.inventory or count == 1:
         return rules
-    inv: dict[str, list[str]] = {}
-    for gw, stations in rules.inventory.items():
-        mine = [s for s in stations if partition_of(s, count) == part]
-        if mine or (not stations and partition_of(gw, count) == part):
-            inv[gw] = mine
+    inv = {gw: stations for gw, stations in rules.inventory.items() if partition_of(gw, count) == part}
     return rules.model_copy(update={"inventory": inv})
 
 
@@ -139,6 +139,8 @@ class Judge:
         # identities judged are remembered this long (a taker's standby reaches back no further)
         self.recent_ms = recent_ms if recent_ms is not None else standby.window_ms + REPLAY_MARGIN_MS
         self._rules: dict[int, AlertRules] = {}
+        # the inventory's stations go with their gateway (see the module's docstring)
+        self._home = {s: partition_of(gw, count) for gw, sts in rules.inventory.items() for s in sts}
         self._topics: dict[str, topics.Topic] = {}
         self._restamped: dict[str, int] = {}  # station → its last re-stamped time
         self._known = set(ingest.known_stations) if ingest.known_stations is not None else None
@@ -148,10 +150,12 @@ class Judge:
         self._failed: set[str] = set()
 
     def part_of(self, name: str) -> int:
-        return partition_of(name, self.count)
+        """The partition of a station, or of a gateway's own alerts (a gateway's name)."""
+        p = self._home.get(name)
+        return partition_of(name, self.count) if p is None else p
 
     def owns_station(self, station: str) -> bool:
-        return partition_of(station, self.count) in self.parts
+        return self.part_of(station) in self.parts
 
     def rules_of(self, part: int) -> AlertRules:
         r = self._rules.get(part)

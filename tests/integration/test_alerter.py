@@ -1,6 +1,7 @@
-"""The alerter process alone on real mosquitto and SQLite (one member owning every partition, the
-default): telemetry in → the alert in the store before the PUBACK, on the MQTT alert topic and at
-a webhook (which fails first, and is retried); SIGKILLed while an alert is pending → after the
+"""The alerter process on real mosquitto and SQLite (one member owning every partition, the
+default): telemetry in → the alert in the store before the PUBACK, on the MQTT alert topic, in
+InfluxDB (the collector stores the alert topic) and at a webhook (which fails first, and is
+retried); SIGKILLed while an alert is pending → after the
 restart it fires on the original schedule; a restart pages no station before it could hear from
 it; command results recorded once; the latest table kept for the hotline."""
 
@@ -22,8 +23,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 from alerting.commands import CommandStore
 from alerting.store import Store
 from contract.commands import CommandResult
-from heatwatch.devstack import Mosquitto, free_port
-from tests.conftest import Processes, Subscriber, publish, wait_for, write_alerter_config
+from heatwatch.devstack import Influxd, Mosquitto, free_port
+from tests.conftest import (
+    Processes,
+    Subscriber,
+    influx_query,
+    publish,
+    rows,
+    wait_for,
+    write_alerter_config,
+    write_collector_config,
+)
 
 TOPIC = "heatwatch/v1/station/st001/telemetry"
 MIN = 60_000
@@ -100,10 +110,15 @@ def start(procs: Processes, name: str, cfg: Path) -> None:
     procs.wait_log(name, '"partitions taken over"')
 
 
-def test_a_cold_building_reaches_the_store_the_alert_topic_and_the_webhook(
-        tmp_path: Path, mosquitto: Mosquitto, procs: Processes, webhook: Webhook) -> None:
+def test_a_cold_building_reaches_the_store_the_alert_topic_influxdb_and_the_webhook(
+        tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, influx_db: str, procs: Processes,
+        webhook: Webhook) -> None:
     port = free_port()
     alerts_topic = Subscriber(mosquitto.port, "heatwatch/v1/alert/#")
+    col = write_collector_config(tmp_path / "col", mqtt_port=mosquitto.port, influx_url=influxd.url,
+                                 database=influx_db)
+    procs.start("collector", "collector", str(col))
+    procs.wait_log("collector", '"subscribed"')
     start(procs, "alerter", config(tmp_path, mosquitto, webhook.url, metrics_port=port))
     t0 = int(time.time() * 1000) - 3 * 3_600_000  # three hours of data, sent in a burst
     publish(mosquitto.port, [(TOPIC, rooms(i + 1, t0 + i * 10 * MIN)) for i in range(19)])
@@ -121,6 +136,10 @@ def test_a_cold_building_reaches_the_store_the_alert_topic_and_the_webhook(
     got = wait_for(lambda: [orjson.loads(p) for _, p in alerts_topic.messages
                             if orjson.loads(p)["rule"] == "building_low"], 20, "alert on MQTT")
     assert got[0]["state"] == "pending" and got[-1]["state"] == "firing"
+    # InfluxDB (Grafana annotations): the collector stores what the alerter publishes
+    ann = wait_for(lambda: rows(influx_query(influxd, influx_db, "SELECT * FROM alerts")), 20,
+                   "alert lines in InfluxDB")
+    assert {(a["rule"], a["state"]) for a in ann} >= {("building_low", "firing"), ("room_low", "pending")}
     posts = wait_for(lambda: webhook.posts, 30, "the webhook page")
     assert webhook.refused == 2 and [(p["rule"], p["state"]) for p in posts] == [("building_low", "firing")]
     log = procs.log("alerter")

@@ -84,15 +84,21 @@ def test_a_gateway_status_concerns_every_partition_of_its_stations() -> None:
     assert [set(h.parts) for h in j.standby.items] == ([left] if left else [])
 
 
-def test_a_partition_judges_only_its_own_stations_of_the_inventory() -> None:
-    rules = AlertRules.model_validate({"inventory": {"gw1": ["st001", "st002", "st003"], "gw9": []}})
-    count = 4
+def test_the_inventory_s_stations_share_their_gateway_s_partition() -> None:
+    """A gateway and its stations are judged together (one outage, one page; seen when any of its
+    stations reports); a station the inventory does not list goes by its own id."""
+    rules = AlertRules.model_validate({**WHOLE_YEAR, "inventory": {"gw1": ["st001", "st002", "st003"],
+                                                                   "gw9": []}})
+    count = 8
+    assert len({partition_of(s, count) for s in ("st001", "st002", "st003")}) > 1  # by id: spread
+    j = Judge(rules, count, IngestSettings(), Standby(60_000, 1 << 20))
+    assert {j.part_of(s) for s in ("st001", "st002", "st003", "gw1")} == {partition_of("gw1", count)}
+    assert j.part_of("st777") == partition_of("st777", count)
     cut = {p: rules_for(rules, p, count).inventory for p in range(count)}
-    judged = sorted(s for inv in cut.values() for sts in inv.values() for s in sts)
-    assert judged == ["st001", "st002", "st003"]
-    for p, inv in cut.items():
-        assert all(partition_of(s, count) == p for sts in inv.values() for s in sts)
+    whole = [p for p, inv in cut.items() if inv.get("gw1") == ["st001", "st002", "st003"]]
+    assert whole == [j.part_of("gw1")]
     assert [p for p, inv in cut.items() if "gw9" in inv] == [partition_of("gw9", count)]
+    assert sum(len(inv) for inv in cut.values()) == 2
 
 
 def test_a_fast_gateway_clock_reaches_the_rules_restamped_with_its_mark() -> None:
