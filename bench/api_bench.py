@@ -46,7 +46,7 @@ from contract.points import VOCABULARY, Kind, Level
 from heatwatch.devstack import REPO, Influxd, Mosquitto, free_port, port_open
 
 if (REPO / "collector" / "latest.py").exists():
-    from collector.latest import LatestValues
+    from alerter.latest import LatestValues
 else:  # the code before issue #20 had no latest table: the same script measures both
     LatestValues = None  # type: ignore[assignment,misc]
 

@@ -22,8 +22,8 @@ from time import thread_time_ns
 
 import orjson
 
+from alerter.latest import LatestValues
 from alerting.store import Store
-from collector.latest import LatestValues
 from contract.influx import telemetry_lines
 from contract.payload import decode_telemetry
 from heatwatch.loadgen import Shape, message
