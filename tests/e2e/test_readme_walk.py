@@ -156,13 +156,13 @@ def test_the_demo_its_printed_commands_and_the_readme_walk(demo: Demo, tmp_path:
     first = demo.wait_line(r"^first alert \d+ s after start", 240)
     took = time.monotonic() - t0
     print(f"first alert {took:.0f} s after the demo started ({first})")
-    mqtt, influx, api, metrics = (d + demo.offset for _, d in SERVICE_PORTS.values())
+    mqtt, influx, api, metrics, alerter_metrics = (d + demo.offset for _, d in SERVICE_PORTS.values())
 
     # every port is where the offset put it: nothing of the demo listens anywhere else
     pids = demo.pids()
     rpc = int(re.search(r'bind-address = "127\.0\.0\.1:(\d+)"',
                         (demo.folder / "influxdb" / "influxdb.conf").read_text()).group(1))  # type: ignore[union-attr]
-    expected = {mqtt, influx, rpc, api, metrics} | {p + demo.offset for p in MODBUS_DEFAULTS}
+    expected = {mqtt, influx, rpc, api, metrics, alerter_metrics} | {p + demo.offset for p in MODBUS_DEFAULTS}
     assert _listening(set(pids.values())) == expected
 
     # the printed commands, as printed, from the repo root (exports carry over, as in a shell)
