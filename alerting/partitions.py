@@ -38,6 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from alerting import schema
+from alerting.store import serialise
 
 DEFAULT_COUNT = 64
 
@@ -175,6 +176,7 @@ class Leases:
         """The lease rows, once; a store made with another count raises PartitionCountMismatch."""
         t = schema.partition_leases
         with self.engine.begin() as conn:
+            serialise(conn)  # members starting together: one makes the rows
             have = int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
             if have == 0:
                 conn.execute(t.insert(), [{"part": p, "owner": None, "epoch": 0, "expires_at": 0}
