@@ -92,14 +92,18 @@ class Stats:
 
 @dataclass
 class Pending:
-    """What waits for the next commit, by partition."""
+    """What waits for the next commit, by partition: transitions and command results, and the
+    identities of the messages judged since the last commit that recorded any (they ride with the
+    next one; a taker judges them again quietly). A batch that raised nothing commits nothing:
+    messages whose judgement changed no alert need not be known to a taker, which judges them
+    again from the same state to the same nothing."""
 
     transitions: dict[int, list[Transition]] = field(default_factory=dict)
     results: dict[int, list[CommandResult]] = field(default_factory=dict)
     judged: dict[int, list[int]] = field(default_factory=dict)  # message identities
 
     def __bool__(self) -> bool:
-        return any(self.transitions.values()) or any(self.results.values()) or any(self.judged.values())
+        return any(self.transitions.values()) or any(self.results.values())
 
     def parts(self) -> set[int]:
         return {p for d in (self.transitions, self.results, self.judged) for p, v in d.items() if v}
@@ -341,6 +345,10 @@ class Judge:
         return self.stats.retired_samples + sum(p.engine.samples_judged for p in self.parts.values())
 
     def take(self) -> Pending:
+        """What to commit now: nothing while no transition or result waits (the identities
+        judged meanwhile stay for the commit that has some)."""
+        if not self.pending:
+            return Pending()
         out, self.pending = self.pending, Pending()
         return out
 
@@ -356,6 +364,7 @@ class Judge:
         blob = part.engine.snapshot()
         self.stats.rules_cpu_ns += time.thread_time_ns() - c0
         part.snapshot_at = self.mono()
+        self.pending.judged.pop(p, None)  # the snapshot covers them (its recent identities)
         return blob, [i for at, i in part.recent if at >= now - self.recent_ms]
 
     def snapshots_due(self, every_s: float, most: int) -> list[int]:
@@ -408,7 +417,7 @@ class Judge:
             if i == last_after:
                 self._adopt(p, part, open_alerts)
         self.stats.takeovers += 1
-        log.info("partition taken over", partition=p, epoch=epoch, snapshot=state.snapshot is not None,
+        log.debug("partition taken over", partition=p, epoch=epoch, snapshot=state.snapshot is not None,
                  replayed=len(held), open_alerts=len(part.engine.lives))
 
     def _adopt(self, p: int, part: Part, open_alerts: list[dict[str, Any]]) -> None:

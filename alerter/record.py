@@ -14,7 +14,7 @@ re-notification of critical alerts nobody acknowledged (``renotify``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,19 @@ class Committed:
     pages: list[Transition] = field(default_factory=list)
     results: int = 0
     lost: set[int] = field(default_factory=set)  # partitions another member holds now
+    judged: dict[int, int] = field(default_factory=dict)  # partition → its judged row written
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A partition's engine snapshot taken between commits, to be written (``save_snapshot``)."""
+
+    part: int
+    epoch: int
+    blob: bytes
+    recent: list[int]
+    taken_at: int  # ms, the member's clock
+    upto: int  # the partition's newest judged row committed when it was taken
 
 
 class Recorder:
@@ -76,16 +89,17 @@ class Recorder:
                 results = pending.results.get(p)
                 if results:
                     out.results += self.commands.record_results_in(conn, results, now)
-            self.leases.note_judged(conn, {p: epochs[p] for p in kept},
-                                    {p: v for p, v in pending.judged.items() if p in kept})
+            out.judged = self.leases.note_judged(conn, {p: epochs[p] for p in kept},
+                                                 {p: v for p, v in pending.judged.items() if p in kept})
         return out
 
-    def save_snapshot(self, part: int, epoch: int, snapshot: bytes, recent: Sequence[int]) -> bool:
+    def save_snapshot(self, s: Snapshot) -> bool:
         """The partition's snapshot, if it is still ours (False: lost, nothing written)."""
         with self.store.engine.begin() as conn:
-            if part not in self.leases.fence(conn, self.owner, {part: epoch}):
+            if s.part not in self.leases.fence(conn, self.owner, {s.part: s.epoch}):
                 return False
-            self.leases.save_state(conn, self.owner, part, epoch, snapshot, recent)
+            self.leases.save_state(conn, self.owner, s.part, s.epoch, s.blob, s.recent, taken_at=s.taken_at,
+                                   upto=s.upto)
         return True
 
     def renotify(self, epochs: Mapping[int, int], part_of: Callable[[dict[str, Any]], int], now: int,

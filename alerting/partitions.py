@@ -153,6 +153,7 @@ class PartState:
     written_at: int = 0
     recent: set[int] = field(default_factory=set)
     after: set[int] = field(default_factory=set)
+    upto: int = 0  # the newest judged row of the partition (a later snapshot replaces those up to it)
 
 
 def owner_name(member: str, instance: str) -> str:
@@ -283,23 +284,29 @@ class Leases:
         return {int(r.part) for r in conn.execute(q) if held.get(int(r.part)) == int(r.epoch)}
 
     # -- state ----------------------------------------------------------------------------------
-    def note_judged(self, conn: Connection, epochs: Mapping[int, int], ids: Mapping[int, list[int]]) -> None:
-        """Inside the transaction that commits their transitions: the messages judged per partition."""
-        rows = [{"part": p, "epoch": epochs[p], "ids": pack_ids(v)} for p, v in ids.items() if v]
-        if rows:
-            conn.execute(schema.partition_judged.insert(), rows)
+    def note_judged(self, conn: Connection, epochs: Mapping[int, int],
+                    ids: Mapping[int, list[int]]) -> dict[int, int]:
+        """Inside the transaction that commits their transitions: the messages judged per partition.
+        Returns each partition's new row id (a snapshot taken after this commit replaces up to it)."""
+        j = schema.partition_judged
+        out: dict[int, int] = {}
+        for p, v in ids.items():
+            if v:
+                out[p] = int(conn.execute(j.insert().values(part=p, epoch=epochs[p], ids=pack_ids(v))
+                                          .returning(j.c.id)).scalar_one())
+        return out
 
     def save_state(self, conn: Connection, owner: str, part: int, epoch: int, snapshot: bytes,
-                   recent: Iterable[int]) -> None:
-        """Inside a fenced transaction: the partition's snapshot, replacing the judged rows it covers
-        (the caller takes it between commits, so every row of the partition is covered)."""
+                   recent: Iterable[int], *, taken_at: int, upto: int) -> None:
+        """Inside a fenced transaction: the partition's snapshot, taken at ``taken_at`` (ms, the
+        owner's clock: a taker's standby is compared with it) after the commit that wrote its judged
+        row ``upto``; the judged rows up to that one are covered by it and go."""
         s, j = schema.partition_state, schema.partition_judged
-        now = self.now(conn)
-        values = {"epoch": epoch, "owner": owner, "written_at": now, "snapshot": snapshot,
+        values = {"epoch": epoch, "owner": owner, "written_at": taken_at, "snapshot": snapshot,
                   "recent": pack_ids(recent)}
         if conn.execute(s.update().where(s.c.part == part).values(**values)).rowcount == 0:
             conn.execute(s.insert().values(part=part, **values))
-        conn.execute(j.delete().where(j.c.part == part))
+        conn.execute(j.delete().where(j.c.part == part, j.c.id <= upto))
 
     def load_states(self, parts: Iterable[int]) -> dict[int, PartState]:
         """What takers restore: the snapshot and both identity sets of each partition."""
@@ -314,8 +321,11 @@ class Leases:
                 st = out[int(r.part)]
                 st.snapshot, st.written_at = bytes(r.snapshot), int(r.written_at)
                 st.recent = set(unpack_ids(bytes(r.recent)))
-            for rj in conn.execute(sa.select(j.c.part, j.c.ids).where(j.c.part.in_(want)).order_by(j.c.id)):
-                out[int(rj.part)].after.update(unpack_ids(bytes(rj.ids)))
+            for rj in conn.execute(sa.select(j.c.id, j.c.part, j.c.ids).where(j.c.part.in_(want))
+                                   .order_by(j.c.id)):
+                st = out[int(rj.part)]
+                st.after.update(unpack_ids(bytes(rj.ids)))
+                st.upto = int(rj.id)
         return out
 
     def snapshot_ages(self) -> dict[int, int]:

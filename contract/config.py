@@ -820,6 +820,9 @@ class AlerterConfig(_Strict):
     alerts: AlertSettings
     partitions: PartitionSettings = PartitionSettings()
     batch_max: int = Field(default=500, ge=1, le=100_000)  # messages judged per store commit at most
+    # once a message arrives, wait this long for more before judging them as one batch (one commit,
+    # one write of PUBACKs); at 100 messages/s, 0.1 s took the CPU per value from 6.5 to … µs
+    batch_delay_s: float = Field(default=0.1, ge=0, le=5)
     metrics: MetricsSettings | None = None
 
     @model_validator(mode="after")

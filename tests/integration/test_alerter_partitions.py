@@ -26,7 +26,7 @@ import pytest
 import sqlalchemy as sa
 
 from alerter.judge import Judge
-from alerter.record import Recorder
+from alerter.record import Recorder, Snapshot
 from alerter.standby import Standby
 from alerting import schema
 from alerting.outbox import WEBHOOK
@@ -171,10 +171,12 @@ class Member:
                            Standby(window_ms=3 * 3_600_000, max_bytes=1 << 30), recent_ms=3 * 3_600_000)
         self.recorder = Recorder(store, self.leases, self.owner, publish=True, wants_page=lambda t: True)
         self.alive = True
+        self.upto: dict[int, int] = {}  # partition → its newest judged row committed
 
     def commit(self, now: int) -> None:
         out = self.recorder.commit(self.judge.take(), self.judge.epochs(), now)
         assert not out.lost, f"{self.name} lost {out.lost}"
+        self.upto.update(out.judged)
 
     def join(self) -> None:
         assert self.leases.heartbeat(self.name, "i1", 0) is None
@@ -189,8 +191,7 @@ class Member:
         moves = plan(self.leases.view(), self.name, set(self.judge.parts), COUNT, rounds)
         for p in moves.handover:
             part = self.judge.parts[p]
-            blob, recent = self.judge.snapshot(p, now)
-            assert self.recorder.save_snapshot(p, part.epoch, blob, recent)
+            self.snapshot(p, now)
             self.judge.drop(p)
             assert self.leases.release(self.owner, p, part.epoch)
         gained = {p: e for p in moves.acquire if (e := self.leases.acquire(self.owner, p)) is not None}
@@ -198,6 +199,7 @@ class Member:
             states = self.leases.load_states(gained)
             open_alerts = self.store.query(open_only=True, limit=100_000).rows
             for p, e in sorted(gained.items()):
+                self.upto[p] = states[p].upto
                 self.judge.gain(p, e, states[p], open_alerts, now)
             self.commit(now)
             for p in gained:
@@ -206,7 +208,7 @@ class Member:
     def snapshot(self, p: int, now: int) -> None:
         part = self.judge.parts[p]
         blob, recent = self.judge.snapshot(p, now)
-        assert self.recorder.save_snapshot(p, part.epoch, blob, recent)
+        assert self.recorder.save_snapshot(Snapshot(p, part.epoch, blob, recent, now, self.upto.get(p, 0)))
 
 
 def _deliver(m: Member, i: scenarios.Input) -> None:

@@ -77,7 +77,8 @@ def test_backup_and_restore_bring_everything_back(kind: str, influx_rpc: tuple[I
     leases.ensure()
     epochs = leases.take_all("a#1")
     with store.engine.begin() as conn:
-        leases.save_state(conn, "a#1", 7, epochs[7], b"engine snapshot \x00\x01", [1, 2])
+        leases.save_state(conn, "a#1", 7, epochs[7], b"engine snapshot \x00\x01", [1, 2], taken_at=now,
+                          upto=0)
     store.close()
     hour = 3_600_000
     t0 = (now // hour - 5) * hour
