@@ -26,6 +26,35 @@ from contract.config import GatewayConfig, load_gateway_config
 from heatwatch.devstack import DEPLOY, REPO, Influxd, Mosquitto, SimThread, free_port
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_logging_setup_in_the_test_process() -> Iterator[None]:
+    """heatwatch's ``main()`` sets up logging for its process (``heatwatch.logs.setup``): in the
+    test process it would hand structlog a new processor list, and every logger already used keeps
+    the old one, so a later ``capture_logs`` sees nothing from it (two unit tests failed that way
+    in the full suite only, after a site test had run ``main(["site", ...])`` twice). Tests run
+    heatwatch commands as processes (``heatwatch()`` below, ``Processes``)."""
+    import heatwatch.logs
+
+    real = heatwatch.logs.setup
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("heatwatch.logs.setup in the test process: run the command with "
+                             "tests.conftest.heatwatch() or Processes instead")
+
+    heatwatch.logs.setup = refuse
+    yield
+    heatwatch.logs.setup = real
+
+
+def heatwatch(*args: str) -> str:
+    """Run a heatwatch command as its own process, as an operator does; its output, or a failure
+    with it when it exits non-zero."""
+    r = subprocess.run([sys.executable, "-m", "heatwatch", *args], capture_output=True, text=True,
+                       cwd=REPO, timeout=120)
+    assert r.returncode == 0, f"heatwatch {' '.join(args)} exited {r.returncode}:\n{r.stderr[-3000:]}"
+    return r.stdout
+
+
 @pytest.fixture(scope="session")
 def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Influxd]:
     db = Influxd(tmp_path_factory.mktemp("influxd"), free_port())

@@ -33,10 +33,9 @@ import yaml
 from alerting.store import Store
 from contract.config import MqttSettings, load_gateway_config
 from durable.queue import DiskQueue
-from heatwatch.cli import main
 from heatwatch.devstack import SimThread, free_port, port_open
 from messaging.client import Message, MqttClient
-from tests.conftest import Processes, wait_for
+from tests.conftest import Processes, heatwatch, wait_for
 from tests.control_helpers import DEVICE, GATEWAY, STATION, result_topic, write_control_gateway, write_keys
 from tests.integration.test_site_broker import SiteBroker
 
@@ -51,15 +50,15 @@ class SiteFolder:
         self.tmp = tmp
         self.port = free_port()
         self.root = tmp / "site"
-        assert main(["site", "init", str(self.root), "--broker-name", "localhost", "--listen", "127.0.0.1",
-                     "--port", str(self.port), "--conf-dir", str(self.root / "broker"),
-                     "--data-dir", str(tmp / "mqtt-data")]) == 0
+        heatwatch("site", "init", str(self.root), "--broker-name", "localhost", "--listen", "127.0.0.1",
+                  "--port", str(self.port), "--conf-dir", str(self.root / "broker"),
+                  "--data-dir", str(tmp / "mqtt-data"))
         (tmp / "mqtt-data").mkdir()
         _, self.private_key, public = write_keys(tmp / "keys")
         self.plc_port = free_port()
         plain = write_control_gateway(tmp / "gw", mqtt_port=self.port, plc_port=self.plc_port,
                                       public_key=public)
-        assert main(["site", "issue-gateway", str(self.root), str(plain)]) == 0
+        heatwatch("site", "issue-gateway", str(self.root), str(plain))
         # the gateway's config gets the mqtt: section `heatwatch site` wrote for it
         cfg = yaml.safe_load(plain.read_text())
         cfg["mqtt"] = {**self.mqtt(GATEWAY), "keepalive_s": 30}

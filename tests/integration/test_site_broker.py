@@ -34,12 +34,12 @@ from alerting.commands import CommandStore
 from alerting.store import Store
 from contract.commands import CommandResult
 from contract.config import MqttSettings
-from heatwatch.cli import main
 from heatwatch.devstack import Influxd, _Service, find_binary, free_port
 from heatwatch.site import SiteDir
 from messaging.security import apply_security
 from tests.conftest import (
     Processes,
+    heatwatch,
     influx_query,
     wait_for,
     write_alerter_config,
@@ -90,13 +90,13 @@ class Site:
 def site(tmp_path: Path) -> Iterator[tuple[Site, SiteBroker]]:
     port = free_port()
     root = tmp_path / "site"
-    assert main(["site", "init", str(root), "--broker-name", "localhost", "--broker-ip", "127.0.0.1",
-                 "--listen", "127.0.0.1", "--port", str(port), "--conf-dir", str(root / "broker"),
-                 "--data-dir", str(tmp_path / "mqtt-data")]) == 0
+    heatwatch("site", "init", str(root), "--broker-name", "localhost", "--broker-ip", "127.0.0.1",
+              "--listen", "127.0.0.1", "--port", str(port), "--conf-dir", str(root / "broker"),
+              "--data-dir", str(tmp_path / "mqtt-data"))
     (tmp_path / "mqtt-data").mkdir()
     gateways = {s: write_gateway_config(tmp_path / "gw", s, mqtt_port=port, plc_port=free_port(),
                                         bus_port=free_port()) for s in ("st001", "st002")}
-    assert main(["site", "issue-gateway", str(root), *map(str, gateways.values())]) == 0
+    heatwatch("site", "issue-gateway", str(root), *map(str, gateways.values()))
     broker = SiteBroker(root, port)
     broker.start()
     yield Site(root, port, gateways), broker
@@ -261,7 +261,7 @@ def test_a_revoked_gateway_is_refused(site: tuple[Site, SiteBroker], tmp_path: P
     gw_b = s.settings("gw-st002")
     before = Client(s, gw_b)  # B stays connected through its revocation
     assert before.connected and before.publish(f"{R}/station/st002/telemetry").is_failure is False
-    assert main(["site", "revoke", str(s.root), "gw-st002"]) == 0
+    heatwatch("site", "revoke", str(s.root), "gw-st002")
     acl = (s.root / "broker" / "acl").read_text()
     assert "gw-st002" not in acl and "st002" not in acl.replace("+", "")
     assert "gw-st002:" not in (s.root / "broker" / "passwd").read_text()
@@ -294,7 +294,7 @@ def test_a_revoked_gateway_is_refused(site: tuple[Site, SiteBroker], tmp_path: P
     # issued again, B gets in with the new credentials; its old certificate stays refused
     old_cert = (s.root / "identities/gw-st002/client.crt").read_bytes()
     old_key = (s.root / "identities/gw-st002/client.key").read_bytes()
-    assert main(["site", "issue-gateway", str(s.root), str(s.gateways["st002"])]) == 0
+    heatwatch("site", "issue-gateway", str(s.root), str(s.gateways["st002"]))
     broker.reload()
     assert Client(s, s.settings("gw-st002")).connected
     keep = tmp_path / "old"
