@@ -2,7 +2,7 @@
 PostgreSQL, the alert store's database; tables ``commands`` and ``command_events``).
 
 Stage: api → create, confirm, send (the store is the API's outbox: a command is committed first,
-then its sender claims, signs, publishes and marks it sent); collector → record the gateways'
+then its sender claims, signs, publishes and marks it sent); alerter → record the gateways'
 results, idempotently by command id, before the result messages are acknowledged. Every step
 lands in ``command_events`` and in the ``audit`` table in the same transaction.
 

@@ -195,7 +195,7 @@ command_events = sa.Table(
 )
 
 
-# -- the latest value of every point, per station and building (written by the collector;
+# -- the latest value of every point, per station and building (written by the alerter;
 # alerting/latest.py). building '' is the station itself; a building's row carries its
 # households: {household: {"ts": ms, "points": {point: value}}}.
 latest = sa.Table(
@@ -208,7 +208,7 @@ latest = sa.Table(
     sa.Column("state", sa.String(16)),  # stations: online / degraded / offline, from the station status
     sa.Column("state_ts", sa.BigInteger),
     sa.Column("gateway_state", sa.String(16)),  # stations: online / offline, from the gateway status
-    sa.Column("written_at", sa.BigInteger, nullable=False),  # when the collector wrote the row
+    sa.Column("written_at", sa.BigInteger, nullable=False),  # when the alerter wrote the row
 )
 
 

@@ -1,6 +1,6 @@
 """The alert store: one data-access layer over SQLite (WAL, embedded default) or PostgreSQL.
 
-Stage: collector → record alerts (``apply``: the engine's transitions, in one transaction, before
+Stage: alerter → record alerts (``apply``: the engine's transitions, in one transaction, before
 the messages that caused them are acknowledged); api → read, acknowledge, note, resolve, silence.
 The schema is ``alerting.schema``, created and evolved by the Alembic migrations in
 ``alerting/migrations`` (``migrate()``; ``heatwatch store migrate CONFIG`` from the command line).
@@ -222,7 +222,7 @@ class Store:
         with self.engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
 
-    # -- the collector's side -----------------------------------------------------------------
+    # -- the alerter's side -------------------------------------------------------------------
     def apply(self, transitions: Sequence[Transition]) -> int:
         """Record transitions (one transaction); returns how many changed an alert row.
 
@@ -323,7 +323,7 @@ class Store:
             conn.execute(stmt, [{"k": k, "t": t} for k, t in seen])
 
     def active_silences(self, now: int) -> list[Silence]:
-        """Silences not over and not cancelled (the collector re-reads them every silences_s)."""
+        """Silences not over and not cancelled (the alerter re-reads them every silences_s)."""
         s = schema.silences
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(s).where(s.c.end_ms > now, s.c.cancelled_at.is_(None))).all()
@@ -476,7 +476,7 @@ class Store:
         return Page(rows, int(total))
 
     def cancel_silence(self, sid: int, *, actor: str, now: int) -> dict[str, Any]:
-        """Stop a silence now (audited). The collector stops honouring it at its next re-read of
+        """Stop a silence now (audited). The alerter stops honouring it at its next re-read of
         silences (``alerts.silences_s``). A cancelled or ended silence is a Conflict."""
         s = schema.silences
         with self.engine.begin() as conn:

@@ -1,4 +1,4 @@
-"""The alert model and the rule file: what the collector's rule engine raises and how it judges.
+"""The alert model and the rule file: what the alerter's rule engine raises and how it judges.
 
 An alert is identified by a stable key, ``rule:entity``, e.g. ``room_low:st001/b01/b01-0301`` or
 ``makeup_rate:st001/secondary``; the engine emits a ``Transition`` whenever an alert changes
@@ -254,7 +254,7 @@ class CirculationRules(_Strict):
 
 class ClockRules(_Strict):
     skew_s: float = Field(60.0, gt=0, description="a gateway clock this far off (its stamps ahead of "
-                                                  "their receipt, or re-stamped by the collector) "
+                                                  "their receipt, or re-stamped on receipt) "
                                                   "is a clock_skew")
     hold_min: float = Field(10.0, ge=0)
     clear_min: float = Field(10.0, ge=0)

@@ -5,7 +5,7 @@ Four kinds of file, told apart by their ``kind:`` key:
 - ``register_map``: the registers of one controller model (a template shared by every station
   that has that cabinet: "一站一案" differences go in the gateway config);
 - ``gateway``: one gateway: its station, broker, outbox, poll groups and devices;
-- ``collector`` and ``api``: broker and InfluxDB settings of those services.
+- ``collector``, ``alerter`` and ``api``: broker, InfluxDB and alert-store settings of those services.
 
 ``${NAME}`` and ``${NAME:-default}`` in string values are taken from the environment, so
 secrets and per-machine paths stay out of the files.
