@@ -445,12 +445,12 @@ class Alerter:
             if self.registered.is_set():
                 if self._inflight is not None or self.judge.pending:
                     await self._commit_once()
+                if self.latest is not None:  # before the leases go: a taker loads whole rows
+                    await self.latest.close()
                 for p in sorted(self.judge.parts):  # written here, after any still queued: these are newer
                     snap = self._take_snapshot(p)
                     if snap is not None and await asyncio.to_thread(self.recorder.save_snapshot, snap):
                         await asyncio.to_thread(self.leases.release, self.owner, p, snap.epoch)
-                if self.latest is not None:
-                    await self.latest.close()
                 await asyncio.to_thread(self.leases.leave, self.member, self.instance)
                 log.info("member left; partitions released", member=self.member)
         except Exception as exc:  # the leases expire on their own

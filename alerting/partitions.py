@@ -300,11 +300,15 @@ class Leases:
                    recent: Iterable[int], *, taken_at: int, upto: int) -> None:
         """Inside a fenced transaction: the partition's snapshot, taken at ``taken_at`` (ms, the
         owner's clock: a taker's standby is compared with it) after the commit that wrote its judged
-        row ``upto``; the judged rows up to that one are covered by it and go."""
+        row ``upto``; the judged rows up to that one are covered by it and go. A snapshot older than
+        the one stored (a write that finished late) changes nothing."""
         s, j = schema.partition_state, schema.partition_judged
         values = {"epoch": epoch, "owner": owner, "written_at": taken_at, "snapshot": snapshot,
                   "recent": pack_ids(recent)}
-        if conn.execute(s.update().where(s.c.part == part).values(**values)).rowcount == 0:
+        newer = sa.or_(s.c.epoch < epoch, sa.and_(s.c.epoch == epoch, s.c.written_at <= taken_at))
+        if conn.execute(s.update().where(s.c.part == part, newer).values(**values)).rowcount == 0:
+            if conn.execute(sa.select(s.c.part).where(s.c.part == part)).first() is not None:
+                return  # a newer one is there
             conn.execute(s.insert().values(part=part, **values))
         conn.execute(j.delete().where(j.c.part == part, j.c.id <= upto))
 

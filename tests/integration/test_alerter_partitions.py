@@ -132,6 +132,29 @@ def test_a_takeover_waits_for_the_commit_in_progress_and_sees_it(pg_store: Store
     assert taken.is_set() and seen == [1]
 
 
+def test_a_snapshot_written_late_never_replaces_a_newer_one(pg_store: Store) -> None:
+    """Snapshot writes run on their own task: one still in flight at a stop may finish after the
+    stop's final snapshot; the older one changes nothing, and its judged rows stay covered."""
+    leases = Leases(pg_store.engine, COUNT, lease_ms=10_000)
+    leases.ensure()
+    epoch = leases.acquire("a#1", 2) or 0
+    with pg_store.engine.begin() as conn:
+        j1 = leases.note_judged(conn, {2: epoch}, {2: [11, 12]})[2]
+        j2 = leases.note_judged(conn, {2: epoch}, {2: [13]})[2]
+    with pg_store.engine.begin() as conn:
+        leases.save_state(conn, "a#1", 2, epoch, b"newer", [11, 12, 13], taken_at=2000, upto=j2)
+    with pg_store.engine.begin() as conn:
+        leases.save_state(conn, "a#1", 2, epoch, b"older", [11, 12], taken_at=1000, upto=j1)
+    st = leases.load_states([2])[2]
+    assert (st.snapshot, st.written_at, st.recent, st.after) == (b"newer", 2000, {11, 12, 13}, set())
+    # the next owner's first snapshot replaces it, whatever the clocks say
+    wait_for(lambda: leases.view().free(2) or leases.release("a#1", 2, epoch), 5, "the lease free")
+    e2 = leases.acquire("b#1", 2) or 0
+    with pg_store.engine.begin() as conn:
+        leases.save_state(conn, "b#1", 2, e2, b"taker's", [13], taken_at=1500, upto=0)
+    assert leases.load_states([2])[2].snapshot == b"taker's"
+
+
 def _tr() -> Any:
     from contract.alerts import Transition
     return Transition(key="room_low:st001/b01/h1", rule="room_low", state="firing", severity="warning",
