@@ -17,9 +17,11 @@ Offline is judged against the inventory too (``inventory`` in the rule file: gat
 as the asset register and the gateways' configs say they exist): a station never heard from is
 ``station_offline`` ("never heard from"), a gateway never seen (no status, none of its stations
 heard from) is ``gateway_offline``, ``offline.station_after_s`` after the rules start. Silence is
-judged only once the rules have run ``offline.station_after_s`` (the start-up grace), so a
-collector that just (re)started does not page stations it has not yet had the chance to hear
-from; after it, from the last data the snapshot remembers or what came since.
+judged only once the rules have judged messages for ``offline.station_after_s`` (the start-up
+grace; counted from the first message, not the first tick: a collector ticks before it hears
+anything; with no message at all, twice that after the first tick), so a collector that just
+(re)started does not page stations it has not yet had the chance to hear from; after it, from
+the last data the snapshot remembers or what came since.
 - ``device_offline`` (warning): the station status names a device offline for
   ``offline.device_hold_s``.
 """
@@ -85,7 +87,13 @@ class Offline(Family):
         super().__init__(ctx)
         self.stations: dict[str, StationOffline] = {}
         self.gateways: dict[str, GatewayOffline] = {}
-        self.started = 0  # the first time (receive time) these rules saw anything; not snapshotted
+        # the first message (receive time) these rules judged; not snapshotted. Ticks do not
+        # start the grace: a collector ticks from its start, but hears nothing until it is
+        # connected and its first batches are through (on the demo's restart they waited over a
+        # minute on a just-started InfluxDB, and the tick station_after_s after the first tick
+        # paged every station, each resolved by its waiting message 25 ms later)
+        self.started = 0
+        self.ticking = 0  # the first tick (receive time): with no message at all, judged from it
         self.expected: set[str] = set()  # the inventory's stations
         self.inventory_gateways: set[str] = set(ctx.rules.inventory)
         for gw, stations in ctx.rules.inventory.items():
@@ -100,6 +108,14 @@ class Offline(Family):
     def _start(self, now: int) -> None:
         if not self.started:
             self.started = now
+
+    def _start_ms(self) -> int:
+        """When the grace began: the first message judged; with none, station_after_s after the
+        first tick (so silence is judged twice station_after_s after it: a collector that hears
+        nothing at all from an empty broker still pages, later). 0 = not yet."""
+        if self.started:
+            return self.started
+        return self.ticking + int(self.ctx.rules.offline.station_after_s * 1000) if self.ticking else 0
 
     def _station(self, name: str) -> StationOffline:
         st = self.stations.get(name)
@@ -155,7 +171,8 @@ class Offline(Family):
         return out
 
     def tick(self, now: int) -> list[Verdict]:
-        self._start(now)
+        if not self.ticking:
+            self.ticking = now
         out: list[Verdict] = []
         if not self.ctx.season(now)[0]:
             return out
@@ -177,8 +194,8 @@ class Offline(Family):
         if not self.ctx.season(now)[0]:
             return
         after = self.ctx.rules.offline.station_after_s * 1000
-        never = (not gw.seen and name in self.inventory_gateways and self.started > 0
-                 and now - self.started > after)
+        start = self._start_ms()
+        never = not gw.seen and name in self.inventory_gateways and start > 0 and now - start > after
         active = gw.offline_since is not None or never
         key = alert_key(Rule.GATEWAY_OFFLINE, gateway=name)
         if not active and not self.ctx.is_open(key):
@@ -196,21 +213,21 @@ class Offline(Family):
         info = self.ctx.station(name)
         offline = self.ctx.rules.offline
         after = offline.station_after_s * 1000
-        # The start-up grace: silence is judged only once the rules have run station_after_s (a
-        # collector that just started, or restored a snapshot written minutes ago, has not had
-        # the chance to hear from anyone: judging the snapshot's last data at once paged every
-        # station on each restart), then from the last data itself, the snapshot's or newer. A
-        # station whose outage is open stays down until it is heard from again; one never heard
-        # from (the inventory's) is silent station_after_s after the start.
+        # The start-up grace: silence is judged only once the rules have heard messages for
+        # station_after_s (a collector that just started, or restored a snapshot written minutes
+        # ago, has not had the chance to hear from anyone: judging the snapshot's last data at
+        # once paged every station on each restart), then from the last data itself, the
+        # snapshot's or newer. A station whose outage is open stays down until it is heard from
+        # again; one never heard from (the inventory's) is silent station_after_s after the start.
         is_open = self.ctx.is_open(key)
         last_rx = info.last_rx
+        start = self._start_ms()
         if last_rx > 0:
-            silent = ((is_open or (self.started > 0 and now - self.started >= after))
-                      and now - last_rx > after)
+            silent = (is_open or (start > 0 and now - start >= after)) and now - last_rx > after
             crossed = last_rx + after  # when the silence passed the threshold
         else:
-            silent = name in self.expected and self.started > 0 and now - self.started > after
-            crossed = self.started + after
+            silent = name in self.expected and start > 0 and now - start > after
+            crossed = start + after
         down = st.status_offline or silent
         below = self.ctx.rooms_below.get(name, 0)
         if down:

@@ -463,3 +463,41 @@ def test_the_grace_neither_raises_nor_clears_and_a_gateways_offline_word_counts_
                                       "devices": {"plc": {"state": "offline"}}, "ts": T0})
     g.out += g.engine.station_status(s, T0 + 60 * MIN + 1)  # the gateway says so: judged in the grace
     assert [(x.station, x.state) for x in g.out] == [("st002", "firing")]
+
+
+def test_the_grace_runs_from_what_the_collector_hears_not_from_its_first_tick() -> None:
+    """A restarted collector ticks before it judges its first message (the demo's restart: the
+    collector's first batches wait on a just-started InfluxDB while its ticker runs). The grace
+    counts from the first message judged: stations that report in it are not paged (before,
+    the tick station_after_s after the first tick paged every station, and the messages waiting
+    behind it resolved each alert 25 ms later, "rooms recovering"). One that stays silent is
+    judged station_after_s after the first message; with no message at all, twice that after
+    the first tick."""
+    stations = ("st001", "st002", "st003")
+    before = Feed()
+    for i in range(0, 10):
+        for s in stations:
+            before.station = s
+            before.frame(T0 + i * MIN, _station(secondary_supply_temp=55.0))
+        before.tick(T0 + i * MIN)
+    blob = before.engine.snapshot()
+    after = Feed()
+    after.engine.restore(blob)
+    deaf = Feed()
+    deaf.engine.restore(blob)
+    up = T0 + 60 * MIN  # down for 50 minutes
+    heard = up + 5 * MIN + 30_000  # 5.5 minutes of ticks before the first message is judged
+    for k in range(0, 80):  # ticks every 15 s for 20 minutes
+        t = up + k * 15_000
+        after.tick(t)
+        deaf.tick(t)
+        if t >= heard:
+            for s in ("st001", "st002"):
+                after.station = s
+                after.frame(t + 5_000, _station(secondary_supply_temp=55.0))
+    offline = [(x.station, x.state, x.page, x.ts) for x in after.out if x.rule == "station_offline"]
+    # the first message at heard + 5 s: the first tick 300 s after it
+    assert offline == [("st003", "firing", True, heard + 5 * MIN + 15_000)]
+    # nothing heard at all (every gateway dead, the broker empty): judged after twice the grace
+    assert sorted((x.station, x.state, x.ts) for x in deaf.out if x.rule == "station_offline") == [
+        (s, "firing", up + 10 * MIN) for s in stations]

@@ -164,8 +164,9 @@ def test_offline_is_judged_against_the_inventory_and_from_the_rules_start() -> N
     assert got == {("station_offline", "st002", "never heard from", 6),
                    ("gateway_offline", "gw9", "never seen", 6)}
     assert ("firing", "inhibited") in {(x.state, x.quiet) for x in f.out if x.station == "st009"}
-    # a restarted collector: silence is judged once the start-up grace (station_after_s from its
-    # start) is over, then from the snapshot's last data
+    # a restarted collector that hears nothing at all, ticks only: silence is judged once the
+    # start-up grace is over (with no message, twice station_after_s from its first tick), then
+    # from the snapshot's last data
     f = Feed()
     f.frame(T0, secondary_supply_temp=55.0)
     blob = f.engine.snapshot()
@@ -173,7 +174,7 @@ def test_offline_is_judged_against_the_inventory_and_from_the_rules_start() -> N
     g.engine.restore(blob)
     for m in range(10, 30):
         g.out += g.engine.tick(T0 + m * MIN)
-    assert [(x.rule, (x.ts - T0) // MIN) for x in g.pages()] == [("station_offline", 15)]
+    assert [(x.rule, (x.ts - T0) // MIN) for x in g.pages()] == [("station_offline", 20)]
 
 
 def test_no_circulation_is_a_pump_trip_not_a_leak() -> None:
