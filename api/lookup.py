@@ -119,8 +119,19 @@ class _Chain(NamedTuple):
 def _chain(store: Store, row: HouseholdNow | None, now: int) -> _Chain | None:
     if row is None:
         return None
-    alerts = store.chain_alerts(row.station, row.building, row.sensor, row.gateway)
+    gateway = row.gateway or _gateway_of(store, row.station)
+    alerts = store.chain_alerts(row.station, row.building, row.sensor, gateway)
     return _Chain(row, alerts, store.recent_acks([a.id for a in alerts], now - 7 * DAY_MS))
+
+
+def _gateway_of(store: Store, station: str) -> str | None:
+    """The gateway of a station the asset register names none for (the CSV has no gateway
+    column, so that is the common case): the open gateway_offline alert whose stations (its
+    context, from the gateway's status) include it. Only an open one can be on the chain."""
+    for a in store.query(rule=["gateway_offline"], open_only=True, limit=1000).rows:
+        if station in ((a["context"] or {}).get("stations") or ()):
+            return str(a["gateway"])
+    return None
 
 
 def _station_state(row: HouseholdNow) -> str | None:

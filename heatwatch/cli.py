@@ -539,8 +539,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=_simulate)
     p = sub.add_parser("demo", help="the whole pipeline on simulated stations")
-    p.add_argument("--stations", type=int, default=3)
-    p.add_argument("--dir", default=".demo")
+    p.add_argument("--stations", type=int, default=3, metavar="N",
+                   help="simulate the first N of the stations under deploy/gateway (default: 3, all)")
+    p.add_argument("--dir", default=".demo",
+                   help="the demo's folder: its data, store, tokens, keys, logs and demo.pid, kept "
+                        "between runs (default: .demo); remove it after stopping to start clean; a "
+                        "second demo beside a running one needs its own DIR and a --port-offset")
     p.add_argument("--seconds", type=float, default=None, help="stop after this long")
     p.add_argument("--port-offset", type=int, default=None, metavar="N",
                    help="move every demo port by N (default: $HEATWATCH_DEMO_PORT_OFFSET or 0)")

@@ -718,6 +718,12 @@ def heatwatch_command() -> str:
     return shown(exe) if exe.exists() else f"{shown(Path(sys.executable))} -m heatwatch"
 
 
+def second_command(root: Path) -> str:
+    """A demo beside the one under ``root``: its own folder (DIR/demo.pid, its data, its store)
+    and every port moved."""
+    return f"{heatwatch_command()} demo --dir {shown(root.with_name(root.name + '-b'))} --port-offset 100"
+
+
 def stop_command(root: Path) -> str:
     default = (Path.cwd() / ".demo").resolve()
     where = "" if root.resolve() == default else f" --dir {shown(root)}"
@@ -978,7 +984,8 @@ def _plan(stations: int, folder: str, port_offset: int | None) -> Plan:
         demo, kids = _live(info)
         if demo:
             raise DemoError(f"a demo is already running under {shown(root)} (pid {info['pid']}): stop it "
-                            f"with Ctrl-C in its terminal or `{stop_command(root)}`")
+                            f"with Ctrl-C in its terminal or `{stop_command(root)}`; a second demo beside "
+                            f"it needs its own folder and ports: `{second_command(root)}`")
         if kids:
             raise DemoError(f"a demo left processes behind under {shown(root)} ({', '.join(kids)}): "
                             f"`{stop_command(root)}` stops them")

@@ -20,7 +20,7 @@ from alerting.store import Store
 from api.app import create_app
 from collector.influx import InfluxWriter
 from collector.latest import LatestValues
-from contract.alerts import Transition
+from contract.alerts import Quiet, Transition
 from contract.config import ApiConfig, InfluxSettings
 from contract.influx import telemetry_lines
 from contract.payload import decode_telemetry, parse_station_status
@@ -198,3 +198,29 @@ def test_station_detail_and_point_history(api: Api) -> None:
                      ({"point": "secondary_supply_temp", "start": now, "end": now - 1}, "start < end")):
         r = api.client.get("/v1/stations/st001/history", headers=h, params=bad)
         assert r.status_code == 422 and why in r.text, bad
+
+
+def test_lookup_lists_the_gateway_alert_of_a_dead_station(api: Api) -> None:
+    """The asset register names no gateway (the demo's does not): the station's gateway is known
+    from its open gateway_offline alert (its context names the stations behind it), and that
+    alert is on the chain with the station's own station_offline (quiet: inhibited under it)."""
+    api.import_csv(CSV)
+    now = int(time.time() * 1000)
+    api.store.apply([
+        Transition(key="gateway_offline:gw1", rule="gateway_offline", state="firing", severity="major",
+                   gateway="gw1", ts=now - 60_000, since=now - 120_000, page=True,
+                   context={"stations": ["st001"], "offline_since": now - 120_000,
+                            "reason": "will (offline)"}),
+        Transition(key="gateway_offline:gw9", rule="gateway_offline", state="firing", severity="major",
+                   gateway="gw9", ts=now - 60_000, since=now - 120_000, page=True,
+                   context={"stations": ["st002"], "offline_since": now - 120_000,
+                            "reason": "will (offline)"}),
+        Transition(key="station_offline:st001", rule="station_offline", state="firing", severity="major",
+                   station="st001", ts=now - 30_000, since=now - 30_000, quiet=Quiet.INHIBITED,
+                   context={"reason": "no telemetry"})])
+    body = api.lookup({"household": "HH-0003"})  # st001's b02: no room sensor
+    assert sorted((a["rule"], a["gateway"]) for a in body["alerts"]) == [
+        ("gateway_offline", "gw1"), ("station_offline", None)]
+    assert body["verdict"] == "known fault: the station's gateway is offline"
+    other = api.lookup({"household": "HH-1001"})  # st002: behind gw9 only
+    assert [(a["rule"], a["gateway"]) for a in other["alerts"]] == [("gateway_offline", "gw9")]

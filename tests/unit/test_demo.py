@@ -295,6 +295,37 @@ def test_a_new_demo_refuses_while_one_left_behind_runs(tmp_path: Path) -> None:
         left.wait()
 
 
+def test_a_second_demo_on_a_running_ones_folder_is_told_how_to_run_beside_it(tmp_path: Path) -> None:
+    """`HEATWATCH_DEMO_PORT_OFFSET=100 make demo` (the README's old way) uses .demo, the running
+    demo's folder: the one line says which command runs a second one, and that command names its
+    own folder and moved ports."""
+    running = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        folder = tmp_path / "d"
+        folder.mkdir()
+        (folder / "demo.pid").write_text(json.dumps({"pid": running.pid, "cmdline": ["sleep", "300"],
+                                                     "children": {}}))
+        r = subprocess.run([sys.executable, "-m", "heatwatch", "demo", "--dir", str(folder),
+                            "--port-offset", "100"], capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+        assert "already running" in r.stderr
+        second = shlex.split(r.stderr.rsplit("`", 2)[-2])
+        assert second[1:2] == ["demo"] and second[second.index("--port-offset") + 1] == "100"
+        assert Path(second[second.index("--dir") + 1]).resolve() != folder.resolve()
+    finally:
+        running.kill()
+        running.wait()
+
+
+def test_demo_help_describes_its_folder_and_stations() -> None:
+    r = subprocess.run([sys.executable, "-m", "heatwatch", "demo", "--help"], capture_output=True,
+                       text=True, timeout=60, cwd=REPO)
+    text = " ".join(r.stdout.split())
+    assert "kept between runs" in text and "remove it after stopping to start clean" in text
+    assert "needs its own DIR" in text
+    assert "simulate the first N of the stations" in text
+
+
 @pytest.mark.parametrize("which", ["mqtt", "modbus"])
 def test_a_busy_port_is_one_line_naming_it(tmp_path: Path, which: str) -> None:
     """A second demo on ports in use: one line naming the port, no traceback, nothing started."""
