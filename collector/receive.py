@@ -99,6 +99,11 @@ class _Client(mqtt.Client):
     """
 
     on_delivery: Callable[[Delivery], None]
+    packets = 0  # whole packets read and handled (the receive stage reads while they come)
+
+    def _packet_handle(self) -> MQTTErrorCode:
+        self.packets += 1
+        return super()._packet_handle()
 
     def _handle_publish(self) -> MQTTErrorCode:
         header = self._in_packet["command"]
@@ -268,16 +273,19 @@ class MqttReceive:
         self.inbox.put(d)
 
     def _readable(self) -> None:
-        read = self.client.loop_read
+        client = self.client
+        read = client.loop_read
         for _ in range(READ_BURST):
-            before = self.received
+            before = client.packets
             if read() != _OK:
                 return  # paho closed the socket and reported the disconnect
             if self.inbox.full:
                 self._pause()
                 return
-            if self.received == before:
-                break  # no whole message was waiting (or it was not a PUBLISH)
+            # no whole packet was waiting. (Not "no PUBLISH": the PUBACKs of our receipts come
+            # between the PUBLISHes, and stopping at each cost a wake-up of the loop per PUBACK.)
+            if client.packets == before:
+                break
         # TLS: bytes the TLS layer already took off the socket (and decrypted) are invisible to
         # the selector; left there, the rest of a burst would wait for the next packet to arrive
         pending = getattr(self.client.socket(), "pending", None)
