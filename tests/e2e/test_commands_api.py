@@ -89,7 +89,7 @@ def stack(tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, influx_db: str
     procs.start("api", "api", str(api))
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
     try:
-        wait_for(lambda: port_open(port), 30, "the API")
+        wait_for(lambda: port_open(port), 120, "the API")
         s = Stack(http, auth, sim, procs, gw_path, mosquitto)
         # ready when the API holds the gateway's status and InfluxDB has a reading of the valve
         writable = f"/v1/commands/writable/{STATION}"

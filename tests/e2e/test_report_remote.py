@@ -94,7 +94,7 @@ def site(tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, influx_db: str,
     procs.start("api", "api", str(api))
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
     try:
-        wait_for(lambda: port_open(port), 30, "the API")
+        wait_for(lambda: port_open(port), 120, "the API")
         writable = f"/v1/commands/writable/{STATION}"
         wait_for(lambda: http.get(writable, headers=auth["eng1"]).status_code == 200, 30,
                  "the gateway status at the API")

@@ -61,7 +61,7 @@ def test_bad_tokens_and_huge_headers_cost_a_real_api_process_bounded_memory(
                                    "influx": {"url": f"http://127.0.0.1:{free_port()}"}}))
     api = procs.start("api", "api", str(cfg))
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _up(base), 30, "the API")
+    wait_for(lambda: _up(base), 120, "the API")
     ok = {"Authorization": f"Bearer {good}"}
     with httpx.Client(base_url=base, timeout=10) as c:
         for _ in range(200):  # warm: imports, caches, the store's pool
