@@ -100,10 +100,9 @@ def own_influxd(tmp_path: Path) -> Iterator[Influxd]:
 def test_prometheus_scrapes_gateway_collector_and_api_and_the_rules_fire(
         tmp_path: Path, mosquitto: Mosquitto, own_influxd: Influxd, procs: Processes) -> None:
     ports = {job: free_port() for job in ("gateway", "collector", "api")}
-    # receipts off: the collector of this branch sends none yet, and without them the outbox grows
-    # and HeatwatchOutboxGrowing fires on a healthy pipeline (with a receipting collector: on)
+    # receipts on, as shipped: the outbox empties as the collector receipts what it stored
     gw = write_gateway_config(tmp_path / "gw", "st001", mqtt_port=mosquitto.port, plc_port=free_port(),
-                              bus_port=free_port(), fast_s=0.2, slow_s=0.4, outbox={"receipts": False})
+                              bus_port=free_port(), fast_s=0.2, slow_s=0.4)
     cfg = yaml.safe_load(gw.read_text())
     cfg["metrics"] = {"port": ports["gateway"]}
     gw.write_text(yaml.safe_dump(cfg, sort_keys=False))
