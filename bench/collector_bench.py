@@ -5,6 +5,9 @@ controlled rate; one collector process writes them to InfluxDB. Reports
 
 - sustained values/s from first publish to the last value visible in InfluxDB,
 - collector CPU per 1,000 values (from /proc, user + system),
+- side by side over the same steady window: the collector's CPU per value and InfluxDB's (influxd's
+  CPU over the values the collector wrote in that window), and their ratio (issue #18's target:
+  the collector at most 1/3 of InfluxDB),
 - collector peak memory (VmHWM),
 - end-to-end latency p50/p99: a probe station publishes one message every 100 ms stamped with
   its send time; a poller sees it appear in InfluxDB (100 ms polling resolution); and the
@@ -33,10 +36,11 @@ import httpx
 import orjson
 import paho.mqtt.client as mqtt
 import yaml
-from measure import pct, proc_cpu_s, proc_mem_kb, scrape
+from measure import pct, proc_cpu_s, proc_cpu_split_s, proc_mem_kb, scrape
 from paho.mqtt.enums import CallbackAPIVersion
 
 from alerting import rules_build
+from contract.influx import MEASUREMENT_STATION
 from heatwatch.devstack import REPO, Influxd, Mosquitto, free_port
 from heatwatch.loadgen import Shape
 
@@ -85,7 +89,8 @@ class Probe:
         seen = 0
         while not self.stop_ev.is_set():
             try:
-                got = query(self.db, f"SELECT x_probe FROM station WHERE station='probe' AND time > {seen}ms")
+                got = query(self.db, f"SELECT x_probe FROM {MEASUREMENT_STATION} WHERE station='probe' "
+                                     f"AND time > {seen}ms")
             except (httpx.HTTPError, KeyError, ValueError):
                 got = []
             now = time.time()
@@ -187,6 +192,8 @@ def main() -> int:
         if not a.outage and a.warmup < a.seconds:
             time.sleep(a.warmup)
             steady0 = (proc_cpu_s(collector.pid), scrape(port)["heatwatch_collector_values_total"])
+            influx_cpu0 = proc_cpu_s(pids["influxd"])
+            split0 = proc_cpu_split_s(collector.pid)
             gc0 = sum(gc_figures(port)[0])
             rules0 = scrape(port).get("heatwatch_collector_rules_cpu_seconds_total", 0.0)
             latest0 = scrape(port).get("heatwatch_collector_latest_flush_cpu_seconds_total", 0.0)
@@ -204,6 +211,8 @@ def main() -> int:
             peak_outage_kb = max(peak_outage_kb, proc_mem_kb(collector.pid, "VmHWM"))
             db.start()
         steady: float | None = None
+        influx_steady: float | None = None
+        sys_share: float | None = None
         steady_gc_share: float | None = None
         rules_share: float | None = None
         latest_share: float | None = None
@@ -211,7 +220,12 @@ def main() -> int:
             gens[0].wait(a.seconds + 60)  # the window closes with the load, before the drain
             done_values = scrape(port)["heatwatch_collector_values_total"] - steady0[1]
             steady_cpu = proc_cpu_s(collector.pid) - steady0[0]
+            influx_cpu = proc_cpu_s(pids["influxd"]) - influx_cpu0
             steady = steady_cpu / done_values * 1e9 if done_values else None
+            influx_steady = influx_cpu / done_values * 1e9 if done_values else None
+            user1, sys1 = proc_cpu_split_s(collector.pid)
+            spent = user1 - split0[0] + sys1 - split0[1]
+            sys_share = round((sys1 - split0[1]) / spent, 3) if spent else None  # the kernel's part
             steady_gc_share = round((sum(gc_figures(port)[0]) - gc0) / steady_cpu, 3) if steady_cpu else None
             if a.alerts and steady_cpu:
                 rules_s = scrape(port)["heatwatch_collector_rules_cpu_seconds_total"] - rules0
@@ -226,7 +240,7 @@ def main() -> int:
         first_ts = min(r["first_ts"] for r in results) / 1000
         deadline = time.monotonic() + 600
         while True:
-            got = query(db, "SELECT count(x_p000) FROM station WHERE station != 'probe'")
+            got = query(db, f"SELECT count(x_p000) FROM {MEASUREMENT_STATION} WHERE station != 'probe'")
             stored = int(got[0][1]) if got else 0
             if stored >= published or time.monotonic() > deadline:
                 break
@@ -250,6 +264,10 @@ def main() -> int:
             "collector_cpu_us_per_1000_values": round(cpu / values * 1e9, 1),
             "collector_cpu_share_of_one_core": round(cpu / (t_done - t0), 2),
             "collector_steady_cpu_us_per_1000_values": round(steady, 1) if steady else None,
+            "influxd_steady_cpu_us_per_1000_values": round(influx_steady, 1) if influx_steady else None,
+            "collector_to_influxd_cpu_ratio": round(steady / influx_steady, 3)
+            if steady and influx_steady else None,
+            "collector_steady_system_share_of_cpu": sys_share,
             "steady_window_s": f"{a.warmup:.0f}..{a.seconds:.0f}" if steady else None,
             "collector_gc_s_by_generation": gc_s, "collector_gc_collections_by_generation": gc_n,
             "collector_gc_share_of_cpu": round(sum(gc_s) / cpu, 3) if cpu else None,
@@ -266,6 +284,7 @@ def main() -> int:
             "steady_cpu_share_whole_machine": round(sum(shares.values()) / (os.cpu_count() or 1), 2)
             if shares else None,
             "alerts": a.alerts, "rules": rules_build() if a.alerts else None,
+            "collector_code": str(REPO),  # the checkout the collector ran from
             "steady_rules_cpu_added_to_the_rest": rules_share,
             "steady_latest_flush_share_of_cpu": latest_share, "dir": str(tmp) if a.keep else None,
         }, option=orjson.OPT_INDENT_2).decode())

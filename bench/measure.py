@@ -26,6 +26,13 @@ def proc_cpu_s(pid: int, *, children: bool = False) -> float:
     return total
 
 
+def proc_cpu_split_s(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
+
+
 def proc_mem_kb(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):

@@ -28,7 +28,6 @@ import httpx
 import msgspec
 import orjson
 import paho.mqtt.client as mqtt
-import sqlalchemy.exc
 import structlog
 
 from alerting import rules_build
@@ -38,7 +37,7 @@ from contract import topics
 from contract.alertmanager import postable_alert, webhook_message
 from contract.alerts import AlertRules, Transition, load_rules, severity_rank
 from contract.config import AlertSettings
-from contract.errors import CannotOpen
+from contract.errors import CannotOpen, DatabaseUnavailable
 from contract.influx import alert_line
 from contract.payload import Frame, GatewayStatus, StationStatus
 from durable.queue import DiskQueue, QueueUnavailable, oldest
@@ -158,7 +157,7 @@ class AlertStage:
             try:
                 await asyncio.to_thread(self.store.apply, trs)
                 break
-            except sqlalchemy.exc.OperationalError as exc:  # locked, disk, server gone: keep trying
+            except DatabaseUnavailable as exc:  # locked, disk, server gone: keep trying
                 self.stats.store_retries += 1
                 if self.stats.store_retries == 1 or delay >= RETRY_MAX_S:
                     log.warning("alert store unavailable; holding the batch", error=str(exc)[:300])
@@ -199,7 +198,7 @@ class AlertStage:
                 last_sil = mono
                 try:
                     self.engine.set_silences(await asyncio.to_thread(self.store.active_silences, now))
-                except sqlalchemy.exc.OperationalError as exc:
+                except DatabaseUnavailable as exc:
                     log.warning("could not read silences; keeping the last ones", error=str(exc)[:200])
             if mono - last_seen >= self.cfg.seen_s:
                 last_seen = mono
@@ -222,7 +221,7 @@ class AlertStage:
             return
         try:
             await asyncio.to_thread(self.store.touch, seen)
-        except sqlalchemy.exc.OperationalError as exc:  # the next flush carries them
+        except DatabaseUnavailable as exc:  # the next flush carries them
             log.warning("could not write alerts' last seen; retrying later", error=str(exc)[:200])
 
     async def renotify(self, now: int) -> None:
@@ -234,7 +233,7 @@ class AlertStage:
         try:
             page = await asyncio.to_thread(self.store.query, state=["firing"], severity=["critical"],
                                            open_only=True, limit=10_000)
-        except sqlalchemy.exc.OperationalError as exc:  # the next check carries them
+        except DatabaseUnavailable as exc:  # the next check carries them
             log.warning("could not read open critical alerts to re-notify", error=str(exc)[:200])
             return
         due = []

@@ -1,10 +1,12 @@
-"""The collector's command-result stage: gateways' results → the command store, before the PUBACK.
+"""The collector's command-result recorder: gateways' results → the command store, before the PUBACK.
 
 Only a collector with the alert store (``alerts:``) takes results: it subscribes to
-``heatwatch/v1/station/+/command-result/+``; each result becomes a line of the ``commands``
-measurement (history, annotations) and is recorded in the site's store by command id,
-idempotently (a redelivered result changes nothing), before its message is acknowledged. A
-message carrying a result flushes its batch at once: results are rare and an engineer is waiting.
+``heatwatch/v1/station/+/command-result/+``. The ingest stages carry a result as any message
+(``collector/stages.py``): the validate stage parses it and checks it against its topic, the lines
+stage makes its line of the ``commands`` measurement (history, annotations), the batch stage sends
+its batch at once (results are rare and an engineer is waiting). The write stage then writes the
+batch's lines and calls ``record`` alongside; the acknowledge stage waits for both, so a result is
+recorded by command id, idempotently (a redelivered result changes nothing), before its PUBACK.
 """
 
 from __future__ import annotations
@@ -13,15 +15,12 @@ import asyncio
 import time
 from collections.abc import Callable
 
-import sqlalchemy.exc
 import structlog
 from sqlalchemy.engine import Engine
 
 from alerting.commands import CommandStore
-from contract.commands import CommandResult, parse_command_result
-from contract.errors import PayloadError
-from contract.influx import command_line
-from contract.topics import Topic
+from contract.commands import CommandResult
+from contract.errors import DatabaseUnavailable, InvalidInput
 
 log = structlog.get_logger("heatwatch.collector.commands")
 RETRY_MAX_S = 30.0
@@ -36,15 +35,6 @@ class ResultStage:
         # batch at a time, so two copies of one result never race to insert the same command
         self._one_at_a_time = asyncio.Lock()
 
-    @staticmethod
-    def parse(t: Topic, payload: bytes) -> tuple[CommandResult, list[str]]:
-        """The result and its line; PayloadError when the payload is not a result of this topic."""
-        r = parse_command_result(payload)
-        if (r.station, r.id) != (t.subject, t.item):
-            raise PayloadError(f"result {r.station}/{r.id} on the topic of {t.subject}/{t.item}",
-                               "topic_mismatch")
-        return r, [command_line(r)]
-
     async def record(self, results: list[CommandResult]) -> None:
         """Into the store (retrying while it is away): only then may their PUBACKs go out."""
         delay = 0.5
@@ -54,7 +44,8 @@ class ResultStage:
                 async with self._one_at_a_time:
                     await asyncio.to_thread(self.store.record_results, results, int(self.clock() * 1000))
                 break
-            except sqlalchemy.exc.IntegrityError as exc:  # another writer inserted it first: now it exists
+            except InvalidInput as exc:  # the store refused a row: another writer inserted it first (a
+                # Conflict), then it exists now; anything else will not pass a retry either
                 conflicts += 1
                 if conflicts < 3:
                     continue
@@ -62,7 +53,7 @@ class ResultStage:
                 log.error("command results could not be recorded; their lines are in InfluxDB",
                           error=str(exc)[:300], commands=[r.id for r in results])
                 return
-            except sqlalchemy.exc.OperationalError as exc:
+            except DatabaseUnavailable as exc:
                 self.retries += 1
                 if self.retries == 1 or delay >= RETRY_MAX_S:
                     log.warning("command store unavailable; holding the results", error=str(exc)[:300])

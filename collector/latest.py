@@ -1,4 +1,4 @@
-"""The collector's latest-value stage: validated frame → latest value per entity → ``latest`` table.
+"""The collector's latest-value tap: validated frame → latest value per entity → ``latest`` table.
 
 Takes every validated telemetry frame and every station and gateway status (``observe``,
 ``station_status``, ``gateway_status``; in the event loop, in arrival order) and keeps, per
@@ -28,6 +28,7 @@ import sqlalchemy.exc
 import structlog
 
 from alerting.latest import LatestTable, Place, Row
+from contract.errors import HeatwatchError
 from contract.payload import Frame, GatewayStatus, StationStatus
 
 log = structlog.get_logger("heatwatch.collector.latest")
@@ -160,7 +161,7 @@ class LatestValues:
 
         try:
             write_ns = await asyncio.to_thread(write)
-        except sqlalchemy.exc.SQLAlchemyError as exc:  # locked, disk, server gone: next round
+        except (HeatwatchError, sqlalchemy.exc.SQLAlchemyError) as exc:  # locked, disk, gone: next round
             self.dirty.update((r[0], r[1]) for r in rows)
             self.stats.write_errors += 1
             if self.stats.write_errors == 1 or self.stats.write_errors % 100 == 0:

@@ -1,7 +1,16 @@
-"""Prometheus ``/metrics`` for the collector, read from its counters at scrape time.
+"""The collector's counters: one table (``TABLE``) that both ``/metrics`` and the stats lines are
+made from.
 
-A custom prometheus_client collector: the hot path only bumps plain ints in ``Stats``; nothing
-is locked or copied per message. Names follow Prometheus conventions (``_total`` counters).
+The hot path only bumps plain ints in ``Stats`` (and the alert stage's, writer's and spool's own
+counters); nothing is locked or copied per message. Each row of the table names a figure once:
+Prometheus serves it as ``heatwatch_collector_<name>`` (``_total`` for counters), read at scrape
+time by a custom prometheus_client collector; every ``stats.interval_s`` the same rows become
+InfluxDB lines (``stats_lines``): unlabelled figures are fields of the ``collector`` measurement,
+a labelled family is a field of its own measurement with the label as a tag (``collector_rejects``
+by reason, ``ingest`` by station, ``collector_gc`` by generation) and, where ``total`` is set, its
+sum is a ``collector`` field too. The latency histogram is stored as its count and sum.
+Integers are stored as InfluxDB integers, clamped to int64 so a counter can never make its line
+unwritable.
 """
 
 from __future__ import annotations
@@ -9,17 +18,55 @@ from __future__ import annotations
 import gc
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector as _PromCollector
 
+from contract.influx import (
+    MEASUREMENT_COLLECTOR,
+    MEASUREMENT_COLLECTOR_GC,
+    MEASUREMENT_COLLECTOR_REJECTS,
+    MEASUREMENT_INGEST,
+)
+
 if TYPE_CHECKING:
-    from collector.app import Collector
+    from collector.alerts import AlertStage, AlertStats
+    from collector.commands import ResultStage
+    from collector.influx import InfluxWriter
+    from collector.latest import LatestStats, LatestValues
+    from collector.receipt import Receipts
+    from collector.receive import MqttReceive
+    from collector.stages import Inbox
+    from contract.config import CollectorConfig
+    from durable.queue import DiskQueue
 
 P = "heatwatch_collector_"
+
+
+@dataclass
+class Stats:
+    received: int = 0
+    accepted: int = 0  # telemetry messages that passed validation
+    values: int = 0  # readings in accepted telemetry
+    rejected: Counter[str] = field(default_factory=Counter)  # by reason
+    written: int = 0  # lines InfluxDB took
+    write_rejected: int = 0  # lines InfluxDB refused
+    influx_rejects: Counter[str] = field(default_factory=Counter)  # the same, by reason
+    acked: int = 0
+    spooled: int = 0  # lines put in the disk spool
+    drained: int = 0  # lines written from the spool to InfluxDB
+    messages: Counter[str] = field(default_factory=Counter)  # accepted telemetry by station
+    seq_gaps: Counter[str] = field(default_factory=Counter)  # by station
+    restarts: Counter[str] = field(default_factory=Counter)  # by station (new boot id)
+    restamped: Counter[str] = field(default_factory=Counter)  # by station: stored at receipt time
+    receipts: int = 0  # receipts published
+    receipted: int = 0  # messages they cover
+    receipts_dropped: int = 0  # receipts not published: too many awaiting the broker
 
 
 class GcClock:
@@ -63,6 +110,7 @@ class Histogram:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
         self.sum = 0.0
+        self.count = 0
 
     def observe_since(self, sample_ts_ms: list[int], now_s: float) -> None:
         """One observation per sample time: ``now`` − sample time (a clock behind us counts 0)."""
@@ -73,6 +121,7 @@ class Histogram:
             counts[bisect_left(bounds, d)] += 1
             total += d
         self.sum += total
+        self.count += len(sample_ts_ms)
 
     def buckets(self) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []
@@ -83,87 +132,241 @@ class Histogram:
         return out
 
 
+Number = int | float
+
+
+class Collector(Protocol):
+    """What the table reads (``collector.app.Collector``)."""
+
+    @property
+    def cfg(self) -> CollectorConfig: ...
+    @property
+    def stats(self) -> Stats: ...
+    @property
+    def writer(self) -> InfluxWriter: ...
+    @property
+    def spool(self) -> DiskQueue: ...
+    @property
+    def spooling(self) -> bool: ...
+    @property
+    def inbox(self) -> Inbox: ...
+    @property
+    def latency(self) -> Histogram: ...
+    @property
+    def alerts(self) -> AlertStage | None: ...
+    @property
+    def results(self) -> ResultStage | None: ...
+    @property
+    def latest(self) -> LatestValues | None: ...
+    @property
+    def receipts(self) -> Receipts: ...
+    @property
+    def receive(self) -> MqttReceive: ...
+
+
+# the parts of a collector that not every collector runs: the rule engine, the command-result
+# recorder and the latest-value tap (only with the alert store); their rows only where they run
+Part = Literal["alerts", "results", "latest"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One figure of the collector. ``read`` gets it from the running collector: a number, or for
+    a labelled family (``label`` set) a mapping of label value → number."""
+
+    name: str
+    doc: str
+    read: Callable[[Collector], Number | Mapping[str, Number]]
+    kind: Literal["counter", "gauge"] = "counter"
+    label: str | None = None
+    measurement: str = MEASUREMENT_COLLECTOR  # a labelled family's own measurement
+    field: str | None = None  # its field there (default: name)
+    total: bool = False  # a labelled family whose sum is also a ``collector`` field
+    member_tag: bool = True  # tagged with the collector's client_id in InfluxDB
+    part: Part | None = None  # only when the collector runs this part
+
+
+def _alert_stats(c: Collector) -> AlertStats:
+    assert c.alerts is not None
+    return c.alerts.stats
+
+
+def _results(c: Collector) -> ResultStage:
+    assert c.results is not None
+    return c.results
+
+
+def _latest(c: Collector) -> LatestStats:
+    assert c.latest is not None
+    return c.latest.stats
+
+
+_PER_GEN = ("0", "1", "2")
+
+TABLE: tuple[Row, ...] = (
+    Row("received", "MQTT messages received", lambda c: c.stats.received),
+    Row("accepted", "telemetry messages that passed validation", lambda c: c.stats.accepted),
+    Row("values", "readings in accepted telemetry", lambda c: c.stats.values),
+    Row("rejected", "messages rejected, by reason", lambda c: c.stats.rejected, label="reason",
+        measurement=MEASUREMENT_COLLECTOR_REJECTS, field="count", total=True),
+    Row("written", "lines InfluxDB accepted", lambda c: c.stats.written),
+    Row("write_rejected", "lines InfluxDB refused for good", lambda c: c.stats.write_rejected),
+    Row("influx_rejects", "lines InfluxDB refused for good, by reason (unparsable, type_conflict, "
+        "refused)", lambda c: c.stats.influx_rejects, label="reason",
+        measurement=MEASUREMENT_COLLECTOR_REJECTS, field="lines"),
+    Row("retried", "InfluxDB write attempts that failed and were retried", lambda c: c.writer.retries),
+    Row("spooled", "lines put in the disk spool while InfluxDB was unavailable", lambda c: c.stats.spooled),
+    Row("drained", "lines written from the spool to InfluxDB", lambda c: c.stats.drained),
+    Row("spool_dropped", "spooled batches dropped by the spool's byte or age bound",
+        lambda c: c.spool.dropped),
+    Row("acked", "messages acknowledged to the broker", lambda c: c.stats.acked),
+    Row("receipts", "receipts published to gateways (one per station and boot per batch)",
+        lambda c: c.stats.receipts),
+    Row("receipted", "telemetry messages receipted (stored, or rejected for good)",
+        lambda c: c.stats.receipted),
+    Row("receipts_dropped", "receipts dropped: too many stations waiting for the broker (their "
+        "gateways re-send)", lambda c: c.stats.receipts_dropped),
+    Row("receipts_waiting", "stations whose receipts wait for the broker's Receive Maximum",
+        lambda c: len(c.receipts.pending), kind="gauge"),
+    Row("published_refused", "receipts and alert transitions the broker refused (PUBACK reason, e.g. "
+        "the ACL)", lambda c: c.receive.client.refused),
+    Row("inbox_bytes", "payload bytes of the received messages waiting", lambda c: c.inbox.bytes,
+        kind="gauge"),
+    # the alert on a collector that cannot keep up watches this, not ``inbox``: a healthy busy
+    # collector's inbox is rarely empty (deliveries wait up to batch.max_delay_s for their batch)
+    Row("inbox_full", "1 while the inbox is at its bound (receive_maximum messages or "
+        "receive_max_bytes): the receive stage stops reading and the backlog waits at the broker",
+        lambda c: int(c.inbox.full), kind="gauge"),
+    Row("messages", "accepted telemetry messages, by station", lambda c: c.stats.messages,
+        label="station", measurement=MEASUREMENT_INGEST, member_tag=False),
+    Row("seq_gaps", "messages missing from gateways' sequence numbers, by station",
+        lambda c: c.stats.seq_gaps, label="station", measurement=MEASUREMENT_INGEST, total=True,
+        member_tag=False),
+    Row("restarts", "gateway restarts seen (new boot id), by station", lambda c: c.stats.restarts,
+        label="station", measurement=MEASUREMENT_INGEST, total=True, member_tag=False),
+    Row("restamped", "telemetry messages stamped more than ingest.max_future_s ahead of their "
+        "receipt (a gateway clock running fast), stored at their receipt time, by station",
+        lambda c: c.stats.restamped, label="station", measurement=MEASUREMENT_INGEST, total=True,
+        member_tag=False),
+    Row("inbox", "received messages waiting to be validated and batched",
+        lambda c: len(c.inbox.deliveries), kind="gauge"),
+    Row("spool_rows", "batches waiting in the spool", lambda c: c.spool.count, kind="gauge"),
+    Row("spool_bytes", "bytes waiting in the spool", lambda c: c.spool.bytes, kind="gauge"),
+    Row("spooling", "1 while InfluxDB is failing and batches are spooled", lambda c: int(c.spooling),
+        kind="gauge"),
+    Row("gc_seconds", "time in garbage collection, by generation",
+        lambda c: dict(zip(_PER_GEN, GC_CLOCK.seconds, strict=True)), label="generation",
+        measurement=MEASUREMENT_COLLECTOR_GC, field="seconds"),
+    Row("gc_collections", "garbage collections, by generation",
+        lambda c: dict(zip(_PER_GEN, GC_CLOCK.collections, strict=True)), label="generation",
+        measurement=MEASUREMENT_COLLECTOR_GC, field="collections"),
+    Row("alert_transitions", "alert transitions recorded in the store",
+        lambda c: _alert_stats(c).transitions, part="alerts"),
+    Row("alert_pages", "alert transitions paged (MQTT alert topic, webhooks)",
+        lambda c: _alert_stats(c).pages, part="alerts"),
+    Row("alert_published", "alert transitions published on the MQTT alert topic",
+        lambda c: _alert_stats(c).published, part="alerts"),
+    Row("alert_renotified", "unacknowledged critical alerts paged again (alerts.renotify_critical_h)",
+        lambda c: _alert_stats(c).renotified, part="alerts"),
+    Row("alert_store_retries", "alert store writes that failed and were retried",
+        lambda c: _alert_stats(c).store_retries, part="alerts"),
+    Row("webhook_sent", "pages delivered to every webhook", lambda c: _alert_stats(c).webhook_sent,
+        part="alerts"),
+    Row("webhook_failed", "pages a webhook refused for good (4xx)", lambda c: _alert_stats(c).webhook_failed,
+        part="alerts"),
+    Row("webhook_retries", "webhook deliveries that failed and were retried",
+        lambda c: _alert_stats(c).webhook_retries, part="alerts"),
+    Row("rule_samples", "readings the rule engine judged",
+        lambda c: c.alerts.engine.samples_judged if c.alerts is not None else 0, part="alerts"),
+    Row("rule_errors", "messages and ticks the rule engine failed on (their data is stored)",
+        lambda c: _alert_stats(c).rule_errors, part="alerts"),
+    Row("rules_cpu_seconds", "CPU time in the rule engine (observe, status, tick, snapshot)",
+        lambda c: _alert_stats(c).rules_cpu_ns / 1e9, part="alerts"),
+    Row("alerts_open", "alerts pending or firing in the engine",
+        lambda c: len(c.alerts.engine.lives) if c.alerts is not None else 0, kind="gauge", part="alerts"),
+    Row("command_results", "command results recorded in the store", lambda c: _results(c).recorded,
+        part="results"),
+    Row("command_results_failed", "command results the store refused for good (their lines are in "
+        "InfluxDB)", lambda c: _results(c).failed, part="results"),
+    Row("command_results_retries", "command-store writes that failed and were retried",
+        lambda c: _results(c).retries, part="results"),
+    Row("latest_entities", "stations, buildings and households with latest values held",
+        lambda c: _latest(c).entities, kind="gauge", part="latest"),
+    Row("latest_written", "latest-value rows upserted in the store", lambda c: _latest(c).written,
+        part="latest"),
+    Row("latest_flushes", "latest-value flushes that wrote rows", lambda c: _latest(c).flushes,
+        part="latest"),
+    Row("latest_write_errors", "latest-value flushes that failed (retried next round)",
+        lambda c: _latest(c).write_errors, part="latest"),
+    Row("latest_refused", "readings of entities beyond max_entities", lambda c: _latest(c).refused,
+        part="latest"),
+    Row("latest_flush_cpu_seconds", "CPU of the latest-value flushes (copy and write)",
+        lambda c: _latest(c).flush_ns / 1e9, part="latest"),
+)
+LATENCY = ("latency_seconds", "live telemetry from its sample time at the gateway to durable "
+           "(InfluxDB or spool) at the collector")
+INT64_MAX = 2**63 - 1
+
+
+def _rows(c: Collector) -> Iterator[Row]:
+    return (r for r in TABLE if r.part is None or getattr(c, r.part) is not None)
+
+
 class _Source(_PromCollector):
     def __init__(self, c: Collector) -> None:
         self.c = c
 
     def collect(self) -> Iterator[Metric]:
-        st, c = self.c.stats, self.c
-        for name, doc, value in (
-            ("received", "MQTT messages received", st.received),
-            ("accepted", "telemetry messages that passed validation", st.accepted),
-            ("values", "readings in accepted telemetry", st.values),
-            ("written", "lines InfluxDB accepted", st.written),
-            ("write_rejected", "lines InfluxDB refused for good", st.write_rejected),
-            ("retried", "InfluxDB write attempts that failed and were retried", c.writer.retries),
-            ("spooled", "lines put in the disk spool while InfluxDB was unavailable", st.spooled),
-            ("drained", "lines written from the spool to InfluxDB", st.drained),
-            ("spool_dropped", "spooled batches dropped by the spool's byte or age bound", c.spool.dropped),
-            ("acked", "messages acknowledged to the broker", st.acked),
-        ):
-            yield CounterMetricFamily(P + name, doc, value=value)
-        rejected = CounterMetricFamily(P + "rejected", "messages rejected, by reason", labels=["reason"])
-        for reason, n in sorted(st.rejected.items()):
-            rejected.add_metric([reason], n)
-        yield rejected
-        per_station = (("messages", "accepted telemetry messages", st.messages),
-                       ("seq_gaps", "messages missing from gateways' sequence numbers", st.seq_gaps),
-                       ("restarts", "gateway restarts seen (new boot id)", st.restarts))
-        for name, doc, counter in per_station:
-            m = CounterMetricFamily(P + name, doc + ", by station", labels=["station"])
-            for station, n in sorted(counter.items()):
-                m.add_metric([station], n)
+        c = self.c
+        for r in _rows(c):
+            value = r.read(c)
+            family = CounterMetricFamily if r.kind == "counter" else GaugeMetricFamily
+            if r.label is None:
+                assert not isinstance(value, Mapping)
+                yield family(P + r.name, r.doc, value=value)
+                continue
+            assert isinstance(value, Mapping)
+            m = family(P + r.name, r.doc, labels=[r.label])
+            for key, n in sorted(value.items()):
+                m.add_metric([key], n)
             yield m
-        if c.alerts is not None:
-            a = c.alerts
-            for name, doc, value in (
-                ("alert_transitions", "alert transitions recorded in the store", a.stats.transitions),
-                ("alert_pages", "alert transitions paged (MQTT alert topic, webhooks)", a.stats.pages),
-                ("alert_store_retries", "alert store writes that failed and were retried",
-                 a.stats.store_retries),
-                ("webhook_sent", "pages delivered to every webhook", a.stats.webhook_sent),
-                ("webhook_failed", "pages a webhook refused for good (4xx)", a.stats.webhook_failed),
-                ("webhook_retries", "webhook deliveries that failed and were retried",
-                 a.stats.webhook_retries),
-                ("rule_samples", "readings the rule engine judged", a.engine.samples_judged),
-                ("rule_errors", "messages and ticks the rule engine failed on (their data is stored)",
-                 a.stats.rule_errors),
-            ):
-                yield CounterMetricFamily(P + name, doc, value=value)
-            yield CounterMetricFamily(P + "rules_cpu_seconds", "CPU time in the rule engine "
-                                      "(observe, status, tick, snapshot)", value=a.stats.rules_cpu_ns / 1e9)
-            yield GaugeMetricFamily(P + "alerts_open", "alerts pending or firing in the engine",
-                                    value=len(a.engine.lives))
-        if c.latest is not None:
-            ls = c.latest.stats
-            yield GaugeMetricFamily(P + "latest_entities", "stations, buildings and households with "
-                                    "latest values held", value=ls.entities)
-            yield CounterMetricFamily(P + "latest_written", "latest-value rows upserted in the store",
-                                      value=ls.written)
-            yield CounterMetricFamily(P + "latest_write_errors", "latest-value flushes that failed "
-                                      "(retried next round)", value=ls.write_errors)
-            yield CounterMetricFamily(P + "latest_refused", "readings of entities beyond max_entities",
-                                      value=ls.refused)
-            yield CounterMetricFamily(P + "latest_flush_cpu_seconds", "CPU of the latest-value "
-                                      "flushes (copy and write)", value=ls.flush_ns / 1e9)
-        gc_s = CounterMetricFamily(P + "gc_seconds", "time in garbage collection, by generation",
-                                   labels=["generation"])
-        gc_n = CounterMetricFamily(P + "gc_collections", "garbage collections, by generation",
-                                   labels=["generation"])
-        for g in range(3):
-            gc_s.add_metric([str(g)], GC_CLOCK.seconds[g])
-            gc_n.add_metric([str(g)], GC_CLOCK.collections[g])
-        yield gc_s
-        yield gc_n
-        yield HistogramMetricFamily(
-            P + "latency_seconds", "live telemetry from its sample time at the gateway to durable "
-            "(InfluxDB or spool) at the collector", buckets=c.latency.buckets(), sum_value=c.latency.sum)
-        yield GaugeMetricFamily(P + "inbox", "received messages waiting to be validated and batched",
-                                value=c.inbox.qsize() if c.inbox is not None else 0)
-        yield GaugeMetricFamily(P + "spool_rows", "batches waiting in the spool", value=c.spool.count)
-        yield GaugeMetricFamily(P + "spool_bytes", "bytes waiting in the spool", value=c.spool.bytes)
-        yield GaugeMetricFamily(P + "spooling", "1 while InfluxDB is failing and batches are spooled",
-                                value=int(c.spooling))
+        yield HistogramMetricFamily(P + LATENCY[0], LATENCY[1], buckets=c.latency.buckets(),
+                                    sum_value=c.latency.sum)
+
+
+def _field(v: Number) -> str:
+    if type(v) is float:
+        return repr(v)
+    return f"{min(int(v), INT64_MAX)}i"
+
+
+def stats_lines(c: Collector, now_ms: int) -> list[str]:
+    """The table as InfluxDB lines (cumulative since start; Grafana takes the rate)."""
+    member = f"client_id={c.cfg.client_id}"
+    fields: dict[str, Number] = {}
+    labelled: dict[tuple[str, str, bool], dict[str, dict[str, Number]]] = {}  # → label value → fields
+    for r in _rows(c):
+        value = r.read(c)
+        if r.label is None:
+            assert not isinstance(value, Mapping)
+            fields[r.name] = value
+            continue
+        assert isinstance(value, Mapping)
+        if r.total:
+            fields[r.name] = sum(value.values())
+        per = labelled.setdefault((r.measurement, r.label, r.member_tag), {})
+        for key, n in value.items():
+            per.setdefault(key, {})[r.field or r.name] = n
+    fields[LATENCY[0] + "_count"] = c.latency.count
+    fields[LATENCY[0] + "_sum"] = float(c.latency.sum)
+    out = [f"{MEASUREMENT_COLLECTOR},{member} " + ",".join(f"{k}={_field(v)}" for k, v in fields.items())
+           + f" {now_ms}"]
+    for (measurement, label, tagged), per in labelled.items():
+        names = [r.field or r.name for r in TABLE if r.measurement == measurement]  # every field, always
+        head = f"{measurement},{member}," if tagged else f"{measurement},"
+        out += [f"{head}{label}={key} " + ",".join(f"{f}={_field(fs.get(f, 0))}" for f in names)
+                + f" {now_ms}" for key, fs in per.items()]
+    return out
 
 
 def serve(c: Collector, host: str, port: int) -> int:

@@ -13,7 +13,8 @@ Four dashboards on the InfluxDB data source heatwatch writes (measurements in
   room temperatures against 18 °C; the station's alert transitions as annotations.
 - ``alerts.json`` — the city's alerts: open now, transitions by rule and severity, the latest.
 - ``collector.json`` — the pipeline: received / accepted / written per second, rejects by
-  reason, spool, retries, sequence gaps and gateway restarts per station, alert pages.
+  reason, spool, retries, sequence gaps, gateway restarts and re-stamped messages per station,
+  alert pages.
 
 Every panel of points takes its unit from the vocabulary (``unit_of``): one unit per panel, so
 make-up flow (~0.5 m³/h) never shares an axis with circulation (~120 m³/h). Every query is raw
@@ -339,8 +340,13 @@ def collector() -> dict[str, Any]:
     b.panel("Rejected messages by reason",
             [_q("A", 'SELECT non_negative_derivative(last("count"), 1m) '
                      f'FROM "{MEASUREMENT_COLLECTOR_REJECTS}" '
-                     'WHERE $timeFilter GROUP BY time($__interval), "reason" fill(none)', "$tag_reason")],
-            unit="mpm", description="the messages themselves are in the rejects measurement")
+                     'WHERE $timeFilter GROUP BY time($__interval), "reason" fill(none)', "$tag_reason"),
+             _q("B", 'SELECT non_negative_derivative(last("lines"), 1m) '
+                     f'FROM "{MEASUREMENT_COLLECTOR_REJECTS}" '
+                     'WHERE $timeFilter GROUP BY time($__interval), "reason" fill(none)',
+                "lines InfluxDB refused: $tag_reason")],
+            unit="mpm", description="the messages themselves are in the rejects measurement; lines "
+                                    "InfluxDB refused (unparsable, type_conflict) by their reason")
     b.panel("Spool (InfluxDB unavailable)",
             [_q("A", f'SELECT last("spool_rows") FROM "{c}" WHERE $timeFilter '
                      "GROUP BY time($__interval) fill(previous)", "batches waiting"),
@@ -357,6 +363,11 @@ def collector() -> dict[str, Any]:
             [_q("A", f'SELECT non_negative_difference(last("restarts")) FROM "{MEASUREMENT_INGEST}" '
                      'WHERE $timeFilter GROUP BY time(10m), "station" fill(none)', "$tag_station")],
             description="per 10 minutes")
+    b.panel("Messages re-stamped on receipt per station (gateway clock fast)",
+            [_q("A", f'SELECT non_negative_difference(last("restamped")) FROM "{MEASUREMENT_INGEST}" '
+                     'WHERE $timeFilter GROUP BY time(10m), "station" fill(none)', "$tag_station")],
+            description="per 10 minutes; stamped past ingest.max_future_s ahead, stored at their "
+                        "receipt time (the gateway's clock_skew alert names it)")
     b.row("Alerts")
     b.panel("Alert transitions and pages per minute",
             [_q("A", f'SELECT non_negative_derivative(last("alert_transitions"), 1m) FROM "{c}" '
@@ -379,9 +390,10 @@ def report() -> dict[str, Any]:
     b = Board("heatwatch-report", "heatwatch · takeover report", tags=["heatwatch", "report"], variables=[],
               time_from="now-30d")
     hourly = ('SELECT non_negative_difference(last("makeup_total")) AS "d", mean("secondary_flow") AS "c" '
-              'FROM "station" WHERE $timeFilter GROUP BY time(1h), "station"')
-    rooms = ('SELECT mean("room_temp") AS "m" FROM "household" WHERE $timeFilter AND "room_temp" >= 5 '
-             'AND "room_temp" <= 35 GROUP BY time(1h), "station", "building", "household"')
+              f'FROM "{MEASUREMENT_STATION}" WHERE $timeFilter GROUP BY time(1h), "station"')
+    rooms = (f'SELECT mean("room_temp") AS "m" FROM "{MEASUREMENT_HOUSEHOLD}" WHERE $timeFilter '
+             'AND "room_temp" >= 5 AND "room_temp" <= 35 '
+             'GROUP BY time(1h), "station", "building", "household"')
     b.row("Make-up water")
     b.panel("Make-up rate by station over the range (%)",
             [_q("A", f'SELECT sum("d") / sum("c") * 100 AS "makeup_rate_pct" FROM ({hourly}) '
@@ -392,7 +404,8 @@ def report() -> dict[str, Any]:
                         "drops meter resets and leaves out hours after a data gap (whose water lands in one "
                         "hour here)")
     b.panel("Make-up per day by station (m³)",
-            [_q("A", 'SELECT non_negative_difference(last("makeup_total")) FROM "station" WHERE $timeFilter '
+            [_q("A", 'SELECT non_negative_difference(last("makeup_total")) '
+                     f'FROM "{MEASUREMENT_STATION}" WHERE $timeFilter '
                      'GROUP BY time($__interval), "station" fill(none)', "$tag_station")],
             unit=unit_of("makeup_total"),
             description="Totalizer growth per day (the panel's minimum interval); the report divides it by "
@@ -414,19 +427,20 @@ def report() -> dict[str, Any]:
             unit="h", kind="bargauge", thresholds=[(None, "green"), (24.0, "orange")])
     b.row("Information management")
     b.panel("Samples per hour by station",
-            [_q("A", 'SELECT count("secondary_supply_temp") FROM "station" WHERE $timeFilter '
+            [_q("A", f'SELECT count("secondary_supply_temp") FROM "{MEASUREMENT_STATION}" WHERE $timeFilter '
                      'GROUP BY time(1h), "station" fill(0)', "$tag_station")],
             description="Gaps show as zero; the report turns this into completeness against the gateway "
                         "config's poll rate, online time and a list of gaps")
     b.panel("Hours online by station",
             [_q("A", 'SELECT count("n") AS "hours_online" FROM (SELECT count("secondary_supply_temp") AS "n" '
-                     'FROM "station" WHERE $timeFilter GROUP BY time(1h), "station") GROUP BY "station"',
+                     f'FROM "{MEASUREMENT_STATION}" WHERE $timeFilter GROUP BY time(1h), "station") '
+                     'GROUP BY "station"',
                 "$tag_station")],
             kind="bargauge")
     b.row("Service")
     b.panel("Alerts raised by rule",
-            [_q("A", 'SELECT count("since") AS "raised" FROM "alerts" WHERE "state" = \'firing\' '
-                     'AND $timeFilter GROUP BY "rule"', "$tag_rule")],
+            [_q("A", f'SELECT count("since") AS "raised" FROM "{MEASUREMENT_ALERTS}" '
+                     'WHERE "state" = \'firing\' AND $timeFilter GROUP BY "rule"', "$tag_rule")],
             kind="bargauge", description="Time to acknowledge and resolve and the hotline tickets are in the "
                                          "alert store: the report (GET /v1/report/service) has them")
     return b.d

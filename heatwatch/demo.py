@@ -909,24 +909,24 @@ def _prepare_store(url: str) -> dict[str, str]:
     """Migrate the store, load the demo's households, issue the demo's tokens (fresh each run:
     the previous run's are revoked)."""
     from alerting.assets import ImportProblems, decode, parse
-    from alerting.store import Store
+    from alerting.registry import SiteRegistry
 
-    store = Store(url)
+    registry = SiteRegistry(url)
     try:
-        store.migrate()
+        registry.migrate()
         now = int(time.time() * 1000)
         try:
             assets = parse(decode(ASSETS.read_bytes()))
         except ImportProblems as exc:
             raise DemoError(f"{ASSETS}: {exc}") from None
-        store.import_assets(assets, actor=ACTOR, now=now)
+        registry.import_assets(assets, actor=ACTOR, now=now)
         tokens = {}
         for var, (name, role) in TOKENS.items():
-            store.revoke_tokens(name=name, actor=ACTOR, now=now)
-            tokens[var] = store.add_token(name=name, role=role, actor=ACTOR, now=now)
+            registry.revoke_tokens(name=name, actor=ACTOR, now=now)
+            tokens[var] = registry.add_token(name=name, role=role, actor=ACTOR, now=now)
         return tokens
     finally:
-        store.close()
+        registry.close()
 
 
 def _busy_ports(ports: Ports, configs: list[Path]) -> str | None:

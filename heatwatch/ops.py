@@ -23,7 +23,13 @@ import sys
 import time
 from pathlib import Path
 
-from contract.config import InfluxSettings, load_api_config, load_collector_config, load_config
+from contract.config import (
+    CollectorConfig,
+    InfluxSettings,
+    load_api_config,
+    load_collector_config,
+    load_config,
+)
 from contract.errors import ConfigError
 
 ADMIN_PASSWORD_ENV = "HEATWATCH_INFLUX_ADMIN_PASSWORD"
@@ -53,6 +59,15 @@ def _admin(args: argparse.Namespace) -> tuple[str, str] | None:
         return args.admin_user, _secret_file(args.admin_password_file, "--admin-password-file")
     pw = os.environ.get(ADMIN_PASSWORD_ENV)
     return (args.admin_user, pw) if pw else None
+
+
+def _plausible(cfg: CollectorConfig) -> tuple[float, float]:
+    """The room sensors' plausible range of the collector's rule file (the rollup's room means
+    use the same range as the rules and the report)."""
+    from contract.alerts import AlertRules, load_rules
+
+    rules = load_rules(cfg.alerts.rules) if cfg.alerts is not None and cfg.alerts.rules else AlertRules()
+    return rules.sensor.plausible_min, rules.sensor.plausible_max
 
 
 def _setup(args: argparse.Namespace) -> int:
@@ -86,7 +101,7 @@ def _setup(args: argparse.Namespace) -> int:
     if admin is None and users and settings.username:
         print("note: no admin credentials (--admin-password-file or $" + ADMIN_PASSWORD_ENV + "): running as "
               f"{settings.username}, who cannot create users where authentication is on", file=sys.stderr)
-    report = asyncio.run(setup(settings, admin=admin, users=users))
+    report = asyncio.run(setup(settings, admin=admin, users=users, plausible=_plausible(cfg)))
     for line in report.created:
         print(f"created: {line}")
     for rollup, n in report.backfilled.items():
@@ -313,7 +328,7 @@ def _restore(args: argparse.Namespace) -> int:
     if cfg.influx.lifecycle is not None:
         # a database's portable restore brings its retention policies and data, not its
         # continuous queries (InfluxDB 1.6): set them up again, without re-rolling the history
-        asyncio.run(setup(cfg.influx, admin=admin, backfill_new=False))
+        asyncio.run(setup(cfg.influx, admin=admin, backfill_new=False, plausible=_plausible(cfg)))
         print("restored: rollup continuous queries")
     return 0
 

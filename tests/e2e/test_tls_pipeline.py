@@ -30,13 +30,12 @@ import orjson
 import pytest
 import yaml
 
-from alerting.store import Store
+from alerting.registry import SiteRegistry
 from contract.config import MqttSettings, load_gateway_config
 from durable.queue import DiskQueue
-from heatwatch.cli import main
 from heatwatch.devstack import SimThread, free_port, port_open
 from messaging.client import Message, MqttClient
-from tests.conftest import Processes, wait_for
+from tests.conftest import Processes, heatwatch, wait_for
 from tests.control_helpers import DEVICE, GATEWAY, STATION, result_topic, write_control_gateway, write_keys
 from tests.integration.test_site_broker import SiteBroker
 
@@ -51,15 +50,15 @@ class SiteFolder:
         self.tmp = tmp
         self.port = free_port()
         self.root = tmp / "site"
-        assert main(["site", "init", str(self.root), "--broker-name", "localhost", "--listen", "127.0.0.1",
-                     "--port", str(self.port), "--conf-dir", str(self.root / "broker"),
-                     "--data-dir", str(tmp / "mqtt-data")]) == 0
+        heatwatch("site", "init", str(self.root), "--broker-name", "localhost", "--listen", "127.0.0.1",
+                  "--port", str(self.port), "--conf-dir", str(self.root / "broker"),
+                  "--data-dir", str(tmp / "mqtt-data"))
         (tmp / "mqtt-data").mkdir()
         _, self.private_key, public = write_keys(tmp / "keys")
         self.plc_port = free_port()
         plain = write_control_gateway(tmp / "gw", mqtt_port=self.port, plc_port=self.plc_port,
                                       public_key=public)
-        assert main(["site", "issue-gateway", str(self.root), str(plain)]) == 0
+        heatwatch("site", "issue-gateway", str(self.root), str(plain))
         # the gateway's config gets the mqtt: section `heatwatch site` wrote for it
         cfg = yaml.safe_load(plain.read_text())
         cfg["mqtt"] = {**self.mqtt(GATEWAY), "keepalive_s": 30}
@@ -219,10 +218,9 @@ def test_gateway_backlog_telemetry_and_an_api_command_under_tls_and_the_acl(
 
     sim = SimThread([cfg])
     store_url = f"sqlite:///{tmp_path / 'site.sqlite'}"
-    store = Store(store_url)
-    store.migrate()
-    token = store.add_token(name="eng", role="engineer", actor="test", now=int(time.time() * 1000))
-    store.close()
+    registry = SiteRegistry(store_url).open()
+    token = registry.add_token(name="eng", role="engineer", actor="test", now=int(time.time() * 1000))
+    registry.close()
     api_port = free_port()
     api_cfg = tmp_path / "api.yaml"
     api_cfg.write_text(yaml.safe_dump({

@@ -15,7 +15,8 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from alerting.store import Store
+from alerting.registry import SiteRegistry
+from alerting.rows import Principal
 from heatwatch.devstack import REPO, Influxd, Postgres, free_port
 
 
@@ -26,14 +27,6 @@ def influx_rpc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Influ
     db.start()
     yield db, rpc
     db.stop()
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    pg = Postgres(free_port())
-    pg.start()
-    yield pg
-    pg.stop()
 
 
 def hw(*args: str) -> subprocess.CompletedProcess[str]:
@@ -64,14 +57,14 @@ def test_backup_and_restore_bring_everything_back(kind: str, influx_rpc: tuple[I
         "kind": "collector", "influx": {"url": influxd.url, "database": database, "lifecycle": {}},
         "spool": {"path": str(tmp_path / "spool.sqlite")},
         "alerts": {"store": url, "state_path": str(tmp_path / "engine.state")}}))
-    store = Store(url)
+    registry = SiteRegistry(url)
     if kind == "postgresql":
-        with store.engine.begin() as conn:
+        with registry.engine.begin() as conn:
             conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    store.migrate()
+    registry.migrate()
     now = int(time.time() * 1000)
-    token = store.add_token(name="disp-li", role="dispatcher", actor="test", now=now)
-    store.close()
+    token = registry.add_token(name="disp-li", role="dispatcher", actor="test", now=now)
+    registry.close()
     (tmp_path / "engine.state").write_bytes(b"engine snapshot \x00\x01")
     hour = 3_600_000
     t0 = (now // hour - 5) * hour
@@ -89,10 +82,10 @@ def test_backup_and_restore_bring_everything_back(kind: str, influx_rpc: tuple[I
     assert "backed up: influxdb" in p.stdout and "backed up: alert store" in p.stdout
 
     # the disaster: the store emptied, the engine state and the InfluxDB database gone
-    store = Store(url)
-    with store.engine.begin() as conn:
+    registry = SiteRegistry(url)
+    with registry.engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM api_tokens"))
-    store.close()
+    registry.close()
     (tmp_path / "engine.state").unlink()
     q(influxd, f'DROP DATABASE "{database}"', database)
     refused = hw("restore", str(cfg), str(backup), "--influx-rpc", f"127.0.0.1:{rpc}")
@@ -101,17 +94,18 @@ def test_backup_and_restore_bring_everything_back(kind: str, influx_rpc: tuple[I
     p = hw("restore", str(cfg), str(backup), "--influx-rpc", f"127.0.0.1:{rpc}", "--force")
     assert p.returncode == 0, p.stderr
 
-    store = Store(url)
+    registry = SiteRegistry(url)
     try:
-        assert store.principal(token) == ("disp-li", "dispatcher")
+        assert registry.principal(token) == Principal("disp-li", "dispatcher")
     finally:
-        store.close()
+        registry.close()
     assert (tmp_path / "engine.state").read_bytes() == b"engine snapshot \x00\x01"
     assert q(influxd, "SELECT count(supply_temp) FROM station", database)[0][1] == 720
     assert q(influxd, 'SELECT count(mean_supply_temp) FROM "rollup_5m"."station"', database)[0][1] == 24
     r = httpx.post(f"{influxd.url}/query", data={"q": "SHOW CONTINUOUS QUERIES"}).json()
     cqs = [v[0] for s_ in r["results"][0]["series"] if s_["name"] == database for v in s_.get("values") or []]
-    assert len(cqs) == 2 and all(c.startswith("heatwatch_rollup_") for c in cqs)  # set up again
+    # set up again: the 5-minute rollup's CQ, the 1-hour one's and its plausible room means
+    assert len(cqs) == 3 and all(c.startswith("heatwatch_rollup_") for c in cqs)
     rps = {v[0]: v[1] for v in q(influxd, f'SHOW RETENTION POLICIES ON "{database}"', database)}
     assert rps["autogen"] == "2160h0m0s" and "rollup_1h" in rps
 

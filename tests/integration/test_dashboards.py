@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from collector.app import Collector
+from collector.stages import Batch
 from contract.alerts import Transition
 from contract.config import AlertSettings, CollectorConfig, InfluxSettings, SpoolSettings
 from contract.influx import alert_line, telemetry_lines
@@ -58,6 +59,13 @@ def _telemetry(station: str, seq: int, ts: int) -> bytes:
                          "seq": seq, "ts": ts, "values": values})
 
 
+def _handle(c: Collector, topic: str, payload: bytes) -> list[str]:
+    """One message through the collector's validate → taps → lines stages (the batch stage's chain)."""
+    b = Batch()
+    c.batcher.handle(topic, payload, int(c.clock() * 1000), b)
+    return b.lines
+
+
 @pytest.fixture
 def pipeline_data(tmp_path: Path, influxd: Influxd, influx_db: str) -> str:
     now = int(time.time() * 1000)
@@ -86,11 +94,11 @@ def pipeline_data(tmp_path: Path, influxd: Influxd, influx_db: str) -> str:
                                                state_path=str(tmp_path / "engine.state")))
     c = Collector(cfg)
     for st in ("st001", "st002"):  # status messages through the collector's own handler
-        lines += c.handle(f"heatwatch/v1/station/{st}/status", orjson.dumps({
+        lines += _handle(c, f"heatwatch/v1/station/{st}/status", orjson.dumps({
             "schema": 1, "station": st, "gateway": f"gw-{st}", "ts": now - 60_000,
             "state": "degraded" if st == "st002" else "online",
             "devices": {"plc": {"state": "online"}, "meter": {"state": "offline", "error": "timeout"}}}))
-        lines += c.handle(f"heatwatch/v1/gateway/gw-{st}/status", orjson.dumps({
+        lines += _handle(c, f"heatwatch/v1/gateway/gw-{st}/status", orjson.dumps({
             "schema": 1, "gateway": f"gw-{st}", "state": "online", "boot": "0badc0de", "stations": [st],
             "ts": now - 60_000}))
     assert not any(ln.startswith("rejects") for ln in lines), lines[-4:]

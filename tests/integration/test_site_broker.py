@@ -4,9 +4,9 @@ Every client connects through ``messaging.security.apply_security`` with the ``m
 `heatwatch site` wrote for its identity (password read from its file, TLS files beside it), so
 these tests also prove the config path a deployed gateway takes.
 
-The full pipeline (gateway → collector) under TLS waits for the shared asyncio MQTT client
-(issue #20's remote-control work moves the gateway and collector onto it); the lead wires
-``apply_security`` into it at merge, and a pipeline test under TLS comes with that.
+The collector's receive stage builds its own paho client and calls ``apply_security`` too: the
+last test runs a collector process as the site's ``heatwatch-collector`` identity, under TLS,
+with a gateway identity publishing to it.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ import os
 import signal
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
@@ -28,12 +30,23 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from alerting.commands import CommandStore
+from alerting.database import Database
+from alerting.rows import CommandDetail
+from contract.commands import CommandResult
 from contract.config import MqttSettings
-from heatwatch.cli import main
-from heatwatch.devstack import _Service, find_binary, free_port
+from contract.errors import NotFound
+from heatwatch.devstack import Influxd, _Service, find_binary, free_port
 from heatwatch.site import SiteDir
 from messaging.security import apply_security
-from tests.conftest import wait_for, write_gateway_config
+from tests.conftest import (
+    Processes,
+    heatwatch,
+    influx_query,
+    wait_for,
+    write_collector_config,
+    write_gateway_config,
+)
 
 R = "heatwatch/v1"
 
@@ -78,13 +91,13 @@ class Site:
 def site(tmp_path: Path) -> Iterator[tuple[Site, SiteBroker]]:
     port = free_port()
     root = tmp_path / "site"
-    assert main(["site", "init", str(root), "--broker-name", "localhost", "--broker-ip", "127.0.0.1",
-                 "--listen", "127.0.0.1", "--port", str(port), "--conf-dir", str(root / "broker"),
-                 "--data-dir", str(tmp_path / "mqtt-data")]) == 0
+    heatwatch("site", "init", str(root), "--broker-name", "localhost", "--broker-ip", "127.0.0.1",
+              "--listen", "127.0.0.1", "--port", str(port), "--conf-dir", str(root / "broker"),
+              "--data-dir", str(tmp_path / "mqtt-data"))
     (tmp_path / "mqtt-data").mkdir()
     gateways = {s: write_gateway_config(tmp_path / "gw", s, mqtt_port=port, plc_port=free_port(),
                                         bus_port=free_port()) for s in ("st001", "st002")}
-    assert main(["site", "issue-gateway", str(root), *map(str, gateways.values())]) == 0
+    heatwatch("site", "issue-gateway", str(root), *map(str, gateways.values()))
     broker = SiteBroker(root, port)
     broker.start()
     yield Site(root, port, gateways), broker
@@ -208,10 +221,11 @@ def test_each_identity_gets_its_part_and_no_more(site: tuple[Site, SiteBroker]) 
     b_topics = (f"{R}/station/st002/", f"{R}/gateway/gw-st002/")
     assert not any(t.startswith(b_topics) for t, _ in collector.messages)
 
-    # A reads its own commands, not B's, and no telemetry at all
+    # A reads its own commands and receipts, not B's, and no telemetry at all
     assert not gw_a.subscribe(f"{R}/station/st001/command/+")[0].is_failure
+    assert not gw_a.subscribe(f"{R}/station/st001/receipt")[0].is_failure
     for f in (f"{R}/station/st002/command/+", f"{R}/station/+/command/+", f"{R}/station/+/telemetry",
-              f"{R}/station/st002/telemetry", "#"):
+              f"{R}/station/st002/telemetry", f"{R}/station/st002/receipt", f"{R}/station/+/receipt", "#"):
         # mosquitto 2.0 grants any filter and then delivers only what the ACL lets this user read
         gw_a.subscribe(f)
     gw_b.publish(f"{R}/station/st002/telemetry", b"b-data")
@@ -222,9 +236,13 @@ def test_each_identity_gets_its_part_and_no_more(site: tuple[Site, SiteBroker]) 
     wait_for(lambda: gw_a.got(f"{R}/station/st001/command/x2"), 10, "A's own command")
     assert {t for t, _ in gw_a.messages} == {f"{R}/station/st001/command/x2"}, gw_a.messages
 
-    # the collector publishes alerts and receipts, never telemetry or commands
+    # the collector publishes alerts and receipts, never telemetry or commands; a gateway reads the
+    # receipts of its own stations only (B's first: once A's is in, B's would be in too)
     assert collector.publish(f"{R}/alert/st001").is_failure is False
+    assert collector.publish(f"{R}/station/st002/receipt").is_failure is False
     assert collector.publish(f"{R}/station/st001/receipt").is_failure is False
+    wait_for(lambda: gw_a.got(f"{R}/station/st001/receipt"), 10, "A's receipt")
+    assert not gw_a.got(f"{R}/station/st002/receipt")
     assert collector.publish(f"{R}/station/st001/telemetry").getName() == "Not authorized"
     assert collector.publish(f"{R}/station/st001/command/c9").getName() == "Not authorized"
     # the API publishes commands only
@@ -239,7 +257,7 @@ def test_a_revoked_gateway_is_refused(site: tuple[Site, SiteBroker], tmp_path: P
     gw_b = s.settings("gw-st002")
     before = Client(s, gw_b)  # B stays connected through its revocation
     assert before.connected and before.publish(f"{R}/station/st002/telemetry").is_failure is False
-    assert main(["site", "revoke", str(s.root), "gw-st002"]) == 0
+    heatwatch("site", "revoke", str(s.root), "gw-st002")
     acl = (s.root / "broker" / "acl").read_text()
     assert "gw-st002" not in acl and "st002" not in acl.replace("+", "")
     assert "gw-st002:" not in (s.root / "broker" / "passwd").read_text()
@@ -272,7 +290,7 @@ def test_a_revoked_gateway_is_refused(site: tuple[Site, SiteBroker], tmp_path: P
     # issued again, B gets in with the new credentials; its old certificate stays refused
     old_cert = (s.root / "identities/gw-st002/client.crt").read_bytes()
     old_key = (s.root / "identities/gw-st002/client.key").read_bytes()
-    assert main(["site", "issue-gateway", str(s.root), str(s.gateways["st002"])]) == 0
+    heatwatch("site", "issue-gateway", str(s.root), str(s.gateways["st002"]))
     broker.reload()
     assert Client(s, s.settings("gw-st002")).connected
     keep = tmp_path / "old"
@@ -283,3 +301,58 @@ def test_a_revoked_gateway_is_refused(site: tuple[Site, SiteBroker], tmp_path: P
     stale = s.settings("gw-st002", tls={"ca_file": str(s.root / "broker/ca.crt"),
                                         "cert_file": str(keep / "c.crt"), "key_file": str(keep / "c.key")})
     assert not Client(s, stale).connected
+
+
+def test_the_collector_ingests_through_the_sites_tls_broker_as_its_own_identity(
+        site: tuple[Site, SiteBroker], tmp_path: Path, influxd: Influxd, influx_db: str,
+        procs: Processes) -> None:
+    """The collector process with the ``mqtt:`` section `heatwatch site` wrote for it (TLS, client
+    certificate, password file beside the config): it connects, subscribes to what its ACL gives
+    it, and stores a burst of telemetry from a gateway identity and records a command result. A
+    receive window of 5 makes the receive stage stop and resume reading many times with whole
+    messages already decrypted in the TLS layer, where the selector cannot see them."""
+    s, _ = site
+    ident = s.root / "identities" / "heatwatch-collector"
+    mqtt_section = yaml.safe_load((ident / "mqtt.yaml").read_text())["mqtt"]  # paths relative to it
+    url = f"sqlite:///{tmp_path / 'site.sqlite'}"
+    cfg = write_collector_config(ident, mqtt_port=s.port, influx_url=influxd.url, database=influx_db,
+                                 client_id="heatwatch-collector", mqtt=mqtt_section, receive_maximum=5,
+                                 alerts={"store": url, "state_path": str(tmp_path / "engine.state")})
+    procs.start("collector", "collector", str(cfg))
+    procs.wait_log("collector", '"subscribed"')
+    gw = Client(s, s.settings("gw-st001"))
+    assert gw.connected, gw.connack
+    n, now = 400, int(time.time() * 1000)
+    infos = [gw.c.publish(f"{R}/station/st001/telemetry", orjson.dumps({
+        "schema": 1, "station": "st001", "gateway": "gw-st001", "boot": "0badc0de", "seq": i + 1,
+        "ts": now - (n - i) * 1000, "values": [{"point": "secondary_supply_temp", "value": 50.0 + i / 100,
+                                                "unit": "°C", "quality": "good"}]}), qos=1)
+             for i in range(n)]
+    result = CommandResult.model_validate({
+        "id": "c1", "station": "st001", "gateway": "gw-st001", "state": "confirmed", "device": "plc",
+        "point": "building_valve_setpoint", "building": "b01", "value": 70.0, "read_back": 70.0, "ts": now})
+    infos.append(gw.c.publish(f"{R}/station/st001/command-result/c1", result.to_json(), qos=1))
+    wait_for(lambda: all(gw.puback.get(i.mid) is not None for i in infos), 20, "the broker's PUBACKs")
+    assert not any(gw.puback[i.mid].is_failure for i in infos)
+
+    def stored() -> int:
+        got = influx_query(influxd, influx_db, "SELECT count(secondary_supply_temp) FROM station")
+        return int(got[0]["values"][0][1]) if got else 0
+
+    wait_for(lambda: stored() == n, 30, f"{n} messages in InfluxDB")
+    db = Database(url)
+    commands = CommandStore(db.engine)
+
+    def recorded() -> CommandDetail | None:
+        try:
+            return commands.get("c1")
+        except NotFound:  # recorded alongside the write, not before it: may trail the count
+            return None
+
+    try:
+        got = wait_for(recorded, 20, "the result in the store")
+        assert (got.state, got.origin) == ("confirmed", "broker")
+    finally:
+        db.close()
+    gw.close()
+    assert "broker refused" not in procs.log("collector")

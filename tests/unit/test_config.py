@@ -337,3 +337,27 @@ def test_check_config_reads_the_control_blocks_key_files(tmp_path: Path) -> None
     (tmp_path / "keys" / "control.pub").write_bytes(generate_keypair()[1])
     ok = check()
     assert ok.returncode == 0 and "62 points, 8 writable" in ok.stdout
+
+
+@pytest.mark.parametrize(("points", "why"), [
+    # 5,001 bits: more values than one message holds
+    ([{"point": f"x_b{i}", "table": "coil", "address": i, "type": "bool"} for i in range(5001)],
+     "5,001 points make messages of up to"),
+    # 1,200 text points of 64 registers: 128 control characters each, 6 bytes apiece escaped
+    ([{"point": f"x_label_{i:04d}", "table": "holding_register" if i < 1000 else "input_register",
+       "address": 64 * (i % 1000), "type": "string", "length": 64, "unit": ""} for i in range(1200)],
+     "1,200 points make messages of up to 1,0"),
+])
+def test_a_poll_group_whose_message_could_outgrow_the_wire_is_refused(tmp_path: Path, points: list[object],
+                                                                     why: str) -> None:
+    # the broker (message_size_limit) and the collector refuse a payload over 1 MB: the gateway
+    # would be refused every cycle, so the config is, naming the group
+    p = tmp_path / "gw.yaml"
+    p.write_text(yaml.safe_dump({
+        "kind": "gateway", "gateway": "g", "station": "s", "outbox": {"path": "/tmp/x"},
+        "poll_groups": {"fast": {"interval_s": 5}},
+        "devices": [{"name": "d", "host": "h", "addressing": "zero_based", "points": points}]}))
+    with pytest.raises(ConfigError) as exc:
+        load_gateway_config(p)
+    assert f"{p}: poll_groups.fast: {why}" in str(exc.value)
+    assert "spread the points over more poll groups" in str(exc.value)
