@@ -3,7 +3,7 @@ default): telemetry in → the alert in the store before the PUBACK, on the MQTT
 InfluxDB (the collector stores the alert topic) and at a webhook (which fails first, and is
 retried); SIGKILLed while an alert is pending → after the
 restart it fires on the original schedule; a restart pages no station before it could hear from
-it; command results recorded once; the latest table kept for the hotline."""
+it; command results recorded once, and acknowledged only once the store has them."""
 
 from __future__ import annotations
 
@@ -270,4 +270,31 @@ def test_command_results_are_recorded_once(tmp_path: Path, mosquitto: Mosquitto,
     assert len(c1["events"]) == 1  # the redelivery changed nothing
     assert (cs.get("c4")["state"], cs.get("c4")["result_code"]) == ("failed", 2)
     wait_for(lambda: '"reason": "topic_mismatch"' in procs.log("alerter"), 10, "the mismatch logged")
+    store.close()
+
+
+def test_nothing_is_acknowledged_before_the_store_has_it(tmp_path: Path, mosquitto: Mosquitto,
+                                                         procs: Processes) -> None:
+    """The store locked by another writer: the alerter holds its batch (a command result) and
+    acknowledges nothing; once the lock goes, the result is recorded, then acknowledged."""
+    import sqlite3
+
+    url_path = tmp_path / "site.sqlite"
+    port = free_port()
+    start(procs, "alerter", write_alerter_config(tmp_path, mqtt_port=mosquitto.port, store=f"sqlite:///{url_path}",
+                                                 metrics={"port": port}))
+    lock = sqlite3.connect(url_path, timeout=1)
+    lock.execute("BEGIN EXCLUSIVE")  # another writer holds the database
+    try:
+        publish(mosquitto.port, [("heatwatch/v1/station/st001/command-result/c7", _result("c7"))])
+        wait_for(lambda: "alert store unavailable; holding the batch" in procs.log("alerter"), 60,
+                 "the alerter holding its batch")
+        assert metric(port, "heatwatch_alerter_acked_total") == 0
+    finally:
+        lock.rollback()
+        lock.close()
+    store = Store(f"sqlite:///{url_path}")
+    cs = CommandStore(store.engine)
+    wait_for(lambda: cs.query(station="st001").total == 1, 60, "the result recorded once the lock went")
+    wait_for(lambda: metric(port, "heatwatch_alerter_acked_total") == 1, 20, "then acknowledged")
     store.close()
