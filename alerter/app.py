@@ -38,7 +38,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy.exc
 import structlog
 
 from alerter import metrics
@@ -54,7 +53,7 @@ from alerting.store import Store
 from contract import topics
 from contract.alerts import AlertRules, load_rules
 from contract.config import AlerterConfig
-from contract.errors import CannotOpen
+from contract.errors import CannotOpen, DatabaseUnavailable, InvalidInput
 from messaging.client import Message, MqttClient
 
 log = structlog.get_logger("heatwatch.alerter")
@@ -124,11 +123,11 @@ class Alerter:
         try:
             self.leases.ensure()
         except PartitionCountMismatch as exc:
-            raise CannotOpen("alert store", self.store._shown(), str(exc), "partitions.count") from None
+            raise CannotOpen("alert store", self.store.db.shown, str(exc), "partitions.count") from None
         if self.sqlite:
             others = self.leases.others_alive(self.member)
             if others:
-                raise CannotOpen("alert store", self.store._shown(),
+                raise CannotOpen("alert store", self.store.db.shown,
                                  f"alerter member {others[0]} runs on it already: a SQLite store takes "
                                  "one member (several share a PostgreSQL store)", "alerts.store")
         self.judge.set_silences(self.store.active_silences(int(self.clock() * 1000)))
@@ -225,7 +224,7 @@ class Alerter:
             try:
                 out = await asyncio.to_thread(self.recorder.commit, pending, epochs, int(self.clock() * 1000))
                 break
-            except sqlalchemy.exc.OperationalError as exc:  # locked, disk, server gone: keep trying
+            except DatabaseUnavailable as exc:  # locked, disk, server gone: keep trying
                 self.stats.store_retries += 1
                 if self.stats.store_retries == 1 or delay >= RETRY_MAX_S:
                     log.warning("alert store unavailable; holding the batch", error=str(exc)[:300])
@@ -331,7 +330,7 @@ class Alerter:
             snap = await self._snapshots_out.get()
             try:
                 ok = await asyncio.to_thread(self.recorder.save_snapshot, snap)
-            except sqlalchemy.exc.OperationalError as exc:  # the next one (snapshot_s later) carries it
+            except DatabaseUnavailable as exc:  # the next one (snapshot_s later) carries it
                 log.warning("could not write a partition snapshot; retrying later", partition=snap.part,
                             error=str(exc)[:200])
                 ok = True
@@ -377,7 +376,8 @@ class Alerter:
             try:
                 await self._round(started, free_rounds)
                 self.stats.rounds += 1
-            except sqlalchemy.exc.SQLAlchemyError as exc:  # the store away: the next round tries again
+            except (DatabaseUnavailable, InvalidInput) as exc:  # the store away (or a race refused a row):
+                # the next round tries again
                 self.stats.round_errors += 1
                 if self.stats.round_errors == 1 or self.stats.round_errors % 20 == 0:
                     log.warning("lease round failed; retrying", error=str(exc)[:200])
@@ -419,7 +419,7 @@ class Alerter:
                     if seen:
                         await asyncio.to_thread(self.store.touch, seen)
                     await self._renotify(now)
-            except sqlalchemy.exc.OperationalError as exc:  # the next round carries them
+            except DatabaseUnavailable as exc:  # the next round carries them
                 log.warning("could not read or write the alert store; retrying later", error=str(exc)[:200])
 
     async def _renotify(self, now: int) -> None:

@@ -29,6 +29,7 @@ import sqlalchemy.exc
 import structlog
 
 from alerting.latest import LatestTable, Place, Row
+from contract.errors import HeatwatchError
 from contract.payload import Frame, GatewayStatus, StationStatus
 
 log = structlog.get_logger("heatwatch.alerter.latest")
@@ -171,7 +172,7 @@ class LatestValues:
 
         try:
             write_ns = await asyncio.to_thread(write)
-        except sqlalchemy.exc.SQLAlchemyError as exc:  # locked, disk, server gone: next round
+        except (HeatwatchError, sqlalchemy.exc.SQLAlchemyError) as exc:  # locked, disk, gone: next round
             self.dirty.update((r[0], r[1]) for r in rows)
             self.stats.write_errors += 1
             if self.stats.write_errors == 1 or self.stats.write_errors % 100 == 0:

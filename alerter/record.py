@@ -8,6 +8,9 @@ the outbox rows for what was recorded are written (the alert topic, and the page
 wants). Partitions lost since (another member holds them now) write nothing: their new owner
 judges those messages from its standby.
 
+A store outage leaves as the contract's DatabaseUnavailable (``alerting.database.connected``):
+the caller holds the batch unacknowledged and retries.
+
 Also here, fenced the same way: a partition's snapshot (``save_snapshot``), and the
 re-notification of critical alerts nobody acknowledged (``renotify``).
 """
@@ -23,6 +26,7 @@ import sqlalchemy as sa
 from alerter.judge import Pending
 from alerting import schema
 from alerting.commands import CommandStore
+from alerting.database import connected
 from alerting.outbox import MQTT, WEBHOOK, Outbox
 from alerting.partitions import Leases
 from alerting.store import Store
@@ -64,7 +68,7 @@ class Recorder:
         parts = pending.parts()
         if not parts:
             return out
-        with self.store.engine.begin() as conn:
+        with connected(self.store.engine, self.store.WHAT, write=True) as conn:
             held = {p: epochs[p] for p in parts if p in epochs}
             kept = self.leases.fence(conn, self.owner, held)
             out.lost = parts - kept
@@ -95,7 +99,7 @@ class Recorder:
 
     def save_snapshot(self, s: Snapshot) -> bool:
         """The partition's snapshot, if it is still ours (False: lost, nothing written)."""
-        with self.store.engine.begin() as conn:
+        with connected(self.store.engine, self.store.WHAT, write=True) as conn:
             if s.part not in self.leases.fence(conn, self.owner, {s.part: s.epoch}):
                 return False
             self.leases.save_state(conn, self.owner, s.part, s.epoch, s.blob, s.recent, taken_at=s.taken_at,
@@ -110,7 +114,7 @@ class Recorder:
         outbox rows together."""
         a, ev = schema.alerts, schema.alert_events
         due: list[tuple[int, int, Transition]] = []
-        with self.store.engine.begin() as conn:
+        with connected(self.store.engine, self.store.WHAT, write=True) as conn:
             last = (sa.select(ev.c.alert_id, sa.func.max(ev.c.ts).label("at"))
                     .where(ev.c.kind == RENOTIFIED).group_by(ev.c.alert_id).subquery())
             rows = conn.execute(

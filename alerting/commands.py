@@ -12,6 +12,7 @@ Calls are synchronous; async callers wrap them in ``asyncio.to_thread``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,15 +20,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from alerting import schema
-from alerting.store import Conflict, NotFound, Page
+from alerting.database import columns, connected
+from alerting.registry import write_audit
+from alerting.rows import CommandDetail, CommandEvent, CommandRecord, Page
 from contract.commands import FINAL, CommandResult, Reason, State
-from contract.errors import InvalidInput
+from contract.errors import Conflict, Forbidden, NotFound
 
 RECLAIM_AFTER_MS = 10_000  # a claimed command not yet marked sent is offered again (its sender died)
-
-
-class Forbidden(InvalidInput):
-    """Not this person (the issuer confirming their own command): the API answers 403."""
+_COMMAND = columns(schema.commands, CommandRecord)
+_EVENT = columns(schema.command_events, CommandEvent)
 
 
 @dataclass(frozen=True)
@@ -57,22 +58,29 @@ def _target(r: Any) -> str:
 
 
 class CommandStore:
+    WHAT = "command store"  # how an outage is named (alerting/database.py)
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+
+    def _read(self) -> AbstractContextManager[Connection]:
+        return connected(self.engine, self.WHAT)
+
+    def _write(self) -> AbstractContextManager[Connection]:
+        return connected(self.engine, self.WHAT, write=True)
 
     def _event(self, conn: Connection, cid: str, kind: str, state: str, now: int, actor: str | None,
                detail: dict[str, Any], target: str) -> None:
         conn.execute(schema.command_events.insert().values(command_id=cid, ts=now, kind=kind, state=state,
                                                            actor=actor, detail=detail))
-        conn.execute(schema.audit.insert().values(at=now, actor=actor or "gateway", action=f"command.{kind}",
-                                                  target=target[:300], detail={"command": cid, **detail}))
+        write_audit(conn, now, actor or "gateway", f"command.{kind}", target, {"command": cid, **detail})
 
     # -- the API's side ---------------------------------------------------------------------------
-    def create(self, c: NewCommand) -> dict[str, Any]:
+    def create(self, c: NewCommand) -> CommandDetail:
         state = State.AWAITING_CONFIRMATION if c.needs_confirmation else State.REQUESTED
         row = asdict(c) | {"state": state.value, "origin": "api",
                            "claimed_at": c.created_at if c.payload is not None else None}
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(schema.commands.insert().values(**row))
             r = conn.execute(sa.select(schema.commands).where(schema.commands.c.id == c.id)).one()
             self._event(conn, c.id, "requested", state.value, c.created_at, c.issuer,
@@ -81,12 +89,12 @@ class CommandStore:
         return self.get(c.id)
 
     def confirm(self, cid: str, *, actor: str, now: int,
-                sign: Callable[[dict[str, Any]], bytes] | None = None) -> dict[str, Any]:
+                sign: Callable[[CommandRecord], bytes] | None = None) -> CommandDetail:
         """The second engineer's confirmation of a station-wide setpoint. With ``sign`` (the row →
         its signed bytes) the command is claimed for its confirmer to publish at once."""
         t = schema.commands
-        with self.engine.begin() as conn:
-            r = conn.execute(sa.select(t).where(t.c.id == cid)).first()
+        with self._write() as conn:
+            r = conn.execute(sa.select(*_COMMAND).where(t.c.id == cid)).first()
             if r is None:
                 raise NotFound(f"command {cid} does not exist", "not_found")
             if r.state != State.AWAITING_CONFIRMATION:
@@ -96,18 +104,18 @@ class CommandStore:
                                 "same_person")
             if now > r.deadline:
                 raise Conflict(f"command {cid} passed its deadline unconfirmed", "deadline_passed")
-            signed = {} if sign is None else {"payload": sign(dict(r._mapping)), "claimed_at": now}
+            signed = {} if sign is None else {"payload": sign(CommandRecord(*r)), "claimed_at": now}
             conn.execute(t.update().where(t.c.id == cid, t.c.state == State.AWAITING_CONFIRMATION)
                          .values(state=State.REQUESTED.value, confirmed_by=actor, confirmed_at=now, **signed))
             self._event(conn, cid, "confirmed", State.REQUESTED.value, now, actor, {}, _target(r))
         return self.get(cid)
 
-    def claim(self, now: int, limit: int = 100) -> list[dict[str, Any]]:
+    def claim(self, now: int, limit: int = 100) -> list[CommandRecord]:
         """Commands to publish now, claimed for ``RECLAIM_AFTER_MS`` so other API workers leave
         them be. Expires, first, what can no longer go: unconfirmed past the deadline, and
         requested ones past it that were never handed to the broker."""
         t = schema.commands
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             overdue = conn.execute(sa.select(t).where(
                 t.c.deadline < now, sa.or_(t.c.state == State.AWAITING_CONFIRMATION,
                                            sa.and_(t.c.state == State.REQUESTED, t.c.payload.is_(None))))
@@ -122,23 +130,23 @@ class CommandStore:
                     result_at=now))
                 self._event(conn, r.id, "expired", State.EXPIRED.value, now, None, {"reason": why.value},
                             _target(r))
-            rows = conn.execute(sa.select(t).where(
+            rows = [CommandRecord(*r) for r in conn.execute(sa.select(*_COMMAND).where(
                 t.c.state == State.REQUESTED, t.c.deadline >= now,
                 sa.or_(t.c.claimed_at.is_(None), t.c.claimed_at < now - RECLAIM_AFTER_MS))
-                .order_by(t.c.created_at).limit(limit)).mappings().all()
-            for m in rows:
-                conn.execute(t.update().where(t.c.id == m["id"]).values(claimed_at=now))
-        return [dict(m) for m in rows]
+                .order_by(t.c.created_at).limit(limit))]
+            for c in rows:
+                conn.execute(t.update().where(t.c.id == c.id).values(claimed_at=now))
+        return rows
 
     def set_payload(self, cid: str, payload: bytes) -> None:
         t = schema.commands
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(t.update().where(t.c.id == cid, t.c.payload.is_(None)).values(payload=payload))
 
     def mark_sent(self, cid: str, now: int) -> None:
         """The broker acknowledged it. A result may have come first (a quick gateway): it stays."""
         t = schema.commands
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             r = conn.execute(sa.select(t).where(t.c.id == cid)).first()
             if r is None or r.sent_at is not None:
                 return
@@ -153,7 +161,7 @@ class CommandStore:
                       household: str | None) -> int | None:
         """When this point was last sent a command that may have written it."""
         t = schema.commands
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             v = conn.execute(sa.select(sa.func.max(t.c.sent_at)).where(
                 t.c.station == station, t.c.device == device, t.c.point == point,
                 t.c.building.is_(None) if building is None else t.c.building == building,
@@ -167,7 +175,7 @@ class CommandStore:
         result already recorded changes nothing; the first final state stands."""
         if not results:
             return 0
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             return self.record_results_in(conn, results, now)
 
     def record_results_in(self, conn: Connection, results: Sequence[CommandResult], now: int) -> int:
@@ -200,18 +208,26 @@ class CommandStore:
         return changed
 
     # -- reading ----------------------------------------------------------------------------------
-    def get(self, cid: str) -> dict[str, Any]:
+    def get(self, cid: str) -> CommandDetail:
         t, ev = schema.commands, schema.command_events
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(t).where(t.c.id == cid)).mappings().first()
+        with self._read() as conn:
+            row = conn.execute(sa.select(*_COMMAND).where(t.c.id == cid)).first()
             if row is None:
                 raise NotFound(f"command {cid} does not exist", "not_found")
-            events = conn.execute(sa.select(ev).where(ev.c.command_id == cid)
-                                  .order_by(ev.c.ts, ev.c.id)).mappings().all()
-        return {**row, "events": [dict(e) for e in events]}
+            events = [CommandEvent(*e) for e in conn.execute(
+                sa.select(*_EVENT).where(ev.c.command_id == cid).order_by(ev.c.ts, ev.c.id))]
+        return CommandDetail(**row._mapping, events=events)
+
+    def issued(self, start: int, end: int) -> list[CommandRecord]:
+        """Commands created in [start, end), oldest first (the takeover report's remote control)."""
+        t = schema.commands
+        with self._read() as conn:
+            return [CommandRecord(*r) for r in conn.execute(
+                sa.select(*_COMMAND).where(t.c.created_at >= start, t.c.created_at < end)
+                .order_by(t.c.created_at, t.c.id))]
 
     def query(self, *, station: str | None = None, building: str | None = None,
-              state: Sequence[str] | None = None, limit: int = 50, offset: int = 0) -> Page:
+              state: Sequence[str] | None = None, limit: int = 50, offset: int = 0) -> Page[CommandRecord]:
         t = schema.commands
         conds: list[Any] = []
         if station is not None:
@@ -221,8 +237,9 @@ class CommandStore:
         if state:
             conds.append(t.c.state.in_(list(state)))
         where = sa.and_(sa.true(), *conds)
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             total = conn.execute(sa.select(sa.func.count()).select_from(t).where(where)).scalar_one()
-            rows = conn.execute(sa.select(t).where(where).order_by(t.c.created_at.desc(), t.c.id)
-                                .limit(limit).offset(offset)).mappings().all()
-        return Page([dict(r) for r in rows], int(total))
+            rows = [CommandRecord(*r) for r in conn.execute(
+                sa.select(*_COMMAND).where(where).order_by(t.c.created_at.desc(), t.c.id)
+                .limit(limit).offset(offset))]
+        return Page(rows, int(total))

@@ -29,6 +29,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from alerting import schema
+from alerting.database import columns, connected
+from alerting.rows import HouseholdNow, HouseholdRow
 
 # what upsert writes: station, building, ts, points, households (JSON text or None), state,
 # state_ts, gateway_state — serialised by the caller, so the write is one executemany in the driver
@@ -66,7 +68,8 @@ def _now_stmt() -> sa.Select[Any]:
     and its building (either may be missing)."""
     h, b, st, lt = schema.households, schema.buildings, schema.stations, schema.latest
     ls, lb = lt.alias("ls"), lt.alias("lb")
-    return (sa.select(h, b.c.address, st.c.name.label("station_name"), st.c.gateway,
+    return (sa.select(*columns(h, HouseholdRow), b.c.address, st.c.name.label("station_name"),
+                      st.c.gateway,
                       ls.c.ts.label("station_ts"), ls.c.points.label("station_points"),
                       ls.c.state.label("station_state"), ls.c.gateway_state,
                       lb.c.ts.label("building_ts"), lb.c.points.label("building_points"),
@@ -82,6 +85,8 @@ _NOW = _now_stmt()  # built once: building a Core statement costs more than runn
 
 
 class LatestTable:
+    WHAT = "alert store"  # its table: how an outage is named (alerting/database.py)
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         # plain SQL through the driver's executemany: SQLAlchemy's per-row parameter processing
@@ -97,28 +102,27 @@ class LatestTable:
         """Write whole rows (``Place.row``), ``chunk`` a transaction: the alert store's other
         writer (the alerter's commit, before PUBACKs) never waits behind a long one."""
         for i in range(0, len(rows), chunk):
-            with self.engine.begin() as conn:
+            with connected(self.engine, self.WHAT, write=True) as conn:
                 conn.exec_driver_sql(self._sql, [(*r, now) for r in rows[i:i + chunk]])
 
     def load(self) -> list[Place]:
         t = schema.latest
-        with self.engine.connect() as conn:
+        with connected(self.engine, self.WHAT) as conn:
             return [Place(r.station, r.building, r.ts, r.points, r.households or {}, r.state, r.state_ts,
                           r.gateway_state)
                     for r in conn.execute(sa.select(t.c.station, t.c.building, t.c.ts, t.c.points,
                                                     t.c.households, t.c.state, t.c.state_ts,
                                                     t.c.gateway_state))]
 
-    def household(self, code: str) -> dict[str, Any] | None:
-        """The household ``code`` with its address and station, and its chain's latest values:
-        ``station_ts``, ``station_points``, ``station_state``, ``gateway_state``,
-        ``building_ts``, ``building_points``, and ``room_ts`` / ``room_points`` of its sensor
-        (None where nothing reported)."""
-        with self.engine.connect() as conn:
-            row = conn.execute(_NOW, {"code": code}).mappings().first()
+    def household(self, code: str) -> HouseholdNow | None:
+        """The household ``code`` with its address and station, and its chain's latest values
+        (None where nothing reported); the room's are its sensor's, from its building's row."""
+        with connected(self.engine, self.WHAT) as conn:
+            row = conn.execute(_NOW, {"code": code}).first()
         if row is None:
             return None
-        out = dict(row)
-        room = (out.pop("building_households") or {}).get(out["sensor"]) if out["sensor"] else None
-        out["room_ts"], out["room_points"] = (room["ts"], room["points"]) if room else (None, None)
-        return out
+        m = dict(row._mapping)
+        households = m.pop("building_households") or {}
+        room = households.get(row.sensor) if row.sensor else None
+        return HouseholdNow(**m, room_ts=room["ts"] if room else None,
+                            room_points=room["points"] if room else None)

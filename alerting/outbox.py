@@ -11,6 +11,7 @@ that must not see a page twice dedupes on the transition's ``key`` and ``ts``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import msgspec
@@ -18,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from alerting import schema
+from alerting.database import connected
 from contract.alerts import Transition
 
 MQTT, WEBHOOK = "mqtt", "webhook"
@@ -34,8 +36,16 @@ class Row:
 
 
 class Outbox:
+    WHAT = "alert store"  # its table: how an outage is named (alerting/database.py)
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+
+    def _read(self) -> AbstractContextManager[Connection]:
+        return connected(self.engine, self.WHAT)
+
+    def _write(self) -> AbstractContextManager[Connection]:
+        return connected(self.engine, self.WHAT, write=True)
 
     @staticmethod
     def add(conn: Connection, part: int, sink: str, transitions: Sequence[Transition], now: int) -> None:
@@ -50,7 +60,7 @@ class Outbox:
         if not want:
             return []
         o = schema.alert_outbox
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return [Row(int(r.id), int(r.part), r.sink, r.key, bytes(r.payload), int(r.attempts))
                     for r in conn.execute(sa.select(o).where(o.c.part.in_(want), o.c.sink == sink)
                                           .order_by(o.c.id).limit(limit))]
@@ -58,12 +68,12 @@ class Outbox:
     def done(self, ids: Sequence[int]) -> None:
         if ids:
             o = schema.alert_outbox
-            with self.engine.begin() as conn:
+            with self._write() as conn:
                 conn.execute(o.delete().where(o.c.id.in_(list(ids))))
 
     def retry(self, row_id: int) -> None:
         o = schema.alert_outbox
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(o.update().where(o.c.id == row_id).values(attempts=o.c.attempts + 1))
 
     def count(self, sink: str | None = None) -> int:
@@ -71,5 +81,5 @@ class Outbox:
         q = sa.select(sa.func.count()).select_from(o)
         if sink is not None:
             q = q.where(o.c.sink == sink)
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return int(conn.execute(q).scalar_one())

@@ -32,13 +32,14 @@ import hashlib
 import zlib
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from alerting import schema
-from alerting.store import serialise
+from alerting.database import connected, serialise
 
 DEFAULT_COUNT = 64
 
@@ -162,11 +163,19 @@ def owner_name(member: str, instance: str) -> str:
 
 
 class Leases:
+    WHAT = "alert store"  # its tables: how an outage is named (alerting/database.py)
+
     def __init__(self, engine: Engine, count: int, lease_ms: int) -> None:
         self.engine, self.count, self.lease_ms = engine, count, lease_ms
         self.pg = engine.dialect.name == "postgresql"
         self._now = sa.text("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)" if self.pg
                             else "SELECT CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)")
+
+    def _read(self) -> AbstractContextManager[Connection]:
+        return connected(self.engine, self.WHAT)
+
+    def _write(self) -> AbstractContextManager[Connection]:
+        return connected(self.engine, self.WHAT, write=True)
 
     def now(self, conn: Connection) -> int:
         """The database's clock (ms): every expiry is on it."""
@@ -176,7 +185,7 @@ class Leases:
     def ensure(self) -> None:
         """The lease rows, once; a store made with another count raises PartitionCountMismatch."""
         t = schema.partition_leases
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             serialise(conn)  # members starting together: one makes the rows
             have = int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
             if have == 0:
@@ -190,7 +199,7 @@ class Leases:
         """Register or renew this run of ``member``; returns the instance of another run of the same
         member whose row has not expired yet (nothing written then), else None."""
         m = schema.partition_members
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             now = self.now(conn)
             row = conn.execute(sa.select(m.c.instance, m.c.expires_at).where(m.c.member == member)
                                .with_for_update()).first()
@@ -206,12 +215,12 @@ class Leases:
     def leave(self, member: str, instance: str) -> None:
         """A clean stop: the member row goes at once (the others rebalance at their next round)."""
         m = schema.partition_members
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(m.delete().where(m.c.member == member, m.c.instance == instance))
 
     def others_alive(self, member: str) -> list[str]:
         m = schema.partition_members
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             now = self.now(conn)
             return [r.member for r in conn.execute(
                 sa.select(m.c.member).where(m.c.member != member, m.c.expires_at > now))]
@@ -219,7 +228,7 @@ class Leases:
     # -- leases ---------------------------------------------------------------------------------
     def view(self) -> View:
         t, m = schema.partition_leases, schema.partition_members
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             now = self.now(conn)
             leases = {r.part: Lease(r.owner, int(r.epoch), int(r.expires_at))
                       for r in conn.execute(sa.select(t.c.part, t.c.owner, t.c.epoch, t.c.expires_at))}
@@ -231,7 +240,7 @@ class Leases:
         """Take a partition that nobody holds (or whose lease expired): its new epoch, or None
         when someone else holds it (compare-and-set on the row)."""
         t = schema.partition_leases
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             now = self.now(conn)
             row = conn.execute(
                 t.update().where(t.c.part == part, sa.or_(t.c.owner.is_(None), t.c.expires_at <= now))
@@ -243,7 +252,7 @@ class Leases:
         """Every partition to ``owner`` at once, held or not: the single member of a SQLite store,
         which need not wait for its previous run's leases to expire."""
         t = schema.partition_leases
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             now = self.now(conn)
             rows = conn.execute(t.update().values(owner=owner, epoch=t.c.epoch + 1,
                                                   expires_at=now + self.lease_ms)
@@ -256,7 +265,7 @@ class Leases:
         if not held:
             return set()
         t = schema.partition_leases
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             now = self.now(conn)
             rows = conn.execute(t.update().where(t.c.owner == owner, t.c.part.in_(list(held)))
                                 .values(expires_at=now + self.lease_ms)
@@ -267,7 +276,7 @@ class Leases:
     def release(self, owner: str, part: int, epoch: int) -> bool:
         """Give a partition up (its final snapshot written): free for the next owner at once."""
         t = schema.partition_leases
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             n = conn.execute(t.update().where(t.c.part == part, t.c.owner == owner, t.c.epoch == epoch)
                              .values(owner=None, expires_at=0)).rowcount
         return bool(n)
@@ -319,7 +328,7 @@ class Leases:
         if not want:
             return out
         s, j = schema.partition_state, schema.partition_judged
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             for r in conn.execute(sa.select(s.c.part, s.c.written_at, s.c.snapshot, s.c.recent)
                                   .where(s.c.part.in_(want))):
                 st = out[int(r.part)]
@@ -335,7 +344,7 @@ class Leases:
     def snapshot_ages(self) -> dict[int, int]:
         """Each partition's snapshot time (database clock, ms), for the operator's view."""
         s = schema.partition_state
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return {int(r.part): int(r.written_at) for r in conn.execute(sa.select(s.c.part, s.c.written_at))}
 
 

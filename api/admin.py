@@ -12,16 +12,16 @@ import asyncio
 import time
 from typing import Annotated, Any, Literal, get_args
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from alerting.store import ROLES, Store
-from api.auth import Admin, TokenCache
+from alerting.rows import ROLES
+from api.deps import Admin, RegistryDep, TokensDep
 from contract.topics import Ident
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 Role = Literal["dispatcher", "engineer", "admin"]
-assert get_args(Role) == ROLES, "api.admin.Role and alerting.store.ROLES differ"
+assert get_args(Role) == ROLES, "api.admin.Role and alerting.rows.ROLES differ"
 
 
 class TokenIn(BaseModel):
@@ -37,6 +37,7 @@ class TokenCreated(BaseModel):
 
 
 class TokenInfo(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
     id: int
     name: str
     role: str
@@ -55,6 +56,7 @@ class Revoked(BaseModel):
 
 
 class AuditEntry(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
     id: int
     at: int
     actor: str
@@ -67,42 +69,37 @@ class AuditList(BaseModel):
     data: list[AuditEntry]
 
 
-def _store(request: Request) -> Store:
-    s: Store = request.app.state.store
-    return s
-
-
 @router.post("/tokens", response_model=TokenCreated, status_code=201, summary="Issue a credential")
-async def add_token(request: Request, body: TokenIn, p: Admin) -> TokenCreated:
-    token = await asyncio.to_thread(_store(request).add_token, name=body.name, role=body.role,
+async def add_token(registry: RegistryDep, body: TokenIn, p: Admin) -> TokenCreated:
+    token = await asyncio.to_thread(registry.add_token, name=body.name, role=body.role,
                                     actor=p.name, now=int(time.time() * 1000))
     return TokenCreated(name=body.name, role=body.role, token=token)
 
 
 @router.get("/tokens", response_model=TokenList, summary="Every credential, never its secret")
-async def list_tokens(request: Request, _p: Admin) -> TokenList:
-    rows = await asyncio.to_thread(_store(request).list_tokens)
+async def list_tokens(registry: RegistryDep, _p: Admin) -> TokenList:
+    rows = await asyncio.to_thread(registry.list_tokens)
     return TokenList(data=[TokenInfo.model_validate(r) for r in rows])
 
 
 @router.delete("/tokens/{name}", response_model=Revoked, summary="Revoke every live token of a name")
-async def revoke(request: Request, name: Annotated[Ident, Path()], p: Admin) -> Revoked:
+async def revoke(registry: RegistryDep, tokens: TokensDep, name: Annotated[Ident, Path()],
+                 p: Admin) -> Revoked:
     if name == p.name:
         raise HTTPException(409, "you cannot revoke the credential you are calling with; "
                                  "ask another admin or use `heatwatch token revoke`")
-    n = await asyncio.to_thread(_store(request).revoke_tokens, name=name, actor=p.name,
+    n = await asyncio.to_thread(registry.revoke_tokens, name=name, actor=p.name,
                                 now=int(time.time() * 1000))
     if n == 0:
         raise HTTPException(404, f"no live token named {name!r}")
-    tokens: TokenCache = request.app.state.tokens
     tokens.forget(name)
     return Revoked(name=name, revoked=n)
 
 
 @router.get("/audit", response_model=AuditList, summary="The audit trail: who did what, when")
-async def audit(request: Request, _p: Admin,
+async def audit(registry: RegistryDep, _p: Admin,
                 actor: Annotated[Ident | None, Query(description="one actor's entries only")] = None,
                 limit: Annotated[int, Query(ge=1, le=500)] = 100,
                 offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> AuditList:
-    rows = await asyncio.to_thread(_store(request).audit_log, limit, offset, actor)
+    rows = await asyncio.to_thread(registry.audit_log, limit, offset, actor)
     return AuditList(data=[AuditEntry.model_validate(r) for r in rows])

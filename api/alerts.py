@@ -1,7 +1,9 @@
 """/v1/alerts and /v1/silences: list, read, acknowledge, note, resolve, silence.
 
 Every write names its actor (the token's name) and lands in the audit table in the same
-transaction. Lists are paged (``limit`` ≤ 500) and filtered only through bound parameters.
+transaction. Lists are paged (``limit`` ≤ 500) and filtered only through bound parameters. The
+store's refusals are the contract's errors (NotFound 404, Conflict 409, UnknownReference 422) and
+its outages DatabaseUnavailable (503), answered by the app's handlers (``api/app.py``).
 """
 
 from __future__ import annotations
@@ -11,11 +13,10 @@ import datetime as dt
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from alerting.store import Conflict, NotFound, Store, Unknown
-from api.auth import Dispatcher, Engineer
+from api.deps import AlertStoreDep, Dispatcher, Engineer
 from contract.alerts import Rule, Severity, State
 from contract.topics import Ident
 
@@ -31,6 +32,7 @@ class _In(BaseModel):
 
 
 class AlertPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # from alerting.rows.AlertRow
     id: int
     key: str
     rule: str
@@ -62,6 +64,7 @@ class AlertPublic(BaseModel):
 
 
 class AlertEvent(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
     ts: int
     kind: str
     state: str
@@ -123,6 +126,7 @@ class SilenceOut(BaseModel):
 
 
 class SilencePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
     id: int
     station: str
     building: str | None
@@ -141,11 +145,6 @@ class SilenceList(BaseModel):
     count: int = Field(description="all matching silences, not only this page")
 
 
-def _store(request: Request) -> Store:
-    s: Store = request.app.state.store
-    return s
-
-
 def _now() -> int:
     return int(time.time() * 1000)
 
@@ -153,20 +152,9 @@ def _now() -> int:
 AlertId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
-async def _call(fn: Any, *args: Any, **kw: Any) -> Any:
-    try:
-        return await asyncio.to_thread(fn, *args, **kw)
-    except NotFound as exc:
-        raise HTTPException(404, str(exc)) from None
-    except Conflict as exc:
-        raise HTTPException(409, str(exc)) from None
-    except Unknown as exc:
-        raise HTTPException(422, str(exc)) from None
-
-
 @router.get("/alerts", response_model=AlertList, summary="List and filter alerts, newest first")
 async def list_alerts(
-    request: Request, _p: Dispatcher,
+    store: AlertStoreDep, _p: Dispatcher,
     state: Annotated[list[State] | None, Query()] = None,
     severity: Annotated[list[Severity] | None, Query()] = None,
     rule: Annotated[list[Rule] | None, Query()] = None,
@@ -179,48 +167,48 @@ async def list_alerts(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> AlertList:
-    page = await _call(_store(request).query, state=state, severity=severity, rule=rule,
-                       station=station, building=building, household=household, open_only=open,
-                       since=since, until=until, limit=limit, offset=offset)
+    page = await asyncio.to_thread(store.alerts, state=state, severity=severity, rule=rule,
+                                   station=station, building=building, household=household, open_only=open,
+                                   since=since, until=until, limit=limit, offset=offset)
     return AlertList(data=[AlertPublic.model_validate(r) for r in page.rows], count=page.total)
 
 
 @router.get("/alerts/{alert_id}", response_model=AlertDetail, summary="One alert with its history")
-async def get_alert(request: Request, alert_id: AlertId, _p: Dispatcher) -> AlertDetail:
-    return AlertDetail.model_validate(await _call(_store(request).get, alert_id))
+async def get_alert(store: AlertStoreDep, alert_id: AlertId, _p: Dispatcher) -> AlertDetail:
+    return AlertDetail.model_validate(await asyncio.to_thread(store.alert, alert_id))
 
 
 @router.post("/alerts/{alert_id}/ack", response_model=AlertDetail,
              summary="Acknowledge: who, when, a note and the hotline ticket")
-async def acknowledge(request: Request, alert_id: AlertId, body: AckIn, p: Dispatcher) -> AlertDetail:
-    return AlertDetail.model_validate(await _call(_store(request).acknowledge, alert_id, actor=p.name,
-                                                  now=_now(), note=body.note, ticket=body.ticket))
+async def acknowledge(store: AlertStoreDep, alert_id: AlertId, body: AckIn, p: Dispatcher) -> AlertDetail:
+    return AlertDetail.model_validate(await asyncio.to_thread(
+        store.acknowledge, alert_id, actor=p.name, now=_now(), note=body.note, ticket=body.ticket))
 
 
 @router.post("/alerts/{alert_id}/notes", response_model=AlertDetail, summary="Add a note")
-async def add_note(request: Request, alert_id: AlertId, body: NoteIn, p: Dispatcher) -> AlertDetail:
-    return AlertDetail.model_validate(await _call(_store(request).add_note, alert_id, actor=p.name,
-                                                  now=_now(), note=body.note, ticket=body.ticket))
+async def add_note(store: AlertStoreDep, alert_id: AlertId, body: NoteIn, p: Dispatcher) -> AlertDetail:
+    return AlertDetail.model_validate(await asyncio.to_thread(
+        store.add_note, alert_id, actor=p.name, now=_now(), note=body.note, ticket=body.ticket))
 
 
 @router.post("/alerts/{alert_id}/resolve", response_model=AlertDetail,
              summary=f"Resolve by hand (only {', '.join(sorted(MANUAL_RESOLVE))})")
-async def resolve(request: Request, alert_id: AlertId, body: ResolveIn, p: Engineer) -> AlertDetail:
-    store = _store(request)
-    alert = await _call(store.get, alert_id)
-    if alert["rule"] not in MANUAL_RESOLVE:
-        raise HTTPException(409, f"{alert['rule']} resolves itself when its condition clears; "
+async def resolve(store: AlertStoreDep, alert_id: AlertId, body: ResolveIn, p: Engineer) -> AlertDetail:
+    alert = await asyncio.to_thread(store.alert, alert_id)
+    if alert.rule not in MANUAL_RESOLVE:
+        raise HTTPException(409, f"{alert.rule} resolves itself when its condition clears; "
                                  f"only {', '.join(sorted(MANUAL_RESOLVE))} may be resolved by hand")
-    return AlertDetail.model_validate(await _call(store.resolve, alert_id, actor=p.name, now=_now(),
-                                                  note=body.note))
+    return AlertDetail.model_validate(await asyncio.to_thread(
+        store.resolve, alert_id, actor=p.name, now=_now(), note=body.note))
 
 
 @router.post("/silences", response_model=SilenceOut, status_code=201,
              summary="Silence a station or building for planned works (a known one: docs/api.md)")
-async def add_silence(request: Request, body: SilenceIn, p: Engineer) -> SilenceOut:
-    sid = await _call(_store(request).add_silence, station=body.station, building=body.building,
-                      start=int(body.start.timestamp() * 1000), end=int(body.end.timestamp() * 1000),
-                      reason=body.reason, actor=p.name, now=_now())
+async def add_silence(store: AlertStoreDep, body: SilenceIn, p: Engineer) -> SilenceOut:
+    sid = await asyncio.to_thread(store.add_silence, station=body.station, building=body.building,
+                                  start=int(body.start.timestamp() * 1000),
+                                  end=int(body.end.timestamp() * 1000), reason=body.reason, actor=p.name,
+                                  now=_now())
     return SilenceOut(id=sid)
 
 
@@ -230,19 +218,19 @@ SilenceId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 @router.get("/silences", response_model=SilenceList,
             summary="Silences running or still to come, latest start first (all=true: past ones too)")
 async def list_silences(
-    request: Request, _p: Dispatcher,
+    store: AlertStoreDep, _p: Dispatcher,
     past: Annotated[bool, Query(alias="all", description="also ended and cancelled silences")] = False,
     station: Annotated[Ident | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> SilenceList:
-    page = await _call(_store(request).silences, now=_now(), past=past, station=station, limit=limit,
-                       offset=offset)
+    page = await asyncio.to_thread(store.silences, now=_now(), past=past, station=station, limit=limit,
+                                   offset=offset)
     return SilenceList(data=[SilencePublic.model_validate(r) for r in page.rows], count=page.total)
 
 
 @router.delete("/silences/{silence_id}", response_model=SilencePublic,
                summary="Cancel a silence now; the alerter stops honouring it within alerts.silences_s")
-async def cancel_silence(request: Request, silence_id: SilenceId, p: Engineer) -> SilencePublic:
-    return SilencePublic.model_validate(await _call(_store(request).cancel_silence, silence_id,
-                                                    actor=p.name, now=_now()))
+async def cancel_silence(store: AlertStoreDep, silence_id: SilenceId, p: Engineer) -> SilencePublic:
+    return SilencePublic.model_validate(await asyncio.to_thread(store.cancel_silence, silence_id,
+                                                                actor=p.name, now=_now()))

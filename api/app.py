@@ -15,28 +15,38 @@ import gc
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from alerting.commands import CommandStore
+from alerting.database import Database
+from alerting.registry import SiteRegistry
 from alerting.store import Store
 from api import admin, alerts, commands, lookup
 from api import report as report_routes
 from api import stations as station_routes
-from api.auth import Dispatcher, TokenCache
+from api.auth import TokenCache
 from api.control import Control
+from api.deps import Dispatcher, InfluxDep, Services, ServicesDep
 from api.influx import InfluxReader
 from api.limits import FailedAuth
 from api.metrics import ApiMetrics, MetricsMiddleware, multiprocess
 from api.metrics import serve as serve_metrics
 from api.rooms import RoomHistory
 from contract.config import ApiConfig, load_api_config
-from contract.errors import DatabaseUnavailable, QueryRejected
+from contract.errors import (
+    Conflict,
+    DatabaseUnavailable,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    QueryRejected,
+)
 from contract.influx import MEASUREMENT_STATION, MEASUREMENT_STATION_STATUS
 from contract.points import QUALITY_SUFFIX
 
@@ -59,12 +69,13 @@ class StationList(BaseModel):
     count: int
 
 
-def _reader(request: Request) -> InfluxReader:
-    reader: InfluxReader = request.app.state.influx
-    return reader
+# the contract's refusals as HTTP answers; any other InvalidInput (an UnknownReference, a value the
+# store cannot hold) is the request's fault: 422
+STATUS: dict[type[InvalidInput], int] = {NotFound: 404, Conflict: 409, Forbidden: 403}
 
 
-Reader = Annotated[InfluxReader, Depends(_reader)]
+def status_of(exc: InvalidInput) -> int:
+    return next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 422)
 
 
 API_CONFIG_ENV = "HEATWATCH_API_CONFIG"
@@ -85,17 +96,17 @@ def create_app(settings: ApiConfig) -> FastAPI:
         if metrics is not None and settings.metrics is not None and not multiprocess():
             # one process: it serves its own; with several workers the supervisor does (api/metrics.py)
             metrics_server = serve_metrics(metrics.registry, settings.metrics.host, settings.metrics.port)
-        app.state.influx = InfluxReader(settings.influx)
-        app.state.rooms = RoomHistory(app.state.influx)  # the hotline's 24 h, with its cache
-        app.state.store = await asyncio.to_thread(Store(settings.store).open)
-        app.state.tokens = TokenCache(app.state.store)
-        app.state.report = report_routes.load(settings)
-        app.state.failed_auth = FailedAuth()
-        app.state.commands = CommandStore(app.state.store.engine)
-        control_task: asyncio.Task[None] | None = None
-        if settings.control is not None:  # remote commands: the gateways' status and the sender
-            app.state.control = Control(settings.control, app.state.commands)
-            control_task = asyncio.create_task(app.state.control.run())
+        influx = InfluxReader(settings.influx)
+        db = await asyncio.to_thread(Database(settings.store).open)  # one engine for every part
+        registry, command_store = SiteRegistry(db), CommandStore(db.engine)
+        # remote commands: the gateways' status and the sender
+        control = Control(settings.control, command_store) if settings.control is not None else None
+        s = app.state.services = Services(
+            db=db, store=Store(db), registry=registry, commands=command_store, influx=influx,
+            rooms=RoomHistory(influx, incomplete=metrics.history_incomplete.inc if metrics else None),
+            tokens=TokenCache(registry), failed_auth=FailedAuth(),
+            report=report_routes.load(settings), control=control)
+        control_task = asyncio.create_task(control.run()) if control is not None else None
         # what start-up built lives as long as the process: keep it out of the collector's
         # generations so a full collection walks only per-request garbage
         gc.freeze()
@@ -103,8 +114,8 @@ def create_app(settings: ApiConfig) -> FastAPI:
         if control_task is not None:
             control_task.cancel()
             await asyncio.gather(control_task, return_exceptions=True)
-        await app.state.influx.close()
-        app.state.store.close()
+        await s.influx.close()
+        s.db.close()
         if metrics_server is not None:
             metrics_server.shutdown()
             metrics_server.server_close()
@@ -124,38 +135,46 @@ def create_app(settings: ApiConfig) -> FastAPI:
     app.include_router(report_routes.router)
     app.include_router(commands.router)
 
-    async def _components(influx: InfluxReader, store: Store) -> Health:
+    async def _components(influx: InfluxReader, db: Database) -> Health:
         ok_influx = await influx.ping()
         try:
-            await asyncio.to_thread(store.ping)
+            await asyncio.to_thread(db.ping)
             ok_store = True
         except Exception:  # any failure of the store is "not ready", named in the answer
             ok_store = False
         return Health(status="ok" if ok_influx and ok_store else "degraded", influxdb=ok_influx,
                       store=ok_store)
 
+    # The contract's errors, mapped once (STYLE.md example 8): the stores raise them, routes let
+    # them through. An outage names the store that is away and why, so an operator reading a 503
+    # knows where to look; the process keeps serving what does not need it.
     @app.exception_handler(DatabaseUnavailable)
     async def _db_down(_r: Request, exc: DatabaseUnavailable) -> JSONResponse:
-        return JSONResponse({"detail": f"time-series store unavailable: {exc}"}, status_code=503)
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
+        return JSONResponse({"detail": f"{exc.store} unavailable: {exc}"}, status_code=503, headers=headers)
 
     @app.exception_handler(QueryRejected)
     async def _query_rejected(_r: Request, exc: QueryRejected) -> JSONResponse:
         return JSONResponse({"detail": f"the time-series store refused the query: {exc}"}, status_code=422)
 
+    @app.exception_handler(InvalidInput)
+    async def _refused(_r: Request, exc: InvalidInput) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status_of(exc))
+
     @app.get("/health", response_model=Health, summary="Liveness, with the state of each dependency")
-    async def health(request: Request, influx: Reader) -> Health:
-        return await _components(influx, request.app.state.store)
+    async def health(s: ServicesDep) -> Health:
+        return await _components(s.influx, s.db)
 
     @app.get("/ready", response_model=Health, summary="503 unless the store and InfluxDB both answer")
-    async def ready(request: Request, influx: Reader) -> Health:
-        h = await _components(influx, request.app.state.store)
+    async def ready(s: ServicesDep) -> Health:
+        h = await _components(s.influx, s.db)
         if h.status != "ok":
             down = [n for n, ok in (("InfluxDB", h.influxdb), ("alert store", h.store)) if not ok]
             raise HTTPException(503, f"not ready: {' and '.join(down)} not answering")
         return h
 
     @app.get("/v1/stations", response_model=StationList)
-    async def stations(influx: Reader, _p: Dispatcher) -> StationList:
+    async def stations(influx: InfluxDep, _p: Dispatcher) -> StationList:
         latest = await influx.query(f'SELECT last(*) FROM "{MEASUREMENT_STATION}" GROUP BY "station"')
         status = await influx.query(
             f'SELECT last("state") AS state FROM "{MEASUREMENT_STATION_STATUS}" GROUP BY "station"')

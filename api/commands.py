@@ -16,15 +16,14 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from alerting.commands import CommandStore, Forbidden, NewCommand
-from alerting.store import Conflict, NotFound
-from api.auth import Dispatcher, Engineer
-from api.control import Control
+from alerting.commands import NewCommand
+from alerting.rows import CommandRecord
+from api.deps import CommandsDep, ControlDep, Dispatcher, Engineer, InfluxDep, MaybeControl
 from api.influx import InfluxReader
 from contract.commands import Bounds, State, Ticket, bounds_problem, shown_state
 from contract.config import ApiControl
@@ -94,6 +93,7 @@ class CommandPublic(BaseModel):
 
 
 class CommandEvent(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # from alerting.rows.CommandEvent
     ts: int
     kind: str
     state: str
@@ -117,37 +117,21 @@ class WritableList(BaseModel):
     data: list[dict[str, Any]]
 
 
-def _control(request: Request) -> tuple[Control, ApiControl, CommandStore]:
-    control: Control | None = getattr(request.app.state, "control", None)
-    if control is None:  # not a server fault: this API is set up without it
-        raise HTTPException(404, "remote control is not configured on this API (no control: block)")
-    return control, control.cfg, request.app.state.commands
+View = TypeVar("View", CommandPublic, CommandDetail)
 
 
-def _view(row: dict[str, Any], cfg: ApiControl | None, now: int) -> dict[str, Any]:
+def _view(row: CommandRecord, cfg: ApiControl | None, now: int, model: type[View]) -> View:
+    """A stored command as the API shows it: ``unknown`` computed, the gateway's result nested."""
     grace = cfg.unknown_grace_s if cfg is not None else 60.0
-    out = dict(row)
-    out["state"] = shown_state(State(row["state"]), row["deadline"], now, grace)
-    out["result"] = None if row.get("result_state") is None else {
-        "state": row["result_state"], "reason": row["result_reason"], "detail": row["result_detail"],
-        "code": row["result_code"], "old_value": row["gateway_old_value"], "read_back": row["read_back"],
-        "at": row["result_at"]}
-    return out
+    result = None if row.result_state is None else ResultPublic(
+        state=row.result_state, reason=row.result_reason, detail=row.result_detail, code=row.result_code,
+        old_value=row.gateway_old_value, read_back=row.read_back, at=row.result_at)
+    same = {k: getattr(row, k) for k in model.model_fields if k not in ("state", "result")}
+    return model(**same, state=shown_state(State(row.state), row.deadline, now, grace), result=result)
 
 
 def _now() -> int:
     return int(time.time() * 1000)
-
-
-async def _call(fn: Any, *args: Any, **kw: Any) -> Any:
-    try:
-        return await asyncio.to_thread(fn, *args, **kw)
-    except NotFound as exc:
-        raise HTTPException(404, str(exc)) from None
-    except Conflict as exc:
-        raise HTTPException(409, str(exc)) from None
-    except Forbidden as exc:
-        raise HTTPException(403, str(exc)) from None
 
 
 async def _latest(influx: InfluxReader, body: CommandIn) -> float | bool | None:
@@ -177,8 +161,9 @@ async def _latest(influx: InfluxReader, body: CommandIn) -> float | bool | None:
 @router.post("", response_model=CommandDetail, status_code=201,
              summary="Send a command to a writable point (engineer); a station-wide setpoint waits "
                      "for a second engineer")
-async def create(request: Request, body: CommandIn, p: Engineer) -> dict[str, Any]:
-    control, cfg, store = _control(request)
+async def create(control: ControlDep, store: CommandsDep, influx: InfluxDep, body: CommandIn,
+                 p: Engineer) -> CommandDetail:
+    cfg = control.cfg
     writable = control.writable(body.station)
     if writable is None:
         raise HTTPException(409, f"no gateway status received for station {body.station}: its writable "
@@ -196,7 +181,6 @@ async def create(request: Request, body: CommandIn, p: Engineer) -> dict[str, An
     if deadline_s > cfg.max_deadline_s:
         raise HTTPException(422, f"deadline_s {deadline_s:g} above control.max_deadline_s "
                                  f"{cfg.max_deadline_s:g}")
-    influx: InfluxReader = request.app.state.influx
     old, last = await asyncio.gather(
         _latest(influx, body),
         asyncio.to_thread(store.last_write_at, body.station, body.device, body.point, body.building,
@@ -215,26 +199,25 @@ async def create(request: Request, body: CommandIn, p: Engineer) -> dict[str, An
         needs_confirmation=wp.station_wide, issuer=p.name, reason=body.reason, ticket=body.ticket,
         created_at=now, deadline=now + int(deadline_s * 1000))
     if not new.needs_confirmation:  # signed now, published right after the commit
-        new = dataclasses.replace(new, payload=control.sign_row(dataclasses.asdict(new)))
-    row = await _call(store.create, new)
-    if row["payload"] is not None:
+        new = dataclasses.replace(new, payload=control.sign_row(new))
+    row = await asyncio.to_thread(store.create, new)
+    if row.payload is not None:
         await control.publish_now(row)
-    return _view(row, cfg, now)
+    return _view(row, cfg, now, CommandDetail)
 
 
 @router.post("/{command_id}/confirm", response_model=CommandDetail,
              summary="Confirm a station-wide setpoint (an engineer other than its issuer)")
-async def confirm(request: Request, command_id: CommandId, p: Engineer) -> dict[str, Any]:
-    control, cfg, store = _control(request)
-    row = await _call(store.confirm, command_id, actor=p.name, now=_now(), sign=control.sign_row)
+async def confirm(control: ControlDep, store: CommandsDep, command_id: CommandId,
+                  p: Engineer) -> CommandDetail:
+    row = await asyncio.to_thread(store.confirm, command_id, actor=p.name, now=_now(), sign=control.sign_row)
     await control.publish_now(row)
-    return _view(row, cfg, _now())
+    return _view(row, control.cfg, _now(), CommandDetail)
 
 
 @router.get("/writable/{station}", response_model=WritableList,
             summary="The points a station's gateway takes commands for, with their bounds")
-async def writable(request: Request, station: Annotated[Ident, Path()], _p: Dispatcher) -> WritableList:
-    control, _, _ = _control(request)
+async def writable(control: ControlDep, station: Annotated[Ident, Path()], _p: Dispatcher) -> WritableList:
     st = control.status(station)
     if st is None:
         raise HTTPException(404, f"no gateway status received for station {station}")
@@ -243,26 +226,24 @@ async def writable(request: Request, station: Annotated[Ident, Path()], _p: Disp
 
 
 @router.get("/{command_id}", response_model=CommandDetail, summary="One command and its lifecycle")
-async def get(request: Request, command_id: CommandId, _p: Dispatcher) -> dict[str, Any]:
-    store: CommandStore = request.app.state.commands
-    control: Control | None = getattr(request.app.state, "control", None)
-    return _view(await _call(store.get, command_id), control.cfg if control else None, _now())
+async def get(store: CommandsDep, control: MaybeControl, command_id: CommandId,
+              _p: Dispatcher) -> CommandDetail:
+    row = await asyncio.to_thread(store.get, command_id)
+    return _view(row, control.cfg if control else None, _now(), CommandDetail)
 
 
 @router.get("", response_model=CommandList, summary="Commands of a station or building, newest first")
 async def list_commands(
-    request: Request, _p: Dispatcher,
+    store: CommandsDep, control: MaybeControl, _p: Dispatcher,
     station: Annotated[Ident | None, Query()] = None,
     building: Annotated[Ident | None, Query()] = None,
     state: Annotated[list[State] | None, Query(description="stored states (unknown is computed)")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> CommandList:
-    store: CommandStore = request.app.state.commands
-    control: Control | None = getattr(request.app.state, "control", None)
-    page = await _call(store.query, station=station, building=building,
-                       state=[s.value for s in state] if state else None, limit=limit, offset=offset)
+    page = await asyncio.to_thread(store.query, station=station, building=building,
+                                   state=[s.value for s in state] if state else None, limit=limit,
+                                   offset=offset)
     now = _now()
     cfg = control.cfg if control else None
-    return CommandList(data=[CommandPublic.model_validate(_view(r, cfg, now)) for r in page.rows],
-                       count=page.total)
+    return CommandList(data=[_view(r, cfg, now, CommandPublic) for r in page.rows], count=page.total)

@@ -18,12 +18,13 @@ import os
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from alerting.commands import CommandStore
+from alerting.rows import CommandRecord
 from contract import topics
 from contract.commands import Command, load_private_key, sign
 from contract.config import ApiControl
@@ -48,6 +49,36 @@ def load_signing_key(cfg: ApiControl, file: str = "api config") -> Ed25519Privat
 
 def _ms() -> int:
     return int(time.time() * 1000)
+
+
+class Signable(Protocol):
+    """What a command's signature covers: a stored command (``CommandRecord``) or one about to be
+    stored (``alerting.commands.NewCommand``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def station(self) -> str: ...
+    @property
+    def device(self) -> str | None: ...
+    @property
+    def point(self) -> str | None: ...
+    @property
+    def building(self) -> str | None: ...
+    @property
+    def household(self) -> str | None: ...
+    @property
+    def value(self) -> float | bool | None: ...
+    @property
+    def deadline(self) -> int: ...
+    @property
+    def created_at(self) -> int: ...
+    @property
+    def issuer(self) -> str | None: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def ticket(self) -> str | None: ...
 
 
 class Control:
@@ -103,35 +134,36 @@ class Control:
                 log.warning("command store unavailable to the sender", error=str(exc)[:300])
                 continue
             for r in rows:
-                if r["id"] in self._inflight or client.room <= 0:
+                if r.id in self._inflight or client.room <= 0:
                     continue
                 await self._publish(client, r)
 
-    def sign_row(self, r: dict[str, Any]) -> bytes:
-        """The signed bytes of a stored command (deterministic: Ed25519 over canonical bytes)."""
-        cmd = Command(id=r["id"], station=r["station"], device=r["device"], point=r["point"],
-                      building=r["building"], household=r["household"], value=r["value"],
-                      deadline=r["deadline"], issued_at=r["created_at"], issuer=r["issuer"],
-                      reason=r["reason"], ticket=r["ticket"])
+    def sign_row(self, r: Signable) -> bytes:
+        """The signed bytes of a command (deterministic: Ed25519 over canonical bytes). A row
+        without the fields a command needs fails Command's validation: it is never sent."""
+        cmd = Command.model_validate(dict(
+            id=r.id, station=r.station, device=r.device, point=r.point, building=r.building,
+            household=r.household, value=r.value, deadline=r.deadline, issued_at=r.created_at,
+            issuer=r.issuer, reason=r.reason, ticket=r.ticket))
         return sign(cmd, self.key).to_json()
 
-    async def publish_now(self, r: dict[str, Any]) -> None:
+    async def publish_now(self, r: CommandRecord) -> None:
         """Publish a command just committed with its payload (the sender is the fallback: a row
         not marked sent within alerting.commands.RECLAIM_AFTER_MS is claimed again)."""
         client = self.client
-        if client is not None and r["id"] not in self._inflight and client.room > 0:
+        if client is not None and r.id not in self._inflight and client.room > 0:
             await self._publish(client, r)
 
-    async def _publish(self, client: MqttClient, r: dict[str, Any]) -> None:
-        payload: bytes | None = r["payload"]
+    async def _publish(self, client: MqttClient, r: CommandRecord) -> None:
+        payload = r.payload
         if payload is None:
             payload = self.sign_row(r)
-            await asyncio.to_thread(self.store.set_payload, r["id"], payload)
-        topic = str(topics.Topic(topics.TopicKind.COMMAND, r["station"], r["id"]))
-        expiry = max(1.0, (r["deadline"] - _ms()) / 1000 + self.cfg.late_report_s)
+            await asyncio.to_thread(self.store.set_payload, r.id, payload)
+        topic = str(topics.Topic(topics.TopicKind.COMMAND, r.station, r.id))
+        expiry = max(1.0, (r.deadline - _ms()) / 1000 + self.cfg.late_report_s)
         fut = client.publish_nowait(topic, payload, expiry_s=expiry)
-        self._inflight.add(r["id"])
-        fut.add_done_callback(partial(self._acked, r["id"]))
+        self._inflight.add(r.id)
+        fut.add_done_callback(partial(self._acked, r.id))
 
     def _acked(self, cid: str, fut: asyncio.Future[None]) -> None:
         self._inflight.discard(cid)

@@ -18,6 +18,7 @@ import orjson
 from contract.config import InfluxSettings
 from contract.errors import DatabaseUnavailable, QueryRejected
 
+STORE = "time-series store"  # how an outage names it (DatabaseUnavailable.store)
 # InfluxDB 1.x answers 200 with an "error" per statement for everything that went wrong while
 # running it. Most are the statement's fault (measured on 1.6.7: mean() of a string field gives
 # "unsupported mean iterator type: *query.stringInterruptIterator"); these are the server's state
@@ -81,18 +82,19 @@ class InfluxReader:
                 body = await r.read()
                 status = r.status
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise DatabaseUnavailable(f"InfluxDB: {exc or type(exc).__name__}") from None
+            raise DatabaseUnavailable(f"InfluxDB: {exc or type(exc).__name__}", store=STORE) from None
         if status == 400:  # InfluxDB could not parse it: the query's fault
             raise QueryRejected(_error_text(body), "query_rejected")
         if status != 200:  # 5xx, or 401/403/404: InfluxDB or our settings for it, not the caller
-            raise DatabaseUnavailable(f"InfluxDB answered {status}: {body[:200].decode(errors='replace')}")
+            raise DatabaseUnavailable(f"InfluxDB answered {status}: {body[:200].decode(errors='replace')}",
+                                      store=STORE)
         results = orjson.loads(body).get("results") or []
         out: list[list[dict[str, Any]]] = [[] for _ in statements]
         for res in results:
             if "error" in res:
                 err = str(res["error"])
                 if any(m in err for m in _SERVER_SIDE):
-                    raise DatabaseUnavailable(f"InfluxDB query error: {err}")
+                    raise DatabaseUnavailable(f"InfluxDB query error: {err}", store=STORE)
                 raise QueryRejected(err, "query_rejected")
             i = res.get("statement_id", 0)
             if 0 <= i < len(out):

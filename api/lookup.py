@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated, Any, NamedTuple
+from collections.abc import Sequence
+from typing import Annotated, NamedTuple
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from alerting.assets import ImportProblems, decode, parse
+from alerting.rows import AlertEvent, AlertRow, FoundHousehold, HouseholdNow
 from alerting.store import Store
 from api.alerts import AlertPublic
-from api.auth import Admin, Dispatcher
+from api.deps import Admin, AlertStoreDep, Dispatcher, RegistryDep, RoomsDep
 from api.rooms import RoomHistory
 
 router = APIRouter(prefix="/v1", tags=["hotline"])
@@ -33,6 +35,7 @@ DAY_MS = 86_400_000
 
 
 class HouseholdRef(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # from alerting.rows.FoundHousehold
     code: str
     station: str
     building: str
@@ -59,6 +62,7 @@ class Place(BaseModel):
 
 
 class Ack(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # from alerting.rows.AlertEvent
     alert_id: int
     ts: int
     kind: str
@@ -79,34 +83,25 @@ class Lookup(BaseModel):
 
 
 class ImportResult(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # from alerting.rows.ImportCounts
     stations: int
     buildings: int
     households: int
     households_new: int
 
 
-def _store(request: Request) -> Store:
-    s: Store = request.app.state.store
-    return s
-
-
-def _ref(row: dict[str, Any]) -> HouseholdRef:
-    return HouseholdRef(code=row["code"], station=row["station"], building=row["building"], unit=row["unit"],
-                        room=row["room"], address=row["address"], sensor=row["sensor"])
-
-
-def verdict(alerts: list[dict[str, Any]], household: str | None) -> str:
+def verdict(alerts: Sequence[AlertRow], household: str | None) -> str:
     """What the dispatcher tells the caller, from the open alerts on the chain."""
-    firing = [a for a in alerts if a["state"] == "firing"]
+    firing = [a for a in alerts if a.state == "firing"]
     for rule, say in (("gateway_offline", "known fault: the station's gateway is offline"),
                       ("station_offline", "known fault: the station is offline"),
                       ("makeup_burst", "known fault: a burst at the station (make-up surging)"),
                       ("building_low", "known fault: the whole building is cold (supply or hydraulics)"),
                       ("makeup_rate", "known fault: the station is losing water (leak suspected)")):
-        if any(a["rule"] == rule for a in firing):
+        if any(a.rule == rule for a in firing):
             return say
-    mine = [a for a in alerts if a["household"] == household and a["rule"] == "room_low"]
-    if any(a["state"] == "firing" for a in mine):
+    mine = [a for a in alerts if a.household == household and a.rule == "room_low"]
+    if any(a.state == "firing" for a in mine):
         return "this household is cold (confirmed by its room sensor)"
     if mine:
         return "this household is cooling (low, not yet for long enough to alert)"
@@ -116,76 +111,85 @@ def verdict(alerts: list[dict[str, Any]], household: str | None) -> str:
 class _Chain(NamedTuple):
     """What the store knows about one household's chain, read in one worker-thread hop: ``row``
     is ``LatestTable.household``'s (the household, its address and its chain's latest rows)."""
-    row: dict[str, Any]
-    alerts: list[dict[str, Any]]
-    acks: list[dict[str, Any]]
+    row: HouseholdNow
+    alerts: list[AlertRow]
+    acks: list[AlertEvent]
 
 
-def _chain(store: Store, row: dict[str, Any] | None, now: int) -> _Chain | None:
+def _chain(store: Store, row: HouseholdNow | None, now: int) -> _Chain | None:
     if row is None:
         return None
-    alerts = store.chain_alerts(row["station"], row["building"], row["sensor"], row.get("gateway"))
-    return _Chain(row, alerts, store.recent_acks([a["id"] for a in alerts], now - 7 * DAY_MS))
+    gateway = row.gateway or _gateway_of(store, row.station)
+    alerts = store.chain_alerts(row.station, row.building, row.sensor, gateway)
+    return _Chain(row, alerts, store.recent_acks([a.id for a in alerts], now - 7 * DAY_MS))
 
 
-def _station_state(row: dict[str, Any]) -> str | None:
+def _gateway_of(store: Store, station: str) -> str | None:
+    """The gateway of a station the asset register names none for (the CSV has no gateway
+    column, so that is the common case): the open gateway_offline alert whose stations (its
+    context, from the gateway's status) include it. Only an open one can be on the chain."""
+    for a in store.query(rule=["gateway_offline"], open_only=True, limit=1000).rows:
+        if station in ((a["context"] or {}).get("stations") or ()):
+            return str(a["gateway"])
+    return None
+
+
+def _station_state(row: HouseholdNow) -> str | None:
     # a gateway that is gone cannot report its station offline: its last status would say online
-    return "offline" if row["gateway_state"] == "offline" else row["station_state"]
+    return "offline" if row.gateway_state == "offline" else row.station_state
 
 
 async def _full(rooms: RoomHistory, chain: _Chain) -> Lookup:
     row, alerts, acks = chain
-    sensor = row["sensor"]
+    sensor = row.sensor
     room = None
     if sensor:
-        now = (row["room_points"] or {}).get("room_temp")
-        means, complete = await rooms.last_24h(row["station"], row["building"], sensor)
-        room = Room(now=now, at=row["room_ts"] if now is not None else None, last_24h=means,
+        now = (row.room_points or {}).get("room_temp")
+        means, complete = await rooms.last_24h(row.station, row.building, sensor)
+        room = Room(now=now, at=row.room_ts if now is not None else None, last_24h=means,
                     last_24h_complete=complete)
+    ref = HouseholdRef.model_validate(row)
     return Lookup(
-        candidates=[_ref(row)], household=_ref(row), verdict=verdict(alerts, sensor), room=room,
-        building=Place(last_seen=row["building_ts"], values=row["building_points"] or {}),
-        station=Place(state=_station_state(row), last_seen=row["station_ts"],
-                      values=row["station_points"] or {}),
+        candidates=[ref], household=ref, verdict=verdict(alerts, sensor), room=room,
+        building=Place(last_seen=row.building_ts, values=row.building_points or {}),
+        station=Place(state=_station_state(row), last_seen=row.station_ts, values=row.station_points or {}),
         alerts=[AlertPublic.model_validate(a) for a in alerts],
-        acknowledgements=[Ack(alert_id=e["alert_id"], ts=e["ts"], kind=e["kind"], actor=e["actor"],
-                              note=e["note"], ticket=e["ticket"]) for e in acks])
+        acknowledgements=[Ack.model_validate(e) for e in acks])
 
 
 @router.get("/lookup", response_model=Lookup,
             summary="From a household code or address words to the whole picture")
 async def lookup(
-    request: Request, _p: Dispatcher,
+    store: AlertStoreDep, registry: RegistryDep, rooms: RoomsDep, _p: Dispatcher,
     household: Annotated[str | None, Query(min_length=1, max_length=64, description="household code")] = None,
     q: Annotated[str | None, Query(min_length=1, max_length=200,
                                    description="address words in any order, e.g. '幸福里 3号楼 301'")] = None,
 ) -> Lookup:
     if (household is None) == (q is None):
         raise HTTPException(422, "give exactly one of household (a code) or q (address words)")
-    store, now = _store(request), int(time.time() * 1000)
-    rooms: RoomHistory = request.app.state.rooms
+    now = int(time.time() * 1000)
     if household is not None:
         chain = await asyncio.to_thread(lambda: _chain(store, store.latest.household(household), now))
         if chain is None:
             raise HTTPException(404, f"no household with code {household!r}")
         return await _full(rooms, chain)
 
-    def find() -> tuple[list[dict[str, Any]], _Chain | None]:
-        found = store.find_households(q or "", 20)
-        one = store.latest.household(found[0]["code"]) if len(found) == 1 else None
+    def find() -> tuple[list[FoundHousehold], _Chain | None]:
+        found = registry.find_households(q or "", 20)
+        one = store.latest.household(found[0].code) if len(found) == 1 else None
         return found, _chain(store, one, now)
 
     found, chain = await asyncio.to_thread(find)  # the store in one worker-thread hop
     if chain is not None:
         return await _full(rooms, chain)
-    return Lookup(candidates=[_ref(r) for r in found])
+    return Lookup(candidates=[HouseholdRef.model_validate(r) for r in found])
 
 
 @router.post("/assets/import", response_model=ImportResult,
              summary="Stations, buildings and households from the company's CSV (all or nothing)",
              openapi_extra={"requestBody": {"content": {"text/csv": {"schema": {"type": "string"}}},
                                             "required": True}})
-async def import_assets(request: Request, p: Admin) -> ImportResult:
+async def import_assets(request: Request, registry: RegistryDep, p: Admin) -> ImportResult:
     raw = await request.body()
     if len(raw) > MAX_CSV_BYTES:
         raise HTTPException(413, f"the file is larger than {MAX_CSV_BYTES // 1024 // 1024} MB")
@@ -193,6 +197,6 @@ async def import_assets(request: Request, p: Admin) -> ImportResult:
         assets = parse(decode(raw))
     except ImportProblems as exc:
         raise HTTPException(422, {"message": "nothing was imported", "problems": exc.problems}) from None
-    counts = await asyncio.to_thread(_store(request).import_assets, assets, actor=p.name,
+    counts = await asyncio.to_thread(registry.import_assets, assets, actor=p.name,
                                      now=int(time.time() * 1000))
-    return ImportResult(**counts)
+    return ImportResult.model_validate(counts)

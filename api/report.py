@@ -4,8 +4,9 @@ or as a printable PDF.
 Engineer or above: the report is the takeover working group's, not the hotline's, and it lists
 every household below the standard with its code and address across the whole company, where a
 dispatcher's lookup shows one household a call. A report is computed from InfluxDB and the
-alert store (about a second for a few stations; minutes for 500 and a season, bench/report_bench.py);
-the period is ``2026-11``, ``2026-11-15..2027-03-15`` or ``season:2026``. A period's report is kept
+alert store (about a second for a few stations; for 500 stations and a season seconds from the
+1-hour rollup, minutes from raw data: bench/report_bench.py); the period is ``2026-11``,
+``2026-11-15..2027-03-15`` or ``season:2026``. A period's report is kept
 ``CACHE_S`` (5 min) per API process, so its parts, spreadsheet and PDF asked in a row cost one
 computation; ``generated_at`` says when it was made.
 """
@@ -17,11 +18,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import Response
 
-from alerting.store import Store
-from api.auth import Engineer
+from api.control import Control
+from api.deps import AlertStoreDep, Engineer, ServicesDep
 from api.influx import InfluxReader
 from contract.config import ApiConfig, InfluxSettings
 from report import compute, source
@@ -34,7 +35,7 @@ PeriodQ = Annotated[str, Query(min_length=7, max_length=30,
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
-# a season of a large company without rollups takes InfluxDB minutes (bench/report_bench.py); the
+# a season of a large company without the 1-hour rollup takes InfluxDB minutes (bench/report_bench.py); the
 # hotline's reader gives up after influx.timeout_s (10 s), so reports get their own
 REPORT_TIMEOUT_S = 900.0
 
@@ -52,13 +53,23 @@ class ReportState:
 
 def load(settings: ApiConfig) -> ReportState:
     """At start-up: the report settings the API config names (a config error stops the start)."""
-    return ReportState(source.load_context(settings.report), settings.influx.model_copy(
+    ctx = source.load_context(settings.report)
+    if settings.control is not None:
+        ctx.unknown_grace_s = settings.control.unknown_grace_s
+    return ReportState(ctx, settings.influx.model_copy(
         update={"timeout_s": max(settings.influx.timeout_s, REPORT_TIMEOUT_S)}))
 
 
-async def _report(request: Request, period: str) -> Report:
-    state: ReportState = request.app.state.report
-    store: Store = request.app.state.store
+def announced(control: Control | None) -> dict[str, set[str]] | None:
+    """The valve buildings each station's gateway announces writable, from the gateway statuses
+    this process's remote control holds (None without ``control:``: the configs answer)."""
+    return source.announced_valves(control.gateways.values()) if control is not None else None
+
+
+async def _report(_p: Engineer, s: ServicesDep, store: AlertStoreDep, period: PeriodQ) -> Report:
+    """The period's report (the ``period`` query parameter), computed or from the cache; an
+    engineer's only (checked first: nobody else makes the API compute one)."""
+    state = s.report
     try:
         compute.parse_period(period, state.ctx.rules)
     except ValueError as exc:
@@ -70,7 +81,8 @@ async def _report(request: Request, period: str) -> Report:
             return hit[1]
         influx = InfluxReader(state.influx)  # its own session: a report is rare and long
         try:
-            rep = await source.report(influx.query_many, store, state.ctx, period, int(time.time() * 1000))
+            rep = await source.report(influx.query_many, store, state.ctx, period, int(time.time() * 1000),
+                                      announced(s.control), database=influx.db)
         finally:
             await influx.close()
         if len(state.cache) > 50:
@@ -79,58 +91,59 @@ async def _report(request: Request, period: str) -> Report:
         return rep
 
 
+PeriodReport = Annotated[Report, Depends(_report)]
+
+
 def _filename(rep: Report, suffix: str) -> dict[str, str]:
     name = f"heatwatch-report-{rep.period.label.replace(':', '-')}.{suffix}"
     return {"Content-Disposition": f'attachment; filename="{name}"'}
 
 
 @router.get("", response_model=Report, summary="The whole takeover report for a period")
-async def whole(request: Request, _p: Engineer, period: PeriodQ) -> Report:
-    return await _report(request, period)
+async def whole(_p: Engineer, rep: PeriodReport) -> Report:
+    return rep
 
 
 @router.get("/makeup", response_model=MakeupPart, summary="Make-up water: rate against the limit, per area")
-async def makeup(request: Request, _p: Engineer, period: PeriodQ) -> MakeupPart:
-    return (await _report(request, period)).makeup
+async def makeup(_p: Engineer, rep: PeriodReport) -> MakeupPart:
+    return rep.makeup
 
 
 @router.get("/rooms", response_model=RoomsPart, summary="Room pass rate, longest below 18 °C, refund bands")
-async def rooms(request: Request, _p: Engineer, period: PeriodQ) -> RoomsPart:
-    return (await _report(request, period)).rooms
+async def rooms(_p: Engineer, rep: PeriodReport) -> RoomsPart:
+    return rep.rooms
 
 
 @router.get("/information", response_model=InformationPart,
             summary="Data completeness, online time, gaps, sensor coverage")
-async def information(request: Request, _p: Engineer, period: PeriodQ) -> InformationPart:
-    return (await _report(request, period)).information
+async def information(_p: Engineer, rep: PeriodReport) -> InformationPart:
+    return rep.information
 
 
 @router.get("/service", response_model=ServicePart, summary="Alerts by kind, time to acknowledge and resolve")
-async def service(request: Request, _p: Engineer, period: PeriodQ) -> ServicePart:
-    return (await _report(request, period)).service
+async def service(_p: Engineer, rep: PeriodReport) -> ServicePart:
+    return rep.service
 
 
 @router.get("/remote-control", response_model=RemotePart,
             summary="Controllable and proven buildings, commands by outcome")
-async def remote_control(request: Request, _p: Engineer, period: PeriodQ) -> RemotePart:
-    return (await _report(request, period)).remote_control
+async def remote_control(_p: Engineer, rep: PeriodReport) -> RemotePart:
+    return rep.remote_control
 
 
 @router.get(".xlsx", summary="The report as a spreadsheet, one sheet per part",
             responses={200: {"content": {XLSX: {}}}})
-async def spreadsheet(request: Request, _p: Engineer, period: PeriodQ) -> Response:
+async def spreadsheet(_p: Engineer, rep: PeriodReport) -> Response:
     from report.xlsx import workbook
 
-    rep = await _report(request, period)
     body = await asyncio.to_thread(workbook, rep)
     return Response(body, media_type=XLSX, headers=_filename(rep, "xlsx"))
 
 
 @router.get(".pdf", summary="The report as a printable PDF with charts",
             responses={200: {"content": {"application/pdf": {}}}})
-async def printable(request: Request, _p: Engineer, period: PeriodQ) -> Response:
+async def printable(_p: Engineer, rep: PeriodReport) -> Response:
     from report.pdf import document
 
-    rep = await _report(request, period)
     body = await asyncio.to_thread(document, rep)
     return Response(body, media_type="application/pdf", headers=_filename(rep, "pdf"))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from api.influx import InfluxReader
 from contract.errors import DatabaseUnavailable
@@ -38,12 +39,14 @@ _Key = tuple[str, str, str]
 
 class RoomHistory:
     def __init__(self, influx: InfluxReader, *, timeout_s: float = 0.1, ttl_s: float = 60.0,
-                 max_entries: int = 4096, max_running: int = 16) -> None:
+                 max_entries: int = 4096, max_running: int = 16,
+                 incomplete: Callable[[], None] | None = None) -> None:
+        """``incomplete``: called for each answer given without the complete history (the
+        API's ``heatwatch_api_lookup_history_incomplete_total``)."""
         self.influx, self.timeout_s, self.ttl_s, self.max_entries = influx, timeout_s, ttl_s, max_entries
-        self.max_running = max_running
+        self.max_running, self.incomplete = max_running, incomplete
         self._cache: OrderedDict[_Key, tuple[float, Means]] = OrderedDict()
         self._running: dict[_Key, asyncio.Task[Means]] = {}
-        self.late = 0  # answers given without a complete history (timeout or InfluxDB down)
 
     async def last_24h(self, station: str, building: str, household: str) -> tuple[Means, bool]:
         """Clock-aligned 30-minute means (ms, °C), oldest first, and whether they are complete
@@ -55,20 +58,19 @@ class RoomHistory:
         task = self._running.get(key)
         if task is None:  # one query per room at a time, however many lookups wait for it
             if len(self._running) >= self.max_running:
-                self.late += 1
+                self._incomplete()
                 return (hit[1] if hit is not None else []), False
             task = self._running[key] = asyncio.create_task(self._fetch(key))
             task.add_done_callback(_retrieved)
         try:
             return await asyncio.wait_for(asyncio.shield(task), self.timeout_s), True
         except (TimeoutError, DatabaseUnavailable):
-            self.late += 1
+            self._incomplete()
             return (hit[1] if hit is not None else []), False
 
-    @property
-    def running(self) -> int:
-        """Queries out at InfluxDB now."""
-        return len(self._running)
+    def _incomplete(self) -> None:
+        if self.incomplete is not None:
+            self.incomplete()
 
     async def _fetch(self, key: _Key) -> Means:
         try:

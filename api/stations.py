@@ -8,13 +8,11 @@ import math
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
-from alerting.store import Store
 from api.alerts import AlertPublic
-from api.auth import Dispatcher
-from api.influx import InfluxReader
+from api.deps import AlertStoreDep, Dispatcher, InfluxDep, RegistryDep
 from contract.errors import QueryRejected
 from contract.influx import (
     MEASUREMENT_BUILDING,
@@ -61,14 +59,9 @@ class History(BaseModel):
     values: list[tuple[int, float | bool | str]]
 
 
-def _influx(request: Request) -> InfluxReader:
-    r: InfluxReader = request.app.state.influx
-    return r
-
-
 @router.get("/{station}", response_model=StationDetail, summary="One station's latest values and alerts")
-async def station(request: Request, station: Annotated[Ident, Path()], _p: Dispatcher) -> StationDetail:
-    influx = _influx(request)
+async def station(influx: InfluxDep, store: AlertStoreDep, station: Annotated[Ident, Path()],
+                  _p: Dispatcher) -> StationDetail:
     bind: dict[str, str | int | float] = {"station": station}
     last, status, newest = await asyncio.gather(
         influx.query(f'SELECT last(*) FROM "{MEASUREMENT_STATION}" WHERE "station" = $station', bind),
@@ -81,8 +74,7 @@ async def station(request: Request, station: Annotated[Ident, Path()], _p: Dispa
     row = dict(zip(last[0]["columns"], last[0]["values"][0], strict=True))
     values = {k.removeprefix("last_"): v for k, v in row.items()
               if k.startswith("last_") and v is not None and not k.endswith(QUALITY_SUFFIX)}
-    store: Store = request.app.state.store
-    page = await asyncio.to_thread(store.query, station=station, open_only=True, limit=500)
+    page = await asyncio.to_thread(store.alerts, station=station, open_only=True, limit=500)
     return StationDetail(
         station=station, state=status[0]["values"][0][1] if status else None,
         last_seen=newest[0]["values"][0][0] if newest else None, values=values,
@@ -91,12 +83,12 @@ async def station(request: Request, station: Annotated[Ident, Path()], _p: Dispa
 
 @router.get("/{station}/buildings", response_model=BuildingList,
             summary="A station's buildings: address and latest entrance values")
-async def buildings(request: Request, station: Annotated[Ident, Path()], _p: Dispatcher) -> BuildingList:
-    store: Store = request.app.state.store
+async def buildings(influx: InfluxDep, registry: RegistryDep, station: Annotated[Ident, Path()],
+                    _p: Dispatcher) -> BuildingList:
     series, addresses = await asyncio.gather(
-        _influx(request).query(f'SELECT last(*) FROM "{MEASUREMENT_BUILDING}" WHERE "station" = $station '
+        influx.query(f'SELECT last(*) FROM "{MEASUREMENT_BUILDING}" WHERE "station" = $station '
                                'GROUP BY "building"', {"station": station}),
-        asyncio.to_thread(store.building_addresses, station))
+        asyncio.to_thread(registry.building_addresses, station))
     out: dict[str, BuildingState] = {
         b: BuildingState(building=b, address=a, last_seen=None, values={}) for b, a in addresses.items()}
     for s in series:
@@ -112,7 +104,7 @@ async def buildings(request: Request, station: Annotated[Ident, Path()], _p: Dis
 
 @router.get("/{station}/history", response_model=History, summary="A point over a time range, downsampled")
 async def history(
-    request: Request, station: Annotated[Ident, Path()], _p: Dispatcher,
+    influx: InfluxDep, station: Annotated[Ident, Path()], _p: Dispatcher,
     point: Annotated[str, Query(min_length=1, max_length=63, description="canonical or x_ point name")],
     building: Annotated[Ident | None, Query()] = None,
     household: Annotated[Ident | None, Query()] = None,
@@ -145,7 +137,7 @@ async def history(
     if household:
         bind["household"] = household
     try:
-        series = await _influx(request).query(
+        series = await influx.query(
             f'SELECT {agg}("{point}") FROM "{measurement}" WHERE {where} AND time >= $start AND time < $end '
             f"GROUP BY time({bucket_s}s) fill(none)", bind)
     except QueryRejected as exc:

@@ -39,6 +39,7 @@ import yaml
 from measure import pct, proc_cpu_s, scrape
 
 from alerting.assets import Assets, search_text
+from alerting.registry import SiteRegistry
 from alerting.store import Store
 from contract.alerts import Transition
 from contract.payload import Frame, Sample, parse_station_status
@@ -69,7 +70,7 @@ def fill_store(store: Store, stations: int, per_station: int, alerts: int, now: 
             a.households[code] = {"code": code, "station": st, "building": b, "unit": str(h % 4 + 1),
                                   "room": f"{h % 10 + 1}01", "sensor": f"{b}-{h:03d}",
                                   "search": search_text(addr, str(h % 4 + 1), f"{h % 10 + 1}01", code)}
-    store.import_assets(a, actor="bench", now=now)
+    SiteRegistry(store.db).import_assets(a, actor="bench", now=now)
     rnd = random.Random(1)
     trs = []
     for i in range(alerts):
@@ -309,7 +310,7 @@ def main() -> int:
         store.migrate()
         fill_store(store, a.stations, a.households, a.alerts, now)
         fill_latest(store, a.stations, a.households, now)
-        token = store.add_token(name="bench", role="dispatcher", actor="bench", now=now)
+        token = SiteRegistry(store.db).add_token(name="bench", role="dispatcher", actor="bench", now=now)
         store.close()
         asyncio.run(fill_influx(db.url, a.stations, a.households, now))
         fill_s = time.perf_counter() - t0

@@ -40,7 +40,8 @@ import yaml
 from measure import pct, proc_cpu_s
 from paho.mqtt.enums import CallbackAPIVersion
 
-from alerting.store import Store
+from alerting.database import Database
+from alerting.registry import SiteRegistry
 from heatwatch.devstack import DEPLOY, REPO, Influxd, Mosquitto, free_port, port_open, wait_until
 
 BUILDINGS = ("b01", "b02", "b03")
@@ -117,13 +118,13 @@ def _phases(store_url: str, since_ms: float) -> dict[str, dict[str, float]]:
 
     from alerting import schema
 
-    store = Store(store_url)
+    db = Database(store_url)
     t, ev = schema.commands, schema.command_events
-    with store.engine.connect() as conn:
+    with db.engine.connect() as conn:
         rows = conn.execute(sa.select(t.c.id, t.c.created_at, t.c.sent_at, t.c.result_at)
                             .where(t.c.created_at >= since_ms)).all()
         recorded = dict(conn.execute(sa.select(ev.c.command_id, ev.c.ts).where(ev.c.kind == "result")).all())
-    store.close()
+    db.close()
     parts: dict[str, list[float]] = {"commit_to_puback_handled": [], "commit_to_gateway_result": [],
                                      "gateway_result_to_store": []}
     for cid, created, sent, result in rows:
@@ -165,11 +166,11 @@ def main() -> int:
         configs = [write_station(gw, i, broker.port, ports[2 * i], ports[2 * i + 1],
                                  keys / "control-room.pub", args.interval) for i in range(args.stations)]
         store_url = f"sqlite:///{tmp / 'site.sqlite'}"
-        store = Store(store_url)
-        store.migrate()
+        registry = SiteRegistry(store_url)
+        registry.migrate()
         now = int(time.time() * 1000)
-        token = store.add_token(name="eng1", role="engineer", actor="bench", now=now)
-        store.close()
+        token = registry.add_token(name="eng1", role="engineer", actor="bench", now=now)
+        registry.close()
         col = tmp / "collector.yaml"
         col.write_text(yaml.safe_dump({
             "kind": "collector", "client_id": "bench-collector", "mqtt": {"port": broker.port},

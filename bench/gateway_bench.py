@@ -10,7 +10,12 @@
   /proc and the messages that reached the broker against those due,
 - side by side with modbus4mqtt (a YAML-defined Modbus→MQTT bridge on PyPI, installed into
   ``.venv-modbus4mqtt`` on first use): the same station polled every second by each as its own
-  process, requests per poll counted on the wire by a proxy, CPU per 1,000 registers from /proc.
+  process, requests per poll counted on the wire by a proxy, CPU per 1,000 registers from /proc,
+- what receipts cost (issue #16): one gateway process polling ``--receipt-stations`` stations,
+  with a stand-in collector that receipts every message it gets (per station, every 0.5 s, as
+  the collector's batches do), against the same run with ``outbox.receipts: false`` (a row
+  deleted at its PUBACK) and, with ``--before PATH``, the gateway of an older checkout: gateway
+  CPU per message from /proc, and the outbox's rows sampled through the window.
 
 The simulator runs as its own process (``heatwatch simulate``) so its CPU is not counted.
 Run: ``.venv/bin/python bench/gateway_bench.py`` (see bench/README.md).
@@ -27,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +44,7 @@ from measure import ModbusCounter, proc_cpu_s
 from paho.mqtt.enums import CallbackAPIVersion
 
 from contract.config import load_gateway_config
+from contract.receipt import receipt_topic, receipts
 from durable.queue import DiskQueue
 from gateway.app import Gateway, blocking
 from gateway.publisher import Publisher
@@ -66,7 +73,13 @@ def write_station(folder: Path, mqtt_port: int, plc_port: int, interval_s: float
     return path
 
 
-def write_map(path: Path) -> None:
+def write_map(path: Path, registers: int = REGISTERS) -> None:
+    if registers != REGISTERS:  # a small station: the publish path's cost shows over the poll's
+        path.write_text(yaml.safe_dump({
+            "kind": "register_map", "model": f"bench-{registers}", "addressing": "zero_based",
+            "points": [{"point": f"x_t{i:03d}", "table": "holding_register", "address": i,
+                        "type": "int16", "unit": "°C", "scale": 0.1} for i in range(registers)]}))
+        return
     points: list[dict[str, object]] = []
     for i in range(150):
         points.append({"point": f"x_t{i:03d}", "table": "holding_register", "address": i,
@@ -166,6 +179,29 @@ def outbox_rates(folder: Path, payload: bytes, n: int) -> dict[str, object]:
     return {"outbox_appends_per_s": round(n / took), "outbox_append_ms": round(took / n * 1000, 3)}
 
 
+def confirm_costs(folder: Path, payload: bytes, n: int, per: int) -> dict[str, object]:
+    """The outbox's side of confirming ``n`` rows ``per`` at a time: the PUBACK path (append,
+    delete by row ids) against receipts (append with boot and seq, delete by a seq range), CPU
+    of this process per row (the fsyncs are the disk's, not counted)."""
+    out: dict[str, object] = {}
+    for mode in ("puback", "receipt"):
+        q = DiskQueue(folder / f"confirm-{mode}.sqlite", max_bytes=10**10, max_age_s=86400 * 3)
+        c0 = time.process_time()
+        ids = [q.append("t", payload, boot="0badc0de" if mode == "receipt" else None, seq=i if
+                        mode == "receipt" else None) for i in range(n)]
+        c1 = time.process_time()
+        for i in range(0, n, per):
+            if mode == "puback":
+                q.delete(ids[i:i + per])
+            else:
+                q.receipted("0badc0de", [(i, i + per - 1)])
+        c2 = time.process_time()
+        q.close()
+        out[f"outbox_{mode}_append_cpu_us"] = round((c1 - c0) / n * 1e6, 1)
+        out[f"outbox_{mode}_confirm_cpu_us_per_row"] = round((c2 - c1) / n * 1e6, 1)
+    return out
+
+
 async def replay(cfg_path: Path, payload: bytes, backlog: int, interval_s: float) -> dict[str, object]:
     cfg = load_gateway_config(cfg_path)
     q = DiskQueue(cfg.outbox.path, max_bytes=10**10, max_age_s=86400 * 3)
@@ -237,6 +273,110 @@ def fleet(tmp: Path, mqtt_port: int, stations: int, interval_s: float, seconds: 
                 p.wait(30)
 
 
+class ReceiptingCollector:
+    """Receipts every telemetry message it gets, per (station, gateway, boot), every ``every_s``."""
+
+    def __init__(self, port: int, every_s: float = 0.5) -> None:
+        self.pending: dict[tuple[str, str, str], list[int]] = {}
+        self.lock = threading.Lock()
+        self.received = 0
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-collector")
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: c.subscribe("heatwatch/v1/station/+/telemetry", qos=1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._flush, args=(every_s,), daemon=True)
+        self.thread.start()
+
+    def _on_message(self, _c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
+        t = orjson.loads(m.payload)
+        with self.lock:
+            self.pending.setdefault((t["station"], t["gateway"], t["boot"]), []).append(t["seq"])
+            self.received += 1
+
+    def _flush(self, every_s: float) -> None:
+        while not self.stop.wait(every_s):
+            with self.lock:
+                batch, self.pending = self.pending, {}
+            for (station, gateway, boot), seqs in batch.items():
+                for r in receipts(station, gateway, boot, seqs):
+                    self.client.publish(receipt_topic(station), r.encode(), qos=1)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def receipt_cost(tmp: Path, mqtt_port: int, stations: int, interval_s: float, seconds: float,
+                 mode: str, repo: Path = REPO, registers: int = REGISTERS) -> dict[str, object]:
+    """One gateway process polling ``stations`` 300-register stations; ``mode``: ``receipts``
+    (a stand-in collector receipts everything), ``puback`` (receipts off) or ``before`` (the
+    gateway of ``repo``, an older checkout without receipts)."""
+    folder = tmp / f"receipts-{mode}"
+    folder.mkdir()
+    map_path = folder / "map.yaml"
+    write_map(map_path, registers)
+    ports: list[int] = []
+    while len(ports) < stations:
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    paths = [write_station(folder, mqtt_port, port, interval_s, station=f"r{i:03d}", map_path=map_path)
+             for i, port in enumerate(ports)]
+    if mode != "before":
+        for path in paths:
+            cfg = yaml.safe_load(path.read_text())
+            cfg["outbox"]["receipts"] = mode == "receipts"
+            path.write_text(yaml.safe_dump(cfg))
+    sim = subprocess.Popen([sys.executable, "-m", "heatwatch", "simulate", *map(str, paths)], cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    collector = ReceiptingCollector(mqtt_port) if mode == "receipts" else None
+    counter = Counter(mqtt_port, "heatwatch/v1/station/+/telemetry")
+    gw: subprocess.Popen[bytes] | None = None
+    outboxes = [folder / f"r{i:03d}.outbox.sqlite" for i in range(stations)]
+
+    def rows() -> int:
+        n = 0
+        for o in outboxes:
+            db = sqlite3.connect(f"file:{o}?mode=ro", uri=True)
+            try:
+                n += int(db.execute("SELECT COUNT(*) FROM queue").fetchone()[0])
+            finally:
+                db.close()
+        return n
+
+    try:
+        wait_until(lambda: all(port_open(p) for p in ports), 120, "simulated PLCs")
+        gw = subprocess.Popen([sys.executable, "-m", "heatwatch", "gateway", *map(str, paths)], cwd=repo,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_until(lambda: len(counter.counts) == stations, 120, "every station's first message")
+        time.sleep(max(5.0, 2 * interval_s))  # past start-up
+        c0, n0, t0 = proc_cpu_s(gw.pid), counter.total(), time.monotonic()
+        samples: list[int] = []
+        while time.monotonic() - t0 < seconds:
+            samples.append(rows())
+            time.sleep(1.0)
+        cpu, msgs, took = proc_cpu_s(gw.pid) - c0, counter.total() - n0, time.monotonic() - t0
+        return {"mode": mode, "stations": stations, "registers": registers, "interval_s": interval_s,
+                "window_s": round(took, 1), "messages_due_per_s": round(stations / interval_s, 1),
+                "messages_per_s": round(msgs / took, 1),
+                "gateway_cpu_us_per_message": round(cpu * 1e6 / msgs, 1) if msgs else None,
+                "gateway_cpu_share": round(cpu / took, 3),
+                "outbox_rows_mean": round(statistics.mean(samples), 1), "outbox_rows_max": max(samples),
+                "outbox_rows_per_station_mean": round(statistics.mean(samples) / stations, 2),
+                "receipted_by_stand_in": collector.received if collector else None}
+    finally:
+        counter.close()
+        if collector is not None:
+            collector.close()
+        for p in (gw, sim):
+            if p is not None:
+                p.terminate()
+                p.wait(30)
+
+
 def ensure_modbus4mqtt() -> Path:
     exe = M4M_VENV / "bin" / "modbus4mqtt"
     if not exe.exists():
@@ -292,6 +432,15 @@ def main() -> int:
     ap.add_argument("--fleet-seconds", type=float, default=60.0)
     ap.add_argument("--compare-seconds", type=float, default=30.0,
                     help="window of the modbus4mqtt side-by-side run (0: skip)")
+    ap.add_argument("--receipt-stations", type=int, default=50,
+                    help="stations in the receipts-cost runs (0: skip them)")
+    ap.add_argument("--receipt-interval", type=float, default=1.0)
+    ap.add_argument("--receipt-registers", type=int, default=REGISTERS,
+                    help="registers per station in the receipt runs (a few: the publish path's share grows)")
+    ap.add_argument("--receipt-seconds", type=float, default=60.0)
+    ap.add_argument("--receipt-rounds", type=int, default=2, help="alternating runs of each mode")
+    ap.add_argument("--before", type=Path, help="a checkout without receipts: its gateway is run too")
+    ap.add_argument("--only-receipts", action="store_true", help="skip everything but the receipt runs")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="hw-gwbench-"))
     broker = Mosquitto(tmp / "mosquitto", free_port())
@@ -302,16 +451,35 @@ def main() -> int:
                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: port_open(plc_port), 20, "simulator")
-        poll = asyncio.run(polling(cfg_path, a.cycles))
-        out: dict[str, object] = dict(poll)
-        payload = orjson.dumps({"n": "x" * (int(poll["message_bytes"]) - 10)})
-        out |= outbox_rates(tmp, payload, 2000)
-        backlog = int(86400 / a.interval)  # 24 h of this station's messages
-        out |= asyncio.run(replay(cfg_path, payload, backlog, a.interval))
-        if a.compare_seconds:
-            out["side_by_side"] = side_by_side(tmp, broker.port, plc_port, a.compare_seconds)
-        if a.fleet:
-            out |= fleet(tmp, broker.port, a.fleet, a.interval, a.fleet_seconds)
+        out: dict[str, object] = {}
+        if not a.only_receipts:
+            poll = asyncio.run(polling(cfg_path, a.cycles))
+            out |= poll
+            payload = orjson.dumps({"n": "x" * (int(poll["message_bytes"]) - 10)})
+            out |= outbox_rates(tmp, payload, 2000)
+            out |= confirm_costs(tmp, payload, 2000, 2)
+            backlog = int(86400 / a.interval)  # 24 h of this station's messages
+            out |= asyncio.run(replay(cfg_path, payload, backlog, a.interval))
+            if a.compare_seconds:
+                out["side_by_side"] = side_by_side(tmp, broker.port, plc_port, a.compare_seconds)
+            if a.fleet:
+                out |= fleet(tmp, broker.port, a.fleet, a.interval, a.fleet_seconds)
+        if a.receipt_stations:
+            modes = ["puback", "receipts", *(["before"] if a.before else [])]
+            runs = []
+            for r in range(a.receipt_rounds):  # alternating: the machine's load drifts
+                (tmp / f"round{r}").mkdir()
+                for m in modes:
+                    runs.append(receipt_cost(tmp / f"round{r}", broker.port, a.receipt_stations,
+                                             a.receipt_interval, a.receipt_seconds, m,
+                                             a.before if m == "before" else REPO, a.receipt_registers))
+            out["receipt_runs"] = runs
+            cpu = {m: statistics.mean(float(str(x["gateway_cpu_us_per_message"])) for x in runs
+                                      if x["mode"] == m) for m in modes}
+            out["receipts_cpu_per_message_vs_puback"] = round(cpu["receipts"] / cpu["puback"], 3)
+            if a.before:
+                out["receipts_cpu_per_message_vs_before"] = round(cpu["receipts"] / cpu["before"], 3)
+                out["puback_cpu_per_message_vs_before"] = round(cpu["puback"] / cpu["before"], 3)
         print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
         return 0
     finally:

@@ -1,6 +1,6 @@
 """The collector's ingest, wired in one place (``Collector.__init__`` builds the stages and the
 queues between them, ``Collector.run`` starts them): receive → validate → lines → batch → write or
-spool → acknowledge.
+spool → acknowledge (→ receipt).
 
     stage          module                   takes                          emits
     receive        collector/receive.py     MQTT PUBLISHes                 Delivery → Inbox
@@ -10,14 +10,19 @@ spool → acknowledge.
     batch          collector/batch.py       Inbox (deliveries, control)    Batch → batches (≤ 2)
     write or spool collector/store.py       batches                        (Batch, write) → written
     acknowledge    collector/acknowledge.py written, in order              PUBACKs
+    receipt        collector/receipt.py     a durable batch's seqs         receipts to the gateways
 
 ``collector/stages.py`` holds what they pass each other. Memory is bounded: at most
-``receive_maximum`` deliveries wait in the inbox (the receive stage stops reading the socket
-while it is full), two batches wait for a write, and ``batch.concurrency`` batches are being
-written or acknowledged. Every message, good or rejected, rides in the same batches in arrival
-order, so PUBACKs go out in the order the PUBLISHes came in, and only once their batch is durable
-(InfluxDB or the spool). A rejected message is stored as a ``rejects`` line, then acknowledged:
-bad input is never redelivered forever, and never silently dropped.
+``receive_maximum`` deliveries or ``receive_max_bytes`` of payload wait in the inbox (the receive
+stage stops reading the socket while it is full; a payload over the contract's 1 MB is not kept at
+all), two batches wait for a write, and ``batch.concurrency`` batches are being written or
+acknowledged, each at most ``batch.max_lines`` lines and ``batch.max_bytes``. Every message, good or
+rejected, rides in the same batches in arrival order, so PUBACKs go out in the order the PUBLISHes
+came in, and only once their batch is durable (InfluxDB or the spool). A rejected message is stored
+as a ``rejects`` line, then acknowledged: bad input is never redelivered forever, and never silently
+dropped. Once durable, a batch's telemetry is receipted to its gateways (``collector/receipt.py``),
+so they keep their outbox rows until then and re-send what is never receipted: the broker's PUBACK
+is not durability.
 
 The collector stores what is on the bus and nothing else: telemetry, statuses, the gateways'
 command results (``commands``) and the alerters' transitions (``alerts``, Grafana's
@@ -25,7 +30,8 @@ annotations). It needs no alert store: the rules, the latest-value table and the
 command results are the alerter's (``alerter/``), so collectors scale freely on a shared
 subscription (``subscription_group``).
 
-Start-up order: the ``/metrics`` endpoint, InfluxDB's database, then the tasks.
+Start-up order: the ``/metrics`` endpoint, InfluxDB's database, the custom points' kinds it holds
+(read into the validate stage), then the tasks.
 
 Beside the stages: the stats reporter, which reaches the batch stage through the inbox's control
 path; the spool drainer; InfluxDB's retention and rollup set-up when ``influx.lifecycle`` asks
@@ -48,11 +54,13 @@ from collector.batch import Batcher
 from collector.influx import InfluxWriter
 from collector.lines import lines
 from collector.metrics import Stats
+from collector.receipt import Receipts
 from collector.receive import MqttReceive
 from collector.stages import Batch, Inbox, StatsLines
 from collector.store import WriteOrSpool, Written
 from collector.validate import Validate
 from contract.config import CollectorConfig
+from contract.influx import TELEMETRY_MEASUREMENTS
 from durable.queue import DiskQueue
 
 log = structlog.get_logger("heatwatch.collector")
@@ -67,9 +75,12 @@ class Collector:
         self.metrics_port: int | None = None
         self.connected = asyncio.Event()
         self.writer = InfluxWriter(cfg.influx)
+        # the room sensors' plausible range of the site's rule file (``rules:``, the alerter's): the
+        # 1-hour rollup's plausible room means (a rule file's error raises here, at start-up)
+        self.plausible = lifecycle.plausible_of(cfg.rules)
 
         # -- the ingest stages, in order, and the bounded queues between them -----------------
-        self.inbox = Inbox(cfg.receive_maximum)  # receive → batch (+ the control path)
+        self.inbox = Inbox(cfg.receive_maximum, cfg.receive_max_bytes)  # receive → batch (+ control)
         self.receive = MqttReceive(cfg, self.inbox, self.connected)
         self.validate = Validate(cfg.ingest, self.stats)
         # batch → write: two batches wait at most, so a slow InfluxDB slows the batch stage
@@ -80,7 +91,9 @@ class Collector:
         self.store = WriteOrSpool(cfg.spool, self.writer, self.stats)
         self.written: asyncio.Queue[Written] = asyncio.Queue()  # write → acknowledge, ≤ slots long
         self.slots = asyncio.Semaphore(cfg.batch.concurrency)
-        self.acknowledge = Acknowledge(self.receive.ack, self.stats, self.latency, clock)
+        self.receipts = Receipts(self.receive.publish, self.receive.room, self.stats)  # beside the PUBACKs
+        self.acknowledge = Acknowledge(self.receive.ack, self.stats, self.latency, clock,
+                                       receipt=self.receipts)
 
     @property
     def spool(self) -> DiskQueue:
@@ -97,15 +110,20 @@ class Collector:
                 self.metrics_port = metrics.serve(self, st.metrics_host, st.metrics_port)
                 log.info("metrics", url=f"http://{st.metrics_host}:{self.metrics_port}/metrics")
             await self.writer.ensure_database_retrying()
+            # the custom points' kinds InfluxDB holds already, before the first message
+            seeded = self.validate.seed_kinds(await self.writer.field_types(TELEMETRY_MEASUREMENTS))
+            log.info("custom point kinds read from InfluxDB", points=seeded)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.receive.run())
                 tg.create_task(self.batcher.run())
                 tg.create_task(self.store.run(self.batches, self.written, self.slots, tg))
                 tg.create_task(self.acknowledge.run(self.written, self.slots))
+                tg.create_task(self.receipts.run())
                 tg.create_task(self.store.drain())
                 tg.create_task(self._reporter())
                 tg.create_task(self._gc_keeper())
-                tg.create_task(lifecycle.setup_at_start(self.cfg.influx))  # logs, never raises
+                # logs, never raises
+                tg.create_task(lifecycle.setup_at_start(self.cfg.influx, self.plausible))
         finally:
             await self.writer.close()
             self.spool.close()

@@ -1,8 +1,10 @@
 """InfluxDB's data lifecycle and users, set up by heatwatch itself (idempotent).
 
     setup()     database; raw retention (default RP, ``raw_days``); rollup_5m and rollup_1h
-                retention policies; one continuous query per rollup; users with their grants;
-                a backfill of the rollups over the raw data already there when a CQ is new
+                retention policies; the rollups' continuous queries (contract.influx.rollup_cqs:
+                one for the 5-minute rollup, two for the hourly one — every point's aggregates and
+                the plausible room means, in the rule file's range); users with their grants; a
+                backfill of the rollups over the raw data already there when a CQ is new
     backfill()  recompute the rollups of a span by hand (what the CQs compute for new buckets)
 
 Run by ``heatwatch influx setup`` (as an InfluxDB admin where authentication is on) and, when the
@@ -28,16 +30,20 @@ from typing import Any, Literal
 import httpx
 import structlog
 
+from contract.alerts import AlertRules, load_rules
 from contract.config import InfluxSettings, LifecycleSettings
 from contract.errors import DatabaseUnavailable, HeatwatchError
 from contract.influx import (
+    DEFAULT_PLAUSIBLE,
     ROLLUP_1H,
     ROLLUP_5M,
     ROLLUP_MEASUREMENTS,
     ROLLUPS,
     Rollup,
     backfill_select,
-    rollup_cq,
+    rollup_cqs,
+    rollup_selects,
+    rooms_cq_range,
 )
 
 log = structlog.get_logger("heatwatch.collector.lifecycle")
@@ -163,38 +169,63 @@ async def ensure_users(admin: InfluxAdmin, database: str, users: list[User]) -> 
 async def ensure_retention(admin: InfluxAdmin, database: str, raw_rp: str,
                            lc: LifecycleSettings) -> list[str]:
     rps = {r["name"]: r for r in _rows(await admin.query(f"SHOW RETENTION POLICIES ON {_q(database)}"))}
-    wanted = [(raw_rp, lc.raw_days, True), (ROLLUP_5M.rp, lc.rollup_5m_days, False),
-              (ROLLUP_1H.rp, lc.rollup_1h_days, False)]
+    wanted = [(raw_rp, lc.raw_days, True, None),
+              (ROLLUP_5M.rp, lc.rollup_5m_days, False, ROLLUP_5M.shard_weeks),
+              (ROLLUP_1H.rp, lc.rollup_1h_days, False, ROLLUP_1H.shard_weeks)]
     done = []
-    for name, days, default in wanted:
+    for name, days, default, weeks in wanted:
         have = rps.get(name)
+        shard = f" SHARD DURATION {weeks}w" if weeks else ""
         if have is None:
             await admin.query(f"CREATE RETENTION POLICY {_q(name)} ON {_q(database)} DURATION {_hours(days)} "
-                              f"REPLICATION 1{' DEFAULT' if default else ''}")
+                              f"REPLICATION 1{shard}{' DEFAULT' if default else ''}")
             done.append(f"retention policy {name} {_hours(days)}")
-        elif not _same_duration(have["duration"], days) or (default and not have["default"]):
+            continue
+        if not _same_duration(have["duration"], days) or (default and not have["default"]):
             # shorter: InfluxDB drops the shards past it at its next retention check (30 min)
             await admin.query(f"ALTER RETENTION POLICY {_q(name)} ON {_q(database)} DURATION {_hours(days)}"
                               f"{' DEFAULT' if default else ''}")
             done.append(f"retention policy {name} {have['duration']} -> {_hours(days)}")
+        if weeks and not _same_duration(str(have.get("shardGroupDuration", "")), weeks * 7):
+            # applies to the shard groups created from now on; the existing ones stay as they are
+            await admin.query(f"ALTER RETENTION POLICY {_q(name)} ON {_q(database)}{shard}")
+            done.append(f"retention policy {name} shard duration {have.get('shardGroupDuration')} "
+                        f"-> {weeks}w")
     return done
 
 
-async def ensure_cqs(admin: InfluxAdmin, database: str, raw_rp: str) -> list[Rollup]:
-    """The rollups' continuous queries; returns the rollups whose CQ was created now."""
-    cqs = _rows(await admin.query("SHOW CONTINUOUS QUERIES"))
-    have = {r["name"] for r in cqs if r["_series"] == database}
+async def _cq_names(admin: InfluxAdmin, database: str) -> set[str]:
+    rows = _rows(await admin.query("SHOW CONTINUOUS QUERIES"))
+    return {r["name"] for r in rows if r["_series"] == database}
+
+
+async def ensure_cqs(admin: InfluxAdmin, database: str, raw_rp: str,
+                     plausible: tuple[float, float] = DEFAULT_PLAUSIBLE) -> list[Rollup]:
+    """The rollups' continuous queries; returns the rollups whose CQs were created now. A rollup's
+    CQs are replaced together when any of them is not current (another config, version or
+    plausible range), so its rows agree from the backfill on."""
+    have = await _cq_names(admin, database)
     new = []
     for r in ROLLUPS:
-        name, create = rollup_cq(database, raw_rp, r)
-        if name in have:
+        cqs = rollup_cqs(database, raw_rp, r, plausible)
+        if all(name in have for name, _ in cqs):
             continue
         for old in sorted(have):
             if old.startswith(f"heatwatch_rollup_{r.name}_"):  # left by another config or version
                 await admin.query(f"DROP CONTINUOUS QUERY {_q(old)} ON {_q(database)}")
-        await admin.query(create)
+        for _, create in cqs:
+            await admin.query(create)
         new.append(r)
     return new
+
+
+async def live_plausible(admin: InfluxAdmin, database: str) -> tuple[float, float] | None:
+    """The plausible room range the 1-hour rollup's rooms CQ uses now (from its name), if any."""
+    for name in sorted(await _cq_names(admin, database)):
+        got = rooms_cq_range(name)
+        if got is not None and got[0] == ROLLUP_1H.name:
+            return got[1]
+    return None
 
 
 async def earliest_ms(admin: InfluxAdmin, database: str, raw_rp: str) -> int | None:
@@ -207,24 +238,39 @@ async def earliest_ms(admin: InfluxAdmin, database: str, raw_rp: str) -> int | N
 
 
 async def backfill(admin: InfluxAdmin, database: str, raw_rp: str, start_ms: int, end_ms: int,
-                   rollups: tuple[Rollup, ...] = ROLLUPS) -> dict[str, int]:
+                   rollups: tuple[Rollup, ...] = ROLLUPS,
+                   plausible: tuple[float, float] | None = None) -> dict[str, int]:
     """Recompute the rollups of ``[start, end)`` (widened to whole buckets): points written each.
 
-    Safe to repeat: a rollup row is keyed by its bucket's time and the series' tags, so running
-    it again overwrites the same rows with the same (or, with late data, corrected) values."""
+    ``plausible``: the room range of the 1-hour rollup's rooms CQ; None: the one the live CQ
+    names (the default range when there is none yet). Safe to repeat: a rollup row is keyed by
+    its bucket's time and the series' tags, so running it again overwrites the same rows with the
+    same (or, with late data, corrected) values."""
+    if plausible is None:
+        plausible = await live_plausible(admin, database) or DEFAULT_PLAUSIBLE
     out: dict[str, int] = {}
     for r in rollups:
         b = r.bucket_s * 1000
         t, stop = start_ms // b * b, -(-end_ms // b) * b
         written = 0
+        bodies = rollup_selects(database, raw_rp, r, plausible)
         while t < stop:
             nxt = min(stop, t + _CHUNK_S[r.name] * 1000)
-            rows = _rows(await admin.query(backfill_select(database, raw_rp, r, t, nxt), db=database))
-            written += sum(int(x.get("written") or 0) for x in rows)
+            for body in bodies:
+                rows = _rows(await admin.query(backfill_select(body, t, nxt), db=database))
+                written += sum(int(x.get("written") or 0) for x in rows)
             t = nxt
         out[r.name] = written
         log.info("rollup backfilled", rollup=r.name, start_ms=start_ms, end_ms=end_ms, points=written)
     return out
+
+
+def plausible_of(rules: str | None) -> tuple[float, float]:
+    """The room sensors' plausible range (``sensor.plausible_min``…``plausible_max``) of a rule
+    file, for the 1-hour rollup's plausible room means; the rules' defaults without one. The rule
+    file is the alerter's: the collector's and ``heatwatch influx setup``'s ``rules:`` names it."""
+    r = load_rules(rules) if rules else AlertRules()
+    return r.sensor.plausible_min, r.sensor.plausible_max
 
 
 def raw_rp(settings: InfluxSettings) -> str:
@@ -233,8 +279,10 @@ def raw_rp(settings: InfluxSettings) -> str:
 
 async def setup(settings: InfluxSettings, *, admin: tuple[str, str] | None = None,
                 users: list[User] | None = None, now_ms: int | None = None,
-                backfill_new: bool = True) -> SetupReport:
-    """Everything the lifecycle and the users need, created or adjusted; safe to run again."""
+                backfill_new: bool = True, plausible: tuple[float, float] = DEFAULT_PLAUSIBLE) -> SetupReport:
+    """Everything the lifecycle and the users need, created or adjusted; safe to run again.
+    ``plausible``: the rule file's room sensor range (sensor.plausible_min, plausible_max) for the
+    1-hour rollup's plausible room means."""
     lc = settings.lifecycle or LifecycleSettings()
     db, rp = settings.database, raw_rp(settings)
     conn = InfluxAdmin(settings, *(admin or (None, None)))
@@ -244,7 +292,7 @@ async def setup(settings: InfluxSettings, *, admin: tuple[str, str] | None = Non
             report.created.append(f"admin user {admin[0]}")
         await conn.query(f"CREATE DATABASE {_q(db)}")
         report.created += await ensure_retention(conn, db, rp, lc)
-        new = await ensure_cqs(conn, db, rp)
+        new = await ensure_cqs(conn, db, rp, plausible)
         report.created += [f"continuous query {r.rp}" for r in new]
         if users:
             report.created += await ensure_users(conn, db, users)
@@ -252,20 +300,21 @@ async def setup(settings: InfluxSettings, *, admin: tuple[str, str] | None = Non
             first = await earliest_ms(conn, db, rp)
             if first is not None:
                 now = now_ms if now_ms is not None else int(time.time() * 1000)
-                report.backfilled = await backfill(conn, db, rp, first, now, tuple(new))
+                report.backfilled = await backfill(conn, db, rp, first, now, tuple(new), plausible)
     finally:
         await conn.close()
     return report
 
 
-async def setup_at_start(settings: InfluxSettings) -> None:
+async def setup_at_start(settings: InfluxSettings,
+                         plausible: tuple[float, float] = DEFAULT_PLAUSIBLE) -> None:
     """The collector's start: set up with its own credentials; never stops ingest over it."""
     if settings.lifecycle is None or not settings.lifecycle.setup_at_start:
         return
     try:
         # no backfill here: over a large raw history it keeps InfluxDB busy for hours (150 days of
         # one station: 161 s) while ingest needs it; `heatwatch influx setup` does it, by hand
-        report = await setup(settings, backfill_new=False)
+        report = await setup(settings, backfill_new=False, plausible=plausible)
     except SetupError as exc:
         log.error("InfluxDB retention and rollups not set up: run `heatwatch influx setup` as an InfluxDB "
                   "admin (docs/operations.md); ingest goes on", error=str(exc))

@@ -3,12 +3,12 @@
 Takes a ``Validated`` (see ``collector/stages.py``) and returns its line protocol, built by the
 pure encoders of ``contract/influx.py`` (the schema lives there): telemetry, status, a command
 result, an alert transition (Grafana's annotations), or the ``rejects`` record of a message that
-failed validation.
+failed validation (or of the readings refused from a stored one: a ``Trimmed`` message).
 """
 
 from __future__ import annotations
 
-from collector.stages import GatewaySeen, Rejected, Validated
+from collector.stages import GatewaySeen, Rejected, Trimmed, Validated
 from contract.alerts import Transition
 from contract.commands import CommandResult
 from contract.influx import (
@@ -22,11 +22,17 @@ from contract.influx import (
 from contract.payload import Frame
 
 
+def reject(r: Rejected) -> str:
+    return reject_line(r.reason, r.station, r.topic, r.detail, r.ts_ms, r.count)
+
+
 def lines(item: Validated) -> list[str]:
     if isinstance(item, Frame):
         return telemetry_lines(item)
     if isinstance(item, Rejected):
-        return [reject_line(item.reason, item.station, item.topic, item.detail, item.ts_ms)]
+        return [reject(item)]
+    if isinstance(item, Trimmed):
+        return [*telemetry_lines(item.frame), reject(item.refused)]
     if isinstance(item, GatewaySeen):
         return [gateway_status_line(item.status, item.received_ms)]
     if isinstance(item, CommandResult):

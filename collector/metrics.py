@@ -36,6 +36,8 @@ from contract.influx import (
 
 if TYPE_CHECKING:
     from collector.influx import InfluxWriter
+    from collector.receipt import Receipts
+    from collector.receive import MqttReceive
     from collector.stages import Inbox
     from contract.config import CollectorConfig
     from durable.queue import DiskQueue
@@ -51,6 +53,7 @@ class Stats:
     rejected: Counter[str] = field(default_factory=Counter)  # by reason
     written: int = 0  # lines InfluxDB took
     write_rejected: int = 0  # lines InfluxDB refused
+    influx_rejects: Counter[str] = field(default_factory=Counter)  # the same, by reason
     acked: int = 0
     spooled: int = 0  # lines put in the disk spool
     drained: int = 0  # lines written from the spool to InfluxDB
@@ -58,6 +61,9 @@ class Stats:
     seq_gaps: Counter[str] = field(default_factory=Counter)  # by station
     restarts: Counter[str] = field(default_factory=Counter)  # by station (new boot id)
     restamped: Counter[str] = field(default_factory=Counter)  # by station: stored at receipt time
+    receipts: int = 0  # receipts published
+    receipted: int = 0  # messages they cover
+    receipts_dropped: int = 0  # receipts not published: too many awaiting the broker
 
 
 class GcClock:
@@ -143,6 +149,10 @@ class Collector(Protocol):
     def inbox(self) -> Inbox: ...
     @property
     def latency(self) -> Histogram: ...
+    @property
+    def receipts(self) -> Receipts: ...
+    @property
+    def receive(self) -> MqttReceive: ...
 
 
 @dataclass(frozen=True)
@@ -171,12 +181,27 @@ TABLE: tuple[Row, ...] = (
         measurement=MEASUREMENT_COLLECTOR_REJECTS, field="count", total=True),
     Row("written", "lines InfluxDB accepted", lambda c: c.stats.written),
     Row("write_rejected", "lines InfluxDB refused for good", lambda c: c.stats.write_rejected),
+    Row("influx_rejects", "lines InfluxDB refused for good, by reason (unparsable, type_conflict, "
+        "refused)", lambda c: c.stats.influx_rejects, label="reason",
+        measurement=MEASUREMENT_COLLECTOR_REJECTS, field="lines"),
     Row("retried", "InfluxDB write attempts that failed and were retried", lambda c: c.writer.retries),
     Row("spooled", "lines put in the disk spool while InfluxDB was unavailable", lambda c: c.stats.spooled),
     Row("drained", "lines written from the spool to InfluxDB", lambda c: c.stats.drained),
     Row("spool_dropped", "spooled batches dropped by the spool's byte or age bound",
         lambda c: c.spool.dropped),
     Row("acked", "messages acknowledged to the broker", lambda c: c.stats.acked),
+    Row("receipts", "receipts published to gateways (one per station and boot per batch)",
+        lambda c: c.stats.receipts),
+    Row("receipted", "telemetry messages receipted (stored, or rejected for good)",
+        lambda c: c.stats.receipted),
+    Row("receipts_dropped", "receipts dropped: too many stations waiting for the broker (their "
+        "gateways re-send)", lambda c: c.stats.receipts_dropped),
+    Row("receipts_waiting", "stations whose receipts wait for the broker's Receive Maximum",
+        lambda c: len(c.receipts.pending), kind="gauge"),
+    Row("published_refused", "receipts the broker refused (PUBACK reason, e.g. the ACL)",
+        lambda c: c.receive.client.refused),
+    Row("inbox_bytes", "payload bytes of the received messages waiting", lambda c: c.inbox.bytes,
+        kind="gauge"),
     Row("messages", "accepted telemetry messages, by station", lambda c: c.stats.messages,
         label="station", measurement=MEASUREMENT_INGEST, member_tag=False),
     Row("seq_gaps", "messages missing from gateways' sequence numbers, by station",

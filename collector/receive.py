@@ -18,11 +18,12 @@ the GIL) cost ~0.3 µs per value at 200 values a message, ~1/5 of the collector'
 under ``bench/collector_bench.py --rate 1500``: ``threading.Semaphore.release`` alone was 11 % of
 the samples, paho's thread 17 %).
 
-Two of paho's per-message paths are replaced (``_Client``), because measured they were the
+Four of paho's per-message paths are replaced (``_Client``), because measured they were the
 collector's largest cost after the lines themselves: see the figures there.
 
 This is the seam to a shared MQTT client: the rest of the collector sees only the ``Inbox``,
-``ack``, ``connected`` and ``client`` (the alert stage publishes transitions with it).
+``ack``, ``publish`` and ``room`` (the receipt stage's way out), ``connected`` and ``client``
+(the alert stage publishes transitions with it).
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ import asyncio
 import contextlib
 import struct
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.client import PUBACK
+from paho.mqtt.client import PUBACK, PUBLISH, mqtt_ms_publish, mqtt_ms_wait_for_puback
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -44,6 +46,7 @@ from paho.mqtt.properties import Properties
 from collector.stages import Delivery, Inbox
 from contract import topics
 from contract.config import CollectorConfig
+from contract.payload import MAX_PAYLOAD_BYTES
 from messaging.security import apply_security
 
 log = structlog.get_logger("heatwatch.collector")
@@ -54,12 +57,30 @@ RECONNECT_MIN_S, RECONNECT_MAX_S = 1.0, 30.0
 # the message's own read
 READ_BURST = 64
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
-_PUBACK = struct.Struct("!BBH")  # PUBACK, remaining length 2, packet id: success, no properties
+# QoS 1 messages we publish (receipts, alert transitions) held by paho until the broker's PUBACK,
+# each ~150 bytes: a broker that stops acknowledging costs at most ~1.5 MB here
+MAX_OUTSTANDING = 10_000
+# QoS 1 messages of ours in flight when the broker names no Receive Maximum (MQTT 5 allows 65,535;
+# mosquitto says its max_inflight_messages, 1,000 as shipped)
+RECEIVE_MAXIMUM = 1000
+_PUBACK = struct.Struct("!BBH")
+_U16 = struct.Struct("!H")
+
+
+def _varint(n: int) -> bytes:
+    """MQTT's variable byte integer (a remaining length)."""
+    out = bytearray()
+    while True:
+        n, b = n >> 7, n & 0x7F
+        out.append(b | 0x80 if n else b)
+        if not n:
+            return bytes(out)  # PUBACK, remaining length 2, packet id: success, no properties
 
 
 class _Client(mqtt.Client):
-    """paho's client (paho-mqtt 2.2, pinned in requirements.lock) with two per-message paths of
-    its own replaced; everything else (connect, subscribe, keep-alive, publish) is paho's.
+    """paho's client (paho-mqtt 2.2, pinned in requirements.lock) with four per-message paths of
+    its own replaced; everything else (connect, subscribe, keep-alive, re-sending after a
+    reconnect, ``publish``) is paho's.
 
     - Receiving a PUBLISH: paho builds an MQTT 5 ``Properties`` object for every message (it
       walks its table of 27 property names twice, even when there are none), copies the payload
@@ -69,9 +90,20 @@ class _Client(mqtt.Client):
       reads; properties are skipped by their length.
     - Acknowledging: one PUBACK per ``ack()`` call is a socket write each (5 % of the collector's
       samples under the bench); ``ack_many`` queues a batch's PUBACKs, in order, as one write.
+    - Publishing receipts (a batch's ~one per station): ``publish`` is a socket write (and a
+      wake-up byte) each; ``publish_many`` queues them as one write, each held in paho's
+      ``_out_messages`` as ``publish`` holds it, so paho sends it again after a reconnect.
+    - Their PUBACKs: paho decodes an MQTT 5 ``Properties`` object for each; ``_handle_pubackcomp``
+      reads the packet id and reason code and releases the message (a failure reason, e.g. the
+      ACL refusing the topic, is counted in ``refused``).
     """
 
     on_delivery: Callable[[Delivery], None]
+    packets = 0  # whole packets read and handled (the receive stage reads while they come)
+
+    def _packet_handle(self) -> MQTTErrorCode:
+        self.packets += 1
+        return super()._packet_handle()
 
     def _handle_publish(self) -> MQTTErrorCode:
         header = self._in_packet["command"]
@@ -101,13 +133,71 @@ class _Client(mqtt.Client):
                 raise IndexError(i)
         except IndexError:
             return MQTTErrorCode.MQTT_ERR_PROTOCOL  # paho disconnects, as for its own MalformedPacket
-        self.on_delivery(Delivery(mid, topic, bytes(memoryview(pkt)[i:])))
+        size = len(pkt) - i
+        # a payload past the contract's limit cannot be valid: keep none of it (the validate
+        # stage rejects it by its size), so it never waits in the inbox or a batch
+        payload = bytes(memoryview(pkt)[i:]) if size <= MAX_PAYLOAD_BYTES else b""
+        self.on_delivery(Delivery(mid, topic, payload, size))
         return _OK
 
     def ack_many(self, mids: list[int]) -> None:
         """PUBACK each message id, in this order, in one write."""
         if mids:
             self._packet_queue(PUBACK, b"".join([_PUBACK.pack(PUBACK, 2, m) for m in mids]), 0, 0)
+
+    refused = 0  # our QoS 1 messages the broker answered with a failure reason code
+    refused_reason: str | None = None
+
+    def publish_many(self, items: list[tuple[str, bytes]]) -> int:
+        """QoS 1 PUBLISHes, not retained, in one write; held in paho's ``_out_messages`` as its
+        own ``publish`` holds them (paho sends them again after a reconnect, or sends them then
+        when we are not connected now). Returns how many were taken: none past
+        ``max_queued_messages``, and none from the first whose packet id is still in use (16-bit
+        ids wrap; paho 2.2 refuses such a message too, rather than overwrite it)."""
+        taken = 0
+        parts: list[bytes] = []
+        with self._out_message_mutex:
+            if len(self._out_messages) + len(items) > self._max_queued_messages > 0:
+                return 0
+            connected = self._sock is not None
+            for topic, payload in items:
+                mid = self._mid_generate()
+                if mid in self._out_messages:
+                    break
+                t = topic.encode()
+                m = mqtt.MQTTMessage(mid, t)
+                m.payload, m.qos, m.timestamp = payload, 1, time.monotonic()
+                self._out_messages[mid] = m
+                taken += 1
+                if connected:
+                    m.state = mqtt_ms_wait_for_puback
+                    self._inflight_messages += 1
+                    size = 2 + len(t) + 2 + 1 + len(payload)  # topic, packet id, no properties, payload
+                    parts.append(b"".join((b"\x32", _varint(size), _U16.pack(len(t)), t, _U16.pack(mid),
+                                           b"\x00", payload)))
+                else:
+                    m.state = mqtt_ms_publish
+        if parts:  # qos 1 here: paho treats a written qos 0 PUBLISH as published, we wait for PUBACKs
+            self._packet_queue(PUBLISH, b"".join(parts), 0, 1)
+        return taken
+
+    def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
+        # paho decodes an MQTT 5 Properties object for every PUBACK (~15 µs); a PUBACK's packet id
+        # and reason code are all we read (properties, if any, skipped)
+        pkt = self._in_packet["packet"]
+        if cmd != "PUBACK" or self._protocol != mqtt.MQTTv5 or len(pkt) < 2:
+            return super()._handle_pubackcomp(cmd)
+        mid = (pkt[0] << 8) | pkt[1]
+        reason = pkt[2] if len(pkt) > 2 else 0
+        if reason >= 0x80:  # e.g. 0x87 not authorized: the ACL does not let us publish there
+            self.refused += 1
+            self.refused_reason = hex(reason)
+        with self._out_message_mutex:
+            msg = self._out_messages.pop(mid, None)
+            if msg is not None:
+                msg.info._set_as_published()
+                self._inflight_messages -= 1
+        return _OK
 
 
 class MqttReceive:
@@ -126,6 +216,16 @@ class MqttReceive:
         c = _Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv5,
                     manual_ack=True)
         apply_security(c, cfg.mqtt)  # TLS (site CA, client certificate), username and password
+        # What we publish (receipts, alert transitions): QoS 1 messages paho holds until the
+        # broker's PUBACK. paho's own in-flight window is off: with it, every PUBACK walks every
+        # message paho holds (``_update_inflight``), ~120 µs a receipt with a batch's ~700 of
+        # them out against ~30 µs without (measured here). The receipt stage keeps within the
+        # broker's Receive Maximum itself (``room``); MAX_OUTSTANDING is paho's hard bound
+        # (``publish`` answers MQTT_ERR_QUEUE_SIZE past it; paho 2.2 also refuses, rather than
+        # overwrites, a message id still in use).
+        c.max_inflight_messages_set(0)
+        c.max_queued_messages_set(MAX_OUTSTANDING)
+        self._receive_maximum = RECEIVE_MAXIMUM
         c.on_connect, c.on_disconnect = self._on_connect, self._on_disconnect
         c.on_delivery, c.on_subscribe = self._deliver, self._on_subscribe
         c.on_socket_open, c.on_socket_close = self._socket_open, self._socket_close
@@ -152,22 +252,35 @@ class MqttReceive:
         """PUBACK these, in this order (they are durable)."""
         self.client.ack_many(mids)
 
+    def publish(self, items: list[tuple[str, bytes]]) -> int:
+        """QoS 1, not retained, in one write (the receipt stage's way out); how many were taken.
+        Held by paho while disconnected and sent after the reconnect."""
+        return self.client.publish_many(items)
+
+    def room(self) -> int:
+        """QoS 1 messages we may still send before the broker's Receive Maximum (a few kept for
+        the alert transitions, which go out through the same client)."""
+        return self._receive_maximum - 20 - len(self.client._out_messages)
+
     # -- reading ---------------------------------------------------------------------------------
     def _deliver(self, d: Delivery) -> None:
         self.received += 1
         self.inbox.put(d)
 
     def _readable(self) -> None:
-        read = self.client.loop_read
+        client = self.client
+        read = client.loop_read
         for _ in range(READ_BURST):
-            before = self.received
+            before = client.packets
             if read() != _OK:
                 return  # paho closed the socket and reported the disconnect
             if self.inbox.full:
                 self._pause()
                 return
-            if self.received == before:
-                break  # no whole message was waiting (or it was not a PUBLISH)
+            # no whole packet was waiting. (Not "no PUBLISH": the PUBACKs of our receipts come
+            # between the PUBLISHes, and stopping at each cost a wake-up of the loop per PUBACK.)
+            if client.packets == before:
+                break
         # TLS: bytes the TLS layer already took off the socket (and decrypted) are invisible to
         # the selector; left there, the rest of a burst would wait for the next packet to arrive
         pending = getattr(self.client.socket(), "pending", None)
@@ -233,10 +346,11 @@ class MqttReceive:
             self.loop.remove_writer(self._fd)
 
     # -- paho callbacks (on the loop) ------------------------------------------------------------
-    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, props: Any) -> None:
         if rc.is_failure:
             self._lost("broker refused the connection", str(rc))
             return
+        self._receive_maximum = int(getattr(props, "ReceiveMaximum", RECEIVE_MAXIMUM) or RECEIVE_MAXIMUM)
         client.subscribe(self.subscriptions())
         (log.info if self._failed else log.debug)(
             "broker connected", session_present=bool(getattr(flags, "session_present", False)))

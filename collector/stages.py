@@ -2,6 +2,7 @@
 
     receive ──Delivery──▶ Inbox ──▶ validate ─Validated─▶ lines ─▶ batch ──Batch──▶
         write or spool ──(Batch, its write)──▶ acknowledge ──PUBACKs──▶ receive
+                                                         └─ receipt ──receipts──▶ gateways
 
 The wiring is in ``collector/app.py`` (``Collector.run``); each stage is in its own module.
 Stages that run concurrently talk through bounded queues, and a full queue makes the stage before
@@ -28,11 +29,14 @@ from contract.payload import Frame, GatewayStatus, StationStatus
 
 
 class Delivery(NamedTuple):
-    """One MQTT message as received: ``mid`` 0 for QoS 0 (nothing to acknowledge)."""
+    """One MQTT message as received: ``mid`` 0 for QoS 0 (nothing to acknowledge). ``size`` is the
+    payload's size on the wire: a payload over ``contract.payload.MAX_PAYLOAD_BYTES`` cannot be
+    valid, so the receive stage keeps only its first bytes (``payload`` shorter than ``size``)."""
 
     mid: int
     topic: str
     payload: bytes
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,15 +52,29 @@ class Rejected:
     """A message that failed validation: stored as a ``rejects`` line, then acknowledged."""
 
     reason: str
-    station: str | None
+    station: str | None  # its tag in ``rejects``: None for a station outside the inventory
     topic: str
     detail: str
     ts_ms: int  # distinct per (reason, station) series: see validate.Validate
+    # (gateway, boot, seq) of a telemetry message rejected for good (it can never become valid):
+    # receipted like a stored one, so its gateway stops re-sending it (docs/contract.md)
+    receipt: tuple[str, str, int] | None = None
+    count: int = 1  # readings refused (a Trimmed message's), else 1 message
+
+
+@dataclass(frozen=True, slots=True)
+class Trimmed:
+    """A telemetry message stored without some of its readings, each refused with a reason (a
+    custom point of another kind than the one stored: ``kind_conflict``). Receipted: what was
+    refused would be refused again."""
+
+    frame: Frame
+    refused: Rejected
 
 
 # what the validate stage makes of one delivery: a gateway's command result and an alerter's
 # transition are stored as lines too (commands and alerts measurements)
-Validated = Frame | StationStatus | GatewaySeen | CommandResult | Transition | Rejected
+Validated = Frame | Trimmed | StationStatus | GatewaySeen | CommandResult | Transition | Rejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +95,9 @@ class Batch:
     mids: list[int] = field(default_factory=list)  # PUBACKs, in arrival order
     started: float = 0.0  # monotonic time of its first content
     sample_ts: list[int] = field(default_factory=list)  # live telemetry's sample times (ms)
+    # what to receipt once durable: (station, gateway, boot) → the messages' seqs
+    receipts: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)
+    bytes: int = 0  # of its lines (characters; bounded by batch.max_bytes)
 
     @property
     def empty(self) -> bool:
@@ -84,12 +105,14 @@ class Batch:
 
 
 class Inbox:
-    """Deliveries from the receive stage (at most ``capacity`` waiting) and control items for the
-    batch stage. Lives on the event loop; ``put`` and ``send`` never block (the receive stage checks
-    ``full`` and stops reading; control items are a handful at a time)."""
+    """Deliveries from the receive stage (at most ``capacity`` waiting, or ``max_bytes`` of payload,
+    whichever comes first; one delivery always fits) and control items for the batch stage. Lives
+    on the event loop; ``put`` and ``send`` never block (the receive stage checks ``full`` and
+    stops reading; control items are a handful at a time)."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
+    def __init__(self, capacity: int, max_bytes: int = 2**62) -> None:
+        self.capacity, self.max_bytes = capacity, max_bytes
+        self.bytes = 0  # payload bytes waiting
         self.deliveries: deque[Delivery] = deque()
         self.control: deque[Control] = deque()
         self._ready = asyncio.Event()
@@ -99,14 +122,16 @@ class Inbox:
 
     @property
     def full(self) -> bool:
-        return len(self.deliveries) >= self.capacity
+        return len(self.deliveries) >= self.capacity or self.bytes >= self.max_bytes
 
     def put(self, d: Delivery) -> None:
         self.deliveries.append(d)
+        self.bytes += len(d.payload)
         n = len(self.deliveries)
-        if n >= self.capacity:
+        if n >= self.capacity or self.bytes >= self.max_bytes:
             self._space.clear()
-        if n >= self._wake_at:
+            self._ready.set()  # full: nothing more comes until the batch stage takes some
+        elif n >= self._wake_at:
             self._ready.set()
 
     def send(self, c: Control) -> None:
@@ -117,7 +142,7 @@ class Inbox:
         """Wait until ``at_least`` deliveries (or as many as fit) or a control item are waiting,
         or ``within_s`` has passed."""
         want = min(at_least, self.capacity)
-        if len(self.deliveries) >= want or self.control:
+        if len(self.deliveries) >= want or self.control or self.full:
             return
         self._wake_at = want
         self._ready.clear()
@@ -134,8 +159,10 @@ class Inbox:
         """Up to ``n`` deliveries, oldest first."""
         d = self.deliveries
         out = [d.popleft() for _ in range(min(n, len(d)))]
-        if out and len(d) < self.capacity:
-            self._space.set()
+        if out:
+            self.bytes -= sum([len(x.payload) for x in out])
+            if not self.full:
+                self._space.set()
         return out
 
     async def space(self) -> None:

@@ -22,7 +22,7 @@ import sqlite3
 
 import structlog
 
-from collector.influx import BACKOFF_MIN_S, InfluxWriter
+from collector.influx import BACKOFF_MIN_S, InfluxWriter, WriteOutcome
 from collector.metrics import Stats
 from collector.stages import Batch
 from contract.config import SpoolSettings
@@ -67,8 +67,7 @@ class WriteOrSpool:
                 log.warning("InfluxDB unavailable; spooling batches to disk", error=str(exc),
                             spool=self.cfg.path)
             else:
-                st.written += out.written
-                st.write_rejected += out.rejected
+                self.count(out)
                 return
         if not self._broken:
             try:
@@ -87,9 +86,14 @@ class WriteOrSpool:
                 log.error("spool unusable; holding messages unacknowledged until InfluxDB is back",
                           error=str(exc), spool=self.cfg.path)
         out = await self.writer.write(lines)  # never gives up: backpressure to the broker
+        self.count(out)
+        self.spooling = False
+
+    def count(self, out: WriteOutcome) -> None:
+        st = self.stats
         st.written += out.written
         st.write_rejected += out.rejected
-        self.spooling = False
+        st.influx_rejects.update(out.rejects)
 
     async def drain(self) -> None:
         """Write the spool back to InfluxDB, oldest batch first, deleting each once written."""
@@ -108,9 +112,9 @@ class WriteOrSpool:
             delay = BACKOFF_MIN_S
             self.spooling = False  # live batches go straight to InfluxDB again
             await asyncio.to_thread(self.spool.delete, [row.id])
+            self.writer.report(out)
             st.drained += out.written
-            st.written += out.written
-            st.write_rejected += out.rejected
+            self.count(out)
             if not self.spool.count:
                 log.info("spool drained", drained=st.drained)
 

@@ -1,13 +1,22 @@
 """Ingest stage decode/validate: one delivery's topic and bytes → what it is, or why not.
 
-Takes (topic, payload, now) and returns a ``Validated``: a telemetry ``Frame``, a
-``StationStatus``, a ``GatewaySeen``, a gateway's ``CommandResult``, an alerter's ``Transition``
-(the alert topic) or a ``Rejected`` with its reason.
-Never raises on input.
-Besides its answer it keeps only its own counters (``Stats``: received, accepted, values,
-rejected by reason, per station messages, sequence gaps, restarts and re-stamped messages) and,
-per station, the last sequence number the gap count needs and the last re-stamped time; it calls
-nothing else (the rule engine and other taps are fed by the wiring, with what this returns).
+Takes (topic, payload, now, size on the wire) and returns a ``Validated``: a telemetry ``Frame``
+(or a ``Trimmed`` one: stored without the readings it refuses), a ``StationStatus``, a
+``GatewaySeen``, a gateway's ``CommandResult``, an alerter's ``Transition`` (the alert topic) or a
+``Rejected`` with its reason. Never raises on input.
+Besides its answer it keeps only its own state: counters (``Stats``: received, accepted, values,
+rejected by reason, per station messages, sequence gaps, restarts and re-stamped messages), per
+station the last sequence number the gap count needs and the last re-stamped time, and the kind
+of every point name it has stored (below); it calls nothing else.
+
+Kinds. InfluxDB fixes a field's type at its first write in a shard and refuses a line of any
+other type whole. Canonical points have a kind in the vocabulary; a custom ``x_`` point has the
+kind its gateway's map declares, and here that is the JSON type of its value (number, true/false,
+text). One name, one kind, whichever station sends it: the first kind stored for a name (InfluxDB's
+own field types, read at start-up, or the first reading seen since) is that name's kind, and a
+reading of another kind is refused (``kind_conflict``) while the rest of its message is stored.
+At most ``MAX_CUSTOM_POINTS`` custom names are kept; a reading of a further name is refused
+(``too_many_custom_points``): a flood of made-up names costs neither memory nor InfluxDB schema.
 
 A gateway clock running fast (its NTP server gone) stamps its messages ahead of their receipt.
 Past ``ingest.max_future_s`` such a message is not refused (the station would look offline while
@@ -16,23 +25,40 @@ ahead its own stamp was (``Frame.skew_ms``, which the rules turn into a ``clock_
 the gateway, ``alerting/rule_clock.py``), counted per station (``restamped``) and logged once per
 station and gateway boot. Re-stamped messages of one station get distinct times (1 ms apart when
 they arrive together, as a gateway's backlog does): one time for two messages would merge them
-into one InfluxDB point and lose the first one's values.
+into one InfluxDB point and lose the first one's values. Stored, a re-stamped message is
+receipted like any other (re-sent, it would be stored a second time, at a later time).
+
+The inventory (``ingest.known_stations``). When set, a message of any other station — telemetry,
+station status, a command result, or a gateway status naming none of the known stations — is
+rejected (``unknown_station``) under one ``rejects`` series: the station from the wire is never a
+tag value (it is in the detail), so made-up ids cannot grow InfluxDB's series. Each unknown id is
+logged once, up to ``MAX_LOGGED`` ids and reasons; the counters keep the rest.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import structlog
 
 from collector.metrics import Stats
-from collector.stages import GatewaySeen, Rejected, Validated
+from collector.stages import GatewaySeen, Rejected, Trimmed, Validated
 from contract import topics
 from contract.alerts import parse_transition
 from contract.commands import parse_command_result
 from contract.config import IngestSettings
 from contract.errors import InvalidInput, PayloadError
-from contract.payload import Frame, decode_telemetry, parse_gateway_status, parse_station_status
+from contract.payload import (
+    MAX_PAYLOAD_BYTES,
+    Frame,
+    Sample,
+    decode_telemetry,
+    parse_gateway_status,
+    parse_station_status,
+    telemetry_envelope,
+)
+from contract.points import QUALITY_SUFFIX, Kind, lookup
 
 log = structlog.get_logger("heatwatch.collector")
 
@@ -44,33 +70,125 @@ _ALERT = topics.TopicKind.ALERT
 # builds and checks a Topic each time (~1 % of the collector's CPU). Bounded like the decoder's
 # caches: cleared when full (a flood of made-up station names costs a re-parse, not memory).
 _TOPICS_MAX = 100_000
+# distinct (reason, source) pairs logged one by one; past this only the counters say more
+MAX_LOGGED = 1_000
+# custom point names whose kind is kept (a real site has tens)
+MAX_CUSTOM_POINTS = 10_000
 # stations whose re-stamping is remembered (the last time given, the boot last logged): one entry
 # per station with a fast clock; cleared when full like the topics (a flood costs a log line again)
 _RESTAMPED_MAX = 100_000
+# rejected telemetry that can never become valid, so its gateway may stop re-sending it (not
+# schema_version: the collector may be upgraded; not unknown_station: the station may be added to
+# the inventory)
+RECEIPTED_REJECTS = frozenset({"schema", "ts_too_old"})
+
+_PYTYPE: dict[Kind, type] = {Kind.NUMBER: float, Kind.BOOL: bool, Kind.TEXT: str}
+_WORD: dict[type, str] = {float: "number", bool: "true/false", str: "text", int: "integer"}
+# InfluxDB's field types (SHOW FIELD KEYS) as the Python type of a reading that fits them; an
+# integer field fits no reading (numbers are written as floats)
+INFLUX_TYPES: dict[str, type] = {"float": float, "boolean": bool, "string": str, "integer": int}
 
 
 class Validate:
     def __init__(self, cfg: IngestSettings, stats: Stats) -> None:
         self.cfg, self.stats = cfg, stats
-        self._known = set(cfg.known_stations) if cfg.known_stations is not None else None
+        self._known = frozenset(cfg.known_stations) if cfg.known_stations is not None else None
         self._max_future_ms = cfg.max_future_s * 1000
         self._max_past_ms = cfg.max_past_days * 86400_000
         self._last_seq: dict[str, tuple[str, int]] = {}
         self._logged: set[tuple[str, str]] = set()
-        self._last_reject_ms = 0
+        self._last_reject_ms: dict[tuple[str, str | None], int] = {}
         self._topics: dict[str, topics.Topic] = {}
+        # point name → the Python type of its value: canonical from the vocabulary, custom first seen
+        self._kinds: dict[str, type] = {}
+        self._custom = 0
         self._restamped: dict[str, int] = {}  # station → the last time a message was re-stamped to
         self._restamp_logged: dict[str, str] = {}  # station → the gateway boot last logged
 
-    def __call__(self, topic: str, payload: bytes, now_ms: int) -> Validated:
+    # -- kinds -------------------------------------------------------------------------------------
+    def seed_kinds(self, fields: dict[str, str]) -> int:
+        """Take InfluxDB's field types (field → ``float``/``boolean``/``string``/``integer``) as the
+        kinds of the custom points stored already; return how many were taken."""
+        n = 0
+        for name, influx_type in fields.items():
+            t = INFLUX_TYPES.get(influx_type)
+            if (t is not None and name.startswith("x_") and not name.endswith(QUALITY_SUFFIX)
+                    and name not in self._kinds and self._custom < MAX_CUSTOM_POINTS):
+                self._kinds[name] = t
+                self._custom += 1
+                n += 1
+        return n
+
+    def _learn(self, point: str, t: type) -> type | None:
+        """The kind of a point name not seen before: the vocabulary's, or ``t`` for a custom point
+        (None when no more custom names are kept)."""
+        d = lookup(point)
+        if d is not None:
+            want = _PYTYPE[d.kind]
+        elif self._custom >= MAX_CUSTOM_POINTS:
+            return None
+        else:
+            want, self._custom = t, self._custom + 1
+        self._kinds[point] = want
+        return want
+
+    def _check_kinds(self, msg: Frame, topic: str, now_ms: int) -> Frame | Trimmed:
+        # the common case at ~40 ns a reading: every value of the kind its name has (a null, a
+        # name not seen yet or a conflict takes the careful way below)
+        get = self._kinds.get
+        for r in msg.samples:
+            if get(r.point) is not type(r.value):
+                break
+        else:
+            return msg
+        keep: list[Sample] = []
+        conflicts: list[str] = []
+        unkept: list[str] = []
+        for r in msg.samples:
+            v = r.value
+            if v is None:
+                keep.append(r)
+                continue
+            want = get(r.point) or self._learn(r.point, type(v))
+            if want is type(v):
+                keep.append(r)
+            elif want is None:
+                unkept.append(r.point)
+            else:
+                conflicts.append(f"{r.point}: {_WORD[type(v)]}, stored as {_WORD.get(want, want.__name__)}")
+        if not conflicts and not unkept:
+            return msg
+        if conflicts:
+            reason = "kind_conflict"
+            detail = ("a custom point keeps the kind it was first stored with (docs/contract.md): "
+                      + "; ".join(conflicts))
+        else:
+            reason = "too_many_custom_points"
+            detail = f"more than {MAX_CUSTOM_POINTS} custom point names: {', '.join(unkept)}"
+        if conflicts and unkept:
+            detail += f"; and over {MAX_CUSTOM_POINTS} custom names: {', '.join(unkept)}"
+        trimmed = dataclasses.replace(msg, samples=keep)
+        refused = self._reject(reason, msg.station, topic, detail, now_ms, count=len(conflicts) + len(unkept),
+                               log_key=(conflicts or unkept)[0])
+        return Trimmed(trimmed, refused)
+
+    # -- one message -------------------------------------------------------------------------------
+    def __call__(self, topic: str, payload: bytes, now_ms: int, size: int = -1) -> Validated:
         self.stats.received += 1
         station: str | None = None
+        kind: Any = None
         try:
             t = self._topics.get(topic) or self._topic(topic)
             kind = t.kind
-            station = t.subject if kind is not _GATEWAY_STATUS else None
+            # an alert's subject is its station or, for a gateway's own alerts, the gateway: checked
+            # against the inventory once parsed
+            station = t.subject if kind is not _GATEWAY_STATUS and kind is not _ALERT else None
+            if station is not None and self._known is not None and station not in self._known:
+                raise PayloadError(f"station {station!r} is not in ingest.known_stations", "unknown_station")
+            if size > MAX_PAYLOAD_BYTES:  # the receive stage kept none of it
+                raise PayloadError(f"payload of {size} bytes exceeds {MAX_PAYLOAD_BYTES}", "too_large")
             if kind is _TELEMETRY:
-                return self._telemetry(t.subject, payload, now_ms)
+                return self._telemetry(t.subject, topic, payload, now_ms)
             if kind is _STATION_STATUS:
                 st = parse_station_status(payload)
                 if st.station != t.subject:
@@ -78,7 +196,11 @@ class Validate:
                                        "station_mismatch")
                 return st
             if kind is _GATEWAY_STATUS:
-                return GatewaySeen(parse_gateway_status(payload), now_ms)
+                gs = parse_gateway_status(payload)
+                if self._known is not None and not self._known.intersection(gs.stations):
+                    raise PayloadError(f"gateway {gs.gateway!r} names no station of ingest.known_stations "
+                                       f"({', '.join(gs.stations[:5])})", "unknown_station")
+                return GatewaySeen(gs, now_ms)
             if kind is _COMMAND_RESULT:
                 r = parse_command_result(payload)
                 if (r.station, r.id) != (t.subject, t.item):
@@ -89,10 +211,22 @@ class Validate:
                 tr = parse_transition(payload)
                 if t.subject not in (tr.station, tr.gateway):
                     raise PayloadError(f"alert {tr.key} on the topic of {t.subject}", "topic_mismatch")
+                station = tr.station
+                if station is not None and self._known is not None and station not in self._known:
+                    raise PayloadError(f"station {station!r} is not in ingest.known_stations",
+                                       "unknown_station")
                 return tr
             raise PayloadError(f"the collector does not take {kind} messages", "unexpected_topic")
         except InvalidInput as exc:
-            return self._reject(exc.reason, station, topic, str(exc), now_ms)
+            known = station is None or self._known is None or station in self._known
+            receipt = None
+            if kind is _TELEMETRY and known and exc.reason in RECEIPTED_REJECTS:
+                env = telemetry_envelope(payload)
+                if env is not None and env[0] == station:
+                    receipt = env[1:]
+            # a station outside the inventory is no tag: one series for all of them
+            return self._reject(exc.reason, station if known else None, topic, str(exc), now_ms,
+                                receipt=receipt, log_key=station or "")
 
     def _topic(self, topic: str) -> topics.Topic:
         t = topics.parse_topic(topic)
@@ -101,9 +235,7 @@ class Validate:
         self._topics[topic] = t
         return t
 
-    def _telemetry(self, station: str, payload: bytes, now_ms: int) -> Frame:
-        if self._known is not None and station not in self._known:
-            raise PayloadError(f"station {station!r} is not in ingest.known_stations", "unknown_station")
+    def _telemetry(self, station: str, topic: str, payload: bytes, now_ms: int) -> Frame | Trimmed:
         msg = decode_telemetry(payload)
         if msg.station != station:
             raise PayloadError(f"payload station {msg.station!r} ≠ topic station {station!r}",
@@ -124,7 +256,7 @@ class Validate:
         st.accepted += 1
         st.messages[station] += 1
         st.values += len(msg.samples)
-        return msg
+        return self._check_kinds(msg, topic, now_ms)
 
     def _restamp(self, msg: Frame, now_ms: int) -> Frame:
         """The message at its receipt time (distinct from this station's last re-stamped one),
@@ -145,14 +277,24 @@ class Validate:
                         max_future_s=self.cfg.max_future_s)
         return dataclasses.replace(msg, ts=ts, skew_ms=msg.ts - ts)
 
-    def _reject(self, reason: str, station: str | None, topic: str, detail: str, now_ms: int) -> Rejected:
-        self.stats.rejected[reason] += 1
-        key = (reason, station or "")
+    def _reject(self, reason: str, station: str | None, topic: str, detail: str, now_ms: int, *,
+                receipt: tuple[str, str, int] | None = None, count: int = 1,
+                log_key: str = "") -> Rejected:
+        self.stats.rejected[reason] += count
+        key = (reason, log_key)
         if key not in self._logged:  # once per reason and source; the counters keep the rest
-            self._logged.add(key)
-            log.warning("message rejected", reason=reason, station=station, topic=topic[:200],
-                        detail=detail[:300])
-        # rejects share a series per (reason, station): keep their timestamps distinct
-        ts = max(now_ms, self._last_reject_ms + 1)
-        self._last_reject_ms = ts
-        return Rejected(reason, station, topic, detail, ts)
+            if len(self._logged) < MAX_LOGGED:
+                self._logged.add(key)
+                log.warning("message rejected", reason=reason, station=station, topic=topic[:200],
+                            detail=detail[:300])
+            elif len(self._logged) == MAX_LOGGED:
+                self._logged.add(("", ""))
+                log.warning("more rejects of other reasons or sources: counted, no longer logged one by one",
+                            logged=MAX_LOGGED)
+        # rejects share a series per (reason, station): keep their timestamps distinct in it
+        series = (reason, station)
+        ts = max(now_ms, self._last_reject_ms.get(series, 0) + 1)
+        if len(self._last_reject_ms) >= _TOPICS_MAX:
+            self._last_reject_ms.clear()
+        self._last_reject_ms[series] = ts
+        return Rejected(reason, station, topic, detail, ts, receipt, count)

@@ -8,6 +8,10 @@ Word orders name where the bytes of the big-endian value A B C D … land on the
     DCBA  little-endian throughout
 
 For 64-bit values the same rule is applied to all four words (CDAB reverses the word order).
+A 16-bit value has one word and so no word order, but some meters send its two bytes swapped
+(low byte first): its byte order is ``AB`` (Modbus's big-endian, the default) or ``BA``, which
+the codec takes as the orders that swap bytes inside a word (BADC, DCBA) and :func:`order_of`
+maps to BADC.
 Written with ``struct`` rather than pymodbus's ``convert_from_registers`` so that the property
 tests can check one implementation against the other.
 """
@@ -42,6 +46,20 @@ class WordOrder(StrEnum):
     DCBA = "DCBA"
 
 
+class ByteOrder(StrEnum):
+    """The byte order of a 16-bit register's value: AB (big-endian, Modbus's) or BA (swapped)."""
+
+    AB = "AB"
+    BA = "BA"
+
+
+def order_of(word_order: WordOrder | None, byte_order: ByteOrder | None) -> WordOrder:
+    """The codec order of a point from its map keys: a 16-bit point's byte order, or its word order."""
+    if byte_order is ByteOrder.BA:
+        return WordOrder.BADC
+    return word_order or WordOrder.ABCD
+
+
 _STRUCTS: dict[DataType, struct.Struct] = {
     DataType.INT16: struct.Struct(">h"),
     DataType.UINT16: struct.Struct(">H"),
@@ -55,6 +73,7 @@ _STRUCTS: dict[DataType, struct.Struct] = {
 MULTI_WORD = frozenset(t for t, s in _STRUCTS.items() if s.size > 2)
 FLOATS = frozenset((DataType.FLOAT32, DataType.FLOAT64))
 INTEGERS = frozenset(_STRUCTS) - FLOATS
+SIXTEEN_BIT = frozenset((DataType.INT16, DataType.UINT16))
 
 
 def word_count(dtype: DataType, length: int | None = None) -> int:

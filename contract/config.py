@@ -16,10 +16,12 @@ from __future__ import annotations
 import codecs
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import orjson
 import yaml
 from pydantic import (
     AfterValidator,
@@ -34,8 +36,19 @@ from pydantic import (
 )
 
 from contract.alerts import AlertRules, Severity, load_rules
-from contract.codec import FLOATS, INTEGERS, MULTI_WORD, DataType, WordOrder, word_count
+from contract.codec import (
+    FLOATS,
+    INTEGERS,
+    MULTI_WORD,
+    SIXTEEN_BIT,
+    ByteOrder,
+    DataType,
+    WordOrder,
+    order_of,
+    word_count,
+)
 from contract.errors import ConfigError
+from contract.payload import MAX_PAYLOAD_BYTES, MAX_VALUES, TS_MAX_MS
 from contract.points import Kind, Level, PointDef, check_name
 from contract.report import ReportSettings
 from contract.topics import Ident
@@ -73,6 +86,13 @@ Table = Literal["coil", "discrete_input", "input_register", "holding_register"]
 Addressing = Literal["zero_based", "one_based", "modicon"]
 BIT_TABLES = ("coil", "discrete_input")
 _MODICON_PREFIX = {"coil": 0, "discrete_input": 1, "input_register": 3, "holding_register": 4}
+
+
+def type_kind(t: DataType) -> Kind:
+    """The kind of value a register type gives."""
+    if t in (DataType.BOOL, DataType.BIT):
+        return Kind.BOOL
+    return Kind.TEXT if t is DataType.STRING else Kind.NUMBER
 
 
 class _Strict(BaseModel):
@@ -113,11 +133,17 @@ class PointMap(_Strict):
     building: Ident | None = None
     household: Ident | None = None
     type: DataType
+    # what its readings are: number, bool or text, as its type gives (bool and bit: bool, string:
+    # text, the rest: number). A custom x_ point may say so; the gateway publishes no other kind,
+    # and InfluxDB fixes a field's type at its first write (docs/contract.md, "Kinds")
+    kind: Kind | None = Field(default=None, validate_default=True)
     table: Table
     address: int = Field(ge=0, le=465536)
     bit: int | None = Field(default=None, validate_default=True)
     length: int | None = Field(default=None, validate_default=True)
     word_order: WordOrder | None = Field(default=None, validate_default=True)
+    # a 16-bit register whose two bytes come swapped (low byte first): BA; AB is Modbus's own
+    byte_order: ByteOrder | None = Field(default=None, validate_default=True)
     scale: float = Field(default=1.0, validate_default=True)
     offset: float = Field(default=0.0, validate_default=True)
     unit: str | None = Field(default=None, validate_default=True)
@@ -139,6 +165,18 @@ class PointMap(_Strict):
     @property
     def definition(self) -> PointDef | None:
         return check_name(self.point)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: Kind | None, info: ValidationInfo) -> Kind | None:
+        t = info.data.get("type")
+        if t is None:
+            return v
+        given = type_kind(t)
+        if v is not None and v is not given:
+            need = {Kind.BOOL: "bool or bit", Kind.TEXT: "string", Kind.NUMBER: "a numeric type"}[v]
+            raise ValueError(f"type {t} gives a {given} value; a {v} point needs type {need}")
+        return given
 
     @field_validator("table")
     @classmethod
@@ -179,7 +217,20 @@ class PointMap(_Strict):
         if t is DataType.STRING and v in (WordOrder.ABCD, WordOrder.BADC):
             return v
         if t not in MULTI_WORD:
-            raise ValueError("only for 32/64-bit types (and ABCD/BADC for strings)")
+            hint = ("; a 16-bit register with its bytes swapped takes byte_order: BA"
+                    if t in SIXTEEN_BIT else "")
+            raise ValueError(f"only for 32/64-bit types (and ABCD/BADC for strings){hint}")
+        return v
+
+    @field_validator("byte_order")
+    @classmethod
+    def _byte_order(cls, v: ByteOrder | None, info: ValidationInfo) -> ByteOrder | None:
+        t = info.data.get("type")
+        if v is None or t is None:
+            return v
+        if t not in SIXTEEN_BIT:
+            raise ValueError("only for int16/uint16 (a 32/64-bit value swaps the bytes of each word "
+                             "with word_order: BADC or DCBA)")
         return v
 
     @field_validator("scale", "offset")
@@ -205,8 +256,7 @@ class PointMap(_Strict):
         if v is not None and v != d.unit:
             raise ValueError(f"{name} is measured in {d.unit!r}, not {v!r}")
         if t is not None:
-            kind = (Kind.BOOL if t in (DataType.BOOL, DataType.BIT)
-                    else Kind.TEXT if t is DataType.STRING else Kind.NUMBER)
+            kind = type_kind(t)
             if kind is not d.kind:
                 raise ValueError(f"{name} is a {d.kind} point; type {t} gives a {kind}")
         return d.unit
@@ -277,6 +327,9 @@ class PointMap(_Strict):
                 if not rlo <= round(raw) <= rhi:
                     raise ValueError(f"@{key}: {eng:g} does not fit {t} with scale {scale:g} "
                                      f"(raw {raw:g} outside {rlo}..{rhi})")
+                if abs(raw) > 2**53:  # a command's value is a float64: beyond, it is not exact
+                    raise ValueError(f"@{key}: {eng:g} is raw {raw:g}, beyond ±2^53 where a command's "
+                                     "value (a float64) cannot name every integer")
         return v.model_copy(update={"min": lo, "max": hi, "max_step": step})
 
     @model_validator(mode="after")
@@ -306,6 +359,16 @@ class PointMap(_Strict):
         return word_count(self.type, self.length)
 
     @property
+    def value_kind(self) -> Kind:
+        """What its readings are (the ``kind`` key is filled from the type when not given)."""
+        return self.kind if self.kind is not None else type_kind(self.type)
+
+    @property
+    def order(self) -> WordOrder:
+        """The codec's order for this point (its word order, or a 16-bit point's byte order)."""
+        return order_of(self.word_order, self.byte_order)
+
+    @property
     def plausible(self) -> tuple[float | None, float | None]:
         if self.range is not None:
             return self.range
@@ -333,6 +396,36 @@ class PointMap(_Strict):
         if wire + self.words > 65536:
             raise ValueError("runs past the end of the register space")
         return wire
+
+
+# The longest a reading can be on the wire: every name as written, the value at its longest (a
+# float's repr is at most 24 characters; a string register's ASCII control characters are JSON-
+# escaped to 6 bytes each), quality "uncertain"; and an envelope with every field at its longest.
+_LONGEST_FLOAT = -2.2250738585072014e-308
+_ENVELOPE_BYTES = len(orjson.dumps({
+    "schema": 1, "station": "s" * 64, "gateway": "g" * 64, "boot": "f" * 64, "seq": 2**63 - 1,
+    "ts": TS_MAX_MS, "backfill": False, "heartbeat_s": -_LONGEST_FLOAT, "values": []}))
+
+
+def longest_reading(p: PointMap) -> int:
+    """Bytes of the longest reading ``p`` can give in a telemetry message (with its comma)."""
+    kind = p.value_kind
+    value: float | bool | str = ("\x01" * 2 * (p.length or 1) if kind is Kind.TEXT
+                                 else False if kind is Kind.BOOL else _LONGEST_FLOAT)
+    r = {"point": p.point, "building": p.building, "household": p.household, "value": value,
+         "unit": p.unit or "", "quality": "uncertain"}
+    return len(orjson.dumps({k: v for k, v in r.items() if v is not None})) + 1
+
+
+def check_kinds(points: Iterable[tuple[str, PointMap]]) -> None:
+    """A custom point name has one kind wherever it is mapped (``(where, point)`` pairs): every
+    building's ``x_valve_mode`` lands in one InfluxDB field, whose type its first write fixes."""
+    seen: dict[str, tuple[Kind, str]] = {}
+    for where, p in points:
+        first = seen.setdefault(p.point, (p.value_kind, where))
+        if first[0] is not p.value_kind:
+            raise ValueError(f"{where}.kind: {p.point} is a {p.value_kind} here and a {first[0]} on "
+                             f"{first[1]}; one name, one kind")
 
 
 def check_layout(points: list[PointMap], addressing: Addressing, where: str = "") -> None:
@@ -378,6 +471,7 @@ class RegisterMap(_Strict):
                 raise ValueError(f"points.{j} ({p.point}).point: {what} is also points.{first}; "
                                  "a point is mapped once (add building/household to tell them apart)")
         check_layout(self.points, self.addressing)
+        check_kinds((f"points.{j} ({p.point})", p) for j, p in enumerate(self.points))
         return self
 
 
@@ -545,6 +639,14 @@ class OutboxSettings(_Strict):
     max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
     max_age_h: float = Field(default=72, ge=1)
     max_inflight: int = Field(default=200, ge=1, le=10000)
+    # Keep a telemetry row after the broker's PUBACK until the collector receipts it, after its
+    # own durable write (docs/contract.md, "Receipts"): a broker killed with -9 loses what it
+    # acknowledged since its last autosave. false: delete at the PUBACK, for a site whose
+    # collector sends no receipts (the broker's persistence is then the only copy).
+    receipts: bool = True
+    # re-send a row still unreceipted this long after it went out, once the collector has
+    # receipted a row sent after it (so a collector that is away or behind is not sent copies)
+    receipt_timeout_s: float = Field(default=300, ge=1, le=86400)
 
 
 class ResolvedDevice(_Strict):
@@ -645,6 +747,17 @@ class GatewayConfig(_Strict):
                                      f"{p.household or ''} is also mapped on {seen[p.key]}")
                 seen[p.key] = f"{dev.name} points.{j}"
             check_layout(dev.points, dev.addressing, f"devices.{i} ({dev.name}).")
+        check_kinds((f"devices.{i} ({dev.name}).points.{j} ({p.point})", p)
+                    for i, dev in enumerate(self.resolved) for j, p in enumerate(dev.points))
+        # one message per poll group and cycle: it must fit what the broker and collector take
+        # (a larger one would be refused by both, every cycle, and a failed build stops the poll)
+        for group in self.poll_groups:
+            points = [p for dev in self.resolved for p in dev.points if p.group == group]
+            size = _ENVELOPE_BYTES + sum(longest_reading(p) for p in points)
+            if len(points) > MAX_VALUES or size > MAX_PAYLOAD_BYTES:
+                raise ValueError(f"poll_groups.{group}: {len(points):,} points make messages of up to "
+                                 f"{size:,} bytes; one message holds at most {MAX_VALUES:,} values and "
+                                 f"{MAX_PAYLOAD_BYTES:,} bytes: spread the points over more poll groups")
         return self
 
 
@@ -652,8 +765,8 @@ class LifecycleSettings(_Strict):
     """How long InfluxDB keeps what (``heatwatch influx setup``; see contract/influx.py)."""
 
     raw_days: float = Field(default=90, ge=1)  # raw samples: the default retention policy
-    rollup_5m_days: float = Field(default=2 * 365, ge=1)  # 5-minute mean/min/max/last
-    rollup_1h_days: float = Field(default=20 * 365, ge=1)  # 1-hour mean/min/max/last
+    rollup_5m_days: float = Field(default=2 * 365, ge=1)  # 5-minute mean/min/max/last/count
+    rollup_1h_days: float = Field(default=20 * 365, ge=1)  # 1-hour mean/min/max/last/count
     # at collector start: create or adjust retention policies and continuous queries (needs an
     # InfluxDB admin where authentication is on; without one the collector logs and carries on)
     setup_at_start: bool = True
@@ -699,6 +812,9 @@ class InfluxSettings(_Strict):
 
 class BatchSettings(_Strict):
     max_lines: int = Field(default=5000, ge=1, le=100_000)
+    # a batch's lines in characters (~bytes): the request stays under InfluxDB 1.x's default
+    # max-body-size (25 MB), and each batch in flight (at most concurrency + 3) holds at most this
+    max_bytes: int = Field(default=16 * 1024**2, ge=64 * 1024, le=1024**3)
     max_delay_s: float = Field(default=0.5, gt=0, le=60)
     # InfluxDB writes in flight at once. Each write waits for InfluxDB's WAL fsync; with one at a
     # time the collector idles through it. Acknowledgements still go out in arrival order.
@@ -744,6 +860,10 @@ class CollectorConfig(_Strict):
     client_id: Ident = "heatwatch-collector"
     mqtt: MqttSettings = MqttSettings()
     receive_maximum: int = Field(default=1000, ge=1, le=65535)
+    # payload bytes waiting in the inbox: past this the collector stops reading the socket, as it
+    # does at receive_maximum messages (issue #16: 30 × 10 MB with InfluxDB stopped took RSS from
+    # 79 to 407 MB). 1,000 typical 10 kB messages are 10 MB: the count binds first.
+    receive_max_bytes: int = Field(default=32 * 1024**2, ge=1024**2, le=16 * 1024**3)
     session_expiry_s: int = Field(default=7 * 86400, ge=0)
     influx: InfluxSettings = InfluxSettings()
     batch: BatchSettings = BatchSettings()
@@ -754,6 +874,10 @@ class CollectorConfig(_Strict):
         default=None, description="share telemetry, command results and alert transitions with other "
                                   "collectors through MQTT 5 shared subscriptions $share/<group>/… "
                                   "(docs/scaling.md)")
+    # the site's rule file (the alerter's; relative to this config): the collector reads only its
+    # room sensors' plausible range (sensor.plausible_min…max), which the 1-hour rollup's plausible
+    # room means keep (docs/operations.md); None = the rules' defaults, 5–35 °C
+    rules: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -1139,6 +1263,8 @@ def load_config(path: str | Path) -> AnyConfig:
     alerts = data.get("alerts") if model is AlerterConfig else None
     if isinstance(alerts, dict) and isinstance(alerts.get("rules"), str):
         alerts["rules"] = str(p.parent / alerts["rules"])  # absolute stays absolute
+    if model is CollectorConfig and isinstance(data.get("rules"), str):
+        data["rules"] = str(p.parent / data["rules"])
     control = data.get("control") if model in (GatewayConfig, ApiConfig) else None
     if isinstance(control, dict):  # key files are named relative to the config, like maps
         if isinstance(control.get("public_keys"), list):
@@ -1148,10 +1274,12 @@ def load_config(path: str | Path) -> AnyConfig:
             control["signing_key"] = str(p.parent / control["signing_key"])
     cfg: AnyConfig = _validate(model, data, str(p))
     alerts = cfg.alerts if isinstance(cfg, AlerterConfig) else None
-    if alerts is not None and alerts.rules is not None:
-        rules = Path(alerts.rules)
+    rule_file = (("alerts.rules", alerts.rules) if alerts is not None
+                 else ("rules", cfg.rules) if isinstance(cfg, CollectorConfig) else ("", None))
+    if rule_file[1] is not None:
+        rules = Path(rule_file[1])
         if not rules.is_file():
-            raise ConfigError(str(p), [f"alerts.rules: no rule file {rules}"
+            raise ConfigError(str(p), [f"{rule_file[0]}: no rule file {rules}"
                                        + (" (it is a directory)" if rules.is_dir() else "")])
         load_rules(rules)  # its own errors name the rule file and its keys
     return cfg

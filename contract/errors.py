@@ -7,14 +7,18 @@
     │   ├── TopicError
     │   ├── PayloadError
     │   ├── DecodeError      register words that cannot be a value of the declared type
-    │   └── QueryRejected    a query the time-series store refused because of what it asked
+    │   ├── QueryRejected    a query the time-series store refused because of what it asked
+    │   ├── NotFound         the request names a record that does not exist (HTTP 404)
+    │   ├── Conflict         the record's state does not allow it, or the key is taken (409)
+    │   ├── UnknownReference the request names a station, building … the site does not know (422)
+    │   └── Forbidden        not this person (an issuer confirming their own command) (403)
     └── TransientError       the other side is away: keep the data, retry with capped backoff
         ├── BrokerUnavailable
-        ├── DatabaseUnavailable
-        └── DeviceUnavailable
+        └── DatabaseUnavailable   ``store`` says which (the API answers 503 naming it)
 
 Every InvalidInput carries a short machine-readable ``reason`` (a counter label) and a message
-that names what is wrong.
+that names what is wrong. The HTTP statuses are the API's mapping (``api/deps.py``), noted here so
+a raiser knows what the caller will see.
 """
 
 from __future__ import annotations
@@ -81,6 +85,22 @@ class QueryRejected(InvalidInput):
     reason = "query_rejected"
 
 
+class NotFound(InvalidInput):
+    reason = "not_found"
+
+
+class Conflict(InvalidInput):
+    reason = "conflict"
+
+
+class UnknownReference(InvalidInput):
+    reason = "unknown_reference"
+
+
+class Forbidden(InvalidInput):
+    reason = "forbidden"
+
+
 class TransientError(HeatwatchError):
     """The peer is unavailable for now. ``retry_after`` (seconds) is a hint, if the peer gave one."""
 
@@ -94,8 +114,9 @@ class BrokerUnavailable(TransientError):
 
 
 class DatabaseUnavailable(TransientError):
-    pass
+    """A database did not answer. ``store`` names which one, for the person reading the
+    answer: "time-series store" (InfluxDB), "alert store", "site registry", "command store"."""
 
-
-class DeviceUnavailable(TransientError):
-    pass
+    def __init__(self, message: str, retry_after: float | None = None, *, store: str = "database") -> None:
+        super().__init__(message, retry_after)
+        self.store = store

@@ -9,7 +9,10 @@ One line per entity per sample time, all of a message's points for that entity a
 - measurements ``station``, ``building``, ``household`` (the entity level of the point);
 - tags ``station`` [, ``building`` [, ``household``]]: identifiers, never escaped (see topics);
 - one field per point, named by its canonical name; numbers are always floats (so an int16
-  register and a float32 one never conflict), booleans booleans, text strings;
+  register and a float32 one never conflict), booleans booleans, text strings (stored exactly:
+  a newline is written as is, see ``escape_string_field``);
+- custom ``x_`` points of an entity on a line of their own (same series and time), so a custom
+  field refused for its type never takes a canonical point down with it;
 - a reading whose quality is not good also writes ``<point>_quality`` = "uncertain" | "bad";
   a bad reading has no value field at all;
 - timestamp: the gateway's sample time in ms (``precision=ms``). ``backfill`` is deliberately
@@ -20,8 +23,9 @@ Alert transitions go to ``alerts`` (Grafana annotations): tags ``rule``, ``state
 ``severity``, ``key``, ``summary`` strings, ``value`` float, ``page`` bool, ``since`` ms; at the
 transition's time.
 
-Rejected input goes to ``rejects`` (tags ``reason``, ``station``; fields ``count``=1i,
-``detail`` string, ``topic`` string), timestamped at receipt.
+Rejected input goes to ``rejects`` (tags ``reason``, and ``station`` for a station of the inventory
+or, without one, any; fields ``count`` integer (1 a message; the readings refused from a stored
+message), ``detail`` string, ``topic`` string), timestamped at receipt.
 
 Status: ``station_status`` (tag ``station``; fields ``state`` string, ``devices_not_online``
 integer) at the gateway's status time; ``gateway_status`` (tag ``gateway``; fields ``state``,
@@ -41,6 +45,7 @@ redelivered result writes the same line again (same series and time: overwritten
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
@@ -65,10 +70,46 @@ MEASUREMENT_COLLECTOR_REJECTS = "collector_rejects"
 MEASUREMENT_COLLECTOR_GC = "collector_gc"
 MEASUREMENT_INGEST = "ingest"
 PRECISION = "ms"
+TELEMETRY_MEASUREMENTS = (MEASUREMENT_STATION, MEASUREMENT_BUILDING, MEASUREMENT_HOUSEHOLD)
 
 
 def escape_string_field(s: str) -> str:
-    return s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    """A string field's text, stored exactly: InfluxDB 1.x unescapes only ``\\\\`` and ``\\"`` in a
+    string field, so a newline is written as is (its line parser keeps a newline inside quotes:
+    measured on influxd 1.6.7); escaped as ``\\n`` it was stored as a backslash and an n."""
+    return s.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def split_lines(body: str) -> list[str]:
+    """The lines of a write body, as InfluxDB 1.x's parser cuts them (``models.scanLine``): at a
+    newline outside a string field's quotes. Needed only to split a stored body (a spooled batch
+    InfluxDB answered 413 to); a newline inside a text value does not end its line."""
+    out: list[str] = []
+    start, i, n = 0, 0, len(body)
+    quoted = fields = False
+    equals = commas = 0
+    while i < n:
+        c = body[i]
+        if c == "\\" and i + 1 < n:
+            i += 2
+            continue
+        if c == " ":
+            fields = True
+        if fields:
+            if not quoted and c == "=":
+                equals += 1
+            elif not quoted and c == ",":
+                commas += 1
+            elif c == '"' and equals > commas:
+                quoted = not quoted
+        if c == "\n" and not quoted:
+            if i > start:
+                out.append(body[start:i])
+            start, fields, equals, commas = i + 1, False, 0, 0
+        i += 1
+    if n > start:
+        out.append(body[start:])
+    return out
 
 
 def _escape_tag(s: str) -> str:
@@ -110,40 +151,49 @@ _NOWHERE = object()  # no reading's building or household
 
 
 def telemetry_lines(t: Frame) -> list[str]:
-    """Line protocol for one validated telemetry message."""
+    """Line protocol for one validated telemetry message: one line per entity for its canonical
+    points and, when it has custom ``x_`` points, a second line for those (same series and time:
+    InfluxDB merges them into one row). A custom field's type is fixed by whoever wrote it first
+    in the shard; a line of the other type is refused whole, so the canonical points never share
+    a line with a custom one (issue #16: one station's text ``x_plc_program`` took every station's
+    flow and heat totals down with it)."""
     samples = t.samples
     # The collector's hottest loop. Every value's text at once: msgspec writes a message's values
     # as JSON in C (floats shortest round-trip, e.g. 1e16, 1e-7, which InfluxDB reads as floats),
     # ~50 ns a value against ~170 ns for repr() one by one. Only floats take their text from it;
     # a string with a comma in it splits into more pieces, and then each float is written alone.
     # Readings of one entity come in runs, so the group is looked up only when the entity
-    # changes; good floats take the first branch.
+    # changes; good floats take the first branch. ``point >= "x"`` is true exactly for custom
+    # points among valid names (every canonical name sorts before "x": tests/unit); ~15 ns a
+    # value, against ~45 for ``startswith("x_")``.
     texts = _ENCODE(list(map(_VALUE, samples)))[1:-1].decode().split(",")
     if len(texts) != len(samples):
         texts = [_ENCODE(v).decode() if type(v) is float else "" for v in map(_VALUE, samples)]
-    groups: dict[tuple[str | None, str | None], list[str]] = {}
+    groups: dict[tuple[str | None, str | None, bool], list[str]] = {}
     kb: object = _NOWHERE  # the first reading opens a group
     kh: object = _NOWHERE
+    kx = False
     nowhere: list[str] = []
     add: Callable[[str], None] = nowhere.append
     for r, text in zip(samples, texts, strict=True):
-        b = r.building
-        if b != kb or r.household != kh:
+        b, p = r.building, r.point
+        x = p >= "x"
+        if b != kb or r.household != kh or x is not kx:
             h = r.household
-            got = groups.get((b, h))
+            got = groups.get((b, h, x))
             if got is None:
-                got = groups[(b, h)] = []
-            add, kb, kh = got.append, b, h
+                got = groups[(b, h, x)] = []
+            add, kb, kh, kx = got.append, b, h, x
         v = r.value
         if type(v) is float and r.quality == "good":
-            add(f"{r.point}={text}")
+            add(f"{p}={text}")
             continue
         if v is not None:
-            add(f"{r.point}={text if type(v) is float else _fmt(v)}")
+            add(f"{p}={text if type(v) is float else _fmt(v)}")
         if r.quality != "good":
-            add(f'{r.point}{QUALITY_SUFFIX}="{r.quality}"')
+            add(f'{p}{QUALITY_SUFFIX}="{r.quality}"')
     s, ts = t.station, f" {t.ts}"
-    return [_head(s, b, h) + ",".join(fl) + ts for (b, h), fl in groups.items()]
+    return [_head(s, b, h) + ",".join(fl) + ts for (b, h, _x), fl in groups.items()]
 
 
 def station_status_line(st: StationStatus) -> str:
@@ -157,11 +207,12 @@ def gateway_status_line(gs: GatewayStatus, received_ms: int) -> str:
             f'boot="{escape_string_field(gs.boot)}" {received_ms}')
 
 
-def reject_line(reason: str, station: str | None, topic: str, detail: str, ts_ms: int) -> str:
+def reject_line(reason: str, station: str | None, topic: str, detail: str, ts_ms: int,
+                count: int = 1) -> str:
     tags = f"reason={_escape_tag(reason)}"
     if station:
         tags += f",station={_escape_tag(station)}"
-    return (f'{MEASUREMENT_REJECTS},{tags} count=1i,detail="{escape_string_field(detail[:500])}",'
+    return (f'{MEASUREMENT_REJECTS},{tags} count={count}i,detail="{escape_string_field(detail[:500])}",'
             f'topic="{escape_string_field(topic[:200])}" {ts_ms}')
 
 
@@ -187,11 +238,26 @@ def alert_line(tr: Transition) -> str:
 # policies, under the same measurement names and tags, one field per aggregate of each point:
 #   mean_<point>, min_<point>, max_<point>   numbers (min/max of a boolean: was it ever false/true)
 #   last_<point>                             every point: states, booleans, text, qualities too
+#   count_<point>                            samples of every point in the bucket (completeness,
+#                                            presence: the takeover report counts from it)
 # ``mean(*)`` skips booleans and strings (InfluxDB 1.x), so one wildcard query covers every point,
-# including custom x_ points added later, without knowing the field list.
+# including custom x_ points added later, without knowing the field list. A bucket's row holds
+# ``count_<point>`` only when the point had a sample in it (the report counts a station's hours
+# with a sample by counting its ``count_<point>``): a plain SELECT fills count with 0 where a
+# point had none, SELECT … INTO in InfluxDB 1.6 writes no filled value (measured); ``fill(none)``
+# says so in the statement rather than leaning on that.
+#
+# The 1-hour rollup has a third continuous query for the room sensors: the hourly mean of only
+# the plausible readings (the rule file's sensor.plausible_min…max), ``plausible_mean_room_temp``,
+# which is what the room pass rate counts. The wildcard ``mean_room_temp`` averages implausible
+# (uncertain) readings in with the rest — a sensor reading 1 °C half of an hour of 19 °C gives
+# 10 °C, a low hour that never was. Its name carries the range so a reader can check it.
 
-ROLLUP_MEASUREMENTS = (MEASUREMENT_STATION, MEASUREMENT_BUILDING, MEASUREMENT_HOUSEHOLD)
-ROLLUP_AGGREGATES = ("mean", "min", "max", "last")
+ROLLUP_MEASUREMENTS = TELEMETRY_MEASUREMENTS
+ROLLUP_AGGREGATES = ("mean", "min", "max", "last", "count")
+ROOM_POINT = "room_temp"
+PLAUSIBLE_MEAN = f"plausible_mean_{ROOM_POINT}"
+DEFAULT_PLAUSIBLE = (5.0, 35.0)  # contract.alerts SensorRules' defaults
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,11 +267,15 @@ class Rollup:
     ``resample_s``: every run recomputes this much (InfluxDB's ``RESAMPLE FOR``), so samples that
     arrive late (a collector's spool draining, a batch after a short 4G gap) still land in their
     bucket. Longer gaps — a gateway's outbox after hours offline — need ``heatwatch influx
-    backfill`` over that span (docs/operations.md)."""
+    backfill`` over that span (docs/operations.md). ``rooms``: it also keeps the plausible hourly
+    room means (the report's sensor-hours). ``shard_weeks``: the shard group duration of its
+    retention policy."""
 
     name: str
     bucket_s: int
     resample_s: int
+    rooms: bool = False
+    shard_weeks: int | None = None  # the retention policy's shard group duration; None: InfluxDB's
 
     @property
     def rp(self) -> str:
@@ -213,7 +283,10 @@ class Rollup:
 
 
 ROLLUP_5M = Rollup("5m", 300, 3 * 300)
-ROLLUP_1H = Rollup("1h", 3600, 2 * 3600)
+# a year per shard: a season's report reads two shards, not eighteen weekly ones (InfluxDB's
+# default for a policy kept years) — a count over 5.8 M sensor-hours took 1.1 s instead of 3.1 s
+# (bench/report_bench.py, 500 stations; the series' blocks are longer and fewer)
+ROLLUP_1H = Rollup("1h", 3600, 2 * 3600, rooms=True, shard_weeks=52)
 ROLLUPS = (ROLLUP_5M, ROLLUP_1H)
 
 
@@ -227,24 +300,79 @@ def rollup_select(database: str, raw_rp: str, rollup: Rollup) -> str:
     aggs = ", ".join(f"{a}(*)" for a in ROLLUP_AGGREGATES)
     return (f"SELECT {aggs} INTO {_ident(database)}.{_ident(rollup.rp)}.:MEASUREMENT "
             f"FROM {_ident(database)}.{_ident(raw_rp)}./^({names})$/ "
-            f"GROUP BY time({rollup.bucket_s}s), *")
+            f"GROUP BY time({rollup.bucket_s}s), * fill(none)")
 
 
-def backfill_select(database: str, raw_rp: str, rollup: Rollup, start_ms: int, end_ms: int) -> str:
-    """The rollup of ``[start, end)`` (both on bucket boundaries) by hand, as the CQ would have."""
-    body = rollup_select(database, raw_rp, rollup)
+def rooms_select(database: str, raw_rp: str, rollup: Rollup, plausible: tuple[float, float]) -> str:
+    """The plausible hourly room means: the readings inside ``plausible`` (°C, inclusive)."""
+    lo, hi = (float(x) for x in plausible)
+    room = _ident(ROOM_POINT)
+    return (f"SELECT mean({room}) AS {_ident(PLAUSIBLE_MEAN)} "
+            f"INTO {_ident(database)}.{_ident(rollup.rp)}.{_ident(MEASUREMENT_HOUSEHOLD)} "
+            f"FROM {_ident(database)}.{_ident(raw_rp)}.{_ident(MEASUREMENT_HOUSEHOLD)} "
+            f"WHERE {room} >= {lo!r} AND {room} <= {hi!r} "
+            f"GROUP BY time({rollup.bucket_s}s), * fill(none)")
+
+
+def rollup_selects(database: str, raw_rp: str, rollup: Rollup, plausible: tuple[float, float]) -> list[str]:
+    """Every continuous query body of one rollup."""
+    out = [rollup_select(database, raw_rp, rollup)]
+    if rollup.rooms:
+        out.append(rooms_select(database, raw_rp, rollup, plausible))
+    return out
+
+
+def backfill_select(body: str, start_ms: int, end_ms: int) -> str:
+    """A continuous query's body over ``[start, end)`` (both on bucket boundaries) by hand, as
+    the CQ would have computed it."""
     head, _, group = body.partition(" GROUP BY ")
-    return f"{head} WHERE time >= {start_ms}ms AND time < {end_ms}ms GROUP BY {group}"
+    span = f"time >= {start_ms}ms AND time < {end_ms}ms"
+    if " WHERE " in head:
+        return f"{head} AND {span} GROUP BY {group}"
+    return f"{head} WHERE {span} GROUP BY {group}"
+
+
+def _bound(x: float) -> str:
+    return repr(float(x))
+
+
+ROOMS_CQ_RE = re.compile(r"^heatwatch_rollup_(?P<rollup>[0-9a-z]+)_[0-9a-f]{8}_rooms_"
+                         r"(?P<lo>-?[0-9][0-9.e+-]*)_(?P<hi>-?[0-9][0-9.e+-]*)$")
+
+
+def rooms_cq_range(name: str) -> tuple[str, tuple[float, float]] | None:
+    """(rollup name, plausible range) of a rooms CQ's name; None for any other name."""
+    m = ROOMS_CQ_RE.fullmatch(name)
+    if m is None:
+        return None
+    try:
+        return m["rollup"], (float(m["lo"]), float(m["hi"]))
+    except ValueError:
+        return None
+
+
+def rollup_cqs(database: str, raw_rp: str, rollup: Rollup,
+               plausible: tuple[float, float] = DEFAULT_PLAUSIBLE) -> list[tuple[str, str]]:
+    """(name, CREATE CONTINUOUS QUERY statement) of each CQ of one rollup. The names carry a digest
+    of all of the rollup's statements, so setup can tell a set that is current from one an older
+    config or version left (and replace the set whole: its rows then agree from the backfill on).
+    The rooms CQ's name ends in its plausible range, ``…_rooms_5.0_35.0`` (ROOMS_CQ_RE), which the
+    report compares with its own rule file's."""
+    every = f"RESAMPLE EVERY {rollup.bucket_s}s FOR {rollup.resample_s}s"
+    bodies = rollup_selects(database, raw_rp, rollup, plausible)
+    digest = hashlib.sha256(" ".join([every, *bodies]).encode()).hexdigest()[:8]
+    base = f"heatwatch_rollup_{rollup.name}_{digest}"
+    out = []
+    for i, body in enumerate(bodies):
+        name = base if i == 0 else f"{base}_rooms_{_bound(plausible[0])}_{_bound(plausible[1])}"
+        out.append((name, f"CREATE CONTINUOUS QUERY {_ident(name)} ON {_ident(database)} {every} "
+                          f"BEGIN {body} END"))
+    return out
 
 
 def rollup_cq(database: str, raw_rp: str, rollup: Rollup) -> tuple[str, str]:
-    """(name, CREATE CONTINUOUS QUERY statement). The name carries a digest of the statement, so
-    setup can tell a CQ that is current from one an older config left (and replace it)."""
-    body = rollup_select(database, raw_rp, rollup)
-    every = f"RESAMPLE EVERY {rollup.bucket_s}s FOR {rollup.resample_s}s"
-    digest = hashlib.sha256(f"{every} {body}".encode()).hexdigest()[:8]
-    name = f"heatwatch_rollup_{rollup.name}_{digest}"
-    return name, f"CREATE CONTINUOUS QUERY {_ident(name)} ON {_ident(database)} {every} BEGIN {body} END"
+    """The rollup's main CQ (every point's mean/min/max/last/count)."""
+    return rollup_cqs(database, raw_rp, rollup)[0]
 
 
 class Source:
@@ -252,7 +380,8 @@ class Source:
 
     ``expr("mean", "supply_temp")`` is ``mean("supply_temp")`` on raw data and
     ``mean("mean_supply_temp")`` on a rollup (the mean of 5-minute means: equal to the raw mean
-    for evenly sampled points); ``min``/``max`` read ``min_``/``max_``; ``last`` reads ``last_``."""
+    for evenly sampled points); ``min``/``max`` read ``min_``/``max_``; ``last`` reads ``last_``;
+    ``count`` sums ``count_``."""
 
     __slots__ = ("bucket_s", "rollup")
 
@@ -269,8 +398,11 @@ class Source:
     def expr(self, agg: str, point: str) -> str:
         if agg not in ROLLUP_AGGREGATES:
             raise ValueError(f"aggregate {agg!r}: one of {', '.join(ROLLUP_AGGREGATES)}")
-        field = f"{agg}_{point}" if self.rollup else point
-        return f"{agg}({_ident(field)})"
+        if self.rollup is None:
+            return f"{agg}({_ident(point)})"
+        if agg == "count":  # samples in a bucket: the sum of the rollup rows' counts
+            return f"sum({_ident(f'count_{point}')})"
+        return f"{agg}({_ident(f'{agg}_{point}')})"
 
     def __repr__(self) -> str:
         return f"Source({self.rollup.name if self.rollup else 'raw'}, bucket {self.bucket_s}s)"

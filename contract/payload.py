@@ -37,6 +37,9 @@ from contract.topics import IDENT_PATTERN, Ident
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 1_000_000  # a 5,000-value message is about 400 kB
 MAX_VALUES = 5_000
+# a sequence number is an InfluxDB integer and a receipt's range bound: int64 (issue #16: seq 10^19
+# made counters and lines overflow)
+SEQ_MAX = 2**63 - 1
 
 # 2000-01-01 … 2100-01-01 in ms: anything else is a unit mistake (seconds, µs) not a time.
 TS_MIN_MS = 946_684_800_000
@@ -75,7 +78,7 @@ class Telemetry(_Frozen):
     station: Ident
     gateway: Ident
     boot: BootId
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=0, le=SEQ_MAX)
     ts: int = Field(ge=TS_MIN_MS, le=TS_MAX_MS)
     backfill: bool = False
     # set when the poll group reports by exception: the message holds only the points that
@@ -186,8 +189,18 @@ class GatewayStatus(_Frozen):
     stations: list[Ident]
     ts: int = Field(ge=TS_MIN_MS, le=TS_MAX_MS)
     writable: list[WritablePoint] = Field(default_factory=list, max_length=5000)
+    # the kind of each custom x_ point it publishes, as its maps declare them: its readings of
+    # that point are of that kind and no other (docs/contract.md, "Kinds")
+    custom: dict[str, Kind] = Field(default_factory=dict, max_length=MAX_VALUES)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _custom_names(self) -> GatewayStatus:
+        for name in self.custom:
+            if check_name(name) is not None:
+                raise ValueError(f"custom: {name} is a canonical point (its kind is the vocabulary's)")
+        return self
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -345,10 +358,11 @@ def _static_kind(key: tuple[str, str | None, str | None, str]) -> Kind | None:
 def _fast(raw: bytes) -> Frame:
     try:
         w = _WIRE.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    # msgspec raises UnicodeDecodeError (not a DecodeError) for invalid UTF-8 inside a string
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
         raise _Decline from None
     hb = w.heartbeat_s
-    if (w.schema != SCHEMA_VERSION or w.seq < 0 or not TS_MIN_MS <= w.ts <= TS_MAX_MS
+    if (w.schema != SCHEMA_VERSION or not 0 <= w.seq <= SEQ_MAX or not TS_MIN_MS <= w.ts <= TS_MAX_MS
             or not (0 if hb else 1) <= len(w.values) <= MAX_VALUES or not _BOOT_RE.fullmatch(w.boot)
             or (hb is not None and not 0 < hb <= 86400)):
         raise _Decline
@@ -388,3 +402,29 @@ def decode_telemetry(raw: bytes) -> Frame:
         return Frame.of(Telemetry.model_validate(obj))
     except ValidationError as exc:
         raise PayloadError(_first_error(exc), "schema") from None
+
+
+class _Envelope(msgspec.Struct):
+    station: str
+    gateway: str
+    boot: str
+    seq: int
+
+
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+
+
+def telemetry_envelope(raw: bytes) -> tuple[str, str, str, int] | None:
+    """(station, gateway, boot, seq) of a telemetry payload that may be invalid elsewhere, when
+    those four are well formed; else None. The collector receipts a message it rejected for good
+    by these (a gateway never sends a malformed envelope, so None means "not from a gateway")."""
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        return None
+    try:
+        e = _ENVELOPE.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    if not (0 <= e.seq <= SEQ_MAX and _BOOT_RE.fullmatch(e.boot) and _IDENT_RE.fullmatch(e.station)
+            and _IDENT_RE.fullmatch(e.gateway)):
+        return None
+    return e.station, e.gateway, e.boot, e.seq

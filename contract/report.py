@@ -31,21 +31,10 @@ class RefundBand(_Strict):
         return self
 
 
-class HourlyRooms(_Strict):
-    """Hourly means of room temperature already stored per sensor (a continuous query, the site's
-    1-hour rollups): the report counts them with plain filters instead of averaging raw readings
-    per hour itself. Measured (bench/report_bench.py, 2,000 sensors × a season): InfluxDB 1.6 spends
-    20–50 µs per sensor-hour on GROUP BY time(1h), minutes for a company; a plain count, seconds."""
-
-    measurement: str = Field("household", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    retention_policy: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    field: str = Field("room_temp", description="the field holding each hour's mean")
-
-
 class ReportSettings(_Strict):
     kind: Literal["report"] = "report"
     company: str = Field("heatwatch", min_length=1, max_length=200, description="the PDF's heading")
-    rules: str | None = Field(None, description="the collector's rule file: season, design outdoor "
+    rules: str | None = Field(None, description="the alerter's rule file: season, design outdoor "
                                                 "temperature, make-up limits; relative to this file")
     gateways: list[str] = Field(default_factory=list,
                                 description="gateway configs (globs, relative to this file): expected "
@@ -53,8 +42,10 @@ class ReportSettings(_Strict):
     refund_bands: list[RefundBand] = Field(default_factory=list)
     refund_after_h: float = Field(24.0, gt=0, description="a low room counts for refunds after this long")
     longest_n: int = Field(20, ge=1, le=500, description="households below the standard longest: how many")
-    rooms_hourly: HourlyRooms | None = Field(None, description="read room sensor-hours from stored hourly "
-                                                               "means (None: average the raw readings)")
+    rollups: Literal["auto", "off"] = Field(
+        "auto", description="auto: read the 1-hour rollup `heatwatch influx setup` keeps wherever it covers "
+                            "the period (seconds for a season of 500 stations, where the raw data takes "
+                            "minutes); off: aggregate the raw data (a check, or a rollup not trusted)")
 
     @model_validator(mode="after")
     def _bands(self) -> ReportSettings:

@@ -340,8 +340,13 @@ def collector() -> dict[str, Any]:
     b.panel("Rejected messages by reason",
             [_q("A", 'SELECT non_negative_derivative(last("count"), 1m) '
                      f'FROM "{MEASUREMENT_COLLECTOR_REJECTS}" '
-                     'WHERE $timeFilter GROUP BY time($__interval), "reason" fill(none)', "$tag_reason")],
-            unit="mpm", description="the messages themselves are in the rejects measurement")
+                     'WHERE $timeFilter GROUP BY time($__interval), "reason" fill(none)', "$tag_reason"),
+             _q("B", 'SELECT non_negative_derivative(last("lines"), 1m) '
+                     f'FROM "{MEASUREMENT_COLLECTOR_REJECTS}" '
+                     'WHERE $timeFilter GROUP BY time($__interval), "reason" fill(none)',
+                "lines InfluxDB refused: $tag_reason")],
+            unit="mpm", description="the messages themselves are in the rejects measurement; lines "
+                                    "InfluxDB refused (unparsable, type_conflict) by their reason")
     b.panel("Spool (InfluxDB unavailable)",
             [_q("A", f'SELECT last("spool_rows") FROM "{c}" WHERE $timeFilter '
                      "GROUP BY time($__interval) fill(previous)", "batches waiting"),

@@ -2,12 +2,14 @@
 
 SQLite in WAL mode with ``synchronous=FULL``: a row whose ``append`` returned survives
 ``kill -9`` and a power cut. The owner deletes a row only once its data is safe elsewhere (the
-gateway on the broker's PUBACK, the collector once InfluxDB took the batch). The queue is
-bounded by bytes and by age; when a bound is hit the oldest rows go first, and every dropped
-row is counted (``dropped``, persisted across restarts) and reported, never lost silently.
+gateway once the collector receipts it, or on the broker's PUBACK where receipts are off or the
+row has no sequence number; the collector once InfluxDB took the batch). The queue is bounded by
+bytes and by age; when a bound is hit the oldest rows go first, and every dropped row is counted
+(``dropped``, persisted across restarts) and reported, never lost silently.
 
-Each row carries a short ``key`` (the gateway: the MQTT topic; the collector: the line count)
-and an opaque ``payload``.
+Each row carries a short ``key`` (the gateway: the MQTT topic; the collector: the line count),
+an opaque ``payload`` and, for a gateway's telemetry, the ``boot`` and ``seq`` it was sent
+under, by which a receipt names it (contract/receipt.py), also after a restart.
 
 Blocking: every method does disk I/O; async owners call them through ``asyncio.to_thread``.
 """
@@ -19,6 +21,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +30,15 @@ CREATE TABLE IF NOT EXISTS queue (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     key        TEXT    NOT NULL,
     payload    BLOB    NOT NULL,
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    boot       TEXT,             -- with seq: how a receipt names the row; NULL: confirmed by PUBACK
+    seq        INTEGER
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+# after the columns exist (a file written before receipts gains them at open)
+_INDEX = "CREATE INDEX IF NOT EXISTS queue_receipt ON queue (boot, seq) WHERE boot IS NOT NULL"
+REQUEUE_CHUNK = 2000  # rows moved per transaction: a short write lock, and bounded memory
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +47,8 @@ class Row:
     key: str
     payload: bytes
     created_ms: int
+    boot: str | None = None
+    seq: int | None = None
 
 
 class QueueUnavailable(Exception):
@@ -84,6 +94,11 @@ class DiskQueue:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.executescript(_SCHEMA)
+                have = {r[1] for r in self._db.execute("PRAGMA table_info(queue)")}
+                for col, typ in (("boot", "TEXT"), ("seq", "INTEGER")):
+                    if col not in have:
+                        self._db.execute(f"ALTER TABLE queue ADD COLUMN {col} {typ}")
+                self._db.execute(_INDEX)
                 row = self._db.execute(
                     "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM queue").fetchone()
         except sqlite3.Error as exc:
@@ -95,13 +110,14 @@ class DiskQueue:
         row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
         return int(row[0]) if row else 0
 
-    def append(self, key: str, payload: bytes, created_ms: int | None = None) -> int:
+    def append(self, key: str, payload: bytes, created_ms: int | None = None, *,
+               boot: str | None = None, seq: int | None = None) -> int:
         """Store one row durably; return its id. Enforces the byte bound."""
         created = created_ms if created_ms is not None else int(time.time() * 1000)
         with self._lock:
             cur = self._db.execute(
-                "INSERT INTO queue (key, payload, created_ms) VALUES (?, ?, ?)",
-                (key, payload, created))
+                "INSERT INTO queue (key, payload, created_ms, boot, seq) VALUES (?, ?, ?, ?, ?)",
+                (key, payload, created, boot, seq))
             self.count += 1
             self.bytes += len(payload)
             if self.bytes > self.max_bytes:
@@ -162,9 +178,67 @@ class DiskQueue:
         """The oldest rows with id > after_id (publish order is id order)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, key, payload, created_ms FROM queue WHERE id > ? ORDER BY id LIMIT ?",
+                "SELECT id, key, payload, created_ms, boot, seq FROM queue WHERE id > ? ORDER BY id LIMIT ?",
                 (after_id, limit)).fetchall()
-        return [Row(int(r[0]), str(r[1]), bytes(r[2]), int(r[3])) for r in rows]
+        return [Row(int(r[0]), str(r[1]), bytes(r[2]), int(r[3]), r[4], r[5]) for r in rows]
+
+    def receipted(self, boot: str, ranges: Sequence[tuple[int, int]]) -> list[int]:
+        """Delete the rows of ``boot`` whose seq lies in one of the inclusive ``ranges`` (a
+        receipt); return their ids. Rows of another boot, and rows without one, are untouched."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                ids: list[int] = []
+                size = 0
+                for first, last in ranges:
+                    for rid, n in self._db.execute(
+                            "SELECT id, LENGTH(payload) FROM queue WHERE boot = ? AND seq BETWEEN ? AND ?",
+                            (boot, first, last)):
+                        ids.append(int(rid))
+                        size += int(n)
+                for i in range(0, len(ids), 500):
+                    chunk = ids[i : i + 500]
+                    self._db.execute(f"DELETE FROM queue WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self.count -= len(ids)
+            self.bytes -= size
+        return ids
+
+    def requeue(self, upto_id: int) -> int:
+        """Move the rows with a boot and an id <= ``upto_id`` to the tail (new ids, everything
+        else kept): the publisher, which sends in id order, sends them again. Returns how many
+        were moved (at most ``REQUEUE_CHUNK``; call again while it returns that many)."""
+        with self._lock:
+            first = self._db.execute("SELECT id FROM queue WHERE boot IS NOT NULL AND id <= ? "
+                                     "ORDER BY id LIMIT 1 OFFSET ?", (upto_id, REQUEUE_CHUNK - 1)).fetchone()
+            cut = upto_id if first is None else int(first[0])
+            if self._db.execute("SELECT 1 FROM queue WHERE boot IS NOT NULL AND id <= ? LIMIT 1",
+                                (cut,)).fetchone() is None:
+                return 0  # the usual answer: a read, no write transaction
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._db.execute(
+                    "INSERT INTO queue (key, payload, created_ms, boot, seq) "
+                    "SELECT key, payload, created_ms, boot, seq FROM queue "
+                    "WHERE boot IS NOT NULL AND id <= ? ORDER BY id", (cut,))
+                moved = cur.rowcount
+                self._db.execute("DELETE FROM queue WHERE boot IS NOT NULL AND id <= ?", (cut,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return int(moved)
+
+    def count_tracked(self, upto_id: int) -> int:
+        """Rows with a boot (confirmed by receipt) and an id <= ``upto_id``; safe from another
+        thread (a metrics scrape): one range scan of the primary key."""
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*) FROM queue WHERE id <= ? AND boot IS NOT NULL",
+                                   (upto_id,)).fetchone()
+        return int(row[0])
 
     def oldest_ms(self) -> int | None:
         """When the oldest row was created (None when empty): how late the queue runs. One

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any, Literal, TypeVar
 
 import orjson
@@ -29,6 +30,7 @@ from gateway.modbus import Answer, Device, Link
 from gateway.plan import plan_requests
 from gateway.publisher import Publisher
 from gateway.report import ExceptionFilter
+from messaging.client import Message
 
 log = structlog.get_logger("heatwatch.gateway")
 T = TypeVar("T")
@@ -37,6 +39,11 @@ T = TypeVar("T")
 async def blocking(fn: Callable[..., T], *args: Any) -> T:
     """The one way gateway code runs blocking I/O (SQLite) off the event loop."""
     return await asyncio.to_thread(fn, *args)
+
+
+async def _queued(q: asyncio.Queue[Message]) -> AsyncIterator[Message]:
+    while True:
+        yield await q.get()
 
 
 def decode_answers(answers: list[Answer]) -> list[Reading]:
@@ -91,7 +98,9 @@ class Gateway:
         return GatewayStatus(schema_=1, gateway=self.cfg.gateway, state=state,
                              boot=self.boot, stations=[self.cfg.station],
                              ts=int(time.time() * 1000),
-                             writable=self.commands.writable() if self.commands else []
+                             writable=self.commands.writable() if self.commands else [],
+                             custom={p.point: p.value_kind for d in self.cfg.resolved for p in d.points
+                                     if p.definition is None},
                              ).model_dump_json(by_alias=True).encode()
 
     async def run(self) -> None:
@@ -103,12 +112,14 @@ class Gateway:
         self.publisher = Publisher(self.cfg, self.outbox, blocking=blocking,
                                    birth=self._gateway_status("online"),
                                    will=self._gateway_status("offline"), will_topic=self.gw_topic,
-                                   subscriptions=subs)
+                                   subscriptions=subs, boot=self.boot)
+        commands_in: asyncio.Queue[Message] = asyncio.Queue()  # bounded by the session's Receive Maximum
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.publisher.run())
+                tg.create_task(self._receive(commands_in))
                 if self.commands is not None:
-                    tg.create_task(self.commands.run(self.publisher.client))
+                    tg.create_task(self.commands.run(self.publisher.client, _queued(commands_in)))
                 for group, pg in self.cfg.poll_groups.items():
                     if any(d.plans[group] for d in self.devices):
                         tg.create_task(self._poll_loop(group, pg.interval_s))
@@ -119,6 +130,21 @@ class Gateway:
             self.outbox.close()
             if self.commands is not None:
                 self.commands.close()
+
+    async def _receive(self, commands_in: asyncio.Queue[Message]) -> None:
+        """The session's one consumer: receipts are taken here (a quick delete), commands queued
+        for the command path, which takes them one at a time (a write can take seconds)."""
+        assert self.publisher is not None
+        client = self.publisher.client
+        async for msg in client.messages():
+            if msg.topic == self.publisher.receipt_topic:
+                await self.publisher.take_receipt(msg)
+                client.ack(msg)
+            elif self.commands is not None:
+                commands_in.put_nowait(msg)
+            else:
+                log.warning("message on no subscription of this gateway ignored", topic=msg.topic[:200])
+                client.ack(msg)
 
     async def _poll_loop(self, group: str, interval: float) -> None:
         next_t = time.monotonic()
@@ -145,7 +171,9 @@ class Gateway:
         msg = Telemetry(schema_=1, station=self.cfg.station, gateway=self.cfg.gateway, boot=self.boot,
                         seq=self.seq, ts=ts, heartbeat_s=heartbeat, values=readings)
         self.seq += 1
-        await blocking(self.outbox.append, self.topic, msg.to_json(), ts)
+        # boot and seq: how the collector's receipt names this row, also after a restart
+        await blocking(partial(self.outbox.append, boot=self.boot, seq=msg.seq), self.topic,
+                       msg.to_json(), ts)
         if by_exception is not None:
             by_exception.sent_at(readings, ts)
         self.messages += 1
@@ -154,6 +182,18 @@ class Gateway:
             self.publisher.notify()
             self._publish_status(ts)
         return msg
+
+    def refused_readings(self) -> dict[str, int]:
+        """Readings published as bad instead of a value that must not go out, by reason
+        (gateway/decode.py: ``inexact``, ``kind``). Read by the metrics scrape."""
+        out: dict[str, int] = {}
+        for dev in self.devices:
+            for plan in list(dev.plans.values()):
+                for req in plan:
+                    for dec in req.built():
+                        for reason, n in list(dec.refused.items()):
+                            out[reason] = out.get(reason, 0) + n
+        return out
 
     def station_status(self, ts: int) -> StationStatus:
         """The station's state from its devices' health, as published on the status topic."""

@@ -33,7 +33,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -43,7 +43,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from contract import topics
-from contract.codec import FLOATS, INTEGERS, DataType, WordOrder, encode
+from contract.codec import FLOATS, INTEGERS, DataType, encode
 from contract.commands import (
     Bounds,
     Command,
@@ -228,10 +228,11 @@ class CommandPath:
         self.ledger.close()
 
     # -- the consumer ----------------------------------------------------------------------------
-    async def run(self, client: MqttClient) -> None:
+    async def run(self, client: MqttClient, messages: AsyncIterator[Message] | None = None) -> None:
         """Take commands one at a time (never two writes at once on one station) and acknowledge
-        each once its result is durable."""
-        async for msg in client.messages():
+        each once its result is durable. ``messages``: where they come from when the session's
+        consumer is someone else (the gateway routes receipts apart); else the client's own."""
+        async for msg in messages if messages is not None else client.messages():
             await self.take(msg)
             client.ack(msg)
 
@@ -424,7 +425,7 @@ class CommandPath:
             mask = 1 << (p.bit or 0)
             return [(reg | mask) if value else (reg & ~mask & 0xFFFF)]
         raw = (float(value) - p.offset) / p.scale
-        order = p.word_order or WordOrder.ABCD
+        order = p.order  # word order, or a 16-bit register's byte order
         if p.type in FLOATS:
             return encode(raw, p.type, order)
         return encode(round(raw), p.type, order)

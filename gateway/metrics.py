@@ -9,16 +9,20 @@ One endpoint per process (``metrics:`` in the gateway config, off by default), w
 number of stations it polls: every series carries ``station``. What it shows (all named
 ``heatwatch_gateway_…``; docs/operations.md lists the alerts built on them):
 
-- the outbox: rows, bytes, age of the oldest row, its age bound, rows dropped by a bound;
+- the outbox: rows, bytes, age of the oldest row, its age bound, rows dropped by a bound, rows
+  sent and awaiting the collector's receipt;
 - the broker connection: connected, messages awaiting their PUBACK, published, acknowledged,
   refused by the broker, sent as backfill, and the seconds from hand-over to PUBACK;
+- receipts: received, refused by reason, rows they deleted, rows sent again past the timeout;
 - per device: its state (online / degraded / offline, one series each, 1 for the current one),
   Modbus round-trip seconds, Modbus exceptions by code, requests that got no answer;
-- poll cycles finished per poll group, remote commands by outcome and by refusal reason.
+- poll cycles finished per poll group, readings refused at decode (published bad) by reason,
+  remote commands by outcome and by refusal reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
@@ -74,7 +78,8 @@ class _Source(_PromCollector):
             return CounterMetricFamily(P + name, doc, labels=["station"])
 
         rows, size, age, max_age, dropped = (
-            g("outbox_messages", "messages in the outbox (not yet acknowledged by the broker)"),
+            g("outbox_messages", "messages in the outbox (not yet receipted by the collector, or "
+              "acknowledged by the broker where no receipt is awaited)"),
             g("outbox_bytes", "bytes in the outbox"),
             g("outbox_oldest_age_seconds", "age of the oldest message in the outbox (0 when empty)"),
             g("outbox_max_age_seconds", "the outbox's age bound: older messages are dropped"),
@@ -83,10 +88,20 @@ class _Source(_PromCollector):
                                g("mqtt_inflight", "messages handed to the broker awaiting their PUBACK"))
         published, acked, refused, backfilled, messages = (
             c("published", "messages handed to the broker connection"),
-            c("acked", "messages the broker acknowledged (deleted from the outbox)"),
+            c("acked", "messages the broker acknowledged (deleted from the outbox then unless they wait "
+                       "for a receipt)"),
             c("refused", "messages the broker refused (MQTT 5 reason code; kept, offered again)"),
             c("backfilled", "messages sent late, marked backfill"),
             c("telemetry_messages", "telemetry messages put in the outbox"))
+        unreceipted, receipts, receipted, resent = (
+            g("outbox_unreceipted", "messages sent and not yet receipted by the collector (kept in the "
+              "outbox; 0 with outbox.receipts off)"),
+            c("receipts", "receipts received from the collector (refused ones included)"),
+            c("receipted", "outbox rows deleted by a receipt"),
+            c("resent", "outbox rows sent again: unreceipted past outbox.receipt_timeout_s while later "
+              "ones were receipted"))
+        receipts_refused = CounterMetricFamily(P + "receipts_refused", "receipts refused (nothing deleted), "
+                                               "by reason", labels=["station", "reason"])
         cycles = CounterMetricFamily(P + "poll_cycles", "poll cycles finished", labels=["station", "group"])
         state = GaugeMetricFamily(P + "device_state", "1 for the device's current state",
                                   labels=["station", "device", "state"])
@@ -95,6 +110,10 @@ class _Source(_PromCollector):
                                          labels=["station", "device", "code"])
         no_answer = CounterMetricFamily(P + "modbus_no_answer", "Modbus requests that got no answer "
                                         "(timeout, no connection)", labels=["station", "device"])
+        refused_readings = CounterMetricFamily(
+            P + "readings_refused", "readings published as bad instead of a value that must not go out, "
+            "by reason (inexact: a 64-bit integer beyond ±2^53; kind: not the point's kind)",
+            labels=["station", "reason"])
         commands = CounterMetricFamily(P + "commands", "remote commands, by outcome",
                                        labels=["station", "state"])
         refusals = CounterMetricFamily(P + "command_reasons", "remote commands not confirmed, by outcome "
@@ -120,6 +139,13 @@ class _Source(_PromCollector):
                 for fam, v in ((published, pub.published), (acked, pub.acked), (refused, pub.refused),
                                (backfilled, pub.backfilled)):
                     fam.add_metric([st], v)
+                with contextlib.suppress(Exception):  # the outbox closed under a scrape at shutdown
+                    unreceipted.add_metric([st], pub.unreceipted())
+                for fam, v in ((receipts, pub.receipts_received), (receipted, pub.rows_receipted),
+                               (resent, pub.resent)):
+                    fam.add_metric([st], v)
+                for reason, n in sorted(pub.receipts_refused.items()):
+                    receipts_refused.add_metric([st, reason], n)
                 h = HistogramMetricFamily(P + "publish_seconds", "seconds from handing a message to the "
                                           "broker connection to its PUBACK", labels=["station"])
                 h.add_metric([st], pub.latency.buckets(), pub.latency.sum)
@@ -141,6 +167,8 @@ class _Source(_PromCollector):
                 for code, n in sorted(ms.exceptions.items()):
                     exceptions.add_metric([st, name, str(code)], n)
                 no_answer.add_metric([st, name], ms.no_answer)
+            for reason, n in sorted(gw.refused_readings().items()):
+                refused_readings.add_metric([st, reason], n)
             if gw.commands is not None:
                 for key, n in sorted(gw.commands.counts.items()):
                     state_, _, reason = key.partition(":")
@@ -148,8 +176,9 @@ class _Source(_PromCollector):
                         refusals.add_metric([st, state_, reason], n)
                     else:
                         commands.add_metric([st, state_], n)
-        yield from (rows, size, age, max_age, dropped, connected, inflight, published, acked, refused,
-                    backfilled, messages, cycles, state, exceptions, no_answer, commands, refusals)
+        yield from (rows, size, age, max_age, dropped, unreceipted, connected, inflight, published, acked,
+                    refused, backfilled, receipts, receipted, resent, receipts_refused, messages, cycles,
+                    state, exceptions, no_answer, refused_readings, commands, refusals)
         yield from _merge(latencies)
         yield from _merge(rtts)
 

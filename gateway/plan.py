@@ -33,6 +33,10 @@ class Request:
             self._decoders = [(wire - self.address, p.words, PointDecoder(p)) for p, wire in self.points]
         return self._decoders
 
+    def built(self) -> list[PointDecoder]:
+        """The decoders already built (none before the first poll); safe from another thread."""
+        return [d for _, _, d in self._decoders or ()]
+
     def __str__(self) -> str:
         span = f"{self.table}[{self.address}:{self.address + self.count}]"
         if len(self.points) <= 2:  # small enough to say which points: the map line to check

@@ -207,14 +207,14 @@ def _api(args: argparse.Namespace) -> int:
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
-    from alerting.store import Store
+    from alerting.database import Database
     from api.app import API_CONFIG_ENV, create_app
     from api.limits import MAX_HEAD_BYTES
     from api.metrics import MULTIPROC_ENV, serve_workers
 
     cfg = load_api_config(args.config)
     # the store opens here first: a wrong path is one line (CannotOpen), not a traceback per worker
-    Store(cfg.store).open().close()
+    Database(cfg.store).open().close()
     # a request head over MAX_HEAD_BYTES is refused (431) before the app sees it (api/limits.py)
     http, h11_max = "api.limits:HeadLimitedProtocol", MAX_HEAD_BYTES
     if cfg.workers == 1:
@@ -277,20 +277,21 @@ def _token(args: argparse.Namespace) -> int:
     import datetime as dt
     import time
 
-    from alerting.store import Store
+    from alerting.registry import SiteRegistry
 
     cfg = load_api_config(args.config)
-    store = Store(cfg.store).open()
+    registry = SiteRegistry(cfg.store).open()
     now = int(time.time() * 1000)
     rc = 0
     try:
         if args.action == "add":
-            token = store.add_token(name=args.name, role=args.role, actor=f"cli:{getpass.getuser()}", now=now)
+            token = registry.add_token(name=args.name, role=args.role, actor=f"cli:{getpass.getuser()}",
+                                       now=now)
             print(token)  # shown once; only its hash is stored
             print(f"token for {args.name} ({args.role}); keep it secret, it is not stored", file=sys.stderr)
         elif args.action == "revoke":
             # any stored name, also one an older version let in with spaces: this is the way to end it
-            n = store.revoke_tokens(name=args.name, actor=f"cli:{getpass.getuser()}", now=now)
+            n = registry.revoke_tokens(name=args.name, actor=f"cli:{getpass.getuser()}", now=now)
             if n:
                 print(f"revoked {n} token(s) of {args.name}", file=sys.stderr)
             else:
@@ -302,13 +303,12 @@ def _token(args: argparse.Namespace) -> int:
                 return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC") \
                     if ms is not None else ""
 
-            rows = store.list_tokens()
             print(f"{'name':<24} {'role':<10} {'created':<20} {'by':<20} revoked")
-            for r in rows:
-                print(f"{r['name']:<24} {r['role']:<10} {when(r['created_at']):<20} {r['created_by']:<20} "
-                      f"{when(r['revoked_at'])}".rstrip())
+            for r in registry.list_tokens():
+                print(f"{r.name:<24} {r.role:<10} {when(r.created_at):<20} {r.created_by:<20} "
+                      f"{when(r.revoked_at)}".rstrip())
     finally:
-        store.close()
+        registry.close()
     return rc
 
 
@@ -337,14 +337,16 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from simulator.scenario import RelativeEvent, load_scenario
+    from simulator.scenario import RelativeEvent, load_scenario, rooms_settle
     from simulator.server import PortInUse, Simulator
 
     configs = [load_gateway_config(c) for c in args.configs]
     speed: float = 1.0
     events: list[tuple[str, RelativeEvent]] = []
+    settle: float | None = None
     if args.scenario:
         speed, events = load_scenario(args.scenario)
+        settle = rooms_settle(args.scenario)
     if args.speed is not None:
         speed = args.speed
     served = {c.station for c in configs}
@@ -356,7 +358,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         peers = dict(p.split("=", 1) for p in args.serial_peer)
-        sim = Simulator(configs, speed=speed, seed=args.seed, serial_peers=peers, scenario=events)
+        sim = Simulator(configs, speed=speed, seed=args.seed, serial_peers=peers, scenario=events,
+                        room_settle_s=settle)
         await sim.run()
 
     try:
@@ -406,9 +409,9 @@ def _report(args: argparse.Namespace) -> int:
     import time
 
     import orjson
-    import sqlalchemy.exc
 
     from alerting.store import Store
+    from api.influx import STORE as InfluxStore
     from api.influx import InfluxReader
     from contract.errors import DatabaseUnavailable
     from report import compute, source
@@ -420,29 +423,29 @@ def _report(args: argparse.Namespace) -> int:
         return 2
     cfg = load_api_config(args.config)
     ctx = source.load_context(cfg.report)
+    if cfg.control is not None:
+        ctx.unknown_grace_s = cfg.control.unknown_grace_s
     try:
         compute.parse_period(args.period, ctx.rules)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    store = Store(cfg.store)
+    store = Store(cfg.store).open()  # CannotOpen: one line naming the URL and the setting
     # a season of a large company without rollups takes InfluxDB minutes (bench/report_bench.py)
     reader = InfluxReader(cfg.influx.model_copy(update={"timeout_s": max(cfg.influx.timeout_s, 900.0)}))
 
     async def make() -> Report:
         try:
-            return await source.report(reader.query_many, store, ctx, args.period, int(time.time() * 1000))
+            return await source.report(reader.query_many, store, ctx, args.period, int(time.time() * 1000),
+                                       database=reader.db)
         finally:
             await reader.close()
 
     try:
-        store.migrate()
         rep = asyncio.run(make())
-    except sqlalchemy.exc.OperationalError as exc:
-        print(f"alert store {cfg.store}: {exc.orig}", file=sys.stderr)
-        return 1
-    except DatabaseUnavailable as exc:
-        print(f"{exc} ({cfg.influx.url}, database {cfg.influx.database})", file=sys.stderr)
+    except DatabaseUnavailable as exc:  # the site database's message names its URL already
+        where = f" ({cfg.influx.url}, database {cfg.influx.database})" if exc.store == InfluxStore else ""
+        print(f"{exc.store} unavailable: {exc}{where}", file=sys.stderr)
         return 1
     finally:
         store.close()
@@ -554,8 +557,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=_simulate)
     p = sub.add_parser("demo", help="the whole pipeline on simulated stations")
-    p.add_argument("--stations", type=int, default=3)
-    p.add_argument("--dir", default=".demo")
+    p.add_argument("--stations", type=int, default=3, metavar="N",
+                   help="simulate the first N of the stations under deploy/gateway (default: 3, all)")
+    p.add_argument("--dir", default=".demo",
+                   help="the demo's folder: its data, store, tokens, keys, logs and demo.pid, kept "
+                        "between runs (default: .demo); remove it after stopping to start clean; a "
+                        "second demo beside a running one needs its own DIR and a --port-offset")
     p.add_argument("--seconds", type=float, default=None, help="stop after this long")
     p.add_argument("--port-offset", type=int, default=None, metavar="N",
                    help="move every demo port by N (default: $HEATWATCH_DEMO_PORT_OFFSET or 0)")

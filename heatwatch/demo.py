@@ -5,9 +5,14 @@ Starts mosquitto and influxd with their data under DIR, the simulator playing
 on SQLite, judging with ``deploy/alerter/rules-demo.yaml``: the real thresholds, short holds) and
 the API as child processes. Before any of them starts it loads the demo's asset register
 (``deploy/assets/demo-households.csv``) into the alert store and issues a dispatcher and an
-engineer token. It prints ready-to-paste commands (and writes them as ``DIR/env`` for
-``source``), runs the scenario's steps (a gateway losing power, coming back), prints each alert
-as it fires, and stops everything on Ctrl-C, SIGTERM, or SIGHUP (the terminal closed), or after
+engineer token. Remote control works out of the box: a key pair made once under DIR/keys
+signs the API's commands (DIR/api.yaml, the shipped API config with a ``control:`` block) and
+the gateways verify them (DIR/gateway/*.yaml, the shipped configs with a ``control:`` block and
+the ports moved; their maps under DIR/maps where the scenario's ``map_overrides`` change them).
+It prints ready-to-paste commands (and writes them as ``DIR/env`` for ``source``), runs the
+scenario's steps (a gateway losing power, coming back, the engineer opening the cold building's
+valve through the API and following it until the alert resolves), prints each alert as it fires,
+and stops everything on Ctrl-C, SIGTERM, or SIGHUP (the terminal closed), or after
 ``--seconds``. ``heatwatch demo --stop`` stops a demo left behind (DIR/demo.pid lists its
 processes). Safe to re-run: data persists under DIR, nothing else is touched.
 
@@ -30,17 +35,19 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from contract.commands import Ticket
 from contract.config import load_api_config, load_gateway_config, read_yaml
 from contract.errors import ConfigError
+from contract.points import check_name
 from contract.topics import Ident
 from heatwatch.devstack import DEPLOY, Influxd, MissingBinary, Mosquitto, free_port, port_open
 from simulator.scenario import load_scenario, seconds
@@ -116,15 +123,19 @@ def port_busy(port: int) -> bool:
     return False
 
 
-def gateway_configs(stations: int, offset: int, folder: Path) -> list[Path]:
-    """The shipped gateway configs, or, with a port offset, copies with every Modbus port moved
-    (the simulator and the gateways both read these, so they agree)."""
+def gateway_configs(stations: int, offset: int, folder: Path, *, public_key: Path | None = None,
+                    maps: dict[Path, Path] | None = None) -> list[Path]:
+    """The shipped gateway configs, or copies under ``folder`` with every Modbus port moved by
+    ``offset`` (the simulator and the gateways both read these, so they agree).
+
+    ``public_key``: the copies take remote commands verified against it (a ``control:`` block,
+    its ledger beside the outbox); ``maps``: a shipped map (resolved path) → the copy to use."""
     shipped = sorted((DEPLOY / "gateway").glob("st*.yaml"))
     if not 1 <= stations <= len(shipped):
         raise DemoError(f"--stations must be 1-{len(shipped)} (deploy/gateway has {len(shipped)} "
                         "station configs)")
     shipped = shipped[:stations]
-    if offset == 0:
+    if offset == 0 and public_key is None and not maps:
         return shipped
     folder.mkdir(parents=True, exist_ok=True)
     out = []
@@ -138,10 +149,94 @@ def gateway_configs(stations: int, offset: int, folder: Path) -> list[Path]:
                 dev["port"] += offset
             if isinstance(dev.get("map"), str) and not Path(dev["map"]).is_absolute():
                 dev["map"] = str((src.parent / dev["map"]).resolve())
+            if isinstance(dev.get("map"), str) and maps and Path(dev["map"]) in maps:
+                dev["map"] = str(maps[Path(dev["map"])])
+        changes = [f"every Modbus port moved by {offset:+d}"] if offset else []
+        if public_key is not None:
+            outbox = str((data.get("outbox") or {}).get("path") or "")
+            ledger = (outbox.removesuffix(".outbox.sqlite") + ".commands.sqlite"
+                      if outbox.endswith(".outbox.sqlite") else
+                      f"${{HEATWATCH_STATE_DIR:-/var/lib/heatwatch}}/gw-{data['station']}.commands.sqlite")
+            data["control"] = {"public_keys": [str(public_key.resolve())], "ledger": ledger}
+            changes.append(f"remote commands signed by the demo's key ({public_key.name})")
+        if maps:
+            changes.append("the demo's maps (" + ", ".join(sorted(shown(m) for m in maps.values())) + ")")
         dst = folder / src.name
-        dst.write_text(f"# written by heatwatch demo from {src}: every Modbus port moved by {offset:+d}\n"
+        dst.write_text(f"# written by heatwatch demo from {src}: {'; '.join(changes)}\n"
                        + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
         out.append(dst)
+    return out
+
+
+# -- remote control: the demo's key pair, API config and map ------------------------------------
+KEY_NAME = "control-room"
+
+
+def demo_keys(folder: Path) -> tuple[Path, Path]:
+    """The demo's command-signing key pair under ``folder`` (``heatwatch keys generate`` does the
+    same for a site), made once and kept: the private key mode 0600 in a 0700 folder."""
+    from contract.commands import generate_keypair, load_private_key
+
+    key, pub = folder / f"{KEY_NAME}.key", folder / f"{KEY_NAME}.pub"
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    if key.exists():
+        try:
+            private = load_private_key(key.read_bytes(), str(key))
+        except (OSError, ValueError) as exc:
+            raise DemoError(f"{key}: {exc}; move it away and the demo makes a new pair") from None
+        key.chmod(0o600)
+        if not pub.exists():  # derived again from the private key: the pair always matches
+            from cryptography.hazmat.primitives import serialization
+
+            pub.write_bytes(private.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        return key, pub
+    private_pem, public_pem = generate_keypair()
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
+    with os.fdopen(fd, "wb") as f:
+        f.write(private_pem)
+    pub.write_bytes(public_pem)
+    return key, pub
+
+
+def api_config(folder: Path, signing_key: Path) -> Path:
+    """deploy/api/api.yaml with a ``control:`` block: the demo's signing key and its broker."""
+    data = yaml.safe_load(API_CONFIG.read_text(encoding="utf-8"))
+    if isinstance(data.get("report"), str) and not Path(data["report"]).is_absolute():
+        data["report"] = str((API_CONFIG.parent / data["report"]).resolve())
+    data["control"] = {"signing_key": str(signing_key.resolve()),
+                       "mqtt": {"host": "127.0.0.1", "port": "${HEATWATCH_MQTT_PORT:-11883}"}}
+    dst = folder / "api.yaml"
+    dst.write_text(f"# written by heatwatch demo from {API_CONFIG}: remote control with the demo's key\n"
+                   + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return dst
+
+
+def demo_maps(folder: Path, overrides: dict[str, dict[str, Any]]) -> dict[Path, Path]:
+    """Copies of the shipped maps with the scenario's ``map_overrides`` (shipped map → copy) for
+    the writable points they name; a map without any of those points is used as shipped."""
+    out = {}
+    for src in sorted((DEPLOY / "maps").glob("*.yaml")):
+        data = yaml.safe_load(src.read_text(encoding="utf-8"))
+        hit = False
+        for pt in data.get("points") or []:
+            o = overrides.get(pt.get("point"))
+            if o is None or not isinstance(pt.get("write"), dict):
+                continue
+            hit = True
+            if "group" in o:
+                pt["group"] = o["group"]
+            pt["write"] = {**pt["write"], **o.get("write", {})}
+        if not hit:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        said = "; ".join(f"{p} {json.dumps(o)}" for p, o in overrides.items())
+        dst = folder / src.name
+        dst.write_text(f"# written by heatwatch demo from {src}, with the demo's map_overrides from "
+                       f"{shown(SCENARIO)} ({said}): never for a site\n"
+                       + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        out[src.resolve()] = dst.resolve()
     return out
 
 
@@ -169,18 +264,59 @@ class StartGateway(_Step):
     station: Ident
 
 
+class OpenValve(_Step):
+    """Remote control, as the engineer through the API: once ``alert`` fires for the building
+    (``at`` is the earliest), open its entrance valve to ``to`` % in the steps its gateway
+    announces (``max_step`` from the present opening, ``min_interval_s`` apart), each command
+    confirmed by the gateway's read-back before the next; then follow the rooms until the alert
+    resolves."""
+    do: Literal["open_valve"]
+    station: Ident
+    building: Ident
+    device: Ident = "plc"
+    to: float = Field(gt=0, le=100)
+    alert: Literal["building_low", "room_low"] = "building_low"
+    ticket: Ticket = "T-1001"  # the hotline ticket of the caller from the cold building
+
+
 # A new kind of step is a model here, added to Step, and a function in ACTIONS that does it
-# against the running stack and returns the line the terminal shows. E.g. remote control:
-#   class Command(_Step): do: Literal["command"]; station; building; point; value
-#   def _command(stack, step): POST http://127.0.0.1:{stack.ports.api}/v1/... with
-#       stack.tokens["ENGINEER_TOKEN"]; return "st001/b03: valve 60 % → 100 % (confirmed)"
-Step = Annotated[StopGateway | StartGateway, Field(discriminator="do")]
+# against the running stack: it returns the line the terminal shows, or, for a step that takes
+# a while (open_valve), a generator the demo's loop advances every turn (so alerts keep
+# printing), yielding None while it waits and a line (or lines) when something happened.
+Step = Annotated[StopGateway | StartGateway | OpenValve, Field(discriminator="do")]
+AnyStep = StopGateway | StartGateway | OpenValve
+
+
+class WriteBounds(BaseModel):
+    """The demo's own bounds for a writable point (the rest stay the map's)."""
+    model_config = ConfigDict(extra="forbid")
+    min: float | None = None
+    max: float | None = None
+    max_step: float | None = Field(default=None, gt=0)
+    min_interval_s: float | None = Field(default=None, ge=0, le=7 * 86400)
+
+
+class PointOverride(BaseModel):
+    """What the demo's copy of the maps changes for every point of one (writable) name."""
+    model_config = ConfigDict(extra="forbid")
+    group: Ident | None = None  # another poll group of the gateway configs (fast: every 5 s)
+    write: WriteBounds | None = None
 
 
 class _Steps(BaseModel):
     model_config = ConfigDict(extra="ignore")  # speed and events are the simulator's
     description: str = ""
     steps: list[Step] = Field(default_factory=list)
+    map_overrides: dict[str, PointOverride] = Field(default_factory=dict)
+
+    @field_validator("map_overrides")
+    @classmethod
+    def _writable(cls, v: dict[str, PointOverride]) -> dict[str, PointOverride]:
+        for name in v:
+            d = check_name(name)
+            if d is None or not d.writable:
+                raise ValueError(f"{name}: not a canonical writable point (a setpoint)")
+        return v
 
 
 def describe(path: Path) -> str:
@@ -188,10 +324,10 @@ def describe(path: Path) -> str:
     return str(read_yaml(path).get("description") or "")
 
 
-def load_steps(path: Path) -> list[StopGateway | StartGateway]:
+def _load(path: Path) -> _Steps:
     data = read_yaml(path)
     try:
-        steps = _Steps.model_validate(data).steps
+        return _Steps.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_url=False):
@@ -201,7 +337,15 @@ def load_steps(path: Path) -> list[StopGateway | StartGateway]:
             msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"]
             problems.append(f"{'.'.join(map(str, loc))}: {msg.removeprefix('Value error, ')}")
         raise ConfigError(str(path), problems) from None
-    return sorted(steps, key=lambda s: s.at)
+
+
+def load_steps(path: Path) -> list[AnyStep]:
+    return sorted(_load(path).steps, key=lambda s: s.at)
+
+
+def map_overrides(path: Path) -> dict[str, dict[str, Any]]:
+    """The scenario's ``map_overrides``: point → what the demo's copy of its map changes."""
+    return {p: o.model_dump(exclude_none=True) for p, o in _load(path).map_overrides.items()}
 
 
 # -- the processes ------------------------------------------------------------------------------
@@ -231,6 +375,8 @@ class Stack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     services: dict[str, Mosquitto | Influxd] = field(default_factory=dict)
     stopped: set[str] = field(default_factory=set)  # by a step, on purpose
+    t0_wall: float = 0.0  # wall time the demo started (the times it prints count from here)
+    started_wall: float = 0.0  # wall time the gateways started (a reading since is this run's)
 
     def spawn(self, name: str, *args: str) -> None:
         log = open(self.root / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (lives as long as the child)
@@ -319,8 +465,245 @@ def _start_gateway(stack: Stack, step: StartGateway) -> str:
     return f"{step.station}'s gateway is back: its offline alerts resolve with its first data"
 
 
-ACTIONS: dict[str, Callable[[Stack, Any], str]] = {
-    "stop_gateway": _stop_gateway, "start_gateway": _start_gateway,
+# -- remote control, as the engineer -----------------------------------------------------------
+def curl(api: str, path: str, body: dict[str, Any] | None = None, var: str = "ENGINEER_TOKEN") -> str:
+    """The one-line curl of an API call with the token in ``$var``: what the demo prints for the
+    calls it makes (it sends these very bytes, see ``_Engineer.post``)."""
+    line = f'curl -sS{" -X POST" if body is not None else ""} {shlex.quote(api + path)} {_auth(var)}'
+    if body is not None:
+        line += " -H 'Content-Type: application/json' -d " + shlex.quote(_body(body).decode())
+    return line
+
+
+def _body(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
+def _num(v: float) -> float | int:
+    """70.0 → 70: the JSON a person would type."""
+    return int(v) if float(v).is_integer() else v
+
+
+class _Engineer:
+    """The demo's engineer on the API: short calls; None when an answer is not there (yet)."""
+
+    def __init__(self, api: str, token: str) -> None:
+        self.api = api
+        self.http = httpx.Client(base_url=api, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+    def get(self, path: str, **params: Any) -> Any:
+        try:
+            r = self.http.get(path, params=params)
+        except httpx.HTTPError:
+            return None
+        return r.json() if r.status_code == 200 else None
+
+    def post(self, path: str, body: dict[str, Any]) -> httpx.Response | str:
+        try:
+            return self.http.post(path, content=_body(body), headers={"Content-Type": "application/json"})
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    def close(self) -> None:
+        self.http.close()
+
+
+T = TypeVar("T")
+Story = Generator[str | None, None, None]  # a step that takes a while: None (waiting) or a line
+
+
+def _wait(seconds_: float) -> Generator[None, None, None]:
+    due = time.monotonic() + seconds_
+    while time.monotonic() < due:
+        yield None
+
+
+def _until(check: Callable[[], T | None], every: float = 1.0) -> Generator[None, None, T]:
+    """Yield (wait) until ``check()`` gives something other than None, asking every ``every``
+    seconds; return that."""
+    while True:
+        got = check()
+        if got is not None:
+            return got
+        yield from _wait(every)
+
+
+def _influx_last(influx_url: str, q: str) -> list[dict[str, Any]]:
+    try:
+        r = httpx.get(f"{influx_url}/query", params={"db": "heatwatch", "q": q, "epoch": "ms"}, timeout=5)
+        series: list[dict[str, Any]] = r.json()["results"][0].get("series") or []
+    except (httpx.HTTPError, KeyError, ValueError, IndexError):
+        return []
+    return series
+
+
+def _latest(influx_url: str, station: str, building: str, point: str, since_ms: int) -> float | None:
+    """A building point's latest reading since ``since_ms``, None when there is none yet."""
+    from contract.influx import MEASUREMENT_BUILDING
+
+    series = _influx_last(influx_url, f'SELECT last("{point}") FROM "{MEASUREMENT_BUILDING}" WHERE '
+                                      f"\"station\" = '{station}' AND \"building\" = '{building}' "
+                                      f"AND time >= {since_ms}ms")
+    v = series[0]["values"][0][1] if series else None
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _rooms(influx_url: str, station: str, building: str) -> dict[str, float]:
+    """The building's rooms now (each household sensor's latest reading of the last 3 minutes)."""
+    from contract.influx import MEASUREMENT_HOUSEHOLD
+
+    series = _influx_last(influx_url, f'SELECT last("room_temp") FROM "{MEASUREMENT_HOUSEHOLD}" WHERE '
+                                      f"\"station\" = '{station}' AND \"building\" = '{building}' "
+                                      'AND time > now() - 3m GROUP BY "household"')
+    return {s["tags"]["household"]: float(s["values"][0][1]) for s in series
+            if isinstance(s["values"][0][1], (int, float))}
+
+
+FINAL = {"confirmed", "mismatch", "rejected", "failed", "expired", "unknown"}
+WARM_C = 18.0  # GB/T 33833-2017 §5.1
+
+
+def _open_valve(stack: Stack, step: OpenValve) -> Story:
+    from contract.config import WriteSpec
+
+    where, point = f"{step.station}/{step.building}", "building_valve_setpoint"
+    api = f"http://127.0.0.1:{stack.ports.api}"
+    eng = _Engineer(api, stack.tokens["ENGINEER_TOKEN"])
+    influx = f"http://127.0.0.1:{stack.ports.influx}"
+    fresh_ms = int(stack.started_wall * 1000)  # a reading from this run, not the last one's
+
+    def since(wall_ms: float) -> float:
+        return wall_ms / 1000 - stack.t0_wall
+
+    def present() -> float | None:
+        # from InfluxDB, where the API measures a command's step from too (/v1/stations/{st}/
+        # buildings answers last_seen 0 for every building: InfluxQL's last(*) has no one time)
+        return _latest(influx, step.station, step.building, point, fresh_ms)
+
+    def writable() -> dict[str, Any] | None:
+        page = eng.get(f"/v1/commands/writable/{step.station}")
+        return next((w for w in (page or {}).get("data", []) if (w["device"], w["point"], w["building"])
+                     == (step.device, point, step.building)), None)
+
+    def firing() -> dict[str, Any] | None:
+        page = eng.get("/v1/alerts", state="firing", rule=step.alert, station=step.station,
+                       building=step.building, limit=1)
+        return next(iter((page or {}).get("data", [])), None)
+
+    try:
+        alert = yield from _until(firing)
+        wp: dict[str, Any] = yield from _until(writable)
+        cur: float = yield from _until(present)
+        site = check_name(point).write  # type: ignore[union-attr]
+        site_step, site_interval = (site[2] if site else None), WriteSpec().min_interval_s
+        max_step, interval = wp.get("max_step"), float(wp.get("min_interval_s") or 0)
+        page = eng.get(f"/v1/stations/{step.station}/buildings")
+        address = next((b.get("address") for b in (page or {}).get("data", [])
+                        if b["building"] == step.building), None)
+        fired = ("firing since the last run" if (alert.get("fired_at") or 0) / 1000 < stack.t0_wall
+                 else f"fired at {since(alert['fired_at']):.0f} s")
+        yield (f"alert {alert['id']} ({step.alert} at {where}, {fired}): the engineer opens the "
+               f"building's entrance valve {cur:g} → {step.to:g} % through the API, "
+               + (f"{max_step:g} % a command" if max_step else "in one command")
+               + f", {interval:g} s apart: the bounds its gateway announces (this demo's map; a site's: "
+               + (f"{site_step:g} %, " if site_step else "") + f"{site_interval:g} s)")
+        sent: list[str] = []
+        confirmed_at = None
+        while cur < step.to - 1e-9:
+            value = min(step.to, cur + max_step) if max_step else step.to
+            body = {"station": step.station, "device": step.device, "point": point,
+                    "building": step.building, "value": _num(value),
+                    "reason": f"{address or where}: rooms below {WARM_C:g} °C (alert {alert['id']})",
+                    "ticket": step.ticket}
+            yield (f"command {len(sent) + 1}: valve {cur:g} → {value:g} %\n"
+                   f"  $ {curl(api, '/v1/commands', body)}")
+            r = eng.post("/v1/commands", body)
+            if isinstance(r, str) or r.status_code != 201:
+                said = r if isinstance(r, str) else f"{r.status_code} {r.json().get('detail')}"
+                yield f"the API refused command {len(sent) + 1} ({said}): the demo stops opening the valve"
+                return
+            cmd_id = r.json()["id"]
+            sent.append(cmd_id)
+
+            def answered(cmd_id: str = cmd_id) -> dict[str, Any] | None:
+                c: dict[str, Any] | None = eng.get(f"/v1/commands/{cmd_id}")
+                return c if c and c["state"] in FINAL else None
+
+            cmd: dict[str, Any] = yield from _until(answered, every=0.2)
+            res = cmd.get("result") or {}
+            took_ms = (res.get("at") or cmd["created_at"]) - cmd["created_at"]
+            if cmd["state"] != "confirmed":
+                yield (f"command {cmd_id[:8]} {cmd['state']}: {res.get('reason') or ''} "
+                       f"{res.get('detail') or ''}".rstrip() + "; the demo stops opening the valve")
+                return
+            cur = float(res["read_back"])
+            confirmed_at = time.time()
+            yield (f"command {cmd_id[:8]} confirmed: the gateway wrote {value:g} % and read back {cur:g} %, "
+                   f"{took_ms:.0f} ms after the API took the command")
+            if cur < step.to - 1e-9:  # the next one once its interval is over and the API sees it
+                # (the API measures the step from the latest reading, the interval from sent_at)
+                yield from _wait((cmd.get("sent_at") or cmd["created_at"]) / 1000 + interval + 1.0
+                                 - time.time())
+
+                def seen(cur: float = cur) -> bool | None:
+                    p = present()
+                    return True if p is not None and abs(p - cur) < 0.05 else None
+
+                yield from _until(seen, every=0.5)
+        yield by_hand_text(api, step, sent[-1] if sent else None, stack.root)
+        rooms = yield from _until(lambda: _rooms(influx, step.station, step.building) or None)
+        yield (f"{where}'s rooms: " + " ".join(f"{v:.1f}" for _, v in sorted(rooms.items())) + " °C; they "
+               f"warm up over the next minutes (this demo's rooms follow a valve within minutes, "
+               f"rooms_settle in {shown(SCENARIO)}; a real building's take hours)")
+        last_print = valve_at = time.monotonic()
+        while True:
+            rooms = _rooms(influx, step.station, step.building)
+            if rooms and min(rooms.values()) >= WARM_C:
+                yield (f"every room of {where} is above {WARM_C:g} °C again ("
+                       + " ".join(f"{v:.1f}" for _, v in sorted(rooms.items())) + " °C); the alert "
+                       "resolves once they stay above 18.5 °C for the rules' hold")
+                break
+            if rooms and time.monotonic() - last_print >= 60:
+                last_print = time.monotonic()
+                yield (f"{where}'s rooms: " + " ".join(f"{v:.1f}" for _, v in sorted(rooms.items()))
+                       + f" °C, {time.monotonic() - valve_at:.0f} s after the valve reached {cur:g} %")
+            yield from _wait(5)
+
+        def resolved() -> dict[str, Any] | None:
+            a: dict[str, Any] | None = eng.get(f"/v1/alerts/{alert['id']}")
+            return a if a and a["state"] == "resolved" else None
+
+        done: dict[str, Any] = yield from _until(resolved, every=2.0)
+        yield (f"{where} is warm again: alert {alert['id']} resolved. From the demo's start: "
+               + (f"the alert {since(alert['fired_at']):.0f} s, " if "fired at" in fired else "")
+               + (f"the valve at {cur:g} % confirmed {confirmed_at - stack.t0_wall:.0f} s, "
+                  if confirmed_at else "")
+               + f"resolved {since(done['resolved_at'] or time.time() * 1000):.0f} s")
+    finally:
+        eng.close()
+
+
+def by_hand_text(api: str, step: OpenValve, last: str | None, root: Path = Path(".demo")) -> str:
+    """How to send a command by hand, and to follow one: pasteable as printed (the engineer's
+    token in $ENGINEER_TOKEN: `source .demo/env`). The example opens another building's valve
+    a step (b01: its own rate limit, nothing to do with the story's b03)."""
+    other = "b01" if step.building != "b01" else "b02"
+    body = {"station": step.station, "device": step.device, "point": "building_valve_setpoint",
+            "building": other, "value": 70, "reason": "trying remote control", "ticket": "T-1002"}
+    lines = [f"Send one by hand, as the engineer (`source {shown(root / 'env')}` sets "
+             f"$ENGINEER_TOKEN): {step.station}/{other}'s valve to 70 %; the answer's \"state\" goes "
+             "requested → sent, and GET shows confirmed once the gateway has read it back:",
+             f"    {curl(api, '/v1/commands', body)}"]
+    if last is not None:
+        lines += ["  # a command's lifecycle (the demo's last; yours: the \"id\" in the answer above)",
+                  f"    {curl(api, f'/v1/commands/{last}')}"]
+    lines += ["  # every command of the building, newest first",
+              f"    {curl(api, f'/v1/commands?station={step.station}&building={step.building}')}", ""]
+    return "\n".join(lines)
+
+
+ACTIONS: dict[str, Callable[[Stack, Any], str | Story]] = {
+    "stop_gateway": _stop_gateway, "start_gateway": _start_gateway, "open_valve": _open_valve,
 }
 
 
@@ -337,6 +720,12 @@ def shown(path: Path) -> str:
 def heatwatch_command() -> str:
     exe = Path(sys.executable).parent / "heatwatch"
     return shown(exe) if exe.exists() else f"{shown(Path(sys.executable))} -m heatwatch"
+
+
+def second_command(root: Path) -> str:
+    """A demo beside the one under ``root``: its own folder (DIR/demo.pid, its data, its store)
+    and every port moved."""
+    return f"{heatwatch_command()} demo --dir {shown(root.with_name(root.name + '-b'))} --port-offset 100"
 
 
 def stop_command(root: Path) -> str:
@@ -358,7 +747,7 @@ def ready_text(ports: Ports, root: Path, tokens: dict[str, str], took: float) ->
         f"ready {took:.0f} s after start: data is arriving and the API answers. In another terminal,",
         f"from {Path.cwd()} (or `source {shown(root / 'env')}` there: it sets all of the below):",
         "",
-        "  # your API credentials for this demo: a dispatcher, and an engineer (silences, resolve)",
+        "  # your API credentials for this demo: a dispatcher, and an engineer (silences, resolve, valves)",
         *(f"    export {var}={tok}" for var, tok in tokens.items()),
         "  # the hotline: a household by address words (any order; curl URL-encodes them)",
         f"    curl -sS -G {api}/v1/lookup {_auth()} --data-urlencode {shlex.quote('q=' + LOOKUP_EXAMPLE)}",
@@ -524,24 +913,24 @@ def _prepare_store(url: str) -> dict[str, str]:
     """Migrate the store, load the demo's households, issue the demo's tokens (fresh each run:
     the previous run's are revoked)."""
     from alerting.assets import ImportProblems, decode, parse
-    from alerting.store import Store
+    from alerting.registry import SiteRegistry
 
-    store = Store(url)
+    registry = SiteRegistry(url)
     try:
-        store.migrate()
+        registry.migrate()
         now = int(time.time() * 1000)
         try:
             assets = parse(decode(ASSETS.read_bytes()))
         except ImportProblems as exc:
             raise DemoError(f"{ASSETS}: {exc}") from None
-        store.import_assets(assets, actor=ACTOR, now=now)
+        registry.import_assets(assets, actor=ACTOR, now=now)
         tokens = {}
         for var, (name, role) in TOKENS.items():
-            store.revoke_tokens(name=name, actor=ACTOR, now=now)
-            tokens[var] = store.add_token(name=name, role=role, actor=ACTOR, now=now)
+            registry.revoke_tokens(name=name, actor=ACTOR, now=now)
+            tokens[var] = registry.add_token(name=name, role=role, actor=ACTOR, now=now)
         return tokens
     finally:
-        store.close()
+        registry.close()
 
 
 def _busy_ports(ports: Ports, configs: list[Path]) -> str | None:
@@ -585,8 +974,9 @@ class Plan:
     ports: Ports
     env: dict[str, str]
     configs: dict[str, Path]  # station → its gateway config
-    steps: list[StopGateway | StartGateway]
+    steps: list[AnyStep]
     store_url: str
+    api_config: Path
     tokens: dict[str, str] = field(default_factory=dict)
 
 
@@ -599,7 +989,8 @@ def _plan(stations: int, folder: str, port_offset: int | None) -> Plan:
         demo, kids = _live(info)
         if demo:
             raise DemoError(f"a demo is already running under {shown(root)} (pid {info['pid']}): stop it "
-                            f"with Ctrl-C in its terminal or `{stop_command(root)}`")
+                            f"with Ctrl-C in its terminal or `{stop_command(root)}`; a second demo beside "
+                            f"it needs its own folder and ports: `{second_command(root)}`")
         if kids:
             raise DemoError(f"a demo left processes behind under {shown(root)} ({', '.join(kids)}): "
                             f"`{stop_command(root)}` stops them")
@@ -611,15 +1002,20 @@ def _plan(stations: int, folder: str, port_offset: int | None) -> Plan:
            "HEATWATCH_ALERTER_METRICS_PORT": str(ports.alerter_metrics),
            "HEATWATCH_RULES_FILE": str(RULES), "PYTHONUNBUFFERED": "1"}
     with _environ(env):
-        configs = gateway_configs(stations, ports.offset, root / "gateway")
         load_scenario(SCENARIO)  # the simulator's part, checked before anything starts
+        # remote control works out of the box: the demo's own key pair signs the API's commands
+        # and the demo's gateway configs verify them (their maps with the scenario's map_overrides)
+        key, pub = demo_keys(root / "keys")
+        configs = gateway_configs(stations, ports.offset, root / "gateway", public_key=pub,
+                                  maps=demo_maps(root / "maps", map_overrides(SCENARIO)))
+        api = api_config(root, key)
         busy = _busy_ports(ports, configs)
         if busy:
             raise DemoError(busy)
         by_station = {load_gateway_config(c).station: c for c in configs}
         # steps for stations this run leaves out (--stations 2) are not played
         steps = [s for s in load_steps(SCENARIO) if s.station in by_station]
-        return Plan(root, ports, env, by_station, steps, load_api_config(API_CONFIG).store)
+        return Plan(root, ports, env, by_station, steps, load_api_config(api).store, api)
 
 
 class AlertWatch:
@@ -637,7 +1033,7 @@ class AlertWatch:
         out = []
         for a in sorted(rows, key=lambda r: int(r["id"])):
             if a["id"] not in self.firing:
-                self.firing[a["id"]] = a["rule"]
+                self.firing[a["id"]] = f"{a['rule']} at {_place(a)}"
                 out.append(alert_line(a, took) + (" (firing since the last run)" if a["id"] in self.before
                                                   else ""))
         for aid in sorted(set(self.firing) - {a["id"] for a in rows}):
@@ -653,8 +1049,14 @@ class AlertWatch:
 READY_WITHIN_S = 120  # the gateways' first data reaches InfluxDB in 2-5 s here
 
 
+def _say(took: float, text: str) -> None:
+    """A line of the story, stamped with the seconds since the demo started (its first line)."""
+    first, _, rest = text.partition("\n")
+    print(f"[{took:5.0f} s] {first}" + (f"\n{rest}" if rest else ""))
+
+
 def _run(stations: int, folder: str, seconds_: float | None, port_offset: int | None) -> int:
-    t0 = time.monotonic()
+    t0, t0_wall = time.monotonic(), time.time()
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     plan = _plan(stations, folder, port_offset)
@@ -668,12 +1070,13 @@ def _run(stations: int, folder: str, seconds_: float | None, port_offset: int | 
     env_file.chmod(0o600)  # it holds the tokens
 
     stack = Stack(root, plan.env, root / "demo.pid", ports=ports, tokens=plan.tokens,
-                  gateway_args={st: str(c) for st, c in plan.configs.items()})
+                  gateway_args={st: str(c) for st, c in plan.configs.items()}, t0_wall=t0_wall)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # `nohup make demo` keeps running
         signal.signal(signal.SIGHUP, _hang_up)
     from alerting.store import Store
 
     store: Store | None = None
+    running: list[tuple[AnyStep, Story]] = []  # steps that take a while
     influx_url, api_url = f"http://127.0.0.1:{ports.influx}", f"http://127.0.0.1:{ports.api}"
     try:
         print(f"starting mosquitto on 127.0.0.1:{ports.mqtt} and influxd on {influx_url} (data in "
@@ -684,7 +1087,7 @@ def _run(stations: int, folder: str, seconds_: float | None, port_offset: int | 
         # that exist, so their persistent sessions must be there before the gateways publish.
         stack.spawn("collector", "collector", str(COLLECTOR_CONFIG))
         stack.spawn("alerter", "alerter", str(ALERTER_CONFIG))
-        stack.spawn("api", "api", str(API_CONFIG))
+        stack.spawn("api", "api", str(plan.api_config))
         stack.spawn("simulator", "simulate", "--scenario", str(SCENARIO), *stack.gateway_args.values())
         deadline = time.monotonic() + 60
         for name, needle, what in (("collector", b'"subscribed"', "subscribe"),
@@ -696,7 +1099,7 @@ def _run(stations: int, folder: str, seconds_: float | None, port_offset: int | 
                 time.sleep(0.1)
         for st, c in stack.gateway_args.items():
             stack.spawn(f"gateway-{st}", "gateway", c)
-        started = time.monotonic()
+        started, stack.started_wall = time.monotonic(), time.time()
         print(f"{len(plan.configs)} simulated stations, their gateways, the collector, the alerter and the "
               f"API are starting; logs in {shown(root / 'logs')}")
         store = Store(plan.store_url)
@@ -713,7 +1116,11 @@ def _run(stations: int, folder: str, seconds_: float | None, port_offset: int | 
             now = time.monotonic()
             while steps and now - started >= steps[0].at:
                 step = steps.pop(0)
-                print(f"[{now - t0:5.0f} s] {ACTIONS[step.do](stack, step)}")
+                did = ACTIONS[step.do](stack, step)
+                if isinstance(did, str):
+                    _say(now - t0, did)
+                else:
+                    running.append((step, did))
             if now >= next_poll:
                 next_poll = now + 1.0
                 if not ready:
@@ -728,8 +1135,21 @@ def _run(stations: int, folder: str, seconds_: float | None, port_offset: int | 
                                if data else "no data reached InfluxDB; see the logs in "
                                + shown(root / "logs")))
                 if ready:
-                    for line in watch.poll(now - t0):
-                        print(line)
+                    for text in watch.poll(now - t0):
+                        print(text)
+            for step, story in list(running):
+                try:
+                    said = next(story)
+                except StopIteration:
+                    running.remove((step, story))
+                    continue
+                except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
+                    # a step that cannot go on is told, not the end of the demo
+                    running.remove((step, story))
+                    _say(time.monotonic() - t0, f"step {step.do} stopped: {type(exc).__name__}: {exc}")
+                    continue
+                if said:
+                    _say(time.monotonic() - t0, said)
             time.sleep(0.2)
         return 0 if ready else 1
     except KeyboardInterrupt:
@@ -741,6 +1161,8 @@ def _run(stations: int, folder: str, seconds_: float | None, port_offset: int | 
             signal.signal(sig, signal.SIG_IGN)
         with contextlib.suppress(OSError, ValueError):
             print("stopping …", flush=True)
+        for _, story in running:
+            story.close()
         if store is not None:
             store.close()
         stack.stop_all()

@@ -196,9 +196,22 @@ class Postgres(_Service):
                                "-k", str(self.folder), "-c", "listen_addresses=127.0.0.1",
                                "-c", "fsync=off"])
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15, *, keep: bool = False) -> None:
+        """Stop the server and remove its cluster, or (``keep``) leave the cluster for ``start``
+        again: a database outage. SIGTERM waits for every client to disconnect ("smart"
+        shutdown); SIGINT ends their sessions ("fast"), as a crash or a restart looks to them.
+
+        The signal goes to the postmaster itself (its pid is the first line of postmaster.pid):
+        as root the child process is ``runuser``, which passed SIGINT on to nobody — the stop
+        waited out its timeout, killed runuser and left PostgreSQL running, port and all."""
+        if self.as_root and self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                os.kill(int((self.data / "postmaster.pid").read_text().split()[0]), sig)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout)  # runuser ends with the server
         super().stop(sig, timeout)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class NullModem:

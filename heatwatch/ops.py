@@ -62,7 +62,7 @@ def _admin(args: argparse.Namespace) -> tuple[str, str] | None:
 
 
 def _setup(args: argparse.Namespace) -> int:
-    from collector.lifecycle import User, setup
+    from collector.lifecycle import User, plausible_of, setup
 
     cfg = load_collector_config(args.config)
     settings = cfg.influx
@@ -92,7 +92,7 @@ def _setup(args: argparse.Namespace) -> int:
     if admin is None and users and settings.username:
         print("note: no admin credentials (--admin-password-file or $" + ADMIN_PASSWORD_ENV + "): running as "
               f"{settings.username}, who cannot create users where authentication is on", file=sys.stderr)
-    report = asyncio.run(setup(settings, admin=admin, users=users))
+    report = asyncio.run(setup(settings, admin=admin, users=users, plausible=plausible_of(cfg.rules)))
     for line in report.created:
         print(f"created: {line}")
     for rollup, n in report.backfilled.items():
@@ -254,7 +254,7 @@ def _backup(args: argparse.Namespace) -> int:
 def _restore(args: argparse.Namespace) -> int:
     import json
 
-    from collector.lifecycle import InfluxAdmin, setup
+    from collector.lifecycle import InfluxAdmin, plausible_of, setup
 
     cfg = load_collector_config(args.config)
     alerter = load_alerter_config(args.alerter) if args.alerter else None
@@ -312,7 +312,7 @@ def _restore(args: argparse.Namespace) -> int:
     if cfg.influx.lifecycle is not None:
         # a database's portable restore brings its retention policies and data, not its
         # continuous queries (InfluxDB 1.6): set them up again, without re-rolling the history
-        asyncio.run(setup(cfg.influx, admin=admin, backfill_new=False))
+        asyncio.run(setup(cfg.influx, admin=admin, backfill_new=False, plausible=plausible_of(cfg.rules)))
         print("restored: rollup continuous queries")
     return 0
 

@@ -102,7 +102,8 @@ def mosquitto_hash(password: str, salt: bytes | None = None, iterations: int = P
 
 def acl_lines(name: str, ident: Identity) -> list[str]:
     """What one identity may do (mosquitto ACL). A gateway: publish its own stations' telemetry,
-    status and command results and its own gateway status; read only its own stations' commands.
+    status and command results and its own gateway status; read only its own stations' commands
+    and receipts.
     The collector reads telemetry, statuses, command results and alert transitions, and publishes
     receipts. An alerter reads telemetry, statuses and command results, and publishes the alert
     topic. The API publishes commands and reads gateway status."""
@@ -111,13 +112,14 @@ def acl_lines(name: str, ident: Identity) -> list[str]:
         for s in ident.stations:
             out += [f"topic write {R}/station/{s}/telemetry", f"topic write {R}/station/{s}/status",
                     f"topic write {R}/station/{s}/command-result/+",
-                    f"topic read {R}/station/{s}/command/+"]
+                    f"topic read {R}/station/{s}/command/+",
+                    f"topic read {R}/station/{s}/receipt"]  # the collector's receipts (#16)
         out.append(f"topic write {R}/gateway/{name}/status")  # its will too
     elif ident.role == "collector":
         out += [f"topic read {R}/station/+/telemetry", f"topic read {R}/station/+/status",
                 f"topic read {R}/gateway/+/status", f"topic read {R}/station/+/command-result/+",
                 f"topic read {R}/alert/+",
-                f"topic write {R}/station/+/receipt"]  # reserved for receipts (a later issue)
+                f"topic write {R}/station/+/receipt"]  # receipts after its durable write (#16)
     elif ident.role == "alerter":
         out += [f"topic read {R}/station/+/telemetry", f"topic read {R}/station/+/status",
                 f"topic read {R}/gateway/+/status", f"topic read {R}/station/+/command-result/+",

@@ -15,7 +15,8 @@ What it gives its owner:
 - a will (the broker publishes it when the connection dies without a DISCONNECT) and retained
   "birth" messages re-sent at every connect (a broker may have lost them);
 - ``publish_nowait`` → a future that resolves on the PUBACK (or fails with ``PublishRefused``
-  when the broker answers with an MQTT 5 failure reason code), and ``await publish()`` that
+  when the broker answers with an MQTT 5 failure reason code, or at once when the packet is
+  larger than the broker's Maximum Packet Size), and ``await publish()`` that
   waits for room in the window and then for the PUBACK. The in-flight window is ours
   (``max_inflight``), far below paho's 65,535 message-id wrap where paho silently overwrites
   QoS 1 messages. A message published while the connection is down stays with paho and goes
@@ -73,6 +74,11 @@ class PublishRefused(HeatwatchError):
     def __init__(self, topic: str, reason: str) -> None:
         super().__init__(f"broker refused a message on {topic}: {reason}")
         self.topic, self.reason = topic, reason
+
+
+# a PUBLISH's fixed header (≤ 5), topic length (2), packet id (2) and properties length (≤ 4),
+# plus the properties heatwatch sends (message expiry: 5): what a packet adds to topic + payload
+_PUBLISH_OVERHEAD = 18
 
 
 class WindowFull(HeatwatchError):
@@ -139,6 +145,9 @@ class MqttClient:
         self._inbox_wake = asyncio.Event()
         self._unacked = 0  # delivered on this connection, not yet acknowledged
         self._paused = False
+        # the broker's Maximum Packet Size (CONNACK): a larger packet would get this client
+        # disconnected, and paho sends it again after every reconnect, so it is refused here
+        self.max_packet: int | None = None
         # counters
         self.published = self.acked = self.refused = 0
         self.received = self.acks_sent = self.stale_acks = 0
@@ -185,6 +194,13 @@ class MqttClient:
             raise ValueError("heatwatch publishes at QoS 0 or 1")
         if qos and len(self._pending) >= self.max_inflight:
             raise WindowFull(f"{self.max_inflight} messages already await their PUBACK")
+        size = len(topic.encode()) + len(payload) + _PUBLISH_OVERHEAD
+        if self.max_packet is not None and size > self.max_packet:
+            self.refused += 1
+            refused: asyncio.Future[None] = self.loop.create_future()
+            refused.set_exception(PublishRefused(topic, f"a packet of {size:,} bytes is over the broker's "
+                                                        f"maximum packet size of {self.max_packet:,}"))
+            return refused
         props = None
         if expiry_s is not None:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -412,6 +428,7 @@ class MqttClient:
             self._connect_failed(f"refused: {rc}")
             return
         self.generation += 1
+        self.max_packet = getattr(props, "MaximumPacketSize", None) if props is not None else None
         # what arrived on the old connection and was not taken yet comes again on this one
         self._inbox.clear()
         self._unacked = 0

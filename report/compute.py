@@ -1,8 +1,9 @@
 """The takeover report's figures, pure: hourly aggregates and alert-store rows in, ``Report`` out.
 
-``report.source`` fetches the inputs (InfluxDB aggregates them per hour and per entity, so a
-company of 500 stations and a season arrives as hundreds of thousands of numbers, not the
-hundreds of millions of samples behind them); everything here is plain Python on what it got.
+``report.source`` fetches the inputs (InfluxDB aggregates them per hour and per entity, or reads
+the 1-hour rollup's sums per station and sensor, so a company of 500 stations and a season
+arrives as thousands of numbers plus the hours that need a closer look, not the hundreds of
+millions of samples behind them); everything here is plain Python on what it got.
 
 Definitions (the report's notes repeat them):
 
@@ -36,10 +37,12 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
+from alerting.rows import AlertRow, BuildingRow, HouseholdRow, StationRow, TicketEvent
 from contract.alerts import AlertRules
 from report.model import (
+    VALVE_POINT,
     BuildingCoverage,
     BuildingRooms,
     CommandRow,
@@ -53,6 +56,7 @@ from report.model import (
     PeriodOut,
     RefundBand,
     RemotePart,
+    RemoteProof,
     Report,
     ReportSettings,
     RoomsPart,
@@ -203,17 +207,17 @@ def merge(ranges: Iterable[Range]) -> list[Range]:
     return out
 
 
-def fault_windows(alerts: Iterable[Mapping[str, Any]], analysis: Sequence[Range],
+def fault_windows(alerts: Iterable[AlertRow], analysis: Sequence[Range],
                   data_end: int) -> dict[Sensor, list[Range]]:
     """Each sensor's ``sensor_fault`` episodes as whole hours inside the analysed ranges (an
     hour any part of which the sensor was faulty is left out)."""
     raw: dict[Sensor, list[Range]] = defaultdict(list)
     for a in alerts:
-        if a["rule"] != "sensor_fault" or not (a["station"] and a["building"] and a["household"]):
+        if a.rule != "sensor_fault" or not (a.station and a.building and a.household):
             continue
-        end = a["resolved_at"] if a["resolved_at"] is not None else data_end
-        raw[(a["station"], a["building"], a["household"])].append(
-            (hour_floor(a["since"]), hour_ceil(max(end, a["since"] + 1))))
+        end = a.resolved_at if a.resolved_at is not None else data_end
+        raw[(a.station, a.building, a.household)].append(
+            (hour_floor(a.since), hour_ceil(max(end, a.since + 1))))
     out: dict[Sensor, list[Range]] = {}
     for k, ws in raw.items():
         cut = [(max(s, rs), min(e, re_)) for s, e in merge(ws) for rs, re_ in analysis
@@ -230,7 +234,9 @@ class StationPlan:
 
     station: str
     per_hour: dict[PointKey, float]
-    controllable: set[str]  # buildings with a writable building_valve_setpoint
+    # buildings whose building_valve_setpoint the map makes writable under a control: block (what
+    # the gateway announces in its status)
+    controllable: set[str]
 
 
 @dataclass
@@ -249,20 +255,20 @@ class Inputs:
     daily_outdoor: dict[int, float]  # local day → company outdoor mean
     analysis: list[Range]  # season minus cold days, whole hours
     plans: dict[str, StationPlan] = field(default_factory=dict)
-    station_register: dict[str, dict[str, Any]] = field(default_factory=dict)  # name, heated_area_m2
-    building_register: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    households: list[dict[str, Any]] = field(default_factory=list)  # code, station, building, sensor
-    makeup_hours: dict[tuple[str, str], list[tuple[int, float | None, float | None]]] = field(
-        default_factory=dict)  # (station, network) → (hour, last total, mean circulation flow)
+    station_register: dict[str, StationRow] = field(default_factory=dict)  # name, heated_area_m2
+    building_register: dict[tuple[str, str], BuildingRow] = field(default_factory=dict)
+    households: list[HouseholdRow] = field(default_factory=list)  # code, station, building, sensor
+    makeup: dict[tuple[str, str], MakeupTally] = field(default_factory=dict)  # (station, network)
     room_totals: dict[Sensor, RoomTotal] = field(default_factory=dict)
     room_low: dict[Sensor, list[tuple[int, float]]] = field(default_factory=dict)  # hours below max standard
     room_fault_hours: dict[Sensor, list[tuple[int, float]]] = field(default_factory=dict)
     counts: dict[str, dict[PointKey, int]] = field(default_factory=dict)  # received samples
     ref_point: dict[str, str] = field(default_factory=dict)
-    presence: dict[str, dict[int, int]] = field(default_factory=dict)  # station → hour → samples
-    alerts: list[dict[str, Any]] = field(default_factory=list)
-    ticket_events: list[dict[str, Any]] = field(default_factory=list)  # with the alert's station, rule
-    commands: list[CommandRow] | None = None
+    presence: dict[str, Presence] = field(default_factory=dict)  # of each station's reference point
+    alerts: list[AlertRow] = field(default_factory=list)
+    ticket_events: list[TicketEvent] = field(default_factory=list)  # with the alert's station, rule
+    commands: list[CommandRow] | None = None  # issued in the period (the commands table)
+    announced: dict[str, set[str]] | None = None  # station → valve buildings its gateway announced writable
     notes: list[str] = field(default_factory=list)
 
 
@@ -272,10 +278,20 @@ def standards(rules: AlertRules, sensors: Iterable[Sensor]) -> set[float]:
 
 def all_stations(i: Inputs) -> list[str]:
     names: set[str] = set(i.plans) | set(i.station_register) | set(i.counts) | set(i.presence)
-    names |= {s for s, _ in i.makeup_hours} | {s for s, _, _ in i.room_totals}
-    names |= {a["station"] for a in i.alerts if a.get("station")}
+    names |= {s for s, _ in i.makeup} | {s for s, _, _ in i.room_totals}
+    names |= {a.station for a in i.alerts if a.station}
     names |= {b[0] for b in i.building_register}
     return sorted(names)
+
+
+def _name(i: Inputs, station: str) -> str:
+    st = i.station_register.get(station)
+    return st.name if st is not None else ""
+
+
+def _address(i: Inputs, station: str, building: str) -> str | None:
+    b = i.building_register.get((station, building))
+    return b.address if b is not None else None
 
 
 def _pct(num: float, den: float) -> float | None:
@@ -286,10 +302,10 @@ def _pct(num: float, den: float) -> float | None:
 def station_area(i: Inputs, station: str) -> float | None:
     """The station's heated area: as registered, else the sum of its buildings' when every
     registered building has one."""
-    st = i.station_register.get(station, {})
-    if st.get("heated_area_m2"):
-        return float(st["heated_area_m2"])
-    areas = [b.get("heated_area_m2") for (s, _), b in i.building_register.items() if s == station]
+    st = i.station_register.get(station)
+    if st is not None and st.heated_area_m2:
+        return float(st.heated_area_m2)
+    areas = [b.heated_area_m2 for (s, _), b in i.building_register.items() if s == station]
     if areas and all(areas):
         return float(sum(float(a) for a in areas if a))
     return None
@@ -307,19 +323,34 @@ def _in_maintenance(rules: AlertRules, station: str, hour: int) -> bool:
 HourRow = tuple[int, float | None, float | None]  # hour, last totalizer value, mean circulation flow
 
 
-def network_makeup(rules: AlertRules, station: str, network: str, rows: Sequence[HourRow],
-                   area: float | None) -> NetworkMakeup:
+@dataclass
+class MakeupTally:
+    """A station network's make-up over the period, what ``network_makeup`` judges: from hourly
+    rows (``tally``), or summed by InfluxDB from the 1-hour rollup (report.rollup) for a network
+    whose hours hold no exception (no gap, reset, replacement, missing circulation or maintenance
+    hour), where the sums come to the same."""
+
+    volume: float = 0.0  # every accepted delta
+    judged: float = 0.0  # deltas of hours that span one hour with circulation measured
+    circulation: float = 0.0  # those hours' mean flow × 1 h
+    hours: int = 0  # judged hours
+    events: int = 0  # resets, new meters, steps no pipe could carry: dropped
+    excluded: float = 0.0  # deltas of maintenance hours
+    first: int | None = None  # the first and last hour with a totalizer value
+    last: int | None = None
+
+
+def tally(rules: AlertRules, station: str, network: str, rows: Sequence[HourRow]) -> MakeupTally:
+    """Totalizer deltas between consecutive hourly last values (see the module's docstring)."""
     nr = rules.network_for(station, network)
     max_flow = rules.makeup_for(station).max_plausible_flow
-    volume = judged = circ = excluded = 0.0
-    hours = events = 0
+    out = MakeupTally()
     prev: tuple[int, float] | None = None
-    first = last = None
     for t, total, flow in sorted(rows):
         if total is None:
             continue
-        first = t if first is None else first
-        last = t
+        out.first = t if out.first is None else out.first
+        out.last = t
         if prev is None:
             prev = (t, total)
             continue
@@ -330,61 +361,69 @@ def network_makeup(rules: AlertRules, station: str, network: str, rows: Sequence
             if nr.rollover is not None and 0.5 * nr.rollover < pv <= nr.rollover and total < nr.rollover:
                 d += nr.rollover
             else:
-                events += 1  # reset or a new meter: not water
+                out.events += 1  # reset or a new meter: not water
                 continue
         if d > max_flow * (t - pt) / HOUR_MS:
-            events += 1  # a step no pipe could carry: replacement or misread
+            out.events += 1  # a step no pipe could carry: replacement or misread
             continue
-        volume += d
+        out.volume += d
         if t - pt != HOUR_MS or flow is None:
             continue  # spans a gap, or no circulation measured: counted, not judged
         if _in_maintenance(rules, station, t):
-            excluded += d
+            out.excluded += d
             continue
-        judged += d
-        circ += flow  # mean m³/h over the hour × 1 h
-        hours += 1
-    days = ((last - first) / DAY_MS + 1 / 24) if first is not None and last is not None else 0.0
-    rate = 100.0 * judged / circ if circ > 0 else None
-    daily = (volume / days / area * 10_000) if (area and days > 0 and first is not None) else None
+        out.judged += d
+        out.circulation += flow  # mean m³/h over the hour × 1 h
+        out.hours += 1
+    return out
+
+
+def network_makeup(rules: AlertRules, station: str, network: str, got: MakeupTally | Sequence[HourRow],
+                   area: float | None) -> NetworkMakeup:
+    t = got if isinstance(got, MakeupTally) else tally(rules, station, network, got)
+    nr = rules.network_for(station, network)
+    seen = t.first is not None and t.last is not None
+    days = ((t.last - t.first) / DAY_MS + 1 / 24) if t.first is not None and t.last is not None else 0.0
+    rate = 100.0 * t.judged / t.circulation if t.circulation > 0 else None
+    daily = (t.volume / days / area * 10_000) if (area and days > 0 and seen) else None
     return NetworkMakeup(
-        network=network, makeup_m3=round(volume, 3) if first is not None else None,
-        judged_makeup_m3=round(judged, 3), circulation_m3=round(circ, 1), judged_hours=hours,
+        network=network, makeup_m3=round(t.volume, 3) if seen else None,
+        judged_makeup_m3=round(t.judged, 3), circulation_m3=round(t.circulation, 1), judged_hours=t.hours,
         rate_pct=round(rate, 4) if rate is not None else None, limit_pct=nr.rate_limit_pct,
         passed=None if rate is None else rate <= nr.rate_limit_pct,
         margin_pp=round(rate - nr.rate_limit_pct, 4) if rate is not None else None,
         days=round(days, 3), daily_t_per_10k_m2=round(daily, 4) if daily is not None else None,
-        meter_events=events, excluded_m3=round(excluded, 3))
+        meter_events=t.events, excluded_m3=round(t.excluded, 3))
 
 
-def _incident(a: Mapping[str, Any]) -> Incident:
-    ctx = a.get("context") or {}
+def _incident(a: AlertRow) -> Incident:
+    ctx = a.context or {}
     pattern = str(ctx.get("pattern") or ctx.get("why") or "")
     # only the daily verdict tells a flat day (leak) from an evening peak (theft); an hour above
     # the limit says no more than that
     kind = {"makeup_burst": "burst", "makeup_pump": "pump", "makeup_rate": "above the limit"}.get(
-        a["rule"]) or ("theft?" if "theft" in pattern else "leak?")
+        a.rule) or ("theft?" if "theft" in pattern else "leak?")
     detail = pattern or (f"{ctx['rate_pct']} % against {ctx['limit_pct']} %" if "rate_pct" in ctx else "")
-    return Incident(alert_id=a["id"], station=a["station"], rule=a["rule"], network=a["subject"],
-                    severity=a["severity"], since=a["since"], resolved_at=a["resolved_at"], value=a["value"],
-                    kind=kind, detail=detail, ticket=a.get("ack_ticket"))
+    return Incident(alert_id=a.id, station=a.station, rule=a.rule, network=a.subject,
+                    severity=a.severity, since=a.since, resolved_at=a.resolved_at, value=a.value,
+                    kind=kind, detail=detail, ticket=a.ack_ticket)
 
 
-def overlaps(a: Mapping[str, Any], start: int, end: int) -> bool:
-    return bool(a["since"] < end and (a["resolved_at"] is None or a["resolved_at"] >= start))
+def overlaps(a: AlertRow, start: int, end: int) -> bool:
+    return bool(a.since < end and (a.resolved_at is None or a.resolved_at >= start))
 
 
 def makeup_part(i: Inputs, stations: Sequence[str]) -> MakeupPart:
     nets = list(i.rules.makeup.networks)
-    incidents = [_incident(a) for a in sorted(i.alerts, key=lambda a: (a["since"], a["id"]))
-                 if a["rule"] in MAKEUP_RULES and overlaps(a, i.period.start, i.period.end)]
+    incidents = [_incident(a) for a in sorted(i.alerts, key=lambda a: (a.since, a.id))
+                 if a.rule in MAKEUP_RULES and overlaps(a, i.period.start, i.period.end)]
     per_station = Counter(x.station for x in incidents)
     out: list[StationMakeup] = []
     sums: dict[str, list[float]] = {n: [0.0, 0.0, 0.0, 0.0, 0.0] for n in nets}  # judged, circ, vol/day, area
     passing = failing = no_data = 0
     for s in stations:
         area = station_area(i, s)
-        nm = [network_makeup(i.rules, s, n, i.makeup_hours.get((s, n), []), area) for n in nets]
+        nm = [network_makeup(i.rules, s, n, i.makeup.get((s, n), MakeupTally()), area) for n in nets]
         judged = [x for x in nm if x.passed is not None]
         if not judged:
             no_data += 1
@@ -400,7 +439,7 @@ def makeup_part(i: Inputs, stations: Sequence[str]) -> MakeupPart:
             if x.daily_t_per_10k_m2 is not None and area and x.makeup_m3 is not None and x.days > 0:
                 acc[2] += x.makeup_m3 / x.days
                 acc[3] += area
-        out.append(StationMakeup(station=s, name=str(i.station_register.get(s, {}).get("name") or ""),
+        out.append(StationMakeup(station=s, name=_name(i, s),
                                  area_m2=area, networks=nm, incidents=per_station.get(s, 0)))
     company: list[NetworkMakeup] = []
     for n in nets:
@@ -488,26 +527,26 @@ def rooms_part(i: Inputs, stations: Sequence[str]) -> RoomsPart:
             x = by_b[b]
             h, p = sum(r.hours for r in x), sum(r.passing for r in x)
             blds.append(BuildingRooms(
-                building=b, address=i.building_register.get((s, b), {}).get("address"),
+                building=b, address=_address(i, s, b),
                 standard_c=x[0].standard, sensors=len(x), hours=h, passing=p, rate_pct=_pct(p, h),
                 households_low=sum(1 for r in x if r.low)))
         h, p = sum(r.hours for r in rs), sum(r.passing for r in rs)
         counts = Counter(r.band.name for r in rs if r.band is not None)
-        out.append(StationRooms(station=s, name=str(i.station_register.get(s, {}).get("name") or ""),
+        out.append(StationRooms(station=s, name=_name(i, s),
                                 hours=h, passing=p, rate_pct=_pct(p, h),
                                 fault_hours=sum(r.fault_hours for r in rs), buildings=blds,
                                 bands={n: counts.get(n, 0) for n in band_names}))
-    codes = {(h["station"], h["building"], h["sensor"]): h for h in i.households if h.get("sensor")}
+    codes = {(h.station, h.building, h.sensor): h for h in i.households if h.sensor}
     low = sorted((r for r in rooms if r.low), key=lambda r: (-len(r.low), -len(r.longest), r.sensor))
     longest = []
     for r in low[: i.settings.longest_n]:
         reg = codes.get(r.sensor)
-        addr = i.building_register.get(r.sensor[:2], {}).get("address")
+        addr = _address(i, r.sensor[0], r.sensor[1])
         if reg is not None and addr:
-            addr = f"{addr} {reg.get('unit') or ''}-{reg.get('room') or ''}".rstrip("-").strip()
+            addr = f"{addr} {reg.unit or ''}-{reg.room or ''}".rstrip("-").strip()
         longest.append(LowHousehold(
             station=r.sensor[0], building=r.sensor[1], sensor=r.sensor[2],
-            code=reg["code"] if reg is not None else None, address=addr, standard_c=r.standard,
+            code=reg.code if reg is not None else None, address=addr, standard_c=r.standard,
             hours_below=len(r.low), longest_h=len(r.longest),
             longest_from=r.longest[0][0] if r.longest else None,
             coldest_c=round(min(v for _, v in r.low), 2) if r.low else None,
@@ -542,12 +581,30 @@ def dominant(counts: Iterable[int]) -> int | None:
     return max(c.items(), key=lambda kv: (kv[1], kv[0]))[0]
 
 
+@dataclass
+class Presence:
+    """A station's reference point over [start, end): hours with a sample, the runs of hours
+    without one, and its own rate (``dominant`` of its hourly counts)."""
+
+    online: int
+    gaps: list[Gap]
+    rate: int | None
+
+
+def presence(hourly: Iterable[tuple[int, int]], start: int, end: int) -> Presence:
+    """From (hour, samples) pairs: what InfluxDB counted per hour of the reference point."""
+    rows = [(h, n) for h, n in hourly if n > 0]
+    present = [h for h, _ in rows]
+    return Presence(online=sum(1 for h in present if start <= h < end), gaps=gaps(present, start, end),
+                    rate=dominant(n for _, n in rows))
+
+
 def information_part(i: Inputs, stations: Sequence[str]) -> InformationPart:
     start, end = i.period.start, i.data_end
     period_h = max(0, (hour_ceil(end) - hour_floor(start)) // HOUR_MS)
-    per_b: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    per_b: dict[tuple[str, str], list[HouseholdRow]] = defaultdict(list)
     for h in i.households:
-        per_b[(h["station"], h["building"])].append(h)
+        per_b[(h.station, h.building)].append(h)
     out: list[StationInfo] = []
     tot_exp = tot_recv = tot_online = tot_hours = 0
     for s in stations:
@@ -561,16 +618,12 @@ def information_part(i: Inputs, stations: Sequence[str]) -> InformationPart:
                 e = int(per_hour * period_h)
                 expected += e
                 received += min(e, counts.get(key, 0))
-        elif s in i.ref_point:
-            ref = i.ref_point[s]
-            rate = dominant(i.presence.get(s, {}).values())
-            if rate is not None:
-                source = "data"
-                expected = rate * period_h
-                received = min(expected, counts.get((ref, None, None), 0))
-        present = [h for h, n in i.presence.get(s, {}).items() if n > 0]
-        online = sum(1 for h in present if start <= h < end)
-        gs = gaps(present, start, end)
+        pres = i.presence.get(s) or presence([], start, end)
+        if plan is None and s in i.ref_point and pres.rate is not None:
+            source = "data"
+            expected = pres.rate * period_h
+            received = min(expected, counts.get((i.ref_point[s], None, None), 0))
+        online, gs = pres.online, pres.gaps
         seen: dict[str, set[str]] = defaultdict(set)
         for (p, bld, hh), n in counts.items():
             if p == "room_temp" and bld and hh and n > 0:
@@ -580,14 +633,14 @@ def information_part(i: Inputs, stations: Sequence[str]) -> InformationPart:
             reg = per_b.get((s, b), [])
             reporting = len(seen.get(b, set()))
             blds.append(BuildingCoverage(
-                building=b, households=len(reg), sensors_registered=sum(1 for x in reg if x.get("sensor")),
+                building=b, households=len(reg), sensors_registered=sum(1 for x in reg if x.sensor),
                 sensors_reporting=reporting, coverage_pct=_pct(reporting, len(reg)) if reg else None))
         tot_exp += expected
         tot_recv += received
         tot_online += online
         tot_hours += period_h
         out.append(StationInfo(
-            station=s, name=str(i.station_register.get(s, {}).get("name") or ""), source=source,
+            station=s, name=_name(i, s), source=source,
             expected=expected, received=received, completeness_pct=_pct(received, expected),
             period_hours=period_h, online_hours=online, online_pct=_pct(online, period_h), gaps=len(gs),
             gap_hours=sum(g.hours for g in gs), longest_gap_h=max((g.hours for g in gs), default=0),
@@ -608,59 +661,77 @@ def durations(minutes: Sequence[float]) -> Durations:
 
 def service_part(i: Inputs, stations: Sequence[str]) -> ServicePart:
     start, end = i.period.start, i.period.end
-    raised = [a for a in i.alerts if start <= a["since"] < end]
-    tickets = sorted((TicketAck(alert_id=e["alert_id"], station=e.get("station"), rule=e["rule"], ts=e["ts"],
-                                kind=e["kind"], actor=e.get("actor"), ticket=e["ticket"], note=e.get("note"))
-                      for e in i.ticket_events if e.get("ticket") and start <= e["ts"] < end),
+    raised = [a for a in i.alerts if start <= a.since < end]
+    tickets = sorted((TicketAck(alert_id=e.alert_id, station=e.station, rule=e.rule, ts=e.ts, kind=e.kind,
+                                actor=e.actor, ticket=e.ticket, note=e.note)
+                      for e in i.ticket_events if e.ticket and start <= e.ts < end),
                      key=lambda x: (x.ts, x.alert_id))
 
-    def ack_min(a: Mapping[str, Any]) -> float:
-        return max(0.0, float(a["ack_at"] - (a["fired_at"] or a["since"])) / 60_000)
+    def to_ack(xs: Iterable[AlertRow]) -> list[float]:
+        """Minutes from firing (or first seen) to the acknowledgement, of those acknowledged."""
+        return [max(0.0, float(a.ack_at - (a.fired_at or a.since)) / 60_000) for a in xs
+                if a.ack_at is not None]
 
-    def res_min(a: Mapping[str, Any]) -> float:
-        return max(0.0, float(a["resolved_at"] - a["since"]) / 60_000)
+    def to_res(xs: Iterable[AlertRow]) -> list[float]:
+        """Minutes from first seen to resolution, of those resolved."""
+        return [max(0.0, float(a.resolved_at - a.since) / 60_000) for a in xs if a.resolved_at is not None]
 
     out = []
     for s in stations:
-        xs = [a for a in raised if a.get("station") == s]
-        acked = [a for a in xs if a.get("ack_at") is not None]
-        res = [a for a in xs if a.get("resolved_at") is not None]
+        xs = [a for a in raised if a.station == s]
+        acked, res = to_ack(xs), to_res(xs)
         out.append(StationService(
-            station=s, raised=len(xs), by_rule=dict(sorted(Counter(a["rule"] for a in xs).items())),
-            by_severity=dict(sorted(Counter(a["severity"] for a in xs).items())), acknowledged=len(acked),
-            to_acknowledge=durations([ack_min(a) for a in acked]), resolved=len(res),
-            to_resolve=durations([res_min(a) for a in res]),
+            station=s, raised=len(xs), by_rule=dict(sorted(Counter(a.rule for a in xs).items())),
+            by_severity=dict(sorted(Counter(a.severity for a in xs).items())), acknowledged=len(acked),
+            to_acknowledge=durations(acked), resolved=len(res), to_resolve=durations(res),
             tickets=sum(1 for t in tickets if t.station == s)))
-    acked = [a for a in raised if a.get("ack_at") is not None]
-    res = [a for a in raised if a.get("resolved_at") is not None]
-    return ServicePart(raised=len(raised), by_rule=dict(sorted(Counter(a["rule"] for a in raised).items())),
-                       to_acknowledge=durations([ack_min(a) for a in acked]),
-                       to_resolve=durations([res_min(a) for a in res]), tickets=tickets, stations=out)
+    return ServicePart(raised=len(raised), by_rule=dict(sorted(Counter(a.rule for a in raised).items())),
+                       to_acknowledge=durations(to_ack(raised)), to_resolve=durations(to_res(raised)),
+                       tickets=tickets, stations=out)
 
 
-# -- remote control (the seam to the commands table) -----------------------------------------
+# -- remote control ------------------------------------------------------------------------
+def controllable_valves(plans: Mapping[str, StationPlan], announced: Mapping[str, set[str]] | None
+                        ) -> dict[str, tuple[set[str], Literal["announced", "config"]]]:
+    """Each station's buildings whose entrance valve setpoint is remotely writable: what its
+    gateway announced (``announced``: the writable points of the gateway statuses the API holds),
+    else what its gateway config gives (a ``write:`` block under a gateway with ``control:``)."""
+    out: dict[str, tuple[set[str], Literal["announced", "config"]]] = {
+        s: (set(p.controllable), "config") for s, p in plans.items()}
+    for s, bs in (announced or {}).items():
+        out[s] = (set(bs), "announced")
+    return out
+
+
 def remote_part(controllable: Mapping[str, set[str]], commands: Sequence[CommandRow] | None,
-                start: int, end: int, stations: Sequence[str]) -> RemotePart:
+                start: int, end: int, stations: Sequence[str],
+                sources: Mapping[str, Literal["announced", "config"]] | None = None) -> RemotePart:
     """Buildings whose entrance valve is remotely writable, those proven in [start, end) by a
-    confirmed command to their valve, and the period's commands by outcome. ``commands`` None:
-    the commands table is not wired yet (the section says so rather than claim zero)."""
-    rows = [c for c in commands or () if start <= c.issued_at < end]
-    proven: dict[str, set[str]] = defaultdict(set)
+    confirmed command to their valve (written and read back equal: ``mismatch`` proves nothing),
+    and the commands issued in the period by outcome. ``commands`` None: the commands were not
+    read (the section says so rather than claim zero)."""
+    rows = sorted((c for c in commands or () if start <= c.issued_at < end),
+                  key=lambda c: (c.finished_at or c.issued_at, c.id))
+    proofs: dict[tuple[str, str], RemoteProof] = {}
     by_station: dict[str, Counter[str]] = defaultdict(Counter)
     for c in rows:
         by_station[c.station][c.outcome] += 1
-        valve = c.building is not None and c.point.startswith("building_valve")
-        if c.outcome == "confirmed" and valve and c.building in controllable.get(c.station, set()):
-            proven[c.station].add(str(c.building))
+        if (c.outcome == "confirmed" and c.point == VALVE_POINT and c.building is not None
+                and c.household is None and c.building in controllable.get(c.station, set())):
+            proofs.setdefault((c.station, c.building), RemoteProof(
+                station=c.station, building=c.building, command=c.id, at=c.finished_at or c.issued_at,
+                ticket=c.ticket))
     names = sorted(set(stations) | set(controllable) | set(by_station))
-    out = [StationRemote(station=s, controllable=sorted(controllable.get(s, set())), proven=sorted(proven[s]),
+    src = sources or {}
+    out = [StationRemote(station=s, controllable=sorted(controllable.get(s, set())), source=src.get(s),
+                         proven=sorted(b for st, b in proofs if st == s),
                          commands=dict(sorted(by_station[s].items()))) for s in names]
     total: Counter[str] = Counter()
     for per in by_station.values():
         total.update(per)
     return RemotePart(wired=commands is not None, controllable=sum(len(v) for v in controllable.values()),
-                      proven=sum(len(v) for v in proven.values()), commands=dict(sorted(total.items())),
-                      stations=out)
+                      proven=len(proofs), commands=dict(sorted(total.items())), stations=out,
+                      proofs=sorted(proofs.values(), key=lambda p: (p.station, p.building)))
 
 
 # -- the whole ------------------------------------------------------------------------------
@@ -671,23 +742,28 @@ def _missing(i: Inputs, stations: Sequence[str], mk: MakeupPart) -> list[str]:
         out.append(f"daily make-up per heated area (t/10,000 m²/day): no heated area for {len(no_area)} "
                    f"station(s): {', '.join(no_area[:30])}{' …' if len(no_area) > 30 else ''} — import "
                    "building_area_m2 or station_area_m2 with the asset register")
-    b_missing = sum(1 for b in i.building_register.values() if not b.get("heated_area_m2"))
+    b_missing = sum(1 for b in i.building_register.values() if not b.heated_area_m2)
     if b_missing:
         out.append(f"heated area of {b_missing} of {len(i.building_register)} registered buildings")
     no_data = [s.station for s in mk.stations if all(n.passed is None for n in s.networks)]
     if no_data:
         out.append(f"make-up rate: no make-up totalizer or circulation data from {', '.join(no_data[:30])}")
     no_plan = [s for s in stations if s not in i.plans]
+    announced = i.announced or {}
     if no_plan and i.plans:
         out.append(f"gateway config for {len(no_plan)} station(s) ({', '.join(no_plan[:30])}): their "
-                   "expected rate is the data's own, and their remotely controllable valves are unknown")
+                   "expected rate is the data's own")
     if not i.plans:
-        out.append("gateway configs: none given, so expected sample rates come from the data and "
-                   "remotely controllable valves are unknown")
+        out.append("gateway configs: none given, so expected sample rates come from the data")
+    unknown = [s for s in stations if s not in i.plans and s not in announced]
+    if unknown:
+        out.append(f"remotely controllable valves of {len(unknown)} station(s) ({', '.join(unknown[:30])}"
+                   f"{' …' if len(unknown) > 30 else ''}): neither a gateway status with its writable points "
+                   "(the API's control: block) nor a gateway config in the report settings")
     if not i.settings.refund_bands:
         out.append("refund bands: the company has configured none")
     if i.commands is None:
-        out.append("remote control: commands (confirmed, failed, …) are not wired into the report yet")
+        out.append("remote control: the commands table was not read")
     if not i.building_register:
         out.append("asset register: empty; names, addresses, household codes and sensor coverage are missing")
     return out
@@ -705,10 +781,12 @@ def build(i: Inputs) -> Report:
         cold_days=[dt.datetime.fromtimestamp((d + i.period.tz_h * HOUR_MS) / 1000, dt.UTC).date().isoformat()
                    for d in cold],
         design_outdoor_temp=i.rules.design_outdoor_temp)
-    controllable = {s: p.controllable for s, p in i.plans.items() if p.controllable}
+    valves = controllable_valves(i.plans, i.announced)
+    controllable = {s: bs for s, (bs, _) in valves.items() if bs}
     return Report(
         company=i.settings.company, period=period, generated_at=i.generated_at, stations=stations, makeup=mk,
         rooms=rooms_part(i, stations), information=information_part(i, stations),
         service=service_part(i, stations),
-        remote_control=remote_part(controllable, i.commands, i.period.start, i.period.end, stations),
+        remote_control=remote_part(controllable, i.commands, i.period.start, i.period.end, stations,
+                                   {s: src for s, (_, src) in valves.items()}),
         missing=_missing(i, stations, mk), notes=list(i.notes))

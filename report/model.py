@@ -218,31 +218,54 @@ class ServicePart(BaseModel):
 
 
 class CommandRow(BaseModel):
-    """One remote command as the report needs it (the seam to H4's ``commands`` table: the lead
-    maps its columns onto these). ``outcome``: confirmed | failed | expired | refused | pending."""
+    """One remote command of the period, as the commands table (alerting/commands.py) holds it.
+
+    ``outcome``: its state as the API shows it (contract.commands.State) — confirmed, mismatch,
+    rejected, failed, expired (the gateway's or the API's last word), awaiting_confirmation,
+    requested, sent (under way), unknown (sent, no result by its deadline plus the grace).
+    ``origin``: api, or broker (a result for a command this site's API never issued)."""
 
     id: str
     station: str
     building: str | None = None
+    household: str | None = None
     point: str
     outcome: str
+    origin: str = "api"
     issued_at: int
-    finished_at: int | None = None
+    finished_at: int | None = Field(None, description="the gateway's time of its result")
+    ticket: str | None = None
+
+
+VALVE_POINT = "building_valve_setpoint"  # a building's entrance valve opening (DOMAIN.md)
+
+
+class RemoteProof(BaseModel):
+    station: str
+    building: str
+    command: str = Field(description="the first command of the period to the valve that was confirmed")
+    at: int = Field(description="when the gateway read the value back")
+    ticket: str | None
 
 
 class StationRemote(BaseModel):
     station: str
-    controllable: list[str] = Field(description="buildings whose entrance valve is remotely writable")
+    controllable: list[str] = Field(description="buildings whose entrance valve setpoint is remotely "
+                                                "writable")
+    source: Literal["announced", "config"] | None = Field(
+        description="announced: the writable points in its gateway's status (what the API checks commands "
+                    "against); config: the gateway config's map and control block; None: neither known")
     proven: list[str] = Field(description="of those, proven in the period by a confirmed command")
     commands: dict[str, int] = Field(description="commands of the period by outcome")
 
 
 class RemotePart(BaseModel):
-    wired: bool = Field(description="whether command rows were given (False: not yet wired)")
+    wired: bool = Field(description="whether the commands table was read")
     controllable: int
     proven: int
     commands: dict[str, int]
     stations: list[StationRemote]
+    proofs: list[RemoteProof] = Field(default_factory=list)
 
 
 class Report(BaseModel):

@@ -39,6 +39,7 @@ from report.xlsx import local
 # fonts with Latin and CJK glyphs both (reportlab does no per-glyph fallback between fonts)
 CJK_FONTS = ("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc", "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc")
 CHART_MAX = 30  # stations per chart: the worst ones (a chart of 500 bars reads as nothing)
+PROOFS_MAX = 300  # rows of proven valves in the PDF (a season of a large company has thousands)
 PAGE = landscape(A4)
 _FONT: str | None = None
 
@@ -179,7 +180,8 @@ def document(rep: Report) -> bytes:
          f"median {_fmt(sv.to_acknowledge.median_min)} min to acknowledge, "
          f"{_fmt(sv.to_resolve.median_min)} min to resolve"],
         ["Remotely controllable buildings / proven", f"{rc.controllable} / {rc.proven if rc.wired else '—'}",
-         "" if rc.wired else "commands not wired into the report yet"],
+         (", ".join(f"{n} {o}" for o, n in rc.commands.items()) or "no commands") if rc.wired
+         else "commands not read"],
     ]
     out.append(_table(["figure", "value", ""], summary, st, widths=[70 * mm, 50 * mm, 140 * mm]))
     # the two charts: the stations that need looking at first
@@ -255,12 +257,19 @@ def document(rep: Report) -> bytes:
     out.append(_table(["time", "station", "rule", "kind", "by", "ticket", "note"],
                       [[local(t.ts, tz), t.station, t.rule, t.kind, t.actor, t.ticket, t.note]
                        for t in sv.tickets[:200]], st))
-    wired = "" if rc.wired else " (commands not wired yet)"
+    wired = "" if rc.wired else " (commands not read)"
     out.append(Paragraph(f"Building remote control{wired}", st["h2"]))
     outcomes = sorted({o for s in rc.stations for o in s.commands})
-    out.append(_table(["station", "controllable buildings", "proven by a confirmed command", *outcomes],
-                      [[s.station, ", ".join(s.controllable) or "—", ", ".join(s.proven) or "—",
-                        *[s.commands.get(o, 0) for o in outcomes]] for s in rc.stations], st))
+    out.append(_table(["station", "controllable buildings", "from", "proven by a confirmed command",
+                       *outcomes],
+                      [[s.station, ", ".join(s.controllable) or "—", s.source or "unknown",
+                        ", ".join(s.proven) or "—", *[s.commands.get(o, 0) for o in outcomes]]
+                       for s in rc.stations], st))
+    more = f" (the first {PROOFS_MAX}; all in the spreadsheet)" if len(rc.proofs) > PROOFS_MAX else ""
+    out.append(Paragraph(f"Valves proven: the first confirmed command of the period{more}", st["h2"]))
+    out.append(_table(["station", "building", "command", "read back at", "ticket"],
+                      [[x.station, x.building, x.command, local(x.at, tz), x.ticket]
+                       for x in rc.proofs[:PROOFS_MAX]], st))
     out.append(Paragraph("Missing figures, and for want of what", st["h2"]))
     out += [Paragraph(f"• {m}", st["small"]) for m in rep.missing] or [Paragraph("nothing", st["small"])]
     out.append(Paragraph("How the figures were obtained", st["h2"]))

@@ -85,8 +85,9 @@ def workbook(rep: Report) -> bytes:
         ["data completeness (%)", inf.completeness_pct], ["online (%)", inf.online_pct],
         ["alerts raised", sv.raised], ["median time to acknowledge (min)", sv.to_acknowledge.median_min],
         ["median time to resolve (min)", sv.to_resolve.median_min], ["hotline tickets", len(sv.tickets)],
-        ["remotely controllable buildings", rc.controllable if rc.wired or rc.controllable else None],
-        ["buildings proven by a confirmed command", rc.proven if rc.wired else "not wired yet"],
+        ["remotely controllable buildings", rc.controllable],
+        ["buildings proven by a confirmed command", rc.proven if rc.wired else "commands not read"],
+        *[[f"commands {o}", n] for o, n in rc.commands.items()],
     ])
     s.done()
 
@@ -162,11 +163,15 @@ def workbook(rep: Report) -> bytes:
     s.done()
 
     s = _Sheet(wb.create_sheet("Remote control"))
-    s.title("Building remote control" + ("" if rc.wired else " — commands not wired yet"))
+    s.title("Building remote control" + ("" if rc.wired else " — commands not read"))
     outcomes = sorted({o for x in rc.stations for o in x.commands})
-    s.table(["station", "controllable buildings", "proven by a confirmed command", *outcomes],
-            [[x.station, len(x.controllable), len(x.proven), *[x.commands.get(o, 0) for o in outcomes]]
-             for x in rc.stations])
+    s.table(["station", "controllable", "from", "proven by a confirmed command", "controllable buildings",
+             "proven buildings", *[f"commands {o}" for o in outcomes]],
+            [[x.station, len(x.controllable), x.source or "unknown", len(x.proven), ", ".join(x.controllable),
+              ", ".join(x.proven), *[x.commands.get(o, 0) for o in outcomes]] for x in rc.stations])
+    s.title("Valves proven: the first confirmed command of the period to each")
+    s.table(["station", "building", "command", "read back at", "ticket"],
+            [[x.station, x.building, x.command, local(x.at, tz), x.ticket] for x in rc.proofs])
     s.done()
 
     s = _Sheet(wb.create_sheet("Missing and notes"))

@@ -10,9 +10,9 @@ Model (per station, deterministic for a seed):
   temperature follows it over ~10 minutes;
 - buildings: valve position follows its setpoint (written remotely) with a lag; the building's
   flow follows the valve; building supply/return follow the station's secondary loop;
-- households: room temperature settles (over ~half an hour to the next hours) toward a target
-  set by their building's flow (valve) and supply, with a per-household offset and ±0.1 K
-  noise: opening a cold building's valve from 60 % to 100 % raises its rooms by 6 K, enough to
+- households: room temperature settles (over ~half an hour to the next hours; ``room_settle_s``)
+  toward a target set by their building's flow (valve) and supply, with a per-household offset
+  and ±0.1 K noise: opening a cold building's valve from 60 % to 100 % raises its rooms by 6 K, enough to
   carry them through a ``cold_building`` supply fault (the closed loop of docs/control.md).
 
 An event already under way at the model's first step (a scenario's negative ``at``) starts with
@@ -77,6 +77,9 @@ class StationModel:
     setpoints: dict[Key, float | bool] = field(default_factory=dict)
     local_mode: bool = False  # the cabinet's local/remote switch
     written: set[Key] = field(default_factory=set)  # setpoints a remote command has written
+    # how fast rooms follow their target (a first-order lag): about half an hour for the
+    # simulated flats; the demo shortens it so a valve command shows within minutes
+    room_settle_s: float = 1800.0
 
     def __post_init__(self) -> None:
         rnd = random.Random(f"{self.station}:{self.seed}")
@@ -281,6 +284,6 @@ class StationModel:
         cur = self.room[h]
         if settle:  # an event already under way at the start has long since taken its toll
             cur += target - usual
-        cur += (target - cur) * min(1.0, dt / 1800.0)  # rooms settle over about half an hour
+        cur += (target - cur) * min(1.0, dt / self.room_settle_s)
         self.room[h] = cur
         return cur + self._rnd.gauss(0, 0.05)

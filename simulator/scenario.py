@@ -7,11 +7,15 @@
       - {at: 30m, station: st003, event: dead_device, device: makeup_meter, for: 10m}
 
 ``at`` and ``for`` are sim time after the start: a number of seconds or 30s / 10m / 2h / 1d.
+``rooms_settle: 3m`` (optional) makes every room follow its target that much faster than the
+simulated flats' half an hour (the demo's, so a valve command shows within minutes; real
+buildings take hours).
 A negative ``at`` (``-3h``) is an event that began before the start: the station model starts
 settled, so its rooms are already as cold as three hours of it made them.
 
-``steps:`` (a list) belongs to ``heatwatch demo``, which runs them against its processes
-(stop a gateway, start it again); the simulator only checks it is a list.
+``steps:`` (a list) and ``map_overrides:`` belong to ``heatwatch demo``, which runs the steps
+against its processes (stop a gateway, start it again, open a valve) and writes its copy of
+the maps with those changes; the simulator only checks their shape.
 """
 
 from __future__ import annotations
@@ -86,8 +90,15 @@ class _Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid")
     description: str = ""  # what it plays, in a sentence (heatwatch demo prints it)
     speed: float = Field(default=1.0, gt=0)
+    rooms_settle: float | None = Field(default=None, gt=0)  # s; None: the model's own
     events: list[_EventSpec] = Field(default_factory=list)
     steps: list[dict[str, Any]] = Field(default_factory=list)  # heatwatch demo's (heatwatch.demo)
+    map_overrides: dict[str, Any] = Field(default_factory=dict)  # heatwatch demo's
+
+    @field_validator("rooms_settle", mode="before")
+    @classmethod
+    def _dur(cls, v: object) -> float | None:
+        return None if v is None else seconds(v)
 
 
 class RelativeEvent(Event):
@@ -99,12 +110,21 @@ class RelativeEvent(Event):
                        start=self.start + t0, end=None if self.end is None else self.end + t0)
 
 
-def load_scenario(path: str | Path) -> tuple[float, list[tuple[str, RelativeEvent]]]:
+def _load(path: str | Path) -> _Scenario:
     data = read_yaml(Path(path))
     try:
-        sc = _Scenario.model_validate(data)
+        return _Scenario.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(str(path), render_errors(exc, data)) from None
+
+
+def rooms_settle(path: str | Path) -> float | None:
+    """The scenario's ``rooms_settle`` in seconds (None: the model's own half an hour)."""
+    return _load(path).rooms_settle
+
+
+def load_scenario(path: str | Path) -> tuple[float, list[tuple[str, RelativeEvent]]]:
+    sc = _load(path)
     out = []
     for e in sc.events:
         end = None if e.for_ is None else e.at + e.for_

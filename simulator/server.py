@@ -26,7 +26,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
-from contract.codec import FLOATS, INTEGERS, DataType, WordOrder, decode, encode
+from contract.codec import FLOATS, INTEGERS, DataType, decode, encode
 from contract.config import GatewayConfig, PointMap, ResolvedDevice
 from simulator.physics import Event, Key, StationModel
 from simulator.scenario import RelativeEvent
@@ -34,7 +34,6 @@ from simulator.scenario import RelativeEvent
 log = logging.getLogger("heatwatch.simulator")
 logging.getLogger("pymodbus").setLevel(logging.ERROR)
 
-_ABCD = WordOrder.ABCD
 _READ_TABLE = {1: "coil", 2: "discrete_input", 3: "holding_register", 4: "input_register"}
 _WRITE_TABLE = {5: "coil", 15: "coil", 6: "holding_register", 16: "holding_register"}
 _INT_RANGE = {
@@ -147,9 +146,9 @@ class DeviceImage:
             base = s.wire - self.span[s.table][0]
             if self.model.broken(s.key, t):
                 if p.invalid_raw:
-                    enc = encode(p.invalid_raw[0], p.type, p.word_order or _ABCD, p.length)
+                    enc = encode(p.invalid_raw[0], p.type, p.order, p.length)
                 elif p.type in FLOATS:
-                    enc = encode(math.nan, p.type, p.word_order or _ABCD)
+                    enc = encode(math.nan, p.type, p.order)
                 else:
                     continue
             elif p.type is DataType.BIT:
@@ -157,7 +156,7 @@ class DeviceImage:
                     words[base] |= 1 << (p.bit or 0)
                 continue
             else:
-                enc = encode(to_raw(p, v), p.type, p.word_order or _ABCD, p.length)
+                enc = encode(to_raw(p, v), p.type, p.order, p.length)
             words[base : base + len(enc)] = enc
         self.words = out
 
@@ -186,7 +185,7 @@ class DeviceImage:
                 val: float | bool | str = bool(words["coil"][s.wire // 16] >> (s.wire % 16) & 1)
             else:
                 base = s.wire - self.span[table][0]
-                raw = decode(words[table][base : base + p.words], p.type, p.word_order or _ABCD,
+                raw = decode(words[table][base : base + p.words], p.type, p.order,
                              p.bit or 0)
                 val = raw if isinstance(raw, (bool, str)) else float(raw) * p.scale + p.offset
             if not isinstance(val, str):
@@ -224,9 +223,11 @@ class Simulator:
     def __init__(self, configs: Sequence[GatewayConfig], *, speed: float = 1.0,
                  start: float | None = None, seed: int = 0, tick_s: float = 1.0,
                  serial_peers: dict[str, str] | None = None,
-                 scenario: Sequence[tuple[str, RelativeEvent]] = ()) -> None:
+                 scenario: Sequence[tuple[str, RelativeEvent]] = (),
+                 room_settle_s: float | None = None) -> None:
         """``scenario``: events timed from the start, in place before the first step (one that
-        began before the start is already in the models' settled state)."""
+        began before the start is already in the models' settled state); ``room_settle_s``: how
+        fast rooms follow their target (None: the model's own)."""
         self.configs = list(configs)
         # a gateway's serial port → the port the simulator answers on (the other end of the
         # cable or null modem); a port not listed is opened by its own name
@@ -243,6 +244,8 @@ class Simulator:
                 keys[cfg.station].extend(p.key for p in dev.points)
         for station, ks in keys.items():
             self.models[station] = StationModel(station, ks, seed=seed)
+            if room_settle_s is not None:
+                self.models[station].room_settle_s = room_settle_s
         for station, ev in scenario:
             if station not in self.models:
                 raise ValueError(f"the scenario has an event for station {station!r}, which none of "

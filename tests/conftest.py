@@ -17,13 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import paho.mqtt.client as mqtt
 import pytest
+import sqlalchemy as sa
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from alerting.database import Database
 from contract.config import GatewayConfig, load_gateway_config
-from heatwatch.devstack import DEPLOY, REPO, Influxd, Mosquitto, SimThread, free_port
+from contract.receipt import Receipt, receipt_topic
+from heatwatch.devstack import DEPLOY, REPO, Influxd, Mosquitto, Postgres, SimThread, free_port
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -69,6 +73,30 @@ def influx_db(influxd: Influxd) -> str:
     return f"t_{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL cluster for one test module (tests take a clean schema: ``site_db``)."""
+    pg = Postgres(free_port())
+    pg.start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def site_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """An empty, migrated site database: a SQLite file, or a clean schema on the module's
+    PostgreSQL. The alert store, site registry and command store of a test share it."""
+    if request.param == "sqlite":
+        db = Database(f"sqlite:///{tmp_path / 'site.sqlite'}")
+    else:
+        db = Database(request.getfixturevalue("postgres").url)
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    db.migrate()
+    yield db
+    db.close()
+
+
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker = Mosquitto(tmp_path / "mosquitto", free_port())
@@ -106,13 +134,17 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 def write_gateway_config(folder: Path, station: str, *, mqtt_port: int, plc_port: int,
-                         bus_port: int, fast_s: float = 1.0, slow_s: float = 2.0) -> Path:
-    """A gateway config for one simulated station, using the shipped register maps."""
+                         bus_port: int, fast_s: float = 1.0, slow_s: float = 2.0,
+                         outbox: dict[str, Any] | None = None) -> Path:
+    """A gateway config for one simulated station, using the shipped register maps. ``outbox``:
+    keys added to its outbox block (``receipts``, ``receipt_timeout_s``, ``max_bytes``); the
+    receipt timeout is 5 s here (300 as shipped), so a test waits seconds for a re-send."""
     maps = DEPLOY / "maps"
     cfg = {
         "kind": "gateway", "gateway": f"gw-{station}", "station": station,
         "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "keepalive_s": 5},
-        "outbox": {"path": str(folder / f"gw-{station}.outbox.sqlite")},
+        "outbox": {"path": str(folder / f"gw-{station}.outbox.sqlite"), "receipt_timeout_s": 5,
+                   **(outbox or {})},
         "poll_groups": {"fast": {"interval_s": fast_s}, "status": {"interval_s": fast_s},
                         "slow": {"interval_s": slow_s}},
         "devices": [
@@ -220,16 +252,34 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
 class Subscriber:
     """A plain paho client recording what arrives on a topic filter (test observer)."""
 
-    def __init__(self, port: int, topic_filter: str, *, persistent: bool = False) -> None:
-        """``persistent``: a session the broker keeps (and queues for) across reconnects."""
+    def __init__(self, port: int, topic_filter: str, *, persistent: bool = False,
+                 receipts: bool = False, client_id: str | None = None) -> None:
+        """``persistent``: a session the broker keeps (and queues for) across reconnects.
+        ``receipts``: act as the collector does after its durable write: receipt each telemetry
+        message on arrival (contract/receipt.py, published over the broker), except those
+        ``withhold(boot, seq)`` holds back (a message "lost" on the way)."""
         self.messages: list[tuple[str, bytes]] = []
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"obs-{uuid.uuid4().hex[:8]}",
+        self.withhold: Callable[[str, int], bool] = lambda boot, seq: False
+        self.receipts_sent = 0
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                                  client_id=client_id or f"obs-{uuid.uuid4().hex[:8]}",
                                   clean_session=not persistent)
         self.client.reconnect_delay_set(1, 2)
         subscribed: list[bool] = []
         self.client.on_connect = lambda c, *_: c.subscribe(topic_filter, qos=1)
         self.client.on_subscribe = lambda *_: subscribed.append(True)
-        self.client.on_message = lambda _c, _u, m: self.messages.append((m.topic, bytes(m.payload)))
+
+        def on_message(c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
+            self.messages.append((m.topic, bytes(m.payload)))
+            if receipts and m.topic.endswith("/telemetry"):
+                t = orjson.loads(m.payload)
+                if not self.withhold(t["boot"], t["seq"]):
+                    r = Receipt(station=t["station"], gateway=t["gateway"], boot=t["boot"],
+                                seqs=[(t["seq"], t["seq"])])
+                    c.publish(receipt_topic(t["station"]), r.encode(), qos=1)
+                    self.receipts_sent += 1
+
+        self.client.on_message = on_message
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         wait_for(lambda: subscribed, 10, "observer subscription")

@@ -23,6 +23,9 @@ WRITES: list[tuple[str, str | None, str, dict[str, Any], float | bool, int, list
     ("building_valve_setpoint", "b01", "uint16", {"scale": 0.1}, 65.0, 6, [650]),
     ("secondary_supply_temp_setpoint", None, "int16", {"scale": 0.1}, 58.5, 16, [585]),  # fc16 point
     ("x_i16", None, "int16", {"scale": 0.5, "offset": -40}, -55.0, 6, [0xFFE2]),  # raw -30
+    # 16-bit registers sent low byte first: -2 = 0xFFFE, 4660 = 0x1234, bytes swapped on the wire
+    ("x_i16_ba", None, "int16", {"byte_order": "BA"}, -2.0, 6, [0xFEFF]),
+    ("x_u16_ba", None, "uint16", {"byte_order": "BA", "scale": 0.1}, 466.0, 6, [0x3412]),
     ("x_i32", None, "int32", {"word_order": "ABCD"}, -123456.0, 16, [0xFFFE, 0x1DC0]),
     ("x_u32", None, "uint32", {"word_order": "CDAB", "scale": 0.01}, 1234567.89, 16, [0xCD15, 0x075B]),
     ("x_f32_abcd", None, "float32", {"word_order": "ABCD"}, 12.5, 16, [0x4148, 0x0000]),
@@ -61,7 +64,7 @@ def control_points(min_interval_s: float = 0) -> list[dict[str, Any]]:
             p["unit"] = ""
             if typ not in ("bool", "bit"):  # wide, and within what each register can hold
                 lo = 0 if typ.startswith("u") else -1000 if typ == "int16" else -1e9
-                write.update(min=lo, max=1000 if typ == "int16" else 1e10 if "64" in typ else 1e7)
+                write.update(min=lo, max=1000 if typ in ("int16", "uint16") else 1e10 if "64" in typ else 1e7)
         if name == "secondary_supply_temp_setpoint":
             write["function"] = "fc16"
         p["write"] = write

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from alerting.store import Store
+from alerting.registry import SiteRegistry
 from contract.config import load_gateway_config
 from heatwatch.devstack import Influxd, Mosquitto, SimThread, free_port, port_open
 from tests.conftest import Processes, Subscriber, wait_for, write_alerter_config, write_collector_config
@@ -70,12 +70,11 @@ def stack(tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, influx_db: str
                                     public_key=public)
     sim = SimThread([load_gateway_config(gw_path)])
     store_url = f"sqlite:///{tmp_path / 'site.sqlite'}"
-    store = Store(store_url)
-    store.migrate()
+    registry = SiteRegistry(store_url).open()
     now = int(time.time() * 1000)
-    auth = {who: {"Authorization": "Bearer " + store.add_token(name=who, role=role, actor="test", now=now)}
+    auth = {who: {"Authorization": "Bearer " + registry.add_token(name=who, role=role, actor="test", now=now)}
             for who, role in ROLES.items()}
-    store.close()
+    registry.close()
     col = write_collector_config(tmp_path / "col", mqtt_port=mosquitto.port, influx_url=influxd.url,
                                  database=influx_db)
     alerter = write_alerter_config(tmp_path / "alerter", mqtt_port=mosquitto.port, store=store_url)
@@ -93,7 +92,7 @@ def stack(tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, influx_db: str
     procs.start("api", "api", str(api))
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
     try:
-        wait_for(lambda: port_open(port), 30, "the API")
+        wait_for(lambda: port_open(port), 120, "the API")
         s = Stack(http, auth, sim, procs, gw_path, mosquitto)
         # ready when the API holds the gateway's status and InfluxDB has a reading of the valve
         writable = f"/v1/commands/writable/{STATION}"

@@ -1,6 +1,8 @@
 """The gateway under faults, end to end: simulator (real Modbus TCP) → gateway process → real
-mosquitto → an observer. "Nothing lost" is checked on the gateway's own sequence numbers: every
-message it committed to its outbox arrives, gap-free, with the poll's original timestamp."""
+mosquitto → an observer that receipts what it receives, as the collector does after its durable
+write (tests/e2e/test_gateway_receipts.py). "Nothing lost" is checked on the gateway's own
+sequence numbers: every message it committed to its outbox arrives, gap-free, with the poll's
+original timestamp."""
 
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ def _stop(procs: Processes, name: str) -> None:
 
 def test_broker_killed_for_60_s_while_polling(mosquitto: Mosquitto, procs: Processes,
                                              station_config: GatewayConfig, simulator: SimThread) -> None:
-    obs = Subscriber(mosquitto.port, "heatwatch/v1/station/+/telemetry", persistent=True)
+    obs = Subscriber(mosquitto.port, "heatwatch/v1/station/+/telemetry", persistent=True, receipts=True)
     procs.start("gateway", "gateway", str(_config_path(station_config)))
     time.sleep(12)  # past one autosave: the observer's session is on the broker's disk
     mosquitto.kill()
@@ -83,7 +85,7 @@ def test_broker_killed_for_60_s_while_polling(mosquitto: Mosquitto, procs: Proce
 
 def test_gateway_sigkilled_mid_stream(mosquitto: Mosquitto, procs: Processes,
                                       station_config: GatewayConfig, simulator: SimThread) -> None:
-    obs = Subscriber(mosquitto.port, "heatwatch/v1/station/+/telemetry")
+    obs = Subscriber(mosquitto.port, "heatwatch/v1/station/+/telemetry", receipts=True)
     cfg_path = _config_path(station_config)
     procs.start("gateway", "gateway", str(cfg_path))
     wait_for(lambda: len(_telemetry(obs)) >= 10, 20, "first messages")
@@ -109,7 +111,7 @@ def test_a_dead_device_on_a_shared_bus_does_not_slow_the_others(
     mosquitto: Mosquitto, procs: Processes, station_config: GatewayConfig,
     simulator: SimThread,
 ) -> None:
-    obs = Subscriber(mosquitto.port, "heatwatch/v1/station/+/telemetry")
+    obs = Subscriber(mosquitto.port, "heatwatch/v1/station/+/telemetry", receipts=True)
     procs.start("gateway", "gateway", str(_config_path(station_config)))
     wait_for(lambda: len(_telemetry(obs)) >= 5, 20, "first messages")
     now = simulator.call(simulator.sim.now)

@@ -1,11 +1,14 @@
 """The README's path, walked for real: `heatwatch demo` → its printed commands → the README's
-own commands → a closed terminal, on ports no other test or demo uses.
+own commands → the cold building fixed by remote control → a closed terminal, on ports no other
+test or demo uses.
 
 The demo runs as a newcomer runs it (a child process, its stdout read line by line). Every
 command it prints is run as printed (bash, from the repo root), and so is every line of the
 README's walk block (from a folder laid out like a clone: `.venv`, `deploy`, `.demo`); their
-answers must be what a dispatcher needs: the household found by its address, an alert firing,
-the acknowledgement accepted, a new token that works.
+answers must be what a dispatcher and an engineer need: the household found by its address, an
+alert firing, the acknowledgement accepted, a new token that works, a valve command confirmed.
+The demo's own story must end with the cold building's alert resolved, its valve opened by
+confirmed commands that are the curls it printed.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import os
 import random
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -150,6 +154,24 @@ def _json(r: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(r.stdout)
 
 
+def _api(api: int, token: str, path: str) -> Any:
+    r = httpx.get(f"http://127.0.0.1:{api}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _confirmed(api: int, token: str, cmd_id: str) -> dict[str, Any]:
+    """Wait for a command's final state; it must be confirmed."""
+    def answered() -> dict[str, Any] | None:
+        c: dict[str, Any] = _api(api, token, f"/v1/commands/{cmd_id}")
+        return c if c["state"] not in ("requested", "sent") else None
+
+    final: dict[str, Any] = wait_for(answered, 30, f"command {cmd_id} answered")
+    assert final["state"] == "confirmed", final
+    return final
+
+
+@pytest.mark.timeout(660)  # the whole story: the building resolves ~6 min after start (README)
 def test_the_demo_its_printed_commands_and_the_readme_walk(demo: Demo, tmp_path: Path) -> None:
     t0 = time.monotonic()
     demo.wait_line(r"^ready \d+ s after start", 90)
@@ -157,6 +179,9 @@ def test_the_demo_its_printed_commands_and_the_readme_walk(demo: Demo, tmp_path:
     took = time.monotonic() - t0
     print(f"first alert {took:.0f} s after the demo started ({first})")
     mqtt, influx, api, metrics, alerter_metrics = (d + demo.offset for _, d in SERVICE_PORTS.values())
+    # the engineer opens the cold building's valve, command by command: then the by-hand lines
+    demo.wait_line(r"\] Send one by hand, as the engineer", 300 - took)
+    print(f"valve opened {time.monotonic() - t0:.0f} s after the demo started")
 
     # every port is where the offset put it: nothing of the demo listens anywhere else
     pids = demo.pids()
@@ -164,6 +189,15 @@ def test_the_demo_its_printed_commands_and_the_readme_walk(demo: Demo, tmp_path:
                         (demo.folder / "influxdb" / "influxdb.conf").read_text()).group(1))  # type: ignore[union-attr]
     expected = {mqtt, influx, rpc, api, metrics, alerter_metrics} | {p + demo.offset for p in MODBUS_DEFAULTS}
     assert _listening(set(pids.values())) == expected
+
+    # what the demo sent is what it printed, and each one was confirmed by the gateway
+    engineer = re.search(r"export ENGINEER_TOKEN=(\S+)", demo.text).group(1)  # type: ignore[union-attr]
+    printed = [json.loads(shlex.split(x[4:])[-1]) for x in demo.lines if x.startswith("  $ curl -sS -X POST")]
+    stored = _api(api, engineer, "/v1/commands?station=st001&building=b03")["data"][::-1]  # oldest first
+    assert [c["value"] for c in printed] == [70, 80, 90, 100]
+    assert [(c["value"], c["reason"], c["ticket"], c["state"]) for c in stored] == [
+        (p["value"], p["reason"], p["ticket"], "confirmed") for p in printed]
+    assert all(c["result"]["read_back"] == c["value"] and c["issuer"] == "demo-engineer" for c in stored)
 
     # the printed commands, as printed, from the repo root (exports carry over, as in a shell)
     cmds = demo.commands()
@@ -204,6 +238,12 @@ def test_the_demo_its_printed_commands_and_the_readme_walk(demo: Demo, tmp_path:
     assert token.startswith("hw_")
     r = httpx.get(f"http://127.0.0.1:{api}/v1/alerts", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200  # the new credential works
+    by_hand = _json(answer("/v1/commands -H"))  # the POST: another building's valve to 70 %
+    assert (by_hand["building"], by_hand["value"], by_hand["issuer"]) == ("b01", 70, "demo-engineer")
+    assert _confirmed(api, engineer, by_hand["id"])["result"]["read_back"] == 70
+    last = _json(answer(f"/v1/commands/{stored[-1]['id']}"))
+    assert (last["state"], last["value"], last["events"][0]["kind"]) == ("confirmed", 100, "requested")
+    assert _json(answer("/v1/commands?station=st001&building=b03"))["count"] == 4
 
     # the README's walk block, line by line in one shell, from a folder laid out like a clone
     clone = tmp_path / "clone"
@@ -229,9 +269,21 @@ def test_the_demo_its_printed_commands_and_the_readme_walk(demo: Demo, tmp_path:
     ack = json.loads(out('curl -sS -X POST "$HEATWATCH_API/v1/alerts/$ID/ack"'))
     assert ack["ack_by"] == "demo-dispatcher" and ack["ack_note"] == "caller told: known fault"
     assert out(".venv/bin/heatwatch token add").startswith("hw_")
+    cmd = json.loads(out('curl -sS "$HEATWATCH_API/v1/commands/$CMD"'))  # the README's valve command
+    assert (cmd["building"], cmd["value"], cmd["ticket"]) == ("b02", 70, "T-1002")
+    assert cmd["issuer"] == "demo-engineer"
+    assert cmd["state"] in ("requested", "sent", "confirmed"), cmd  # a paste later it is confirmed:
+    assert _confirmed(api, engineer, cmd["id"])["result"]["read_back"] == 70
     for line in readme_block("without .demo/env"):  # the same, with nothing sourced
         r = _bash(line, clone)
         assert r.returncode == 0 and r.stdout.startswith("hw_"), f"{line}\n{r.stdout}\n{r.stderr}"
+
+    # the story's end: the rooms warm past 18 °C and the cold building's alert resolves
+    warm = demo.wait_line(r"\] st001/b03 is warm again: alert \d+ resolved", 600 - (time.monotonic() - t0))
+    print(f"{warm} (the test saw it {time.monotonic() - t0:.0f} s after the demo started)")
+    assert re.search(r"every room of st001/b03 is above 18 °C again", demo.text)
+    alert_id = int(re.search(r"alert (\d+) resolved", warm).group(1))  # type: ignore[union-attr]
+    assert _api(api, token, f"/v1/alerts/{alert_id}")["rule"] == "building_low"
 
     # closing the terminal: the demo stops everything and frees every port
     demo.proc.send_signal(signal.SIGHUP)

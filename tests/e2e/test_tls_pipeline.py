@@ -30,7 +30,7 @@ import orjson
 import pytest
 import yaml
 
-from alerting.store import Store
+from alerting.registry import SiteRegistry
 from contract.config import MqttSettings, load_gateway_config
 from durable.queue import DiskQueue
 from heatwatch.devstack import SimThread, free_port, port_open
@@ -218,10 +218,9 @@ def test_gateway_backlog_telemetry_and_an_api_command_under_tls_and_the_acl(
 
     sim = SimThread([cfg])
     store_url = f"sqlite:///{tmp_path / 'site.sqlite'}"
-    store = Store(store_url)
-    store.migrate()
-    token = store.add_token(name="eng", role="engineer", actor="test", now=int(time.time() * 1000))
-    store.close()
+    registry = SiteRegistry(store_url).open()
+    token = registry.add_token(name="eng", role="engineer", actor="test", now=int(time.time() * 1000))
+    registry.close()
     api_port = free_port()
     api_cfg = tmp_path / "api.yaml"
     api_cfg.write_text(yaml.safe_dump({

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -12,33 +9,23 @@ from alembic.migration import MigrationContext
 
 from alerting import schema
 from alerting.assets import parse
-from alerting.store import Conflict, NotFound, Store, Unknown
+from alerting.database import Database
+from alerting.registry import SiteRegistry
+from alerting.store import Store
 from contract.alerts import Transition
-from heatwatch.devstack import Postgres, free_port
+from contract.errors import Conflict, NotFound, UnknownReference
 
 T = 1_796_832_000_000
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    pg = Postgres(free_port())
-    pg.start()
-    yield pg
-    pg.stop()
+@pytest.fixture
+def store(site_db: Database) -> Store:
+    return Store(site_db)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s = Store(f"sqlite:///{tmp_path / 'alerts.sqlite'}")
-    else:
-        pg: Postgres = request.getfixturevalue("postgres")
-        s = Store(pg.url)
-        with s.engine.begin() as conn:  # a clean schema per test
-            conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    s.migrate()
-    yield s
-    s.close()
+@pytest.fixture
+def registry(site_db: Database) -> SiteRegistry:
+    return SiteRegistry(site_db)
 
 
 def tr(state: str, ts: int, *, key: str = "room_low:st001/b01/h1", severity: str = "warning",
@@ -67,21 +54,26 @@ def test_an_episode_from_pending_to_resolved_with_its_history(store: Store) -> N
     assert store.apply([tr("firing", T + 7_300_000, severity="major", page=True)]) == 1
     assert store.apply([tr("firing", T + 7_300_000, severity="major", page=True)]) == 0  # replay
     store.apply([tr("resolved", T + 9_000_000, severity="major", page=True)])
-    page = store.query(station="st001")
+    page = store.alerts(station="st001")
     assert page.total == 1
-    a = store.get(page.rows[0]["id"])
-    assert (a["state"], a["severity"], a["since"], a["fired_at"], a["resolved_at"], a["paged"]) == (
+    a = store.alert(page.rows[0].id)
+    assert (a.state, a.severity, a.since, a.fired_at, a.resolved_at, a.paged) == (
         "resolved", "major", T, T + 7_200_000, T + 9_000_000, True)
-    assert [e["kind"] for e in a["events"]] == ["pending", "firing", "severity", "resolved"]
-    assert a["context"] == {"median": 15.2}
+    assert [e.kind for e in a.events] == ["pending", "firing", "severity", "resolved"]
+    assert a.context == {"median": 15.2}
+    # the same rows as plain dicts, for the rule engine's adopt and the alerter
+    assert store.query(station="st001").rows[0]["id"] == a.id
+    plain = store.get(a.id)
+    assert (plain["state"], plain["context"], [e["kind"] for e in plain["events"]]) == (
+        "resolved", {"median": 15.2}, ["pending", "firing", "severity", "resolved"])
 
 
 def test_one_open_episode_per_key_and_a_new_one_after_resolving(store: Store) -> None:
     store.apply([tr("firing", T, page=True), tr("resolved", T + 1000)])
     store.apply([tr("resolved", T + 2000)])  # nothing open: ignored
     store.apply([tr("pending", T + 3000, since=T + 3000)])
-    assert store.query().total == 2
-    assert store.query(open_only=True).rows[0]["since"] == T + 3000
+    assert store.alerts().total == 2
+    assert store.alerts(open_only=True).rows[0].since == T + 3000
     with store.engine.begin() as conn, pytest.raises(sa.exc.IntegrityError):
         conn.execute(schema.alerts.insert().values(
             key="room_low:st001/b01/h1", rule="room_low", state="firing", severity="warning",
@@ -94,40 +86,40 @@ def test_last_seen_moves_forward_on_open_episodes_only(store: Store) -> None:
                  tr("resolved", T + 1000, key=other)])
     store.touch([("room_low:st001/b01/h1", T + 600_000), (other, T + 600_000), ("room_low:nowhere", T)])
     store.touch([("room_low:st001/b01/h1", T + 300_000)])  # an older verdict never moves it back
-    rows = {r["key"]: r for r in store.query().rows}
-    assert rows["room_low:st001/b01/h1"]["last_ts"] == T + 600_000
-    assert rows[other]["last_ts"] == T + 1000  # closed: its last seen is its resolution
-    assert store.query(since=T + 500_000).total == 1  # "seen since" filters on it
+    rows = {r.key: r for r in store.alerts().rows}
+    assert rows["room_low:st001/b01/h1"].last_ts == T + 600_000
+    assert rows[other].last_ts == T + 1000  # closed: its last seen is its resolution
+    assert store.alerts(since=T + 500_000).total == 1  # "seen since" filters on it
 
 
-def test_acknowledge_note_resolve_are_recorded_and_audited(store: Store) -> None:
+def test_acknowledge_note_resolve_are_recorded_and_audited(store: Store, registry: SiteRegistry) -> None:
     store.apply([tr("firing", T, key="makeup_daily:st001/secondary", page=True)])
-    aid = store.query().rows[0]["id"]
+    aid = store.alerts().rows[0].id
     a = store.acknowledge(aid, actor="disp-li", now=T + 60_000, note="caller at b01-0301",
                           ticket="HL-20261210-0042")
-    assert (a["ack_by"], a["ack_at"], a["ack_ticket"]) == ("disp-li", T + 60_000, "HL-20261210-0042")
+    assert (a.ack_by, a.ack_at, a.ack_ticket) == ("disp-li", T + 60_000, "HL-20261210-0042")
     store.add_note(aid, actor="eng-wang", now=T + 120_000, note="valve found open, closed")
     a = store.resolve(aid, actor="eng-wang", now=T + 180_000, note="repaired")
-    assert (a["state"], a["resolved_by"]) == ("resolved", "eng-wang")
-    assert [(e["kind"], e["actor"]) for e in a["events"]] == [
+    assert (a.state, a.resolved_by) == ("resolved", "eng-wang")
+    assert [(e.kind, e.actor) for e in a.events] == [
         ("firing", None), ("ack", "disp-li"), ("note", "eng-wang"), ("resolved", "eng-wang")]
     with pytest.raises(Conflict):
         store.resolve(aid, actor="eng-wang", now=T + 190_000)
     with pytest.raises(NotFound):
         store.acknowledge(999_999, actor="x", now=T)
-    assert [x["action"] for x in store.audit_log()] == ["alert.resolved", "alert.note", "alert.ack"]
+    assert [x.action for x in registry.audit_log()] == ["alert.resolved", "alert.note", "alert.ack"]
 
 
 def test_filters_and_paging_are_bound_parameters(store: Store) -> None:
     trs = [tr("firing", T + i, key=f"room_low:st001/b01/h{i}", severity=("warning", "major")[i % 2])
            for i in range(30)]
     store.apply(trs)
-    assert store.query(severity=["major"]).total == 15
-    p1, p2 = store.query(limit=20), store.query(limit=20, offset=20)
+    assert store.alerts(severity=["major"]).total == 15
+    p1, p2 = store.alerts(limit=20), store.alerts(limit=20, offset=20)
     assert len(p1.rows) == 20 and len(p2.rows) == 10 and p1.total == 30
-    assert {r["id"] for r in p1.rows}.isdisjoint({r["id"] for r in p2.rows})
-    assert store.query(station="st001' OR '1'='1").total == 0  # data, not SQL
-    assert store.query(since=T + 25).total == 5
+    assert {r.id for r in p1.rows}.isdisjoint({r.id for r in p2.rows})
+    assert store.alerts(station="st001' OR '1'='1").total == 0  # data, not SQL
+    assert store.alerts(since=T + 25).total == 5
 
 
 def test_silences_feed_the_engine(store: Store) -> None:
@@ -145,28 +137,29 @@ def test_a_whole_lifecycle_and_a_second_episode_in_one_batch(store: Store) -> No
     batch = [tr("pending", T), tr("firing", T + 10, page=True), tr("resolved", T + 20, page=True),
              tr("pending", T + 30, since=T + 30), tr("pending", T + 5, key=k2)]
     assert store.apply(batch) == 5
-    k1_rows = sorted(store.query(rule=["room_low"]).rows, key=lambda r: r["since"])
-    assert [(r["state"], r["since"], r["resolved_at"]) for r in k1_rows] == [
+    k1_rows = sorted(store.alerts(rule=["room_low"]).rows, key=lambda r: r.since)
+    assert [(r.state, r.since, r.resolved_at) for r in k1_rows] == [
         ("resolved", T, T + 20), ("pending", T + 30, None)]
-    assert [e["kind"] for e in store.get(k1_rows[0]["id"])["events"]] == ["pending", "firing", "resolved"]
-    assert [e["kind"] for e in store.get(k1_rows[1]["id"])["events"]] == ["pending"]
-    assert store.query(rule=["building_low"]).total == 1
+    assert [e.kind for e in store.alert(k1_rows[0].id).events] == ["pending", "firing", "resolved"]
+    assert [e.kind for e in store.alert(k1_rows[1].id).events] == ["pending"]
+    assert store.alerts(rule=["building_low"]).total == 1
 
 
 def test_a_second_ack_keeps_the_first_acks_ticket(store: Store) -> None:
     store.apply([tr("firing", T, page=True)])
-    aid = store.query().rows[0]["id"]
+    aid = store.alerts().rows[0].id
     store.acknowledge(aid, actor="disp-li", now=T + 1, note="caller at 301", ticket="HL-0042")
     a = store.acknowledge(aid, actor="disp-zhao", now=T + 2, note="second caller")  # no ticket
-    assert (a["ack_by"], a["ack_note"], a["ack_ticket"], a["tickets"]) == (
+    assert (a.ack_by, a.ack_note, a.ack_ticket, a.tickets) == (
         "disp-zhao", "second caller", "HL-0042", ["HL-0042"])
     store.add_note(aid, actor="disp-zhao", now=T + 3, note="third caller", ticket="HL-0050")
     a = store.acknowledge(aid, actor="disp-li", now=T + 4, ticket="HL-0042")
-    assert (a["ack_ticket"], a["tickets"]) == ("HL-0042", ["HL-0042", "HL-0050"])
-    assert store.query().rows[0]["tickets"] == ["HL-0042", "HL-0050"]
+    assert (a.ack_ticket, a.tickets) == ("HL-0042", ["HL-0042", "HL-0050"])
+    assert store.alerts().rows[0].tickets == ["HL-0042", "HL-0050"]
 
 
-def test_silences_list_cancel_and_the_engine_stops_honouring_a_cancelled_one(store: Store) -> None:
+def test_silences_list_cancel_and_the_engine_stops_honouring_a_cancelled_one(
+        store: Store, registry: SiteRegistry) -> None:
     hour = 3_600_000
     running = store.add_silence(station="st001", building=None, start=T - hour, end=T + hour,
                                 reason="pressure test", actor="eng-wang", now=T - hour)
@@ -175,16 +168,16 @@ def test_silences_list_cancel_and_the_engine_stops_honouring_a_cancelled_one(sto
     ended = store.add_silence(station="st002", building=None, start=T - 3 * hour, end=T - 2 * hour,
                               reason="filling", actor="eng-wang", now=T - 3 * hour)
     page = store.silences(now=T)
-    assert page.total == 2 and [(r["id"], r["state"]) for r in page.rows] == [
+    assert page.total == 2 and [(r.id, r.state) for r in page.rows] == [
         (coming, "future"), (running, "active")]
-    assert [r["state"] for r in store.silences(now=T, past=True).rows] == ["future", "active", "ended"]
+    assert [r.state for r in store.silences(now=T, past=True).rows] == ["future", "active", "ended"]
     assert store.silences(now=T, station="st002").total == 0
     assert [s.reason for s in store.active_silences(T)] == ["pressure test", "valve swap"]
 
     got = store.cancel_silence(running, actor="eng-li", now=T + 5)
-    assert (got["state"], got["cancelled_by"], got["cancelled_at"]) == ("cancelled", "eng-li", T + 5)
+    assert (got.state, got.cancelled_by, got.cancelled_at) == ("cancelled", "eng-li", T + 5)
     assert [s.reason for s in store.active_silences(T + 5)] == ["valve swap"]  # what the collector reads
-    assert [(r["id"], r["state"]) for r in store.silences(now=T + 5, past=True).rows] == [
+    assert [(r.id, r.state) for r in store.silences(now=T + 5, past=True).rows] == [
         (coming, "future"), (running, "cancelled"), (ended, "ended")]
     with pytest.raises(Conflict, match="cancelled already by eng-li"):
         store.cancel_silence(running, actor="eng-li", now=T + 6)
@@ -192,24 +185,70 @@ def test_silences_list_cancel_and_the_engine_stops_honouring_a_cancelled_one(sto
         store.cancel_silence(ended, actor="eng-li", now=T + 6)
     with pytest.raises(NotFound):
         store.cancel_silence(999_999, actor="eng-li", now=T)
-    audit = store.audit_log(limit=1)[0]
-    assert (audit["action"], audit["actor"], audit["target"]) == ("silence.cancel", "eng-li", "st001")
+    audit = registry.audit_log(limit=1)[0]
+    assert (audit.action, audit.actor, audit.target) == ("silence.cancel", "eng-li", "st001")
 
 
-def test_a_silence_needs_a_station_the_site_knows(store: Store) -> None:
+def test_a_silence_needs_a_station_the_site_knows(store: Store, registry: SiteRegistry) -> None:
     hour = 3_600_000
     # a new site knows no station yet: nothing to judge against
     store.add_silence(station="st-new", building=None, start=T, end=T + hour, reason="x", actor="e", now=T)
     store.apply([tr("firing", T)])  # st001 b01 raised an alert: known from now on
     store.add_silence(station="st001", building="b09", start=T, end=T + hour, reason="x", actor="e", now=T)
-    with pytest.raises(Unknown, match="station 'st009' is unknown: not in the asset register and never in "
-                                      "an alert"):
+    with pytest.raises(UnknownReference, match="station 'st009' is unknown: not in the asset register and "
+                                               "never in an alert"):
         store.add_silence(station="st009", building=None, start=T, end=T + hour, reason="x", actor="e",
                           now=T)
     assets = parse("station,station_name,building,address,household\n"
                    "st002,和平路换热站,b01,和平路8号院1号楼,HH-1\n")
-    store.import_assets(assets, actor="admin", now=T)
+    registry.import_assets(assets, actor="admin", now=T)
     store.add_silence(station="st002", building="b01", start=T, end=T + hour, reason="x", actor="e", now=T)
-    with pytest.raises(Unknown, match="building 'b07' of station 'st002' is unknown"):
+    with pytest.raises(UnknownReference, match="building 'b07' of station 'st002' is unknown"):
         store.add_silence(station="st002", building="b07", start=T, end=T + hour, reason="x", actor="e",
                           now=T)
+
+
+# -- the database's errors, as the contract's -------------------------------------------------------
+def test_refused_rows_are_the_requests_fault_not_a_crash(site_db: Database, store: Store) -> None:
+    """IntegrityError and DataError leave the store as InvalidInput subclasses that name the store
+    and the constraint (the API answers 409 / 422), on both databases."""
+    from alerting.database import connected
+    from contract.errors import InvalidInput
+
+    insert = schema.alert_events.insert().values(alert_id=999_999, ts=T, kind="ack", state="firing",
+                                                 severity="warning")
+    with pytest.raises(UnknownReference, match=r"^alert store: refers to something not stored") as ref, \
+            connected(site_db.engine, "alert store", write=True) as conn:
+        conn.execute(insert)
+    assert ref.value.reason == "unknown_reference"
+    store.apply([tr("firing", T)])
+    row = store.alerts().rows[0]
+    twice = schema.alerts.insert().values(key=row.key, rule=row.rule, state="firing", severity="warning",
+                                          since=T, last_ts=T, context={})
+    with pytest.raises(Conflict, match=r"^alert store: already stored") as dup, \
+            connected(site_db.engine, "alert store", write=True) as conn:
+        conn.execute(twice)  # a second open episode of one key (the partial unique index)
+    assert dup.value.reason == "duplicate"
+    # PostgreSQL text holds no NUL character; SQLite stores it
+    if site_db.sqlite:
+        assert store.acknowledge(row.id, actor="disp-li", now=T + 1, note="a\x00b").ack_note == "a\x00b"
+    else:
+        with pytest.raises(InvalidInput, match=r"^alert store cannot store a value: .*NUL") as bad:
+            store.acknowledge(row.id, actor="disp-li", now=T + 1, note="a\x00b")
+        assert bad.value.reason == "bad_value"
+        assert store.alert(row.id).ack_by is None  # nothing of it was written
+
+
+def test_the_row_types_read_every_column_the_api_shows(store: Store) -> None:
+    """A typed row is built positionally from the columns its fields name: these are the
+    tables' columns, nothing missing that the API's models show."""
+    from dataclasses import fields
+
+    from alerting.rows import AlertEvent, AlertRow, SilenceRow
+    from api.alerts import AlertEvent as EventPublic
+    from api.alerts import AlertPublic, SilencePublic
+
+    assert set(AlertPublic.model_fields) <= {f.name for f in fields(AlertRow)}
+    assert set(EventPublic.model_fields) <= {f.name for f in fields(AlertEvent)}
+    shown = {f.validation_alias or n for n, f in SilencePublic.model_fields.items()}
+    assert shown <= {f.name for f in fields(SilenceRow)}

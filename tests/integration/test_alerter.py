@@ -266,9 +266,9 @@ def test_command_results_are_recorded_once(tmp_path: Path, mosquitto: Mosquitto,
     cs = CommandStore(store.engine)
     wait_for(lambda: cs.query(station="st001").total == 2, 20, "two results in the store")
     c1 = cs.get("c1")
-    assert (c1["origin"], c1["state"], c1["read_back"]) == ("broker", "confirmed", 70.0)
-    assert len(c1["events"]) == 1  # the redelivery changed nothing
-    assert (cs.get("c4")["state"], cs.get("c4")["result_code"]) == ("failed", 2)
+    assert (c1.origin, c1.state, c1.read_back) == ("broker", "confirmed", 70.0)
+    assert len(c1.events) == 1  # the redelivery changed nothing
+    assert (cs.get("c4").state, cs.get("c4").result_code) == ("failed", 2)
     wait_for(lambda: '"reason": "topic_mismatch"' in procs.log("alerter"), 10, "the mismatch logged")
     store.close()
 

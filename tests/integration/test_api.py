@@ -11,7 +11,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from alerting.store import Store
+from alerting.registry import SiteRegistry
 from api.app import create_app
 from api.influx import InfluxReader
 from collector.influx import InfluxWriter
@@ -24,10 +24,9 @@ from tests.unit.test_payload import GOOD
 
 
 def _token(store_url: str, name: str = "disp-li", role: str = "dispatcher") -> dict[str, str]:
-    s = Store(store_url)
-    s.migrate()
-    token = s.add_token(name=name, role=role, actor="test", now=int(time.time() * 1000))
-    s.close()
+    r = SiteRegistry(store_url).open()
+    token = r.add_token(name=name, role=role, actor="test", now=int(time.time() * 1000))
+    r.close()
     return {"Authorization": f"Bearer {token}"}
 
 

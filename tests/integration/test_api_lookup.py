@@ -16,10 +16,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from alerter.latest import LatestValues
+from alerting.registry import SiteRegistry
 from alerting.store import Store
 from api.app import create_app
 from collector.influx import InfluxWriter
-from contract.alerts import Transition
+from contract.alerts import Quiet, Transition
 from contract.config import ApiConfig, InfluxSettings
 from contract.influx import telemetry_lines
 from contract.payload import decode_telemetry, parse_station_status
@@ -36,9 +37,10 @@ st002,和平路换热站,b01,和平路8号院1号楼,HH-1001,1,501,b01-0501
 
 class Api:
     def __init__(self, client: TestClient, store: Store) -> None:
-        self.client, self.store = client, store
+        self.client, self.store, self.registry = client, store, SiteRegistry(store.db)
         now = int(time.time() * 1000)
-        self.h = {r: {"Authorization": "Bearer " + store.add_token(name=f"{r}-1", role=r, actor="t", now=now)}
+        self.h = {r: {"Authorization": "Bearer " + self.registry.add_token(name=f"{r}-1", role=r, actor="t",
+                                                                           now=now)}
                   for r in ("dispatcher", "admin")}
 
     def lookup(self, params: dict[str, str]) -> Any:
@@ -115,15 +117,15 @@ def test_import_is_all_or_nothing_reports_lines_and_reimport_updates(api: Api) -
         "line 6: building st001/b01 has address '幸福里小区3号楼X' here but '幸福里小区3号楼' on line 2",
         "line 7: station 'st/9' must be 1-64 letters, digits, '_', '.' or '-'",
         "line 8: household 'HH-0001' already on line 2"]
-    assert api.store.find_households("幸福里") == []  # nothing of the failed import was applied
+    assert api.registry.find_households("幸福里") == []  # nothing of the failed import was applied
     assert api.import_csv(CSV, role="dispatcher").status_code == 403
     r = api.import_csv(CSV)
     assert r.json() == {"stations": 2, "buildings": 3, "households": 4, "households_new": 4}
     again = CSV.replace("HH-0002,2,302", "HH-0002,3,302")  # the flat moved unit in the records
     r = api.import_csv(again.encode("gb18030"))  # as a Chinese Excel saves it
     assert r.json()["households_new"] == 0
-    assert api.store.household("HH-0002")["unit"] == "3"  # type: ignore[index]
-    assert len(api.store.find_households("幸福里")) == 3  # updated, not duplicated
+    assert [(h.code, h.unit) for h in api.registry.find_households("HH-0002")] == [("HH-0002", "3")]
+    assert len(api.registry.find_households("幸福里")) == 3  # updated, not duplicated
     assert api.import_csv("household,address\n").status_code == 422
 
 
@@ -136,7 +138,7 @@ def test_lookup_by_code_answers_the_hotline_screen(api: Api) -> None:
                      Transition(key="room_low:st002/b01/b01-0501", rule="room_low", state="firing",
                                 severity="warning", station="st002", building="b01", household="b01-0501",
                                 ts=now, since=now, page=True)])
-    aid = api.store.query(rule=["building_low"]).rows[0]["id"]
+    aid = api.store.alerts(rule=["building_low"]).rows[0].id
     api.store.acknowledge(aid, actor="disp-wang", now=now, note="3 calls from b01", ticket="HL-77")
     body = api.lookup({"household": "HH-0001"})
     assert body["household"]["address"] == "幸福里小区3号楼" and body["household"]["room"] == "301"
@@ -196,3 +198,29 @@ def test_station_detail_and_point_history(api: Api) -> None:
                      ({"point": "secondary_supply_temp", "start": now, "end": now - 1}, "start < end")):
         r = api.client.get("/v1/stations/st001/history", headers=h, params=bad)
         assert r.status_code == 422 and why in r.text, bad
+
+
+def test_lookup_lists_the_gateway_alert_of_a_dead_station(api: Api) -> None:
+    """The asset register names no gateway (the demo's does not): the station's gateway is known
+    from its open gateway_offline alert (its context names the stations behind it), and that
+    alert is on the chain with the station's own station_offline (quiet: inhibited under it)."""
+    api.import_csv(CSV)
+    now = int(time.time() * 1000)
+    api.store.apply([
+        Transition(key="gateway_offline:gw1", rule="gateway_offline", state="firing", severity="major",
+                   gateway="gw1", ts=now - 60_000, since=now - 120_000, page=True,
+                   context={"stations": ["st001"], "offline_since": now - 120_000,
+                            "reason": "will (offline)"}),
+        Transition(key="gateway_offline:gw9", rule="gateway_offline", state="firing", severity="major",
+                   gateway="gw9", ts=now - 60_000, since=now - 120_000, page=True,
+                   context={"stations": ["st002"], "offline_since": now - 120_000,
+                            "reason": "will (offline)"}),
+        Transition(key="station_offline:st001", rule="station_offline", state="firing", severity="major",
+                   station="st001", ts=now - 30_000, since=now - 30_000, quiet=Quiet.INHIBITED,
+                   context={"reason": "no telemetry"})])
+    body = api.lookup({"household": "HH-0003"})  # st001's b02: no room sensor
+    assert sorted((a["rule"], a["gateway"]) for a in body["alerts"]) == [
+        ("gateway_offline", "gw1"), ("station_offline", None)]
+    assert body["verdict"] == "known fault: the station's gateway is offline"
+    other = api.lookup({"household": "HH-1001"})  # st002: behind gw9 only
+    assert [(a["rule"], a["gateway"]) for a in other["alerts"]] == [("gateway_offline", "gw9")]

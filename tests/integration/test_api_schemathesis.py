@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
 from alerting.assets import parse
+from alerting.registry import SiteRegistry
 from alerting.store import Store
 from api.app import create_app
 from contract.alerts import Transition
@@ -39,13 +40,14 @@ def api_app(tmp_path_factory: pytest.TempPathFactory, influxd: Influxd) -> Itera
     store = Store(url)
     store.migrate()
     now = int(time.time() * 1000)
-    store.import_assets(parse(CSV), actor="t", now=now)
+    registry = SiteRegistry(store.db)
+    registry.import_assets(parse(CSV), actor="t", now=now)
     store.apply([Transition(key="room_low:st001/b01/b01-0301", rule="room_low", state="firing",
                             severity="major", station="st001", building="b01", household="b01-0301",
                             ts=now, since=now, page=True),
                  Transition(key="makeup_daily:st001/secondary", rule="makeup_daily", state="firing",
                             severity="major", station="st001", subject="secondary", ts=now, since=now)])
-    TOKEN["Authorization"] = "Bearer " + store.add_token(name="fuzz", role="admin", actor="t", now=now)
+    TOKEN["Authorization"] = "Bearer " + registry.add_token(name="fuzz", role="admin", actor="t", now=now)
     store.close()
     httpx.post(f"{influxd.url}/query", params={"q": "CREATE DATABASE fuzz"}).raise_for_status()
     httpx.post(f"{influxd.url}/write", params={"db": "fuzz", "precision": "ms"},
@@ -57,7 +59,7 @@ def api_app(tmp_path_factory: pytest.TempPathFactory, influxd: Influxd) -> Itera
     control = ApiControl(signing_key=str(folder / "control.key"), mqtt=MqttSettings(port=free_port()))
     app = create_app(ApiConfig(kind="api", influx=InfluxSettings(url=influxd.url, database="fuzz"),
                                store=url, control=control))
-    with TestClient(app):  # runs the lifespan: the store and InfluxDB reader on app.state
+    with TestClient(app):  # runs the lifespan: the stores and InfluxDB reader (api.deps.Services)
         yield app
 
 

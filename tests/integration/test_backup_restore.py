@@ -16,7 +16,8 @@ import sqlalchemy as sa
 import yaml
 
 from alerting.partitions import Leases
-from alerting.store import Store
+from alerting.registry import SiteRegistry
+from alerting.rows import Principal
 from heatwatch.devstack import REPO, Influxd, Postgres, free_port
 
 
@@ -27,14 +28,6 @@ def influx_rpc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Influ
     db.start()
     yield db, rpc
     db.stop()
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    pg = Postgres(free_port())
-    pg.start()
-    yield pg
-    pg.stop()
 
 
 def hw(*args: str) -> subprocess.CompletedProcess[str]:
@@ -66,20 +59,20 @@ def test_backup_and_restore_bring_everything_back(kind: str, influx_rpc: tuple[I
         "spool": {"path": str(tmp_path / "spool.sqlite")}}))
     alerter = tmp_path / "alerter.yaml"
     alerter.write_text(yaml.safe_dump({"kind": "alerter", "alerts": {"store": url}}))
-    store = Store(url)
+    registry = SiteRegistry(url)
     if kind == "postgresql":
-        with store.engine.begin() as conn:
+        with registry.engine.begin() as conn:
             conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    store.migrate()
+    registry.migrate()
     now = int(time.time() * 1000)
-    token = store.add_token(name="disp-li", role="dispatcher", actor="test", now=now)
-    leases = Leases(store.engine, 64, 10_000)  # the rule engine's state: a partition's snapshot
+    token = registry.add_token(name="disp-li", role="dispatcher", actor="test", now=now)
+    leases = Leases(registry.engine, 64, 10_000)  # the rule engine's state: a partition's snapshot
     leases.ensure()
     epochs = leases.take_all("a#1")
-    with store.engine.begin() as conn:
+    with registry.engine.begin() as conn:
         leases.save_state(conn, "a#1", 7, epochs[7], b"engine snapshot \x00\x01", [1, 2], taken_at=now,
                           upto=0)
-    store.close()
+    registry.close()
     hour = 3_600_000
     t0 = (now // hour - 5) * hour
     lines = "\n".join(f"station,station=st001 supply_temp={60 + k % 7}.5 {t0 + k * 10_000}"
@@ -96,11 +89,11 @@ def test_backup_and_restore_bring_everything_back(kind: str, influx_rpc: tuple[I
     assert "backed up: influxdb" in p.stdout and "backed up: alert store" in p.stdout
 
     # the disaster: the store emptied (the engine state with it) and the InfluxDB database gone
-    store = Store(url)
-    with store.engine.begin() as conn:
+    registry = SiteRegistry(url)
+    with registry.engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM api_tokens"))
         conn.execute(sa.text("DELETE FROM partition_state"))
-    store.close()
+    registry.close()
     q(influxd, f'DROP DATABASE "{database}"', database)
     rpc_arg = ("--influx-rpc", f"127.0.0.1:{rpc}")
     refused = hw("restore", str(cfg), str(backup), "--alerter", str(alerter), *rpc_arg)
@@ -110,18 +103,19 @@ def test_backup_and_restore_bring_everything_back(kind: str, influx_rpc: tuple[I
            "--force")
     assert p.returncode == 0, p.stderr
 
-    store = Store(url)
+    registry = SiteRegistry(url)
     try:
-        assert store.principal(token) == ("disp-li", "dispatcher")
-        state = Leases(store.engine, 64, 10_000).load_states([7])[7]
+        assert registry.principal(token) == Principal("disp-li", "dispatcher")
+        state = Leases(registry.engine, 64, 10_000).load_states([7])[7]
         assert state.snapshot == b"engine snapshot \x00\x01" and state.recent == {1, 2}
     finally:
-        store.close()
+        registry.close()
     assert q(influxd, "SELECT count(supply_temp) FROM station", database)[0][1] == 720
     assert q(influxd, 'SELECT count(mean_supply_temp) FROM "rollup_5m"."station"', database)[0][1] == 24
     r = httpx.post(f"{influxd.url}/query", data={"q": "SHOW CONTINUOUS QUERIES"}).json()
     cqs = [v[0] for s_ in r["results"][0]["series"] if s_["name"] == database for v in s_.get("values") or []]
-    assert len(cqs) == 2 and all(c.startswith("heatwatch_rollup_") for c in cqs)  # set up again
+    # set up again: the 5-minute rollup's CQ, the 1-hour one's and its plausible room means
+    assert len(cqs) == 3 and all(c.startswith("heatwatch_rollup_") for c in cqs)
     rps = {v[0]: v[1] for v in q(influxd, f'SHOW RETENTION POLICIES ON "{database}"', database)}
     assert rps["autogen"] == "2160h0m0s" and "rollup_1h" in rps
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from alerting.commands import CommandStore
-from alerting.store import Store
+from alerting.database import Database
 from contract.commands import CommandResult
 from heatwatch.devstack import Influxd, Mosquitto
 from tests.conftest import (
@@ -47,14 +47,14 @@ def test_results_are_recorded_once_and_written_to_influxdb(
                              (topic + "c4", _result("c4", "failed", reason="modbus_exception", code=2,
                                                     read_back=None))])
     stored = wait_for(lambda: influx_query(influxd, influx_db, "SELECT * FROM commands"), 20, "result lines")
-    store = Store(url)
-    cs = CommandStore(store.engine)
+    db = Database(url)
+    cs = CommandStore(db.engine)
     wait_for(lambda: cs.query(station="st001").total == 2, 20, "two results in the store")
     c1 = cs.get("c1")
-    assert (c1["origin"], c1["state"], c1["read_back"]) == ("broker", "confirmed", 70.0)
-    assert len(c1["events"]) == 1  # the redelivery changed nothing
-    assert (cs.get("c4")["state"], cs.get("c4")["result_code"]) == ("failed", 2)
-    store.close()
+    assert (c1.origin, c1.state, c1.read_back) == ("broker", "confirmed", 70.0)
+    assert len(c1.events) == 1  # the redelivery changed nothing
+    assert (cs.get("c4").state, cs.get("c4").result_code) == ("failed", 2)
+    db.close()
     lines = {(r["id"], r["state"]) for r in rows(stored)}
     assert lines >= {("c1", "confirmed")}
     rejects = wait_for(lambda: influx_query(influxd, influx_db, "SELECT * FROM rejects"), 20, "the reject")

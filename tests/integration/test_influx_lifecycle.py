@@ -3,7 +3,8 @@
 `heatwatch influx setup` as a site runs it: an admin created on a fresh auth-enabled influxd,
 users with their grants from the collector and API configs, raw retention as the default policy,
 the 5-minute and 1-hour rollups (retention policies + continuous queries) backfilled over the raw
-data already there. The rollups are checked against aggregates computed here from the samples.
+data already there. The rollups are checked against aggregates computed here from the samples:
+mean/min/max/last/count of every point, and the 1-hour rollup's plausible room means.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 import yaml
 
 from contract.config import load_api_config
-from contract.influx import ROLLUP_1H, ROLLUP_5M, pick_source, rollup_cq
+from contract.influx import ROLLUP_1H, ROLLUP_5M, pick_source, rollup_cqs
 from heatwatch.devstack import REPO, Influxd, Mosquitto, free_port
 from tests.conftest import wait_for, write_collector_config
 
@@ -119,9 +120,15 @@ def test_setup_with_authentication(authdb: AuthInfluxd, tmp_path: Path) -> None:
     assert rps["autogen"]["duration"] == "2160h0m0s" and rps["autogen"]["default"]  # 90 days, default
     assert rps["rollup_5m"]["duration"] == f"{2 * 365 * 24}h0m0s"
     assert rps["rollup_1h"]["duration"] == f"{20 * 365 * 24}h0m0s"
+    assert rps["rollup_1h"]["shardGroupDuration"] == f"{52 * 7 * 24}h0m0s"  # a season in one or two shards
     cqs = [r for r in series(authdb, "SHOW CONTINUOUS QUERIES", admin) if r["name"].startswith("heatwatch")]
-    want = sorted(rollup_cq(DB, "autogen", r)[0] for r in (ROLLUP_5M, ROLLUP_1H))
-    assert sorted(r["name"] for r in cqs) == want
+    want = sorted(name for r in (ROLLUP_5M, ROLLUP_1H) for name, _ in rollup_cqs(DB, "autogen", r))
+    assert sorted(r["name"] for r in cqs) == want and len(want) == 3  # 5m; 1h and its plausible room means
+    # the API's read-only user sees what setup made: the report picks its source by it
+    api_auth = ("api", "api-pw")
+    assert {r["name"] for r in series(authdb, "SHOW RETENTION POLICIES", api_auth)} >= {"rollup_1h"}
+    assert sorted(r["name"] for r in series(authdb, "SHOW CONTINUOUS QUERIES", api_auth)
+                  if r["name"].startswith("heatwatch")) == want
 
     now = int(time.time() * 1000)
     line = [f"station,station=st001 supply_temp=80.5 {now}"]
@@ -167,6 +174,9 @@ def test_rollups_hold_the_aggregates_of_the_raw_samples(influxd: Influxd, tmp_pa
             lines.append(f"station,station={st} supply_temp={temp!r},"
                          f'circ_pump_running={str(running).lower()},x_mode="m{k % 3}" {ts}')
         lines.append(f"household,station=st001,building=b01,household=b01-0101 room_temp={18 + k % 5}.0 {ts}")
+        if k % 120 == 0:  # a sensor every 20 minutes, two of its six readings implausible (1 and 40 °C)
+            lines.append(f"household,station=st001,building=b01,household=b01-0201 "
+                         f"room_temp={ODD[k // 120]} {ts}")
     r = httpx.post(f"{influxd.url}/query", params={"q": f'CREATE DATABASE "{db}"'})
     assert r.status_code == 200
     r = httpx.post(f"{influxd.url}/write", params={"db": db, "precision": "ms"}, content="\n".join(lines))
@@ -177,6 +187,7 @@ def test_rollups_hold_the_aggregates_of_the_raw_samples(influxd: Influxd, tmp_pa
                                    "spool": {"path": str(tmp_path / "spool.sqlite")}}))
     out = hw("influx", "setup", str(cfg))
     assert "backfilled: rollup_5m" in out and "backfilled: rollup_1h" in out
+    assert "retention policy rollup_1h" in out
 
     def get(statement: str) -> list[dict[str, Any]]:
         r = httpx.get(f"{influxd.url}/query", params={"db": db, "q": statement, "epoch": "ms"})
@@ -203,9 +214,24 @@ def test_rollups_hold_the_aggregates_of_the_raw_samples(influxd: Influxd, tmp_pa
                 assert row["max_circ_pump_running"] is any(x[2] for x in rows_)  # ran at all
                 assert row["last_x_mode"] == f"m{(rows_[-1][0] - t0) // 10_000 % 3}"
                 assert "mean_circ_pump_running" not in row or row["mean_circ_pump_running"] is None
+                assert (row["count_supply_temp"] == row["count_x_mode"] == row["count_circ_pump_running"]
+                        == len(temps))
         hh = get(f'SELECT mean_room_temp, max_room_temp FROM "{rollup.rp}"."household" '
-                 f"WHERE time = {t0}ms GROUP BY *")
+                 f"WHERE time = {t0}ms AND household = 'b01-0101' GROUP BY *")
         assert (hh[0]["household"], hh[0]["building"], hh[0]["max_room_temp"]) == ("b01-0101", "b01", 22.0)
+        # a bucket without a sample has no row, no count of 0 (a plain SELECT's count gives 0 there):
+        # the 20-minute sensor has six 5-minute rows in two hours, not twenty-four
+        sparse = get(f'SELECT * FROM "{rollup.rp}"."household" WHERE household = \'b01-0201\'')
+        assert [r_["time"] for r_ in sparse] == sorted({t0 + k * 1_200_000 // b * b for k in range(6)})
+        assert all(r_["count_room_temp"] == (1 if rollup is ROLLUP_5M else 3) for r_ in sparse)
+    # the 1-hour rollup's plausible room means leave the implausible readings out (the report's
+    # sensor-hours); the wildcard mean averages them in
+    one = 'SELECT * FROM "rollup_1h"."household" WHERE household = \'b01-0201\''
+    odd = {r_["time"]: r_ for r_ in get(one)}
+    for h, readings in ((t0, ODD[:3]), (t0 + hour, ODD[3:])):
+        assert odd[h]["mean_room_temp"] == pytest.approx(statistics.fmean(readings))
+        assert odd[h]["plausible_mean_room_temp"] == pytest.approx(
+            statistics.fmean(x for x in readings if 5 <= x <= 35))
 
     # what the API's history reads for the whole day: pick_source's choice, read back
     src = pick_source(t0, t0 + 2 * hour, t0 + 30 * hour, 20, raw_days=90)
@@ -227,6 +253,25 @@ def test_rollups_hold_the_aggregates_of_the_raw_samples(influxd: Influxd, tmp_pa
     row = get(f"SELECT max_supply_temp FROM \"rollup_5m\".\"station\" WHERE station = 'st001' "
               f"AND time = {t0}ms")
     assert row[0]["max_supply_temp"] == 500.0
+
+    # another plausible range in the rule file: the 1-hour rollup's CQs are replaced together and
+    # backfilled with it (the 1 °C reading is plausible from 0.5 °C on)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"kind": "rules", "sensor": {"plausible_min": 0.5}}))
+    data = yaml.safe_load(cfg.read_text())
+    data["rules"] = str(rules)  # the alerter's rule file, named in the collector config
+    cfg.write_text(yaml.safe_dump(data))
+    out = hw("influx", "setup", str(cfg))
+    assert "created: continuous query rollup_1h" in out and "rollup_5m" not in out
+    shown = httpx.get(f"{influxd.url}/query", params={"q": "SHOW CONTINUOUS QUERIES"}).json()
+    names = [v[0] for s_ in shown["results"][0]["series"] if s_["name"] == db for v in s_["values"]
+             if v[0].startswith("heatwatch_rollup_1h_")]
+    assert len(names) == 2 and any(n.endswith("_rooms_0.5_35.0") for n in names)
+    odd = {r_["time"]: r_ for r_ in get(one)}
+    assert odd[t0]["plausible_mean_room_temp"] == pytest.approx(statistics.fmean(ODD[:3]))
+
+
+ODD = (20.0, 1.0, 21.0, 40.0, 22.0, 19.0)  # b01-0201's readings, one every 20 minutes
 
 
 def test_the_collector_sets_up_the_lifecycle_at_start(influxd: Influxd, mosquitto: Mosquitto, tmp_path: Path,

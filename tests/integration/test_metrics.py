@@ -17,10 +17,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from alerting.store import Store
+from alerting.registry import SiteRegistry
 from contract.config import load_gateway_config
 from heatwatch.devstack import REPO, Mosquitto, SimThread, free_port, port_open
-from tests.conftest import Processes, wait_for, write_gateway_config
+from tests.conftest import Processes, Subscriber, wait_for, write_gateway_config
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -64,6 +64,8 @@ def station(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[tuple[Path, SimThr
 def test_gateway_metrics(station: tuple[Path, SimThread, int], mosquitto: Mosquitto,
                          procs: Processes) -> None:
     path, _sim, port = station
+    # the collector's part: receipts after its durable write (here: on arrival)
+    col = Subscriber(mosquitto.port, "heatwatch/v1/station/+/telemetry", persistent=True, receipts=True)
     procs.start("gateway", "gateway", str(path))
     procs.wait_log("gateway", "metrics endpoint")
     st = {"station": "st001"}
@@ -75,7 +77,8 @@ def test_gateway_metrics(station: tuple[Path, SimThread, int], mosquitto: Mosqui
               and (value(s, "heatwatch_gateway_poll_cycles_total", group="fast", **st) or 0) >= 3
               and (value(s, "heatwatch_gateway_modbus_rtt_seconds_count", device="makeup_meter") or 0) >= 3
               and value(s, "heatwatch_gateway_device_state", device="rooms", state="offline") == 1
-              and value(s, "heatwatch_gateway_device_state", device="plc", state="degraded") == 1)
+              and value(s, "heatwatch_gateway_device_state", device="plc", state="degraded") == 1
+              and (value(s, "heatwatch_gateway_receipted_total", **st) or 0) >= 5)
         return s if ok else None
 
     s = wait_for(healthy, 30, "the gateway publishing, the PLC degraded and the rooms offline")
@@ -96,6 +99,9 @@ def test_gateway_metrics(station: tuple[Path, SimThread, int], mosquitto: Mosqui
     assert (value(s, "heatwatch_gateway_poll_cycles_total", group="fast", **st) or 0) >= 3
     assert value(s, "heatwatch_gateway_outbox_max_age_seconds", **st) == 72 * 3600
     assert value(s, "heatwatch_gateway_outbox_dropped_total", **st) == 0
+    assert (value(s, "heatwatch_gateway_receipts_total", **st) or 0) >= 5
+    assert value(s, "heatwatch_gateway_receipts_refused_total", **st) is None
+    assert value(s, "heatwatch_gateway_outbox_unreceipted", **st) is not None
 
     mosquitto.stop()  # the broker goes away: the outbox grows and ages
 
@@ -110,7 +116,8 @@ def test_gateway_metrics(station: tuple[Path, SimThread, int], mosquitto: Mosqui
     assert (value(s, "heatwatch_gateway_outbox_bytes", **st) or 0) > 0
     mosquitto.start()
     wait_for(lambda: (value(scrape(port), "heatwatch_gateway_outbox_oldest_age_seconds", **st) or 0) < 1.0,
-             40, "the backlog sent after the broker is back")
+             40, "the backlog sent and receipted after the broker is back")
+    col.close()
 
 
 def test_two_gateway_configs_naming_different_endpoints_are_refused(tmp_path: Path) -> None:
@@ -130,10 +137,9 @@ def test_two_gateway_configs_naming_different_endpoints_are_refused(tmp_path: Pa
 
 def test_api_metrics_with_two_workers_count_every_request_by_route(tmp_path: Path, procs: Processes) -> None:
     store_url = f"sqlite:///{tmp_path / 'alerts.sqlite'}"
-    store = Store(store_url)
-    store.migrate()
-    token = store.add_token(name="disp", role="dispatcher", actor="test", now=0)
-    store.close()
+    registry = SiteRegistry(store_url).open()
+    token = registry.add_token(name="disp", role="dispatcher", actor="test", now=0)
+    registry.close()
     api_port, metrics_port = free_port(), free_port()
     cfg = tmp_path / "api.yaml"
     cfg.write_text(yaml.safe_dump({

@@ -5,7 +5,8 @@ judged by the rule engine into a real alert store. Every figure the report gives
 against a computation in this file from the raw samples the season wrote — plain Python over
 the samples, sharing no code with report/compute.py or InfluxDB's aggregation — and against
 what the scenario makes known (which station leaks, which building was cold, how long the link
-was down)."""
+was down). Each figure twice: from the raw data, and from a copy of it that `heatwatch influx
+setup` rolled up (the report then reads the 1-hour rollup) — the two reports are the same."""
 
 from __future__ import annotations
 
@@ -32,19 +33,23 @@ from openpyxl import load_workbook
 from PIL import Image
 
 from alerting.assets import parse
+from alerting.commands import CommandStore, NewCommand
+from alerting.registry import SiteRegistry
 from alerting.store import Store
 from api.app import create_app
 from api.influx import InfluxReader
+from collector.lifecycle import setup
 from contract.alerts import AlertRules
-from contract.config import InfluxSettings, load_api_config, load_gateway_config
-from contract.report import HourlyRooms
+from contract.commands import CommandResult
+from contract.config import InfluxSettings, LifecycleSettings, load_api_config, load_gateway_config
 from dashboards import build
-from heatwatch.devstack import Influxd
+from heatwatch.devstack import REPO, Influxd
 from heatwatch.season import StationSpec, Truth, influx_writer, run
 from report import source
 from report.model import RefundBand, Report, ReportSettings
 from simulator.physics import Event
 from tests.conftest import influx_query, write_gateway_config
+from tests.control_helpers import write_keys
 
 H, D = 3_600_000, 86_400
 TZ = dt.timezone(dt.timedelta(hours=8))
@@ -59,6 +64,11 @@ BANDS = [RefundBand(name="≤ 2 K", above_k=0, up_to_k=2, refund_pct=10),
          RefundBand(name="> 6 K", above_k=6, refund_pct=100)]
 ACK_AFTER_MIN = 15
 PERIOD = "2025-12"
+# st002's b01-0301 reads an implausible 1 °C (flagged uncertain) two samples an hour on Dec 5,
+# 10:00–22:00, and every sample 22:00–24:00: those hours' plausible mean is the other readings',
+# the last two have none. An hourly mean over every reading would make ten warm hours cold.
+ODD_SENSOR = ("st002", "b01", "b01-0301")
+ODD_FROM = P0 + 4 * D * 1000 + 10 * H
 
 
 @dataclass
@@ -69,9 +79,12 @@ class Season:
     database: str
     ctx: source.Context
     report: Report
+    rolled: Report  # the same season read from the 1-hour rollup
+    rolled_db: str
     tickets: list[str]
     folder: Path
     api_config: Path
+    commands: Commands
 
 
 def _register() -> str:
@@ -92,9 +105,9 @@ def season(tmp_path_factory: pytest.TempPathFactory, influxd: Influxd) -> Iterat
     folder = tmp_path_factory.mktemp("report")
     store = Store(f"sqlite:///{folder / 'alerts.sqlite'}")
     store.migrate()
-    store.import_assets(parse(_register()), actor="test", now=P0)
-    gw = load_gateway_config(write_gateway_config(folder / "gw", "st001", mqtt_port=1883, plc_port=15011,
-                                                  bus_port=15012, fast_s=600, slow_s=600))
+    SiteRegistry(store.db).import_assets(parse(_register()), actor="test", now=P0)
+    gw = load_gateway_config(_with_control(write_gateway_config(
+        folder / "gw", "st001", mqtt_port=1883, plc_port=15011, bus_port=15012, fast_s=600, slow_s=600)))
     specs = [
         StationSpec("st001", config=gw, events=[
             Event("cold_building", 4 * D, 8 * D, building="b02"),  # 4 days ~14.5 °C: refund band 2–6 K
@@ -111,6 +124,7 @@ def season(tmp_path_factory: pytest.TempPathFactory, influxd: Influxd) -> Iterat
     database = "report_season"
     truth = run(specs, START, 31, step_s=600, rules=AlertRules(), cold_snaps=COLD_SNAPS,
                 write=influx_writer(influxd.url, database), store=store)
+    _implausible(influxd, database, truth)
     # the dispatch room answers: every fired alert of the big rules acknowledged 15 min after it
     # fired, with the hotline ticket of the caller; one note with a ticket as well
     tickets = []
@@ -120,21 +134,19 @@ def season(tmp_path_factory: pytest.TempPathFactory, influxd: Influxd) -> Iterat
             store.acknowledge(a["id"], actor="disp-li", now=a["fired_at"] + ACK_AFTER_MIN * 60_000,
                               note="caller reports cold rooms", ticket=t)
             tickets.append(t)
+    commands = _commands(store)
     first = store.query(limit=1, rule=["makeup_rate"]).rows[0]
     store.add_note(first["id"], actor="eng-wang", now=first["fired_at"] + 3 * H, note="valve found open",
                    ticket="HL-9999")
     tickets.append("HL-9999")
     ctx = source.Context(settings=ReportSettings(company="幸福热力公司", refund_bands=BANDS),
                          rules=AlertRules(), plans=source.plans_from([gw]))
-    reader = InfluxReader(InfluxSettings(url=influxd.url, database=database))
-
-    async def make() -> Report:
-        try:
-            return await source.report(reader.query_many, store, ctx, PERIOD, NOW)
-        finally:
-            await reader.close()
-
-    rep = asyncio.run(make())
+    rep = _report(influxd, database, store, ctx)
+    # a copy of the raw data, rolled up by `heatwatch influx setup` as a site does it
+    rolled_db = f"{database}_rolled"
+    _copy(influxd, database, rolled_db)
+    _influx_setup(influxd, rolled_db, folder / "rolled")
+    rolled = _report(influxd, rolled_db, store, ctx)
     # the same settings as files, for the API and the command line
     (folder / "report.yaml").write_text(yaml.safe_dump({
         "kind": "report", "company": "幸福热力公司", "gateways": ["gw/st*.yaml"],
@@ -143,8 +155,138 @@ def season(tmp_path_factory: pytest.TempPathFactory, influxd: Influxd) -> Iterat
     api_config.write_text(yaml.safe_dump({
         "kind": "api", "influx": {"url": influxd.url, "database": database},
         "store": f"sqlite:///{folder / 'alerts.sqlite'}", "report": "report.yaml"}))
-    yield Season(truth, store, influxd, database, ctx, rep, tickets, folder, api_config)
+    yield Season(truth, store, influxd, database, ctx, rep, rolled, rolled_db, tickets, folder, api_config,
+                 commands)
     store.close()
+
+
+def _with_control(path: Path) -> Path:
+    """st001's gateway takes remote commands (a control: block): the entrance valve setpoints its
+    map makes writable (b01–b03) are what it announces."""
+    _, _, public = write_keys(path.parent / "keys")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["control"] = {"public_keys": [str(public)], "ledger": str(path.parent / "ledger.sqlite")}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@dataclass
+class Commands:
+    """What the season's commands make known: outcome of each command issued in December."""
+
+    outcomes: dict[str, str]  # command id → its state as the API shows it
+    proof: str  # the command that proved st001's b01
+
+
+def _commands(store: Store) -> Commands:
+    """Remote commands through the command store's own calls, as the API creates, confirms, claims
+    and marks them sent and the collector records the gateways' results: st001's b01 valve
+    confirmed twice (the first proves it), b02's failed and another read back otherwise, b03's
+    refused by the gateway and one sent with no answer ever; a station-wide setpoint confirmed by
+    a second engineer and written, another never confirmed; st003's gateway answering a command
+    this API never issued (origin broker); b03's confirmed in November (not this period)."""
+    cs = CommandStore(store.db.engine)
+    t = P0 + 2 * D * 1000
+
+    def new(cid: str, at: int, building: str | None, point: str = "building_valve_setpoint",
+            value: float = 70.0) -> None:
+        cs.create(NewCommand(id=cid, station="st001", device="plc", point=point, building=building,
+                             household=None, value=value, old_value=60.0, needs_confirmation=building is None,
+                             issuer="eng-wang", reason="rooms at 16 °C", ticket=f"HL-{cid}", created_at=at,
+                             deadline=at + 300_000, payload=None if building is None else b"signed"))
+
+    def result(cid: str, at: int, building: str | None, state: str, station: str = "st001",
+               point: str = "building_valve_setpoint", **kw: object) -> CommandResult:
+        return CommandResult.model_validate({
+            "id": cid, "station": station, "gateway": f"gw-{station}", "state": state, "device": "plc",
+            "point": point, "building": building, "value": 70.0, "ts": at + 2_000, **kw})
+
+    plan = [("c-b01", t, "b01", "confirmed", {"read_back": 70.0}),
+            ("c-b02", t + H, "b02", "failed", {"reason": "modbus_exception", "code": 4}),
+            ("c-b02-mismatch", t + 2 * H, "b02", "mismatch", {"read_back": 65.0}),
+            ("c-b03", t + 3 * H, "b03", "rejected", {"reason": "step"}),
+            ("c-b01-again", t + 5 * D * 1000, "b01", "confirmed", {"read_back": 70.0})]
+    for cid, at, b, state, kw in plan:
+        new(cid, at, b)
+        cs.mark_sent(cid, at + 100)
+        cs.record_results([result(cid, at, b, state, **kw)], at + 2_100)
+    new("c-b03-silent", t + 4 * H, "b03")  # sent; the gateway never answered
+    cs.mark_sent("c-b03-silent", t + 4 * H + 100)
+    sp = "secondary_supply_temp_setpoint"
+    new("c-supply", t + 6 * H, None, sp, 55.0)
+    cs.confirm("c-supply", actor="eng-li", now=t + 6 * H + 60_000)
+    cs.set_payload("c-supply", b"signed")
+    cs.mark_sent("c-supply", t + 6 * H + 60_100)
+    cs.record_results([result("c-supply", t + 6 * H + 60_000, None, "confirmed", point=sp, read_back=55.0)],
+                      t + 6 * H + 62_000)
+    new("c-supply-unconfirmed", t + 7 * H, None, sp, 56.0)
+    assert cs.claim(t + 8 * H) == []  # the sender's next turn expires it: not confirmed in time
+    cs.record_results([result("c-st003", t + 8 * H, "b01", "confirmed", station="st003", read_back=70.0)],
+                      t + 8 * H + 2_100)
+    new("c-november", P0 - 3 * D * 1000, "b03")
+    cs.mark_sent("c-november", P0 - 3 * D * 1000 + 100)
+    cs.record_results([result("c-november", P0 - 3 * D * 1000, "b03", "confirmed", read_back=70.0)], P0)
+    return Commands({"c-b01": "confirmed", "c-b02": "failed", "c-b02-mismatch": "mismatch",
+                     "c-b03": "rejected", "c-b01-again": "confirmed", "c-b03-silent": "unknown",
+                     "c-supply": "confirmed", "c-supply-unconfirmed": "expired", "c-st003": "confirmed"},
+                    "c-b01")
+
+
+def _report(influxd: Influxd, database: str, store: Store, ctx: source.Context) -> Report:
+    reader = InfluxReader(InfluxSettings(url=influxd.url, database=database))
+
+    async def make() -> Report:
+        try:
+            return await source.report(reader.query_many, store, ctx, PERIOD, NOW, database=database)
+        finally:
+            await reader.close()
+
+    return asyncio.run(make())
+
+
+def _implausible(influxd: Influxd, database: str, truth: Truth) -> None:
+    """Overwrite some of ODD_SENSOR's readings with 1 °C, flagged as the gateway flags a reading
+    outside the plausible range; the truth records them as it records every uncertain reading."""
+    st, b, h = ODD_SENSOR
+    odd = {t for t, _ in truth.rooms[ODD_SENSOR] if ODD_FROM <= t < ODD_FROM + 14 * H
+           and (t >= ODD_FROM + 12 * H or (t - ODD_FROM) % H < 20 * 60_000)}
+    assert len(odd) == 12 * 2 + 2 * 6
+    lines = [f"household,station={st},building={b},household={h} "
+             f'room_temp=1.0,room_temp_quality="uncertain" {t}' for t in sorted(odd)]
+    r = httpx.post(f"{influxd.url}/write", params={"db": database, "precision": "ms"},
+                   content="\n".join(lines))
+    assert r.status_code == 204, r.text
+    truth.rooms[ODD_SENSOR] = [(t, None if t in odd else v) for t, v in truth.rooms[ODD_SENSOR]]
+
+
+def _copy(influxd: Influxd, src: str, dst: str) -> None:
+    for q in (f'CREATE DATABASE "{dst}"',
+              f'SELECT * INTO "{dst}"."autogen".:MEASUREMENT FROM "{src}"."autogen"./.*/ GROUP BY *'):
+        r = httpx.post(f"{influxd.url}/query", params={"db": src, "q": q}, timeout=120)
+        assert r.status_code == 200 and "error" not in r.json()["results"][0], r.text
+
+
+def _influx_setup(influxd: Influxd, database: str, folder: Path) -> str:
+    """`heatwatch influx setup` on a collector config for ``database``: the rollups' retention
+    policies and continuous queries, backfilled over the raw data (kept ten years here: the
+    season is a year old)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = folder / "collector.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "kind": "collector", "influx": {"url": influxd.url, "database": database, "lifecycle": {
+            "raw_days": 3650, "rollup_5m_days": 3650, "rollup_1h_days": 3650, "setup_at_start": False}},
+        "spool": {"path": str(folder / "spool.sqlite")}}))
+    p = subprocess.run([sys.executable, "-m", "heatwatch", "influx", "setup", str(cfg)], capture_output=True,
+                       text=True, cwd=REPO, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "backfilled: rollup_1h" in p.stdout, p.stdout
+    return p.stdout
+
+
+@pytest.fixture(params=["raw", "rollup"])
+def rep(season: Season, request: pytest.FixtureRequest) -> Report:
+    """The report from the raw data, and from the 1-hour rollup: every figure checked for both."""
+    return season.report if request.param == "raw" else season.rolled
 
 
 # -- the independent computation: plain Python over the samples the season wrote --------------
@@ -231,17 +373,17 @@ def _band(low: list[tuple[int, float]]) -> str | None:
 
 
 # -- the checks -----------------------------------------------------------------------------
-def test_period_and_cold_days(season: Season) -> None:
-    p = season.report.period
+def test_period_and_cold_days(season: Season, rep: Report) -> None:
+    p = rep.period
     assert (p.start, p.end, p.data_end) == (P0, P1, P1)
     assert p.cold_days == ["2025-12-18", "2025-12-19"]  # the scenario's cold snap, and only it
     assert {dt.date(1970, 1, 1) + dt.timedelta(days=d) for d in _cold_days(season.truth)} == {
         dt.date(2025, 12, 18), dt.date(2025, 12, 19)}
-    assert season.report.company == "幸福热力公司" and season.report.stations == ["st001", "st002", "st003"]
+    assert rep.company == "幸福热力公司" and rep.stations == ["st001", "st002", "st003"]
 
 
-def test_makeup_against_the_raw_totalizer(season: Season) -> None:
-    by = {s.station: s for s in season.report.makeup.stations}
+def test_makeup_against_the_raw_totalizer(season: Season, rep: Report) -> None:
+    by = {s.station: s for s in rep.makeup.stations}
     truth = season.truth
     for st in ("st001", "st002", "st003"):
         last: dict[int, float] = {}
@@ -273,7 +415,7 @@ def test_makeup_against_the_raw_totalizer(season: Season) -> None:
     assert s1.passed and 0.3 < (s1.rate_pct or 0) < 0.5
     assert s2.passed is False and 2.7 < (s2.rate_pct or 0) < 3.1 and 0.7 < (s2.margin_pp or 0) < 1.1
     assert s3.passed and (s3.rate_pct or 0) > (s1.rate_pct or 0)  # the evening theft shows, under the limit
-    mk = season.report.makeup
+    mk = rep.makeup
     assert (mk.passing, mk.failing, mk.no_data) == (2, 1, 0)
     company = mk.company[0]
     assert company.rate_pct == pytest.approx(
@@ -286,10 +428,10 @@ def test_makeup_against_the_raw_totalizer(season: Season) -> None:
     assert not [i for i in mk.incidents if i.station == "st001"]
 
 
-def test_room_pass_rate_bands_and_longest_against_the_raw_readings(season: Season) -> None:
+def test_room_pass_rate_bands_and_longest_against_the_raw_readings(season: Season, rep: Report) -> None:
     rooms = _rooms(season)
-    rep = season.report.rooms
-    for st in rep.stations:
+    part = rep.rooms
+    for st in part.stations:
         mine = {k: r for k, r in rooms.items() if k[0] == st.station}
         hours, passing = sum(r.hours for r in mine.values()), sum(r.passing for r in mine.values())
         assert (st.hours, st.passing) == (hours, passing), st.station
@@ -306,28 +448,28 @@ def test_room_pass_rate_bands_and_longest_against_the_raw_readings(season: Seaso
                 want[band] += 1
         assert st.bands == {b.name: want.get(b.name, 0) for b in BANDS}, st.station
     total_h = sum(r.hours for r in rooms.values())
-    assert rep.hours == total_h and rep.passing == sum(r.passing for r in rooms.values())
+    assert part.hours == total_h and part.passing == sum(r.passing for r in rooms.values())
     # the longest below 18 °C: hours, longest run and band as the raw readings give them
-    for low in rep.longest:
+    for low in part.longest:
         r = rooms[(low.station, low.building, low.sensor)]
         assert low.hours_below == len(r.low)
         assert low.longest_h == max(len(x) for x in _runs(r.low))
         assert low.band == _band(r.low)
     order = sorted((k for k, r in rooms.items() if r.low),
                    key=lambda k: (-len(rooms[k].low), -max(len(x) for x in _runs(rooms[k].low)), k))
-    assert [(x.station, x.building, x.sensor) for x in rep.longest] == order[: len(rep.longest)]
+    assert [(x.station, x.building, x.sensor) for x in part.longest] == order[: len(part.longest)]
     # what the scenario makes known: st001's b02 was cold four days (≈ 14.5 °C: 2–6 K short), and
     # the sensor that stuck for four days and the broken one lost hours to sensor faults
-    st1 = next(s for s in rep.stations if s.station == "st001")
+    st1 = next(s for s in part.stations if s.station == "st001")
     assert st1.bands["2–6 K"] >= 4
-    b02 = {x.sensor: x for x in rep.longest if x.station == "st001" and x.building == "b02"}
+    b02 = {x.sensor: x for x in part.longest if x.station == "st001" and x.building == "b02"}
     assert len(b02) == 4 and all(x.longest_h >= 90 and x.band == "2–6 K" for x in b02.values())
     assert st1.fault_hours > 0
-    assert next(x for x in rep.longest if x.sensor == "b02-0101").code == "S1-b02-1"
+    assert next(x for x in part.longest if x.sensor == "b02-0101").code == "S1-b02-1"
 
 
-def test_information_management_against_the_raw_samples(season: Season) -> None:
-    info = {s.station: s for s in season.report.information.stations}
+def test_information_management_against_the_raw_samples(season: Season, rep: Report) -> None:
+    info = {s.station: s for s in rep.information.stations}
     hours = (P1 - P0) // H
     # st001 has a gateway config: every point polled every 600 s, 6 samples an hour each
     st1 = info["st001"]
@@ -354,9 +496,9 @@ def test_information_management_against_the_raw_samples(season: Season) -> None:
     assert all(b.sensors_reporting == 4 for b in info["st003"].buildings)
 
 
-def test_service_against_the_store(season: Season) -> None:
+def test_service_against_the_store(season: Season, rep: Report) -> None:
     rows = [a for a in season.store.query(limit=500).rows if P0 <= a["since"] < P1]
-    svc = season.report.service
+    svc = rep.service
     assert svc.raised == len(rows)
     by_rule: dict[str, int] = defaultdict(int)
     for a in rows:
@@ -374,17 +516,55 @@ def test_service_against_the_store(season: Season) -> None:
     assert per["st003"].by_rule.get("station_offline") == 1
 
 
-def test_remote_control_and_what_is_missing(season: Season) -> None:
-    rc = season.report.remote_control
-    assert not rc.wired and rc.controllable == 3 and rc.proven == 0
-    assert {s.station: s.controllable for s in rc.stations}["st001"] == ["b01", "b02", "b03"]
-    missing = "\n".join(season.report.missing)
+def test_remote_control_from_the_commands_table(season: Season, rep: Report) -> None:
+    """Controllable: the buildings whose valve st001's gateway config maps writable under its
+    control: block; proven: b01, by the first of its two confirmed commands (b02's failed and its
+    read-back mismatch prove nothing, nor does a station-wide setpoint); commands of December by
+    their state as the API shows them — against the store's own rows."""
+    rc = rep.remote_control
+    assert rc.wired and rc.controllable == 3 and rc.proven == 1
+    by = {s.station: s for s in rc.stations}
+    assert by["st001"].controllable == ["b01", "b02", "b03"] and by["st001"].source == "config"
+    assert by["st001"].proven == ["b01"]
+    assert by["st003"].controllable == [] and by["st003"].source is None and by["st003"].proven == []
+    want: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    cs = CommandStore(season.store.db.engine)
+    rows = [r for r in cs.query(limit=100).rows if P0 <= r.created_at < P1]
+    assert {r.id for r in rows} == set(season.commands.outcomes)  # November's is left out
+    for r in rows:
+        shown = "unknown" if r.state == "sent" and r.deadline < NOW else r.state
+        assert shown == season.commands.outcomes[r.id], r.id
+        want[r.station][shown] += 1
+    for st, outcomes in want.items():
+        assert by[st].commands == dict(sorted(outcomes.items())), st
+    assert rc.commands == {"confirmed": 4, "expired": 1, "failed": 1, "mismatch": 1, "rejected": 1,
+                           "unknown": 1}
+    [proof] = rc.proofs
+    assert (proof.station, proof.building, proof.command, proof.ticket) == (
+        "st001", "b01", season.commands.proof, "HL-c-b01")
+    assert proof.at == cs.get(season.commands.proof).result_at
+
+
+def test_what_is_missing(season: Season, rep: Report) -> None:
+    missing = "\n".join(rep.missing)
     assert "st003" in missing and "heated area" in missing
-    assert "not wired" in missing
-    st2 = next(s for s in season.report.makeup.stations if s.station == "st002")
+    assert "remotely controllable valves of 2 station(s) (st002, st003)" in missing
+    assert "commands table" not in missing
+    st2 = next(s for s in rep.makeup.stations if s.station == "st002")
     assert st2.area_m2 == 42000 and st2.name == "和平里换热站"
 
 
+def test_a_gateway_without_control_announces_no_valve(tmp_path: Path) -> None:
+    """The map's write: blocks alone do not make a valve remotely controllable: without a
+    control: block the gateway takes no command and its status lists no writable point."""
+    plain = load_gateway_config(write_gateway_config(tmp_path, "st001", mqtt_port=1883, plc_port=15011,
+                                                     bus_port=15012))
+    assert any(p.write is not None and p.point == "building_valve_setpoint"
+               for d in plain.resolved for p in d.points)
+    assert source.plans_from([plain])["st001"].controllable == set()
+    ctl = load_gateway_config(_with_control(write_gateway_config(
+        tmp_path / "ctl", "st001", mqtt_port=1883, plc_port=15011, bus_port=15012)))
+    assert source.plans_from([ctl])["st001"].controllable == {"b01", "b02", "b03"}
 
 
 # -- delivered as: API, spreadsheet, PDF, command line ----------------------------------------
@@ -395,7 +575,7 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 @pytest.fixture(scope="module")
 def api(season: Season) -> Iterator[tuple[TestClient, dict[str, dict[str, str]]]]:
     now = int(time.time() * 1000)
-    auth = {role: {"Authorization": "Bearer " + season.store.add_token(
+    auth = {role: {"Authorization": "Bearer " + SiteRegistry(season.store.db).add_token(
         name=f"report-{role}", role=role, actor="test", now=now)} for role in ("dispatcher", "engineer")}
     with TestClient(create_app(load_api_config(season.api_config))) as client:
         yield client, auth
@@ -440,6 +620,16 @@ def test_spreadsheet_has_a_sheet_per_part_with_the_figures(
     st1 = next(x for x in rooms if x[0] == "st001")
     assert st1[4] == next(s for s in season.report.rooms.stations if s.station == "st001").rate_pct
     assert wb["Summary"]["A1"].value.startswith("幸福热力公司")
+    remote = list(wb["Remote control"].iter_rows(values_only=True))
+    head = remote[1]
+    st1 = next(x for x in remote if x[0] == "st001")
+    rc = {s.station: s for s in season.report.remote_control.stations}["st001"]
+    col = {name: st1[j] for j, name in enumerate(head)}
+    assert (col["controllable"], col["from"], col["proven buildings"]) == (3, "config", "b01")
+    for outcome, n in rc.commands.items():
+        assert st1[head.index(f"commands {outcome}")] == n, outcome
+    assert next(x for x in remote if x[0] == "st003")[head.index("commands confirmed")] == 1
+    assert ("st001", "b01", season.commands.proof) in {x[:3] for x in remote}
 
 
 def test_pdf_renders_with_headings_charts_and_tables(
@@ -460,6 +650,9 @@ def test_pdf_renders_with_headings_charts_and_tables(
                     "Missing figures"):
         assert heading in text, heading
     assert "S1-b02-1" in text  # a household below the standard, by its code
+    remote = text[text.index("Building remote control"):text.index("Missing figures")]
+    assert "b01, b02, b03" in remote and season.commands.proof in remote and "HL-c-b01" in remote
+    assert "Valves proven" in remote
     # rendered to images (pdftoppm): each page is a real picture, not blank
     out = season.folder / "page"
     subprocess.run(["pdftoppm", "-png", "-r", "50", str(pdf), str(out)], check=True)
@@ -535,29 +728,147 @@ def test_dashboard_figures_match_the_raw_samples(season: Season) -> None:
     assert makeup["st002"] > 2.0 > makeup["st001"]
 
 
-def test_rooms_from_stored_hourly_means_match_the_raw_path(season: Season) -> None:
-    """``rooms_hourly``: the seam for hourly rollups. Built here the way the site's 1-hour rollup
-    stores them (retention policy rollup_1h, the same measurement and tags, ``mean(*)`` giving
-    ``mean_room_temp``), the report's room figures read from it must be exactly those averaged
-    from the raw readings."""
-    db = season.database
-    httpx.post(f"{season.influx.url}/query", params={
-        "q": f'CREATE RETENTION POLICY "rollup_1h" ON "{db}" DURATION INF REPLICATION 1'}).raise_for_status()
-    httpx.post(f"{season.influx.url}/query", params={"db": db, "q": (
-        f'SELECT mean(*) INTO "{db}"."rollup_1h".:MEASUREMENT FROM "{db}"."autogen"."household" '
-        f"WHERE time >= {P0}ms AND time < {P1}ms GROUP BY time(3600s), *")}).raise_for_status()
-    hourly = HourlyRooms(retention_policy="rollup_1h", measurement="household", field="mean_room_temp")
-    ctx = source.Context(settings=season.ctx.settings.model_copy(update={"rooms_hourly": hourly}),
-                         rules=season.ctx.rules, plans=season.ctx.plans)
-    reader = InfluxReader(InfluxSettings(url=season.influx.url, database=season.database))
+# -- the 1-hour rollup ------------------------------------------------------------------------
+def _without_notes(r: Report) -> dict[str, Any]:
+    return {**r.model_dump(mode="json"), "notes": [], "generated_at": 0}
 
-    async def make() -> Report:
+
+def test_the_rollup_gives_the_figures_of_the_raw_data(season: Season) -> None:
+    """The same season from the raw data and from its 1-hour rollup: the same report, and the
+    notes say which source each read (the raw database has no rollup: `influx setup` never ran)."""
+    assert _without_notes(season.rolled) == _without_notes(season.report)
+    assert season.rolled.notes[0].startswith("Read from the 1-hour rollup")
+    assert season.report.notes[0].startswith("No 1-hour rollup here")
+    assert season.rolled.notes[1:] == season.report.notes[1:]
+
+
+def test_implausible_readings_stay_out_of_the_rollups_sensor_hours(season: Season) -> None:
+    """The wildcard rollup averages ODD_SENSOR's 1 °C readings in (the hours it gives are cold);
+    the plausible mean the report reads averages only the readings in 5–35 °C, as the raw path
+    does, and has no row for the hours without one."""
+    st, _, h = ODD_SENSOR
+    got = influx_query(season.influx, season.rolled_db, (
+        'SELECT "mean_room_temp", "plausible_mean_room_temp" FROM "rollup_1h"."household" '
+        f"WHERE \"household\" = '{h}' AND \"station\" = '{st}' AND time >= {ODD_FROM}ms "
+        f"AND time < {ODD_FROM + 14 * H}ms"))
+    rows_ = {v[0]: v for v in got[0]["values"]}
+    want: dict[int, list[float]] = defaultdict(list)
+    for t, v in season.truth.rooms[ODD_SENSOR]:
+        if ODD_FROM <= t < ODD_FROM + 14 * H and v is not None:
+            want[_hour(t)].append(v)
+    assert len(rows_) == 14 and len(want) == 12
+    for hour, (_, everything, plausible) in rows_.items():
+        if hour in want:
+            assert plausible == pytest.approx(statistics.fmean(want[hour]), abs=1e-9)
+            assert everything < 18 <= plausible  # a warm room the wildcard mean would call cold
+        else:
+            assert plausible is None and everything == 1.0
+    # and the report counts those hours as the raw readings give them (the rooms check above
+    # holds for the odd sensor too): twelve warm sensor-hours on Dec 5, none below 18 °C
+    assert all(not (ODD_FROM <= t < ODD_FROM + 14 * H) for t, _ in _rooms(season)[ODD_SENSOR].low)
+
+
+def test_rooms_from_raw_when_the_rollup_uses_another_plausible_range(season: Season) -> None:
+    """A rule file whose plausible range differs from the rollup's: rooms are averaged from the raw
+    readings (with a note naming both ranges) and agree with the raw database's report; ``rollups:
+    off`` reads everything raw."""
+    rules = AlertRules.model_validate({"sensor": {"plausible_min": 4.0}})
+    ctx = source.Context(settings=season.ctx.settings, rules=rules, plans=season.ctx.plans)
+    other = _report(season.influx, season.rolled_db, season.store, ctx)
+    assert "room sensor-hours averaged from the raw readings" in other.notes[0]
+    assert "5–35 °C" in other.notes[0] and "4–35 °C" in other.notes[0]
+    assert other.rooms == _report(season.influx, season.database, season.store, ctx).rooms
+    assert other.makeup == season.rolled.makeup
+    off = source.Context(settings=season.ctx.settings.model_copy(update={"rollups": "off"}),
+                         rules=season.ctx.rules, plans=season.ctx.plans)
+    raw = _report(season.influx, season.rolled_db, season.store, off)
+    assert raw.notes[0].startswith("Rollups off in the report settings")
+    assert _without_notes(raw) == _without_notes(season.report)
+
+
+def test_hours_the_rollup_does_not_hold_are_read_raw(influxd: Influxd, tmp_path: Path) -> None:
+    """Raw hours the rollup does not cover — written after its backfill (a collector that made the
+    CQs at start rolls up only from then), or rolled up by an older heatwatch without counts (and
+    their raw data since gone): the report says so and reads the raw data; once the hours are
+    backfilled it reads the rollup again."""
+    db = f"report_old_{int(time.time() * 1000)}"
+    t0 = P0 + 10 * D * 1000  # Dec 11 00:00 local
+
+    def station(start: int, hours: int) -> str:
+        return "\n".join(f"station,station=st009 makeup_total={100 + (start - t0) / 1_200_000 + k * 0.5},"
+                         f"secondary_flow=100.0,outdoor_temp=-2.0 {start + k * 600_000}"
+                         for k in range(6 * hours))
+
+    httpx.post(f"{influxd.url}/query", params={"q": f'CREATE DATABASE "{db}"'}).raise_for_status()
+    httpx.post(f"{influxd.url}/write", params={"db": db, "precision": "ms"},
+               content=station(t0, 48)).raise_for_status()
+    folder = tmp_path / "cfg"
+    _influx_setup(influxd, db, folder)
+    store = Store(f"sqlite:///{tmp_path / 'alerts.sqlite'}")
+    store.migrate()
+    ctx, off = source.Context(), source.Context(settings=ReportSettings(rollups="off"))
+    current = _report(influxd, db, store, ctx)
+    assert current.notes[0].startswith("Read from the 1-hour rollup")
+    # a day of raw data before the rollup's first hour
+    httpx.post(f"{influxd.url}/write", params={"db": db, "precision": "ms"},
+               content=station(t0 - D * 1000, 24)).raise_for_status()
+    got = _report(influxd, db, store, ctx)
+    assert got.notes[0].startswith("The 1-hour rollup starts at 2025-12-11 00:00, the raw data at 2025-12-10 "
+                                   "00:00 (run `heatwatch influx backfill`"), got.notes[0]
+    assert _without_notes(got) == _without_notes(_report(influxd, db, store, off))
+    assert got.makeup.stations[0].networks[0].judged_hours == 71
+    cfg = str(folder / "collector.yaml")
+    p = subprocess.run([sys.executable, "-m", "heatwatch", "influx", "backfill", cfg,
+                        "--since", "2025-12-09T16:00", "--until", "2025-12-10T16:00"],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert p.returncode == 0, p.stderr
+    again = _report(influxd, db, store, ctx)
+    assert again.notes[0].startswith("Read from the 1-hour rollup")
+    assert _without_notes(again) == _without_notes(got)
+    # a day before that as an older heatwatch rolled it up (no count_ fields), its raw data gone
+    old = [f"station,station=st009 mean_makeup_total=99.0,last_makeup_total=99.0,mean_secondary_flow=100.0 "
+           f"{t0 - 2 * D * 1000 + k * H}" for k in range(24)]
+    httpx.post(f"{influxd.url}/write", params={"db": db, "rp": "rollup_1h", "precision": "ms"},
+               content="\n".join(old)).raise_for_status()
+    got = _report(influxd, db, store, ctx)
+    assert "holds counts of station data from 2025-12-10 on only" in got.notes[0], got.notes[0]
+    assert got.makeup == again.makeup  # from the raw data, which has every sample it still keeps
+    store.close()
+
+
+def test_a_period_not_over_reads_up_to_the_rollups_newest_hour(influxd: Influxd, tmp_path: Path) -> None:
+    """December asked on Dec 12 at 10:20, the 1-hour rollup written up to 10:00 (its CQ rolls an
+    hour up once the hour is over): the report ends at 10:00, says so, and gives what the raw data
+    gives up to 10:00."""
+    db = f"report_now_{int(time.time() * 1000)}"
+    t0 = P0 + 10 * D * 1000  # Dec 11 00:00 local
+    ten, now = t0 + 34 * H, t0 + 34 * H + 20 * 60_000
+    lines = [f"station,station=st009 makeup_total={100 + k * 0.05},secondary_flow=100.0,outdoor_temp=-2.0 "
+             f"{t0 + k * 600_000}" for k in range((now - t0) // 600_000)]
+    httpx.post(f"{influxd.url}/query", params={"q": f'CREATE DATABASE "{db}"'}).raise_for_status()
+    httpx.post(f"{influxd.url}/write", params={"db": db, "precision": "ms"},
+               content="\n".join(lines)).raise_for_status()
+    lc = LifecycleSettings(raw_days=3650, rollup_5m_days=3650, rollup_1h_days=3650, setup_at_start=False)
+    asyncio.run(setup(InfluxSettings(url=influxd.url, database=db, lifecycle=lc), now_ms=ten))
+    store = Store(f"sqlite:///{tmp_path / 'alerts.sqlite'}")
+    store.migrate()
+    reader = InfluxReader(InfluxSettings(url=influxd.url, database=db))
+
+    async def make(ctx: source.Context, at: int) -> Report:
+        return await source.report(reader.query_many, store, ctx, PERIOD, at, database=db)
+
+    async def both() -> tuple[Report, Report]:
         try:
-            return await source.report(reader.query_many, season.store, ctx, PERIOD, NOW)
+            return (await make(source.Context(), now),
+                    await make(source.Context(settings=ReportSettings(rollups="off")), ten))
         finally:
             await reader.close()
 
-    rep = asyncio.run(make())
-    assert rep.rooms == season.report.rooms
-    assert rep.rooms.hours > 20_000 and rep.rooms.longest
-    assert '"rollup_1h"."household"' in rep.notes[0]
+    rolled, raw = asyncio.run(both())
+    assert rolled.period.data_end == ten
+    assert rolled.notes[1] == "Up to 2025-12-12 10:00, the end of the 1-hour rollup's newest complete hour."
+    assert _without_notes(rolled) == _without_notes(raw)
+    st = rolled.makeup.stations[0].networks[0]
+    assert st.makeup_m3 == pytest.approx(0.05 * 6 * 33, abs=1e-6) and st.judged_hours == 33  # hourly lasts
+    store.close()
+

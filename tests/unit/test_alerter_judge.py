@@ -9,10 +9,12 @@ import time
 
 import orjson
 import pytest
+import structlog
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+import alerter.judge
 from alerter.judge import Judge, rules_for
 from alerter.standby import Standby
 from alerting.engine import Engine
@@ -174,7 +176,10 @@ class _FailingOn:
         return self.engine.observe(frame, now_ms)
 
 
-def test_a_fault_in_the_rules_logs_once_and_judges_the_next_message() -> None:
+def test_a_fault_in_the_rules_logs_once_and_judges_the_next_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a fresh logger: the module's own may already be bound for good to the configuration of an
+    # earlier test in this process (cache_logger_on_first_use), which capture_logs cannot reach
+    monkeypatch.setattr(alerter.judge, "log", structlog.get_logger("heatwatch.alerter"))
     count = 1  # one partition: both stations in one engine
     j = judge(count)
     real = j.parts[0].engine

@@ -20,7 +20,7 @@ def _batcher(inbox: Inbox, out: asyncio.Queue[Batch], max_lines: int = 1000, max
              per_message: int = 1) -> tuple[Batcher, list[str]]:
     seen: list[str] = []
 
-    def validate(topic: str, payload: bytes, now_ms: int) -> Validated:
+    def validate(topic: str, payload: bytes, now_ms: int, size: int = -1) -> Validated:
         seen.append(topic)
         return Rejected("bad_json", None, topic, "x", now_ms)
 
@@ -54,7 +54,7 @@ def test_a_full_output_stops_the_stage_and_the_inbox_holds_the_rest() -> None:
         for _ in range(40):  # the receive stage: put while there is room, as it does
             while not inbox.full:
                 sent += 1
-                inbox.put(Delivery(sent, f"t/{sent}", b""))
+                inbox.put(Delivery(sent, f"t/{sent}", b"", 0))
             await asyncio.sleep(0.01)
         assert inbox.full and len(inbox.deliveries) == 5  # stalled at the bound
         held = [d.mid for d in inbox.deliveries]
@@ -81,14 +81,14 @@ def test_a_command_result_and_an_alert_transition_are_stored_as_lines_in_arrival
         inbox, out = Inbox(100), asyncio.Queue[Batch]()
         items: dict[str, Validated] = {"result": result, "alert": tr}
 
-        def validate(topic: str, payload: bytes, now_ms: int) -> Validated:
+        def validate(topic: str, payload: bytes, now_ms: int, size: int = -1) -> Validated:
             return items.get(topic) or Rejected("bad_json", None, topic, "x", now_ms)
 
         b = Batcher(BatchSettings(max_lines=1000, max_delay_s=0.05), inbox, out, validate=validate,
                     lines=lines, clock=time.time)
         task = asyncio.create_task(b.run())
         for i, topic in enumerate(["a", "result", "alert"], 1):
-            inbox.put(Delivery(i, topic, b""))
+            inbox.put(Delivery(i, topic, b"", 0))
         first = await asyncio.wait_for(out.get(), 5)
         task.cancel()
         return first

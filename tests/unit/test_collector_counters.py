@@ -68,7 +68,7 @@ def test_every_row_is_in_metrics_and_in_the_stats_lines_under_one_name(collector
     assert collector_fields["rejected"] == "2i" and collector_fields["seq_gaps"] == "1i"
     assert collector_fields["restamped"] == "2i"
     assert by_measurement[MEASUREMENT_COLLECTOR_REJECTS] == [({"client_id": "c1", "reason": "bad_json"},
-                                                             {"count": "2i"})]
+                                                             {"count": "2i", "lines": "0i"})]
     assert by_measurement[MEASUREMENT_INGEST] == [({"station": "st001"},
                                                    {"messages": "5i", "seq_gaps": "1i", "restarts": "1i",
                                                     "restamped": "2i"})]

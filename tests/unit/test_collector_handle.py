@@ -20,6 +20,7 @@ from collector.validate import Validate
 from contract.alerts import Transition
 from contract.commands import CommandResult
 from contract.config import CollectorConfig, IngestSettings
+from contract.influx import split_lines
 from contract.payload import Frame, decode_telemetry
 from tests.unit.test_payload import GOOD
 
@@ -70,7 +71,8 @@ def test_any_topic_and_bytes_give_lines_never_an_exception(shared: Collector, to
     C = shared
     before = C.stats.received
     lines = handle(C, topic, payload)
-    assert lines and all(isinstance(x, str) and "\n" not in x for x in lines)
+    assert lines and all(isinstance(x, str) for x in lines)
+    assert split_lines("\n".join(lines)) == lines  # each one InfluxDB line (a text's newline is kept)
     assert C.stats.received == before + 1
     if lines[0].startswith("rejects,"):
         assert sum(C.stats.rejected.values()) >= 1
@@ -113,6 +115,22 @@ def test_alert_transitions_are_stored_as_the_alerts_measurement() -> None:
     assert isinstance(bad, Rejected) and bad.reason == "bad_alert"
 
 
+def test_an_alert_of_a_gateway_is_stored_where_the_stations_are_listed() -> None:
+    """A gateway's own alerts (gateway_offline, clock_skew) come on its gateway's topic: with
+    ingest.known_stations the gateway id is not taken for a station. A station's alert is checked
+    against the list like its telemetry."""
+    v = Validate(IngestSettings(known_stations=["st001"]), Stats())
+    gw = {**TRANSITION, "key": "gateway_offline:gw-st001", "rule": "gateway_offline", "station": None,
+          "building": None, "gateway": "gw-st001"}
+    got = v("heatwatch/v1/alert/gw-st001", orjson.dumps(gw), 1)
+    assert isinstance(got, Transition) and lines(got)[0].startswith("alerts,rule=gateway_offline,")
+    assert isinstance(v("heatwatch/v1/alert/st001", orjson.dumps(TRANSITION), 2), Transition)
+    other = {**TRANSITION, "key": "building_low:st009/b01", "station": "st009"}
+    refused = v("heatwatch/v1/alert/st009", orjson.dumps(other), 3)
+    assert isinstance(refused, Rejected) and refused.reason == "unknown_station"
+    assert refused.station is None  # a station outside the inventory is no tag
+
+
 @settings(max_examples=500, deadline=None)
 @given(st.sampled_from(["c1", "c2"]), st.one_of(
     PAYLOADS, st.dictionaries(st.sampled_from(sorted(RESULT)), JSONISH, max_size=6).map(
@@ -122,7 +140,7 @@ def test_any_command_result_bytes_give_a_result_or_a_reject_never_an_exception(
     item = Validate(IngestSettings(), Stats())(f"heatwatch/v1/station/st001/command-result/{cid}", payload, 1)
     event(type(item).__name__)
     assert isinstance(item, CommandResult | Rejected)
-    assert lines(item) and all("\n" not in x for x in lines(item))
+    assert lines(item) and split_lines("\n".join(lines(item))) == lines(item)
 
 
 @settings(max_examples=500, deadline=None)
@@ -136,11 +154,24 @@ def test_any_alert_topic_bytes_give_a_transition_or_a_reject_never_an_exception(
 
 
 def test_unknown_station_is_rejected_when_a_station_list_is_configured(tmp_path: Path) -> None:
+    """Under one series: the station from the wire is no tag (issue #16: one series per made-up id);
+    its status, and a gateway status naming only unknown stations, too."""
     c = _collector(tmp_path, known_stations=["st002"])
     now = int(time.time() * 1000)
     lines = handle(c, "heatwatch/v1/station/st001/telemetry", orjson.dumps({**GOOD, "ts": now}))
-    assert lines[0].startswith("rejects,reason=unknown_station,station=st001")
-    assert c.stats.rejected == {"unknown_station": 1}
+    assert lines[0].startswith("rejects,reason=unknown_station count=1i,detail=\"station 'st001'")
+    status = {"schema": 1, "station": "st001", "gateway": "gw-st001", "state": "online", "devices": {},
+              "ts": now}
+    lines = handle(c, "heatwatch/v1/station/st001/status", orjson.dumps(status))
+    assert lines[0].startswith("rejects,reason=unknown_station count=1i")
+    gw = {"schema": 1, "gateway": "gw-st001", "state": "online", "boot": "aaaaaaaa", "stations": ["st001"],
+          "ts": now}
+    lines = handle(c, "heatwatch/v1/gateway/gw-st001/status", orjson.dumps(gw))
+    assert lines[0].startswith("rejects,reason=unknown_station count=1i")
+    lines = handle(c, "heatwatch/v1/gateway/gw-st001/status",
+                   orjson.dumps({**gw, "stations": ["st001", "st002"]}))
+    assert lines[0].startswith("gateway_status,gateway=gw-st001")
+    assert c.stats.rejected == {"unknown_station": 3}
 
 
 def test_sequence_gaps_and_restarts_are_counted_per_station(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import yaml
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from contract.config import decode_text, load_config, load_gateway_config
+from contract.config import decode_text, load_collector_config, load_config, load_gateway_config
 from contract.errors import ConfigError
 from heatwatch.devstack import DEPLOY, REPO
 
@@ -213,8 +213,10 @@ def _check(*files: Path) -> subprocess.CompletedProcess[str]:
      r"collector\.yaml: alerts: the rules run in the alerter now \(kind: alerter"),
     ("alerter", {"partitions__standby_s": 20},
      r"alerter\.yaml: partitions\.standby_s: keep at least .* = 48 s"),
+    ("collector", {"rules": "no-such-rules.yaml"}, r"collector\.yaml: rules: no rule file .*no-such-rules"),
 ], ids=["missing-rules", "influx-no-colon", "influx-no-scheme", "influx-bad-port", "mysql-store",
-        "postgresql-without-driver", "sqlite-in-memory", "collector-with-rules", "standby-too-short"])
+        "postgresql-without-driver", "sqlite-in-memory", "collector-with-rules", "standby-too-short",
+        "collector-missing-rules"])
 def test_configs_that_cannot_start_are_refused_by_check_config(
         tmp_path: Path, kind: str, change: dict[str, object], message: str) -> None:
     p = _shipped(tmp_path, kind, **change)
@@ -239,6 +241,25 @@ def test_a_bad_rule_file_is_named_when_the_alerter_config_is_checked(tmp_path: P
     rules.write_text("kind: rules\nroom:\n  warning_below: hot\n")
     with pytest.raises(ConfigError, match=rf"{rules}: room\.warning_below"):
         load_config(_shipped(tmp_path, "alerter", alerts__rules=str(rules)))
+
+
+def test_the_collector_reads_the_rooms_plausible_range_from_the_alerters_rule_file(tmp_path: Path) -> None:
+    """The 1-hour rollup's plausible room means keep the rule file's range: the collector has no
+    rules of its own, so its config names the alerter's file (relative to the config), and a bad
+    one is named at start-up."""
+    from collector.lifecycle import plausible_of
+
+    (tmp_path / "alerter").mkdir()
+    rules = tmp_path / "alerter" / "rules.yaml"
+    rules.write_text("kind: rules\nsensor: {plausible_min: 8, plausible_max: 31.5}\n")
+    (tmp_path / "collector").mkdir()
+    cfg = load_collector_config(_shipped(tmp_path / "collector", "collector", rules="../alerter/rules.yaml"))
+    assert cfg.rules is not None and Path(cfg.rules).resolve() == rules.resolve()
+    assert plausible_of(cfg.rules) == (8.0, 31.5)
+    assert plausible_of(load_collector_config(_shipped(tmp_path, "collector")).rules) == (5.0, 35.0)
+    rules.write_text("kind: rules\nsensor: {plausible_min: cold}\n")
+    with pytest.raises(ConfigError, match=r"alerter/rules\.yaml: sensor\.plausible_min"):
+        load_config(tmp_path / "collector" / "collector.yaml")
 
 
 DUPLICATES = {
@@ -344,3 +365,27 @@ def test_check_config_reads_the_control_blocks_key_files(tmp_path: Path) -> None
     (tmp_path / "keys" / "control.pub").write_bytes(generate_keypair()[1])
     ok = check()
     assert ok.returncode == 0 and "62 points, 8 writable" in ok.stdout
+
+
+@pytest.mark.parametrize(("points", "why"), [
+    # 5,001 bits: more values than one message holds
+    ([{"point": f"x_b{i}", "table": "coil", "address": i, "type": "bool"} for i in range(5001)],
+     "5,001 points make messages of up to"),
+    # 1,200 text points of 64 registers: 128 control characters each, 6 bytes apiece escaped
+    ([{"point": f"x_label_{i:04d}", "table": "holding_register" if i < 1000 else "input_register",
+       "address": 64 * (i % 1000), "type": "string", "length": 64, "unit": ""} for i in range(1200)],
+     "1,200 points make messages of up to 1,0"),
+])
+def test_a_poll_group_whose_message_could_outgrow_the_wire_is_refused(tmp_path: Path, points: list[object],
+                                                                     why: str) -> None:
+    # the broker (message_size_limit) and the collector refuse a payload over 1 MB: the gateway
+    # would be refused every cycle, so the config is, naming the group
+    p = tmp_path / "gw.yaml"
+    p.write_text(yaml.safe_dump({
+        "kind": "gateway", "gateway": "g", "station": "s", "outbox": {"path": "/tmp/x"},
+        "poll_groups": {"fast": {"interval_s": 5}},
+        "devices": [{"name": "d", "host": "h", "addressing": "zero_based", "points": points}]}))
+    with pytest.raises(ConfigError) as exc:
+        load_gateway_config(p)
+    assert f"{p}: poll_groups.fast: {why}" in str(exc.value)
+    assert "spread the points over more poll groups" in str(exc.value)

@@ -18,3 +18,20 @@ def test_every_point_is_documented() -> None:
     doc = (REPO / "docs" / "contract.md").read_text(encoding="utf-8")
     for name, d in VOCABULARY.items():
         assert f"| `{name}` | {d.zh} |" in doc, name
+
+
+def test_the_dashboards_doc_lists_every_dashboard_the_build_writes() -> None:
+    built = sorted(p.name for p in (REPO / "dashboards").glob("*.json"))
+    text = (REPO / "docs" / "dashboards.md").read_text(encoding="utf-8")
+    listed = sorted(line.split("`")[1] for line in text.splitlines() if line.startswith("| `"))
+    assert listed == built
+    words = {3: "Three", 4: "Four", 5: "Five", 6: "Six", 7: "Seven"}
+    assert text.split("\n\n")[1].startswith(f"{words[len(built)]} Grafana dashboards")
+
+
+def test_the_readme_runs_python_from_the_venv_and_a_second_demo_in_its_own_folder() -> None:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "`python -m" not in text and "[docs/dashboards.md](docs/dashboards.md)" in text
+    assert "HEATWATCH_DEMO_PORT_OFFSET=100\nmake demo" not in text
+    assert "`.venv/bin/heatwatch demo --dir .demo-b --port-offset 100`" in text
+    assert "rm -rf .demo" in text

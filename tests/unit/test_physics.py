@@ -8,7 +8,7 @@ import pytest
 
 from heatwatch.devstack import DEPLOY
 from simulator.physics import Event, Key, StationModel
-from simulator.scenario import load_scenario
+from simulator.scenario import load_scenario, rooms_settle
 
 T0 = 1_795_000_000.0  # sim time, s
 KEYS: list[Key] = [
@@ -173,3 +173,31 @@ def test_a_written_supply_setpoint_moves_the_supply_temperature() -> None:
     after = run(m, 1)
     assert abs(f(after, ("secondary_supply_temp", None, None)) - 70.0) < 0.5
     assert f(after, ("room_temp", "b01", "h1")) > f(before, ("room_temp", "b01", "h1"))
+
+
+def test_rooms_settle_makes_rooms_follow_a_valve_in_minutes() -> None:
+    """The demo's shortcut (rooms_settle: 2m): the same valve command that takes the simulated
+    flats half an hour and more shows within minutes; without it, nothing changed."""
+    def warmed(settle: float | None) -> float:
+        m = StationModel("st001", KEYS)
+        if settle is not None:
+            m.room_settle_s = settle
+        m.events.append(Event("cold_building", start=T0 - 3 * 3600, building="b01"))
+        run(m, 0, step_s=1)
+        m.write(("building_valve_setpoint", "b01", None), 100.0)
+        v = run(m, 5 / 60, step_s=1)  # five minutes, at the simulator's 1 s tick
+        return min(f(v, ("room_temp", "b01", h)) for h in ("h1", "h2"))
+
+    assert warmed(None) < 16  # half an hour's lag: five minutes are not enough
+    assert warmed(120) > 18.5  # two minutes' lag (and the valve's own minute)
+
+
+def test_rooms_settle_is_read_from_a_scenario_and_checked(tmp_path: Path) -> None:
+    f_ = tmp_path / "s.yaml"
+    f_.write_text("rooms_settle: 2m\nevents: []\n")
+    assert rooms_settle(f_) == 120
+    assert rooms_settle(DEPLOY / "scenarios" / "winter-faults.yaml") is None  # the model's own
+    for bad, says in (("0s", "greater than 0"), ("soon", "not a duration")):
+        f_.write_text(f"rooms_settle: {bad}\n")
+        with pytest.raises(Exception, match=rf"rooms_settle: .*{says}"):
+            rooms_settle(f_)

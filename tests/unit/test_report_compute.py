@@ -9,6 +9,7 @@ import datetime as dt
 import pytest
 
 from alerting.assets import ImportProblems, parse
+from alerting.rows import AlertRow, BuildingRow, StationRow, TicketEvent
 from contract.alerts import AlertRules
 from report import compute
 from report.compute import DAY_MS, HOUR_MS, Inputs, RoomTotal
@@ -126,18 +127,25 @@ def test_gaps_and_the_dominant_rate() -> None:
     assert compute.dominant([0, 0]) is None
 
 
+def alert(id: int, rule: str, station: str, severity: str, since: int, fired_at: int | None,
+          ack_at: int | None, resolved_at: int | None) -> AlertRow:
+    return AlertRow(id=id, key=f"{rule}:{station}", rule=rule, state="firing", severity=severity,
+                    station=station, building=None, household=None, gateway=None, subject=None, since=since,
+                    last_ts=since, fired_at=fired_at, resolved_at=resolved_at, value=None, summary="",
+                    context={}, quiet="", paged=True, ack_by=None, ack_at=ack_at, ack_note=None,
+                    ack_ticket=None, tickets=[], resolved_by=None)
+
+
 def test_service_durations_and_tickets() -> None:
     t0 = ms(2026, 12, 3)
     alerts = [
-        {"id": 1, "rule": "room_low", "station": "st001", "severity": "warning", "since": t0,
-         "fired_at": t0 + 7_200_000, "ack_at": t0 + 7_200_000 + 10 * 60_000, "resolved_at": t0 + 86_400_000},
-        {"id": 2, "rule": "makeup_rate", "station": "st001", "severity": "major", "since": t0,
-         "fired_at": t0, "ack_at": t0 + 30 * 60_000, "resolved_at": None},
-        {"id": 3, "rule": "room_low", "station": "st002", "severity": "warning", "since": ms(2026, 11, 3),
-         "fired_at": None, "ack_at": None, "resolved_at": None},  # raised before the period
+        alert(1, "room_low", "st001", "warning", t0, t0 + 7_200_000, t0 + 7_200_000 + 10 * 60_000,
+              t0 + 86_400_000),
+        alert(2, "makeup_rate", "st001", "major", t0, t0, t0 + 30 * 60_000, None),
+        alert(3, "room_low", "st002", "warning", ms(2026, 11, 3), None, None, None),  # before the period
     ]
-    events = [{"alert_id": 2, "ts": t0 + 30 * 60_000, "kind": "ack", "actor": "li", "ticket": "T-1",
-               "note": "caller on line", "station": "st001", "rule": "makeup_rate"}]
+    events = [TicketEvent(alert_id=2, ts=t0 + 30 * 60_000, kind="ack", actor="li", ticket="T-1",
+                          note="caller on line", station="st001", rule="makeup_rate")]
     part = compute.service_part(_inputs(alerts=alerts, ticket_events=events), ["st001", "st002"])
     assert part.raised == 2 and part.by_rule == {"makeup_rate": 1, "room_low": 1}
     assert part.to_acknowledge.median_min == 20.0 and part.to_acknowledge.p90_min == 30.0
@@ -147,29 +155,46 @@ def test_service_durations_and_tickets() -> None:
     assert compute.durations([]).median_min is None
 
 
-def test_remote_control_seam_on_constructed_command_rows() -> None:
+def test_remote_control_on_constructed_command_rows() -> None:
     p = compute.parse_period("2026-12", RULES)
     inside = p.start + DAY_MS
 
     def cmd(i: int, station: str, building: str | None, outcome: str, at: int = inside,
-            point: str = "building_valve_setpoint") -> CommandRow:
-        return CommandRow(id=f"c{i}", station=station, building=building, point=point, outcome=outcome,
-                          issued_at=at)
+            point: str = "building_valve_setpoint", household: str | None = None) -> CommandRow:
+        return CommandRow(id=f"c{i}", station=station, building=building, household=household, point=point,
+                          outcome=outcome, issued_at=at, finished_at=at + 1000 * i, ticket=f"T-{i}")
 
     rows = [cmd(1, "st001", "b01", "confirmed"), cmd(2, "st001", "b02", "failed"),
             cmd(3, "st001", "b03", "confirmed", at=p.start - 1),  # before the period
-            cmd(4, "st002", "b01", "confirmed"),  # a valve the config does not make writable
+            cmd(4, "st002", "b01", "confirmed"),  # a valve not announced writable
             cmd(5, "st001", None, "confirmed", point="secondary_supply_temp_setpoint"),
-            cmd(6, "st001", "b01", "expired")]
+            cmd(6, "st001", "b01", "expired"),
+            cmd(7, "st001", "b02", "mismatch"),  # written, read back otherwise: proves nothing
+            cmd(8, "st001", "b03", "confirmed", household="b03-0101", point="x_room_valve"),
+            cmd(9, "st001", "b01", "confirmed", at=inside - 500),  # issued first, answered after c1
+            cmd(10, "st001", "b03", "confirmed", at=p.end)]  # after the period
     controllable = {"st001": {"b01", "b02", "b03"}}
-    part = compute.remote_part(controllable, rows, p.start, p.end, ["st001", "st002"])
+    part = compute.remote_part(controllable, rows, p.start, p.end, ["st001", "st002"],
+                               {"st001": "announced"})
     assert part.wired and part.controllable == 3 and part.proven == 1
-    assert part.commands == {"confirmed": 3, "expired": 1, "failed": 1}
+    assert part.commands == {"confirmed": 5, "expired": 1, "failed": 1, "mismatch": 1}
     st1 = part.stations[0]
-    assert st1.proven == ["b01"] and st1.controllable == ["b01", "b02", "b03"]
+    assert st1.proven == ["b01"] and st1.controllable == ["b01", "b02", "b03"] and st1.source == "announced"
+    # the first answered, not the first issued
+    assert [(x.building, x.command, x.ticket) for x in part.proofs] == [("b01", "c1", "T-1")]
     assert part.stations[1].proven == [] and part.stations[1].commands == {"confirmed": 1}
+    assert part.stations[1].source is None
     unwired = compute.remote_part(controllable, None, p.start, p.end, ["st001"])
     assert not unwired.wired and unwired.commands == {} and unwired.controllable == 3
+
+
+def test_controllable_valves_announced_before_config() -> None:
+    plans = {"st001": compute.StationPlan("st001", {}, {"b01", "b02"}),
+             "st002": compute.StationPlan("st002", {}, {"b01"})}
+    got = compute.controllable_valves(plans, {"st002": set(), "st003": {"b07"}})
+    assert got == {"st001": ({"b01", "b02"}, "config"), "st002": (set(), "announced"),
+                   "st003": ({"b07"}, "announced")}
+    assert compute.controllable_valves(plans, None)["st002"] == ({"b01"}, "config")
 
 
 HEADER = "station,station_name,building,address,household,unit,room,sensor,building_area_m2,station_area_m2\n"
@@ -196,11 +221,15 @@ def test_asset_register_heated_area_columns() -> None:
 
 
 def test_station_area_is_registered_or_the_sum_of_every_building() -> None:
-    i = _inputs(station_register={"st001": {"heated_area_m2": None}, "st002": {"heated_area_m2": 9000.0}},
-                building_register={("st001", "b01"): {"heated_area_m2": 100.0},
-                                   ("st001", "b02"): {"heated_area_m2": 200.0},
-                                   ("st003", "b01"): {"heated_area_m2": 100.0},
-                                   ("st003", "b02"): {"heated_area_m2": None}})
+    def b(station: str, building: str, area: float | None) -> BuildingRow:
+        return BuildingRow(station=station, building=building, address="", heated_area_m2=area)
+
+    i = _inputs(station_register={"st001": StationRow("st001", "", None, None),
+                                  "st002": StationRow("st002", "", None, 9000.0)},
+                building_register={("st001", "b01"): b("st001", "b01", 100.0),
+                                   ("st001", "b02"): b("st001", "b02", 200.0),
+                                   ("st003", "b01"): b("st003", "b01", 100.0),
+                                   ("st003", "b02"): b("st003", "b02", None)})
     assert compute.station_area(i, "st001") == 300.0
     assert compute.station_area(i, "st002") == 9000.0
     assert compute.station_area(i, "st003") is None  # one building unknown: the sum would lie

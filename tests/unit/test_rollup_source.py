@@ -7,7 +7,14 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from contract.influx import ROLLUP_1H, ROLLUP_5M, pick_source
+from contract.influx import (
+    ROLLUP_1H,
+    ROLLUP_5M,
+    backfill_select,
+    pick_source,
+    rollup_cqs,
+    rooms_cq_range,
+)
 
 NOW = 1_800_000_000_000
 DAY = 86_400_000
@@ -37,6 +44,8 @@ def test_names_and_measurements() -> None:
     assert raw.measurement("station") == '"station"'
     r = pick_source(NOW - 150 * DAY, NOW, NOW, 500, raw_days=90)
     assert r.expr("max", "supply_temp") == 'max("max_supply_temp")'
+    assert r.expr("count", "supply_temp") == 'sum("count_supply_temp")'  # samples: the rows' counts summed
+    assert raw.expr("count", "supply_temp") == 'count("supply_temp")'
     assert r.measurement("household") == '"rollup_1h"."household"' and r.retention_policy == "rollup_1h"
     # a short range in the past beyond the raw data reads the 5-minute rollup, beyond that the hourly
     old = pick_source(NOW - 100 * DAY, NOW - 100 * DAY + 3_600_000, NOW, 500, raw_days=90)
@@ -49,3 +58,21 @@ def test_names_and_measurements() -> None:
         r.expr("median", "x")
     with pytest.raises(ValueError, match="start < end"):
         pick_source(NOW, NOW, NOW, 10, raw_days=90)
+
+
+def test_the_rollups_continuous_queries_and_their_names() -> None:
+    """The 1-hour rollup keeps the plausible room means in a second CQ whose name carries its range
+    (the report compares it with its rule file's); a changed range changes every name of the set,
+    so setup replaces the set whole. A backfill adds its time range to a body's own WHERE."""
+    five = rollup_cqs("hw", "autogen", ROLLUP_5M)
+    assert len(five) == 1 and "count(*)" in five[0][1] and "fill(none)" in five[0][1]
+    hour = rollup_cqs("hw", "autogen", ROLLUP_1H, (5.0, 35.0))
+    (main, _), (rooms, body) = hour
+    assert rooms == f"{main}_rooms_5.0_35.0" and rooms_cq_range(rooms) == ("1h", (5.0, 35.0))
+    assert rooms_cq_range(main) is None and rooms_cq_range("heatwatch_rollup_1h_zz_rooms_a_b") is None
+    assert 'AS "plausible_mean_room_temp"' in body and '"room_temp" >= 5.0 AND "room_temp" <= 35.0' in body
+    other = rollup_cqs("hw", "autogen", ROLLUP_1H, (-2.5, 35.0))
+    assert other[0][0] != main and rooms_cq_range(other[1][0]) == ("1h", (-2.5, 35.0))
+    select = body[body.index("BEGIN ") + 6:body.rindex(" END")]
+    assert backfill_select(select, 0, 3_600_000).endswith(
+        '"room_temp" <= 35.0 AND time >= 0ms AND time < 3600000ms GROUP BY time(3600s), * fill(none)')

@@ -1,0 +1,194 @@
+"""The site registry: who may use the API (tokens), what was done by whom (the audit trail), and
+the asset register (stations, buildings, households, heated areas; ``alerting/assets.py`` parses
+the company's CSV).
+
+Stage: api → authenticate (``principal``), manage credentials, import assets, search households,
+read the audit trail; the command line → ``heatwatch token``; report → ``register``. The alert
+store and the command store write their audit entries through ``write_audit`` in their own
+transactions (an acknowledgement and its audit entry commit together).
+
+The same database and Alembic chain as the alert store (``alerting.database``); errors leave as
+the contract's, naming the site registry.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import secrets
+from dataclasses import asdict
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from alerting import schema
+from alerting.assets import Assets
+from alerting.database import OnDatabase, columns
+from alerting.rows import (
+    ROLES,
+    AuditEntry,
+    BuildingRow,
+    FoundHousehold,
+    HouseholdRow,
+    ImportCounts,
+    Principal,
+    Register,
+    StationRow,
+    TokenRow,
+)
+from contract.errors import InvalidInput
+
+_TOKEN = columns(schema.api_tokens, TokenRow)
+_AUDIT = columns(schema.audit, AuditEntry)
+_HOUSEHOLD = columns(schema.households, HouseholdRow)
+
+
+def _sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def write_audit(conn: Connection, now: int, actor: str, action: str, target: str,
+                detail: dict[str, Any]) -> None:
+    """One entry of the audit trail, in the caller's transaction."""
+    conn.execute(schema.audit.insert().values(at=now, actor=actor, action=action, target=target[:300],
+                                              detail=detail))
+
+
+@functools.cache
+def _find_stmt(sqlite: bool, n_long: int, n_short: int) -> sa.Select[Any]:
+    """Address search with ``n_long`` words of 3+ characters (bound as ``l0``…) and ``n_short``
+    shorter ones (``s0``…), each a LIKE pattern."""
+    h, b = schema.households, schema.buildings
+    longs: list[sa.BindParameter[Any]] = [sa.bindparam(f"l{i}") for i in range(n_long)]
+    cond: Any = sa.and_(sa.true(), *[h.c.search.like(sa.bindparam(f"s{i}")) for i in range(n_short)])
+    if sqlite and longs:
+        # Only words of 3+ characters go to FTS5: SQLite 3.40's trigram LIKE crashed the
+        # process (segfault) when a shorter pattern was combined with others. Shorter words
+        # filter the few rows the index found.
+        fts = sa.table("households_fts", sa.column("rowid"), sa.column("search"))
+        sub = sa.select(fts.c.rowid).where(*[fts.c.search.like(p) for p in longs])
+        cond = sa.and_(sa.literal_column("households.rowid").in_(sub), cond)
+    else:
+        cond = sa.and_(cond, *[h.c.search.like(p) for p in longs])
+    return (sa.select(*_HOUSEHOLD, b.c.address)
+            .join(b, sa.and_(b.c.station == h.c.station, b.c.building == h.c.building))
+            .where(cond).order_by(h.c.code).limit(sa.bindparam("limit")))
+
+
+class SiteRegistry(OnDatabase):
+    """Tokens, audit and assets. ``SiteRegistry(url)`` opens its own database; ``SiteRegistry(db)``
+    shares the API's."""
+
+    WHAT = "site registry"
+
+    # -- credentials (the API's) ---------------------------------------------------------------
+    def add_token(self, *, name: str, role: str, actor: str, now: int) -> str:
+        """Create a credential; returns the token, which is shown once and stored only hashed
+        (SHA-256 of 256 random bits: no salt or slow hash needed for a random secret)."""
+        if role not in ROLES:
+            raise InvalidInput(f"role must be one of {', '.join(ROLES)}, got {role!r}", "bad_role")
+        token = "hw_" + secrets.token_urlsafe(32)
+        with self._write() as conn:
+            conn.execute(schema.api_tokens.insert().values(
+                name=name, role=role, token_sha256=_sha256(token), created_at=now, created_by=actor))
+            write_audit(conn, now, actor, "token.add", name, {"role": role})
+        return token
+
+    def principal(self, token: str) -> Principal | None:
+        """Whose valid token this is, or None (unknown or revoked)."""
+        t = schema.api_tokens
+        with self._read() as conn:
+            row = conn.execute(sa.select(t.c.name, t.c.role).where(
+                t.c.token_sha256 == _sha256(token), t.c.revoked_at.is_(None))).first()
+        return Principal(row.name, row.role) if row is not None else None
+
+    def list_tokens(self) -> list[TokenRow]:
+        """Every credential (never its hash), newest first; revoked ones carry ``revoked_at``."""
+        with self._read() as conn:
+            return [TokenRow(*r) for r in conn.execute(
+                sa.select(*_TOKEN).order_by(schema.api_tokens.c.id.desc()))]
+
+    def revoke_tokens(self, *, name: str, actor: str, now: int) -> int:
+        """Revoke every live token of ``name``; how many (0: nothing changed, nothing audited)."""
+        t = schema.api_tokens
+        with self._write() as conn:
+            n = conn.execute(t.update().where(t.c.name == name, t.c.revoked_at.is_(None))
+                             .values(revoked_at=now)).rowcount
+            if n:
+                write_audit(conn, now, actor, "token.revoke", name, {"revoked": n})
+        return int(n)
+
+    # -- the audit trail ------------------------------------------------------------------------
+    def audit_log(self, limit: int = 100, offset: int = 0, actor: str | None = None) -> list[AuditEntry]:
+        """Who did what when, newest first; optionally one actor's entries only."""
+        au = schema.audit
+        q = sa.select(*_AUDIT).order_by(au.c.id.desc()).limit(limit).offset(offset)
+        if actor is not None:
+            q = q.where(au.c.actor == actor)
+        with self._read() as conn:
+            return [AuditEntry(*r) for r in conn.execute(q)]
+
+    # -- assets ---------------------------------------------------------------------------------
+    def _upsert(self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]],
+                keys: list[str]) -> None:
+        if not rows:
+            return
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+            ins: Any = pg_insert(table)
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+            ins = sqlite_insert(table)
+        cols = [c for c in rows[0] if c not in keys]
+        stmt = ins.on_conflict_do_update(index_elements=keys,
+                                         set_={c: getattr(ins.excluded, c) for c in cols})
+        for i in range(0, len(rows), 2000):
+            conn.execute(stmt, rows[i:i + 2000])
+
+    def import_assets(self, assets: Assets, *, actor: str, now: int) -> ImportCounts:
+        """Insert or update every station, building and household in one transaction."""
+        h = schema.households
+        with self._write() as conn:
+            known = {r.code for r in conn.execute(sa.select(h.c.code))}
+            self._upsert(conn, schema.stations, list(assets.stations.values()), ["station"])
+            self._upsert(conn, schema.buildings, list(assets.buildings.values()), ["station", "building"])
+            self._upsert(conn, h, list(assets.households.values()), ["code"])
+            if self.db.sqlite:  # the search index follows its content table
+                conn.execute(sa.text("INSERT INTO households_fts(households_fts) VALUES ('rebuild')"))
+            counts = ImportCounts(stations=len(assets.stations), buildings=len(assets.buildings),
+                                  households=len(assets.households),
+                                  households_new=sum(1 for c in assets.households if c not in known))
+            write_audit(conn, now, actor, "assets.import", "assets", asdict(counts))
+        return counts
+
+    def find_households(self, text: str, limit: int = 20) -> list[FoundHousehold]:
+        """Households whose address, unit, room or code contain every word of ``text``.
+
+        Words are matched as substrings through a trigram index (FTS5 on SQLite, pg_trgm on
+        PostgreSQL); LIKE wildcards are dropped from them, so a word only ever matches itself.
+        """
+        words = [w for w in (x.replace("%", "").replace("_", "") for x in text.lower().split()[:8]) if w]
+        if not words:
+            return []
+        long = [w for w in words if len(w) >= 3]  # what a trigram index can look up
+        short = [w for w in words if len(w) < 3]
+        stmt = _find_stmt(self.db.sqlite, len(long), len(short))
+        params: dict[str, Any] = {f"l{i}": f"%{w}%" for i, w in enumerate(long)}
+        params.update({f"s{i}": f"%{w}%" for i, w in enumerate(short)})
+        with self._read() as conn:
+            return [FoundHousehold(*r) for r in conn.execute(stmt, {**params, "limit": limit})]
+
+    def building_addresses(self, station: str) -> dict[str, str]:
+        b = schema.buildings
+        with self._read() as conn:
+            return {r.building: r.address for r in conn.execute(
+                sa.select(b.c.building, b.c.address).where(b.c.station == station))}
+
+    def register(self) -> Register:
+        """The whole asset register (the takeover report's names, addresses, areas and sensors)."""
+        with self._read() as conn:
+            return Register(
+                [StationRow(*r) for r in conn.execute(sa.select(*columns(schema.stations, StationRow)))],
+                [BuildingRow(*r) for r in conn.execute(sa.select(*columns(schema.buildings, BuildingRow)))],
+                [HouseholdRow(*r) for r in conn.execute(sa.select(*_HOUSEHOLD))])
