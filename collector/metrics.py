@@ -202,6 +202,11 @@ TABLE: tuple[Row, ...] = (
         lambda c: c.receive.client.refused),
     Row("inbox_bytes", "payload bytes of the received messages waiting", lambda c: c.inbox.bytes,
         kind="gauge"),
+    # the alert on a collector that cannot keep up watches this, not ``inbox``: a healthy busy
+    # collector's inbox is rarely empty (deliveries wait up to batch.max_delay_s for their batch)
+    Row("inbox_full", "1 while the inbox is at its bound (receive_maximum messages or "
+        "receive_max_bytes): the receive stage stops reading and the backlog waits at the broker",
+        lambda c: int(c.inbox.full), kind="gauge"),
     Row("messages", "accepted telemetry messages, by station", lambda c: c.stats.messages,
         label="station", measurement=MEASUREMENT_INGEST, member_tag=False),
     Row("seq_gaps", "messages missing from gateways' sequence numbers, by station",

@@ -107,6 +107,7 @@ def test_memory_is_bounded_by_bytes_while_influxdb_is_stopped(
               f"{m['heatwatch_collector_inbox']:.0f} messages; validated "
               f"{m['heatwatch_collector_received_total']:.0f}")
         assert m["heatwatch_collector_inbox_bytes"] <= 16 * MB + 900_000
+        assert m["heatwatch_collector_inbox_full"] == 1  # what HeatwatchCollectorInboxFull watches
         # the rest waits at the broker
         assert m["heatwatch_collector_received_total"] + m["heatwatch_collector_inbox"] < 130
         assert grew < bound_mb, f"RSS grew by {grew:.0f} MB"

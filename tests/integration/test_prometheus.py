@@ -117,10 +117,9 @@ def own_influxd(tmp_path: Path) -> Iterator[Influxd]:
 def test_prometheus_scrapes_gateway_collector_and_api_and_the_rules_fire(
         tmp_path: Path, mosquitto: Mosquitto, own_influxd: Influxd, procs: Processes) -> None:
     ports = {job: free_port() for job in ("gateway", "collector", "alerter", "api")}
-    # receipts off: the collector of this branch sends none yet, and without them the outbox grows
-    # and HeatwatchOutboxGrowing fires on a healthy pipeline (with a receipting collector: on)
+    # receipts on, as shipped: the outbox empties as the collector receipts what it stored
     gw = write_gateway_config(tmp_path / "gw", "st001", mqtt_port=mosquitto.port, plc_port=free_port(),
-                              bus_port=free_port(), fast_s=0.2, slow_s=0.4, outbox={"receipts": False})
+                              bus_port=free_port(), fast_s=0.2, slow_s=0.4)
     cfg = yaml.safe_load(gw.read_text())
     cfg["metrics"] = {"port": ports["gateway"]}
     gw.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -165,11 +164,9 @@ def test_prometheus_scrapes_gateway_collector_and_api_and_the_rules_fire(
         assert prom.query("sum(heatwatch_alerter_partitions_owned) == 64")
         assert prom.query("histogram_quantile(0.5, rate(heatwatch_gateway_modbus_rtt_seconds_bucket[1m]))"
                           " < 0.05")
-        # a healthy pipeline: every rule has been evaluated, none fires. HeatwatchCollectorInboxFull
-        # asks for an inbox never empty at any scrape of 10 minutes; the test's window holds only the
-        # scrapes since Prometheus started, and a live collector's inbox holds the messages of the
-        # batch it is cutting at about half of them: with three or four scrapes it fired now and then
-        # on a loaded machine. Twenty scrapes first, then rules evaluated after them.
+        # a healthy pipeline: every rule has been evaluated over twenty scrapes, none fires (with
+        # three or four, HeatwatchCollectorInboxFull's old "never empty" form fired now and then: a
+        # live collector's inbox holds the batch it is cutting at about half of the scrapes)
         wait_for(lambda: prom.query("count_over_time(heatwatch_collector_inbox[10m]) >= 20"), 60,
                  "twenty scrapes of the collector")
         after = prom.api("query", query="time()")["result"][0]
