@@ -1,11 +1,12 @@
-"""Alert rules, their state machine and the alert store; used by the collector and the API.
+"""Alert rules, their state machine, the alert store and its partition leases; used by the alerter
+and the API.
 
 The rule engine's modules (``COMPILED``: the lifecycle, the family protocol, the engine and
 every rule family ``rule_*.py``) are compiled with mypyc by ``make``
 (``deploy/build_rules.py``): the same source, about half the CPU per reading (docs/alerts.md).
 They run interpreted instead when they have not been built, when the build was made from other
 source than what is here now (a stale build never runs: it would judge by other rules), or with
-``HEATWATCH_RULES=python``. ``rules_build()`` says which, and why; the collector logs it.
+``HEATWATCH_RULES=python``. ``rules_build()`` says which, and why; the alerter logs it.
 """
 
 from __future__ import annotations

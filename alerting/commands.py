@@ -2,7 +2,7 @@
 PostgreSQL, the alert store's database; tables ``commands`` and ``command_events``).
 
 Stage: api → create, confirm, send (the store is the API's outbox: a command is committed first,
-then its sender claims, signs, publishes and marks it sent); collector → record the gateways'
+then its sender claims, signs, publishes and marks it sent); alerter → record the gateways'
 results, idempotently by command id, before the result messages are acknowledged. Every step
 lands in ``command_events`` and in the ``audit`` table in the same transaction.
 
@@ -169,38 +169,42 @@ class CommandStore:
                 t.c.state.in_([State.SENT, State.CONFIRMED, State.MISMATCH, State.FAILED]))).scalar()
         return int(v) if v is not None else None
 
-    # -- the collector's side -------------------------------------------------------------------
+    # -- the alerter's side: results from the gateways -------------------------------------------
     def record_results(self, results: Sequence[CommandResult], now: int) -> int:
         """Record gateway results (one transaction); how many changed a command. Idempotent: a
         result already recorded changes nothing; the first final state stands."""
         if not results:
             return 0
+        with self._write() as conn:
+            return self.record_results_in(conn, results, now)
+
+    def record_results_in(self, conn: Connection, results: Sequence[CommandResult], now: int) -> int:
+        """``record_results`` inside the caller's transaction (the alerter's, with its alerts)."""
         t = schema.commands
         changed = 0
-        with self._write() as conn:
-            for res in results:
-                r = conn.execute(sa.select(t).where(t.c.id == res.id)).first()
-                fields = dict(result_state=res.state, result_reason=res.reason.value if res.reason else None,
-                              result_detail=res.detail, result_code=res.code,
-                              gateway_old_value=res.old_value, read_back=res.read_back, result_at=res.ts)
-                detail = {"state": res.state, "reason": fields["result_reason"], "detail": res.detail,
-                          "gateway": res.gateway, "old": res.old_value, "new": res.value,
-                          "read_back": res.read_back, "code": res.code}
-                if r is None:  # never issued here: someone published onto the broker directly
-                    conn.execute(t.insert().values(
-                        id=res.id, origin="broker", station=res.station, device=res.device, point=res.point,
-                        building=res.building, household=res.household, value=res.value, state=res.state,
-                        created_at=res.ts, deadline=res.ts, **fields))
-                    r = conn.execute(sa.select(t).where(t.c.id == res.id)).one()
-                    self._event(conn, res.id, "result", res.state, now, None, detail | {"origin": "broker"},
-                                _target(r))
-                    changed += 1
-                    continue
-                if r.state in FINAL:
-                    continue  # recorded already (a redelivery), or the first answer stands
-                conn.execute(t.update().where(t.c.id == res.id).values(state=res.state, **fields))
-                self._event(conn, res.id, "result", res.state, now, None, detail, _target(r))
+        for res in results:
+            r = conn.execute(sa.select(t).where(t.c.id == res.id)).first()
+            fields = dict(result_state=res.state, result_reason=res.reason.value if res.reason else None,
+                          result_detail=res.detail, result_code=res.code,
+                          gateway_old_value=res.old_value, read_back=res.read_back, result_at=res.ts)
+            detail = {"state": res.state, "reason": fields["result_reason"], "detail": res.detail,
+                      "gateway": res.gateway, "old": res.old_value, "new": res.value,
+                      "read_back": res.read_back, "code": res.code}
+            if r is None:  # never issued here: someone published onto the broker directly
+                conn.execute(t.insert().values(
+                    id=res.id, origin="broker", station=res.station, device=res.device, point=res.point,
+                    building=res.building, household=res.household, value=res.value, state=res.state,
+                    created_at=res.ts, deadline=res.ts, **fields))
+                r = conn.execute(sa.select(t).where(t.c.id == res.id)).one()
+                self._event(conn, res.id, "result", res.state, now, None, detail | {"origin": "broker"},
+                            _target(r))
                 changed += 1
+                continue
+            if r.state in FINAL:
+                continue  # recorded already (a redelivery), or the first answer stands
+            conn.execute(t.update().where(t.c.id == res.id).values(state=res.state, **fields))
+            self._event(conn, res.id, "result", res.state, now, None, detail, _target(r))
+            changed += 1
         return changed
 
     # -- reading ----------------------------------------------------------------------------------

@@ -88,6 +88,16 @@ def translated(what: str, engine: Engine) -> Iterator[None]:
         raise
 
 
+MIGRATE_LOCK = 0x68656174  # "heat": the advisory lock schema changes take on PostgreSQL
+
+
+def serialise(conn: Connection) -> None:
+    """Inside a transaction: wait for any other process changing the schema (PostgreSQL; SQLite
+    serialises writers anyway). Released at the transaction's end."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATE_LOCK})
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -144,10 +154,13 @@ class Database:
         return self
 
     def migrate(self) -> None:
-        """Bring the schema to the newest migration (idempotent)."""
+        """Bring the schema to the newest migration (idempotent). Processes starting together on
+        one PostgreSQL store (alerter members, API workers) take turns: the first migrates, the
+        others find it done (without the lock two CREATE TABLEs raced: a unique violation)."""
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(_MIGRATIONS))
         with self.engine.begin() as conn:
+            serialise(conn)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 

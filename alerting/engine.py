@@ -1,18 +1,18 @@
 """The rule engine: telemetry and status in, alert transitions out. A pure state machine.
 
-Stage: collector → **evaluate rules** → record alerts. ``observe(frame, now)`` takes one validated
+Stage: alerter → **evaluate rules** → record alerts. ``observe(frame, now)`` takes one validated
 telemetry message, ``station_status``/``gateway_status`` the status topics, ``tick(now)`` runs
 the time-driven rules (stale sensors, offline stations, escalation); each returns the
-``Transition`` list the collector stores, writes to InfluxDB and pages. Nothing here reads a
-clock or does I/O, so tests drive it with a fake clock, and ``snapshot``/``restore`` carry its
-state across a collector restart.
+``Transition`` list the alerter stores and pages. One engine judges one partition of the stations
+(``alerter/judge.py``). Nothing here reads a clock or does I/O, so tests drive it with a fake
+clock, and ``snapshot``/``restore`` carry its state across a restart or a handover.
 
 The rules themselves are families (``alerting/rule_*.py``, behind ``alerting.family.Family``):
 each judges and returns ``Verdict``s; this module keeps only what is common to every alert —
 their lives (``alerting.lifecycle``), inhibition, and emission.
 
 Data-driven rules judge in *data time* (the gateway's sample ts), so replayed backfill is judged
-when it happened and a collector that lags does not invent durations; offline rules judge in
+when it happened and an alerter that lags does not invent durations; offline rules judge in
 receive time (``now``). Samples older than what an entity has already seen update nothing:
 the past never pages, and holds never run backwards.
 

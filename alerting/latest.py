@@ -1,6 +1,6 @@
 """The ``latest`` table: the current value of every point of every station, building and household.
 
-Stage: collector → ``upsert`` (``collector/latest.py`` hands it the places that changed, every
+Stage: alerter → ``upsert`` (``alerter/latest.py`` hands it the places that changed, every
 ``alerts.latest_s``, in a worker thread); api → ``household`` (the hotline lookup: a household,
 its building and its station with their latest values and state, in one query). InfluxDB stays
 the history; this table answers "now" without a time-series query per call.
@@ -13,9 +13,9 @@ buildings, 20 rooms) a row per entity is 26 rows a message and the flush cost 1.
 (the collector's whole work is ~2 µs); nested, 6 rows and 0.5 µs (bench/latest_bench.py). Room
 sensors are few per building (4 % of households in Weifang), so a building's row stays small.
 
-Only one collector writes it (the one with the ``alerts:`` section, which sees every message of
-its stations): its memory is the authority, loaded from here at start (``load``), so a row is
-always written whole and never merged.
+The alerter writes it, each member the rows of its partitions' stations (it sees every message
+of them): its memory is the authority, loaded from here when it takes a partition over (``load``,
+``alerter/latest.py`` ``adopt``), so a row is always written whole and never merged.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class LatestTable:
 
     def upsert(self, rows: Sequence[Row], now: int, chunk: int = 2000) -> None:
         """Write whole rows (``Place.row``), ``chunk`` a transaction: the alert store's other
-        writer (the collector's ``apply``, before PUBACKs) never waits behind a long one."""
+        writer (the alerter's commit, before PUBACKs) never waits behind a long one."""
         for i in range(0, len(rows), chunk):
             with connected(self.engine, self.WHAT, write=True) as conn:
                 conn.exec_driver_sql(self._sql, [(*r, now) for r in rows[i:i + chunk]])

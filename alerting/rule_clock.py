@@ -2,12 +2,13 @@
 fix, not a station outage.
 
 A gateway's messages are stamped with its own clock. When that clock runs fast, its stamps lie
-ahead of their receipt; past the collector's ``ingest.max_future_s`` the collector re-stamps the
-message on its receipt time and marks it (``Frame.skew_ms``), so the data are kept and judged.
+ahead of their receipt; past ``ingest.max_future_s`` the alerter (and the collector, which stores
+it) re-stamps the message on its receipt time and marks it (``Frame.skew_ms``), so the data are
+kept and judged.
 This rule raises ``clock_skew`` for the gateway when the offset — the mark, or the stamp ahead
 of the receipt time of a live (not backfilled) message — is ``clock.skew_s`` or more for
 ``clock.hold_min``; it clears after ``clock.clear_min`` of sane stamps. A slow clock cannot be
-told from delivery lag by the rules alone: only the collector's mark says it.
+told from delivery lag by the rules alone: only the receipt's mark says it.
 """
 
 from __future__ import annotations

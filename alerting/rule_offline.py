@@ -17,9 +17,10 @@ Offline is judged against the inventory too (``inventory`` in the rule file: gat
 as the asset register and the gateways' configs say they exist): a station never heard from is
 ``station_offline`` ("never heard from"), a gateway never seen (no status, none of its stations
 heard from) is ``gateway_offline``, ``offline.station_after_s`` after the rules start. Silence is
-judged only once the rules have run ``offline.station_after_s`` (the start-up grace), so a
-collector that just (re)started does not page stations it has not yet had the chance to hear
-from; after it, from the last data the snapshot remembers or what came since.
+judged only once the rules have run ``offline.station_after_s`` (the start-up grace), so an
+alerter that just (re)started, or took a partition over, does not page stations it has not yet
+had the chance to hear from; after it, from the last data the snapshot remembers or what came
+since.
 - ``device_offline`` (warning): the station status names a device offline for
   ``offline.device_hold_s``.
 """
@@ -197,7 +198,7 @@ class Offline(Family):
         offline = self.ctx.rules.offline
         after = offline.station_after_s * 1000
         # The start-up grace: silence is judged only once the rules have run station_after_s (a
-        # collector that just started, or restored a snapshot written minutes ago, has not had
+        # alerter that just started, or restored a snapshot written minutes ago, has not had
         # the chance to hear from anyone: judging the snapshot's last data at once paged every
         # station on each restart), then from the last data itself, the snapshot's or newer. A
         # station whose outage is open stays down until it is heard from again; one never heard

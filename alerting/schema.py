@@ -195,7 +195,7 @@ command_events = sa.Table(
 )
 
 
-# -- the latest value of every point, per station and building (written by the collector;
+# -- the latest value of every point, per station and building (written by the alerter;
 # alerting/latest.py). building '' is the station itself; a building's row carries its
 # households: {household: {"ts": ms, "points": {point: value}}}.
 latest = sa.Table(
@@ -208,5 +208,66 @@ latest = sa.Table(
     sa.Column("state", sa.String(16)),  # stations: online / degraded / offline, from the station status
     sa.Column("state_ts", sa.BigInteger),
     sa.Column("gateway_state", sa.String(16)),  # stations: online / offline, from the gateway status
-    sa.Column("written_at", sa.BigInteger, nullable=False),  # when the collector wrote the row
+    sa.Column("written_at", sa.BigInteger, nullable=False),  # when the alerter wrote the row
+)
+
+
+# -- alerter partitions (alerting/partitions.py; docs/scaling.md) --------------------------------
+# Stations are split into a fixed number of partitions; an alerter member judges a partition while
+# it holds its lease. One row per partition, created once (the count is fixed for a store).
+partition_leases = sa.Table(
+    "partition_leases", metadata,
+    sa.Column("part", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("owner", sa.String(100)),  # "member#instance"; NULL: nobody
+    # raised at every acquisition: the fencing token every write for the partition checks
+    sa.Column("epoch", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("expires_at", sa.BigInteger, nullable=False, server_default="0"),  # database clock, ms
+)
+
+# the alerter members alive (a row renewed with the member's leases): the partitions are shared
+# out among the members whose row has not expired
+partition_members = sa.Table(
+    "partition_members", metadata,
+    sa.Column("member", _ID, primary_key=True),
+    sa.Column("instance", sa.String(32), nullable=False),  # one process's run of the member
+    sa.Column("started_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+)
+
+# each partition's rule-engine snapshot, written by its owner, and the identities of the messages
+# judged in the window before it (a taker skips those when it replays what it held in standby)
+partition_state = sa.Table(
+    "partition_state", metadata,
+    sa.Column("part", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+    sa.Column("owner", sa.String(100), nullable=False),
+    sa.Column("written_at", sa.BigInteger, nullable=False),  # database clock, ms
+    sa.Column("snapshot", sa.LargeBinary, nullable=False),
+    sa.Column("recent", sa.LargeBinary, nullable=False),  # 8-byte message identities
+)
+
+# the messages judged (and their transitions committed) since the partition's snapshot, one row
+# per commit: a taker replays them without emitting what they caused again
+partition_judged = sa.Table(
+    "partition_judged", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("part", sa.Integer, nullable=False),
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+    sa.Column("ids", sa.LargeBinary, nullable=False),  # 8-byte message identities
+    sa.Index("partition_judged_part", "part", "id"),
+)
+
+# what the alerter still has to send for recorded transitions, written in the transaction that
+# records them (a crash between the commit and the send loses nothing): the alert topic (sink
+# "mqtt") and the pages for the webhooks (sink "webhook"). The partition's owner sends and deletes.
+alert_outbox = sa.Table(
+    "alert_outbox", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("part", sa.Integer, nullable=False),
+    sa.Column("sink", sa.String(16), nullable=False),
+    sa.Column("key", sa.String(300), nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),  # the Transition as JSON
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Index("alert_outbox_part", "part", "sink", "id"),
 )

@@ -1,6 +1,6 @@
 """The alert store: alerts, their history (``alert_events``) and silences.
 
-Stage: collector (or alerter) → record alerts (``apply``: the engine's transitions, in one
+Stage: alerter → record alerts (``apply``/``apply_in``: the engine's transitions, in one
 transaction, before the messages that caused them are acknowledged; ``touch``; ``active_silences``);
 api → read (``alerts``, ``alert``, ``chain_alerts``, ``recent_acks``), acknowledge, note, resolve,
 silence; report → ``between`` and ``ticket_events``. Tokens, the audit trail's reading and the
@@ -109,7 +109,7 @@ class Store(OnDatabase):
         super().__init__(db, setting=setting)
         self.latest = LatestTable(self.engine)  # the latest value per entity (its own module)
 
-    # -- the collector's side -----------------------------------------------------------------
+    # -- the alerter's side -------------------------------------------------------------------
     def apply(self, transitions: Sequence[Transition]) -> int:
         """Record transitions (one transaction); returns how many changed an alert row.
 
@@ -120,68 +120,80 @@ class Store(OnDatabase):
         """
         if not transitions:
             return 0
-        a, ev = schema.alerts, schema.alert_events
-        changed = 0
         with self._write() as conn:
-            keys = list({t.key for t in transitions})
-            open_rows: dict[str, Any] = {}
-            for i in range(0, len(keys), 500):
-                for r in conn.execute(sa.select(a.c.id, a.c.key, a.c.state, a.c.severity, a.c.paged)
-                                      .where(a.c.key.in_(keys[i:i + 500]), a.c.resolved_at.is_(None))):
-                    open_rows[r.key] = {"id": r.id, "state": r.state, "severity": r.severity,
-                                        "paged": r.paged}
-            # new episodes first, in one INSERT … RETURNING (SQLAlchemy batches it)
-            first: dict[str, Transition] = {}
-            for tr in transitions:
-                if tr.key not in open_rows and tr.key not in first and tr.state != "resolved":
-                    first[tr.key] = tr
-            inserted: set[int] = set()
-            if first:
-                res = conn.execute(a.insert().returning(a.c.id, a.c.key, sort_by_parameter_order=True),
-                                   [_episode(tr) for tr in first.values()])
-                for r in res:
-                    tr = first[r.key]
-                    open_rows[r.key] = {"id": r.id, "state": tr.state, "severity": tr.severity,
-                                        "paged": tr.page}
-                    inserted.add(id(tr))
-            events: list[dict[str, Any]] = []
-            for tr in transitions:
-                row = open_rows.get(tr.key)
-                if id(tr) in inserted:
-                    alert_id, kind = row["id"], tr.state  # type: ignore[index]
-                elif row is None:
-                    if tr.state == "resolved":
-                        continue
-                    alert_id = conn.execute(  # a second episode of one key in one batch
-                        a.insert().values(**_episode(tr)).returning(a.c.id)).scalar_one()
-                    open_rows[tr.key] = {"id": alert_id, "state": tr.state, "severity": tr.severity,
-                                         "paged": tr.page}
-                    kind = tr.state
+            return len(self.apply_in(conn, transitions))
+
+    def apply_in(self, conn: Connection, transitions: Sequence[Transition]) -> list[Transition]:
+        """``apply`` inside the caller's transaction; returns the transitions that changed an
+        alert row (the rest were replays: the alerter pages and publishes only these).
+
+        Several alerter partitions may judge one gateway's alerts (its stations are spread over
+        them): a partition that sees the gateway later never moves the row back, so a pending
+        transition for a firing alert and a lower severity change nothing but the last seen."""
+        a, ev = schema.alerts, schema.alert_events
+        recorded: list[Transition] = []
+        keys = list({t.key for t in transitions})
+        open_rows: dict[str, Any] = {}
+        for i in range(0, len(keys), 500):
+            for r in conn.execute(sa.select(a.c.id, a.c.key, a.c.state, a.c.severity, a.c.paged)
+                                  .where(a.c.key.in_(keys[i:i + 500]), a.c.resolved_at.is_(None))):
+                open_rows[r.key] = {"id": r.id, "state": r.state, "severity": r.severity,
+                                    "paged": r.paged}
+        # new episodes first, in one INSERT … RETURNING (SQLAlchemy batches it)
+        first: dict[str, Transition] = {}
+        for tr in transitions:
+            if tr.key not in open_rows and tr.key not in first and tr.state != "resolved":
+                first[tr.key] = tr
+        inserted: set[int] = set()
+        if first:
+            res = conn.execute(a.insert().returning(a.c.id, a.c.key, sort_by_parameter_order=True),
+                               [_episode(tr) for tr in first.values()])
+            for r in res:
+                tr = first[r.key]
+                open_rows[r.key] = {"id": r.id, "state": tr.state, "severity": tr.severity,
+                                    "paged": tr.page}
+                inserted.add(id(tr))
+        events: list[dict[str, Any]] = []
+        for tr in transitions:
+            row = open_rows.get(tr.key)
+            if id(tr) in inserted:
+                alert_id, kind = row["id"], tr.state  # type: ignore[index]
+            elif row is None:
+                if tr.state == "resolved":
+                    continue
+                alert_id = conn.execute(  # a second episode of one key in one batch
+                    a.insert().values(**_episode(tr)).returning(a.c.id)).scalar_one()
+                open_rows[tr.key] = {"id": alert_id, "state": tr.state, "severity": tr.severity,
+                                     "paged": tr.page}
+                kind = tr.state
+            else:
+                alert_id = row["id"]
+                same = tr.state == row["state"] and tr.severity == row["severity"]
+                backwards = tr.state != "resolved" and (
+                    (tr.state == "pending" and row["state"] == "firing")
+                    or severity_rank(tr.severity) < severity_rank(row["severity"]))
+                if backwards or (same and tr.page <= row["paged"]):
+                    conn.execute(a.update().where(a.c.id == alert_id)
+                                 .values(last_ts=tr.ts, value=tr.value))
+                    continue
+                kind = tr.state if tr.state != row["state"] else "severity"
+                values: dict[str, Any] = dict(state=tr.state, severity=tr.severity, last_ts=tr.ts,
+                                              value=tr.value, context=tr.context, quiet=tr.quiet,
+                                              summary=tr.summary[:300], paged=row["paged"] or tr.page)
+                if tr.state == "firing" and row["state"] == "pending":
+                    values["fired_at"] = tr.ts
+                if tr.state == "resolved":
+                    values["resolved_at"] = tr.ts
+                    del open_rows[tr.key]
                 else:
-                    alert_id = row["id"]
-                    same = tr.state == row["state"] and tr.severity == row["severity"]
-                    if same and tr.page <= row["paged"]:
-                        conn.execute(a.update().where(a.c.id == alert_id)
-                                     .values(last_ts=tr.ts, value=tr.value))
-                        continue
-                    kind = tr.state if tr.state != row["state"] else "severity"
-                    values: dict[str, Any] = dict(state=tr.state, severity=tr.severity, last_ts=tr.ts,
-                                                  value=tr.value, context=tr.context, quiet=tr.quiet,
-                                                  summary=tr.summary[:300], paged=row["paged"] or tr.page)
-                    if tr.state == "firing" and row["state"] == "pending":
-                        values["fired_at"] = tr.ts
-                    if tr.state == "resolved":
-                        values["resolved_at"] = tr.ts
-                        del open_rows[tr.key]
-                    else:
-                        row.update(state=tr.state, severity=tr.severity, paged=values["paged"])
-                    conn.execute(a.update().where(a.c.id == alert_id).values(**values))
-                events.append(dict(alert_id=alert_id, ts=tr.ts, kind=kind, state=tr.state,
-                                   severity=tr.severity, value=tr.value, quiet=tr.quiet))
-                changed += 1
-            if events:
-                conn.execute(ev.insert(), events)
-        return changed
+                    row.update(state=tr.state, severity=tr.severity, paged=values["paged"])
+                conn.execute(a.update().where(a.c.id == alert_id).values(**values))
+            events.append(dict(alert_id=alert_id, ts=tr.ts, kind=kind, state=tr.state,
+                               severity=tr.severity, value=tr.value, quiet=tr.quiet))
+            recorded.append(tr)
+        if events:
+            conn.execute(ev.insert(), events)
+        return recorded
 
     def touch(self, seen: Sequence[tuple[str, int]]) -> None:
         """Move the open alerts' last seen (``last_ts``) forward to the engine's latest true verdict.
@@ -198,7 +210,7 @@ class Store(OnDatabase):
             conn.execute(stmt, [{"k": k, "t": t} for k, t in seen])
 
     def active_silences(self, now: int) -> list[Silence]:
-        """Silences not over and not cancelled (the collector re-reads them every silences_s)."""
+        """Silences not over and not cancelled (the alerter re-reads them every silences_s)."""
         s = schema.silences
         with self._read() as conn:
             rows = conn.execute(sa.select(s).where(s.c.end_ms > now, s.c.cancelled_at.is_(None))).all()
@@ -406,7 +418,7 @@ class Store(OnDatabase):
         return Page(rows, int(total))
 
     def cancel_silence(self, sid: int, *, actor: str, now: int) -> SilenceRow:
-        """Stop a silence now (audited). The collector stops honouring it at its next re-read of
+        """Stop a silence now (audited). The alerter stops honouring it at its next re-read of
         silences (``alerts.silences_s``). A cancelled or ended silence is a Conflict."""
         s = schema.silences
         with self._write() as conn:

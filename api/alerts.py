@@ -230,7 +230,7 @@ async def list_silences(
 
 
 @router.delete("/silences/{silence_id}", response_model=SilencePublic,
-               summary="Cancel a silence now; the collector stops honouring it within alerts.silences_s")
+               summary="Cancel a silence now; the alerter stops honouring it within alerts.silences_s")
 async def cancel_silence(store: AlertStoreDep, silence_id: SilenceId, p: Engineer) -> SilencePublic:
     return SilencePublic.model_validate(await asyncio.to_thread(store.cancel_silence, silence_id,
                                                                 actor=p.name, now=_now()))

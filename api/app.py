@@ -2,7 +2,7 @@
 
 Health (no credential) and readiness; the hotline lookup (``api/lookup.py``); stations with their
 latest values and history (``api/stations.py``); alerts, their history, acknowledgement, notes,
-manual resolution and silences (``api/alerts.py``) on the alert store the collector writes;
+manual resolution and silences (``api/alerts.py``) on the alert store the alerter writes;
 credentials and the audit trail (``api/admin.py``); remote building control (``api/commands.py``,
 ``api/control.py``, with a ``control:`` block). Every endpoint but /health and /ready needs
 a bearer token; see ``api/auth.py`` for the roles.

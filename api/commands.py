@@ -5,7 +5,7 @@ announced (the latest retained gateway status this API process received), the pr
 (the latest reading, for the step) and the point's last command (its minimum interval); a 422
 names the bound that was hit. A station-wide setpoint waits for a second engineer
 (POST /v1/commands/{id}/confirm); a building valve opening goes at once. The command is
-committed, then published by the API's sender (api/control.py); the collector records the
+committed, then published by the API's sender (api/control.py); the alerter records the
 gateway's result. GET shows the lifecycle; ``unknown`` is computed at read time for a command
 with no result by its deadline plus ``control.unknown_grace_s``.
 """

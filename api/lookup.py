@@ -7,7 +7,7 @@ household, recent acknowledgements and notes, and a one-line verdict: a known fa
 down, leak, cold building) or this household alone.
 
 Cost per call: the store in one worker-thread hop (the household with its building's and
-station's latest values and state from the collector's ``latest`` table in one query, then the
+station's latest values and state from the alerter's ``latest`` table in one query, then the
 chain's open alerts and their acknowledgements), and, for a household with a room sensor, one
 small InfluxDB query for the 24 h (``api/rooms.py``). Figures in docs/api.md.
 """

@@ -3,17 +3,17 @@ with the collector ingesting at the same time.
 
 Fills a SQLite alert store with 5,000 stations, 100,000 households (asset import) and 50,000
 alerts, writes two hours of values (every station point of the vocabulary, building entrance
-values, room temperatures of every household) into a real influxd and, where the collector
-keeps one (issue #20), into the store's ``latest`` table through the collector's own
-latest-value stage; starts the API (one uvicorn worker) as its own process. Before the load,
-``--serial`` requests of each kind are sent one at a time: their mean latency and the CPU the
-API process and influxd spend per request (from /proc) say where the time goes. Then mosquitto,
-a collector (rules, alert store and latest values on the same store file) and a load generator
-ingesting ``--ingest`` messages/s of 200 values start, and once every ingest station has
-reported (its InfluxDB series exist: creating 130,000 series stalls InfluxDB's queries) an
-open-loop load of ``--rate`` requests/s runs for ``--seconds``: 40 % lookups by household code,
-20 % by address words, 40 % alert lists with filters. Prints p50/p99 per kind, each process's
-share of a core during the load, and the collector's ingest rate in that window, JSON.
+values, room temperatures of every household) into a real influxd and, where the alerter keeps
+one (issue #20), into the store's ``latest`` table through the alerter's own latest-value stage;
+starts the API (one uvicorn worker) as its own process. Before the load, ``--serial`` requests of
+each kind are sent one at a time: their mean latency and the CPU the API process and influxd
+spend per request (from /proc) say where the time goes. Then mosquitto, a collector, an alerter
+(rules, alert store and latest values on the same store file) and a load generator ingesting
+``--ingest`` messages/s of 200 values start, and once every ingest station has reported (its
+InfluxDB series exist: creating 130,000 series stalls InfluxDB's queries) an open-loop load of
+``--rate`` requests/s runs for ``--seconds``: 40 % lookups by household code, 20 % by address
+words, 40 % alert lists with filters. Prints p50/p99 per kind, each process's share of a core
+during the load, and the collector's ingest rate in that window, JSON.
 
     .venv/bin/python bench/api_bench.py --rate 200 --seconds 30
 """
@@ -46,8 +46,8 @@ from contract.payload import Frame, Sample, parse_station_status
 from contract.points import VOCABULARY, Kind, Level
 from heatwatch.devstack import REPO, Influxd, Mosquitto, free_port, port_open
 
-if (REPO / "collector" / "latest.py").exists():
-    from collector.latest import LatestValues
+if (REPO / "alerter" / "latest.py").exists():
+    from alerter.latest import LatestValues
 else:  # the code before issue #20 had no latest table: the same script measures both
     LatestValues = None  # type: ignore[assignment,misc]
 
@@ -238,8 +238,9 @@ def settle(pid: int, timeout_s: float = 60) -> None:
 
 
 class Ingest:
-    """mosquitto, a collector with the rule engine writing the bench's store, and a load
-    generator publishing ``rate`` messages/s of 200 values for ``seconds``."""
+    """mosquitto, a collector, an alerter (the rule engine and the latest values) writing the
+    bench's store, and a load generator publishing ``rate`` messages/s of 200 values for
+    ``seconds``."""
 
     def __init__(self, tmp: Path, db: Influxd, store_url: str, rate: float, stations: int,
                  seconds: float) -> None:
@@ -249,17 +250,22 @@ class Ingest:
         (tmp / "collector.yaml").write_text(yaml.safe_dump({
             "kind": "collector", "client_id": "bench-collector", "mqtt": {"port": self.broker.port},
             "influx": {"url": db.url, "database": DB},
-            "spool": {"path": str(tmp / "spool.sqlite")}, "stats": {"metrics_port": self.metrics_port},
-            "alerts": {"store": store_url, "state_path": str(tmp / "engine.state")}}))
-        log = tmp / "collector.log"
-        self.collector = subprocess.Popen(
-            [sys.executable, "-m", "heatwatch", "collector", str(tmp / "collector.yaml")],
-            stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=REPO)  # noqa: SIM115
-        deadline = time.monotonic() + 60
-        while b'"subscribed"' not in log.read_bytes():
-            if time.monotonic() > deadline or self.collector.poll() is not None:
-                raise SystemExit(f"the collector did not start; see {log}")
-            time.sleep(0.1)
+            "spool": {"path": str(tmp / "spool.sqlite")}, "stats": {"metrics_port": self.metrics_port}}))
+        (tmp / "alerter.yaml").write_text(yaml.safe_dump({
+            "kind": "alerter", "member": "bench-alerter", "mqtt": {"port": self.broker.port},
+            "alerts": {"store": store_url}}))
+        started: dict[str, subprocess.Popen[bytes]] = {}
+        for name, ready in (("collector", b'"subscribed"'), ("alerter", b'"partitions taken over"')):
+            log = tmp / f"{name}.log"
+            started[name] = subprocess.Popen(
+                [sys.executable, "-m", "heatwatch", name, str(tmp / f"{name}.yaml")],
+                stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=REPO)  # noqa: SIM115
+            deadline = time.monotonic() + 60
+            while ready not in log.read_bytes():
+                if time.monotonic() > deadline or started[name].poll() is not None:
+                    raise SystemExit(f"the {name} did not start; see {log}")
+                time.sleep(0.1)
+        self.collector, self.alerter = started["collector"], started["alerter"]
         self.loadgen = subprocess.Popen(
             [sys.executable, "-m", "heatwatch.loadgen", "--port", str(self.broker.port), "--gateways", "50",
              "--stations", str(stations), "--rate", str(rate), "--seconds", str(seconds), "--fixed-values"],
@@ -267,14 +273,14 @@ class Ingest:
 
     def pids(self) -> dict[str, int]:
         assert self.broker.proc is not None
-        return {"collector": self.collector.pid, "mosquitto": self.broker.proc.pid,
-                "loadgen": self.loadgen.pid}
+        return {"collector": self.collector.pid, "alerter": self.alerter.pid,
+                "mosquitto": self.broker.proc.pid, "loadgen": self.loadgen.pid}
 
     def values(self) -> float:
         return scrape(self.metrics_port)["heatwatch_collector_values_total"]
 
     def stop(self) -> None:
-        for p in (self.loadgen, self.collector):
+        for p in (self.loadgen, self.collector, self.alerter):
             p.terminate()
             p.wait(30)
         self.broker.stop()

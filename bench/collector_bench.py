@@ -39,7 +39,6 @@ import yaml
 from measure import pct, proc_cpu_s, proc_cpu_split_s, proc_mem_kb, scrape
 from paho.mqtt.enums import CallbackAPIVersion
 
-from alerting import rules_build
 from contract.influx import MEASUREMENT_STATION
 from heatwatch.devstack import REPO, Influxd, Mosquitto, free_port
 from heatwatch.loadgen import Shape
@@ -143,7 +142,6 @@ def main() -> int:
     ap.add_argument("--outage", type=float, default=0, help="stop InfluxDB this many seconds")
     ap.add_argument("--concurrency", type=int, default=2, help="InfluxDB writes in flight")
     ap.add_argument("--max-lines", type=int, default=5000, help="lines per InfluxDB write")
-    ap.add_argument("--alerts", action="store_true", help="run the rule engine and alert store too")
     ap.add_argument("--keep", action="store_true", help="keep the data folder (printed as dir)")
     ap.add_argument("--warmup", type=float, default=30,
                     help="seconds before the steady-state CPU window opens (engine built, caches warm)")
@@ -160,9 +158,6 @@ def main() -> int:
         "batch": {"max_lines": a.max_lines, "max_delay_s": 0.2, "concurrency": a.concurrency},
         "spool": {"path": str(tmp / "spool.sqlite"), "after_s": 2},
         "stats": {"metrics_port": metrics_port}}
-    if a.alerts:
-        cfg["alerts"] = {"store": f"sqlite:///{tmp / 'alerts.sqlite'}",
-                         "state_path": str(tmp / "engine.state")}
     (tmp / "collector.yaml").write_text(yaml.safe_dump(cfg))
     log = open(tmp / "collector.log", "wb")  # noqa: SIM115
     collector = subprocess.Popen(
@@ -195,8 +190,6 @@ def main() -> int:
             influx_cpu0 = proc_cpu_s(pids["influxd"])
             split0 = proc_cpu_split_s(collector.pid)
             gc0 = sum(gc_figures(port)[0])
-            rules0 = scrape(port).get("heatwatch_collector_rules_cpu_seconds_total", 0.0)
-            latest0 = scrape(port).get("heatwatch_collector_latest_flush_cpu_seconds_total", 0.0)
             cpu_before, t_before = {k: proc_cpu_s(p) for k, p in pids.items()}, time.monotonic()
             time.sleep(max(0.0, a.seconds - a.warmup - 2))
             shares = cpu_shares(pids, time.monotonic() - t_before, cpu_before)
@@ -214,8 +207,6 @@ def main() -> int:
         influx_steady: float | None = None
         sys_share: float | None = None
         steady_gc_share: float | None = None
-        rules_share: float | None = None
-        latest_share: float | None = None
         if steady0 is not None:
             gens[0].wait(a.seconds + 60)  # the window closes with the load, before the drain
             done_values = scrape(port)["heatwatch_collector_values_total"] - steady0[1]
@@ -227,14 +218,6 @@ def main() -> int:
             spent = user1 - split0[0] + sys1 - split0[1]
             sys_share = round((sys1 - split0[1]) / spent, 3) if spent else None  # the kernel's part
             steady_gc_share = round((sum(gc_figures(port)[0]) - gc0) / steady_cpu, 3) if steady_cpu else None
-            if a.alerts and steady_cpu:
-                rules_s = scrape(port)["heatwatch_collector_rules_cpu_seconds_total"] - rules0
-                # the rules' own CPU against the rest of the collector's, same run, same values
-                rules_share = round(rules_s / (steady_cpu - rules_s), 3)
-                # the latest-value flushes (copy + store write; not the per-reading update)
-                flush_name = "heatwatch_collector_latest_flush_cpu_seconds_total"
-                latest_s = scrape(port).get(flush_name, 0.0) - latest0
-                latest_share = round(latest_s / steady_cpu, 3)
         results = [orjson.loads(g.communicate(timeout=a.seconds + a.outage + 300)[0]) for g in gens]
         published = sum(r["published"] for r in results)
         first_ts = min(r["first_ts"] for r in results) / 1000
@@ -283,10 +266,8 @@ def main() -> int:
             "steady_cpu_share_by_process": shares,
             "steady_cpu_share_whole_machine": round(sum(shares.values()) / (os.cpu_count() or 1), 2)
             if shares else None,
-            "alerts": a.alerts, "rules": rules_build() if a.alerts else None,
             "collector_code": str(REPO),  # the checkout the collector ran from
-            "steady_rules_cpu_added_to_the_rest": rules_share,
-            "steady_latest_flush_share_of_cpu": latest_share, "dir": str(tmp) if a.keep else None,
+            "dir": str(tmp) if a.keep else None,
         }, option=orjson.OPT_INDENT_2).decode())
         return 0 if stored == published else 1
     finally:

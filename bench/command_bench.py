@@ -2,8 +2,8 @@
 
 Every part real, each its own process on loopback: mosquitto, influxd, the simulator serving
 ``--stations`` stations (the shipped PLC, make-up meter and room-concentrator maps), ONE gateway
-process polling them all every ``--interval`` s with remote control on, the collector with the
-store, and the API (uvicorn). Then:
+process polling them all every ``--interval`` s with remote control on, the collector, the
+alerter (it records the results in the store), and the API (uvicorn). Then:
 
 - idle window (``--window`` s, no commands): the other stations' poll cycle, seen from outside:
   the age of each telemetry message when it reaches an MQTT observer (sample time → arrival:
@@ -112,7 +112,7 @@ def write_station(folder: Path, i: int, mqtt_port: int, plc: int, bus: int, pub:
 
 def _phases(store_url: str, since_ms: float) -> dict[str, dict[str, float]]:
     """Where the round trip goes, from the store's own times (ms, p50/p99): API commit →
-    PUBACK handled (sent_at), → the gateway's decision (its result's ts), → the collector's
+    PUBACK handled (sent_at), → the gateway's decision (its result's ts), → the alerter's
     record (the result event)."""
     import sqlalchemy as sa
 
@@ -174,8 +174,12 @@ def main() -> int:
         col = tmp / "collector.yaml"
         col.write_text(yaml.safe_dump({
             "kind": "collector", "client_id": "bench-collector", "mqtt": {"port": broker.port},
-            "influx": {"url": influx.url, "database": "bench"}, "spool": {"path": str(tmp / "spool.sqlite")},
-            "alerts": {"store": store_url, "state_path": str(tmp / "engine.state")}}))
+            "influx": {"url": influx.url, "database": "bench"},
+            "spool": {"path": str(tmp / "spool.sqlite")}}))
+        alerter = tmp / "alerter.yaml"  # it records the commands' results in the store
+        alerter.write_text(yaml.safe_dump({
+            "kind": "alerter", "member": "bench-alerter", "mqtt": {"port": broker.port},
+            "alerts": {"store": store_url}}))
         api_port = free_port()
         api = tmp / "api.yaml"
         api.write_text(yaml.safe_dump({
@@ -189,6 +193,8 @@ def main() -> int:
         wait_until(lambda: all(port_open(p) for p in ports), 120, "simulated stations")
         procs["collector"] = subprocess.Popen([*run, "collector", str(col)], cwd=REPO, stdout=log,
                                               stderr=subprocess.STDOUT)
+        procs["alerter"] = subprocess.Popen([*run, "alerter", str(alerter)], cwd=REPO, stdout=log,
+                                            stderr=subprocess.STDOUT)
         procs["gateway"] = subprocess.Popen([*run, "gateway", *map(str, configs)], cwd=REPO, stdout=log,
                                             stderr=subprocess.STDOUT)
         procs["api"] = subprocess.Popen([*run, "api", str(api)], cwd=REPO, stdout=log,

@@ -1,9 +1,9 @@
-"""The collector's latest-value stage alone (issue #20): CPU per value of ``observe`` and of a
+"""The alerter's latest-value tap alone (issue #20): CPU per value of ``observe`` and of a
 flush in which every message's places are written (the case where each station reports at most
 once per ``alerts.latest_s``), on a real SQLite alert store.
 
 Decodes ``--stations`` load-generator messages (200 values: 150 station points, 5 buildings of 6
-points, 20 rooms), feeds them to ``collector.latest.LatestValues`` ``--rounds`` times, flushing
+points, 20 rooms), feeds them to ``alerter.latest.LatestValues`` ``--rounds`` times, flushing
 after each round. CPU is the thread's own (``thread_time``), so other work on the machine
 inflates it less than wall time; compare with the line encoder's CPU per value, printed beside.
 
@@ -22,8 +22,8 @@ from time import thread_time_ns
 
 import orjson
 
+from alerter.latest import LatestValues
 from alerting.store import Store
-from collector.latest import LatestValues
 from contract.influx import telemetry_lines
 from contract.payload import decode_telemetry
 from heatwatch.loadgen import Shape, message

@@ -1,31 +1,27 @@
-"""Ingest stage acknowledge: durable batches → alert transitions recorded → PUBACKs and receipts,
-in batch order.
+"""Ingest stage acknowledge: durable batches → PUBACKs and receipts, in batch order.
 
 Takes (batch, its write) pairs in batch order from the write-or-spool stage and waits for each write
 in turn, so a batch whose write finished early still waits for the batches before it: the PUBACKs go
 out in the order the PUBLISHes came in (MQTT requires it). Beside the PUBACKs, the receipt stage
-(``collector/receipt.py``) gets the batch: durable now, its gateways may let go. Before a batch's
-PUBACKs, the alert transitions its messages caused are committed to the alert store. Then it gives
-the batch's slot back to the write stage and observes the live samples' latency (sample time at the
+(``collector/receipt.py``) gets the batch: durable now, its gateways may let go. Then it gives the
+batch's slot back to the write stage and observes the live samples' latency (sample time at the
 gateway → durable here).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from collector.metrics import Histogram, Stats
 from collector.stages import Batch
 from collector.store import Written
-from contract.alerts import Transition
 
 
 class Acknowledge:
     def __init__(self, ack: Callable[[list[int]], None], stats: Stats, latency: Histogram,
-                 record: Callable[[list[Transition]], Awaitable[None]] | None,
                  clock: Callable[[], float], receipt: Callable[[Batch], None] | None = None) -> None:
-        self.ack, self.stats, self.latency, self.record, self.clock = ack, stats, latency, record, clock
+        self.ack, self.stats, self.latency, self.clock = ack, stats, latency, clock
         self.receipt = receipt  # the receipt stage (collector/receipt.py)
 
     async def run(self, written: asyncio.Queue[Written], slots: asyncio.Semaphore) -> None:
@@ -36,8 +32,6 @@ class Acknowledge:
             slots.release()
 
     async def done(self, b: Batch) -> None:
-        if b.transitions and self.record is not None:
-            await self.record(b.transitions)  # in the store before the PUBACKs
         if b.mids:
             self.ack(b.mids)  # durable now: let the broker forget them, in arrival order
             self.stats.acked += len(b.mids)

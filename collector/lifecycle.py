@@ -30,6 +30,7 @@ from typing import Any, Literal
 import httpx
 import structlog
 
+from contract.alerts import AlertRules, load_rules
 from contract.config import InfluxSettings, LifecycleSettings
 from contract.errors import DatabaseUnavailable, HeatwatchError
 from contract.influx import (
@@ -262,6 +263,14 @@ async def backfill(admin: InfluxAdmin, database: str, raw_rp: str, start_ms: int
         out[r.name] = written
         log.info("rollup backfilled", rollup=r.name, start_ms=start_ms, end_ms=end_ms, points=written)
     return out
+
+
+def plausible_of(rules: str | None) -> tuple[float, float]:
+    """The room sensors' plausible range (``sensor.plausible_min``…``plausible_max``) of a rule
+    file, for the 1-hour rollup's plausible room means; the rules' defaults without one. The rule
+    file is the alerter's: the collector's and ``heatwatch influx setup``'s ``rules:`` names it."""
+    r = load_rules(rules) if rules else AlertRules()
+    return r.sensor.plausible_min, r.sensor.plausible_max
 
 
 def raw_rp(settings: InfluxSettings) -> str:

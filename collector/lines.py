@@ -2,15 +2,17 @@
 
 Takes a ``Validated`` (see ``collector/stages.py``) and returns its line protocol, built by the
 pure encoders of ``contract/influx.py`` (the schema lives there): telemetry, status, a command
-result, or the ``rejects`` record of a message that failed validation (or of the readings
-refused from a stored one: a ``Trimmed`` message).
+result, an alert transition (Grafana's annotations), or the ``rejects`` record of a message that
+failed validation (or of the readings refused from a stored one: a ``Trimmed`` message).
 """
 
 from __future__ import annotations
 
 from collector.stages import GatewaySeen, Rejected, Trimmed, Validated
+from contract.alerts import Transition
 from contract.commands import CommandResult
 from contract.influx import (
+    alert_line,
     command_line,
     gateway_status_line,
     reject_line,
@@ -35,4 +37,6 @@ def lines(item: Validated) -> list[str]:
         return [gateway_status_line(item.status, item.received_ms)]
     if isinstance(item, CommandResult):
         return [command_line(item)]
+    if isinstance(item, Transition):
+        return [alert_line(item)]
     return [station_status_line(item)]

@@ -1,13 +1,13 @@
 """The collector's counters: one table (``TABLE``) that both ``/metrics`` and the stats lines are
 made from.
 
-The hot path only bumps plain ints in ``Stats`` (and the alert stage's, writer's and spool's own
-counters); nothing is locked or copied per message. Each row of the table names a figure once:
-Prometheus serves it as ``heatwatch_collector_<name>`` (``_total`` for counters), read at scrape
-time by a custom prometheus_client collector; every ``stats.interval_s`` the same rows become
-InfluxDB lines (``stats_lines``): unlabelled figures are fields of the ``collector`` measurement,
-a labelled family is a field of its own measurement with the label as a tag (``collector_rejects``
-by reason, ``ingest`` by station, ``collector_gc`` by generation) and, where ``total`` is set, its
+The hot path only bumps plain ints in ``Stats`` (and the writer's and spool's own counters);
+nothing is locked or copied per message. Each row of the table names a figure once: Prometheus
+serves it as ``heatwatch_collector_<name>`` (``_total`` for counters), read at scrape time by a
+custom prometheus_client collector; every ``stats.interval_s`` the same rows become InfluxDB lines
+(``stats_lines``): unlabelled figures are fields of the ``collector`` measurement, a labelled
+family is a field of its own measurement with the label as a tag (``collector_rejects`` by
+reason, ``ingest`` by station, ``collector_gc`` by generation) and, where ``total`` is set, its
 sum is a ``collector`` field too. The latency histogram is stored as its count and sum.
 Integers are stored as InfluxDB integers, clamped to int64 so a counter can never make its line
 unwritable.
@@ -35,10 +35,7 @@ from contract.influx import (
 )
 
 if TYPE_CHECKING:
-    from collector.alerts import AlertStage, AlertStats
-    from collector.commands import ResultStage
     from collector.influx import InfluxWriter
-    from collector.latest import LatestStats, LatestValues
     from collector.receipt import Receipts
     from collector.receive import MqttReceive
     from collector.stages import Inbox
@@ -153,20 +150,9 @@ class Collector(Protocol):
     @property
     def latency(self) -> Histogram: ...
     @property
-    def alerts(self) -> AlertStage | None: ...
-    @property
-    def results(self) -> ResultStage | None: ...
-    @property
-    def latest(self) -> LatestValues | None: ...
-    @property
     def receipts(self) -> Receipts: ...
     @property
     def receive(self) -> MqttReceive: ...
-
-
-# the parts of a collector that not every collector runs: the rule engine, the command-result
-# recorder and the latest-value tap (only with the alert store); their rows only where they run
-Part = Literal["alerts", "results", "latest"]
 
 
 @dataclass(frozen=True)
@@ -183,22 +169,6 @@ class Row:
     field: str | None = None  # its field there (default: name)
     total: bool = False  # a labelled family whose sum is also a ``collector`` field
     member_tag: bool = True  # tagged with the collector's client_id in InfluxDB
-    part: Part | None = None  # only when the collector runs this part
-
-
-def _alert_stats(c: Collector) -> AlertStats:
-    assert c.alerts is not None
-    return c.alerts.stats
-
-
-def _results(c: Collector) -> ResultStage:
-    assert c.results is not None
-    return c.results
-
-
-def _latest(c: Collector) -> LatestStats:
-    assert c.latest is not None
-    return c.latest.stats
 
 
 _PER_GEN = ("0", "1", "2")
@@ -228,8 +198,8 @@ TABLE: tuple[Row, ...] = (
         "gateways re-send)", lambda c: c.stats.receipts_dropped),
     Row("receipts_waiting", "stations whose receipts wait for the broker's Receive Maximum",
         lambda c: len(c.receipts.pending), kind="gauge"),
-    Row("published_refused", "receipts and alert transitions the broker refused (PUBACK reason, e.g. "
-        "the ACL)", lambda c: c.receive.client.refused),
+    Row("published_refused", "receipts the broker refused (PUBACK reason, e.g. the ACL)",
+        lambda c: c.receive.client.refused),
     Row("inbox_bytes", "payload bytes of the received messages waiting", lambda c: c.inbox.bytes,
         kind="gauge"),
     # the alert on a collector that cannot keep up watches this, not ``inbox``: a healthy busy
@@ -260,48 +230,6 @@ TABLE: tuple[Row, ...] = (
     Row("gc_collections", "garbage collections, by generation",
         lambda c: dict(zip(_PER_GEN, GC_CLOCK.collections, strict=True)), label="generation",
         measurement=MEASUREMENT_COLLECTOR_GC, field="collections"),
-    Row("alert_transitions", "alert transitions recorded in the store",
-        lambda c: _alert_stats(c).transitions, part="alerts"),
-    Row("alert_pages", "alert transitions paged (MQTT alert topic, webhooks)",
-        lambda c: _alert_stats(c).pages, part="alerts"),
-    Row("alert_published", "alert transitions published on the MQTT alert topic",
-        lambda c: _alert_stats(c).published, part="alerts"),
-    Row("alert_renotified", "unacknowledged critical alerts paged again (alerts.renotify_critical_h)",
-        lambda c: _alert_stats(c).renotified, part="alerts"),
-    Row("alert_store_retries", "alert store writes that failed and were retried",
-        lambda c: _alert_stats(c).store_retries, part="alerts"),
-    Row("webhook_sent", "pages delivered to every webhook", lambda c: _alert_stats(c).webhook_sent,
-        part="alerts"),
-    Row("webhook_failed", "pages a webhook refused for good (4xx)", lambda c: _alert_stats(c).webhook_failed,
-        part="alerts"),
-    Row("webhook_retries", "webhook deliveries that failed and were retried",
-        lambda c: _alert_stats(c).webhook_retries, part="alerts"),
-    Row("rule_samples", "readings the rule engine judged",
-        lambda c: c.alerts.engine.samples_judged if c.alerts is not None else 0, part="alerts"),
-    Row("rule_errors", "messages and ticks the rule engine failed on (their data is stored)",
-        lambda c: _alert_stats(c).rule_errors, part="alerts"),
-    Row("rules_cpu_seconds", "CPU time in the rule engine (observe, status, tick, snapshot)",
-        lambda c: _alert_stats(c).rules_cpu_ns / 1e9, part="alerts"),
-    Row("alerts_open", "alerts pending or firing in the engine",
-        lambda c: len(c.alerts.engine.lives) if c.alerts is not None else 0, kind="gauge", part="alerts"),
-    Row("command_results", "command results recorded in the store", lambda c: _results(c).recorded,
-        part="results"),
-    Row("command_results_failed", "command results the store refused for good (their lines are in "
-        "InfluxDB)", lambda c: _results(c).failed, part="results"),
-    Row("command_results_retries", "command-store writes that failed and were retried",
-        lambda c: _results(c).retries, part="results"),
-    Row("latest_entities", "stations, buildings and households with latest values held",
-        lambda c: _latest(c).entities, kind="gauge", part="latest"),
-    Row("latest_written", "latest-value rows upserted in the store", lambda c: _latest(c).written,
-        part="latest"),
-    Row("latest_flushes", "latest-value flushes that wrote rows", lambda c: _latest(c).flushes,
-        part="latest"),
-    Row("latest_write_errors", "latest-value flushes that failed (retried next round)",
-        lambda c: _latest(c).write_errors, part="latest"),
-    Row("latest_refused", "readings of entities beyond max_entities", lambda c: _latest(c).refused,
-        part="latest"),
-    Row("latest_flush_cpu_seconds", "CPU of the latest-value flushes (copy and write)",
-        lambda c: _latest(c).flush_ns / 1e9, part="latest"),
 )
 LATENCY = ("latency_seconds", "live telemetry from its sample time at the gateway to durable "
            "(InfluxDB or spool) at the collector")
@@ -309,7 +237,7 @@ INT64_MAX = 2**63 - 1
 
 
 def _rows(c: Collector) -> Iterator[Row]:
-    return (r for r in TABLE if r.part is None or getattr(c, r.part) is not None)
+    return iter(TABLE)
 
 
 class _Source(_PromCollector):

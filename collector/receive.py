@@ -2,7 +2,7 @@
 
 paho-mqtt (MQTT 5, persistent session, fixed client id, manual acknowledgement) subscribes to
 telemetry (shared with the group's other members when ``subscription_group`` is set), to the
-gateway and station status topics and, in the collector with the alert store, to command results.
+gateway and station status topics, command results and the alerters' transitions.
 TLS and the broker identity come from ``messaging.security.apply_security``, as for every other
 MQTT client of heatwatch. Emits each message as a ``Delivery`` into the ``Inbox``; takes
 ``ack(mids)`` from the acknowledge stage. The inbox holds at most ``receive_maximum`` deliveries:
@@ -201,10 +201,8 @@ class _Client(mqtt.Client):
 
 
 class MqttReceive:
-    def __init__(self, cfg: CollectorConfig, inbox: Inbox, connected: asyncio.Event, *,
-                 results: bool = False) -> None:
+    def __init__(self, cfg: CollectorConfig, inbox: Inbox, connected: asyncio.Event) -> None:
         self.cfg, self.inbox = cfg, inbox
-        self.results = results  # subscribe to command results (the collector with the alert store)
         self.connected = connected  # set while the broker session is up
         self.subscribed = asyncio.Event()  # set once the broker granted the subscriptions
         self._loop: asyncio.AbstractEventLoop | None = None  # run()'s: paho is driven from it
@@ -240,17 +238,14 @@ class MqttReceive:
         return self._loop
 
     def subscriptions(self) -> list[tuple[str, int]]:
-        """Telemetry, shared with the group's other members if there is a group (each message to
-        one of them); gateway and station status always whole, since retained messages are not
-        sent to shared subscriptions and every member keeps its own view of who is online; command
-        results where they are recorded."""
-        telemetry = topics.TELEMETRY_FILTER
+        """Telemetry, command results and alert transitions, shared with the group's other members
+        if there is a group (each message to one of them); gateway and station status always
+        whole, since retained messages are not sent to shared subscriptions (every member stores
+        them: the same point each time)."""
+        shared = [topics.TELEMETRY_FILTER, topics.COMMAND_RESULT_FILTER, topics.ALERT_FILTER]
         if self.cfg.subscription_group is not None:
-            telemetry = f"$share/{self.cfg.subscription_group}/{telemetry}"
-        subs = [(telemetry, 1)] + [(f, 1) for f in topics.STATUS_FILTERS]
-        if self.results:
-            subs.append((topics.COMMAND_RESULT_FILTER, 1))
-        return subs
+            shared = [f"$share/{self.cfg.subscription_group}/{f}" for f in shared]
+        return [(f, 1) for f in shared] + [(f, 1) for f in topics.STATUS_FILTERS]
 
     # -- the acknowledge stage's way back --------------------------------------------------------
     def ack(self, mids: list[int]) -> None:

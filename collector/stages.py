@@ -1,18 +1,18 @@
 """What the collector's ingest stages pass each other, and the queue between receive and batch.
 
-    receive ──Delivery──▶ Inbox ──▶ validate ─Validated─▶ (taps) ─▶ lines ─▶ batch ──Batch──▶
-        write or spool (+ record command results) ──(Batch, its write)──▶ acknowledge ──PUBACKs──▶ receive
-                                                                           └─ receipt ──receipts──▶ gateways
+    receive ──Delivery──▶ Inbox ──▶ validate ─Validated─▶ lines ─▶ batch ──Batch──▶
+        write or spool ──(Batch, its write)──▶ acknowledge ──PUBACKs──▶ receive
+                                                         └─ receipt ──receipts──▶ gateways
 
 The wiring is in ``collector/app.py`` (``Collector.run``); each stage is in its own module.
 Stages that run concurrently talk through bounded queues, and a full queue makes the stage before
 it wait: the receive stage stops reading the socket (TCP pushes back, the broker keeps the rest),
-the batch stage waits for a free slot behind the writes. validate → taps → lines are plain
+the batch stage waits for a free slot behind the writes. validate → lines are plain
 function calls made by the batch stage for each delivery, in arrival order: nothing runs between
 them, so a queue there would cost a hop per message and buy nothing.
 
-Ticks (alert transitions due) and stats lines reach the batch stage through the inbox's control
-path (``Inbox.control``), never as fake deliveries.
+Stats lines reach the batch stage through the inbox's control path (``Inbox.control``), never as
+fake deliveries.
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ class Trimmed:
     refused: Rejected
 
 
-# what the validate stage makes of one delivery (a CommandResult only in the collector with the
-# alert store, which subscribes to the results)
-Validated = Frame | Trimmed | StationStatus | GatewaySeen | CommandResult | Rejected
+# what the validate stage makes of one delivery: a gateway's command result and an alerter's
+# transition are stored as lines too (commands and alerts measurements)
+Validated = Frame | Trimmed | StationStatus | GatewaySeen | CommandResult | Transition | Rejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +84,7 @@ class StatsLines:
     lines: list[str]
 
 
-@dataclass(frozen=True, slots=True)
-class AlertsDue:
-    """Control: the alert ticker produced transitions; the batch stage takes them now."""
-
-
-Control = StatsLines | AlertsDue
+Control = StatsLines
 
 
 @dataclass
@@ -98,8 +93,6 @@ class Batch:
 
     lines: list[str] = field(default_factory=list)
     mids: list[int] = field(default_factory=list)  # PUBACKs, in arrival order
-    transitions: list[Transition] = field(default_factory=list)  # alert changes these messages caused
-    results: list[CommandResult] = field(default_factory=list)  # command results these messages carry
     started: float = 0.0  # monotonic time of its first content
     sample_ts: list[int] = field(default_factory=list)  # live telemetry's sample times (ms)
     # what to receipt once durable: (station, gateway, boot) → the messages' seqs

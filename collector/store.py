@@ -1,12 +1,8 @@
-"""Ingest stage write or spool: a batch's lines → durable (InfluxDB, or the on-disk spool); its
-command results → the command store alongside.
+"""Ingest stage write or spool: a batch's lines → durable (InfluxDB, or the on-disk spool).
 
 Takes batches from the batch stage and starts up to ``batch.concurrency`` writes at once (each
 write waits out InfluxDB's WAL fsync; with one at a time the collector idles through it), and
-hands each batch with its write, in batch order, to the acknowledge stage. A batch that carries
-command results (the collector with the alert store) has them recorded (``collector/commands.py``)
-while its lines are written: the InfluxDB write need not come first, and the acknowledge stage
-waits for both. ``slots`` bounds what
+hands each batch with its write, in batch order, to the acknowledge stage. ``slots`` bounds what
 is between the two: a slot is taken when a write starts and given back by the acknowledge stage
 once that batch is acknowledged, so at most ``concurrency`` batches are written or waiting for
 their PUBACKs, and the next batch waits for a slot.
@@ -23,14 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable
 
 import structlog
 
 from collector.influx import BACKOFF_MIN_S, InfluxWriter, WriteOutcome
 from collector.metrics import Stats
 from collector.stages import Batch
-from contract.commands import CommandResult
 from contract.config import SpoolSettings
 from contract.errors import CannotOpen, DatabaseUnavailable
 from durable.queue import DiskQueue, QueueUnavailable, oldest
@@ -42,10 +36,8 @@ Written = tuple[Batch, "asyncio.Task[None]"]  # a batch and the write that makes
 
 
 class WriteOrSpool:
-    def __init__(self, cfg: SpoolSettings, writer: InfluxWriter, stats: Stats, *,
-                 record_results: Callable[[list[CommandResult]], Awaitable[None]] | None = None) -> None:
+    def __init__(self, cfg: SpoolSettings, writer: InfluxWriter, stats: Stats) -> None:
         self.cfg, self.writer, self.stats = cfg, writer, stats
-        self.record_results = record_results
         try:
             self.spool = DiskQueue(cfg.path, max_bytes=cfg.max_bytes, max_age_s=cfg.max_age_h * 3600)
         except QueueUnavailable as exc:  # one line at start-up, naming the setting that moves it
@@ -60,14 +52,7 @@ class WriteOrSpool:
         while True:
             b = await batches.get()
             await slots.acquire()
-            written.put_nowait((b, tg.create_task(self.durable(b))))  # ≤ slots long
-
-    async def durable(self, b: Batch) -> None:
-        """The batch's lines durable, and its command results recorded alongside."""
-        if b.results and self.record_results is not None:
-            await asyncio.gather(self.store(b.lines), self.record_results(b.results))
-        else:
-            await self.store(b.lines)
+            written.put_nowait((b, tg.create_task(self.store(b.lines))))  # ≤ slots long
 
     async def store(self, lines: list[str]) -> None:
         """Return once the lines are in InfluxDB (or refused by it for good) or in the spool."""

@@ -2,13 +2,12 @@
 
 Takes (topic, payload, now, size on the wire) and returns a ``Validated``: a telemetry ``Frame``
 (or a ``Trimmed`` one: stored without the readings it refuses), a ``StationStatus``, a
-``GatewaySeen``, a ``CommandResult`` (only with ``results`` on: the collector with the alert
-store, which subscribes to them) or a ``Rejected`` with its reason. Never raises on input.
+``GatewaySeen``, a gateway's ``CommandResult``, an alerter's ``Transition`` (the alert topic) or a
+``Rejected`` with its reason. Never raises on input.
 Besides its answer it keeps only its own state: counters (``Stats``: received, accepted, values,
 rejected by reason, per station messages, sequence gaps, restarts and re-stamped messages), per
 station the last sequence number the gap count needs and the last re-stamped time, and the kind
-of every point name it has stored (below); it
-calls nothing else (the rule engine and other taps are fed by the wiring, with what this returns).
+of every point name it has stored (below); it calls nothing else.
 
 Kinds. InfluxDB fixes a field's type at its first write in a shard and refuses a line of any
 other type whole. Canonical points have a kind in the vocabulary; a custom ``x_`` point has the
@@ -46,6 +45,7 @@ import structlog
 from collector.metrics import Stats
 from collector.stages import GatewaySeen, Rejected, Trimmed, Validated
 from contract import topics
+from contract.alerts import parse_transition
 from contract.commands import parse_command_result
 from contract.config import IngestSettings
 from contract.errors import InvalidInput, PayloadError
@@ -65,6 +65,7 @@ log = structlog.get_logger("heatwatch.collector")
 _TELEMETRY, _STATION_STATUS, _GATEWAY_STATUS, _COMMAND_RESULT = (
     topics.TopicKind.TELEMETRY, topics.TopicKind.STATION_STATUS, topics.TopicKind.GATEWAY_STATUS,
     topics.TopicKind.COMMAND_RESULT)
+_ALERT = topics.TopicKind.ALERT
 # topics that parsed, by their text: a station's topic comes back every few seconds, and parsing
 # builds and checks a Topic each time (~1 % of the collector's CPU). Bounded like the decoder's
 # caches: cleared when full (a flood of made-up station names costs a re-parse, not memory).
@@ -89,9 +90,8 @@ INFLUX_TYPES: dict[str, type] = {"float": float, "boolean": bool, "string": str,
 
 
 class Validate:
-    def __init__(self, cfg: IngestSettings, stats: Stats, *, results: bool = False) -> None:
+    def __init__(self, cfg: IngestSettings, stats: Stats) -> None:
         self.cfg, self.stats = cfg, stats
-        self.results = results  # command results are taken (the collector with the alert store)
         self._known = frozenset(cfg.known_stations) if cfg.known_stations is not None else None
         self._max_future_ms = cfg.max_future_s * 1000
         self._max_past_ms = cfg.max_past_days * 86400_000
@@ -180,7 +180,9 @@ class Validate:
         try:
             t = self._topics.get(topic) or self._topic(topic)
             kind = t.kind
-            station = t.subject if kind is not _GATEWAY_STATUS else None
+            # an alert's subject is its station or, for a gateway's own alerts, the gateway: checked
+            # against the inventory once parsed
+            station = t.subject if kind is not _GATEWAY_STATUS and kind is not _ALERT else None
             if station is not None and self._known is not None and station not in self._known:
                 raise PayloadError(f"station {station!r} is not in ingest.known_stations", "unknown_station")
             if size > MAX_PAYLOAD_BYTES:  # the receive stage kept none of it
@@ -199,12 +201,21 @@ class Validate:
                     raise PayloadError(f"gateway {gs.gateway!r} names no station of ingest.known_stations "
                                        f"({', '.join(gs.stations[:5])})", "unknown_station")
                 return GatewaySeen(gs, now_ms)
-            if kind is _COMMAND_RESULT and self.results:
+            if kind is _COMMAND_RESULT:
                 r = parse_command_result(payload)
                 if (r.station, r.id) != (t.subject, t.item):
                     raise PayloadError(f"result {r.station}/{r.id} on the topic of {t.subject}/{t.item}",
                                        "topic_mismatch")
                 return r
+            if kind is _ALERT:
+                tr = parse_transition(payload)
+                if t.subject not in (tr.station, tr.gateway):
+                    raise PayloadError(f"alert {tr.key} on the topic of {t.subject}", "topic_mismatch")
+                station = tr.station
+                if station is not None and self._known is not None and station not in self._known:
+                    raise PayloadError(f"station {station!r} is not in ingest.known_stations",
+                                       "unknown_station")
+                return tr
             raise PayloadError(f"the collector does not take {kind} messages", "unexpected_topic")
         except InvalidInput as exc:
             known = station is None or self._known is None or station in self._known

@@ -11,7 +11,7 @@ Two shapes, both pure functions of a ``Transition``:
 - ``postable_alert``: one alert for a real Alertmanager's API (``POST /api/v2/alerts``, a JSON
   list); Alertmanager then groups, routes, silences and repeats it to its receivers. A firing
   alert carries an ``endsAt`` ``FIRING_FOR`` ahead (Alertmanager resolves an alert nobody
-  re-posts by then); the collector re-posts open critical ones with its re-notifications, and a
+  re-posts by then); the alerter re-posts open critical ones with its re-notifications, and a
   resolution carries its time.
 
 Labels: ``alertname`` (the rule), ``severity``, the entity (``station``, ``building``,

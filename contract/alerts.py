@@ -1,4 +1,4 @@
-"""The alert model and the rule file: what the collector's rule engine raises and how it judges.
+"""The alert model and the rule file: what the alerter's rule engine raises and how it judges.
 
 An alert is identified by a stable key, ``rule:entity``, e.g. ``room_low:st001/b01/b01-0301`` or
 ``makeup_rate:st001/secondary``; the engine emits a ``Transition`` whenever an alert changes
@@ -28,7 +28,7 @@ from typing import Any, Literal
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from contract.errors import ConfigError
+from contract.errors import ConfigError, PayloadError
 from contract.topics import Ident
 
 
@@ -119,6 +119,17 @@ class Transition(msgspec.Struct, frozen=True, kw_only=True):
     context: dict[str, Any] = {}
     quiet: Quiet = Quiet.NONE  # why it is not paged
     page: bool = False  # goes to the pager (MQTT alert topic, webhooks)
+
+
+_TRANSITION = msgspec.json.Decoder(Transition)
+
+
+def parse_transition(raw: bytes) -> Transition:
+    """One transition as the alert topic carries it; PayloadError saying why it is not one."""
+    try:
+        return _TRANSITION.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise PayloadError(f"not an alert transition: {str(exc)[:200]}", "bad_alert") from None
 
 
 def alert_key(rule: str, station: str | None = None, building: str | None = None,
@@ -243,7 +254,7 @@ class CirculationRules(_Strict):
 
 class ClockRules(_Strict):
     skew_s: float = Field(60.0, gt=0, description="a gateway clock this far off (its stamps ahead of "
-                                                  "their receipt, or re-stamped by the collector) "
+                                                  "their receipt, or re-stamped on receipt) "
                                                   "is a clock_skew")
     hold_min: float = Field(10.0, ge=0)
     clear_min: float = Field(10.0, ge=0)

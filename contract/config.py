@@ -5,7 +5,7 @@ Four kinds of file, told apart by their ``kind:`` key:
 - ``register_map``: the registers of one controller model (a template shared by every station
   that has that cabinet: "一站一案" differences go in the gateway config);
 - ``gateway``: one gateway: its station, broker, outbox, poll groups and devices;
-- ``collector`` and ``api``: broker and InfluxDB settings of those services.
+- ``collector``, ``alerter`` and ``api``: broker, InfluxDB and alert-store settings of those services.
 
 ``${NAME}`` and ``${NAME:-default}`` in string values are taken from the environment, so
 secrets and per-machine paths stay out of the files.
@@ -855,35 +855,6 @@ class WebhookSettings(_Strict):
     headers: dict[str, SecretStr] = Field(default_factory=dict)  # e.g. Authorization
 
 
-class AlertSettings(_Strict):
-    """The collector's rule engine and alert store (see contract/alerts.py for the rule file)."""
-
-    rules: str | None = None  # rule file (YAML, kind: rules); relative to this config; None = defaults
-    store: StoreUrl  # SQLAlchemy URL: sqlite:////var/lib/heatwatch/alerts.sqlite or postgresql+psycopg://…
-    state_path: str  # the engine's snapshot (windows, baselines, pending timers)
-    tick_s: float = Field(default=15, gt=0)  # time-driven rules (stale, offline, escalation)
-    # the snapshot pauses the loop ~1.5 s per 100,000 room sensors; the store keeps the alerts
-    # themselves, so a crash between snapshots costs window samples, not alerts
-    snapshot_s: float = Field(default=300, gt=0)
-    silences_s: float = Field(default=30, gt=0)  # re-read silences from the store this often
-    seen_s: float = Field(default=60, gt=0)  # open alerts' last seen written to the store this often
-    # the latest value of every point per entity into the store's `latest` table this often (the
-    # hotline's "now", read without a time-series query; collector/latest.py); null = off
-    latest_s: float | None = Field(default=5, gt=0)
-    publish: bool = True  # every transition on heatwatch/v1/alert/{station}
-    webhooks: list[WebhookSettings] = Field(default_factory=list)
-    webhook_outbox: str | None = None  # durable queue of webhook deliveries; needed with webhooks
-    # a critical alert still firing that nobody has acknowledged is paged again this often (hours;
-    # None: never); checked every seen_s
-    renotify_critical_h: float | None = Field(default=4.0, gt=0)
-
-    @model_validator(mode="after")
-    def _outbox(self) -> AlertSettings:
-        if self.webhooks and not self.webhook_outbox:
-            raise ValueError("webhooks need webhook_outbox (a file path for the delivery queue)")
-        return self
-
-
 class CollectorConfig(_Strict):
     kind: Literal["collector"]
     client_id: Ident = "heatwatch-collector"
@@ -899,18 +870,92 @@ class CollectorConfig(_Strict):
     ingest: IngestSettings = IngestSettings()
     spool: SpoolSettings
     stats: StatsSettings = StatsSettings()
-    alerts: AlertSettings | None = None  # the rule engine; None = store telemetry only
     subscription_group: Ident | None = Field(
-        default=None, description="share the telemetry with other collectors through the MQTT 5 shared "
-                                  "subscription $share/<group>/… (docs/scaling.md)")
+        default=None, description="share telemetry, command results and alert transitions with other "
+                                  "collectors through MQTT 5 shared subscriptions $share/<group>/… "
+                                  "(docs/scaling.md)")
+    # the site's rule file (the alerter's; relative to this config): the collector reads only its
+    # room sensors' plausible range (sensor.plausible_min…max), which the 1-hour rollup's plausible
+    # room means keep (docs/operations.md); None = the rules' defaults, 5–35 °C
+    rules: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rules_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "alerts" in data:
+            raise ValueError(
+                "@alerts: the rules run in the alerter now (kind: alerter, `heatwatch alerter CONFIG`; "
+                "docs/alerts.md): move this block into an alerter config, without state_path and "
+                "webhook_outbox (the alerter keeps both in the alert store)")
+        return data
+
+
+class AlertSettings(_Strict):
+    """The alerter's rule engine, its alert store and what it sends (contract/alerts.py: the rule file)."""
+
+    rules: str | None = None  # rule file (YAML, kind: rules); relative to this config; None = defaults
+    store: StoreUrl  # SQLAlchemy URL: sqlite:////var/lib/heatwatch/alerts.sqlite or postgresql+psycopg://…
+    tick_s: float = Field(default=15, gt=0)  # time-driven rules (stale, offline, escalation)
+    # each partition's engine snapshot into the store this often (a takeover restores it and replays
+    # what came since from its standby); a partition of a 5,000-station city pickles in ~25 ms
+    snapshot_s: float = Field(default=30, gt=0)
+    silences_s: float = Field(default=30, gt=0)  # re-read silences from the store this often
+    seen_s: float = Field(default=60, gt=0)  # open alerts' last seen written to the store this often
+    # the latest value of every point per entity into the store's `latest` table this often (the
+    # hotline's "now", read without a time-series query; alerter/latest.py); null = off
+    latest_s: float | None = Field(default=5, gt=0)
+    publish: bool = True  # every transition on heatwatch/v1/alert/{station} (the collector stores them)
+    webhooks: list[WebhookSettings] = Field(default_factory=list)
+    # a critical alert still firing that nobody has acknowledged is paged again this often (hours;
+    # None: never); checked every seen_s
+    renotify_critical_h: float | None = Field(default=4.0, gt=0)
+
+
+class PartitionSettings(_Strict):
+    """Alerter members sharing the stations by partition leases in the store (docs/scaling.md)."""
+
+    count: int = Field(default=64, ge=1, le=4096)  # fixed for a store once members have run
+    lease_s: float = Field(default=10, ge=1, le=600)  # a member silent this long loses its partitions
+    renew_s: float = Field(default=3, gt=0)  # leases renewed and the assignment looked at this often
+    # messages of the partitions another member judges, kept this long (and at most max_bytes) so
+    # a takeover replays what came since the partition's last snapshot
+    standby_s: float = Field(default=90, gt=0)
+    standby_max_bytes: int = Field(default=512 * 1024**2, ge=1024**2)
 
     @model_validator(mode="after")
-    def _group_without_alerts(self) -> CollectorConfig:
-        if self.subscription_group is not None and self.alerts is not None:
-            raise ValueError(
-                "alerts: a collector that judges alerts must see every message of its stations, but "
-                "subscription_group spreads them over the group's members; run the rules in one "
-                "collector without subscription_group (docs/scaling.md)")
+    def _renew(self) -> PartitionSettings:
+        if self.renew_s * 2 > self.lease_s:
+            raise ValueError("@renew_s: renew at least twice per lease_s (a missed round must not cost "
+                             "the leases)")
+        return self
+
+
+class AlerterConfig(_Strict):
+    kind: Literal["alerter"]
+    # this member's name, unique among the alerter members sharing a store; also its MQTT client id
+    # (its own persistent session: every member receives every message)
+    member: Ident = "heatwatch-alerter"
+    mqtt: MqttSettings = MqttSettings()
+    receive_maximum: int = Field(default=1000, ge=1, le=65535)
+    session_expiry_s: int = Field(default=7 * 86400, ge=0)
+    # what counts as valid telemetry: the same limits as the collector's, so the rules judge what
+    # the collector stores (keep the two in step)
+    ingest: IngestSettings = IngestSettings()
+    alerts: AlertSettings
+    partitions: PartitionSettings = PartitionSettings()
+    batch_max: int = Field(default=500, ge=1, le=100_000)  # messages judged per store commit at most
+    # once a message arrives, wait this long for more before judging them as one batch (one commit,
+    # one write of PUBACKs); at 100 messages/s, 0.1 s took the CPU per value from 6.5 to … µs
+    batch_delay_s: float = Field(default=0.1, ge=0, le=5)
+    metrics: MetricsSettings | None = None
+
+    @model_validator(mode="after")
+    def _standby_covers_a_takeover(self) -> AlerterConfig:
+        p = self.partitions
+        need = self.alerts.snapshot_s + p.lease_s + p.renew_s
+        if p.standby_s < need + 5:
+            raise ValueError("@partitions.standby_s: keep at least alerts.snapshot_s + lease_s + renew_s "
+                             f"+ 5 = {need + 5:g} s (a takeover replays from the last snapshot)")
         return self
 
 
@@ -951,7 +996,7 @@ class ApiConfig(_Strict):
 
 
 _MODELS: dict[str, type[BaseModel]] = {
-    "gateway": GatewayConfig, "collector": CollectorConfig, "api": ApiConfig,
+    "gateway": GatewayConfig, "collector": CollectorConfig, "alerter": AlerterConfig, "api": ApiConfig,
     "register_map": RegisterMap, "rules": AlertRules, "report": ReportSettings,
 }
 
@@ -1194,7 +1239,8 @@ def _resolve_devices(data: dict[str, Any], base: Path, file: str) -> list[dict[s
     return out
 
 
-AnyConfig = GatewayConfig | CollectorConfig | ApiConfig | RegisterMap | AlertRules | ReportSettings
+AnyConfig = (GatewayConfig | CollectorConfig | AlerterConfig | ApiConfig | RegisterMap | AlertRules
+             | ReportSettings)
 
 
 def load_config(path: str | Path) -> AnyConfig:
@@ -1214,9 +1260,11 @@ def load_config(path: str | Path) -> AnyConfig:
             data["gateways"] = [str(p.parent / g) if isinstance(g, str) else g for g in data["gateways"]]
     if model is ApiConfig and isinstance(data.get("report"), str):
         data["report"] = str(p.parent / data["report"])  # absolute stays absolute
-    alerts = data.get("alerts") if model is CollectorConfig else None
+    alerts = data.get("alerts") if model is AlerterConfig else None
     if isinstance(alerts, dict) and isinstance(alerts.get("rules"), str):
         alerts["rules"] = str(p.parent / alerts["rules"])  # absolute stays absolute
+    if model is CollectorConfig and isinstance(data.get("rules"), str):
+        data["rules"] = str(p.parent / data["rules"])
     control = data.get("control") if model in (GatewayConfig, ApiConfig) else None
     if isinstance(control, dict):  # key files are named relative to the config, like maps
         if isinstance(control.get("public_keys"), list):
@@ -1225,10 +1273,13 @@ def load_config(path: str | Path) -> AnyConfig:
         if isinstance(control.get("signing_key"), str):
             control["signing_key"] = str(p.parent / control["signing_key"])
     cfg: AnyConfig = _validate(model, data, str(p))
-    if isinstance(cfg, CollectorConfig) and cfg.alerts is not None and cfg.alerts.rules is not None:
-        rules = Path(cfg.alerts.rules)
+    alerts = cfg.alerts if isinstance(cfg, AlerterConfig) else None
+    rule_file = (("alerts.rules", alerts.rules) if alerts is not None
+                 else ("rules", cfg.rules) if isinstance(cfg, CollectorConfig) else ("", None))
+    if rule_file[1] is not None:
+        rules = Path(rule_file[1])
         if not rules.is_file():
-            raise ConfigError(str(p), [f"alerts.rules: no rule file {rules}"
+            raise ConfigError(str(p), [f"{rule_file[0]}: no rule file {rules}"
                                        + (" (it is a directory)" if rules.is_dir() else "")])
         load_rules(rules)  # its own errors name the rule file and its keys
     return cfg
@@ -1257,6 +1308,13 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     cfg = load_config(path)
     if not isinstance(cfg, CollectorConfig):
         raise ConfigError(str(path), [f"kind: expected collector, got {cfg.kind}"])
+    return cfg
+
+
+def load_alerter_config(path: str | Path) -> AlerterConfig:
+    cfg = load_config(path)
+    if not isinstance(cfg, AlerterConfig):
+        raise ConfigError(str(path), [f"kind: expected alerter, got {cfg.kind}"])
     return cfg
 
 

@@ -34,7 +34,7 @@ class RefundBand(_Strict):
 class ReportSettings(_Strict):
     kind: Literal["report"] = "report"
     company: str = Field("heatwatch", min_length=1, max_length=200, description="the PDF's heading")
-    rules: str | None = Field(None, description="the collector's rule file: season, design outdoor "
+    rules: str | None = Field(None, description="the alerter's rule file: season, design outdoor "
                                                 "temperature, make-up limits; relative to this file")
     gateways: list[str] = Field(default_factory=list,
                                 description="gateway configs (globs, relative to this file): expected "

@@ -15,14 +15,15 @@ from pydantic import BaseModel
 
 from contract.alerts import AlertRules, Transition
 from contract.commands import CommandResult, SignedCommand
-from contract.config import ApiConfig, CollectorConfig, GatewayConfig, RegisterMap
+from contract.config import AlerterConfig, ApiConfig, CollectorConfig, GatewayConfig, RegisterMap
 from contract.payload import GatewayStatus, StationStatus, Telemetry
 from contract.report import ReportSettings
 
 MODELS: dict[str, type[BaseModel]] = {
     "telemetry": Telemetry, "station-status": StationStatus, "gateway-status": GatewayStatus,
     "register-map": RegisterMap, "gateway-config": GatewayConfig,
-    "collector-config": CollectorConfig, "api-config": ApiConfig, "alert-rules": AlertRules,
+    "collector-config": CollectorConfig, "alerter-config": AlerterConfig, "api-config": ApiConfig,
+    "alert-rules": AlertRules,
     "report-settings": ReportSettings,
     "command": SignedCommand, "command-result": CommandResult,
 }

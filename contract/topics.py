@@ -7,9 +7,10 @@
     heatwatch/v1/station/{station}/command/{id}      API → gateway        QoS 1, MQTT 5 message
                                                      expiry; signed (contract.commands)
     heatwatch/v1/station/{station}/command-result/{id}  gateway → all     QoS 1, via the gateway's
-                                                     outbox; the collector records it
-    heatwatch/v1/alert/{station|gateway}             collector → all       QoS 1, not retained:
-                                                     every alert transition (contract.alerts)
+                                                     outbox; the alerter records it, the collector stores it
+    heatwatch/v1/alert/{station|gateway}             alerter → all         QoS 1, not retained:
+                                                     every alert transition (contract.alerts);
+                                                     the collector stores them
 
 Identifiers (station, gateway, building, household, command id) are 1–64 characters of
 letters, digits, ``_ . -``: never ``/ + #`` or spaces, so they are safe as topic levels and
@@ -95,10 +96,11 @@ def gateway_status(gateway: str) -> Topic:
     return Topic(TopicKind.GATEWAY_STATUS, gateway)
 
 
-# Subscriptions the collector makes (and the API: gateway status).
+# Subscriptions the collector and the alerter make (and the API: gateway status).
 TELEMETRY_FILTER = f"{ROOT}/station/+/telemetry"
 STATUS_FILTERS = (f"{ROOT}/station/+/status", f"{ROOT}/gateway/+/status")
 COMMAND_RESULT_FILTER = f"{ROOT}/station/+/command-result/+"
+ALERT_FILTER = f"{ROOT}/alert/+"
 
 
 def parse_topic(topic: str) -> Topic:

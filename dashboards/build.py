@@ -370,15 +370,12 @@ def collector() -> dict[str, Any]:
                         "receipt time (the gateway's clock_skew alert names it)")
     b.row("Alerts")
     b.panel("Alert transitions and pages per minute",
-            [_q("A", f'SELECT non_negative_derivative(last("alert_transitions"), 1m) FROM "{c}" '
-                     "WHERE $timeFilter GROUP BY time($__interval) fill(none)", "transitions"),
-             _q("B", f'SELECT non_negative_derivative(last("alert_pages"), 1m) FROM "{c}" '
-                     "WHERE $timeFilter GROUP BY time($__interval) fill(none)", "pages")], unit="cpm")
-    b.panel("Webhook deliveries",
-            [_q("A", f'SELECT last("webhook_sent") FROM "{c}" WHERE $timeFilter '
-                     "GROUP BY time($__interval) fill(previous)", "sent"),
-             _q("B", f'SELECT last("webhook_failed") FROM "{c}" WHERE $timeFilter '
-                     "GROUP BY time($__interval) fill(previous)", "failed")], description="totals")
+            [_q("A", f'SELECT count("severity") FROM "{MEASUREMENT_ALERTS}" '
+                     "WHERE $timeFilter GROUP BY time(1m) fill(none)", "transitions"),
+             _q("B", f'SELECT count("severity") FROM "{MEASUREMENT_ALERTS}" '
+                     "WHERE $timeFilter AND \"page\" = true GROUP BY time(1m) fill(none)", "pages")],
+            unit="cpm", description="what the alerters published, as the collector stored it; their webhook "
+                                    "deliveries are on their /metrics (heatwatch_alerter_webhook_*)")
     return b.d
 
 

@@ -2,6 +2,7 @@
 
     heatwatch gateway CONFIG [CONFIG...] | gateway plan CONFIG
     heatwatch collector CONFIG
+    heatwatch alerter CONFIG
     heatwatch api CONFIG
     heatwatch token add|revoke|list API_CONFIG [NAME] [--role dispatcher|engineer|admin]
     heatwatch keys generate --out DIR [--name NAME]
@@ -40,6 +41,7 @@ from contract.config import (
     ApiConfig,
     GatewayConfig,
     env_names,
+    load_alerter_config,
     load_api_config,
     load_collector_config,
     load_config,
@@ -183,6 +185,18 @@ def _collector(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         await Collector(cfg).run()
+
+    _run(run())
+    return 0
+
+
+def _alerter(args: argparse.Namespace) -> int:
+    from alerter.app import Alerter
+
+    cfg = load_alerter_config(args.config)
+
+    async def run() -> None:
+        await Alerter(cfg).run()
 
     _run(run())
     return 0
@@ -460,9 +474,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 HELP = """\
 Telemetry and alerting for district-heating heat-exchange stations: gateways read the stations'
-Modbus devices and publish over MQTT, a collector stores the data in InfluxDB and raises alerts,
-and an HTTP API serves the dispatch hotline. Each runs as its own command with its config file
-(examples under deploy/); `heatwatch demo` runs all of it on simulated stations.
+Modbus devices and publish over MQTT, a collector stores the data in InfluxDB, an alerter judges
+them and raises alerts, and an HTTP API serves the dispatch hotline. Each runs as its own command
+with its config file (examples under deploy/); `heatwatch demo` runs all of it on simulated
+stations.
 """
 
 EPILOG = """\
@@ -507,6 +522,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("collector", help="MQTT → InfluxDB")
     p.add_argument("config")
     p.set_defaults(fn=_collector)
+    p = sub.add_parser("alerter", help="MQTT → rules → alert store, pages (one member of several)")
+    p.add_argument("config")
+    p.set_defaults(fn=_alerter)
     p = sub.add_parser("api", help="the HTTP API")
     p.add_argument("config")
     p.set_defaults(fn=_api)

@@ -1,9 +1,9 @@
 """``heatwatch demo``: the whole pipeline on simulated stations, on loopback, with a winter night.
 
 Starts mosquitto and influxd with their data under DIR, the simulator playing
-``deploy/scenarios/demo.yaml``, one gateway per station, the collector (judging with
-``deploy/collector/rules-demo.yaml``: the real thresholds, short holds) and the API as child
-processes. Before any of them starts it loads the demo's asset register
+``deploy/scenarios/demo.yaml``, one gateway per station, the collector, the alerter (one member
+on SQLite, judging with ``deploy/alerter/rules-demo.yaml``: the real thresholds, short holds) and
+the API as child processes. Before any of them starts it loads the demo's asset register
 (``deploy/assets/demo-households.csv``) into the alert store and issues a dispatcher and an
 engineer token. Remote control works out of the box: a key pair made once under DIR/keys
 signs the API's commands (DIR/api.yaml, the shipped API config with a ``control:`` block) and
@@ -16,10 +16,11 @@ and stops everything on Ctrl-C, SIGTERM, or SIGHUP (the terminal closed), or aft
 ``--seconds``. ``heatwatch demo --stop`` stops a demo left behind (DIR/demo.pid lists its
 processes). Safe to re-run: data persists under DIR, nothing else is touched.
 
-Ports: the defaults (MQTT 11883, InfluxDB 18086, API 8000, collector metrics 9108, Modbus
-15011-15032 as deploy/gateway/st00*.yaml say) all move together by ``--port-offset N``
-(``HEATWATCH_DEMO_PORT_OFFSET``); HEATWATCH_MQTT_PORT, HEATWATCH_INFLUX_PORT,
-HEATWATCH_API_PORT and HEATWATCH_METRICS_PORT move one each. A busy port is one line naming it.
+Ports: the defaults (MQTT 11883, InfluxDB 18086, API 8000, collector metrics 9108, alerter
+metrics 9109, Modbus 15011-15032 as deploy/gateway/st00*.yaml say) all move together by
+``--port-offset N`` (``HEATWATCH_DEMO_PORT_OFFSET``); HEATWATCH_MQTT_PORT, HEATWATCH_INFLUX_PORT,
+HEATWATCH_API_PORT, HEATWATCH_METRICS_PORT and HEATWATCH_ALERTER_METRICS_PORT move one each. A
+busy port is one line naming it.
 """
 
 from __future__ import annotations
@@ -52,14 +53,16 @@ from heatwatch.devstack import DEPLOY, Influxd, MissingBinary, Mosquitto, free_p
 from simulator.scenario import load_scenario, seconds
 
 SCENARIO = DEPLOY / "scenarios" / "demo.yaml"
-RULES = DEPLOY / "collector" / "rules-demo.yaml"
+RULES = DEPLOY / "alerter" / "rules-demo.yaml"
 ASSETS = DEPLOY / "assets" / "demo-households.csv"
 API_CONFIG = DEPLOY / "api" / "api.yaml"
 COLLECTOR_CONFIG = DEPLOY / "collector" / "collector.yaml"
+ALERTER_CONFIG = DEPLOY / "alerter" / "alerter.yaml"
 OFFSET_ENV = "HEATWATCH_DEMO_PORT_OFFSET"
 # service → (the variable the configs read, its default); Modbus ports come from the gateway configs
 SERVICE_PORTS = {"mqtt": ("HEATWATCH_MQTT_PORT", 11883), "influx": ("HEATWATCH_INFLUX_PORT", 18086),
-                 "api": ("HEATWATCH_API_PORT", 8000), "metrics": ("HEATWATCH_METRICS_PORT", 9108)}
+                 "api": ("HEATWATCH_API_PORT", 8000), "metrics": ("HEATWATCH_METRICS_PORT", 9108),
+                 "alerter_metrics": ("HEATWATCH_ALERTER_METRICS_PORT", 9109)}
 # what the demo issues for itself: shell variable → (token name, role)
 TOKENS = {"TOKEN": ("demo-dispatcher", "dispatcher"), "ENGINEER_TOKEN": ("demo-engineer", "engineer")}
 ACTOR = "heatwatch demo"
@@ -78,6 +81,7 @@ class Ports:
     influx: int
     api: int
     metrics: int
+    alerter_metrics: int
     offset: int
 
 
@@ -92,7 +96,7 @@ def _port(value: str, what: str) -> int:
 
 
 def plan_ports(environ: dict[str, str], offset: int | None) -> Ports:
-    """The four service ports: each variable when set, else its default moved by the offset."""
+    """The five service ports: each variable when set, else its default moved by the offset."""
     if offset is None:
         raw = environ.get(OFFSET_ENV, "0")
         try:
@@ -377,7 +381,7 @@ class Stack:
     def spawn(self, name: str, *args: str) -> None:
         log = open(self.root / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (lives as long as the child)
         # its own session: Ctrl-C and a closed terminal reach the demo only, which stops the
-        # children in order (gateways before the broker, the broker before the collector)
+        # children in order (gateways before the broker, the broker before the collector and alerter)
         self.procs[name] = subprocess.Popen([sys.executable, "-m", "heatwatch", *args], env=self.env,
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.stopped.discard(name)
@@ -429,7 +433,7 @@ class Stack:
         return None
 
     def stop_all(self) -> None:
-        # gateways first (their outboxes close), then the simulator, API and collector, then
+        # gateways first (their outboxes close), then the simulator, API, collector and alerter, then
         # the broker and the database
         for name in sorted(self.procs, key=lambda n: (not n.startswith("gateway-"), n != "simulator")):
             p = self.procs[name]
@@ -933,7 +937,8 @@ def _busy_ports(ports: Ports, configs: list[Path]) -> str | None:
     wanted = [(ports.mqtt, "MQTT (mosquitto)", "HEATWATCH_MQTT_PORT"),
               (ports.influx, "InfluxDB", "HEATWATCH_INFLUX_PORT"),
               (ports.api, "the API", "HEATWATCH_API_PORT"),
-              (ports.metrics, "the collector's metrics", "HEATWATCH_METRICS_PORT")]
+              (ports.metrics, "the collector's metrics", "HEATWATCH_METRICS_PORT"),
+              (ports.alerter_metrics, "the alerter's metrics", "HEATWATCH_ALERTER_METRICS_PORT")]
     for c in configs:
         cfg = load_gateway_config(c)
         seen = set()
@@ -994,6 +999,7 @@ def _plan(stations: int, folder: str, port_offset: int | None) -> Plan:
     env = {**os.environ, "HEATWATCH_STATE_DIR": str(root / "state"),
            "HEATWATCH_MQTT_PORT": str(ports.mqtt), "HEATWATCH_INFLUX_URL": f"http://127.0.0.1:{ports.influx}",
            "HEATWATCH_API_PORT": str(ports.api), "HEATWATCH_METRICS_PORT": str(ports.metrics),
+           "HEATWATCH_ALERTER_METRICS_PORT": str(ports.alerter_metrics),
            "HEATWATCH_RULES_FILE": str(RULES), "PYTHONUNBUFFERED": "1"}
     with _environ(env):
         load_scenario(SCENARIO)  # the simulator's part, checked before anything starts
@@ -1077,22 +1083,25 @@ def _run(stations: int, folder: str, seconds_: float | None, port_offset: int | 
               f"{shown(root)})")
         stack.start_service("mosquitto", Mosquitto(root / "mosquitto", ports.mqtt))
         stack.start_service("influxd", Influxd(root / "influxdb", ports.influx, free_port()))
-        # The collector first: the broker queues messages only for subscriptions that exist,
-        # so its persistent session must be there before the gateways publish.
+        # The collector and the alerter first: the broker queues messages only for subscriptions
+        # that exist, so their persistent sessions must be there before the gateways publish.
         stack.spawn("collector", "collector", str(COLLECTOR_CONFIG))
+        stack.spawn("alerter", "alerter", str(ALERTER_CONFIG))
         stack.spawn("api", "api", str(plan.api_config))
         stack.spawn("simulator", "simulate", "--scenario", str(SCENARIO), *stack.gateway_args.values())
-        collector_log = root / "logs" / "collector.log"
         deadline = time.monotonic() + 60
-        while b'"subscribed"' not in collector_log.read_bytes():  # its JSON log line
-            if time.monotonic() > deadline or stack.exited():
-                raise DemoError(f"the collector did not subscribe; see {shown(collector_log)}")
-            time.sleep(0.1)
+        for name, needle, what in (("collector", b'"subscribed"', "subscribe"),
+                                   ("alerter", b'"member registered"', "register")):  # JSON log lines
+            log_file = root / "logs" / f"{name}.log"
+            while needle not in log_file.read_bytes():
+                if time.monotonic() > deadline or stack.exited():
+                    raise DemoError(f"the {name} did not {what}; see {shown(log_file)}")
+                time.sleep(0.1)
         for st, c in stack.gateway_args.items():
             stack.spawn(f"gateway-{st}", "gateway", c)
         started, stack.started_wall = time.monotonic(), time.time()
-        print(f"{len(plan.configs)} simulated stations, their gateways, the collector and the API are "
-              f"starting; logs in {shown(root / 'logs')}")
+        print(f"{len(plan.configs)} simulated stations, their gateways, the collector, the alerter and the "
+              f"API are starting; logs in {shown(root / 'logs')}")
         store = Store(plan.store_url)
         watch = AlertWatch(store, ports)
         base = _influx_count(influx_url)

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from contract.config import (
-    CollectorConfig,
     InfluxSettings,
+    load_alerter_config,
     load_api_config,
     load_collector_config,
     load_config,
@@ -61,17 +61,8 @@ def _admin(args: argparse.Namespace) -> tuple[str, str] | None:
     return (args.admin_user, pw) if pw else None
 
 
-def _plausible(cfg: CollectorConfig) -> tuple[float, float]:
-    """The room sensors' plausible range of the collector's rule file (the rollup's room means
-    use the same range as the rules and the report)."""
-    from contract.alerts import AlertRules, load_rules
-
-    rules = load_rules(cfg.alerts.rules) if cfg.alerts is not None and cfg.alerts.rules else AlertRules()
-    return rules.sensor.plausible_min, rules.sensor.plausible_max
-
-
 def _setup(args: argparse.Namespace) -> int:
-    from collector.lifecycle import User, setup
+    from collector.lifecycle import User, plausible_of, setup
 
     cfg = load_collector_config(args.config)
     settings = cfg.influx
@@ -101,7 +92,7 @@ def _setup(args: argparse.Namespace) -> int:
     if admin is None and users and settings.username:
         print("note: no admin credentials (--admin-password-file or $" + ADMIN_PASSWORD_ENV + "): running as "
               f"{settings.username}, who cannot create users where authentication is on", file=sys.stderr)
-    report = asyncio.run(setup(settings, admin=admin, users=users, plausible=_plausible(cfg)))
+    report = asyncio.run(setup(settings, admin=admin, users=users, plausible=plausible_of(cfg.rules)))
     for line in report.created:
         print(f"created: {line}")
     for rollup, n in report.backfilled.items():
@@ -164,15 +155,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 # ---------------------------------------------------------------------------------------------
 # backup and restore
 #
-#     heatwatch backup COLLECTOR_CONFIG DIR [--influx-rpc HOST:PORT]
-#     heatwatch restore COLLECTOR_CONFIG DIR [--influx-rpc HOST:PORT] [--force]
+#     heatwatch backup COLLECTOR_CONFIG DIR [--alerter ALERTER_CONFIG] [--influx-rpc HOST:PORT]
+#     heatwatch restore COLLECTOR_CONFIG DIR [--alerter ALERTER_CONFIG] [--influx-rpc HOST:PORT] [--force]
 #
-# DIR gets: alerts.sqlite (SQLite's online backup API: a consistent copy while the collector
-# and API write) or alerts.pgdump (pg_dump -Fc), the rule engine's state snapshot, and influx/
-# (`influxd backup -portable` of the database: its retention policies, rollups and raw data).
-# Restore puts them back; stop the collector and API first. InfluxDB's backup service listens on
-# its RPC bind address (127.0.0.1:8088 by default): it has no authentication, keep it on loopback
-# and run these commands on the InfluxDB machine.
+# DIR gets: the alert store of the alerter config (its alerts, the rule engine's partition
+# snapshots, the site register): alerts.sqlite (SQLite's online backup API: a consistent copy
+# while the alerter and API write) or alerts.pgdump (pg_dump -Fc); and influx/ (`influxd backup
+# -portable` of the collector's database: its retention policies, rollups and raw data).
+# Restore puts them back; stop the collector, the alerters and the API first. InfluxDB's backup
+# service listens on its RPC bind address (127.0.0.1:8088 by default): it has no authentication,
+# keep it on loopback and run these commands on the InfluxDB machine.
 
 def _pg(url: str) -> tuple[str, dict[str, str]]:
     """A SQLAlchemy PostgreSQL URL as a libpq URL without its password, and the environment that
@@ -231,11 +223,11 @@ def _backup(args: argparse.Namespace) -> int:
     import shutil
 
     cfg = load_collector_config(args.config)
+    store = load_alerter_config(args.alerter).alerts.store if args.alerter else None
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)
     done: dict[str, str] = {}
-    if cfg.alerts is not None:
-        store = cfg.alerts.store
+    if store is not None:
         if store.startswith("sqlite"):
             _sqlite_copy(_sqlite_path(store), out / "alerts.sqlite")
             done["alert store"] = "alerts.sqlite"
@@ -244,10 +236,6 @@ def _backup(args: argparse.Namespace) -> int:
             _run_tool([_tool("pg_dump", "postgresql-client"), "--format=custom", "--no-owner",
                        f"--file={out / 'alerts.pgdump'}", url], env)
             done["alert store"] = "alerts.pgdump"
-        state = Path(cfg.alerts.state_path)
-        if state.exists():
-            shutil.copy2(state, out / "alert-engine.state")
-            done["rule engine state"] = "alert-engine.state"
     influx = out / "influx"
     if influx.exists():
         shutil.rmtree(influx)
@@ -265,11 +253,11 @@ def _backup(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace) -> int:
     import json
-    import shutil
 
-    from collector.lifecycle import InfluxAdmin, setup
+    from collector.lifecycle import InfluxAdmin, plausible_of, setup
 
     cfg = load_collector_config(args.config)
+    alerter = load_alerter_config(args.alerter) if args.alerter else None
     src = Path(args.dir)
     try:
         manifest = json.loads((src / "manifest.json").read_text())
@@ -295,20 +283,20 @@ def _restore(args: argparse.Namespace) -> int:
             await conn.close()
 
     # everything that could refuse is checked before anything is touched
-    store = cfg.alerts.store if cfg.alerts is not None and manifest.get("alert_store") else None
+    store = alerter.alerts.store if alerter is not None and manifest.get("alert_store") else None
     sqlite_target = _sqlite_path(store) if store and store.startswith("sqlite") else None
     if sqlite_target is not None:
         if not (src / "alerts.sqlite").exists():
             raise ConfigError(str(src), ["alerts.sqlite: missing (a backup of a PostgreSQL store?)"])
         if sqlite_target.exists() and not args.force:
-            raise ConfigError(str(sqlite_target), ["exists: stop the collector and API, then use --force"])
+            raise ConfigError(str(sqlite_target), ["exists: stop the alerter and API, then use --force"])
     if asyncio.run(influx_db_exists()):
         if not args.force:
             raise ConfigError(db, ["InfluxDB database exists: stop the collector, then use --force "
                                    "(it drops the database first)"])
         asyncio.run(drop())
 
-    if store is not None and cfg.alerts is not None:
+    if store is not None:
         if sqlite_target is not None:
             for suffix in ("-wal", "-shm"):  # the old database's WAL must not be replayed onto this one
                 Path(f"{sqlite_target}{suffix}").unlink(missing_ok=True)
@@ -318,27 +306,26 @@ def _restore(args: argparse.Namespace) -> int:
             _run_tool([_tool("pg_restore", "postgresql-client"), "--clean", "--if-exists", "--no-owner",
                        "--single-transaction", f"--dbname={url}", str(src / "alerts.pgdump")], env)
         print(f"restored: alert store -> {store.split('@')[-1]}")
-        state = src / "alert-engine.state"
-        if state.exists():
-            shutil.copy2(state, cfg.alerts.state_path)
-            print(f"restored: rule engine state -> {cfg.alerts.state_path}")
     _run_tool([_tool("influxd", "influxdb"), "restore", "-portable", "-host", args.influx_rpc,
                "-db", manifest.get("database", db), "-newdb", db, str(src / "influx")])
     print(f"restored: influxdb {db}")
     if cfg.influx.lifecycle is not None:
         # a database's portable restore brings its retention policies and data, not its
         # continuous queries (InfluxDB 1.6): set them up again, without re-rolling the history
-        asyncio.run(setup(cfg.influx, admin=admin, backfill_new=False, plausible=_plausible(cfg)))
+        asyncio.run(setup(cfg.influx, admin=admin, backfill_new=False, plausible=plausible_of(cfg.rules)))
         print("restored: rollup continuous queries")
     return 0
 
 
 def register_backup(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    for name, fn, help_ in (("backup", _backup, "alert store, rule engine state and InfluxDB into DIR"),
+    for name, fn, help_ in (("backup", _backup, "InfluxDB and the alert store (rules' state too) into DIR"),
                             ("restore", _restore, "put a `heatwatch backup` DIR back (services stopped)")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("config", metavar="COLLECTOR_CONFIG")
         p.add_argument("dir", metavar="DIR")
+        p.add_argument("--alerter", metavar="ALERTER_CONFIG",
+                       help="the alert store of this alerter config too (alerts, partition snapshots, "
+                            "the site register)")
         p.add_argument("--influx-rpc", default="127.0.0.1:8088",
                        help="influxd's backup/restore service (its bind-address)")
         p.add_argument("--admin-user", default="admin")

@@ -64,11 +64,12 @@ import random
 import statistics
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alerting.engine import Engine, Silence
@@ -456,13 +457,35 @@ class _Station:
         return Frame(self.name, self.gateway, "0badc0de", self.seq, int(t * 1000), False, samples)
 
 
-def run(spec: ScenarioSpec, name: str = "") -> Outcome:
-    rules = spec.rules
+class Input(NamedTuple):
+    """One thing the rules are given, at ``now`` (ms, the scenario's clock): ``silences`` (a list
+    of Silence: the works windows, at the start and after a restart), a telemetry ``frame``, a
+    ``station`` or ``gateway`` status, a ``tick``, or a ``restart`` (the judge restarts from its
+    snapshot)."""
+
+    kind: Literal["silences", "frame", "station", "gateway", "tick", "restart"]
+    now: int
+    msg: Any = None
+
+
+@dataclass
+class Played:
+    out: list[Transition] = field(default_factory=list)
+    sent: list[Sent] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    stations: list[_Station] = field(default_factory=list)
+
+
+def play(spec: ScenarioSpec, feed: Callable[[Input], list[Transition]]) -> Played:
+    """The scenario, in order, into ``feed`` (which judges and returns the transitions): the
+    stations' physics and profiles, the network's faults, statuses, works, ticks every minute,
+    the restart, and the engineer's commands answering pages. ``run`` feeds one rule engine;
+    the alerter's tests feed the same stream to partitioned members."""
     t0 = spec.start.timestamp()
     stations = [_Station(spec, s, i, t0) for i, s in enumerate(spec.station_names())]
-    engine = Engine(rules)
-    _works(engine, spec, t0)
-    out: list[Transition] = []
+    res = Played(stations=stations)
+    out = res.out
+    out += feed(Input("silences", int(t0 * 1000), _works(spec, t0)))
     queue: list[tuple[float, int, str, Any]] = []  # (deliver at, order, kind, message)
     order = 0
 
@@ -477,10 +500,9 @@ def run(spec: ScenarioSpec, name: str = "") -> Outcome:
     due: list[tuple[float, int, str, Command, float]] = []  # (sim time, order, station, command, value)
     waiting = list(enumerate(spec.commands))  # not yet answered
     last_write: dict[tuple[str, str, str | None], int] = {}
-    sent: list[Sent] = []
-    refused: list[str] = []
+    sent, refused = res.sent, res.refused
     seen = 0  # transitions already looked at for pages the engineer answers
-    next_room, next_tick, restarted, rejected = t0, t0, False, 0
+    next_room, next_tick, restarted = t0, t0, False
     t = t0
     while t <= t0 + spec.duration:
         rel = t - t0
@@ -492,10 +514,8 @@ def run(spec: ScenarioSpec, name: str = "") -> Outcome:
             else:
                 refused.append(f"{where} {c.point} {c.building or ''} {value:g}: {problem}")
         if spec.restart_at is not None and not restarted and rel >= spec.restart_at:
-            blob = engine.snapshot()  # what the collector left on disk when it was killed
-            engine = Engine(rules)
-            engine.restore(blob)
-            _works(engine, spec, t0)
+            out += feed(Input("restart", int(t * 1000)))  # from what the judge left on disk
+            out += feed(Input("silences", int(t * 1000), _works(spec, t0)))
             restarted = True
         rooms_due = t >= next_room
         if rooms_due:
@@ -508,17 +528,11 @@ def run(spec: ScenarioSpec, name: str = "") -> Outcome:
             at, _, kind, msg = heapq.heappop(queue)
             now = int(at * 1000)
             if kind == "status":
-                out += _status(engine, spec, msg, now)
+                out += feed(_status(spec, msg, now))
                 continue
-            frame = msg
-            if frame.ts > now + spec.max_future_s * 1000:  # the collector's ingest check
-                if not _RESTAMP:
-                    rejected += 1  # "ts in the future (gateway clock?)": rejected, not judged
-                    continue
-                frame = dataclasses.replace(frame, ts=now, skew_ms=frame.ts - now)
-            out += engine.observe(frame, now)
+            out += feed(Input("frame", now, msg))  # as sent: the judge checks its time
         if t >= next_tick:
-            out += engine.tick(int(t * 1000))
+            out += feed(Input("tick", int(t * 1000)))
             next_tick += 60
         for tr in out[seen:] if waiting else ():  # the engineer answers the page
             for i, c in [w for w in waiting if w[1].answers(tr)]:
@@ -532,9 +546,66 @@ def run(spec: ScenarioSpec, name: str = "") -> Outcome:
                 order += len(c.values)
         seen = len(out)
         t += spec.step
-    res = judge(spec, name, out, sent)
-    res.sent, res.refused = sent, refused
-    for st in stations:
+    return res
+
+
+def receipt(frame: Frame, now: int, max_future_s: float) -> Frame | None:
+    """A frame as the alerter takes it at ``now``: stamped more than ``max_future_s`` ahead, it is
+    re-stamped on its receipt time and marked (``skew_ms``) where the contract carries the mark,
+    else rejected (None)."""
+    if frame.ts > now + max_future_s * 1000:
+        if not _RESTAMP:
+            return None  # "ts in the future (gateway clock?)": rejected, not judged
+        return dataclasses.replace(frame, ts=now, skew_ms=frame.ts - now)
+    return frame
+
+
+def frame_payload(frame: Frame) -> bytes:
+    """The telemetry message a gateway publishes for ``frame`` (the wire form of contract/payload.py)."""
+    values = [{k: v for k, v in (("point", r.point), ("unit", r.unit), ("building", r.building),
+                                 ("household", r.household), ("value", r.value), ("quality", r.quality))
+               if v is not None} for r in frame.samples]
+    msg: dict[str, Any] = {"schema": 1, "station": frame.station, "gateway": frame.gateway,
+                           "boot": frame.boot, "seq": frame.seq, "ts": frame.ts, "values": values}
+    if frame.backfill:
+        msg["backfill"] = True
+    if frame.heartbeat_s is not None:
+        msg["heartbeat_s"] = frame.heartbeat_s
+    return orjson.dumps(msg)
+
+
+def engine_feed(spec: ScenarioSpec) -> Callable[[Input], list[Transition]]:
+    """One rule engine judging a scenario (a restart: a new engine from the old one's snapshot)."""
+    rules = spec.rules
+    engine = Engine(rules)
+
+    def feed(i: Input) -> list[Transition]:
+        nonlocal engine
+        if i.kind == "frame":
+            frame = receipt(i.msg, i.now, spec.max_future_s)
+            return [] if frame is None else engine.observe(frame, i.now)
+        if i.kind == "tick":
+            return engine.tick(i.now)
+        if i.kind == "station":
+            return engine.station_status(i.msg, i.now)
+        if i.kind == "gateway":
+            return engine.gateway_status(i.msg, i.now)
+        if i.kind == "silences":
+            engine.set_silences(i.msg)
+        else:  # restart: what the collector left on disk when it was killed
+            blob = engine.snapshot()
+            engine = Engine(rules)
+            engine.restore(blob)
+        return []
+
+    return feed
+
+
+def run(spec: ScenarioSpec, name: str = "") -> Outcome:
+    played = play(spec, engine_feed(spec))
+    res = judge(spec, name, played.out, played.sent)
+    res.sent, res.refused = played.sent, played.refused
+    for st in played.stations:
         for b in sorted({b for _, b, h in st.model.keys if h is not None and b is not None}):
             rooms = [float(v) for (p, bb, h), v in st.model.values.items()
                      if p == "room_temp" and bb == b and h is not None and isinstance(v, float)]
@@ -595,23 +666,22 @@ def _send(spec: ScenarioSpec, frame: Frame, t: float, rel: float,
         push(at + extra, "frame", frame)
 
 
-def _status(engine: Engine, spec: ScenarioSpec, s: StatusSpec, now: int) -> list[Transition]:
+def _status(spec: ScenarioSpec, s: StatusSpec, now: int) -> Input:
     if s.gateway is not None:
         stations = [x for x in spec.station_names() if spec.gateway_of(x) == s.gateway]
         g = GatewayStatus.model_validate({"schema": 1, "gateway": s.gateway, "state": s.state,
                                           "boot": "0badc0de", "stations": stations, "ts": now})
-        return engine.gateway_status(g, now)
+        return Input("gateway", now, g)
     assert s.station is not None
     st = StationStatus.model_validate({
         "schema": 1, "station": s.station, "gateway": spec.gateway_of(s.station), "state": s.state,
         "devices": {k: {"state": v} for k, v in s.devices.items()}, "ts": now})
-    return engine.station_status(st, now)
+    return Input("station", now, st)
 
 
-def _works(engine: Engine, spec: ScenarioSpec, t0: float) -> None:
-    engine.set_silences([Silence(w.station, w.building, int((t0 + w.at) * 1000),
-                                 int((t0 + w.at + (w.for_ or spec.duration)) * 1000), w.reason)
-                         for w in spec.works])
+def _works(spec: ScenarioSpec, t0: float) -> list[Silence]:
+    return [Silence(w.station, w.building, int((t0 + w.at) * 1000),
+                    int((t0 + w.at + (w.for_ or spec.duration)) * 1000), w.reason) for w in spec.works]
 
 
 def _compliant(spec: ScenarioSpec, tr: Transition) -> bool:

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
-Role = Literal["gateway", "collector", "api"]
+Role = Literal["gateway", "collector", "alerter", "api"]
 # mosquitto_passwd's own iteration count. The passwords are 32 random bytes (256 bits), so the
 # count adds nothing against guessing, and every CONNECT pays it: 5,000 gateways reconnecting
 # after a broker restart hash 5,000 times.
@@ -104,8 +104,9 @@ def acl_lines(name: str, ident: Identity) -> list[str]:
     """What one identity may do (mosquitto ACL). A gateway: publish its own stations' telemetry,
     status and command results and its own gateway status; read only its own stations' commands
     and receipts.
-    The collector reads telemetry, statuses and command results, and publishes alert and receipt
-    topics. The API publishes commands and reads gateway status."""
+    The collector reads telemetry, statuses, command results and alert transitions, and publishes
+    receipts. An alerter reads telemetry, statuses and command results, and publishes the alert
+    topic. The API publishes commands and reads gateway status."""
     out = [f"user {name}"]
     if ident.role == "gateway":
         for s in ident.stations:
@@ -117,8 +118,12 @@ def acl_lines(name: str, ident: Identity) -> list[str]:
     elif ident.role == "collector":
         out += [f"topic read {R}/station/+/telemetry", f"topic read {R}/station/+/status",
                 f"topic read {R}/gateway/+/status", f"topic read {R}/station/+/command-result/+",
-                f"topic write {R}/alert/+",
+                f"topic read {R}/alert/+",
                 f"topic write {R}/station/+/receipt"]  # receipts after its durable write (#16)
+    elif ident.role == "alerter":
+        out += [f"topic read {R}/station/+/telemetry", f"topic read {R}/station/+/status",
+                f"topic read {R}/gateway/+/status", f"topic read {R}/station/+/command-result/+",
+                f"topic write {R}/alert/+"]
     else:
         out += [f"topic write {R}/station/+/command/+", f"topic read {R}/gateway/+/status"]
     return out
@@ -167,7 +172,7 @@ class SiteDir:
 
     # -- commands -------------------------------------------------------------------------------
     def init(self, broker: BrokerSite, *, collector: str = "heatwatch-collector",
-             api: str = "heatwatch-api") -> None:
+             alerter: str = "heatwatch-alerter", api: str = "heatwatch-api") -> None:
         if self.file.exists():
             raise ConfigError(str(self.file), ["a site is already here; issue, revoke or regenerate "
                                                "with the other `heatwatch site` commands"])
@@ -179,7 +184,7 @@ class SiteDir:
         self._write(self.root / "ca" / "ca.crt", pki.pem(cert))
         site = Site(broker=broker)
         self._server_cert(site)
-        for name, role in ((collector, "collector"), (api, "api")):
+        for name, role in ((collector, "collector"), (alerter, "alerter"), (api, "api")):
             self._issue(site, name, role, [])  # type: ignore[arg-type]
         self.save(site)
         self.render(site)
@@ -335,8 +340,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.action == "init":
         d.init(BrokerSite(names=args.broker_name, ips=args.broker_ip, listen=args.listen, port=args.port,
                           conf_dir=args.conf_dir, data_dir=args.data_dir))
-        print(f"site CA, broker certificate and the collector's and API's credentials in {d.root}; "
-              f"broker files in {d.root / 'broker'}", file=sys.stderr)
+        print(f"site CA, broker certificate and the collector's, alerter's and API's credentials in "
+              f"{d.root}; broker files in {d.root / 'broker'}", file=sys.stderr)
     elif args.action == "issue-gateway":
         for c in args.configs:
             folder = d.issue_gateway(c)
@@ -367,7 +372,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``heatwatch site …`` to the command's subparsers."""
     p = sub.add_parser("site", help="a site's broker identities: CA, certificates, passwords, ACL")
     acts = p.add_subparsers(dest="action", required=True)
-    a = acts.add_parser("init", help="a new site: CA, broker certificate, collector and API credentials")
+    a = acts.add_parser("init", help="a new site: CA, broker certificate, collector, alerter and API "
+                                     "credentials")
     a.add_argument("site", metavar="SITE_DIR")
     a.add_argument("--broker-name", action="append", required=True,
                    help="a DNS name clients reach the broker by (repeat for several)")
@@ -381,10 +387,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                               "replace old)")
     a.add_argument("site", metavar="SITE_DIR")
     a.add_argument("configs", nargs="+", metavar="GATEWAY_CONFIG")
-    a = acts.add_parser("issue", help="new credentials for a collector or API identity")
+    a = acts.add_parser("issue", help="new credentials for a collector, alerter or API identity")
     a.add_argument("site", metavar="SITE_DIR")
     a.add_argument("name")
-    a.add_argument("--role", choices=["collector", "api"], required=True)
+    a.add_argument("--role", choices=["collector", "alerter", "api"], required=True)
     a = acts.add_parser("broker", help="regenerate the broker's files (ACL from the gateway configs)")
     a.add_argument("site", metavar="SITE_DIR")
     a.add_argument("configs", nargs="*", metavar="GATEWAY_CONFIG")

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -47,6 +48,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
+from paho.mqtt.client import PUBACK
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -62,6 +64,7 @@ RECONNECT_MIN_S, RECONNECT_MAX_S = 1.0, 30.0
 # paho's own in-flight cap sits above ours: room for the retained birth messages re-sent at a
 # connect, so paho never queues (it sends everything we hand it at once)
 _PAHO_SLACK = 50
+_PUBACK = struct.Struct("!BBH")
 
 
 class PublishRefused(HeatwatchError):
@@ -242,6 +245,35 @@ class MqttClient:
                 yield self._inbox.popleft()
             self._inbox_wake.clear()
             await self._inbox_wake.wait()
+
+    async def receive(self, most: int) -> list[Message]:
+        """Wait for a message; return it with those already waiting, up to ``most``, oldest first
+        (for a consumer that makes a batch durable at once; ``messages()`` gives them one by one).
+        One consumer per client."""
+        while not self._inbox:
+            self._inbox_wake.clear()
+            await self._inbox_wake.wait()
+        inbox = self._inbox
+        return [inbox.popleft() for _ in range(min(most, len(inbox)))]
+
+    def ack_many(self, msgs: Sequence[Message]) -> None:
+        """``ack`` for a batch, in this order, as one socket write (a write per PUBACK is a system
+        call each: a tenth of the alerter's CPU at 100 messages/s here). Messages from an earlier
+        connection are dropped as ``ack`` drops them."""
+        if not self.connected:
+            self.stale_acks += sum(1 for m in msgs if m.qos)
+            return
+        mids = [m.mid for m in msgs if m.qos and m.generation == self.generation]
+        self.stale_acks += sum(1 for m in msgs if m.qos and m.generation != self.generation)
+        if not mids:
+            return
+        # PUBACK, remaining length 2, packet id: success, no properties (MQTT 5 §3.4.2.1)
+        self._paho._packet_queue(PUBACK, b"".join([_PUBACK.pack(PUBACK, 2, m) for m in mids]), 0, 0)
+        self.acks_sent += len(mids)
+        self._unacked -= len(mids)
+        if self._paused and self._unacked < self.receive_maximum:
+            self._paused = False
+            self._resume_reading()
 
     def ack(self, msg: Message) -> None:
         """The consumer has made ``msg`` durable: the broker may forget it.

@@ -189,6 +189,18 @@ def write_collector_config(folder: Path, *, mqtt_port: int, influx_url: str, dat
     return path
 
 
+def write_alerter_config(folder: Path, *, mqtt_port: int, store: str, member: str = "test-alerter",
+                         name: str = "alerter.yaml", **extra: Any) -> Path:
+    """An alerter member's config; ``extra`` top-level keys, or ``alerts`` keys under ``alerts``."""
+    alerts = {"store": store, "tick_s": 0.5, **extra.pop("alerts", {})}
+    cfg = {"kind": "alerter", "member": member,
+           "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "keepalive_s": 5}, "alerts": alerts, **extra}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
 class Processes:
     """heatwatch subprocesses of one test, stopped at its end; their output kept for failures."""
 

@@ -1,6 +1,7 @@
 """Remote control end to end, every part real and a process of its own: the API (uvicorn) →
 mosquitto → the gateway → the simulator's Modbus server (in this process: the test sees every
-write request) → read-back → result → the collector with the store → the API shows it."""
+write request) → read-back → result → the alerter records it in the store (the collector in
+InfluxDB) → the API shows it."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import yaml
 from alerting.registry import SiteRegistry
 from contract.config import load_gateway_config
 from heatwatch.devstack import Influxd, Mosquitto, SimThread, free_port, port_open
-from tests.conftest import Processes, Subscriber, wait_for, write_collector_config
+from tests.conftest import Processes, Subscriber, wait_for, write_alerter_config, write_collector_config
 from tests.control_helpers import DEVICE, STATION, WRITES, write_control_gateway, write_keys
 
 ROLES = {"disp": "dispatcher", "eng1": "engineer", "eng2": "engineer", "admin": "admin"}
@@ -75,8 +76,8 @@ def stack(tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, influx_db: str
             for who, role in ROLES.items()}
     registry.close()
     col = write_collector_config(tmp_path / "col", mqtt_port=mosquitto.port, influx_url=influxd.url,
-                                 database=influx_db,
-                                 alerts={"store": store_url, "state_path": str(tmp_path / "col" / "state")})
+                                 database=influx_db)
+    alerter = write_alerter_config(tmp_path / "alerter", mqtt_port=mosquitto.port, store=store_url)
     port = free_port()
     api = tmp_path / "api.yaml"
     api.write_text(yaml.safe_dump({
@@ -85,6 +86,8 @@ def stack(tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, influx_db: str
         "control": {"signing_key": str(private), "mqtt": {"port": mosquitto.port, "keepalive_s": 5},
                     "unknown_grace_s": 2, "late_report_s": 60}}))
     procs.start("collector", "collector", str(col))
+    procs.start("alerter", "alerter", str(alerter))
+    procs.wait_log("alerter", '"member registered"')  # its session exists before results are published
     procs.start("gateway", "gateway", str(gw_path))
     procs.start("api", "api", str(api))
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)

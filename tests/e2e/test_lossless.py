@@ -1,8 +1,8 @@
 """Issue #16's proof, end to end on real parts: the simulator (real Modbus TCP) → two gateway
-processes with their outboxes → mosquitto → the collector process (rules and alert store on) →
-InfluxDB, and the collector's receipts back to the gateways. mosquitto is killed with SIGKILL,
-once while it holds a backlog for a stopped collector and once under live traffic; every sample
-the gateways produced is in InfluxDB exactly once.
+processes with their outboxes → mosquitto → the collector process (ingest: the rules are the
+alerter's, which this proof does not need) → InfluxDB, and the collector's receipts back to the
+gateways. mosquitto is killed with SIGKILL, once while it holds a backlog for a stopped collector
+and once under live traffic; every sample the gateways produced is in InfluxDB exactly once.
 
 What the gateways produced is recorded beside them, not through the broker: a trigger in each
 gateway's outbox file copies every telemetry row as it is inserted (the gateway deletes rows once
@@ -164,12 +164,8 @@ def _check_exact(g: Gateways, col: CollectorProc, *, timeout: float, since: floa
 
 def _collector(tmp_path: Path, procs: Processes, mosquitto: Mosquitto, influxd: Influxd,
                influx_db: str) -> CollectorProc:
-    state = tmp_path / "state"
-    state.mkdir(exist_ok=True)
     return CollectorProc(procs, tmp_path, mqtt_port=mosquitto.port, db=influxd, database=influx_db,
-                         ingest={"known_stations": list(STATIONS)},
-                         alerts={"store": f"sqlite:///{state / 'alerts.sqlite'}",
-                                 "state_path": str(state / "engine.state"), "tick_s": 5})
+                         ingest={"known_stations": list(STATIONS)})
 
 
 def test_broker_sigkilled_holding_a_backlog_loses_no_sample(

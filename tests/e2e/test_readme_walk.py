@@ -178,7 +178,7 @@ def test_the_demo_its_printed_commands_and_the_readme_walk(demo: Demo, tmp_path:
     first = demo.wait_line(r"^first alert \d+ s after start", 240)
     took = time.monotonic() - t0
     print(f"first alert {took:.0f} s after the demo started ({first})")
-    mqtt, influx, api, metrics = (d + demo.offset for _, d in SERVICE_PORTS.values())
+    mqtt, influx, api, metrics, alerter_metrics = (d + demo.offset for _, d in SERVICE_PORTS.values())
     # the engineer opens the cold building's valve, command by command: then the by-hand lines
     demo.wait_line(r"\] Send one by hand, as the engineer", 300 - took)
     print(f"valve opened {time.monotonic() - t0:.0f} s after the demo started")
@@ -187,7 +187,7 @@ def test_the_demo_its_printed_commands_and_the_readme_walk(demo: Demo, tmp_path:
     pids = demo.pids()
     rpc = int(re.search(r'bind-address = "127\.0\.0\.1:(\d+)"',
                         (demo.folder / "influxdb" / "influxdb.conf").read_text()).group(1))  # type: ignore[union-attr]
-    expected = {mqtt, influx, rpc, api, metrics} | {p + demo.offset for p in MODBUS_DEFAULTS}
+    expected = {mqtt, influx, rpc, api, metrics, alerter_metrics} | {p + demo.offset for p in MODBUS_DEFAULTS}
     assert _listening(set(pids.values())) == expected
 
     # what the demo sent is what it printed, and each one was confirmed by the gateway

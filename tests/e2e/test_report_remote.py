@@ -1,6 +1,7 @@
 """The takeover report's remote-control part from commands the system really ran: the API with
 ``control:`` (uvicorn) → mosquitto → the gateway → the simulator's Modbus server → read-back →
-result → the collector with the store; then the API's report and ``heatwatch report`` read them.
+result → the alerter records it in the store (the collector in InfluxDB); then the API's report
+and ``heatwatch report`` read them.
 
 The gateway announces one writable entrance valve (st001's b01, tests/control_helpers.py): the
 API's report takes the controllable buildings from that announcement (``source: announced``), the
@@ -27,7 +28,14 @@ from alerting.registry import SiteRegistry
 from contract.alerts import AlertRules
 from contract.config import load_gateway_config
 from heatwatch.devstack import Influxd, Mosquitto, SimThread, free_port, port_open
-from tests.conftest import Processes, influx_query, rows, wait_for, write_collector_config
+from tests.conftest import (
+    Processes,
+    influx_query,
+    rows,
+    wait_for,
+    write_alerter_config,
+    write_collector_config,
+)
 from tests.control_helpers import DEVICE, STATION, write_control_gateway, write_keys
 
 FINAL = {"confirmed", "mismatch", "rejected", "failed", "expired"}
@@ -78,8 +86,8 @@ def site(tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, influx_db: str,
                                                                   now=now)} for who in ("eng1", "eng2")}
     registry.close()
     col = write_collector_config(tmp_path / "col", mqtt_port=mosquitto.port, influx_url=influxd.url,
-                                 database=influx_db,
-                                 alerts={"store": store_url, "state_path": str(tmp_path / "col" / "state")})
+                                 database=influx_db)
+    alerter = write_alerter_config(tmp_path / "alerter", mqtt_port=mosquitto.port, store=store_url)
     (tmp_path / "report.yaml").write_text(yaml.safe_dump(
         {"kind": "report", "company": "幸福热力公司", "gateways": [str(gw_path)]}, allow_unicode=True))
     port = free_port()
@@ -90,6 +98,8 @@ def site(tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, influx_db: str,
         "control": {"signing_key": str(private), "mqtt": {"port": mosquitto.port, "keepalive_s": 5},
                     "unknown_grace_s": 2}}))
     procs.start("collector", "collector", str(col))
+    procs.start("alerter", "alerter", str(alerter))  # it records the commands' results in the store
+    procs.wait_log("alerter", '"member registered"')  # its session exists before results are published
     procs.start("gateway", "gateway", str(gw_path))
     procs.start("api", "api", str(api))
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)

@@ -1,6 +1,6 @@
 """Pages in Alertmanager's shapes, against a real Alertmanager (Debian's prometheus-alertmanager):
 the webhook message heatwatch sends is what Alertmanager itself sends for the same alert, the
-collector's alert stage feeds a real Alertmanager's API (firing, then resolved), and an
+alerter's commit and senders feed a real Alertmanager's API (firing, then resolved), and an
 unacknowledged critical alert is paged again on its interval until someone acknowledges it."""
 
 from __future__ import annotations
@@ -18,13 +18,18 @@ import orjson
 import pytest
 import yaml
 
-from collector.alerts import AlertStage
+from alerter.judge import Pending
+from alerter.pages import Senders, wants
+from alerter.record import Recorder
+from alerting.outbox import Outbox
+from alerting.partitions import Leases, partition_of
+from alerting.store import Store
 from contract.alertmanager import postable_alert, webhook_message
 from contract.alerts import Transition
-from contract.config import AlertSettings
+from contract.config import WebhookSettings
 from heatwatch.devstack import find_binary, free_port
 from tests.conftest import wait_for
-from tests.integration.test_collector_alerts import Webhook
+from tests.integration.test_alerter import Webhook
 
 T0 = int(dt.datetime(2026, 12, 10, 2, tzinfo=dt.timezone(dt.timedelta(hours=8))).timestamp() * 1000)
 HOUR = 3_600_000
@@ -108,31 +113,49 @@ def test_our_webhook_message_is_what_alertmanager_sends(alertmanager: Alertmanag
     assert a["endsAt"] == b["endsAt"] == "0001-01-01T00:00:00Z"
 
 
-def test_the_alert_stage_feeds_a_real_alertmanager_firing_then_resolved(
-        tmp_path: Path, alertmanager: Alertmanager, hook: Webhook) -> None:
-    cfg = AlertSettings.model_validate({
-        "store": f"sqlite:///{tmp_path / 'alerts.sqlite'}", "state_path": str(tmp_path / "state"),
-        "webhook_outbox": str(tmp_path / "outbox.sqlite"),
-        "webhooks": [{"url": f"{alertmanager.url}/api/v2/alerts", "format": "alertmanager_api"}]})
+class Member:
+    """An alerter member's store side, owning every partition: commit, re-notify, send pages."""
 
+    def __init__(self, tmp_path: Path, webhooks: list[dict[str, Any]], clock: Any = time.time) -> None:
+        self.store = Store(f"sqlite:///{tmp_path / 'alerts.sqlite'}").open()
+        self.leases = Leases(self.store.engine, 64, 60_000)
+        self.leases.ensure()
+        self.epochs = self.leases.take_all("m#1")
+        hooks = [WebhookSettings.model_validate(w) for w in webhooks]
+        self.recorder = Recorder(self.store, self.leases, "m#1", publish=False, wants_page=wants(hooks))
+        self.senders = Senders(Outbox(self.store.engine), lambda: list(self.epochs), client=None,
+                               webhooks=hooks, clock=clock)
+
+    async def record(self, tr: Transition, now: int) -> None:
+        pending = Pending(transitions={partition_of(tr.station or "", 64): [tr]})
+        await asyncio.to_thread(self.recorder.commit, pending, self.epochs, now)
+        self.senders.wake()
+
+    async def renotify(self, now: int) -> None:
+        await asyncio.to_thread(self.recorder.renotify, self.epochs,
+                                lambda r: partition_of(r["station"] or r["gateway"] or "", 64), now, 2 * HOUR)
+        self.senders.wake()
+
+
+def test_the_alerter_feeds_a_real_alertmanager_firing_then_resolved(
+        tmp_path: Path, alertmanager: Alertmanager, hook: Webhook) -> None:
+    m = Member(tmp_path, [{"url": f"{alertmanager.url}/api/v2/alerts", "format": "alertmanager_api"}])
     now = int(time.time() * 1000)  # Alertmanager resolves on its own clock: the alert is recent
     since, fixed = now - HOUR, now - 60_000
 
     async def scenario() -> None:
-        stage = AlertStage(cfg)
-        await asyncio.to_thread(stage.start)
-        task = asyncio.create_task(stage.webhooks())
+        task = asyncio.create_task(m.senders.webhook_pages())
         try:
-            await stage.record([_transition("firing", ts=since + 600_000, since=since)], None)
+            await m.record(_transition("firing", ts=since + 600_000, since=since), now)
             await asyncio.to_thread(wait_for, lambda: hook.posts, 30, "the firing page via Alertmanager")
-            await stage.record([_transition("resolved", ts=fixed, since=since)], None)
+            await m.record(_transition("resolved", ts=fixed, since=since), now)
             await asyncio.to_thread(wait_for, lambda: [p for p in hook.posts if p["status"] == "resolved"],
                                     30, "the resolution via Alertmanager")
         finally:
             task.cancel()
-            stage.close()
 
     asyncio.run(scenario())
+    m.store.close()
     first, last = hook.posts[0], hook.posts[-1]
     assert first["status"] == "firing" and first["commonLabels"]["alertname"] == "makeup_daily"
     assert first["commonLabels"]["severity"] == "critical" and first["commonLabels"]["station"] == "st001"
@@ -142,34 +165,33 @@ def test_the_alert_stage_feeds_a_real_alertmanager_firing_then_resolved(
 
 def test_an_unacknowledged_critical_alert_is_paged_again_until_acknowledged(
         tmp_path: Path, hook: Webhook) -> None:
-    now = [T0 / 1000]
-    cfg = AlertSettings.model_validate({
-        "store": f"sqlite:///{tmp_path / 'alerts.sqlite'}", "state_path": str(tmp_path / "state"),
-        "webhook_outbox": str(tmp_path / "outbox.sqlite"), "renotify_critical_h": 2,
-        "webhooks": [{"url": hook.url, "format": "alertmanager", "min_severity": "critical"}]})
+    m = Member(tmp_path, [{"url": hook.url, "format": "alertmanager", "min_severity": "critical"}],
+               clock=lambda: T0 / 1000)
 
     async def scenario() -> None:
-        stage = AlertStage(cfg, clock=lambda: now[0])
-        await asyncio.to_thread(stage.start)
-        task = asyncio.create_task(stage.webhooks())
+        task = asyncio.create_task(m.senders.webhook_pages())
         try:
-            await stage.record([_transition("firing", ts=T0)], None)  # paged, not acknowledged
+            await m.record(_transition("firing", ts=T0), T0)  # paged, not acknowledged
             for hours in (1, 2, 3, 4):
-                await stage.renotify(T0 + hours * HOUR)
+                await m.renotify(T0 + hours * HOUR)
             await asyncio.to_thread(wait_for, lambda: len(hook.posts) >= 3, 30, "two re-notifications")
-            row = stage.store.query(open_only=True).rows[0]
-            stage.store.acknowledge(row["id"], actor="dispatcher", now=T0 + 4 * HOUR + 1, note="on it")
+            row = m.store.query(open_only=True).rows[0]
+            m.store.acknowledge(row["id"], actor="dispatcher", now=T0 + 4 * HOUR + 1, note="on it")
             for hours in (6, 8, 10):
-                await stage.renotify(T0 + hours * HOUR)
-            await asyncio.sleep(0.5)
+                await m.renotify(T0 + hours * HOUR)
+            # acknowledged: nothing more queued (a re-notification is an outbox row before it is sent)
+            assert m.senders.outbox.count() == 0
         finally:
             task.cancel()
-            stage.close()
 
     asyncio.run(scenario())
+    # the re-notifications are events of the alert: a member taking its partition over knows when
+    events = [e["kind"] for e in m.store.get(m.store.query().rows[0]["id"])["events"]]
+    m.store.close()
     summaries = [p["alerts"][0]["annotations"]["summary"] for p in hook.posts]
     assert summaries == ["makeup_daily firing at st001/secondary",
                          "makeup_daily still firing, not acknowledged (re-notified) at st001/secondary",
                          "makeup_daily still firing, not acknowledged (re-notified) at st001/secondary"]
     assert [p["alerts"][0]["labels"]["severity"] for p in hook.posts] == ["critical"] * 3
     assert orjson.loads(orjson.dumps(hook.posts[1]))["version"] == "4"
+    assert events == ["firing", "renotified", "renotified", "ack"]

@@ -15,11 +15,11 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from alerter.latest import LatestValues
 from alerting.registry import SiteRegistry
 from alerting.store import Store
 from api.app import create_app
 from collector.influx import InfluxWriter
-from collector.latest import LatestValues
 from contract.alerts import Quiet, Transition
 from contract.config import ApiConfig, InfluxSettings
 from contract.influx import telemetry_lines

@@ -1,6 +1,6 @@
 """`heatwatch backup` and `heatwatch restore` end to end on real parts: the alert store (SQLite
-through its online backup API, PostgreSQL through pg_dump/pg_restore), the rule engine's state
-and InfluxDB (`influxd backup -portable`, 1.6), lost and brought back."""
+through its online backup API, PostgreSQL through pg_dump/pg_restore) with the rule engine's
+partition snapshots in it, and InfluxDB (`influxd backup -portable`, 1.6), lost and brought back."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from alerting.partitions import Leases
 from alerting.registry import SiteRegistry
 from alerting.rows import Principal
 from heatwatch.devstack import REPO, Influxd, Postgres, free_port
@@ -55,8 +56,9 @@ def test_backup_and_restore_bring_everything_back(kind: str, influx_rpc: tuple[I
     cfg = tmp_path / "collector.yaml"
     cfg.write_text(yaml.safe_dump({
         "kind": "collector", "influx": {"url": influxd.url, "database": database, "lifecycle": {}},
-        "spool": {"path": str(tmp_path / "spool.sqlite")},
-        "alerts": {"store": url, "state_path": str(tmp_path / "engine.state")}}))
+        "spool": {"path": str(tmp_path / "spool.sqlite")}}))
+    alerter = tmp_path / "alerter.yaml"
+    alerter.write_text(yaml.safe_dump({"kind": "alerter", "alerts": {"store": url}}))
     registry = SiteRegistry(url)
     if kind == "postgresql":
         with registry.engine.begin() as conn:
@@ -64,8 +66,13 @@ def test_backup_and_restore_bring_everything_back(kind: str, influx_rpc: tuple[I
     registry.migrate()
     now = int(time.time() * 1000)
     token = registry.add_token(name="disp-li", role="dispatcher", actor="test", now=now)
+    leases = Leases(registry.engine, 64, 10_000)  # the rule engine's state: a partition's snapshot
+    leases.ensure()
+    epochs = leases.take_all("a#1")
+    with registry.engine.begin() as conn:
+        leases.save_state(conn, "a#1", 7, epochs[7], b"engine snapshot \x00\x01", [1, 2], taken_at=now,
+                          upto=0)
     registry.close()
-    (tmp_path / "engine.state").write_bytes(b"engine snapshot \x00\x01")
     hour = 3_600_000
     t0 = (now // hour - 5) * hour
     lines = "\n".join(f"station,station=st001 supply_temp={60 + k % 7}.5 {t0 + k * 10_000}"
@@ -77,29 +84,32 @@ def test_backup_and_restore_bring_everything_back(kind: str, influx_rpc: tuple[I
     assert p.returncode == 0, p.stderr
 
     backup = tmp_path / "backup"
-    p = hw("backup", str(cfg), str(backup), "--influx-rpc", f"127.0.0.1:{rpc}")
+    p = hw("backup", str(cfg), str(backup), "--alerter", str(alerter), "--influx-rpc", f"127.0.0.1:{rpc}")
     assert p.returncode == 0, p.stderr
     assert "backed up: influxdb" in p.stdout and "backed up: alert store" in p.stdout
 
-    # the disaster: the store emptied, the engine state and the InfluxDB database gone
+    # the disaster: the store emptied (the engine state with it) and the InfluxDB database gone
     registry = SiteRegistry(url)
     with registry.engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM api_tokens"))
+        conn.execute(sa.text("DELETE FROM partition_state"))
     registry.close()
-    (tmp_path / "engine.state").unlink()
     q(influxd, f'DROP DATABASE "{database}"', database)
-    refused = hw("restore", str(cfg), str(backup), "--influx-rpc", f"127.0.0.1:{rpc}")
+    rpc_arg = ("--influx-rpc", f"127.0.0.1:{rpc}")
+    refused = hw("restore", str(cfg), str(backup), "--alerter", str(alerter), *rpc_arg)
     if kind == "sqlite":  # the store file is still there: not overwritten without --force
         assert refused.returncode == 2 and "use --force" in refused.stderr
-    p = hw("restore", str(cfg), str(backup), "--influx-rpc", f"127.0.0.1:{rpc}", "--force")
+    p = hw("restore", str(cfg), str(backup), "--alerter", str(alerter), "--influx-rpc", f"127.0.0.1:{rpc}",
+           "--force")
     assert p.returncode == 0, p.stderr
 
     registry = SiteRegistry(url)
     try:
         assert registry.principal(token) == Principal("disp-li", "dispatcher")
+        state = Leases(registry.engine, 64, 10_000).load_states([7])[7]
+        assert state.snapshot == b"engine snapshot \x00\x01" and state.recent == {1, 2}
     finally:
         registry.close()
-    assert (tmp_path / "engine.state").read_bytes() == b"engine snapshot \x00\x01"
     assert q(influxd, "SELECT count(supply_temp) FROM station", database)[0][1] == 720
     assert q(influxd, 'SELECT count(mean_supply_temp) FROM "rollup_5m"."station"', database)[0][1] == 24
     r = httpx.post(f"{influxd.url}/query", data={"q": "SHOW CONTINUOUS QUERIES"}).json()

@@ -18,7 +18,6 @@ import pytest
 
 from collector.app import Collector
 from contract.config import load_collector_config
-from contract.errors import ConfigError
 from heatwatch.devstack import Influxd, Mosquitto, free_port
 from tests.conftest import influx_query, publish, rows, wait_for, write_collector_config
 from tests.unit.test_payload import GOOD
@@ -238,13 +237,3 @@ def test_two_collectors_share_the_telemetry_through_a_subscription_group(
     finally:
         for m in members:
             m.stop()
-
-
-def test_a_collector_with_alerts_cannot_join_a_subscription_group(tmp_path: Path) -> None:
-    path = write_collector_config(tmp_path, mqtt_port=1883, influx_url="http://127.0.0.1:8086", database="x",
-                                  subscription_group="writers",
-                                  alerts={"rules": "rules.yaml", "store": "sqlite:///a.sqlite",
-                                          "state_path": str(tmp_path / "engine.state")})
-    with pytest.raises(ConfigError) as err:
-        load_collector_config(path)
-    assert "subscription_group" in str(err.value) and "every message" in str(err.value)

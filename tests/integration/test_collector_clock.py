@@ -1,8 +1,8 @@
 """A gateway whose clock runs fast, through the real pipeline (mosquitto, influxd, the collector
-process with its rules and SQLite store): its telemetry is stored at its receipt time, the
-station is not offline, and clock_skew is raised for the gateway; a gateway a second fast is
-stored as stamped. Before, every message stamped past ``ingest.max_future_s`` (300 s) was refused
-as ``ts_future``: the station looked offline while it reported, and its data were lost."""
+process, the alerter process with its rules and SQLite store): its telemetry is stored at its
+receipt time, the station is not offline, and clock_skew is raised for the gateway; a gateway a
+second fast is stored as stamped. Before, every message stamped past ``ingest.max_future_s`` (300 s)
+was refused as ``ts_future``: the station looked offline while it reported, and its data were lost."""
 
 from __future__ import annotations
 
@@ -14,7 +14,15 @@ import orjson
 
 from alerting.store import Store
 from heatwatch.devstack import Influxd, Mosquitto, free_port
-from tests.conftest import Processes, influx_query, publish, rows, wait_for, write_collector_config
+from tests.conftest import (
+    Processes,
+    influx_query,
+    publish,
+    rows,
+    wait_for,
+    write_alerter_config,
+    write_collector_config,
+)
 
 FAST_MS = 6 * 60_000  # 6 min fast, as in scenario clock_fast: past the default 300 s tolerance
 RULES = """kind: rules
@@ -38,11 +46,14 @@ def test_a_fast_gateway_clock_is_stored_at_receipt_not_offline_and_raises_clock_
     url = f"sqlite:///{tmp_path / 'alerts.sqlite'}"
     cfg = write_collector_config(
         tmp_path, mqtt_port=mosquitto.port, influx_url=influxd.url, database=influx_db,
-        alerts={"rules": "rules.yaml", "store": url, "state_path": str(tmp_path / "engine.state"),
-                "tick_s": 0.5, "snapshot_s": 3600},
         stats={"interval_s": 0.5, "metrics_port": port})
+    alerter = write_alerter_config(tmp_path, mqtt_port=mosquitto.port, store=url,
+                                   alerts={"rules": "rules.yaml", "snapshot_s": 3600},
+                                   partitions={"standby_s": 3700})
     procs.start("collector", "collector", str(cfg))
+    procs.start("alerter", "alerter", str(alerter))
     procs.wait_log("collector", '"subscribed"')
+    procs.wait_log("alerter", '"partitions taken over"')
     began = int(time.time() * 1000)
     sent: dict[str, list[int]] = {"st001": [], "st002": []}
 

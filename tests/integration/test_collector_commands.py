@@ -1,6 +1,7 @@
-"""Command results in the collector process with the store (real mosquitto, influxd, SQLite):
-recorded by command id once however often they arrive, written to InfluxDB's ``commands``
-measurement, a result on another command's topic rejected and counted."""
+"""Command results through the real pipeline (mosquitto, influxd, the collector and the alerter
+with SQLite): recorded in the store by command id once however often they arrive (the alerter),
+written to InfluxDB's ``commands`` measurement (the collector), a result on another command's
+topic rejected and counted by both."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ from alerting.commands import CommandStore
 from alerting.database import Database
 from contract.commands import CommandResult
 from heatwatch.devstack import Influxd, Mosquitto
-from tests.conftest import Processes, influx_query, publish, rows, wait_for, write_collector_config
+from tests.conftest import (
+    Processes,
+    influx_query,
+    publish,
+    rows,
+    wait_for,
+    write_alerter_config,
+    write_collector_config,
+)
 
 
 def _result(cid: str, state: str = "confirmed", **kw: object) -> bytes:
@@ -25,10 +34,12 @@ def test_results_are_recorded_once_and_written_to_influxdb(
         tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, influx_db: str, procs: Processes) -> None:
     url = f"sqlite:///{tmp_path / 'site.sqlite'}"
     cfg = write_collector_config(tmp_path / "col", mqtt_port=mosquitto.port, influx_url=influxd.url,
-                                 database=influx_db,
-                                 alerts={"store": url, "state_path": str(tmp_path / "st")})
+                                 database=influx_db)
     procs.start("collector", "collector", str(cfg))
+    alerter = write_alerter_config(tmp_path, mqtt_port=mosquitto.port, store=url)
+    procs.start("alerter", "alerter", str(alerter))
     wait_for(lambda: "subscribed" in procs.log("collector"), 30, "the collector's subscription")
+    procs.wait_log("alerter", '"partitions taken over"')
     topic = "heatwatch/v1/station/st001/command-result/"
     good = _result("c1")
     publish(mosquitto.port, [(topic + "c1", good), (topic + "c1", good),  # a redelivery

@@ -2,9 +2,7 @@
 it ends within seconds with exit code 130 and no traceback or "never retrieved" on its output,
 with SIGINT (Ctrl-C), SIGTERM, and both at once; what it took in is in InfluxDB, or comes again
 from the broker (its session keeps what it did not acknowledge), so the next run stores it.
-
-The collector here has the alert store, so every part that has something to close runs: the
-rule engine, the latest values (flushed at the stop), the command-result subscription."""
+(The alerter's stop: tests/integration/test_alerter.py.)"""
 
 from __future__ import annotations
 
@@ -27,10 +25,8 @@ pytestmark = pytest.mark.slow
 
 def test_ctrl_c_and_sigterm_stop_the_collector_cleanly(tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd,
                                                         influx_db: str) -> None:
-    alerts = {"store": f"sqlite:///{tmp_path / 'alerts.sqlite'}",
-              "state_path": str(tmp_path / "engine.state"), "latest_s": 0.2}
     cfg = write_collector_config(tmp_path, mqtt_port=mosquitto.port, influx_url=influxd.url,
-                                 database=influx_db, alerts=alerts)
+                                 database=influx_db)
     sent = 0
     stop = threading.Event()
     t0 = int(time.time() * 1000) - 3_600_000

@@ -36,7 +36,7 @@ def _mounts(service: dict[str, Any], env: dict[str, str]) -> list[tuple[Path, st
 def test_compose_files_exist_and_configs_load(tmp_path: Path) -> None:
     spec = yaml.safe_load(COMPOSE.read_text())
     services: dict[str, Any] = spec["services"]
-    assert set(services) >= {"mosquitto", "influxdb", "postgres", "collector", "api", "grafana"}
+    assert set(services) >= {"mosquitto", "influxdb", "postgres", "collector", "alerter", "api", "grafana"}
     # what an operator makes before `up`: the site (heatwatch site) and the secrets
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "heatwatch", "site", "init", str(site),
@@ -86,12 +86,12 @@ def test_compose_files_exist_and_configs_load(tmp_path: Path) -> None:
                 path = c.split("=", 1)[-1]
                 if path.startswith("/run/secrets/"):
                     assert (root / path.lstrip("/")).is_file(), (name, c)
-            # the rule file the collector's config names, relative to it
-            collector = root / "etc" / "heatwatch" / "collector.yaml"
-            if cmd[1] == "collector":
-                rules = yaml.safe_load(collector.read_text())["alerts"]["rules"]
+            # the rule file the alerter's config names, relative to it
+            alerter = root / "etc" / "heatwatch" / "alerter.yaml"
+            if cmd[1] == "alerter":
+                rules = yaml.safe_load(alerter.read_text())["alerts"]["rules"]
                 p = subprocess.run([sys.executable, "-m", "heatwatch", "check-config",
-                                    str(collector.parent / rules)], capture_output=True, text=True, cwd=REPO)
+                                    str(alerter.parent / rules)], capture_output=True, text=True, cwd=REPO)
                 assert p.returncode == 0, p.stderr
     influxd = find_binary("influxd", "influxdb")
     p = subprocess.run([influxd, "config", "-config", str(DEPLOY / "compose" / "influxdb.conf")],

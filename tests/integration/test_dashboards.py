@@ -22,7 +22,7 @@ import yaml
 from collector.app import Collector
 from collector.stages import Batch
 from contract.alerts import Transition
-from contract.config import AlertSettings, CollectorConfig, InfluxSettings, SpoolSettings
+from contract.config import CollectorConfig, InfluxSettings, SpoolSettings
 from contract.influx import alert_line, telemetry_lines
 from contract.payload import decode_telemetry
 from contract.points import VOCABULARY, Kind, Level, lookup
@@ -89,9 +89,7 @@ def pipeline_data(tmp_path: Path, influxd: Influxd, influx_db: str) -> str:
                                            station="st002", building=b, ts=now - 120_000, since=now - 120_000,
                                            summary=rule, page=sev != "info")))
     cfg = CollectorConfig(kind="collector", influx=InfluxSettings(url=influxd.url, database=influx_db),
-                          spool=SpoolSettings(path=str(tmp_path / "spool.sqlite")),
-                          alerts=AlertSettings(store=f"sqlite:///{tmp_path / 'a.sqlite'}",
-                                               state_path=str(tmp_path / "engine.state")))
+                          spool=SpoolSettings(path=str(tmp_path / "spool.sqlite")))
     c = Collector(cfg)
     for st in ("st001", "st002"):  # status messages through the collector's own handler
         lines += _handle(c, f"heatwatch/v1/station/{st}/status", orjson.dumps({
@@ -107,7 +105,6 @@ def pipeline_data(tmp_path: Path, influxd: Influxd, influx_db: str) -> str:
         c.stats.values = c.stats.written = 2000 * k
         c.stats.rejected["bad_json"] = k
         c.stats.messages["st001"], c.stats.seq_gaps["st001"], c.stats.restarts["st001"] = 50 * k, k, k // 4
-        c.alerts.stats.transitions = c.alerts.stats.pages = c.alerts.stats.webhook_sent = k  # type: ignore[union-attr]
         lines += c.stats_lines(now - (12 - k) * 60_000)
     c.spool.close()
     httpx.post(f"{influxd.url}/query", params={"q": f"CREATE DATABASE {influx_db}"}).raise_for_status()

@@ -29,7 +29,7 @@ def _unit(name: str) -> configparser.ConfigParser:
 
 
 @pytest.mark.parametrize("unit", ["heatwatch-gateway@st001.service", "heatwatch-collector.service",
-                                  "heatwatch-api.service"])
+                                  "heatwatch-alerter.service", "heatwatch-api.service"])
 def test_units_verify_clean(unit: str, tmp_path: Path) -> None:
     """systemd-analyze verify, with ExecStart pointing at this checkout's heatwatch (verify checks
     the binary exists); any message at all — an unknown key is only a warning — fails."""
@@ -43,7 +43,8 @@ def test_units_verify_clean(unit: str, tmp_path: Path) -> None:
 
 
 def test_units_are_hardened_and_restart() -> None:
-    for name in ("heatwatch-gateway@.service", "heatwatch-collector.service", "heatwatch-api.service"):
+    for name in ("heatwatch-gateway@.service", "heatwatch-collector.service", "heatwatch-alerter.service",
+                 "heatwatch-api.service"):
         s = dict(_unit(name)["Service"])
         assert s["Restart"] == "always" and s["User"] == "heatwatch", name
         for key, value in (("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"),

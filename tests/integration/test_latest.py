@@ -1,6 +1,6 @@
-"""The latest value of every point per entity: the collector's stage (``collector/latest.py``)
-writing the store's ``latest`` table (``alerting/latest.py``) on real SQLite and PostgreSQL, and
-the collector process keeping it while it ingests, read back by the API's lookup."""
+"""The latest value of every point per entity: the alerter's tap (``alerter/latest.py``) writing
+the store's ``latest`` table (``alerting/latest.py``) on real SQLite and PostgreSQL, and the
+alerter process keeping it while the collector ingests, read back by the API's lookup."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from alerter.latest import LatestValues
 from alerting import schema
 from alerting.assets import parse
 from alerting.database import Database
@@ -25,12 +26,18 @@ from alerting.store import Store
 from api.app import create_app
 from api.influx import InfluxReader
 from api.rooms import RoomHistory
-from collector.latest import LatestValues
 from contract.config import ApiConfig, InfluxSettings, MetricsSettings
 from contract.influx import telemetry_lines
 from contract.payload import Frame, decode_telemetry, parse_gateway_status, parse_station_status
 from heatwatch.devstack import Influxd, Mosquitto, free_port
-from tests.conftest import Processes, influx_query, publish, wait_for, write_collector_config
+from tests.conftest import (
+    Processes,
+    influx_query,
+    publish,
+    wait_for,
+    write_alerter_config,
+    write_collector_config,
+)
 from tests.integration.test_metrics import scrape, value
 
 T = 1_796_832_000_000
@@ -115,12 +122,14 @@ def test_station_and_gateway_state(store: Store) -> None:
     assert rows(store)[("st001", "")]["gateway_state"] == "offline"
 
 
-def test_a_restart_loads_the_table_so_rows_stay_whole(store: Store) -> None:
+def test_a_takeover_loads_the_table_so_rows_stay_whole(store: Store) -> None:
     lv = LatestValues(store.latest)
     lv.observe(frame(T, FAST))
     asyncio.run(lv.flush())
-    again = LatestValues(store.latest)  # a new collector process
-    again.load()
+    lv.forget(lambda station: station == "st001")  # the partition handed over: its places go
+    assert lv.stats.entities == 0 and not lv.places
+    again = LatestValues(store.latest)  # the member taking it over (or the same after a restart)
+    again.adopt(store.latest.load())
     assert again.stats.entities == 3  # the station, b01 and its household
     again.observe(frame(T + 60_000, [v("secondary_supply_temp", 57.0, "°C")], seq=5))  # by exception
     asyncio.run(again.flush())
@@ -146,18 +155,20 @@ def test_entities_beyond_the_bound_are_counted_not_kept(store: Store) -> None:
     assert {k: r["households"] for k, r in rows(store).items()} == {("st001", ""): None, ("st001", "b01"): {}}
 
 
-def test_the_collector_keeps_the_latest_values_and_the_lookup_reads_them(
+def test_the_alerter_keeps_the_latest_values_and_the_lookup_reads_them(
         tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, influx_db: str, procs: Processes) -> None:
     url = f"sqlite:///{tmp_path / 'alerts.sqlite'}"
     store = Store(url)
     store.migrate()
     registry = SiteRegistry(store.db)
     registry.import_assets(parse(CSV), actor="t", now=T)
-    cfg = write_collector_config(
-        tmp_path, mqtt_port=mosquitto.port, influx_url=influxd.url, database=influx_db,
-        alerts={"store": url, "state_path": str(tmp_path / "engine.state"), "latest_s": 0.2})
+    cfg = write_collector_config(tmp_path, mqtt_port=mosquitto.port, influx_url=influxd.url,
+                                 database=influx_db)
+    alerter = write_alerter_config(tmp_path, mqtt_port=mosquitto.port, store=url, alerts={"latest_s": 0.2})
     procs.start("collector", "collector", str(cfg))
+    procs.start("alerter", "alerter", str(alerter))
     wait_for(lambda: '"subscribed"' in procs.log("collector"), 20, "the collector's subscription")
+    procs.wait_log("alerter", '"partitions taken over"')
     now = int(time.time() * 1000)
     msgs = [("heatwatch/v1/station/st001/telemetry", orjson.dumps({
         "schema": 1, "station": "st001", "gateway": "gw1", "boot": "0badc0de", "seq": i,

@@ -1,7 +1,8 @@
 """The one MQTT client (messaging/client.py) against a real mosquitto: PUBACK resolution, message
 expiry, reconnect after a broker restart with what was published meanwhile, manual
 acknowledgement (an unacknowledged message comes again after a reconnect; a late ack from the
-old connection is dropped), backpressure on receipt, and the will after kill -9."""
+old connection is dropped; a batch acknowledged in one write is not delivered again), backpressure
+on receipt, and the will after kill -9."""
 
 from __future__ import annotations
 
@@ -156,6 +157,43 @@ def test_receipt_stops_at_receive_maximum_until_the_consumer_acknowledges(mosqui
     held, total = asyncio.run(main())
     assert 1 <= held <= 5 + 5  # the bound, plus what one socket read may carry
     assert total == 50
+
+
+def test_a_batch_received_and_acknowledged_at_once_is_not_delivered_again(mosquitto: Mosquitto) -> None:
+    """``receive`` gives what is waiting (up to a bound), ``ack_many`` acknowledges it in one write:
+    a new connection of the same session gets only the messages left unacknowledged."""
+    cid = f"t-batch-{uuid.uuid4().hex[:6]}"
+
+    async def main() -> tuple[list[int], list[int], list[int]]:
+        c = MqttClient(_settings(mosquitto), client_id=cid, subscriptions=[("bt/#", 1)])
+        task = asyncio.create_task(c.run())
+        await _connected(c)
+        await asyncio.sleep(0.2)  # SUBACK
+        await asyncio.to_thread(publish, mosquitto.port, [("bt/x", str(i).encode()) for i in range(30)])
+        got: list[Message] = []
+        sizes: list[int] = []
+        while len(got) < 30:
+            batch = await asyncio.wait_for(c.receive(12), 10)
+            sizes.append(len(batch))
+            got += batch
+        c.ack_many(got[:20])  # the first twenty, in one write; ten left unacknowledged
+        acked = c.acks_sent
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        c2 = MqttClient(_settings(mosquitto), client_id=cid, subscriptions=[("bt/#", 1)])
+        task2 = asyncio.create_task(c2.run())
+        await _connected(c2)
+        again: list[Message] = []
+        while len(again) < 10:
+            again += await asyncio.wait_for(c2.receive(100), 10)
+        c2.ack_many(again)
+        task2.cancel()
+        await asyncio.gather(task2, return_exceptions=True)
+        return [int(m.payload) for m in got], [int(m.payload) for m in again], [acked, max(sizes)]
+
+    got, again, (acked, largest) = asyncio.run(main())
+    assert got == list(range(30)) and acked == 20 and 1 <= largest <= 12
+    assert again == list(range(20, 30))  # only what was not acknowledged
 
 
 _CHILD = textwrap.dedent("""

@@ -44,6 +44,7 @@ from tests.conftest import (
     heatwatch,
     influx_query,
     wait_for,
+    write_alerter_config,
     write_collector_config,
     write_gateway_config,
 )
@@ -194,13 +195,18 @@ def test_plaintext_and_strangers_are_refused(site: tuple[Site, SiteBroker], tmp_
 def test_each_identity_gets_its_part_and_no_more(site: tuple[Site, SiteBroker]) -> None:
     s, _ = site
     collector = Client(s, s.settings("heatwatch-collector"))
+    alerter = Client(s, s.settings("heatwatch-alerter"))
     api = Client(s, s.settings("heatwatch-api"))
     gw_a, gw_b = Client(s, s.settings("gw-st001")), Client(s, s.settings("gw-st002"))
-    assert all(c.connected for c in (collector, api, gw_a, gw_b))
+    assert all(c.connected for c in (collector, alerter, api, gw_a, gw_b))
     ok = [rc.value for rc in collector.subscribe(f"{R}/station/+/telemetry")]
     assert ok == [1]
-    for f in (f"{R}/station/+/status", f"{R}/gateway/+/status", f"{R}/station/+/command-result/+"):
+    for f in (f"{R}/station/+/status", f"{R}/gateway/+/status", f"{R}/station/+/command-result/+",
+              f"{R}/alert/+"):
         assert not collector.subscribe(f)[0].is_failure, f
+    for f in (f"{R}/station/+/telemetry", f"{R}/station/+/status", f"{R}/gateway/+/status",
+              f"{R}/station/+/command-result/+"):
+        assert not alerter.subscribe(f)[0].is_failure, f
     assert not api.subscribe(f"{R}/gateway/+/status")[0].is_failure
 
     # gateway A publishes as itself: telemetry, station status, command results, gateway status
@@ -208,6 +214,7 @@ def test_each_identity_gets_its_part_and_no_more(site: tuple[Site, SiteBroker]) 
               f"{R}/station/st001/command-result/c1", f"{R}/gateway/gw-st001/status"):
         assert gw_a.publish(t).is_failure is False, t
     wait_for(lambda: collector.got(f"{R}/station/st001/command-result/c1"), 10, "A's command result")
+    wait_for(lambda: alerter.got(f"{R}/station/st001/command-result/c1"), 10, "A's result at the alerter")
     wait_for(lambda: api.got(f"{R}/gateway/gw-st001/status"), 10, "A's gateway status at the API")
 
     # ...but not as station B, nor as gateway B, nor on a topic outside its part
@@ -236,19 +243,24 @@ def test_each_identity_gets_its_part_and_no_more(site: tuple[Site, SiteBroker]) 
     wait_for(lambda: gw_a.got(f"{R}/station/st001/command/x2"), 10, "A's own command")
     assert {t for t, _ in gw_a.messages} == {f"{R}/station/st001/command/x2"}, gw_a.messages
 
-    # the collector publishes alerts and receipts, never telemetry or commands; a gateway reads the
-    # receipts of its own stations only (B's first: once A's is in, B's would be in too)
-    assert collector.publish(f"{R}/alert/st001").is_failure is False
+    # the collector publishes receipts, never alerts, telemetry or commands; a gateway reads the
+    # receipts of its own stations only (B's first: once A's is in, B's would be in too); the
+    # alerter publishes alerts only
+    assert collector.publish(f"{R}/alert/st001").getName() == "Not authorized"
     assert collector.publish(f"{R}/station/st002/receipt").is_failure is False
     assert collector.publish(f"{R}/station/st001/receipt").is_failure is False
     wait_for(lambda: gw_a.got(f"{R}/station/st001/receipt"), 10, "A's receipt")
     assert not gw_a.got(f"{R}/station/st002/receipt")
     assert collector.publish(f"{R}/station/st001/telemetry").getName() == "Not authorized"
     assert collector.publish(f"{R}/station/st001/command/c9").getName() == "Not authorized"
+    assert alerter.publish(f"{R}/alert/st001").is_failure is False
+    wait_for(lambda: collector.got(f"{R}/alert/st001"), 10, "the alerter's alert at the collector")
+    for t in (f"{R}/station/st001/telemetry", f"{R}/station/st001/command/c9", f"{R}/station/st001/receipt"):
+        assert alerter.publish(t).getName() == "Not authorized", t
     # the API publishes commands only
     assert api.publish(f"{R}/station/st001/telemetry").getName() == "Not authorized"
     assert api.publish(f"{R}/alert/st001").getName() == "Not authorized"
-    for c in (collector, api, gw_a, gw_b):
+    for c in (collector, alerter, api, gw_a, gw_b):
         c.close()
 
 
@@ -303,23 +315,29 @@ def test_a_revoked_gateway_is_refused(site: tuple[Site, SiteBroker], tmp_path: P
     assert not Client(s, stale).connected
 
 
-def test_the_collector_ingests_through_the_sites_tls_broker_as_its_own_identity(
+def test_the_collector_and_the_alerter_work_through_the_sites_tls_broker_as_their_identities(
         site: tuple[Site, SiteBroker], tmp_path: Path, influxd: Influxd, influx_db: str,
         procs: Processes) -> None:
-    """The collector process with the ``mqtt:`` section `heatwatch site` wrote for it (TLS, client
-    certificate, password file beside the config): it connects, subscribes to what its ACL gives
-    it, and stores a burst of telemetry from a gateway identity and records a command result. A
-    receive window of 5 makes the receive stage stop and resume reading many times with whole
-    messages already decrypted in the TLS layer, where the selector cannot see them."""
+    """The collector and the alerter processes with the ``mqtt:`` sections `heatwatch site` wrote
+    for them (TLS, client certificate, password file beside the config): they connect, subscribe to
+    what their ACLs give them; the collector stores a burst of telemetry from a gateway identity,
+    the alerter records a command result. A receive window of 5 makes the collector's receive
+    stage stop and resume reading many times with whole messages already decrypted in the TLS
+    layer, where the selector cannot see them (the alerter's shared client: tests/e2e)."""
     s, _ = site
     ident = s.root / "identities" / "heatwatch-collector"
     mqtt_section = yaml.safe_load((ident / "mqtt.yaml").read_text())["mqtt"]  # paths relative to it
     url = f"sqlite:///{tmp_path / 'site.sqlite'}"
     cfg = write_collector_config(ident, mqtt_port=s.port, influx_url=influxd.url, database=influx_db,
-                                 client_id="heatwatch-collector", mqtt=mqtt_section, receive_maximum=5,
-                                 alerts={"store": url, "state_path": str(tmp_path / "engine.state")})
+                                 client_id="heatwatch-collector", mqtt=mqtt_section, receive_maximum=5)
+    a_ident = s.root / "identities" / "heatwatch-alerter"
+    a_mqtt = yaml.safe_load((a_ident / "mqtt.yaml").read_text())["mqtt"]
+    alerter = write_alerter_config(a_ident, mqtt_port=s.port, store=url, member="heatwatch-alerter",
+                                   mqtt=a_mqtt)
     procs.start("collector", "collector", str(cfg))
+    procs.start("alerter", "alerter", str(alerter))
     procs.wait_log("collector", '"subscribed"')
+    procs.wait_log("alerter", '"partitions taken over"')
     gw = Client(s, s.settings("gw-st001"))
     assert gw.connected, gw.connack
     n, now = 400, int(time.time() * 1000)
@@ -346,7 +364,7 @@ def test_the_collector_ingests_through_the_sites_tls_broker_as_its_own_identity(
     def recorded() -> CommandDetail | None:
         try:
             return commands.get("c1")
-        except NotFound:  # recorded alongside the write, not before it: may trail the count
+        except NotFound:  # the alerter records it, not the collector: it may trail the count
             return None
 
     try:
@@ -355,4 +373,4 @@ def test_the_collector_ingests_through_the_sites_tls_broker_as_its_own_identity(
     finally:
         db.close()
     gw.close()
-    assert "broker refused" not in procs.log("collector")
+    assert "broker refused" not in procs.log("collector") and "broker refused" not in procs.log("alerter")

@@ -1,7 +1,7 @@
 """A process that cannot start says why in one line and exits non-zero: an alert store, outbox
 or spool that cannot be opened names its path and the setting that moves it (never a
-SQLAlchemy traceback), for the API (one worker and several), the collector, `heatwatch token`
-and the gateway."""
+SQLAlchemy traceback), for the API (one worker and several), the alerter, the collector,
+`heatwatch token` and the gateway."""
 
 from __future__ import annotations
 
@@ -51,21 +51,41 @@ def test_the_shipped_api_config_names_the_variable_that_moves_its_store(tmp_path
         assert _one_line(out.stderr) == want, args
 
 
-def test_collector_and_gateway_name_their_stores(tmp_path: Path) -> None:
+def test_alerter_collector_and_gateway_name_their_stores(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
     blocker = tmp_path / "a-file"
     blocker.write_text("")
+    acfg = yaml.safe_load((DEPLOY / "alerter" / "alerter.yaml").read_text())
+    acfg["alerts"]["rules"] = str(DEPLOY / "alerter" / "rules.yaml")
+    acfg["alerts"]["store"] = f"sqlite:///{tmp_path / 'gone' / 'alerts.sqlite'}"
+    acfg["metrics"]["port"] = free_port()
+    apath = tmp_path / "alerter.yaml"
+    apath.write_text(yaml.safe_dump(acfg))
+    out = _run("alerter", str(apath))
+    assert out.returncode == 1
+    assert _one_line(out.stderr) == (f"alert store sqlite:///{tmp_path}/gone/alerts.sqlite: unable to open "
+                                     f"(directory {tmp_path}/gone missing); set `alerts.store:` in {apath}")
+    # a store made with 64 partitions, a config asking for 32: the count is fixed for a store
+    acfg["alerts"]["store"] = f"sqlite:///{state / 'alerts.sqlite'}"
+    apath.write_text(yaml.safe_dump(acfg))
+    from alerting.partitions import Leases
+    from alerting.store import Store
+
+    store = Store(acfg["alerts"]["store"]).open()
+    Leases(store.engine, 64, 10_000).ensure()
+    store.close()
+    acfg["partitions"]["count"] = 32
+    apath.write_text(yaml.safe_dump(acfg))
+    out = _run("alerter", str(apath))
+    assert out.returncode == 1
+    assert _one_line(out.stderr).startswith(f"alert store sqlite:///{state}/alerts.sqlite: the alert store "
+                                            "has 64 partitions, the config asks for 32")
+    assert f"set `partitions.count:` in {apath}" in out.stderr
     cfg = yaml.safe_load((DEPLOY / "collector" / "collector.yaml").read_text())
-    cfg["alerts"]["rules"] = str(DEPLOY / "collector" / "rules.yaml")
-    cfg["alerts"]["store"] = f"sqlite:///{tmp_path / 'gone' / 'alerts.sqlite'}"
     cfg["stats"]["metrics_port"] = free_port()
     path = tmp_path / "collector.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    out = _run("collector", str(path), env={"HEATWATCH_STATE_DIR": str(state)})
-    assert out.returncode == 1
-    assert _one_line(out.stderr) == (f"alert store sqlite:///{tmp_path}/gone/alerts.sqlite: unable to open "
-                                     f"(directory {tmp_path}/gone missing); set `alerts.store:` in {path}")
     # the spool under a path that cannot be a directory
     out = _run("collector", str(path), env={"HEATWATCH_STATE_DIR": str(blocker)})
     assert out.returncode == 1

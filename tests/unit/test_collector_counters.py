@@ -25,8 +25,7 @@ from contract.influx import (
 @pytest.fixture
 def collector(tmp_path: Path) -> Iterator[Collector]:
     c = Collector(CollectorConfig.model_validate({
-        "kind": "collector", "client_id": "c1", "spool": {"path": str(tmp_path / "spool.sqlite")},
-        "alerts": {"store": f"sqlite:///{tmp_path / 'a.sqlite'}", "state_path": str(tmp_path / "state")}}))
+        "kind": "collector", "client_id": "c1", "spool": {"path": str(tmp_path / "spool.sqlite")}}))
     yield c
     c.spool.close()
 
@@ -51,11 +50,6 @@ def test_every_row_is_in_metrics_and_in_the_stats_lines_under_one_name(collector
     c.stats.rejected["bad_json"] = 2
     c.stats.messages["st001"], c.stats.seq_gaps["st001"], c.stats.restarts["st001"] = 5, 1, 1
     c.stats.restamped["st001"] = 2
-    assert c.alerts is not None
-    c.alerts.stats.published = 3  # counted by the alert stage; before the table, exported nowhere
-    assert c.results is not None and c.latest is not None
-    c.results.recorded, c.results.retries = 2, 1  # command results: before, in the stats lines only
-    c.latest.stats.flushes = 4  # counted, before the table exported nowhere
     prom = _prometheus(c)
     lines = [_fields(x) for x in c.stats_lines(1_763_700_000_000)]
     by_measurement: dict[str, list[tuple[dict[str, str], dict[str, str]]]] = {}
@@ -71,9 +65,6 @@ def test_every_row_is_in_metrics_and_in_the_stats_lines_under_one_name(collector
             assert any((row.field or row.name) in f for _t, f in by_measurement[row.measurement]), row.name
             if row.total:
                 assert row.name in collector_fields, row.name
-    assert collector_fields["alert_published"] == "3i"
-    assert (collector_fields["command_results"], collector_fields["command_results_retries"]) == ("2i", "1i")
-    assert collector_fields["latest_flushes"] == "4i"
     assert collector_fields["rejected"] == "2i" and collector_fields["seq_gaps"] == "1i"
     assert collector_fields["restamped"] == "2i"
     assert by_measurement[MEASUREMENT_COLLECTOR_REJECTS] == [({"client_id": "c1", "reason": "bad_json"},
@@ -84,21 +75,6 @@ def test_every_row_is_in_metrics_and_in_the_stats_lines_under_one_name(collector
     assert {t["generation"] for t, _f in by_measurement[MEASUREMENT_COLLECTOR_GC]} == {"0", "1", "2"}
     assert "heatwatch_collector_latency_seconds" in prom
     assert {"latency_seconds_count", "latency_seconds_sum"} <= collector_fields.keys()
-
-
-def test_without_the_alert_store_no_alert_command_or_latest_figures(tmp_path: Path) -> None:
-    c = Collector(CollectorConfig.model_validate({
-        "kind": "collector", "spool": {"path": str(tmp_path / "spool.sqlite")}}))
-    try:
-        _m, _t, fields = _fields(c.stats_lines(1)[0])
-        assert c.alerts is None and c.results is None and c.latest is None
-        parts = [r for r in metrics.TABLE if r.part is not None]
-        assert {r.part for r in parts} == {"alerts", "results", "latest"}
-        assert not [r.name for r in parts if r.name in fields]
-        prom = _prometheus(c)
-        assert not [r.name for r in parts if "heatwatch_collector_" + r.name in prom]
-    finally:
-        c.spool.close()
 
 
 def test_a_counter_past_int64_is_clamped_so_its_line_stays_writable(collector: Collector) -> None:

@@ -1,5 +1,4 @@
-"""The collector's write pipeline: writes overlap, acknowledgements keep arrival order; a batch's
-command results are recorded alongside its write and its PUBACKs wait for both; and its
+"""The collector's write pipeline: writes overlap, acknowledgements keep arrival order; and its
 garbage-collector keeper.
 
 MQTT requires PUBACKs in the order the PUBLISHes came; with ``batch.concurrency`` writes in
@@ -20,7 +19,6 @@ from collector.app import Collector
 from collector.metrics import LATENCY_BUCKETS_S, Histogram
 from collector.stages import Batch
 from collector.store import Written
-from contract.commands import CommandResult
 from contract.config import CollectorConfig
 
 
@@ -54,7 +52,7 @@ def test_acknowledgements_keep_arrival_order_when_writes_finish_out_of_order(
 
     c.store.store = store  # type: ignore[method-assign]
     acks = _Acks(16)
-    acknowledge = Acknowledge(acks.ack, c.stats, c.latency, None, c.clock)
+    acknowledge = Acknowledge(acks.ack, c.stats, c.latency, c.clock)
 
     async def main() -> None:
         batches: asyncio.Queue[Batch] = asyncio.Queue()
@@ -73,63 +71,6 @@ def test_acknowledgements_keep_arrival_order_when_writes_finish_out_of_order(
     assert acks.mids == [10 * i + k for i in range(8) for k in (1, 2)]
     assert peak == concurrency
     assert c.stats.acked == 16
-    c.spool.close()
-
-
-def test_a_batch_with_command_results_is_acknowledged_after_its_write_and_their_record(
-        tmp_path: Path) -> None:
-    c = Collector(CollectorConfig.model_validate({
-        "kind": "collector", "spool": {"path": str(tmp_path / "spool.sqlite")},
-        "alerts": {"store": f"sqlite:///{tmp_path / 'a.sqlite'}", "state_path": str(tmp_path / "state")}}))
-    result = CommandResult.model_validate({
-        "id": "c1", "station": "st001", "gateway": "gw-st001", "state": "confirmed", "device": "plc",
-        "point": "building_valve_setpoint", "value": 70.0, "read_back": 70.0, "ts": 1_763_700_000_000})
-    events: list[str] = []
-    recorded, written = asyncio.Event(), asyncio.Event()
-
-    async def store(lines: list[str]) -> None:
-        events.append("write started")
-        await written.wait()
-        events.append("written")
-
-    async def record(results: list[CommandResult]) -> None:
-        events.append(f"record started {[r.id for r in results]}")
-        await recorded.wait()
-        events.append("recorded")
-
-    c.store.store = store  # type: ignore[method-assign]
-    assert c.store.record_results is not None  # the collector with the store records results
-    c.store.record_results = record
-    acks = _Acks(2)
-
-    def ack(mids: list[int]) -> None:
-        events.append(f"ack {mids}")
-        acks.ack(mids)
-
-    acknowledge = Acknowledge(ack, c.stats, c.latency, None, c.clock)
-
-    async def main() -> None:
-        batches: asyncio.Queue[Batch] = asyncio.Queue()
-        batches.put_nowait(Batch(lines=["commands,station=st001 x=1 1"], mids=[7, 8], results=[result]))
-        out: asyncio.Queue[Written] = asyncio.Queue()
-        slots = asyncio.Semaphore(2)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(c.store.run(batches, out, slots, tg))
-            tg.create_task(acknowledge.run(out, slots))
-            for _ in range(20):
-                await asyncio.sleep(0)
-            written.set()  # InfluxDB answers first: the PUBACKs still wait for the store
-            for _ in range(20):
-                await asyncio.sleep(0)
-            assert not acks.mids
-            recorded.set()
-            await acks.all.wait()
-            raise asyncio.CancelledError
-
-    with pytest.raises(asyncio.CancelledError):
-        asyncio.run(asyncio.wait_for(main(), 10))
-    assert events[:2] == ["write started", "record started ['c1']"]  # side by side, not one after the other
-    assert events[2:] == ["written", "recorded", "ack [7, 8]"]
     c.spool.close()
 
 

@@ -93,8 +93,7 @@ def test_pending_stations_are_bounded() -> None:
 # -- what the batch stage collects for it ----------------------------------------------------------
 def _batcher() -> tuple[Batcher, Validate]:
     v = Validate(IngestSettings(known_stations=["st001"]), Stats())
-    b = Batcher(BatchSettings(), Inbox(10), asyncio.Queue(), validate=v, taps=[], lines=lines,
-                alerts=None, clock=time.time)
+    b = Batcher(BatchSettings(), Inbox(10), asyncio.Queue(), validate=v, lines=lines, clock=time.time)
     return b, v
 
 

@@ -13,7 +13,7 @@ import yaml
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from contract.config import decode_text, load_config, load_gateway_config
+from contract.config import decode_text, load_collector_config, load_config, load_gateway_config
 from contract.errors import ConfigError
 from heatwatch.devstack import DEPLOY, REPO
 
@@ -175,16 +175,18 @@ def test_transport_errors_name_the_device_and_key(tmp_path: Path, meter: dict[st
     assert {d.link for d in load_gateway_config(p).resolved[1:]} == {("rtu", "/dev/ttyUSB0")}
 
 
-def _collector(tmp_path: Path, **change: object) -> Path:
-    cfg = yaml.safe_load((DEPLOY / "collector" / "collector.yaml").read_text())
-    cfg["alerts"]["rules"] = str(DEPLOY / "collector" / "rules.yaml")
+def _shipped(tmp_path: Path, kind: str, **change: object) -> Path:
+    """deploy/KIND/KIND.yaml with ``change`` applied (``a__b``: key b under a)."""
+    cfg = yaml.safe_load((DEPLOY / kind / f"{kind}.yaml").read_text())
+    if kind == "alerter":
+        cfg["alerts"]["rules"] = str(DEPLOY / "alerter" / "rules.yaml")
     for key, value in change.items():
         node = cfg
         *parents, last = key.split("__")
         for k in parents:
             node = node[k]
         node[last] = value
-    p = tmp_path / "collector.yaml"
+    p = tmp_path / f"{kind}.yaml"
     p.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     return p
 
@@ -194,23 +196,30 @@ def _check(*files: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, cwd=REPO, check=False)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"alerts__rules": "no-such-rules.yaml"},
-     r"collector\.yaml: alerts\.rules: no rule file .*no-such-rules"),
-    ({"influx__url": "http//127.0.0.1:8086"}, r"collector\.yaml: influx\.url: 'http//127\.0\.0\.1"
-                                              r":8086' is not an http\(s\) URL of InfluxDB"),
-    ({"influx__url": "127.0.0.1:8086"}, r"influx\.url: .* is not an http\(s\) URL"),
-    ({"influx__url": "http://127.0.0.1:80x6"}, r"influx\.url: .* the port is not a number"),
-    ({"alerts__store": "mysql://u:secret@db/heatwatch"},
+@pytest.mark.parametrize(("kind", "change", "message"), [
+    ("alerter", {"alerts__rules": "no-such-rules.yaml"},
+     r"alerter\.yaml: alerts\.rules: no rule file .*no-such-rules"),
+    ("collector", {"influx__url": "http//127.0.0.1:8086"}, r"collector\.yaml: influx\.url: "
+                                                           r"'http//127\.0\.0\.1:8086' is not an http\(s\) "
+                                                           r"URL of InfluxDB"),
+    ("collector", {"influx__url": "127.0.0.1:8086"}, r"influx\.url: .* is not an http\(s\) URL"),
+    ("collector", {"influx__url": "http://127.0.0.1:80x6"}, r"influx\.url: .* the port is not a number"),
+    ("alerter", {"alerts__store": "mysql://u:secret@db/heatwatch"},
      r"alerts\.store: unsupported store URL 'mysql': use sqlite:///PATH"),
-    ({"alerts__store": "postgresql://u:secret@db/heatwatch"},
+    ("alerter", {"alerts__store": "postgresql://u:secret@db/heatwatch"},
      r"alerts\.store: store URL postgresql://… is not supported: .*postgresql\+psycopg://"),
-    ({"alerts__store": "sqlite://"}, r"alerts\.store: store URL sqlite://… is not supported"),
+    ("alerter", {"alerts__store": "sqlite://"}, r"alerts\.store: store URL sqlite://… is not supported"),
+    ("collector", {"alerts": {"store": "sqlite:////tmp/a.sqlite"}},
+     r"collector\.yaml: alerts: the rules run in the alerter now \(kind: alerter"),
+    ("alerter", {"partitions__standby_s": 20},
+     r"alerter\.yaml: partitions\.standby_s: keep at least .* = 48 s"),
+    ("collector", {"rules": "no-such-rules.yaml"}, r"collector\.yaml: rules: no rule file .*no-such-rules"),
 ], ids=["missing-rules", "influx-no-colon", "influx-no-scheme", "influx-bad-port", "mysql-store",
-        "postgresql-without-driver", "sqlite-in-memory"])
+        "postgresql-without-driver", "sqlite-in-memory", "collector-with-rules", "standby-too-short",
+        "collector-missing-rules"])
 def test_configs_that_cannot_start_are_refused_by_check_config(
-        tmp_path: Path, change: dict[str, object], message: str) -> None:
-    p = _collector(tmp_path, **change)
+        tmp_path: Path, kind: str, change: dict[str, object], message: str) -> None:
+    p = _shipped(tmp_path, kind, **change)
     with pytest.raises(ConfigError, match=message) as exc:
         load_config(p)
     assert "secret" not in str(exc.value)  # a password in a URL is never echoed
@@ -227,11 +236,30 @@ def test_a_store_url_check_holds_for_the_api_too(tmp_path: Path) -> None:
     load_config(p)
 
 
-def test_a_bad_rule_file_is_named_when_the_collector_config_is_checked(tmp_path: Path) -> None:
+def test_a_bad_rule_file_is_named_when_the_alerter_config_is_checked(tmp_path: Path) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text("kind: rules\nroom:\n  warning_below: hot\n")
     with pytest.raises(ConfigError, match=rf"{rules}: room\.warning_below"):
-        load_config(_collector(tmp_path, alerts__rules=str(rules)))
+        load_config(_shipped(tmp_path, "alerter", alerts__rules=str(rules)))
+
+
+def test_the_collector_reads_the_rooms_plausible_range_from_the_alerters_rule_file(tmp_path: Path) -> None:
+    """The 1-hour rollup's plausible room means keep the rule file's range: the collector has no
+    rules of its own, so its config names the alerter's file (relative to the config), and a bad
+    one is named at start-up."""
+    from collector.lifecycle import plausible_of
+
+    (tmp_path / "alerter").mkdir()
+    rules = tmp_path / "alerter" / "rules.yaml"
+    rules.write_text("kind: rules\nsensor: {plausible_min: 8, plausible_max: 31.5}\n")
+    (tmp_path / "collector").mkdir()
+    cfg = load_collector_config(_shipped(tmp_path / "collector", "collector", rules="../alerter/rules.yaml"))
+    assert cfg.rules is not None and Path(cfg.rules).resolve() == rules.resolve()
+    assert plausible_of(cfg.rules) == (8.0, 31.5)
+    assert plausible_of(load_collector_config(_shipped(tmp_path, "collector")).rules) == (5.0, 35.0)
+    rules.write_text("kind: rules\nsensor: {plausible_min: cold}\n")
+    with pytest.raises(ConfigError, match=r"alerter/rules\.yaml: sensor\.plausible_min"):
+        load_config(tmp_path / "collector" / "collector.yaml")
 
 
 DUPLICATES = {

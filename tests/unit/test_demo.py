@@ -47,8 +47,9 @@ from simulator.scenario import load_scenario, rooms_settle
 
 
 def test_ports_are_the_defaults_moved_together_or_one_by_one() -> None:
-    assert plan_ports({}, None) == Ports(mqtt=11883, influx=18086, api=8000, metrics=9108, offset=0)
-    assert plan_ports({OFFSET_ENV: "100"}, None) == Ports(11983, 18186, 8100, 9208, 100)
+    assert plan_ports({}, None) == Ports(mqtt=11883, influx=18086, api=8000, metrics=9108,
+                                         alerter_metrics=9109, offset=0)
+    assert plan_ports({OFFSET_ENV: "100"}, None) == Ports(11983, 18186, 8100, 9208, 9209, 100)
     assert plan_ports({OFFSET_ENV: "100"}, 7).offset == 7  # the flag wins over the variable
     moved = plan_ports({"HEATWATCH_API_PORT": "9999"}, 5)
     assert (moved.api, moved.mqtt) == (9999, 11888)
@@ -190,7 +191,7 @@ def _commands(text: str) -> list[str]:
 
 
 def test_printed_commands_are_one_line_each_and_send_no_raw_utf8_in_a_url(tmp_path: Path) -> None:
-    ports = Ports(11883, 18086, 8000, 9108, 0)
+    ports = Ports(11883, 18086, 8000, 9108, 9109, 0)
     text = (ready_text(ports, tmp_path, {"TOKEN": "hw_a", "ENGINEER_TOKEN": "hw_b"}, 5) + "\n"
             + first_alert_text(ports, {"id": 7}, 64))
     cmds = _commands(text)
@@ -216,7 +217,7 @@ def _tr(rule: str, state: str, ts: int, **where: str) -> Transition:
 def test_the_alert_watch_prints_each_alert_once_as_it_fires_and_as_it_resolves(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'alerts.sqlite'}")
     store.migrate()
-    ports = Ports(11883, 18086, 8000, 9108, 0)
+    ports = Ports(11883, 18086, 8000, 9108, 9109, 0)
     try:
         store.apply([_tr("makeup_burst", "firing", 2_000, station="st002")])  # from the last run
         watch = AlertWatch(store, ports)
@@ -242,7 +243,7 @@ def test_a_first_alert_of_this_run_is_timed(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'alerts.sqlite'}")
     store.migrate()
     try:
-        watch = AlertWatch(store, Ports(11883, 18086, 8000, 9108, 0))
+        watch = AlertWatch(store, Ports(11883, 18086, 8000, 9108, 9109, 0))
         assert watch.poll(10) == []
         store.apply([_tr("gateway_offline", "firing", 2_000, gateway="gw-st003")])
         lines = watch.poll(140)

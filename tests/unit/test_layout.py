@@ -1,4 +1,4 @@
-"""Imports flow one way: gateway, collector, api and simulator import contract, durable,
+"""Imports flow one way: gateway, collector, alerter, api and simulator import contract, durable,
 alerting and messaging, never each other; alerting (rules and the alert store, shared by
 collector and api) imports no stage; messaging (the one MQTT client) imports only contract;
 durable (storage) knows nothing of heatwatch's contract; contract imports none of them. report
@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = {"gateway", "collector", "api", "simulator"}
+STAGES = {"gateway", "collector", "alerter", "api", "simulator"}
 
 
 def _imports(path: Path) -> set[str]:

@@ -1,25 +1,26 @@
-"""The collector's latest-value tap: validated frame → latest value per entity → ``latest`` table.
+"""The alerter's latest-value tap: validated frame → latest value per entity → ``latest`` table.
 
-Takes every validated telemetry frame and every station and gateway status (``observe``,
-``station_status``, ``gateway_status``; in the event loop, in arrival order) and keeps, per
-station, building and household, the latest value of each point and the newest sample time.
-``flusher`` writes the places (stations, buildings with their households) that changed since
-its last round to the alert store's ``latest`` table (``alerting/latest.py``) every
-``interval_s``, in a worker thread; the API's hotline reads them there instead of asking
-InfluxDB for ``last(*)`` on every call.
+Takes every validated telemetry frame and every station and gateway status of the partitions
+this member owns (``observe``, ``station_status``, ``gateway_status``; in the event loop, in
+arrival order) and keeps, per station, building and household, the latest value of each point
+and the newest sample time. ``flusher`` writes the places (stations, buildings with their
+households) that changed since its last round to the alert store's ``latest`` table
+(``alerting/latest.py``) every ``interval_s``, in a worker thread; the API's hotline reads them
+there instead of asking InfluxDB for ``last(*)`` on every call.
 
 Bounds: memory is one small dict per entity (``max_entities``, beyond which new entities are
 counted and not kept); the write per round is at most one row per station and building, whatever
-the message rate. A failed write keeps the places dirty for the next round. At start ``load``
-reads the table back, so a row is always written whole (a station reporting by exception does
-not lose its quiet points to a restart).
+the message rate. A failed write keeps the places dirty for the next round. A partition taken
+over brings its rows in (``adopt``, read by the caller from the table), so a row is always
+written whole (a station reporting by exception does not lose its quiet points to a handover or
+a restart); a partition given up leaves (``forget``), after a last flush.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from time import thread_time_ns
 from typing import Any
@@ -31,7 +32,7 @@ from alerting.latest import LatestTable, Place, Row
 from contract.errors import HeatwatchError
 from contract.payload import Frame, GatewayStatus, StationStatus
 
-log = structlog.get_logger("heatwatch.collector.latest")
+log = structlog.get_logger("heatwatch.alerter.latest")
 MAX_ENTITIES = 2_000_000  # stations, buildings and households: a 5,000-station city has ~155,000
 
 _Key = tuple[str, str]
@@ -55,11 +56,21 @@ class LatestValues:
         self.dirty: set[_Key] = set()
         self.stats = LatestStats()
 
-    def load(self) -> None:
-        """Blocking: what the table holds, before the first message."""
-        for p in self.table.load():
-            self.places[p.key] = p
-            self.stats.entities += 1 + len(p.households)
+    def adopt(self, places: Iterable[Place]) -> None:
+        """Rows read from the table (``table.load``, in a thread) for the stations just taken
+        over; what this member already holds of them stays (it is newer)."""
+        for p in places:
+            if p.key not in self.places:
+                self.places[p.key] = p
+                self.stats.entities += 1 + len(p.households)
+
+    def forget(self, station_in: Callable[[str], bool]) -> None:
+        """Drop the places of the stations given up (after their last flush)."""
+        gone = [k for k in self.places if station_in(k[0])]
+        for k in gone:
+            p = self.places.pop(k)
+            self.dirty.discard(k)
+            self.stats.entities -= 1 + len(p.households)
 
     def _room(self, key: _Key) -> bool:
         if self.stats.entities >= self.max_entities:
