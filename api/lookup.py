@@ -128,9 +128,9 @@ def _gateway_of(store: Store, station: str) -> str | None:
     """The gateway of a station the asset register names none for (the CSV has no gateway
     column, so that is the common case): the open gateway_offline alert whose stations (its
     context, from the gateway's status) include it. Only an open one can be on the chain."""
-    for a in store.query(rule=["gateway_offline"], open_only=True, limit=1000).rows:
-        if station in ((a["context"] or {}).get("stations") or ()):
-            return str(a["gateway"])
+    for a in store.open_of_rule("gateway_offline"):
+        if station in ((a.context or {}).get("stations") or ()):
+            return a.gateway
     return None
 
 
