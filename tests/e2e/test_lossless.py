@@ -56,7 +56,7 @@ class Gateways:
             self.paths[st] = path
             self._record(configs[-1].outbox.path)
         self.configs = configs
-        self.sim = SimThread(configs, **sim)
+        self.sim = SimThread(list(configs), **sim)
 
     @staticmethod
     def _record(outbox: str) -> None:
