@@ -123,9 +123,9 @@ def alert_state(url: str) -> AlertState:
                     alerts.add((r.rule, r.key, r.state, r.severity))
                     ids.add(r.id)
             kinds: Counter[tuple[str, str]] = Counter()
-            for r in conn.execute(sa.select(a.c.id, a.c.key, ev.c.kind).join(a, a.c.id == ev.c.alert_id)):
-                if r.id in ids and r.kind != "renotified":  # judged in receive time (the wall clock's)
-                    kinds[(r.key, r.kind)] += 1
+            for e in conn.execute(sa.select(a.c.id, a.c.key, ev.c.kind).join(a, a.c.id == ev.c.alert_id)):
+                if e.id in ids and e.kind != "renotified":  # judged in receive time (the wall clock's)
+                    kinds[(e.key, e.kind)] += 1
     finally:
         store.close()
     return AlertState(alerts, kinds, blips)
@@ -286,9 +286,13 @@ def broker_sigkill_with_backlog(p: Pipeline) -> dict[str, Any]:
 
 
 def broker_sigkill_live(p: Pipeline) -> dict[str, Any]:
+    """Killed while the collector keeps up (no backlog); down until the gateways have noticed and
+    kept 20 messages in their outboxes meanwhile."""
     p.mosquitto.kill()
+    at_kill = len(p.gateways.produced())
     for st in STATIONS:  # the gateways saw it go
         p.procs.wait_log(f"gw-{st}", "keeping data in the outbox until the broker is back", 30)
+    wait_for(lambda: len(p.gateways.produced()) >= at_kill + 20, 30, "20 messages polled meanwhile")
     p.remove()
     p.mosquitto.start()
     return {}
