@@ -369,6 +369,7 @@ class Stack:
     tokens: dict[str, str]  # shell variable → token (ENGINEER_TOKEN may send commands)
     gateway_args: dict[str, str]  # station → its gateway config
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    log_from: dict[str, int] = field(default_factory=dict)  # child → its log's size when spawned
     services: dict[str, Mosquitto | Influxd] = field(default_factory=dict)
     stopped: set[str] = field(default_factory=set)  # by a step, on purpose
     t0_wall: float = 0.0  # wall time the demo started (the times it prints count from here)
@@ -376,12 +377,21 @@ class Stack:
 
     def spawn(self, name: str, *args: str) -> None:
         log = open(self.root / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (lives as long as the child)
+        self.log_from[name] = log.tell()  # the logs grow across runs: this run's lines start here
         # its own session: Ctrl-C and a closed terminal reach the demo only, which stops the
         # children in order (gateways before the broker, the broker before the collector)
         self.procs[name] = subprocess.Popen([sys.executable, "-m", "heatwatch", *args], env=self.env,
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.stopped.discard(name)
         self.save()
+
+    def logged(self, name: str, needle: bytes) -> bool:
+        """The child's log has said ``needle`` since it was spawned (not in an earlier run's lines:
+        a readiness wait that matched the last run's "subscribed" started the gateways before the
+        collector, and before the simulator listened, on every restart)."""
+        with open(self.root / "logs" / f"{name}.log", "rb") as f:
+            f.seek(self.log_from.get(name, 0))
+            return needle in f.read()
 
     def start_service(self, name: str, svc: Mosquitto | Influxd) -> None:
         self.services[name] = svc
@@ -929,6 +939,12 @@ def _prepare_store(url: str) -> dict[str, str]:
         registry.close()
 
 
+def modbus_ports(configs: list[Path]) -> list[int]:
+    """The loopback ports the simulator serves these gateway configs' devices on."""
+    return sorted({d.port for c in configs for d in load_gateway_config(c).resolved
+                   if d.host is not None})
+
+
 def _busy_ports(ports: Ports, configs: list[Path]) -> str | None:
     wanted = [(ports.mqtt, "MQTT (mosquitto)", "HEATWATCH_MQTT_PORT"),
               (ports.influx, "InfluxDB", "HEATWATCH_INFLUX_PORT"),
@@ -1084,9 +1100,19 @@ def _run(stations: int, folder: str, seconds_: float | None, port_offset: int | 
         stack.spawn("simulator", "simulate", "--scenario", str(SCENARIO), *stack.gateway_args.values())
         collector_log = root / "logs" / "collector.log"
         deadline = time.monotonic() + 60
-        while b'"subscribed"' not in collector_log.read_bytes():  # its JSON log line
+        while not stack.logged("collector", b'"subscribed"'):  # its JSON log line, this run's
             if time.monotonic() > deadline or stack.exited():
                 raise DemoError(f"the collector did not subscribe; see {shown(collector_log)}")
+            time.sleep(0.1)
+        # and the simulated devices listening: a gateway whose every device refuses its first
+        # poll publishes its station "offline", which pages station_offline at once (resolved
+        # seconds later, when the simulator is up)
+        waiting = modbus_ports(list(plan.configs.values()))
+        while waiting:
+            waiting = [p for p in waiting if not port_open(p)]
+            if waiting and (time.monotonic() > deadline or stack.exited()):
+                raise DemoError(f"the simulator does not listen on port {waiting[0]}; see "
+                                f"{shown(root / 'logs' / 'simulator.log')}")
             time.sleep(0.1)
         for st, c in stack.gateway_args.items():
             stack.spawn(f"gateway-{st}", "gateway", c)
