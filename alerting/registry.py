@@ -13,6 +13,7 @@ the contract's, naming the site registry.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import hashlib
 import secrets
@@ -37,7 +38,7 @@ from alerting.rows import (
     StationRow,
     TokenRow,
 )
-from contract.errors import InvalidInput
+from contract.errors import Conflict, InvalidInput
 
 _TOKEN = columns(schema.api_tokens, TokenRow)
 _AUDIT = columns(schema.audit, AuditEntry)
@@ -89,8 +90,17 @@ class SiteRegistry(OnDatabase):
         if role not in ROLES:
             raise InvalidInput(f"role must be one of {', '.join(ROLES)}, got {role!r}", "bad_role")
         token = "hw_" + secrets.token_urlsafe(32)
+        t = schema.api_tokens
         with self._write() as conn:
-            conn.execute(schema.api_tokens.insert().values(
+            # one live token a name: revoking ends every live token of a name, so a second one
+            # could be neither told apart nor revoked alone (both went on working unnoticed)
+            live = conn.execute(sa.select(t.c.role, t.c.created_at).where(
+                t.c.name == name, t.c.revoked_at.is_(None)).limit(1)).first()
+            if live is not None:
+                since = dt.datetime.fromtimestamp(live.created_at / 1000, dt.UTC).strftime(
+                    "%Y-%m-%d %H:%M UTC")
+                raise Conflict(f"{name!r} already has a live token ({live.role}, since {since})")
+            conn.execute(t.insert().values(
                 name=name, role=role, token_sha256=_sha256(token), created_at=now, created_by=actor))
             write_audit(conn, now, actor, "token.add", name, {"role": role})
         return token

@@ -27,6 +27,7 @@ import getpass
 import importlib.metadata
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -45,7 +46,7 @@ from contract.config import (
     load_config,
     load_gateway_config,
 )
-from contract.errors import CannotOpen, ConfigError
+from contract.errors import CannotOpen, ConfigError, Conflict
 from contract.topics import IDENT_PATTERN
 from heatwatch import logs
 
@@ -271,8 +272,15 @@ def _token(args: argparse.Namespace) -> int:
     rc = 0
     try:
         if args.action == "add":
-            token = registry.add_token(name=args.name, role=args.role, actor=f"cli:{getpass.getuser()}",
-                                       now=now)
+            try:
+                token = registry.add_token(name=args.name, role=args.role,
+                                           actor=f"cli:{getpass.getuser()}", now=now)
+            except Conflict as exc:
+                cfg_arg, name_arg = shlex.quote(args.config), shlex.quote(args.name)
+                print(f"heatwatch token add: {exc}: `heatwatch token list {cfg_arg}` lists the "
+                      f"tokens, `heatwatch token revoke {cfg_arg} {name_arg}` ends it (then add "
+                      "again), or choose another name", file=sys.stderr)
+                return 1
             print(token)  # shown once; only its hash is stored
             print(f"token for {args.name} ({args.role}); keep it secret, it is not stored", file=sys.stderr)
         elif args.action == "revoke":

@@ -63,6 +63,7 @@ SERVICE_PORTS = {"mqtt": ("HEATWATCH_MQTT_PORT", 11883), "influx": ("HEATWATCH_I
 # what the demo issues for itself: shell variable → (token name, role)
 TOKENS = {"TOKEN": ("demo-dispatcher", "dispatcher"), "ENGINEER_TOKEN": ("demo-engineer", "engineer")}
 ACTOR = "heatwatch demo"
+EXAMPLE_TOKEN = "disp-li"  # the printed `token add` example's name (-2, -3 … once it has a token)
 # the README's example: one household of the cold building (幸福里小区3号楼 is st001/b03)
 LOOKUP_EXAMPLE = "幸福里 3号楼 301"
 
@@ -744,7 +745,8 @@ def _auth(var: str = "TOKEN") -> str:
     return f'-H "Authorization: Bearer ${var}"'
 
 
-def ready_text(ports: Ports, root: Path, tokens: dict[str, str], took: float) -> str:
+def ready_text(ports: Ports, root: Path, tokens: dict[str, str], took: float, *,
+               example: str = EXAMPLE_TOKEN) -> str:
     api = f"http://127.0.0.1:{ports.api}"
     hw = heatwatch_command()
     influx_q = ("SELECT last(secondary_supply_temp), last(outdoor_temp), last(makeup_flow) FROM station "
@@ -766,7 +768,7 @@ def ready_text(ports: Ports, root: Path, tokens: dict[str, str], took: float) ->
         "  # MQTT: every message as it passes (Ctrl-C ends it)",
         f"    mosquitto_sub -h 127.0.0.1 -p {ports.mqtt} -t 'heatwatch/v1/#' -v",
         "  # one more credential, in this demo's store (the API docs: " + api + "/docs)",
-        f"    HEATWATCH_STATE_DIR={shown(root / 'state')} {hw} token add {shown(API_CONFIG)} disp-li "
+        f"    HEATWATCH_STATE_DIR={shown(root / 'state')} {hw} token add {shown(API_CONFIG)} {example} "
         "--role dispatcher",
         "",
         f"Playing {shown(SCENARIO)}: {describe(SCENARIO)} Alerts appear here as they fire. Stop with "
@@ -915,9 +917,10 @@ def _api_ready(url: str) -> bool:
         return False
 
 
-def _prepare_store(url: str) -> dict[str, str]:
+def _prepare_store(url: str) -> tuple[dict[str, str], str]:
     """Migrate the store, load the demo's households, issue the demo's tokens (fresh each run:
-    the previous run's are revoked)."""
+    the previous run's are revoked); and the name the printed `token add` example uses (a name
+    holds one live token, and the store is kept between runs: one no token has yet)."""
     from alerting.assets import ImportProblems, decode, parse
     from alerting.registry import SiteRegistry
 
@@ -934,7 +937,10 @@ def _prepare_store(url: str) -> dict[str, str]:
         for var, (name, role) in TOKENS.items():
             registry.revoke_tokens(name=name, actor=ACTOR, now=now)
             tokens[var] = registry.add_token(name=name, role=role, actor=ACTOR, now=now)
-        return tokens
+        live = {r.name for r in registry.list_tokens() if r.revoked_at is None}
+        example = next(n for n in (EXAMPLE_TOKEN, *(f"{EXAMPLE_TOKEN}-{i}" for i in range(2, 10_000)))
+                       if n not in live)
+        return tokens, example
     finally:
         registry.close()
 
@@ -989,6 +995,7 @@ class Plan:
     store_url: str
     api_config: Path
     tokens: dict[str, str] = field(default_factory=dict)
+    example_token: str = EXAMPLE_TOKEN  # the name the printed `token add` uses
 
 
 def _plan(stations: int, folder: str, port_offset: int | None) -> Plan:
@@ -1074,7 +1081,7 @@ def _run(stations: int, folder: str, seconds_: float | None, port_offset: int | 
     (root / "logs").mkdir(parents=True, exist_ok=True)
     (root / "state").mkdir(parents=True, exist_ok=True)
     with _environ(plan.env):
-        plan.tokens = _prepare_store(plan.store_url)
+        plan.tokens, plan.example_token = _prepare_store(plan.store_url)
     env_file = root / "env"
     env_file.write_text(env_text(ports, root, plan.tokens))
     env_file.chmod(0o600)  # it holds the tokens
@@ -1144,7 +1151,8 @@ def _run(stations: int, folder: str, seconds_: float | None, port_offset: int | 
                     data, api = _influx_count(influx_url) > base, _api_ready(api_url)
                     if data and api:
                         ready = True
-                        print("\n" + ready_text(ports, root, plan.tokens, now - t0) + "\n")
+                        print("\n" + ready_text(ports, root, plan.tokens, now - t0,
+                                                        example=plan.example_token) + "\n")
                     elif now - started > READY_WITHIN_S:
                         raise DemoError(
                             f"not ready {READY_WITHIN_S} s after the gateways started: "
