@@ -15,16 +15,17 @@
     heatwatch dashboards push [--url URL] [--token-file FILE] [--datasource-url URL]
 
 Settings are built here, in main(), and passed down; nothing reads config at import time.
+Nothing heavy is imported at import time either: each subcommand imports its modules (and the
+config models, logging, asyncio) when it runs, so `--version` and `--help` start in a fraction of
+the time (measured: 0.39 s of imports before, with contract.config's models 0.22 s of it).
 ``--help`` shows ``HELP``, written for the person at the terminal, not this docstring.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import getpass
-import importlib.metadata
 import os
 import re
 import shlex
@@ -37,18 +38,8 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from contract.config import (
-    ApiConfig,
-    GatewayConfig,
-    env_names,
-    load_api_config,
-    load_collector_config,
-    load_config,
-    load_gateway_config,
-)
 from contract.errors import CannotOpen, ConfigError, Conflict
 from contract.topics import IDENT_PATTERN
-from heatwatch import logs
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
@@ -63,6 +54,8 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
     landed in kept it as its exception ("Task exception was never retrieved" at exit), and so did
     a second Ctrl-C while a stop was under way.
     """
+    import asyncio
+
     stopping = False
     since = 0.0
 
@@ -108,6 +101,9 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
 
 
 def _gateway(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from contract.config import load_gateway_config
     from gateway.app import Gateway
     from gateway.plan import plan_requests
 
@@ -179,6 +175,7 @@ def _gateway(args: argparse.Namespace) -> int:
 
 def _collector(args: argparse.Namespace) -> int:
     from collector.app import Collector
+    from contract.config import load_collector_config
 
     cfg = load_collector_config(args.config)
 
@@ -198,6 +195,7 @@ def _api(args: argparse.Namespace) -> int:
     from api.app import API_CONFIG_ENV, create_app
     from api.limits import MAX_HEAD_BYTES
     from api.metrics import MULTIPROC_ENV, serve_workers
+    from contract.config import load_api_config
 
     cfg = load_api_config(args.config)
     # the store opens here first: a wrong path is one line (CannotOpen), not a traceback per worker
@@ -265,6 +263,7 @@ def _token(args: argparse.Namespace) -> int:
     import time
 
     from alerting.registry import SiteRegistry
+    from contract.config import load_api_config
 
     cfg = load_api_config(args.config)
     registry = SiteRegistry(cfg.store).open()
@@ -331,6 +330,7 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from contract.config import load_gateway_config
     from simulator.scenario import RelativeEvent, load_scenario, rooms_settle
     from simulator.server import PortInUse, Simulator
 
@@ -365,6 +365,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from contract.config import ApiConfig, GatewayConfig, load_config
+
     bad = 0
     for f in args.files:
         try:
@@ -400,6 +402,7 @@ def _report(args: argparse.Namespace) -> int:
     """The takeover report (issue #17) for a period, written as PDF, spreadsheet or JSON by the
     suffix of --out; the API config says where InfluxDB, the alert store and the report's
     settings are."""
+    import asyncio
     import time
 
     import orjson
@@ -407,6 +410,7 @@ def _report(args: argparse.Namespace) -> int:
     from alerting.store import Store
     from api.influx import STORE as InfluxStore
     from api.influx import InfluxReader
+    from contract.config import load_api_config
     from contract.errors import DatabaseUnavailable
     from report import compute, source
     from report.model import Report
@@ -485,10 +489,24 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _version() -> str:
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("heatwatch")
     except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
         return "unknown (not installed: pip install -e .)"
+
+
+class _Version(argparse.Action):
+    """--version, looked up only when asked for (importlib.metadata scans the installed
+    distributions: 18 ms that every other command would pay)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"heatwatch {_version()}")
+        parser.exit()
 
 
 def _dashboards(args: argparse.Namespace) -> int:
@@ -507,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--log-level", default="info", choices=LOG_LEVELS, type=str.lower,
                     help="how much the process logs (default info)")
-    ap.add_argument("--version", action="version", version=f"heatwatch {_version()}")
+    ap.add_argument("--version", action=_Version, help="show the version and exit")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("gateway", help="poll a station and publish (or: gateway plan CONFIG)")
     p.add_argument("target", nargs="+", metavar="[plan] CONFIG")
@@ -584,6 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("files", nargs="+")
     p.set_defaults(fn=_check)
     args = ap.parse_args(argv)
+    from heatwatch import logs
+
     logs.setup(args.log_level)
     # Ctrl-C and SIGTERM both stop cleanly, even when started with SIGINT ignored (a
     # background job): the stages' finally blocks close sockets and the outbox.
@@ -596,6 +616,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     except CannotOpen as exc:
+        from contract.config import env_names
+
         config = exc.config or getattr(args, "config", None)
         print(exc.explain(config, env_names(config, exc.setting) if config else []), file=sys.stderr)
         return 1

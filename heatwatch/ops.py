@@ -16,21 +16,17 @@ InfluxDB without users yet it creates that admin first.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from contract.config import (
-    CollectorConfig,
-    InfluxSettings,
-    load_api_config,
-    load_collector_config,
-    load_config,
-)
 from contract.errors import ConfigError
+
+if TYPE_CHECKING:  # the config models are imported by the commands that run, not by `--help`
+    from contract.config import CollectorConfig, InfluxSettings
 
 ADMIN_PASSWORD_ENV = "HEATWATCH_INFLUX_ADMIN_PASSWORD"
 
@@ -47,6 +43,8 @@ def _secret_file(path: str, what: str) -> str:
 
 
 def _influx_of(path: str) -> InfluxSettings:
+    from contract.config import InfluxSettings, load_config
+
     cfg = load_config(path)
     influx = getattr(cfg, "influx", None)
     if not isinstance(influx, InfluxSettings):
@@ -71,7 +69,10 @@ def _plausible(cfg: CollectorConfig) -> tuple[float, float]:
 
 
 def _setup(args: argparse.Namespace) -> int:
+    import asyncio
+
     from collector.lifecycle import User, setup
+    from contract.config import load_api_config, load_collector_config
 
     cfg = load_collector_config(args.config)
     settings = cfg.influx
@@ -119,6 +120,8 @@ def _when(s: str) -> int:
 
 
 def _backfill(args: argparse.Namespace) -> int:
+    import asyncio
+
     from collector.lifecycle import InfluxAdmin, backfill, raw_rp
 
     settings = _influx_of(args.config)
@@ -230,6 +233,8 @@ def _backup(args: argparse.Namespace) -> int:
     import json
     import shutil
 
+    from contract.config import load_collector_config
+
     cfg = load_collector_config(args.config)
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -264,10 +269,12 @@ def _backup(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
+    import asyncio
     import json
     import shutil
 
     from collector.lifecycle import InfluxAdmin, setup
+    from contract.config import load_collector_config
 
     cfg = load_collector_config(args.config)
     src = Path(args.dir)
