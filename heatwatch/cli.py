@@ -353,7 +353,7 @@ def _simulate(args: argparse.Namespace) -> int:
     async def run() -> None:
         peers = dict(p.split("=", 1) for p in args.serial_peer)
         sim = Simulator(configs, speed=speed, seed=args.seed, serial_peers=peers, scenario=events,
-                        room_settle_s=settle)
+                        room_settle_s=settle, state_path=Path(args.state) if args.state else None)
         await sim.run()
 
     try:
@@ -563,6 +563,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--speed", type=float, default=None, help="sim seconds per real second")
     p.add_argument("--scenario", help="YAML file of timed events")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--state", metavar="FILE",
+                   help="save the stations' state (rooms, written setpoints, valves, meters) here and "
+                        "carry on from it at the next start")
     p.set_defaults(fn=_simulate)
     p = sub.add_parser("demo", help="the whole pipeline on simulated stations")
     p.add_argument("--stations", type=int, default=3, metavar="N",
