@@ -414,5 +414,5 @@ def test_the_printed_token_example_names_a_name_without_a_live_token(tmp_path: P
     finally:
         registry.close()
     assert _prepare_store(url)[1] == "disp-li"
-    text = ready_text(Ports(1, 2, 3, 4, 0), tmp_path, tokens, 5, example="disp-li-2")
+    text = ready_text(Ports(1, 2, 3, 4, 5, 0), tmp_path, tokens, 5, example="disp-li-2")
     assert "token add deploy/api/api.yaml disp-li-2 --role dispatcher" in text
