@@ -263,11 +263,16 @@ class Alerter:
         if time.monotonic() < self._ownership_retry_at:
             return  # the store was away at the last try
         handover, self._handover = self._handover, set()
-        gained, self._gained = self._gained, {}
+        gained: dict[int, int] = {}
         try:
             for p in sorted(handover):
                 await self._give_up(p)
                 handover.discard(p)
+            # taken from _gained only now, with no await before _taking holds them: the lease
+            # rounds renew _gained | _taking, and a handover waiting on a slow store must not let
+            # the new partitions' leases expire (re-acquired at the next epoch, the first takeover
+            # would empty their standby and be refused: what arrived since the snapshot unjudged)
+            gained, self._gained = self._gained, {}
             if gained:
                 self._taking = gained
                 try:
@@ -283,7 +288,9 @@ class Alerter:
             # standby for the takeover.
             self._handover |= handover
             self._gained = {**gained, **self._gained}
-            self._ownership_delay = min(self._ownership_delay * 2, RETRY_MAX_S)
+            # never longer than a lease round: the standby keeps standby_s of messages, and a
+            # takeover replays from a snapshot up to a round old
+            self._ownership_delay = min(self._ownership_delay * 2, self.cfg.partitions.renew_s)
             self._ownership_retry_at = time.monotonic() + self._ownership_delay
             log.warning("alert store unavailable while partitions move; retrying",
                         retry_s=self._ownership_delay, taking=sorted(self._gained),

@@ -30,6 +30,7 @@ from pymodbus.simulator import SimData, SimDevice
 
 from contract.codec import FLOATS, INTEGERS, DataType, decode, encode
 from contract.config import GatewayConfig, PointMap, ResolvedDevice
+from contract.errors import ConfigError
 from simulator.physics import Event, Key, StationModel
 from simulator.scenario import RelativeEvent
 
@@ -260,7 +261,11 @@ class Simulator:
         self._servers: list[ModbusTcpServer | ModbusSerialServer] = []
         self.state_path = state_path
         self._saved = time.monotonic()
+        self._save_failed = False
         if state_path is not None:
+            if not state_path.parent.is_dir():  # at once, not a traceback at the first save
+                raise ConfigError(str(state_path),
+                                  [f"--state: the folder {state_path.parent} does not exist"])
             self._restore(state_path)
         self.step()
 
@@ -286,10 +291,17 @@ class Simulator:
         if self.state_path is None:
             return
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        tmp.write_text(json.dumps({"stations": {st: m.state() for st, m in self.models.items()}}),
-                       encoding="utf-8")
-        tmp.replace(self.state_path)
-        self._saved = time.monotonic()
+        self._saved = time.monotonic()  # a failed save is tried again at the next interval, not each tick
+        try:
+            tmp.write_text(json.dumps({"stations": {st: m.state() for st, m in self.models.items()}}),
+                           encoding="utf-8")
+            tmp.replace(self.state_path)
+        except OSError as exc:  # a full disk or a folder gone: the simulation goes on, unsaved
+            if not self._save_failed:
+                log.warning("%s: cannot save the stations' state: %s", self.state_path, exc)
+            self._save_failed = True
+        else:
+            self._save_failed = False
 
     # -- clock ---------------------------------------------------------------------------------
     def now(self) -> float:

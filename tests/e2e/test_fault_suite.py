@@ -369,12 +369,14 @@ def postgres_restarted(p: Pipeline) -> dict[str, Any]:
     """The alert store goes away (a fast shutdown: its sessions cut) while the room alerts are
     due to fire; the alerter holds that batch and acknowledges nothing until the store has it."""
     p.pg.stop(signal.SIGINT, keep=True)
-    wait_for(lambda: p.alerter("store_retries") >= 1, 45, "the alerter holding a batch for the store")
-    acked = p.alerter("acked")
-    wait_for(lambda: p.alerter("store_retries") >= 3, 30, "three retries")
-    held = p.alerter("acked")
-    p.remove()
-    p.pg.start()
+    try:
+        wait_for(lambda: p.alerter("store_retries") >= 1, 45, "the alerter holding a batch for the store")
+        acked = p.alerter("acked")
+        wait_for(lambda: p.alerter("store_retries") >= 3, 30, "three retries")
+        held = p.alerter("acked")
+        p.remove()
+    finally:  # the module's PostgreSQL: the later cases need it whatever happened here
+        p.pg.start()
     assert held == acked, f"the alerter acknowledged {held - acked} messages while its store was away"
     return {"acked_while_away": int(held - acked)}
 

@@ -277,3 +277,24 @@ def test_the_simulator_saves_its_stations_and_a_new_one_carries_on(tmp_path: Pat
     fresh = Simulator([cfg], state_path=state)  # a broken file: said once, the stations start afresh
     assert fresh.models["st001"].values[valve] == 60.0
     assert "unreadable" in caplog.text
+
+
+def test_a_state_file_in_a_missing_folder_is_a_config_error_and_a_failed_save_goes_on(tmp_path: Path) -> None:
+    """--state naming a folder that does not exist fails at once, naming the option; a save that
+    fails later (the folder gone, a full disk) is logged and the simulation goes on."""
+    from contract.config import load_gateway_config
+    from contract.errors import ConfigError
+    from simulator.server import Simulator
+
+    cfgs = [load_gateway_config(DEPLOY / "gateway" / "st001.yaml")]
+    with pytest.raises(ConfigError, match="--state: the folder"):
+        Simulator(cfgs, state_path=tmp_path / "nope" / "s.json")
+    folder = tmp_path / "state"
+    folder.mkdir()
+    sim = Simulator(cfgs, state_path=folder / "s.json")
+    sim.save_state()
+    assert (folder / "s.json").exists()
+    (folder / "s.json").unlink()
+    folder.rmdir()
+    sim.save_state()  # no exception
+    assert sim._save_failed
