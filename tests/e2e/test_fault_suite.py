@@ -25,8 +25,10 @@ compared: the baseline's must equal the scenario's (EXPECTED), every fault run's
 exactly. The offline thresholds (RULES.offline: a silent station after 120 s) are far above any
 fault's length here (each under 30 s), so no fault may make an offline alert fire. One trace of a
 fault is real and kept apart: a gateway killed leaves its will, and ``gateway_offline`` is pending
-from it until the gateway is back (a row resolved without ever firing, never paged); such rows are
-listed, and must be offline rules, unpaged; every other row is compared exactly.
+from it until the gateway is back (a row resolved without ever firing, never paged), and a cold
+flat's pending room_low ends when the broker is dead longer than the test's 6 s room window (seen
+once in three runs of the live broker kill); such rows are listed, and must be offline rules or
+room_low, unpaged; every other row is compared exactly.
 
 Bounded: each case about a minute on the 2-core machine; every wait is on an event (a metric, a
 log line, a message, an outbox row count), never a fixed sleep.
@@ -92,6 +94,7 @@ EXPECTED_ALERTS = {
 
 
 OFFLINE_RULES = frozenset({"station_offline", "gateway_offline", "device_offline"})
+BLIP_RULES = OFFLINE_RULES | {"room_low"}  # see test_fault
 
 
 @dataclass
@@ -443,5 +446,9 @@ def test_fault(name: str, tmp_path: Path, procs: Processes, postgres: Postgres,
     assert figures.duplicated == 0, figures
     assert state.alerts == want.alerts
     assert state.transitions == want.transitions  # the same lives: none paged twice, none missed
-    # the fault's own trace, shorter than its threshold: an offline rule pending, never paged
-    assert all(rule in OFFLINE_RULES and not paged for rule, _key, paged in state.blips), state.blips
+    # the fault's own trace, shorter than its threshold, never paged: an offline rule pending, or
+    # a cold flat's room_low pending when the broker died before it fired: its 6 s median window
+    # (the test's, hours as shipped) ran empty while the broker was dead (a live kill lasts
+    # until 20 messages wait in the outboxes), the pending episode ended, and the next began
+    # when the readings came back; the firing episode and its transitions are compared above
+    assert all(rule in BLIP_RULES and not paged for rule, _key, paged in state.blips), state.blips
