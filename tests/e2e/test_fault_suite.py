@@ -27,7 +27,7 @@ fault's length here (each under 30 s), so no fault may make an offline alert fir
 fault is real and kept apart: a gateway killed leaves its will, and ``gateway_offline`` is pending
 from it until the gateway is back (a row resolved without ever firing, never paged), and a cold
 flat's pending room_low ends when the broker is dead longer than the test's 6 s room window (seen
-once in three runs of the live broker kill); such rows are listed, and must be offline rules or
+in two of four runs of the live broker kill); such rows are listed, and must be offline rules or
 room_low, unpaged; every other row is compared exactly.
 
 Bounded: each case about a minute on the 2-core machine; every wait is on an event (a metric, a
@@ -202,7 +202,11 @@ class Pipeline:
         """Both stores are taking the stream: the collector and the alerter have acknowledged."""
         wait_for(lambda: self.collector.metric("heatwatch_collector_acked_total") >= 20, 30,
                  "the collector's first messages stored")
-        wait_for(lambda: self.alerter("acked") >= 20, 30, "the alerter's first messages judged")
+        # judged, not only acknowledged: a member acknowledges the messages of partitions it does
+        # not own yet (kept in standby), and a fault before its first lease round (PostgreSQL
+        # stopped 3 s after the start) left it owning none, judging nothing, retrying no commit
+        wait_for(lambda: metric(self.alerter_port, "heatwatch_alerter_partitions_owned") == 64
+                 and self.alerter("judged") >= 20, 60, "the alerter's first messages judged")
 
     def exact(self, removed_ms: int, removed_mono: float, timeout: float = 90) -> Figures:
         """Wait until InfluxDB holds exactly what the gateways produced up to ``removed_ms``. What
