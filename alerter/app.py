@@ -61,6 +61,7 @@ RETRY_MAX_S = 30.0
 # the consume loop looks for ownership work (from the lease rounds) at least this often when idle
 IDLE_S = 0.25
 SNAPSHOTS_PER_ROUND = 4  # partition snapshots written between two batches at most
+OWNERSHIP_RETRY_S = 1.0  # the first pause before moving partitions again after the store was away
 
 
 @dataclass
@@ -109,6 +110,9 @@ class Alerter:
         self._handover: set[int] = set()  # to give up (their member is alive)
         self._lost: set[int] = set()  # taken by another member already
         self._inflight: Pending | None = None  # taken from the judge, not yet known committed
+        # ownership work that met the store away: not before this (monotonic), then a longer pause
+        self._ownership_retry_at = 0.0
+        self._ownership_delay = OWNERSHIP_RETRY_S / 2
         # partition → its newest judged row committed (by us, or found at the takeover)
         self._upto: dict[int, int] = {}
         # snapshots taken between commits, written by their own task (an fsync per write: on a
@@ -256,16 +260,43 @@ class Alerter:
         what was acquired."""
         lost, self._lost = self._lost, set()
         self._lose(lost)
+        if time.monotonic() < self._ownership_retry_at:
+            return  # the store was away at the last try
         handover, self._handover = self._handover, set()
-        for p in sorted(handover):
-            await self._give_up(p)
-        gained, self._gained = self._gained, {}
-        if gained:
-            self._taking = gained
-            try:
-                await self._take_over(gained)
-            finally:
-                self._taking = {}
+        gained: dict[int, int] = {}
+        try:
+            for p in sorted(handover):
+                await self._give_up(p)
+                handover.discard(p)
+            # taken from _gained only now, with no await before _taking holds them: the lease
+            # rounds renew _gained | _taking, and a handover waiting on a slow store must not let
+            # the new partitions' leases expire (re-acquired at the next epoch, the first takeover
+            # would empty their standby and be refused: what arrived since the snapshot unjudged)
+            gained, self._gained = self._gained, {}
+            if gained:
+                self._taking = gained
+                try:
+                    await self._take_over(gained)
+                finally:
+                    self._taking = {}
+                gained = {}
+        except DatabaseUnavailable as exc:
+            # The store away between a lease round and this (a PostgreSQL restart while partitions
+            # move): the alerter exited here, taking every partition's judging down with it. What
+            # was not done is tried again after a pause; the leases stay renewed by the rounds
+            # (or, expired meanwhile, are found lost there), and the partitions' messages wait in
+            # standby for the takeover.
+            self._handover |= handover
+            self._gained = {**gained, **self._gained}
+            # never longer than a lease round: the standby keeps standby_s of messages, and a
+            # takeover replays from a snapshot up to a round old
+            self._ownership_delay = min(self._ownership_delay * 2, self.cfg.partitions.renew_s)
+            self._ownership_retry_at = time.monotonic() + self._ownership_delay
+            log.warning("alert store unavailable while partitions move; retrying",
+                        retry_s=self._ownership_delay, taking=sorted(self._gained),
+                        handing_over=sorted(self._handover), error=str(exc)[:200])
+            return
+        self._ownership_delay = OWNERSHIP_RETRY_S / 2
 
     def _take_snapshot(self, p: int) -> Snapshot | None:
         """Between commits: everything the snapshot reflects is in the store already."""
@@ -286,7 +317,8 @@ class Alerter:
         ok = await asyncio.to_thread(self.recorder.save_snapshot, snap)
         self.judge.drop(p)
         if ok:  # free for its member at once (its next round takes it)
-            await asyncio.to_thread(self.leases.release, self.owner, p, snap.epoch)
+            with contextlib.suppress(DatabaseUnavailable):  # else its lease expires: taken then
+                await asyncio.to_thread(self.leases.release, self.owner, p, snap.epoch)
             self.stats.snapshots += 1
             log.info("partition handed over", partition=p)
 

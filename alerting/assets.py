@@ -23,6 +23,7 @@ import io
 import re
 from dataclasses import dataclass, field
 
+from alerting.address import household_search
 from contract.topics import IDENT_PATTERN
 
 COLUMNS = ("station", "station_name", "building", "address", "household", "unit", "room", "sensor",
@@ -72,7 +73,8 @@ def decode(raw: bytes) -> str:
 
 
 def search_text(address: str, unit: str, room: str, code: str) -> str:
-    return " ".join(x for x in (address, unit, room, code) if x).lower()
+    """The household's text the hotline's address search matches (alerting/address.py)."""
+    return household_search(address, unit, room, code)
 
 
 def parse(text: str) -> Assets:

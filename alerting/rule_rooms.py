@@ -17,7 +17,9 @@ from its building's other sensors is a ``sensor_fault`` (info) and is excluded f
 and from the building count while the condition lasts. A sensor that is intermittently bad —
 ``intermittent_bad`` of its last ``intermittent_of`` reports bad (quality bad, or implausible,
 e.g. a reset value every other report) — is a ``sensor_fault`` too ("intermittent"; a good
-report in between does not reset that count); its plausible readings are still judged.
+report in between does not reset that count); its plausible readings are still judged. A message
+whose every room reading is bad is its device not answering (the concentrator's silence, for
+device_offline and the stale rule), not a bad report of each sensor.
 
 A building with ≥ building_share (min building_min) of its valid sensors low at once is a supply
 or hydraulic fault: ``building_low``, one incident with its households under it (listed in its
@@ -185,10 +187,19 @@ class Rooms(Family):
         return frozenset({"room_temp"})
 
     def observe(self, view: FrameView, now: int) -> list[Verdict]:
-        if view.households:
+        samples = view.households
+        if samples:
             station, t, quiet, room = view.station, view.t, view.quiet, self.sample
+            # (all() stops at the first good one: one comparison for a message that answered)
+            if len(samples) > 1 and all(s.quality == "bad" for s in samples):
+                # The device did not answer (a failed read is quality bad for each of its points):
+                # its silence, not each sensor's fault. Counted as bad reports, a concentrator
+                # that missed three polls in twelve, or a demo restarted three times before its
+                # simulator listened, flagged every sensor behind it "intermittent" (36 on the
+                # demo's three stations). The stale rule and device_offline judge the silence.
+                return self._take()
             hh = self.station_households(station)
-            for s in view.households:
+            for s in samples:
                 room(station, hh, s, t, quiet)
             self.flush(t, quiet)
         return self._take()

@@ -126,7 +126,7 @@ households = sa.Table(
     sa.Column("unit", sa.String(32), nullable=False, server_default=""),
     sa.Column("room", sa.String(32), nullable=False, server_default=""),
     sa.Column("sensor", _ID),  # the household id its room sensor reports under, if it has one
-    sa.Column("search", sa.String(500), nullable=False),  # lower-cased address + unit + room + code
+    sa.Column("search", sa.String(500), nullable=False),  # address, unit, room, code: alerting/address.py
     sa.Index("households_place", "station", "building"),
     sa.Index("households_sensor", "station", "building", "sensor"),
 )

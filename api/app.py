@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
@@ -76,6 +78,59 @@ STATUS: dict[type[InvalidInput], int] = {NotFound: 404, Conflict: 409, Forbidden
 
 def status_of(exc: InvalidInput) -> int:
     return next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 422)
+
+
+_SHOWN = 5  # problems named in one answer; the rest counted
+
+
+def _got(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def validation_detail(errors: Sequence[Any]) -> str:
+    """FastAPI's validation errors as the one ``detail`` string every other error is: each
+    problem's place (``query.limit``, ``body.note``, ``path.alert_id``) and what was expected,
+    with what came; e.g. ``query.limit: expected a valid integer, unable to parse string as an
+    integer (got "ten")``."""
+    parts = []
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ())]
+        kind, msg = e.get("type", ""), str(e.get("msg", ""))
+        if kind == "json_invalid":
+            why = str((e.get("ctx") or {}).get("error") or "")
+            if len(loc) > 1:  # where the parser stopped
+                why = f"{why} at position {loc[1]}".strip()
+            parts.append(f"{loc[0] if loc else 'body'}: not valid JSON" + (f" ({why})" if why else ""))
+            continue
+        if kind == "missing":
+            parts.append(f"{'.'.join(loc)}: required")
+            continue
+        said = ("unknown field" if kind == "extra_forbidden"
+                else "expected " + msg.removeprefix("Input should be ") if msg.startswith("Input should be ")
+                else msg.removeprefix("Value error, "))
+        parts.append(f"{'.'.join(loc)}: {said}" + (f" (got {_got(e['input'])})" if "input" in e else ""))
+    more = len(parts) - _SHOWN
+    return "; ".join(parts[:_SHOWN]) + (f"; and {more} more" if more > 0 else "")
+
+
+def _plain_validation_errors(app: FastAPI) -> None:
+    """The OpenAPI document's 422 says what the API answers: ``{"detail": "..."}``."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = generate().get("components", {}).get("schemas", {})
+            if "HTTPValidationError" in schemas:
+                schemas["HTTPValidationError"] = {
+                    "title": "HTTPValidationError", "type": "object", "required": ["detail"],
+                    "properties": {"detail": {"title": "Detail", "type": "string", "description": (
+                        "each problem's place (query.limit, body.note, path.alert_id) and what was "
+                        "expected, with what came; several separated by '; '")}}}
+                schemas.pop("ValidationError", None)
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 API_CONFIG_ENV = "HEATWATCH_API_CONFIG"
@@ -160,6 +215,14 @@ def create_app(settings: ApiConfig) -> FastAPI:
     @app.exception_handler(InvalidInput)
     async def _refused(_r: Request, exc: InvalidInput) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=status_of(exc))
+
+    # a request FastAPI could not read (a wrong type, a missing or unknown field, not JSON): one
+    # detail string like every answer above, not FastAPI's list of loc/msg/type objects
+    @app.exception_handler(RequestValidationError)
+    async def _unreadable(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_detail(exc.errors())}, status_code=422)
+
+    _plain_validation_errors(app)
 
     @app.get("/health", response_model=Health, summary="Liveness, with the state of each dependency")
     async def health(s: ServicesDep) -> Health:

@@ -22,6 +22,7 @@ from typing import Annotated, NamedTuple
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from alerting.address import words
 from alerting.assets import ImportProblems, decode, parse
 from alerting.rows import AlertEvent, AlertRow, FoundHousehold, HouseholdNow
 from alerting.store import Store
@@ -73,6 +74,11 @@ class Ack(BaseModel):
 
 class Lookup(BaseModel):
     candidates: list[HouseholdRef] = Field(description="matches of the text; one match is answered in full")
+    did_you_mean: list[HouseholdRef] = Field(
+        default=[], description="when nothing matches: the closest households (at most 5: a name typed "
+        "wrong, a unit or room the register does not have), closest first")
+    hint: str | None = Field(default=None, description="when nothing matches: the words as searched "
+                             "(the address normal form) and what to try")
     household: HouseholdRef | None = None
     verdict: str | None = None
     room: Room | None = None
@@ -128,9 +134,9 @@ def _gateway_of(store: Store, station: str) -> str | None:
     """The gateway of a station the asset register names none for (the CSV has no gateway
     column, so that is the common case): the open gateway_offline alert whose stations (its
     context, from the gateway's status) include it. Only an open one can be on the chain."""
-    for a in store.query(rule=["gateway_offline"], open_only=True, limit=1000).rows:
-        if station in ((a["context"] or {}).get("stations") or ()):
-            return str(a["gateway"])
+    for a in store.open_of_rule("gateway_offline"):
+        if station in ((a.context or {}).get("stations") or ()):
+            return a.gateway
     return None
 
 
@@ -174,15 +180,24 @@ async def lookup(
             raise HTTPException(404, f"no household with code {household!r}")
         return await _full(rooms, chain)
 
-    def find() -> tuple[list[FoundHousehold], _Chain | None]:
+    def find() -> tuple[list[FoundHousehold], list[FoundHousehold], _Chain | None]:
         found = registry.find_households(q or "", 20)
+        # nothing found: the closest few, not an empty answer (only then: it reads every
+        # building's address, 5-12 ms for 100,000 households in 2,000 buildings; docs/api.md)
+        near = registry.suggest_households(q or "", 5) if not found else []
         one = store.latest.household(found[0].code) if len(found) == 1 else None
-        return found, _chain(store, one, now)
+        return found, near, _chain(store, one, now)
 
-    found, chain = await asyncio.to_thread(find)  # the store in one worker-thread hop
+    found, near, chain = await asyncio.to_thread(find)  # the store in one worker-thread hop
     if chain is not None:
         return await _full(rooms, chain)
-    return Lookup(candidates=[HouseholdRef.model_validate(r) for r in found])
+    hint = None
+    if not found:
+        searched = " ".join(words(q or ""))
+        hint = (f"nothing matches {searched!r}: " + ("did you mean one of these?" if near else
+                "check the name, the building and the room, or search by the household code"))
+    return Lookup(candidates=[HouseholdRef.model_validate(r) for r in found],
+                  did_you_mean=[HouseholdRef.model_validate(r) for r in near], hint=hint)
 
 
 @router.post("/assets/import", response_model=ImportResult,

@@ -16,18 +16,20 @@
     heatwatch dashboards push [--url URL] [--token-file FILE] [--datasource-url URL]
 
 Settings are built here, in main(), and passed down; nothing reads config at import time.
+Nothing heavy is imported at import time either: each subcommand imports its modules (and the
+config models, logging, asyncio) when it runs, so `--version` and `--help` start in a fraction of
+the time (measured: 0.39 s of imports before, with contract.config's models 0.22 s of it).
 ``--help`` shows ``HELP``, written for the person at the terminal, not this docstring.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import getpass
-import importlib.metadata
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -37,19 +39,8 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from contract.config import (
-    ApiConfig,
-    GatewayConfig,
-    env_names,
-    load_alerter_config,
-    load_api_config,
-    load_collector_config,
-    load_config,
-    load_gateway_config,
-)
-from contract.errors import CannotOpen, ConfigError
+from contract.errors import CannotOpen, ConfigError, Conflict
 from contract.topics import IDENT_PATTERN
-from heatwatch import logs
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
@@ -64,6 +55,8 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
     landed in kept it as its exception ("Task exception was never retrieved" at exit), and so did
     a second Ctrl-C while a stop was under way.
     """
+    import asyncio
+
     stopping = False
     since = 0.0
 
@@ -109,6 +102,9 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
 
 
 def _gateway(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from contract.config import load_gateway_config
     from gateway.app import Gateway
     from gateway.plan import plan_requests
 
@@ -180,6 +176,7 @@ def _gateway(args: argparse.Namespace) -> int:
 
 def _collector(args: argparse.Namespace) -> int:
     from collector.app import Collector
+    from contract.config import load_collector_config
 
     cfg = load_collector_config(args.config)
 
@@ -192,6 +189,7 @@ def _collector(args: argparse.Namespace) -> int:
 
 def _alerter(args: argparse.Namespace) -> int:
     from alerter.app import Alerter
+    from contract.config import load_alerter_config
 
     cfg = load_alerter_config(args.config)
 
@@ -211,6 +209,7 @@ def _api(args: argparse.Namespace) -> int:
     from api.app import API_CONFIG_ENV, create_app
     from api.limits import MAX_HEAD_BYTES
     from api.metrics import MULTIPROC_ENV, serve_workers
+    from contract.config import load_api_config
 
     cfg = load_api_config(args.config)
     # the store opens here first: a wrong path is one line (CannotOpen), not a traceback per worker
@@ -278,6 +277,7 @@ def _token(args: argparse.Namespace) -> int:
     import time
 
     from alerting.registry import SiteRegistry
+    from contract.config import load_api_config
 
     cfg = load_api_config(args.config)
     registry = SiteRegistry(cfg.store).open()
@@ -285,8 +285,15 @@ def _token(args: argparse.Namespace) -> int:
     rc = 0
     try:
         if args.action == "add":
-            token = registry.add_token(name=args.name, role=args.role, actor=f"cli:{getpass.getuser()}",
-                                       now=now)
+            try:
+                token = registry.add_token(name=args.name, role=args.role,
+                                           actor=f"cli:{getpass.getuser()}", now=now)
+            except Conflict as exc:
+                cfg_arg, name_arg = shlex.quote(args.config), shlex.quote(args.name)
+                print(f"heatwatch token add: {exc}: `heatwatch token list {cfg_arg}` lists the "
+                      f"tokens, `heatwatch token revoke {cfg_arg} {name_arg}` ends it (then add "
+                      "again), or choose another name", file=sys.stderr)
+                return 1
             print(token)  # shown once; only its hash is stored
             print(f"token for {args.name} ({args.role}); keep it secret, it is not stored", file=sys.stderr)
         elif args.action == "revoke":
@@ -337,6 +344,7 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from contract.config import load_gateway_config
     from simulator.scenario import RelativeEvent, load_scenario, rooms_settle
     from simulator.server import PortInUse, Simulator
 
@@ -359,7 +367,7 @@ def _simulate(args: argparse.Namespace) -> int:
     async def run() -> None:
         peers = dict(p.split("=", 1) for p in args.serial_peer)
         sim = Simulator(configs, speed=speed, seed=args.seed, serial_peers=peers, scenario=events,
-                        room_settle_s=settle)
+                        room_settle_s=settle, state_path=Path(args.state) if args.state else None)
         await sim.run()
 
     try:
@@ -371,6 +379,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from contract.config import ApiConfig, GatewayConfig, load_config
+
     bad = 0
     for f in args.files:
         try:
@@ -406,6 +416,7 @@ def _report(args: argparse.Namespace) -> int:
     """The takeover report (issue #17) for a period, written as PDF, spreadsheet or JSON by the
     suffix of --out; the API config says where InfluxDB, the alert store and the report's
     settings are."""
+    import asyncio
     import time
 
     import orjson
@@ -413,6 +424,7 @@ def _report(args: argparse.Namespace) -> int:
     from alerting.store import Store
     from api.influx import STORE as InfluxStore
     from api.influx import InfluxReader
+    from contract.config import load_api_config
     from contract.errors import DatabaseUnavailable
     from report import compute, source
     from report.model import Report
@@ -492,10 +504,24 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _version() -> str:
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("heatwatch")
     except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
         return "unknown (not installed: pip install -e .)"
+
+
+class _Version(argparse.Action):
+    """--version, looked up only when asked for (importlib.metadata scans the installed
+    distributions: 18 ms that every other command would pay)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"heatwatch {_version()}")
+        parser.exit()
 
 
 def _dashboards(args: argparse.Namespace) -> int:
@@ -514,7 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--log-level", default="info", choices=LOG_LEVELS, type=str.lower,
                     help="how much the process logs (default info)")
-    ap.add_argument("--version", action="version", version=f"heatwatch {_version()}")
+    ap.add_argument("--version", action=_Version, help="show the version and exit")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("gateway", help="poll a station and publish (or: gateway plan CONFIG)")
     p.add_argument("target", nargs="+", metavar="[plan] CONFIG")
@@ -555,6 +581,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--speed", type=float, default=None, help="sim seconds per real second")
     p.add_argument("--scenario", help="YAML file of timed events")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--state", metavar="FILE",
+                   help="save the stations' state (rooms, written setpoints, valves, meters) here and "
+                        "carry on from it at the next start")
     p.set_defaults(fn=_simulate)
     p = sub.add_parser("demo", help="the whole pipeline on simulated stations")
     p.add_argument("--stations", type=int, default=3, metavar="N",
@@ -594,6 +623,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("files", nargs="+")
     p.set_defaults(fn=_check)
     args = ap.parse_args(argv)
+    from heatwatch import logs
+
     logs.setup(args.log_level)
     # Ctrl-C and SIGTERM both stop cleanly, even when started with SIGINT ignored (a
     # background job): the stages' finally blocks close sockets and the outbox.
@@ -606,6 +637,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     except CannotOpen as exc:
+        from contract.config import env_names
+
         config = exc.config or getattr(args, "config", None)
         print(exc.explain(config, env_names(config, exc.setting) if config else []), file=sys.stderr)
         return 1

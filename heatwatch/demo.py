@@ -66,6 +66,7 @@ SERVICE_PORTS = {"mqtt": ("HEATWATCH_MQTT_PORT", 11883), "influx": ("HEATWATCH_I
 # what the demo issues for itself: shell variable → (token name, role)
 TOKENS = {"TOKEN": ("demo-dispatcher", "dispatcher"), "ENGINEER_TOKEN": ("demo-engineer", "engineer")}
 ACTOR = "heatwatch demo"
+EXAMPLE_TOKEN = "disp-li"  # the printed `token add` example's name (-2, -3 … once it has a token)
 # the README's example: one household of the cold building (幸福里小区3号楼 is st001/b03)
 LOOKUP_EXAMPLE = "幸福里 3号楼 301"
 
@@ -373,6 +374,7 @@ class Stack:
     tokens: dict[str, str]  # shell variable → token (ENGINEER_TOKEN may send commands)
     gateway_args: dict[str, str]  # station → its gateway config
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    log_from: dict[str, int] = field(default_factory=dict)  # child → its log's size when spawned
     services: dict[str, Mosquitto | Influxd] = field(default_factory=dict)
     stopped: set[str] = field(default_factory=set)  # by a step, on purpose
     t0_wall: float = 0.0  # wall time the demo started (the times it prints count from here)
@@ -380,12 +382,21 @@ class Stack:
 
     def spawn(self, name: str, *args: str) -> None:
         log = open(self.root / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (lives as long as the child)
+        self.log_from[name] = log.tell()  # the logs grow across runs: this run's lines start here
         # its own session: Ctrl-C and a closed terminal reach the demo only, which stops the
         # children in order (gateways before the broker, the broker before the collector and alerter)
         self.procs[name] = subprocess.Popen([sys.executable, "-m", "heatwatch", *args], env=self.env,
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.stopped.discard(name)
         self.save()
+
+    def logged(self, name: str, needle: bytes) -> bool:
+        """The child's log has said ``needle`` since it was spawned (not in an earlier run's lines:
+        a readiness wait that matched the last run's "subscribed" started the gateways before the
+        collector, and before the simulator listened, on every restart)."""
+        with open(self.root / "logs" / f"{name}.log", "rb") as f:
+            f.seek(self.log_from.get(name, 0))
+            return needle in f.read()
 
     def start_service(self, name: str, svc: Mosquitto | Influxd) -> None:
         self.services[name] = svc
@@ -738,7 +749,8 @@ def _auth(var: str = "TOKEN") -> str:
     return f'-H "Authorization: Bearer ${var}"'
 
 
-def ready_text(ports: Ports, root: Path, tokens: dict[str, str], took: float) -> str:
+def ready_text(ports: Ports, root: Path, tokens: dict[str, str], took: float, *,
+               example: str = EXAMPLE_TOKEN) -> str:
     api = f"http://127.0.0.1:{ports.api}"
     hw = heatwatch_command()
     influx_q = ("SELECT last(secondary_supply_temp), last(outdoor_temp), last(makeup_flow) FROM station "
@@ -760,7 +772,7 @@ def ready_text(ports: Ports, root: Path, tokens: dict[str, str], took: float) ->
         "  # MQTT: every message as it passes (Ctrl-C ends it)",
         f"    mosquitto_sub -h 127.0.0.1 -p {ports.mqtt} -t 'heatwatch/v1/#' -v",
         "  # one more credential, in this demo's store (the API docs: " + api + "/docs)",
-        f"    HEATWATCH_STATE_DIR={shown(root / 'state')} {hw} token add {shown(API_CONFIG)} disp-li "
+        f"    HEATWATCH_STATE_DIR={shown(root / 'state')} {hw} token add {shown(API_CONFIG)} {example} "
         "--role dispatcher",
         "",
         f"Playing {shown(SCENARIO)}: {describe(SCENARIO)} Alerts appear here as they fire. Stop with "
@@ -909,9 +921,10 @@ def _api_ready(url: str) -> bool:
         return False
 
 
-def _prepare_store(url: str) -> dict[str, str]:
+def _prepare_store(url: str) -> tuple[dict[str, str], str]:
     """Migrate the store, load the demo's households, issue the demo's tokens (fresh each run:
-    the previous run's are revoked)."""
+    the previous run's are revoked); and the name the printed `token add` example uses (a name
+    holds one live token, and the store is kept between runs: one no token has yet)."""
     from alerting.assets import ImportProblems, decode, parse
     from alerting.registry import SiteRegistry
 
@@ -928,9 +941,18 @@ def _prepare_store(url: str) -> dict[str, str]:
         for var, (name, role) in TOKENS.items():
             registry.revoke_tokens(name=name, actor=ACTOR, now=now)
             tokens[var] = registry.add_token(name=name, role=role, actor=ACTOR, now=now)
-        return tokens
+        live = {r.name for r in registry.list_tokens() if r.revoked_at is None}
+        example = next(n for n in (EXAMPLE_TOKEN, *(f"{EXAMPLE_TOKEN}-{i}" for i in range(2, 10_000)))
+                       if n not in live)
+        return tokens, example
     finally:
         registry.close()
+
+
+def modbus_ports(configs: list[Path]) -> list[int]:
+    """The loopback ports the simulator serves these gateway configs' devices on."""
+    return sorted({d.port for c in configs for d in load_gateway_config(c).resolved
+                   if d.host is not None})
 
 
 def _busy_ports(ports: Ports, configs: list[Path]) -> str | None:
@@ -978,6 +1000,7 @@ class Plan:
     store_url: str
     api_config: Path
     tokens: dict[str, str] = field(default_factory=dict)
+    example_token: str = EXAMPLE_TOKEN  # the name the printed `token add` uses
 
 
 def _plan(stations: int, folder: str, port_offset: int | None) -> Plan:
@@ -1064,7 +1087,7 @@ def _run(stations: int, folder: str, seconds_: float | None, port_offset: int | 
     (root / "logs").mkdir(parents=True, exist_ok=True)
     (root / "state").mkdir(parents=True, exist_ok=True)
     with _environ(plan.env):
-        plan.tokens = _prepare_store(plan.store_url)
+        plan.tokens, plan.example_token = _prepare_store(plan.store_url)
     env_file = root / "env"
     env_file.write_text(env_text(ports, root, plan.tokens))
     env_file.chmod(0o600)  # it holds the tokens
@@ -1088,15 +1111,27 @@ def _run(stations: int, folder: str, seconds_: float | None, port_offset: int | 
         stack.spawn("collector", "collector", str(COLLECTOR_CONFIG))
         stack.spawn("alerter", "alerter", str(ALERTER_CONFIG))
         stack.spawn("api", "api", str(plan.api_config))
-        stack.spawn("simulator", "simulate", "--scenario", str(SCENARIO), *stack.gateway_args.values())
+        # the stations' state carries over to the next run, as the .demo folder's data does: a
+        # restart dropped the rooms the valve story had warmed back to cold (2.8 K in 6 s)
+        stack.spawn("simulator", "simulate", "--scenario", str(SCENARIO), "--state",
+                    str(root / "state" / "simulator.json"), *stack.gateway_args.values())
         deadline = time.monotonic() + 60
         for name, needle, what in (("collector", b'"subscribed"', "subscribe"),
                                    ("alerter", b'"member registered"', "register")):  # JSON log lines
-            log_file = root / "logs" / f"{name}.log"
-            while needle not in log_file.read_bytes():
+            while not stack.logged(name, needle):  # this run's lines only
                 if time.monotonic() > deadline or stack.exited():
-                    raise DemoError(f"the {name} did not {what}; see {shown(log_file)}")
+                    raise DemoError(f"the {name} did not {what}; see {shown(root / 'logs' / f'{name}.log')}")
                 time.sleep(0.1)
+        # and the simulated devices listening: a gateway whose every device refuses its first
+        # poll publishes its station "offline", which pages station_offline at once (resolved
+        # seconds later, when the simulator is up)
+        waiting = modbus_ports(list(plan.configs.values()))
+        while waiting:
+            waiting = [p for p in waiting if not port_open(p)]
+            if waiting and (time.monotonic() > deadline or stack.exited()):
+                raise DemoError(f"the simulator does not listen on port {waiting[0]}; see "
+                                f"{shown(root / 'logs' / 'simulator.log')}")
+            time.sleep(0.1)
         for st, c in stack.gateway_args.items():
             stack.spawn(f"gateway-{st}", "gateway", c)
         started, stack.started_wall = time.monotonic(), time.time()
@@ -1127,7 +1162,8 @@ def _run(stations: int, folder: str, seconds_: float | None, port_offset: int | 
                     data, api = _influx_count(influx_url) > base, _api_ready(api_url)
                     if data and api:
                         ready = True
-                        print("\n" + ready_text(ports, root, plan.tokens, now - t0) + "\n")
+                        print("\n" + ready_text(ports, root, plan.tokens, now - t0,
+                                                        example=plan.example_token) + "\n")
                     elif now - started > READY_WITHIN_S:
                         raise DemoError(
                             f"not ready {READY_WITHIN_S} s after the gateways started: "

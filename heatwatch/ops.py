@@ -16,21 +16,17 @@ InfluxDB without users yet it creates that admin first.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from contract.config import (
-    InfluxSettings,
-    load_alerter_config,
-    load_api_config,
-    load_collector_config,
-    load_config,
-)
 from contract.errors import ConfigError
+
+if TYPE_CHECKING:  # the config models are imported by the commands that run, not by `--help`
+    from contract.config import InfluxSettings
 
 ADMIN_PASSWORD_ENV = "HEATWATCH_INFLUX_ADMIN_PASSWORD"
 
@@ -47,6 +43,8 @@ def _secret_file(path: str, what: str) -> str:
 
 
 def _influx_of(path: str) -> InfluxSettings:
+    from contract.config import InfluxSettings, load_config
+
     cfg = load_config(path)
     influx = getattr(cfg, "influx", None)
     if not isinstance(influx, InfluxSettings):
@@ -62,7 +60,10 @@ def _admin(args: argparse.Namespace) -> tuple[str, str] | None:
 
 
 def _setup(args: argparse.Namespace) -> int:
+    import asyncio
+
     from collector.lifecycle import User, plausible_of, setup
+    from contract.config import load_api_config, load_collector_config
 
     cfg = load_collector_config(args.config)
     settings = cfg.influx
@@ -110,6 +111,8 @@ def _when(s: str) -> int:
 
 
 def _backfill(args: argparse.Namespace) -> int:
+    import asyncio
+
     from collector.lifecycle import InfluxAdmin, backfill, raw_rp
 
     settings = _influx_of(args.config)
@@ -222,6 +225,8 @@ def _backup(args: argparse.Namespace) -> int:
     import json
     import shutil
 
+    from contract.config import load_alerter_config, load_collector_config
+
     cfg = load_collector_config(args.config)
     store = load_alerter_config(args.alerter).alerts.store if args.alerter else None
     out = Path(args.dir)
@@ -252,9 +257,11 @@ def _backup(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
+    import asyncio
     import json
 
     from collector.lifecycle import InfluxAdmin, plausible_of, setup
+    from contract.config import load_alerter_config, load_collector_config
 
     cfg = load_collector_config(args.config)
     alerter = load_alerter_config(args.alerter) if args.alerter else None

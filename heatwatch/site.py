@@ -40,13 +40,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from contract import topics
-from contract.config import GatewayConfig, load_gateway_config
 from contract.errors import ConfigError
 from contract.topics import Ident
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the config models are imported by the commands that run, not by `--help`
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec
+
+    from contract.config import GatewayConfig
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -229,6 +230,8 @@ class SiteDir:
 
     def issue_gateway(self, config_path: str | Path) -> Path:
         site = self.load()
+        from contract.config import load_gateway_config
+
         cfg = load_gateway_config(config_path)
         folder = self._issue(site, cfg.gateway, "gateway", [cfg.station])
         self.save(site)
@@ -351,6 +354,8 @@ def _run(args: argparse.Namespace) -> int:
         folder = d.issue(args.name, args.role)
         print(f"{folder}: credentials for {args.role} {args.name}", file=sys.stderr)
     elif args.action == "broker":
+        from contract.config import load_gateway_config
+
         cfgs = [load_gateway_config(c) for c in args.configs]
         site = d.update_gateways(cfgs, list(args.configs))
         out = d.render(site)

@@ -17,7 +17,9 @@ Model (per station, deterministic for a seed):
 
 An event already under way at the model's first step (a scenario's negative ``at``) starts with
 its full effect on the rooms, as a station first connected mid-winter would show it: a building
-cold since before the start has cold rooms at the first reading.
+cold since before the start has cold rooms at the first reading. A model restored from a saved
+state (``state``/``restore``, ``heatwatch simulate --state``) starts from it instead: a restarted
+simulator is the same stations a moment later, not the scenario's start again.
 
 Events change this: ``leak`` (a burst: make-up ×30, secondary return pressure falls 0.08 MPa
 over 10 min, tank drains), ``slow_leak`` (+3 m³/h of make-up around the clock, pressure held by
@@ -37,6 +39,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 Key = tuple[str, str | None, str | None]  # (point, building, household)
 
@@ -102,6 +105,7 @@ class StationModel:
         self.supply: float | None = None  # the secondary supply actually delivered
         self.supply_offset = 0.0  # how far it is above the climate curve (a written setpoint)
         self.room: dict[str, float] = {h: 20.0 + self.hh_offset[h] for _, h in self.households}
+        self.restored = False  # the rooms came from a saved state (restore)
         self.values: dict[Key, float | bool | str] = {}
         self.frozen: dict[Key, float | bool | str] = {}
         for k in self.keys:
@@ -116,6 +120,49 @@ class StationModel:
         """A remote write landed on this setpoint (the PLC took it)."""
         self.setpoints[key] = value
         self.written.add(key)
+
+    # -- across restarts -------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """What a restarted simulator carries on from, as JSON: the flats' temperatures (thermal
+        mass), the setpoints remote commands wrote (a PLC keeps them), the valves' positions,
+        the meters' counts, the tank and the supply temperature."""
+        return {"room": dict(self.room), "valve_pos": dict(self.valve_pos), "supply": self.supply,
+                "setpoints": [[list(k), self.setpoints[k]] for k in sorted(self.written, key=str)],
+                "totals": dict(self.totals), "b_heat": dict(self.b_heat), "tank": self.tank,
+                "refilling": self.refilling, "local_mode": self.local_mode}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Carry on from ``state`` (``state()``'s, possibly of other configs: what this model does
+        not have is left out). The first step then starts from it, not from where the events
+        would have settled the rooms. ValueError names a value that is not a number."""
+        def num(path: str, v: object) -> float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{path}: {v!r} is not a number")
+            return float(v)
+
+        def known(name: str, have: Any) -> dict[str, float]:  # what this model has, checked
+            return {k: num(f"{name}.{k}", v) for k, v in (state.get(name) or {}).items() if k in have}
+
+        rooms, valves = known("room", self.room), known("valve_pos", self.buildings)
+        totals, b_heat = known("totals", self.totals), known("b_heat", self.b_heat)
+        written: dict[Key, float | bool] = {}
+        for i, item in enumerate(state.get("setpoints") or []):
+            key: Key = (str(item[0][0]), item[0][1], item[0][2])
+            if key in self.setpoints:
+                written[key] = item[1] if isinstance(item[1], bool) else num(f"setpoints.{i}", item[1])
+        self.room.update(rooms)
+        self.valve_pos.update(valves)
+        self.totals.update(totals)
+        self.b_heat.update(b_heat)
+        for key, value in written.items():
+            self.write(key, value)
+        if state.get("supply") is not None:
+            self.supply = num("supply", state["supply"])
+        if state.get("tank") is not None:
+            self.tank = num("tank", state["tank"])
+        self.refilling = bool(state.get("refilling", self.refilling))
+        self.local_mode = bool(state.get("local_mode", self.local_mode))
+        self.restored = bool(rooms)
 
     # -- events --------------------------------------------------------------------------------
     def _on(self, kind: str, t: float, **match: str | None) -> Event | None:
@@ -141,7 +188,9 @@ class StationModel:
     # -- physics -------------------------------------------------------------------------------
     def step(self, t: float) -> dict[Key, float | bool | str]:
         """Advance to sim time ``t`` (s since the epoch) and return every point's value."""
-        settle = self.t is None  # the first step: rooms start where they would have settled
+        # the first step: rooms start where they would have settled, unless a saved state says
+        # where they are (a restart: the flats did not cool or warm in the moment it took)
+        settle = self.t is None and not self.restored
         dt = 0.0 if self.t is None else max(0.0, min(t - self.t, 3600.0))
         self.t = t
         hour = (t / 3600.0) % 24

@@ -11,6 +11,7 @@ event never answers, so the client times out as it would against a dead slave.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import struct
@@ -19,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
@@ -28,10 +30,12 @@ from pymodbus.simulator import SimData, SimDevice
 
 from contract.codec import FLOATS, INTEGERS, DataType, decode, encode
 from contract.config import GatewayConfig, PointMap, ResolvedDevice
+from contract.errors import ConfigError
 from simulator.physics import Event, Key, StationModel
 from simulator.scenario import RelativeEvent
 
 log = logging.getLogger("heatwatch.simulator")
+SAVE_EVERY_S = 10.0  # a kill -9 loses at most this much of the stations' state (a few ms to write)
 logging.getLogger("pymodbus").setLevel(logging.ERROR)
 
 _READ_TABLE = {1: "coil", 2: "discrete_input", 3: "holding_register", 4: "input_register"}
@@ -224,10 +228,13 @@ class Simulator:
                  start: float | None = None, seed: int = 0, tick_s: float = 1.0,
                  serial_peers: dict[str, str] | None = None,
                  scenario: Sequence[tuple[str, RelativeEvent]] = (),
-                 room_settle_s: float | None = None) -> None:
+                 room_settle_s: float | None = None, state_path: Path | None = None) -> None:
         """``scenario``: events timed from the start, in place before the first step (one that
         began before the start is already in the models' settled state); ``room_settle_s``: how
-        fast rooms follow their target (None: the model's own)."""
+        fast rooms follow their target (None: the model's own); ``state_path``: a JSON file the
+        stations' physical state is saved to (every ``SAVE_EVERY_S`` and at the stop) and carried
+        on from at the next start (``StationModel.state``: rooms, the setpoints remote commands
+        wrote, valves, meters), as the real stations would be after the simulator's restart."""
         self.configs = list(configs)
         # a gateway's serial port → the port the simulator answers on (the other end of the
         # cable or null modem); a port not listed is opened by its own name
@@ -252,7 +259,49 @@ class Simulator:
                                  f"the gateway configs serves ({', '.join(sorted(self.models))})")
             self.add_event(station, ev.shifted(self._t0_sim))
         self._servers: list[ModbusTcpServer | ModbusSerialServer] = []
+        self.state_path = state_path
+        self._saved = time.monotonic()
+        self._save_failed = False
+        if state_path is not None:
+            if not state_path.parent.is_dir():  # at once, not a traceback at the first save
+                raise ConfigError(str(state_path),
+                                  [f"--state: the folder {state_path.parent} does not exist"])
+            self._restore(state_path)
         self.step()
+
+    # -- state across restarts ------------------------------------------------------------------
+    def _restore(self, path: Path) -> None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("%s: unreadable (%s); the stations start afresh", path, exc)
+            return
+        for station, st in ((data.get("stations") or {}) if isinstance(data, dict) else {}).items():
+            if station in self.models and isinstance(st, dict):
+                try:
+                    self.models[station].restore(st)
+                except (ValueError, TypeError, IndexError) as exc:
+                    log.warning("%s: stations.%s: %s; that station starts afresh", path, station, exc)
+
+    def save_state(self) -> None:
+        """Write every station's state to ``state_path`` (atomically: a kill mid-write keeps the
+        last whole file)."""
+        if self.state_path is None:
+            return
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        self._saved = time.monotonic()  # a failed save is tried again at the next interval, not each tick
+        try:
+            tmp.write_text(json.dumps({"stations": {st: m.state() for st, m in self.models.items()}}),
+                           encoding="utf-8")
+            tmp.replace(self.state_path)
+        except OSError as exc:  # a full disk or a folder gone: the simulation goes on, unsaved
+            if not self._save_failed:
+                log.warning("%s: cannot save the stations' state: %s", self.state_path, exc)
+            self._save_failed = True
+        else:
+            self._save_failed = False
 
     # -- clock ---------------------------------------------------------------------------------
     def now(self) -> float:
@@ -366,7 +415,10 @@ class Simulator:
                 await asyncio.sleep(self.tick_s)
                 if self.paused_at is None:
                     self.step()
+                if self.state_path is not None and time.monotonic() - self._saved >= SAVE_EVERY_S:
+                    self.save_state()
         finally:
+            self.save_state()
             await self.stop()
 
     async def stop(self) -> None:

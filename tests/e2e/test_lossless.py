@@ -39,7 +39,8 @@ STATIONS = ("st001", "st002")
 class Gateways:
     """Two simulated stations, a gateway process each, a production record in each outbox."""
 
-    def __init__(self, folder: Path, procs: Processes, mqtt_port: int) -> None:
+    def __init__(self, folder: Path, procs: Processes, mqtt_port: int, **sim: Any) -> None:
+        """``sim``: the simulator's keyword arguments (``scenario``, ``room_settle_s``)."""
         self.procs = procs
         self.paths: dict[str, Path] = {}
         self.metrics: dict[str, int] = {}
@@ -55,7 +56,7 @@ class Gateways:
             self.paths[st] = path
             self._record(configs[-1].outbox.path)
         self.configs = configs
-        self.sim = SimThread(configs)
+        self.sim = SimThread(list(configs), **sim)
 
     @staticmethod
     def _record(outbox: str) -> None:

@@ -67,9 +67,10 @@ class Demo:
     lines: list[str] = field(default_factory=list)
 
     @classmethod
-    def start(cls, folder: Path, offset: int, cwd: Path = REPO) -> Demo:
+    def start(cls, folder: Path, offset: int, cwd: Path = REPO, args: tuple[str, ...] = ()) -> Demo:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "heatwatch", "demo", "--dir", str(folder), "--port-offset", str(offset)],
+            [sys.executable, "-m", "heatwatch", "demo", "--dir", str(folder), "--port-offset", str(offset),
+             *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=_env())
         demo = cls(folder, offset, proc)
         threading.Thread(target=demo._read, daemon=True).start()

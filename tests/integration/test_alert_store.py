@@ -252,3 +252,16 @@ def test_the_row_types_read_every_column_the_api_shows(store: Store) -> None:
     assert set(EventPublic.model_fields) <= {f.name for f in fields(AlertEvent)}
     shown = {f.validation_alias or n for n, f in SilencePublic.model_fields.items()}
     assert shown <= {f.name for f in fields(SilenceRow)}
+
+
+def test_open_of_rule_reads_only_that_rules_open_alerts(store: Store) -> None:
+    """The hotline finds a station's gateway from the open gateway_offline alerts: only those,
+    whatever other rules' keys sort next to them (gateway_offline_x is not gateway_offline)."""
+    store.apply([tr("firing", T, key="gateway_offline:gw1"), tr("firing", T, key="gateway_offline:gw2"),
+                 tr("firing", T, key="gateway_offline:gw3"), tr("firing", T, key="gateway_offlinez:gw4"),
+                 tr("firing", T, key="room_low:st001/b01/h1"), tr("firing", T, key="gateway_offline;gw5")])
+    store.apply([tr("resolved", T + 1, key="gateway_offline:gw3")])
+    assert sorted(a.key for a in store.open_of_rule("gateway_offline")) == [
+        "gateway_offline:gw1", "gateway_offline:gw2"]
+    assert [a.key for a in store.open_of_rule("room_low")] == ["room_low:st001/b01/h1"]
+    assert store.open_of_rule("station_offline") == []

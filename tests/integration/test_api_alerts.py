@@ -87,7 +87,7 @@ def test_list_filters_and_pages(api: Api) -> None:
                        ({"station": "st001' OR 1=1 --"}, "station"), ({"since": -1}, "since")):
         r = c.get("/v1/alerts", params=bad, headers=h)
         assert r.status_code == 422, bad
-        assert where in r.json()["detail"][0]["loc"]
+        assert r.json()["detail"].startswith(f"query.{where}"), r.text  # query.state.0: a list's first
 
 
 def test_acknowledge_and_note_are_recorded_with_the_actor(api: Api) -> None:
@@ -208,3 +208,32 @@ def test_a_later_ack_without_a_ticket_keeps_the_ticket(api: Api) -> None:
         "engineer-1", "second caller", "HL-1", ["HL-1"])
     listed = c.get("/v1/alerts", params={"rule": "station_offline"}, headers=h).json()["data"][0]
     assert listed["ack_ticket"] == "HL-1"
+
+
+def test_a_request_the_api_cannot_read_is_one_detail_naming_the_field_and_what_was_expected(api: Api) -> None:
+    """A 422 for a wrong type, a missing or unknown field or a body that is not JSON answers like
+    every other error: one ``detail`` string (before: FastAPI's list of loc/msg/type objects, the
+    only answer of the API a client had to parse differently); the OpenAPI document says so."""
+    c, h = api.client, api.auth["dispatcher"]
+    aid = c.get("/v1/alerts", params={"state": "firing"}, headers=h).json()["data"][0]["id"]
+    cases = [
+        (c.get("/v1/alerts", params={"limit": "ten"}, headers=h),
+         'query.limit: expected a valid integer, unable to parse string as an integer (got "ten")'),
+        (c.post(f"/v1/alerts/{aid}/ack", json={"note": 5}, headers=h),
+         "body.note: expected a valid string (got 5)"),
+        (c.post(f"/v1/alerts/{aid}/ack", json={"nte": "typo"}, headers=h),
+         'body.nte: unknown field (got "typo")'),
+        (c.post(f"/v1/alerts/{aid}/notes", json={}, headers=h), "body.note: required"),
+        (c.get("/v1/alerts/x1", headers=h),
+         'path.alert_id: expected a valid integer, unable to parse string as an integer (got "x1")'),
+        (c.post(f"/v1/alerts/{aid}/ack", content=b'{"note": ',
+                headers={**h, "Content-Type": "application/json"}),
+         "body: not valid JSON (Expecting value at position 9)"),
+    ]
+    for r, detail in cases:
+        assert r.status_code == 422 and r.json() == {"detail": detail}, r.text
+    two = c.get("/v1/alerts", params={"limit": "ten", "since": "yesterday"}, headers=h).json()["detail"]
+    assert two.startswith("query.since: ") and "; query.limit: " in two
+    schema = c.get("/openapi.json").json()
+    assert schema["components"]["schemas"]["HTTPValidationError"]["properties"]["detail"]["type"] == "string"
+    assert "ValidationError" not in schema["components"]["schemas"]

@@ -176,6 +176,21 @@ def test_lookup_by_address_words_in_any_order(api: Api) -> None:
     assert api.client.get("/v1/lookup", params={"q": "幸福里"}).status_code == 401
 
 
+def test_an_address_typed_another_way_finds_its_household_and_a_typo_gets_a_did_you_mean(api: Api) -> None:
+    api.import_csv(CSV)
+    get = lambda q: api.client.get("/v1/lookup", params={"q": q}, headers=api.h["dispatcher"]).json()  # noqa: E731
+    for typed in ("幸福里3号楼301", "幸福里 3栋 2单元 301室", "幸福里３号楼３０１"):
+        one = get(typed)
+        assert one["household"]["code"] == "HH-0001", typed
+        assert one["did_you_mean"] == [] and one["hint"] is None
+    typo = get("幸富里 3号楼 301")
+    assert typo["candidates"] == [] and typo["household"] is None
+    assert [h["code"] for h in typo["did_you_mean"]][:2] == ["HH-0001", "HH-0002"]
+    assert typo["hint"] == "nothing matches '幸富里 3号楼 301': did you mean one of these?"
+    far = get("长江路 9号楼 101")
+    assert far["did_you_mean"] == [] and "search by the household code" in far["hint"]
+
+
 def test_station_detail_and_point_history(api: Api) -> None:
     h = api.h["dispatcher"]
     r = api.client.get("/v1/stations/st001", headers=h).json()

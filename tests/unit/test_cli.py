@@ -44,3 +44,24 @@ def test_log_level_is_case_blind() -> None:
     out = subprocess.run([sys.executable, "-m", "heatwatch", "--log-level", "WARNING", "check-config", api],
                          capture_output=True, text=True, cwd=REPO, check=False)
     assert out.returncode == 0, out.stderr
+
+
+# what a subcommand needs, not the command's start: each costs tens to hundreds of ms of CPU to
+# import (contract.config's models ~220 ms; structlog with rich ~80 ms), and a loaded machine
+# took 10-23 s to start any command when all of them came in for `--version`
+HEAVY = ("fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "pymodbus", "paho", "httpx",
+         "influxdb_client", "structlog", "rich", "asyncio", "contract.config", "alerting", "api",
+         "collector", "gateway", "simulator", "report")
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["token", "--help"], ["gateway", "--help"],
+                                  ["site", "--help"], ["influx", "--help"], ["backup", "--help"],
+                                  ["demo", "--help"], ["check-config", "--help"]])
+def test_version_and_help_import_no_subcommand_modules(argv: list[str]) -> None:
+    code = ("import sys\nfrom heatwatch.cli import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            f"heavy = {HEAVY!r}\n"
+            "print(sorted({m for m in sys.modules if m in heavy or m.split('.')[0] in heavy}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         check=True).stdout
+    assert out.splitlines()[-1] == "[]", out

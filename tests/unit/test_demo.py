@@ -394,3 +394,25 @@ def test_the_by_hand_commands_are_one_pasteable_line_each() -> None:
     assert sent["building"] == "b01" and sent["value"] == 70  # not the story's building
     assert "$ENGINEER_TOKEN" in cmds[0] and "/v1/commands/3f8efb31871d499386c83914e6325fa4" in cmds[1]
     assert all(not c.endswith("\\") for c in cmds)
+
+
+def test_the_printed_token_example_names_a_name_without_a_live_token(tmp_path: Path) -> None:
+    """A name holds one live token and the demo's store is kept between runs: the `token add`
+    the demo prints takes a name the store has no live token for, so it works when pasted again
+    on the next run."""
+    from alerting.registry import SiteRegistry
+    from heatwatch.demo import _prepare_store
+
+    url = f"sqlite:///{tmp_path / 'alerts.sqlite'}"
+    tokens, example = _prepare_store(url)
+    assert set(tokens) == {"TOKEN", "ENGINEER_TOKEN"} and example == "disp-li"
+    registry = SiteRegistry(url).open()
+    try:
+        registry.add_token(name="disp-li", role="dispatcher", actor="t", now=1)  # pasted last run
+        assert _prepare_store(url)[1] == "disp-li-2"
+        registry.revoke_tokens(name="disp-li", actor="t", now=2)
+    finally:
+        registry.close()
+    assert _prepare_store(url)[1] == "disp-li"
+    text = ready_text(Ports(1, 2, 3, 4, 5, 0), tmp_path, tokens, 5, example="disp-li-2")
+    assert "token add deploy/api/api.yaml disp-li-2 --role dispatcher" in text

@@ -271,6 +271,35 @@ def test_intermittent_bad_reports_accumulate_into_a_sensor_fault() -> None:
     assert run(10) == []  # one in ten: a glitch
 
 
+def test_a_concentrator_that_did_not_answer_is_not_each_sensors_intermittent_fault() -> None:
+    """Every room reading of a message bad at once is the device's silence (the gateway publishes
+    a failed read as quality bad for each of its points), not each sensor's fault: a concentrator
+    that missed three polls in twelve, or a demo restarted three times before its simulator
+    listened, flagged every sensor behind it "intermittent" (36 sensor_fault on the demo's three
+    stations). A sensor bad among its good neighbours still counts."""
+    def bad(h: str) -> Sample:
+        return Sample(point="room_temp", unit="°C", building="b01", household=h, value=None, quality="bad")
+
+    f = Feed()
+    sensors = {"h1": 21.0, **NEIGHBOURS}
+    for n in range(24):
+        t = T0 + n * 20 * MIN
+        if n in (3, 6, 9):  # the concentrator did not answer: every room of the message bad
+            f.seq += 1
+            f.out += f.engine.observe(Frame(f.station, f.gateway, "0badc0de", f.seq, t, False,
+                                            [bad(h) for h in sensors]), t)
+        elif n in (13, 16, 19):  # h1 alone reads bad, its neighbours answer
+            _rooms(f, t, dict(NEIGHBOURS))
+            f.seq += 1
+            f.out += f.engine.observe(Frame(f.station, f.gateway, "0badc0de", f.seq, t + 1, False,
+                                            [bad("h1")]), t + 1)
+        else:
+            _rooms(f, t, sensors)
+    faults = [(x.household, x.context["reason"], (x.ts - T0) // (20 * MIN)) for x in f.out
+              if x.rule == "sensor_fault" and x.state == "firing"]
+    assert faults == [("h1", "intermittent", 19)]
+
+
 def test_an_outage_open_before_a_restart_stays_open_until_the_station_is_heard() -> None:
     f = Feed()
     f.frame(T0, secondary_supply_temp=55.0)
