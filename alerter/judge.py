@@ -63,7 +63,7 @@ log = structlog.get_logger("heatwatch.alerter")
 _TELEMETRY, _STATION_STATUS, _GATEWAY_STATUS, _COMMAND_RESULT = (
     topics.TopicKind.TELEMETRY, topics.TopicKind.STATION_STATUS, topics.TopicKind.GATEWAY_STATUS,
     topics.TopicKind.COMMAND_RESULT)
-_TOPICS_MAX = 100_000  # parsed topics kept by their text (cleared when full, as the collector's)
+_TOPICS_MAX = 100_000  # stations in per-station maps (cleared when full, as topics.TopicCache)
 # a message received this much before a snapshot was written may still be missing from it (the
 # members' clocks and deliveries differ by a few ms; generous)
 REPLAY_MARGIN_MS = 5_000
@@ -145,7 +145,7 @@ class Judge:
         self._rules: dict[int, AlertRules] = {}
         # the inventory's stations go with their gateway (see the module's docstring)
         self._home = {s: partition_of(gw, count) for gw, sts in rules.inventory.items() for s in sts}
-        self._topics: dict[str, topics.Topic] = {}
+        self._topics = topics.TopicCache()
         self._restamped: dict[str, int] = {}  # station → its last re-stamped time
         self._known = set(ingest.known_stations) if ingest.known_stations is not None else None
         self._max_future_ms = ingest.max_future_s * 1000
@@ -173,7 +173,7 @@ class Judge:
         kept in standby for the others. Bad input is counted and logged once; never raises."""
         self.stats.received += 1
         try:
-            t = self._topics.get(topic) or self._topic(topic)
+            t = self._topics.parse(topic)
             kind = t.kind
             item: Item | None = None
             if kind is _GATEWAY_STATUS:
@@ -193,13 +193,6 @@ class Judge:
             self.stats.standby += 1
         if owned:
             self._judge(t, topic, payload, now, owned, item, quiet=False)
-
-    def _topic(self, topic: str) -> topics.Topic:
-        t = topics.parse_topic(topic)
-        if len(self._topics) >= _TOPICS_MAX:
-            self._topics.clear()
-        self._topics[topic] = t
-        return t
 
     def _validate(self, t: topics.Topic, payload: bytes, now: int) -> Item:
         kind = t.kind
@@ -408,7 +401,7 @@ class Judge:
                 part.recent.append((h.at, mid))
                 continue
             quiet = mid in state.after
-            t = self._topics.get(h.topic) or self._topic(h.topic)
+            t = self._topics.parse(h.topic)
             self._judge(t, h.topic, h.payload, h.at, (p,), None, quiet=quiet)
             if quiet:
                 self.stats.caught_up += 1

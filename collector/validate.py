@@ -66,9 +66,8 @@ _TELEMETRY, _STATION_STATUS, _GATEWAY_STATUS, _COMMAND_RESULT = (
     topics.TopicKind.TELEMETRY, topics.TopicKind.STATION_STATUS, topics.TopicKind.GATEWAY_STATUS,
     topics.TopicKind.COMMAND_RESULT)
 _ALERT = topics.TopicKind.ALERT
-# topics that parsed, by their text: a station's topic comes back every few seconds, and parsing
-# builds and checks a Topic each time (~1 % of the collector's CPU). Bounded like the decoder's
-# caches: cleared when full (a flood of made-up station names costs a re-parse, not memory).
+# per-station bookkeeping (last reject logged) is bounded like the topic cache (topics.TopicCache):
+# cleared when full (a flood of made-up station names costs a re-log, not memory)
 _TOPICS_MAX = 100_000
 # distinct (reason, source) pairs logged one by one; past this only the counters say more
 MAX_LOGGED = 1_000
@@ -98,7 +97,7 @@ class Validate:
         self._last_seq: dict[str, tuple[str, int]] = {}
         self._logged: set[tuple[str, str]] = set()
         self._last_reject_ms: dict[tuple[str, str | None], int] = {}
-        self._topics: dict[str, topics.Topic] = {}
+        self._topics = topics.TopicCache()
         # point name → the Python type of its value: canonical from the vocabulary, custom first seen
         self._kinds: dict[str, type] = {}
         self._custom = 0
@@ -178,7 +177,7 @@ class Validate:
         station: str | None = None
         kind: Any = None
         try:
-            t = self._topics.get(topic) or self._topic(topic)
+            t = self._topics.parse(topic)
             kind = t.kind
             # an alert's subject is its station or, for a gateway's own alerts, the gateway: checked
             # against the inventory once parsed
@@ -227,13 +226,6 @@ class Validate:
             # a station outside the inventory is no tag: one series for all of them
             return self._reject(exc.reason, station if known else None, topic, str(exc), now_ms,
                                 receipt=receipt, log_key=station or "")
-
-    def _topic(self, topic: str) -> topics.Topic:
-        t = topics.parse_topic(topic)
-        if len(self._topics) >= _TOPICS_MAX:
-            self._topics.clear()
-        self._topics[topic] = t
-        return t
 
     def _telemetry(self, station: str, topic: str, payload: bytes, now_ms: int) -> Frame | Trimmed:
         msg = decode_telemetry(payload)

@@ -50,3 +50,16 @@ def test_a_trailing_newline_is_not_an_identifier() -> None:
         topics.parse_topic("heatwatch/v1/station/st001\n/telemetry")
     with pytest.raises(ValueError, match="lower-case"):
         check_name("room_temp\n")
+
+
+def test_the_topic_cache_parses_as_parse_topic_and_stays_bounded() -> None:
+    from contract.topics import TopicCache, TopicError, parse_topic
+
+    cache = TopicCache(size=3)
+    for i in range(10):
+        topic = f"heatwatch/v1/station/st{i:03d}/telemetry"
+        assert cache.parse(topic) == parse_topic(topic)
+        assert len(cache._seen) <= 3
+    with pytest.raises(TopicError):
+        cache.parse("heatwatch/v1/nowhere")
+    assert "heatwatch/v1/nowhere" not in cache._seen
