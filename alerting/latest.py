@@ -114,6 +114,14 @@ class LatestTable:
                                                     t.c.households, t.c.state, t.c.state_ts,
                                                     t.c.gateway_state))]
 
+    def gateway_offline(self) -> set[str]:
+        """The stations whose gateway's latest status says offline: a dead gateway cannot report
+        its stations offline, so their last station status still says online."""
+        t = schema.latest
+        with connected(self.engine, self.WHAT) as conn:
+            return set(conn.execute(sa.select(t.c.station).where(
+                t.c.building == "", t.c.gateway_state == "offline")).scalars())
+
     def household(self, code: str) -> HouseholdNow | None:
         """The household ``code`` with its address and station, and its chain's latest values
         (None where nothing reported); the room's are its sensor's, from its building's row."""

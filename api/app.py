@@ -34,7 +34,7 @@ from api import report as report_routes
 from api import stations as station_routes
 from api.auth import TokenCache
 from api.control import Control
-from api.deps import Dispatcher, InfluxDep, Services, ServicesDep
+from api.deps import AlertStoreDep, Dispatcher, InfluxDep, Services, ServicesDep
 from api.influx import InfluxReader
 from api.limits import FailedAuth
 from api.metrics import ApiMetrics, MetricsMiddleware, multiprocess
@@ -237,13 +237,14 @@ def create_app(settings: ApiConfig) -> FastAPI:
         return h
 
     @app.get("/v1/stations", response_model=StationList)
-    async def stations(influx: InfluxDep, _p: Dispatcher) -> StationList:
+    async def stations(influx: InfluxDep, store: AlertStoreDep, _p: Dispatcher) -> StationList:
         latest = await influx.query(f'SELECT last(*) FROM "{MEASUREMENT_STATION}" GROUP BY "station"')
         status = await influx.query(
             f'SELECT last("state") AS state FROM "{MEASUREMENT_STATION_STATUS}" GROUP BY "station"')
         newest = await influx.query(
             f'SELECT * FROM "{MEASUREMENT_STATION}" GROUP BY "station" ORDER BY time DESC LIMIT 1')
         state = {s["tags"]["station"]: s["values"][0][1] for s in status if s.get("values")}
+        state |= dict.fromkeys(await asyncio.to_thread(store.latest.gateway_offline), "offline")
         seen = {s["tags"]["station"]: s["values"][0][0] for s in newest if s.get("values")}
         out: list[StationPublic] = []
         for s in latest:

@@ -75,8 +75,9 @@ async def station(influx: InfluxDep, store: AlertStoreDep, station: Annotated[Id
     values = {k.removeprefix("last_"): v for k, v in row.items()
               if k.startswith("last_") and v is not None and not k.endswith(QUALITY_SUFFIX)}
     page = await asyncio.to_thread(store.alerts, station=station, open_only=True, limit=500)
+    gateway_down = station in await asyncio.to_thread(store.latest.gateway_offline)
     return StationDetail(
-        station=station, state=status[0]["values"][0][1] if status else None,
+        station=station, state="offline" if gateway_down else status[0]["values"][0][1] if status else None,
         last_seen=newest[0]["values"][0][0] if newest else None, values=values,
         alerts=[AlertPublic.model_validate(a) for a in page.rows])
 

@@ -11,7 +11,9 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from alerting.latest import Place
 from alerting.registry import SiteRegistry
+from alerting.store import Store
 from api.app import create_app
 from api.influx import InfluxReader
 from collector.influx import InfluxWriter
@@ -62,6 +64,17 @@ def test_health_and_station_list(influxd: Influxd, influx_db: str, tmp_path: Pat
     assert first["values"] == {"secondary_supply_temp": 55.2, "circ_pump_running": True,
                                "x_plc_program": "HX-V1"}
     assert body["data"][1]["state"] is None
+
+    # st002's gateway dies: its last station status cannot say so, its gateway's status does (the
+    # alerter keeps it in the latest table); both station views say offline, as docs/api.md does
+    s = Store(store)
+    s.latest.upsert([Place("st002", "", gateway_state="offline").row()], now)
+    s.close()
+    with TestClient(create_app(ApiConfig(kind="api", influx=settings, store=store))) as client:
+        body = client.get("/v1/stations", headers=auth).json()
+        one = client.get("/v1/stations/st002", headers=auth).json()
+    assert [(d["station"], d["state"]) for d in body["data"]] == [("st001", "degraded"), ("st002", "offline")]
+    assert one["state"] == "offline"
 
 
 def test_readiness_says_when_influxdb_is_down(tmp_path: Path) -> None:
