@@ -46,7 +46,6 @@ from alerter.latest import LatestValues
 from alerter.pages import Senders, wants
 from alerter.record import Recorder, Snapshot
 from alerter.standby import Standby
-from alerting import rules_build
 from alerting.outbox import Outbox
 from alerting.partitions import Leases, PartitionCountMismatch, PartState, owner_name, plan
 from alerting.store import Store
@@ -135,13 +134,8 @@ class Alerter:
                                  f"alerter member {others[0]} runs on it already: a SQLite store takes "
                                  "one member (several share a PostgreSQL store)", "alerts.store")
         self.judge.set_silences(self.store.active_silences(int(self.clock() * 1000)))
-        build = rules_build()
         log.info("alerter ready", member=self.member, partitions=self.count, rules=self.cfg.alerts.rules
-                 or "defaults", store=self.store.engine.url.render_as_string(hide_password=True), build=build)
-        if build.startswith("interpreted") and "HEATWATCH_RULES" not in build:
-            log.warning("the rule engine runs interpreted: its own CPU about twice the compiled (a tenth "
-                        "of the alerter's, docs/alerts.md)",
-                        build=build)
+                 or "defaults", store=self.store.engine.url.render_as_string(hide_password=True))
 
     def owned(self) -> list[int]:
         return list(self.judge.parts)

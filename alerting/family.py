@@ -265,7 +265,7 @@ class Context:
 
 
 class Family:
-    """The protocol every rule family implements (a base class, so compiled calls stay direct).
+    """The protocol every rule family implements (a base class the families extend).
 
     ``name`` keys its snapshot state; ``order`` is its place in the registry (families judge a
     message in this order, and the engine applies each family's verdicts before the next one

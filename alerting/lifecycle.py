@@ -21,9 +21,13 @@ def get_fields(obj: object, fields: tuple[str, ...]) -> tuple[Any, ...]:
     """The snapshot state of a rule-state object: its fields' values in ``fields`` order.
 
     Every class in the engine's snapshot pickles this way (``__getstate__``/``__setstate__``,
-    ``__reduce__`` where the constructor takes arguments), so a snapshot written by the compiled
-    rules (mypyc, see ``deploy/build_rules.py``) reads in the interpreted ones and back: left to
-    themselves the two pickle differently and each fails on the other's file.
+    ``__reduce__`` to a ``_blank_*`` function where the constructor takes arguments). It came in
+    so the mypyc build of the rules and their source read each other's snapshots; #18 dropped the
+    build and this stays because it is the format of the snapshots sites hold in their alert store
+    (SNAPSHOT_VERSION 3; those pickles name ``_blank_life`` and ``_blank_sensor``). The state is by
+    position, where pickle's own is by attribute name: adding, removing or reordering an entry of a
+    ``_*_FIELDS`` tuple makes older snapshots fail ``set_fields``, so such a change bumps
+    SNAPSHOT_VERSION (tests/unit/test_rules_snapshot.py reads a snapshot of that format).
     """
     return tuple(getattr(obj, k) for k in fields)
 
@@ -76,7 +80,7 @@ class Life:
 
 
 def _blank_life() -> Life:
-    """What unpickling fills (a compiled class cannot be created without its arguments)."""
+    """What unpickling fills: the snapshot format names it (``get_fields``)."""
     return Life("", "", None, None, None, None, None, 0, Severity.INFO)
 
 

@@ -154,7 +154,7 @@ class Building:
 
 
 def _blank_sensor() -> Sensor:
-    """What unpickling fills (a compiled class cannot be created without its arguments)."""
+    """What unpickling fills: the snapshot format names it (``get_fields``)."""
     return Sensor("", "", "", Building(), Params(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
 
 

@@ -277,7 +277,7 @@ class Store(OnDatabase):
               since: int | None = None, until: int | None = None, limit: int = 50,
               offset: int = 0) -> Page[dict[str, Any]]:
         """``alerts`` as plain dicts: the rule engine adopts open alerts as mappings
-        (``Engine.adopt``, a compiled module) and the alerter re-notifies from them."""
+        (``Engine.adopt``) and the alerter re-notifies from them."""
         total, rows = self._page(state, severity, rule, station, building, household, open_only, since,
                                  until, limit, offset)
         return Page([dict(r._mapping) for r in rows], total)

@@ -1,5 +1,5 @@
 """The alerter's CPU per value on real mosquitto (issue #18): one member (SQLite, the default) or
-several sharing the stations by partition leases (PostgreSQL), rules compiled or interpreted.
+several sharing the stations by partition leases (PostgreSQL).
 
 Synthetic gateways (``heatwatch.loadgen``: 200-value station messages, 20 room sensors each, every
 10th station with a cold building) publish at ``--rate`` messages/s; the alerter member processes
@@ -13,7 +13,7 @@ judge them. Over the same steady window (after ``--warmup``) it reports, per mem
   message acknowledged by the end).
 
 Run: ``.venv/bin/python bench/alerter_bench.py --rate 250 --stations 1000 --seconds 60``
-(``--members 3`` for three on PostgreSQL; ``--interpreted`` runs the rules without mypyc).
+(``--members 3`` for three on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import orjson
 import yaml
 from measure import proc_cpu_s, proc_mem_kb, scrape
 
-from alerting import rules_build
 from heatwatch.devstack import REPO, Mosquitto, Postgres, free_port
 from heatwatch.loadgen import Shape
 
@@ -49,8 +48,6 @@ def main() -> int:
     ap.add_argument("--members", type=int, default=1, help="alerter members (more than 1: PostgreSQL)")
     ap.add_argument("--partitions", type=int, default=64)
     ap.add_argument("--snapshot-s", type=float, default=30, help="alerts.snapshot_s of the members")
-    ap.add_argument("--interpreted", action="store_true",
-                    help="the rules without mypyc (HEATWATCH_RULES=python)")
     a = ap.parse_args()
     shape = Shape()
     tmp = Path(tempfile.mkdtemp(prefix="hw-alerter-bench-"))
@@ -63,8 +60,6 @@ def main() -> int:
     rules = tmp / "rules.yaml"  # every day in the season: the rules judge whatever day it runs
     rules.write_text('kind: rules\nseason: {start: "01-01", end: "12-31", start_grace_days: 0}\n')
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if a.interpreted:
-        env["HEATWATCH_RULES"] = "python"
     members: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     try:
         for i in range(a.members):
@@ -135,7 +130,6 @@ def main() -> int:
             }
         print(orjson.dumps({
             "members": a.members, "partitions": a.partitions, "store": "postgresql" if pg else "sqlite",
-            "rules": rules_build() if not a.interpreted else "interpreted: HEATWATCH_RULES=python",
             "target_msgs_per_s": a.rate, "offered_values_per_s": round(a.rate * shape.values),
             "stations": a.stations, "window_s": round(window, 1), "published_msgs": published,
             "every_member_caught_up": caught_up,

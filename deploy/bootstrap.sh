@@ -2,8 +2,9 @@
 # Installs what heatwatch needs on a fresh Debian/Ubuntu machine; safe to re-run.
 #   - mosquitto, influxd, PostgreSQL, Prometheus and Alertmanager from the distribution (sudo when
 #     not root);
-#   - .venv with the exact versions of requirements.lock and heatwatch itself (editable);
-#   - the rule engine compiled with mypyc (gcc and Python's headers from the distribution).
+#   - .venv with the exact versions of requirements.lock and heatwatch itself (editable).
+# No C compiler: every package in requirements.lock installs from a wheel (the rules run as the
+# Python they are written in since #18: docs/alerts.md, "Rules run interpreted: why").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # one line per phase with the time so far: a fresh machine spends a minute or two in apt and pip
@@ -29,10 +30,6 @@ command -v pdftoppm >/dev/null 2>&1 || need_pkgs+=(poppler-utils)
 [ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need_pkgs+=(fonts-wqy-microhei)
 # Alertmanager: pages leave in its shapes; tests hold them to what a real one sends
 command -v prometheus-alertmanager >/dev/null 2>&1 || need_pkgs+=(prometheus-alertmanager)
-# the rule engine is compiled with mypyc (deploy/build_rules.py): a C compiler and Python's headers
-command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc)
-python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
-  || need_pkgs+=(python3-dev)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
@@ -64,4 +61,7 @@ if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ requirements.lock -nt "$s
   touch "$stamp"
   phase ".venv ready: the command is .venv/bin/heatwatch (or \`source .venv/bin/activate\`, then heatwatch)"
 fi
-.venv/bin/python deploy/build_rules.py
+# the mypyc build of the rules an older heatwatch made here (#18 dropped it): Python would import it
+# ahead of the source, so alerting refuses to load while it is there
+rm -f alerting/*.so alerting/_rules.sha256
+rm -rf build/mypyc

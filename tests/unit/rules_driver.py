@@ -1,5 +1,5 @@
-"""Drives the rule engine through part of a cold night, for test_rules_build (run as a script so
-each part can run compiled or interpreted: HEATWATCH_RULES=python).
+"""Drives the rule engine through part of a cold night, for test_rules_snapshot (run as a script so
+each part is a fresh process, as an alerter restarting from its snapshot is).
 
     python tests/unit/rules_driver.py FIRST LAST SNAPSHOT_IN|- SNAPSHOT_OUT
 

@@ -116,7 +116,7 @@ def test_a_fast_gateway_clock_reaches_the_rules_restamped_with_its_mark() -> Non
     assert j.stats.restamped == 2 and not j.stats.rejected
 
 
-# -- the rule engine (compiled under make: mypyc checks types at run time) behind the same door --
+# -- the rule engine behind the same door --
 def _reading(name: str) -> st.SearchStrategy[dict[str, object]]:
     """Valid readings of one vocabulary point: its level, unit and kind; any value of that kind."""
     d = VOCABULARY[name]
