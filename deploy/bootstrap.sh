@@ -64,4 +64,4 @@ fi
 # the mypyc build of the rules an older heatwatch made here (#18 dropped it): Python would import it
 # ahead of the source, so alerting refuses to load while it is there
 rm -f alerting/*.so alerting/_rules.sha256
-rm -rf build/mypyc
+rm -rf build/mypyc build/lib.*/alerting   # its build directories (setuptools' build_ext)
