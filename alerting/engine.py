@@ -17,8 +17,8 @@ receive time (``now``). Samples older than what an entity has already seen updat
 the past never pages, and holds never run backwards.
 
 Topology for inhibition (Alertmanager's ``inhibit_rules``, fixed by the domain): a gateway
-offline inhibits its stations' alerts; a station offline inhibits every process alert of the
-station; a building alert (pending or firing) inhibits its households' room alerts. Inhibited,
+offline inhibits its stations' alerts; a station offline (pending too) inhibits every process
+alert of the station; a building alert (pending or firing) inhibits its households' room alerts. Inhibited,
 silenced and backfill transitions are stored but not paged (``quiet``); if the alert is still
 firing when the reason goes away, it is paged then.
 """
@@ -194,8 +194,10 @@ class Engine:
     def inhibited(self, life: Life) -> bool:
         process = life.rule in self._process
         if process and life.station is not None:
-            off = self.lives.get(alert_key(Rule.STATION_OFFLINE, life.station))
-            if off is not None and off.state is State.FIRING:
+            # pending counts too: a station whose devices stopped answering (held before it
+            # pages, rule_offline) or that went silent is not judged on what it said last; if it
+            # never fires, the process alert's next verdict pages it
+            if alert_key(Rule.STATION_OFFLINE, life.station) in self.lives:
                 return True
             for cause, held in self._causes:
                 if life.rule in held:

@@ -1,7 +1,8 @@
 """Offline rules: station_offline, gateway_offline, device_offline. Judged in receive time.
 
-- ``station_offline`` (major, at once): the station's status topic says offline, or no
-  telemetry for ``offline.station_after_s``. It is one incident for the outage: when the
+- ``station_offline`` (major): the station's status topic says offline for
+  ``offline.station_after_s`` (every device unanswered that long: a poll or two lost is not an
+  outage), or no telemetry for ``offline.station_after_s``. It is one incident for the outage: when the
   station is back, it closes after the rooms-back check — once as few of its room sensors are
   below the standard as before the outage (at once after a link outage; hours after a power cut
   that let the flats cool), at most ``room.recovery_max_h`` later. Until then its rooms' and
@@ -32,7 +33,7 @@ from typing import Any
 
 from alerting.family import NO_VERDICTS, Context, Family, Verdict
 from alerting.lifecycle import Life, get_fields, set_fields
-from contract.alerts import Rule, Severity, alert_key
+from contract.alerts import Rule, Severity, State, alert_key
 from contract.payload import Frame, GatewayStatus, StationStatus
 
 _OFFLINE_FIELDS = ("back_at", "below_before", "devices_alerted", "devices_offline", "out_since",
@@ -226,7 +227,11 @@ class Offline(Family):
                 st.back_at = now
             reason = "rooms recovering"
             recovery_ms = self.ctx.rules.room.recovery_max_h * 3_600_000
-            active = is_open and below > st.below_before and now - st.back_at < recovery_ms
+            # the rooms-back check keeps an outage that paged open; one still pending (held, or
+            # waiting for the gateway's will) ends when the data is back: it never was an outage
+            life = self.ctx.lives.get(key)
+            fired = life is not None and life.state is State.FIRING
+            active = fired and below > st.below_before and now - st.back_at < recovery_ms
         else:
             return
         if active or is_open:
@@ -240,9 +245,15 @@ class Offline(Family):
             # with the subscription
             gw = self.gateways.get(info.gateway or "")
             wait = down and not st.status_offline and gw is not None and gw.announced
+            # the gateway saying "offline" (every device of the station unanswered on its last
+            # exchange) is held as long as a silence is: one timed-out poll of a busy PLC or a
+            # noisy bus (the gateway retries it a second later) is not an outage to page at
+            # night — seen paging and resolving within seconds under load; a silence's threshold
+            # has already passed when it is judged
+            hold_ms = (offline.gateway_wait_s * 1000 if wait
+                       else after if down and st.status_offline and not silent else 0)
             v = Verdict(key, Rule.STATION_OFFLINE, active, now, Severity.MAJOR, station=name,
-                        hold_ms=offline.gateway_wait_s * 1000 if wait else 0,
-                        since=int(crossed) if wait else None,
+                        hold_ms=hold_ms, since=int(crossed) if wait else None,
                         context=lambda: {"reason": reason, "last_data": last})
             v.update = {"reason": reason, **update} if is_open else update
             out.append(v)
