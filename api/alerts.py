@@ -13,9 +13,12 @@ import datetime as dt
 import time
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from alerting.rows import AlertRow
 from api.deps import AlertStoreDep, Dispatcher, Engineer
 from contract.alerts import Rule, Severity, State
 from contract.topics import Ident
@@ -82,6 +85,22 @@ class AlertDetail(AlertPublic):
 class AlertList(BaseModel):
     data: list[AlertPublic]
     count: int = Field(description="all matching alerts, not only this page")
+
+
+def json_response(body: bytes) -> Response:
+    """An answer serialised here: FastAPI sends a ``Response`` as it is, without validating it
+    against the route's ``response_model`` (fastapi/routing.py, ``get_request_handler``), which
+    stays declared for the OpenAPI document. tests/unit/test_api_serialised.py holds each such
+    body to its model: the bytes are what the model's own ``model_dump_json`` gives."""
+    return Response(body, media_type="application/json")
+
+
+def alert_list_json(rows: list[AlertRow], total: int) -> bytes:
+    """``AlertList`` as JSON, from the store's rows as they are: ``AlertRow``'s fields are
+    ``AlertPublic``'s, in its order, with the types it declares (orjson writes a dataclass's
+    fields in order and floats as pydantic does). Validating 50 rows into models cost 160 µs of
+    a list's ~1.5 ms of API CPU (#20, profiled)."""
+    return orjson.dumps({"data": rows, "count": total})
 
 
 class AckIn(_In):
@@ -166,11 +185,11 @@ async def list_alerts(
     until: Annotated[int | None, Query(ge=0, le=2**53, description="first seen at or before (ms)")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-) -> AlertList:
+) -> Response:
     page = await asyncio.to_thread(store.alerts, state=state, severity=severity, rule=rule,
                                    station=station, building=building, household=household, open_only=open,
                                    since=since, until=until, limit=limit, offset=offset)
-    return AlertList(data=[AlertPublic.model_validate(r) for r in page.rows], count=page.total)
+    return json_response(alert_list_json(page.rows, page.total))
 
 
 @router.get("/alerts/{alert_id}", response_model=AlertDetail, summary="One alert with its history")

@@ -17,16 +17,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Annotated, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
+import orjson
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from alerting.address import words
 from alerting.assets import ImportProblems, decode, parse
 from alerting.rows import AlertEvent, AlertRow, FoundHousehold, HouseholdNow
 from alerting.store import Store
-from api.alerts import AlertPublic
+from api.alerts import AlertPublic, json_response
 from api.deps import Admin, AlertStoreDep, Dispatcher, RegistryDep, RoomsDep
 from api.rooms import RoomHistory
 
@@ -145,22 +147,44 @@ def _station_state(row: HouseholdNow) -> str | None:
     return "offline" if row.gateway_state == "offline" else row.station_state
 
 
-async def _full(rooms: RoomHistory, chain: _Chain) -> Lookup:
+def _ref(r: FoundHousehold) -> dict[str, Any]:
+    """``HouseholdRef`` of a household row (its fields, in its order)."""
+    return {"code": r.code, "station": r.station, "building": r.building, "unit": r.unit, "room": r.room,
+            "address": r.address, "sensor": r.sensor}
+
+
+def _values(points: dict[str, Any] | None) -> dict[str, Any]:
+    # Place.values is float | bool | str: pydantic makes an int a float (5 -> 5.0), so do we
+    return {k: float(v) if type(v) is int else v for k, v in (points or {}).items()}
+
+
+def _float(v: Any) -> Any:
+    return float(v) if type(v) is int else v
+
+
+async def _full(rooms: RoomHistory, chain: _Chain) -> bytes:
+    """The whole answer for one household, ``Lookup`` as JSON built here from the store's rows
+    (``api.alerts.json_response``): building the answer's models and FastAPI validating them
+    again cost more than the JSON itself (#20, profiled). Every key and type is the model's;
+    tests/unit/test_api_serialised.py compares the bytes with ``Lookup.model_dump_json``."""
     row, alerts, acks = chain
     sensor = row.sensor
     room = None
     if sensor:
-        now = (row.room_points or {}).get("room_temp")
+        now = _float((row.room_points or {}).get("room_temp"))
         means, complete = await rooms.last_24h(row.station, row.building, sensor)
-        room = Room(now=now, at=row.room_ts if now is not None else None, last_24h=means,
-                    last_24h_complete=complete)
-    ref = HouseholdRef.model_validate(row)
-    return Lookup(
-        candidates=[ref], household=ref, verdict=verdict(alerts, sensor), room=room,
-        building=Place(last_seen=row.building_ts, values=row.building_points or {}),
-        station=Place(state=_station_state(row), last_seen=row.station_ts, values=row.station_points or {}),
-        alerts=[AlertPublic.model_validate(a) for a in alerts],
-        acknowledgements=[Ack.model_validate(e) for e in acks])
+        room = {"now": now, "at": row.room_ts if now is not None else None, "last_24h": means,
+                "last_24h_complete": complete}
+    ref = _ref(row)
+    return orjson.dumps({
+        "candidates": [ref], "did_you_mean": [], "hint": None, "household": ref,
+        "verdict": verdict(alerts, sensor), "room": room,
+        "building": {"state": None, "last_seen": row.building_ts, "values": _values(row.building_points)},
+        "station": {"state": _station_state(row), "last_seen": row.station_ts,
+                    "values": _values(row.station_points)},
+        "alerts": alerts,  # AlertRow is AlertPublic's fields (api.alerts.alert_list_json)
+        "acknowledgements": [{"alert_id": e.alert_id, "ts": e.ts, "kind": e.kind, "actor": e.actor,
+                              "note": e.note, "ticket": e.ticket} for e in acks]})
 
 
 @router.get("/lookup", response_model=Lookup,
@@ -170,7 +194,7 @@ async def lookup(
     household: Annotated[str | None, Query(min_length=1, max_length=64, description="household code")] = None,
     q: Annotated[str | None, Query(min_length=1, max_length=200,
                                    description="address words in any order, e.g. '幸福里 3号楼 301'")] = None,
-) -> Lookup:
+) -> Lookup | Response:
     if (household is None) == (q is None):
         raise HTTPException(422, "give exactly one of household (a code) or q (address words)")
     now = int(time.time() * 1000)
@@ -178,7 +202,7 @@ async def lookup(
         chain = await asyncio.to_thread(lambda: _chain(store, store.latest.household(household), now))
         if chain is None:
             raise HTTPException(404, f"no household with code {household!r}")
-        return await _full(rooms, chain)
+        return json_response(await _full(rooms, chain))
 
     def find() -> tuple[list[FoundHousehold], list[FoundHousehold], _Chain | None]:
         found = registry.find_households(q or "", 20)
@@ -190,7 +214,7 @@ async def lookup(
 
     found, near, chain = await asyncio.to_thread(find)  # the store in one worker-thread hop
     if chain is not None:
-        return await _full(rooms, chain)
+        return json_response(await _full(rooms, chain))
     hint = None
     if not found:
         searched = " ".join(words(q or ""))

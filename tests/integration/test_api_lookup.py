@@ -19,6 +19,7 @@ from alerter.latest import LatestValues
 from alerting.registry import SiteRegistry
 from alerting.store import Store
 from api.app import create_app
+from api.lookup import Lookup
 from collector.influx import InfluxWriter
 from contract.alerts import Quiet, Transition
 from contract.config import ApiConfig, InfluxSettings
@@ -49,6 +50,9 @@ class Api:
         def ask() -> Any:
             r = self.client.get("/v1/lookup", params=params, headers=self.h["dispatcher"])
             assert r.status_code == 200, r.text
+            # serialised by the route, not by FastAPI (#20): the bytes are the model's own JSON
+            assert r.headers["content-type"] == "application/json"
+            assert Lookup.model_validate_json(r.content).model_dump_json().encode() == r.content
             body = r.json()
             return body if body["room"] is None or body["room"]["last_24h_complete"] else None
 
