@@ -13,7 +13,9 @@ spend per request (from /proc) say where the time goes. Then mosquitto, a collec
 InfluxDB series exist: creating 130,000 series stalls InfluxDB's queries) an open-loop load of
 ``--rate`` requests/s runs for ``--seconds``: 40 % lookups by household code, 20 % by address
 words, 40 % alert lists with filters. Prints p50/p99 per kind, each process's share of a core
-during the load, and the collector's ingest rate in that window, JSON.
+during the load, the API's and influxd's CPU per request answered during the load, and the
+collector's ingest rate in that window, JSON. Another checkout's API (before/after): run this
+script with ``PYTHONPATH=<that checkout>``, so every process it starts runs that code.
 
     .venv/bin/python bench/api_bench.py --rate 200 --seconds 30
 """
@@ -352,11 +354,17 @@ def main() -> int:
         lat, incomplete = asyncio.run(load(f"http://127.0.0.1:{port}", token, a.rate, a.seconds, a.stations,
                                a.households))
         took = time.monotonic() - t_load
-        shares = {k: round((proc_cpu_s(p, children=k == "api") - cpu0[k]) / took, 2) for k, p in pids.items()}
+        spent = {k: proc_cpu_s(p, children=k == "api") - cpu0[k] for k, p in pids.items()}
+        shares = {k: round(spent[k] / took, 2) for k in pids}
+        answered = sum(len(xs) for xs in lat.values())
         out = {"rate": a.rate, "seconds": a.seconds, "workers": a.workers, "stations": a.stations,
                "households": a.stations * a.households, "alerts": a.alerts, "fill_s": round(fill_s, 1),
                "latest_table": LatestValues is not None, "serial": one_by_one,
                "load_cpu_share_by_process": shares,
+               # the API's and influxd's CPU over the load window / the requests answered in it
+               # (ingest's share of influxd included: compare runs with the same --ingest)
+               "load_cpu_ms_per_request": {k: round(spent[k] * 1000 / max(1, answered), 2)
+                                           for k in ("api", "influxd")},
                "load_cpu_share_whole_machine": round(sum(shares.values()) / (os.cpu_count() or 1), 2)}
         if ingest is not None:
             out["ingest"] = {"offered_values_per_s": round(a.ingest * 200),
