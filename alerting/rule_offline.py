@@ -1,7 +1,7 @@
 """Offline rules: station_offline, gateway_offline, device_offline. Judged in receive time.
 
 - ``station_offline`` (major): the station's status topic says offline for
-  ``offline.station_after_s`` (every device unanswered that long: a poll or two lost is not an
+  ``offline.status_hold_s`` (every device unanswered that long: a poll or two lost is not an
   outage), or no telemetry for ``offline.station_after_s``. It is one incident for the outage: when the
   station is back, it closes after the rooms-back check — once as few of its room sensors are
   below the standard as before the outage (at once after a link outage; hours after a power cut
@@ -204,15 +204,23 @@ class Offline(Family):
         # station on each restart), then from the last data itself, the snapshot's or newer. A
         # station whose outage is open stays down until it is heard from again; one never heard
         # from (the inventory's) is silent station_after_s after the start.
+        # Only an outage that paged skips the grace: a pending one (the status held, a silence
+        # waiting for the will) restored from a snapshot is left alone until the grace is over
+        # or the station is heard from (a restart must not turn a status blip, pending when the
+        # snapshot was written, into a "no telemetry" page from the snapshot's old data).
         is_open = self.ctx.is_open(key)
+        life = self.ctx.lives.get(key)
+        fired = life is not None and life.state is State.FIRING
+        graced = self.started > 0 and now - self.started >= after
         last_rx = info.last_rx
         if last_rx > 0:
-            silent = ((is_open or (self.started > 0 and now - self.started >= after))
-                      and now - last_rx > after)
+            silent = (fired or graced) and now - last_rx > after
             crossed = last_rx + after  # when the silence passed the threshold
         else:
             silent = name in self.expected and self.started > 0 and now - self.started > after
             crossed = self.started + after
+        if is_open and not fired and not graced and not st.status_offline and now - last_rx > after:
+            return  # pending, silent as far as the snapshot knows, in the grace: not judged yet
         down = st.status_offline or silent
         below = self.ctx.rooms_below.get(name, 0)
         if down:
@@ -229,8 +237,6 @@ class Offline(Family):
             recovery_ms = self.ctx.rules.room.recovery_max_h * 3_600_000
             # the rooms-back check keeps an outage that paged open; one still pending (held, or
             # waiting for the gateway's will) ends when the data is back: it never was an outage
-            life = self.ctx.lives.get(key)
-            fired = life is not None and life.state is State.FIRING
             active = fired and below > st.below_before and now - st.back_at < recovery_ms
         else:
             return
@@ -246,12 +252,13 @@ class Offline(Family):
             gw = self.gateways.get(info.gateway or "")
             wait = down and not st.status_offline and gw is not None and gw.announced
             # the gateway saying "offline" (every device of the station unanswered on its last
-            # exchange) is held as long as a silence is: one timed-out poll of a busy PLC or a
+            # exchange) is held offline.status_hold_s: one timed-out poll of a busy PLC or a
             # noisy bus (the gateway retries it a second later) is not an outage to page at
             # night — seen paging and resolving within seconds under load; a silence's threshold
             # has already passed when it is judged
             hold_ms = (offline.gateway_wait_s * 1000 if wait
-                       else after if down and st.status_offline and not silent else 0)
+                       else offline.status_hold_s * 1000 if down and st.status_offline and not silent
+                       else 0)
             v = Verdict(key, Rule.STATION_OFFLINE, active, now, Severity.MAJOR, station=name,
                         hold_ms=hold_ms, since=int(crossed) if wait else None,
                         context=lambda: {"reason": reason, "last_data": last})

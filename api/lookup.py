@@ -108,6 +108,10 @@ def verdict(alerts: Sequence[AlertRow], household: str | None) -> str:
                       ("makeup_rate", "known fault: the station is losing water (leak suspected)")):
         if any(a.rule == rule for a in firing):
             return say
+    if any(a.rule == "station_offline" and a.state == "pending" for a in alerts):
+        # the gateway says the station's devices stopped answering; held before it pages
+        # (offline.status_hold_s): the caller may be the first to notice
+        return "the station reports offline, not yet confirmed (its devices stopped answering)"
     mine = [a for a in alerts if a.household == household and a.rule == "room_low"]
     if any(a.state == "firing" for a in mine):
         return "this household is cold (confirmed by its room sensor)"

@@ -262,6 +262,11 @@ class ClockRules(_Strict):
 
 class OfflineRules(_Strict):
     station_after_s: float = Field(300.0, gt=0, description="no telemetry for this long")
+    status_hold_s: float = Field(60.0, ge=0,
+                                 description="the gateway says every device of the station is "
+                                             "offline for this long (a poll or two lost to a busy "
+                                             "PLC or a noisy bus, retried a second later, is not "
+                                             "an outage)")
     device_hold_s: float = Field(300.0, ge=0)
     gateway_wait_s: float = Field(60.0, ge=0,
                                   description="a silent station waits this long past station_after_s "

@@ -1123,8 +1123,8 @@ def _run(stations: int, folder: str, seconds_: float | None, port_offset: int | 
                     raise DemoError(f"the {name} did not {what}; see {shown(root / 'logs' / f'{name}.log')}")
                 time.sleep(0.1)
         # and the simulated devices listening: a gateway whose every device refuses its first
-        # poll publishes its station "offline", which pages station_offline at once (resolved
-        # seconds later, when the simulator is up)
+        # poll publishes its station "offline", a station_offline pending (and in the API's
+        # station list) until the simulator is up
         waiting = modbus_ports(list(plan.configs.values()))
         while waiting:
             waiting = [p for p in waiting if not port_open(p)]

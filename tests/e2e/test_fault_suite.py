@@ -85,7 +85,7 @@ RULES: dict[str, Any] = {
     # holds of seconds, not hours: the median over 6 s, low 15 s before it fires
     "room": {"window_min": 0.1, "hold_min": 0.25, "clear_hold_min": 0.25},
     "sensor": {"implausible_hold_min": 0.1},  # a sensor fault clears after 6 s of good reports
-    "offline": {"station_after_s": 120, "device_hold_s": 120, "gateway_wait_s": 60},
+    "offline": {"station_after_s": 120, "status_hold_s": 60, "device_hold_s": 120, "gateway_wait_s": 60},
 }
 # (rule, key, state, severity) of every alert the scenario raises, and each one's transitions
 EXPECTED_ALERTS = {
@@ -399,22 +399,29 @@ def devices_not_answering(p: Pipeline) -> dict[str, Any]:
     wait_for(lambda: {(r, k, st) for r, k, st, _ in alert_state(p.store_url).alerts if r == "room_low"}
              == {(r, k, st) for r, k, st, _ in EXPECTED_ALERTS if r == "room_low"}, 60,
              "the cold flats' alerts firing")
+    again = {st: p.procs.log(f"gw-{st}").count("device answering again") for st in STATIONS}
     p.gateways.sim.call(time.sleep, 4.0)  # the simulator's loop (both stations' servers) stalls
-    for st in STATIONS:
-        p.procs.wait_log(f"gw-{st}", "device answering again", 30)
+
+    def answering() -> bool:  # this fault's return, not an earlier one
+        return all(p.procs.log(f"gw-{st}").count("device answering again") > again[st] for st in STATIONS)
+
+    wait_for(answering, 30, "both gateways' devices answering again")
     p.remove()
 
-    def pending_seen() -> bool:
+    def held_and_over() -> bool:
+        """Each station's station_offline was raised (pending), and is over, never fired or paged."""
         a = schema.alerts
         store = Store(p.store_url)
         try:
             with store.engine.connect() as conn:
-                return conn.execute(sa.select(sa.func.count()).select_from(a)
-                                    .where(a.c.rule == "station_offline")).scalar_one() == len(STATIONS)
+                rows = conn.execute(sa.select(a.c.station, a.c.state, a.c.fired_at, a.c.paged)
+                                    .where(a.c.rule == "station_offline")).all()
         finally:
             store.close()
+        assert all(r.fired_at is None and not r.paged for r in rows), rows
+        return sorted((r.station, r.state) for r in rows) == [(st, "resolved") for st in STATIONS]
 
-    wait_for(pending_seen, 30, "station_offline raised (pending) for each station")
+    wait_for(held_and_over, 30, "station_offline pending for each station, then over unpaged")
     return {}
 
 

@@ -243,3 +243,19 @@ def test_lookup_lists_the_gateway_alert_of_a_dead_station(api: Api) -> None:
     assert body["verdict"] == "known fault: the station's gateway is offline"
     other = api.lookup({"household": "HH-1001"})  # st002: behind gw9 only
     assert [(a["rule"], a["gateway"]) for a in other["alerts"]] == [("gateway_offline", "gw9")]
+
+
+def test_a_station_whose_devices_stopped_answering_is_said_so_before_it_pages(api: Api) -> None:
+    """station_offline from the gateway's status is held offline.status_hold_s before it pages;
+    meanwhile a caller may be the first to notice, and the verdict says what the station reports
+    rather than "a new case"."""
+    api.import_csv(CSV)
+    now = int(time.time() * 1000)
+    assert api.lookup({"household": "HH-0003"})["verdict"].endswith("a new case")
+    api.store.apply([
+        Transition(key="station_offline:st001", rule="station_offline", state="pending", severity="major",
+                   station="st001", ts=now - 20_000, since=now - 20_000,
+                   context={"reason": "status offline", "last_data": now - 25_000})])
+    body = api.lookup({"household": "HH-0003"})
+    assert [(a["rule"], a["state"]) for a in body["alerts"]] == [("station_offline", "pending")]
+    assert body["verdict"] == "the station reports offline, not yet confirmed (its devices stopped answering)"
