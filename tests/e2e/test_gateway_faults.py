@@ -120,8 +120,9 @@ def test_a_dead_device_on_a_shared_bus_does_not_slow_the_others(
     simulator.call(simulator.sim.add_event, "st001", Event("dead_device", start=now, device="makeup_meter"))
     simulator.call(simulator.sim.step)
     t0 = time.time() * 1000
-    time.sleep(16)
-    window = [m for m in _telemetry(obs) if m.ts > t0 + 1000]
+    # a 15 s window, observed as it arrives (until a message stamped past its end)
+    wait_for(lambda: any(m.ts > t0 + 16_000 for m in _telemetry(obs)), 40, "16 s of telemetry")
+    window = [m for m in _telemetry(obs) if t0 + 1000 < m.ts <= t0 + 16_000]
 
     def rooms(m: Telemetry) -> list[str]:
         return [r.quality for r in m.values if r.point == "room_temp"]
@@ -133,7 +134,10 @@ def test_a_dead_device_on_a_shared_bus_does_not_slow_the_others(
     # the rooms' group still publishes every cycle, with good readings, while the meter is bad
     assert len(with_rooms) >= 15_000 / interval_ms - 1
     gaps = [b.ts - a.ts for a, b in itertools.pairwise(with_rooms)]
-    assert max(gaps) < interval_ms + 700, gaps  # at most one 0.5 s timeout ever delays the bus
+    # the rooms keep their cadence: the dead meter's timeouts (0.5 s, one per backoff period)
+    # never cost them a cycle (a skipped cycle is a gap of two intervals); the bound leaves a
+    # loaded machine's scheduling room (interval + 0.7 s failed once under a full suite's load)
+    assert max(gaps) < interval_ms + 1500, gaps
     assert all(set(rooms(m)) == {"good"} for m in with_rooms)
     meter = [r for m in window for r in m.values if r.point in meter_points]
     assert meter and {r.quality for r in meter} == {"bad"}
