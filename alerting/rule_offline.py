@@ -208,8 +208,8 @@ class Offline(Family):
         # waiting for the will) restored from a snapshot is left alone until the grace is over
         # or the station is heard from (a restart must not turn a status blip, pending when the
         # snapshot was written, into a "no telemetry" page from the snapshot's old data).
-        is_open = self.ctx.is_open(key)
         life = self.ctx.lives.get(key)
+        is_open = life is not None
         fired = life is not None and life.state is State.FIRING
         graced = self.started > 0 and now - self.started >= after
         last_rx = info.last_rx

@@ -157,13 +157,13 @@ def _ref(r: FoundHousehold) -> dict[str, Any]:
             "address": r.address, "sensor": r.sensor}
 
 
-def _values(points: dict[str, Any] | None) -> dict[str, Any]:
-    # Place.values is float | bool | str: pydantic makes an int a float (5 -> 5.0), so do we
-    return {k: float(v) if type(v) is int else v for k, v in (points or {}).items()}
-
-
 def _float(v: Any) -> Any:
+    # a value declared float (| bool | str): pydantic makes an int a float (5 -> 5.0), so do we
     return float(v) if type(v) is int else v
+
+
+def _values(points: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: _float(v) for k, v in (points or {}).items()}
 
 
 async def _full(rooms: RoomHistory, chain: _Chain) -> bytes:
