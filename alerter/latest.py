@@ -3,17 +3,19 @@
 Takes every validated telemetry frame and every station and gateway status of the partitions
 this member owns (``observe``, ``station_status``, ``gateway_status``; in the event loop, in
 arrival order) and keeps, per station, building and household, the latest value of each point
-and the newest sample time. ``flusher`` writes the places (stations, buildings with their
+and the newest sample time, and per room sensor its last 24 h of 30-minute means
+(``alerting.latest.RoomDay``). ``flusher`` writes the places (stations, buildings with their
 households) that changed since its last round to the alert store's ``latest`` table
 (``alerting/latest.py``) every ``interval_s``, in a worker thread; the API's hotline reads them
-there instead of asking InfluxDB for ``last(*)`` on every call.
+there instead of asking InfluxDB for ``last(*)`` and the room's 24 h on every call.
 
-Bounds: memory is one small dict per entity (``max_entities``, beyond which new entities are
-counted and not kept); the write per round is at most one row per station and building, whatever
-the message rate. A failed write keeps the places dirty for the next round. A partition taken
-over brings its rows in (``adopt``, read by the caller from the table), so a row is always
-written whole (a station reporting by exception does not lose its quiet points to a handover or
-a restart); a partition given up leaves (``forget``), after a last flush.
+Bounds: memory is one small dict per entity, ~250 bytes more a room sensor (``max_entities``,
+beyond which new entities are counted and not kept); the write per round is at most one row per
+station and building, whatever the message rate. A failed write keeps the places dirty for the
+next round. A partition taken over brings its rows in (``adopt``, read by the caller from the
+table), so a row is always written whole (a station reporting by exception does not lose its
+quiet points, nor a room its 24 h, to a handover or a restart); a partition given up leaves
+(``forget``), after a last flush.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from typing import Any
 import sqlalchemy.exc
 import structlog
 
-from alerting.latest import LatestTable, Place, Row
+from alerting.latest import LatestTable, Place, RoomDay, Row
 from contract.errors import HeatwatchError
+from contract.influx import ROOM_POINT
 from contract.payload import Frame, GatewayStatus, StationStatus
 
 log = structlog.get_logger("heatwatch.alerter.latest")
@@ -93,7 +96,7 @@ class LatestValues:
         """The frame's readings into their entities. A bad reading (no value) keeps the last
         value and does not move the entity's time, so ``ts`` is when a value was last seen. A
         frame older than what an entity holds (a backfill, a redelivery) only adds points the
-        entity does not have yet."""
+        entity does not have yet. A room temperature also goes into its sensor's 24 h."""
         # per reading: readings of one entity come in runs, so the entity is looked up only when
         # (building, household) changes, as in contract.influx.telemetry_lines
         st, ts, places, dirty = frame.station, frame.ts, self.places, self.dirty
@@ -101,7 +104,7 @@ class LatestValues:
         cur_h: str | None = "\0"
         ent: Place | dict[str, Any] | None = None  # a place, or a household's {"ts", "points"}
         points: dict[str, Any] = {}
-        newer = True
+        newer = room = True
         for r in frame.samples:
             b, h = r.building, r.household
             if b != cur_b or h != cur_h:
@@ -115,9 +118,10 @@ class LatestValues:
                         ent = place.households[h] = {"ts": None, "points": {}}
                 if ent is None:
                     continue
-                if type(ent) is dict:
-                    newer = ent["ts"] is None or ts >= ent["ts"]
-                    points = ent["points"]
+                room = type(ent) is dict
+                if room:
+                    newer = ent["ts"] is None or ts >= ent["ts"]  # type: ignore[index]
+                    points = ent["points"]  # type: ignore[index]
                 else:
                     newer = ent.ts is None or ts >= ent.ts  # type: ignore[union-attr]
                     points = ent.points  # type: ignore[union-attr]
@@ -125,14 +129,21 @@ class LatestValues:
             v = r.value
             if v is None or ent is None:
                 continue
+            p = r.point
             if newer:
-                points[r.point] = v
-                if type(ent) is dict:
-                    ent["ts"] = ts
+                points[p] = v
+                if room:
+                    ent["ts"] = ts  # type: ignore[index]
                 else:
                     ent.ts = ts  # type: ignore[union-attr]
-            elif r.point not in points:
-                points[r.point] = v
+            elif p not in points:
+                points[p] = v
+            if room and p == ROOM_POINT and type(v) is float:  # what InfluxDB's mean counts
+                day = ent.get("day")  # type: ignore[union-attr]
+                if day is None:
+                    ent["day"] = RoomDay.first(ts, v)  # type: ignore[index]
+                else:
+                    day.add(ts, v)
 
     def station_status(self, s: StationStatus) -> None:
         p = self._place((s.station, ""))

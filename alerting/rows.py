@@ -213,6 +213,7 @@ class HouseholdNow(FoundHousehold):
     building_points: dict[str, Any] | None
     room_ts: int | None
     room_points: dict[str, Any] | None
+    room_day: dict[str, Any] | None  # its sensor's last 24 h (alerting.latest.RoomDay.json)
 
 
 # -- the command store -----------------------------------------------------------------------------

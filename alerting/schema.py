@@ -197,7 +197,7 @@ command_events = sa.Table(
 
 # -- the latest value of every point, per station and building (written by the alerter;
 # alerting/latest.py). building '' is the station itself; a building's row carries its
-# households: {household: {"ts": ms, "points": {point: value}}}.
+# households: {household: {"ts": ms, "points": {point: value}, "day": its room sensor's last 24 h}}.
 latest = sa.Table(
     "latest", metadata,
     sa.Column("station", _ID, primary_key=True),

@@ -158,7 +158,8 @@ def create_app(settings: ApiConfig) -> FastAPI:
         control = Control(settings.control, command_store) if settings.control is not None else None
         s = app.state.services = Services(
             db=db, store=Store(db), registry=registry, commands=command_store, influx=influx,
-            rooms=RoomHistory(influx, incomplete=metrics.history_incomplete.inc if metrics else None),
+            rooms=RoomHistory(influx, incomplete=metrics.history_incomplete.inc if metrics else None,
+                              asked=metrics.history_influxdb.inc if metrics else None),
             tokens=TokenCache(registry), failed_auth=FailedAuth(),
             report=report_routes.load(settings), control=control)
         control_task = asyncio.create_task(control.run()) if control is not None else None

@@ -7,9 +7,9 @@ household, recent acknowledgements and notes, and a one-line verdict: a known fa
 down, leak, cold building) or this household alone.
 
 Cost per call: the store in one worker-thread hop (the household with its building's and
-station's latest values and state from the alerter's ``latest`` table in one query, then the
-chain's open alerts and their acknowledgements), and, for a household with a room sensor, one
-small InfluxDB query for the 24 h (``api/rooms.py``). Figures in docs/api.md.
+station's latest values and state, and its room's 24 h, from the alerter's ``latest`` table in
+one query, then the chain's open alerts and their acknowledgements); InfluxDB only for a room
+whose stored 24 h does not reach back a day yet (``api/rooms.py``). Figures in docs/api.md.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class Room(BaseModel):
     now: float | None = Field(description="latest room temperature, °C")
     at: int | None = Field(description="ms of that reading")
     last_24h: list[tuple[int, float]] = Field(description="30-minute means: (ms, °C)")
-    last_24h_complete: bool = Field(default=True, description="false when InfluxDB did not answer in "
+    last_24h_complete: bool = Field(default=True, description="false when InfluxDB was asked (the store's "
+                                    "24 h of the room does not reach back a day yet) and did not answer in "
                                     "time (or is down): last_24h is what the API had, possibly nothing")
 
 
@@ -176,7 +177,7 @@ async def _full(rooms: RoomHistory, chain: _Chain) -> bytes:
     room = None
     if sensor:
         now = _float((row.room_points or {}).get("room_temp"))
-        means, complete = await rooms.last_24h(row.station, row.building, sensor)
+        means, complete = await rooms.last_24h(row.station, row.building, sensor, row.room_day)
         room = {"now": now, "at": row.room_ts if now is not None else None, "last_24h": means,
                 "last_24h_complete": complete}
     ref = _ref(row)

@@ -1,21 +1,25 @@
 """A room's last 24 hours for the hotline screen: 30-minute means of one room sensor.
 
-This is the seam for the rollups: today one small InfluxDB query over the raw readings, the
-means computed by InfluxDB (``GROUP BY time(30m)``: at most 49 rows cross the wire, whatever the
-sensor's rate). When the site's 5-minute / 1-hour rollups exist (retention policies and
-continuous queries, deployed with the site), ``_QUERY`` reads the rollup measurement instead
-and nothing else changes: the lookup only calls ``last_24h``.
+From the store first: the alerter keeps every room sensor's 24 h beside its latest value
+(``alerting.latest.RoomDay``) and the lookup reads the household's row anyway, so the answer
+costs nothing more. Asking InfluxDB (``GROUP BY time(30m)`` over the raw readings) cost ~1 ms of
+influxd CPU per lookup, fixed, however few readings the room had (the series lookup among
+100,000 households), as much again in this process, and at 200 lookups/s a core between them
+(#20, bench/api_bench.py).
 
-The history must not hold the answer up. Under ingest, InfluxDB stalls queries for 0.5–1.2 s
-now and then here (new series being indexed, cache snapshots; bench/api_bench.py), while the
-rest of the screen — the room now, the building, the station, the alerts — comes from the alert
-store. So the query gets ``timeout_s`` (0.1 s; it answers in 1–5 ms otherwise): past that, or
-with InfluxDB down, the lookup answers with what this process last had for the room (possibly
-nothing) and says so (``complete`` false). The query is not abandoned: it finishes in the
-background and fills a small per-process cache (``ttl_s``; a sensor reports every 20–60 min,
-so a minute-old 24 h is current), which also answers a dispatcher who asks again. At most
-``max_running`` queries are out at once: beyond that InfluxDB is not keeping up, and piling
-more queries on it would only make it slower, so the lookup answers at once from the cache.
+InfluxDB answers only when the stored ring does not reach back 24 h (a sensor new today, the
+first day after an upgrade, the alerter's latest values switched off): counted
+(``heatwatch_api_lookup_history_influxdb_total``). That query must not hold the answer up. Under
+ingest, InfluxDB stalls queries for 0.5–1.2 s now and then here (new series being indexed, cache
+snapshots), while the rest of the screen — the room now, the building, the station, the alerts —
+comes from the alert store. So the query gets ``timeout_s`` (0.1 s; it answers in 1–5 ms
+otherwise): past that, or with InfluxDB down, the lookup answers with what this process last had
+for the room (possibly nothing) and says so (``complete`` false). The query is not abandoned: it
+finishes in the background and fills a small per-process cache (``ttl_s``; a sensor reports
+every 20–60 min, so a minute-old 24 h is current), which also answers a dispatcher who asks
+again. At most ``max_running`` queries are out at once: beyond that InfluxDB is not keeping up,
+and piling more queries on it would only make it slower, so the lookup answers at once from the
+cache.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
+from alerting.latest import day_means
 from api.influx import InfluxReader
 from contract.errors import DatabaseUnavailable
 from contract.influx import MEASUREMENT_HOUSEHOLD
@@ -40,17 +46,26 @@ _Key = tuple[str, str, str]
 class RoomHistory:
     def __init__(self, influx: InfluxReader, *, timeout_s: float = 0.1, ttl_s: float = 60.0,
                  max_entries: int = 4096, max_running: int = 16,
-                 incomplete: Callable[[], None] | None = None) -> None:
+                 incomplete: Callable[[], None] | None = None,
+                 asked: Callable[[], None] | None = None) -> None:
         """``incomplete``: called for each answer given without the complete history (the
-        API's ``heatwatch_api_lookup_history_incomplete_total``)."""
+        API's ``heatwatch_api_lookup_history_incomplete_total``); ``asked``: for each one the
+        store's ring could not give (``…_history_influxdb_total``)."""
         self.influx, self.timeout_s, self.ttl_s, self.max_entries = influx, timeout_s, ttl_s, max_entries
-        self.max_running, self.incomplete = max_running, incomplete
+        self.max_running, self.incomplete, self.asked = max_running, incomplete, asked
         self._cache: OrderedDict[_Key, tuple[float, Means]] = OrderedDict()
         self._running: dict[_Key, asyncio.Task[Means]] = {}
 
-    async def last_24h(self, station: str, building: str, household: str) -> tuple[Means, bool]:
+    async def last_24h(self, station: str, building: str, household: str,
+                       day: dict[str, Any] | None = None) -> tuple[Means, bool]:
         """Clock-aligned 30-minute means (ms, °C), oldest first, and whether they are complete
-        (False: InfluxDB did not answer in time; these are what the cache had)."""
+        (False: InfluxDB did not answer in time; these are what the cache had). ``day``: the
+        household's stored ring (``HouseholdNow.room_day``), the answer when it reaches back 24 h."""
+        means = day_means(day, int(time.time() * 1000))
+        if means is not None:
+            return means, True
+        if self.asked is not None:
+            self.asked()
         key = (station, building, household)
         hit = self._cache.get(key)
         if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
