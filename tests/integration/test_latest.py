@@ -21,6 +21,7 @@ from alerter.latest import LatestValues
 from alerting import schema
 from alerting.assets import parse
 from alerting.database import Database
+from alerting.latest import day_means
 from alerting.registry import SiteRegistry
 from alerting.store import Store
 from api.app import create_app
@@ -94,8 +95,9 @@ def test_newest_value_per_point_and_entity_a_row_per_station_and_building(store:
     assert st["ts"] == T + 10_000 and st["written_at"] == T and st["households"] is None
     b01 = got[("st001", "b01")]
     assert b01["points"] == {"building_valve_position": 40.0}
-    # the room's bad reading kept its value and its time
-    assert b01["households"] == {"b01-0301": {"ts": T, "points": {"room_temp": 19.5}}}
+    # the room's bad reading kept its value and its time, and is not in its 24 h
+    assert b01["households"] == {"b01-0301": {"ts": T, "points": {"room_temp": 19.5}, "day": {
+        "since": T, "last": T, "bucket": T // 1_800_000, "sum": 19.5, "n": 1, "means": [19.5]}}}
     one = store.latest.household("HH-0001")
     assert one is not None
     assert (one.station_ts, one.building_ts, one.room_ts) == (T + 10_000, T, T)
@@ -310,3 +312,123 @@ async def _shed(settings: InfluxSettings, db: Influxd) -> tuple[Any, ...]:
         os.kill(db.proc.pid, signal.SIGCONT)
     await reader.close()
     return (*first, *second)
+
+
+def test_the_rooms_24h_from_the_store_is_what_influxdb_answers(store: Store, influxd: Influxd,
+                                                                influx_db: str) -> None:
+    """26 hours of a room sensor every ~20 minutes (a gap of two hours, a bad reading, a
+    redelivery), the alerter restarting half-way (its rings read back from the table): the 24 h
+    the lookup now reads from the store is, bucket for bucket, what InfluxDB's ``GROUP BY
+    time(30m)`` gives for the readings the collector wrote; only the oldest bucket differs, which
+    the store keeps whole and InfluxDB cuts at now - 24 h."""
+    now = int(time.time() * 1000)
+    frames, seq, ts = [], 0, now - 26 * 3_600_000
+    while ts < now - 60_000:
+        seq += 1
+        if not 14 * 3_600_000 < now - ts < 16 * 3_600_000:  # the sensor silent for two hours
+            value = None if seq % 17 == 0 else round(17.0 + (seq % 9) * 0.37, 2)
+            frames.append(frame(ts, [v("room_temp", value, "°C", "b01", "b01-0301",
+                                       quality="good" if value is not None else "bad")], seq=seq))
+        ts += 1_200_000 + (seq * 7_919) % 300_000 - 150_000
+    half = len(frames) // 2
+    first = LatestValues(store.latest)
+    for f in frames[:half]:
+        first.observe(f)
+    asyncio.run(first.flush())
+    again = LatestValues(store.latest)  # a restart: what the table holds, and the broker's redelivery
+    again.adopt(store.latest.load())
+    for f in frames[half - 3:]:
+        again.observe(f)
+    asyncio.run(again.flush())
+    httpx.post(f"{influxd.url}/query", params={"q": f"CREATE DATABASE {influx_db}"}).raise_for_status()
+    lines = [ln for f in frames for ln in telemetry_lines(f)]
+    httpx.post(f"{influxd.url}/write", params={"db": influx_db, "precision": "ms"},
+               content="\n".join(lines)).raise_for_status()
+
+    async def from_influxdb() -> Any:
+        reader = InfluxReader(InfluxSettings(url=influxd.url, database=influx_db, timeout_s=10))
+        asked: list[None] = []
+        try:
+            got = await RoomHistory(reader, timeout_s=10, asked=lambda: asked.append(None)).last_24h(
+                "st001", "b01", "b01-0301")
+        finally:
+            await reader.close()
+        assert asked == [None]
+        return got
+
+    influx, complete = asyncio.run(from_influxdb())
+    row = store.latest.household("HH-0001")
+    assert row is not None and row.room_day is not None
+    ring = day_means(row.room_day, now)
+    assert complete and ring is not None and len(ring) >= 40
+    ring_t, influx_t = [tuple(m) for m in ring], [tuple(m) for m in influx]
+    oldest = (now - 86_400_000) // 1_800_000 * 1_800_000  # the bucket holding now - 24 h
+    assert ring_t[0][0] == oldest  # the sensor reported in it (every ~20 min)
+    if influx_t[0][0] == oldest:  # and after now - 24 h: InfluxDB has it, the mean of a part
+        influx_t = influx_t[1:]
+    assert ring_t[1:] == influx_t
+    # the lookup's RoomHistory answers from the ring, InfluxDB not asked
+    assert asyncio.run(_from_the_ring(row.room_day)) == (ring, True)
+
+
+async def _from_the_ring(day: dict[str, Any]) -> tuple[Any, bool]:
+    reader = InfluxReader(InfluxSettings(url=f"http://127.0.0.1:{free_port()}", database="none"))
+    asked: list[None] = []
+    try:
+        got = await RoomHistory(reader, asked=lambda: asked.append(None)).last_24h("st001", "b01", "b01-0301",
+                                                                                  day)
+    finally:
+        await reader.close()
+    assert asked == []
+    return got
+
+
+def test_the_lookup_takes_a_rooms_24h_from_the_store_with_influxdb_stalled(tmp_path: Path) -> None:
+    """HH-0001's sensor has reported for a day: its 24 h comes from the store, complete, with
+    InfluxDB stopped (SIGSTOP) for the whole lookup; HH-0003's sensor is new today: only its 24 h
+    is asked of InfluxDB (counted), and left out while InfluxDB stalls."""
+    db = Influxd(tmp_path / "influxd", free_port())
+    db.start()
+    url = f"sqlite:///{tmp_path / 'alerts.sqlite'}"
+    store = Store(url)
+    store.migrate()
+    registry = SiteRegistry(store.db)
+    registry.import_assets(parse(CSV.replace(",101,\n", ",101,b02-0101\n")), actor="t", now=T)
+    now = int(time.time() * 1000)
+    lv = LatestValues(store.latest)
+    for i in range(75):  # every 20 minutes for 25 hours
+        ts = now - 25 * 3_600_000 + i * 1_200_000
+        lv.observe(frame(ts, [v("room_temp", 18.0 + i % 4, "°C", "b01", "b01-0301")], seq=i))
+    lv.observe(frame(now - 60_000, [v("room_temp", 17.5, "°C", "b02", "b02-0101")], seq=100))
+    asyncio.run(lv.flush())
+    token = registry.add_token(name="disp", role="dispatcher", actor="t", now=now)
+    metrics = MetricsSettings(port=free_port())
+    cfg = ApiConfig(kind="api", influx=InfluxSettings(url=db.url, database="hw", timeout_s=5), store=url,
+                    metrics=metrics)
+
+    def lookup(client: TestClient, code: str) -> dict[str, Any]:
+        r = client.get("/v1/lookup", params={"household": code}, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+        room: dict[str, Any] = r.json()["room"]
+        return room
+
+    try:
+        with TestClient(create_app(cfg)) as client:
+            assert client.get("/ready").status_code == 200
+            assert db.proc is not None
+            stop(db.proc.pid)
+            try:
+                day = lookup(client, "HH-0001")
+                young = lookup(client, "HH-0003")
+            finally:
+                os.kill(db.proc.pid, signal.SIGCONT)
+            asked = value(scrape(metrics.port), "heatwatch_api_lookup_history_influxdb_total")
+    finally:
+        db.stop()
+        store.close()
+    row_day = store.latest.household("HH-0001")
+    assert row_day is not None
+    assert day["last_24h_complete"] is True and len(day["last_24h"]) == 49
+    assert day["last_24h"] == [list(m) for m in day_means(row_day.room_day, now) or []]
+    assert young["now"] == 17.5 and young["last_24h"] == [] and young["last_24h_complete"] is False
+    assert asked == 1
