@@ -3,8 +3,10 @@ with the collector ingesting at the same time.
 
 Fills a SQLite alert store with 5,000 stations, 100,000 households (asset import) and 50,000
 alerts, writes two hours of values (every station point of the vocabulary, building entrance
-values, room temperatures of every household) into a real influxd and, where the alerter keeps
-one (issue #20), into the store's ``latest`` table through the alerter's own latest-value stage;
+values) and ``--room-hours`` (24) of room temperatures of every household, every 20 minutes, into
+a real influxd and, where the alerter keeps one (issue #20), into the store's ``latest`` table
+through the alerter's own latest-value stage (with 24 h of a room there, the lookup does not ask
+InfluxDB for it; ``--room-hours 2``: every lookup does, as on a site's first day);
 starts the API (one uvicorn worker) as its own process. Before the load, ``--serial`` requests of
 each kind are sent one at a time: their mean latency and the CPU the API process and influxd
 spend per request (from /proc) say where the time goes. Then mosquitto, a collector, an alerter
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -88,27 +91,36 @@ def fill_store(store: Store, stations: int, per_station: int, alerts: int, now: 
         store.apply(trs[i:i + 5000])
 
 
-def frames(stations: int, per_station: int, now: int) -> list[Frame]:
-    """What fill_influx writes, as the collector's frames (for the latest-value stage)."""
-    out = []
-    for k in range(6):
-        ts = now - (6 - k) * 1_200_000
+ROOM_EVERY_MS = 1_200_000  # a room sensor every 20 minutes (DOMAIN: 20-60 min)
+
+
+def frames(stations: int, per_station: int, now: int, room_hours: float) -> Iterator[Frame]:
+    """What fill_influx writes, as the collector's frames (for the latest-value stage): the
+    rooms for ``room_hours``, the station and building values for the last two hours."""
+    steps = int(room_hours * 3_600_000 // ROOM_EVERY_MS)
+    for k in range(steps):
+        ts = now - (steps - k) * ROOM_EVERY_MS
+        recent = steps - k <= 6
         for s in range(stations):
-            samples = [Sample(point=p, unit=VOCABULARY[p].unit, value=v) for p, v in STATION_POINTS.items()]
+            samples = ([Sample(point=p, unit=VOCABULARY[p].unit, value=v) for p, v in STATION_POINTS.items()]
+                       if recent else [])
             samples += [Sample(point="building_valve_position", unit="%", building=f"b{bi:02d}", value=40.0)
-                        for bi in range(per_station // 10)]
+                        for bi in range(per_station // 10 if recent else 0)]
             samples += [Sample(point="room_temp", unit="°C", building=f"b{h // 10:02d}",
-                               household=f"b{h // 10:02d}-{h:03d}", value=round(19 + (h % 7) / 3, 2))
+                               household=f"b{h // 10:02d}-{h:03d}", value=room_temp(h, k))
                         for h in range(per_station)]
-            out.append(Frame(f"st{s:05d}", "gw", "0badc0de", k, ts, False, samples))
-    return out
+            yield Frame(f"st{s:05d}", "gw", "0badc0de", k, ts, False, samples)
 
 
-def fill_latest(store: Store, stations: int, per_station: int, now: int) -> None:
+def room_temp(h: int, k: int) -> float:
+    return round(19 + (h % 7) / 3 + (k % 3) / 10, 2)
+
+
+def fill_latest(store: Store, stations: int, per_station: int, now: int, room_hours: float) -> None:
     if LatestValues is None:
         return
     latest = LatestValues(store.latest)
-    for f in frames(stations, per_station, now):
+    for f in frames(stations, per_station, now, room_hours):
         latest.observe(f)
     for s in range(stations):
         latest.station_status(parse_station_status(orjson.dumps({
@@ -117,24 +129,26 @@ def fill_latest(store: Store, stations: int, per_station: int, now: int) -> None
     asyncio.run(latest.flush())
 
 
-async def fill_influx(url: str, stations: int, per_station: int, now: int) -> None:
+async def fill_influx(url: str, stations: int, per_station: int, now: int, room_hours: float) -> None:
     fields = ",".join(f"{p}={'true' if v is True else v}" for p, v in STATION_POINTS.items())
     async with httpx.AsyncClient(timeout=60) as http:
         await http.post(f"{url}/query", params={"q": f"CREATE DATABASE {DB}"})
         lines: list[str] = []
-        for k in range(6):  # two hours, every 20 minutes
-            ts = now - (6 - k) * 1_200_000
+        steps = int(room_hours * 3_600_000 // ROOM_EVERY_MS)
+        for k in range(steps):
+            ts = now - (steps - k) * ROOM_EVERY_MS
             for s in range(stations):
                 st = f"st{s:05d}"
-                lines.append(f"station,station={st} {fields} {ts}")
-                lines.append(f'station_status,station={st} state="online" {ts}')
+                if steps - k <= 6:  # the station and building values: two hours
+                    lines.append(f"station,station={st} {fields} {ts}")
+                    lines.append(f'station_status,station={st} state="online" {ts}')
+                    for bi in range(per_station // 10):
+                        lines.append(f"building,station={st},building=b{bi:02d} "
+                                     f"building_valve_position=40.0 {ts}")
                 for h in range(per_station):
                     b = f"b{h // 10:02d}"
                     lines.append(f"household,station={st},building={b},household={b}-{h:03d} "
-                                 f"room_temp={19 + (h % 7) / 3:.2f} {ts}")
-                for bi in range(per_station // 10):
-                    lines.append(f"building,station={st},building=b{bi:02d} "
-                                 f"building_valve_position=40.0 {ts}")
+                                 f"room_temp={room_temp(h, k)} {ts}")
                 if len(lines) >= 20_000:
                     r = await http.post(f"{url}/write", params={"db": DB, "precision": "ms"},
                                         content="\n".join(lines))
@@ -295,6 +309,10 @@ def main() -> int:
     ap.add_argument("--stations", type=int, default=5000)
     ap.add_argument("--households", type=int, default=20, help="per station (100,000 in all)")
     ap.add_argument("--alerts", type=int, default=50_000)
+    ap.add_argument("--room-hours", type=float, default=24,
+                    help="hours of room readings (every 20 min) before the load: 24 or more is a site's "
+                         "steady state (the lookup's 24 h from the store); less, and every lookup asks "
+                         "InfluxDB for it, as a site does on the first day (and as the API did before)")
     ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes of the API")
     ap.add_argument("--serial", type=int, default=200, help="requests per kind, one at a time")
     ap.add_argument("--ingest", type=float, default=170,
@@ -317,10 +335,10 @@ def main() -> int:
         store = Store(store_url)
         store.migrate()
         fill_store(store, a.stations, a.households, a.alerts, now)
-        fill_latest(store, a.stations, a.households, now)
+        fill_latest(store, a.stations, a.households, now, a.room_hours)
         token = SiteRegistry(store.db).add_token(name="bench", role="dispatcher", actor="bench", now=now)
         store.close()
-        asyncio.run(fill_influx(db.url, a.stations, a.households, now))
+        asyncio.run(fill_influx(db.url, a.stations, a.households, now, a.room_hours))
         fill_s = time.perf_counter() - t0
         port = free_port()
         (tmp / "api.yaml").write_text(yaml.safe_dump({
@@ -358,7 +376,8 @@ def main() -> int:
         shares = {k: round(spent[k] / took, 2) for k in pids}
         answered = sum(len(xs) for xs in lat.values())
         out = {"rate": a.rate, "seconds": a.seconds, "workers": a.workers, "stations": a.stations,
-               "households": a.stations * a.households, "alerts": a.alerts, "fill_s": round(fill_s, 1),
+               "households": a.stations * a.households, "alerts": a.alerts, "room_hours": a.room_hours,
+               "fill_s": round(fill_s, 1),
                "latest_table": LatestValues is not None, "serial": one_by_one,
                "load_cpu_share_by_process": shares,
                # the API's and influxd's CPU over the load window / the requests answered in it

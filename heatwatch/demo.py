@@ -478,8 +478,8 @@ def _start_gateway(stack: Stack, step: StartGateway) -> str:
 
 # -- remote control, as the engineer -----------------------------------------------------------
 def curl(api: str, path: str, body: dict[str, Any] | None = None, var: str = "ENGINEER_TOKEN") -> str:
-    """The one-line curl of an API call with the token in ``$var``: what the demo prints for the
-    calls it makes (it sends these very bytes, see ``_Engineer.post``)."""
+    """The one-line curl of an API call with the token in ``$var``, to paste (``by_hand_text``);
+    a POST's body is the bytes the demo itself sends (``_body``, ``_Engineer.post``)."""
     line = f'curl -sS{" -X POST" if body is not None else ""} {shlex.quote(api + path)} {_auth(var)}'
     if body is not None:
         line += " -H 'Content-Type: application/json' -d " + shlex.quote(_body(body).decode())
@@ -626,8 +626,10 @@ def _open_valve(stack: Stack, step: OpenValve) -> Story:
                     "building": step.building, "value": _num(value),
                     "reason": f"{address or where}: rooms below {WARM_C:g} °C (alert {alert['id']})",
                     "ticket": step.ticket}
+            # a record of what was sent, not a command to paste: pasted later, it would turn the
+            # valve back to this step (the lines to paste are by_hand_text's, another building's)
             yield (f"command {len(sent) + 1}: valve {cur:g} → {value:g} %\n"
-                   f"  $ {curl(api, '/v1/commands', body)}")
+                   f"  sent: POST /v1/commands {_body(body).decode()}")
             r = eng.post("/v1/commands", body)
             if isinstance(r, str) or r.status_code != 201:
                 said = r if isinstance(r, str) else f"{r.status_code} {r.json().get('detail')}"

@@ -17,7 +17,6 @@ import json
 import os
 import random
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -193,7 +192,8 @@ def test_the_demo_its_printed_commands_and_the_readme_walk(demo: Demo, tmp_path:
 
     # what the demo sent is what it printed, and each one was confirmed by the gateway
     engineer = re.search(r"export ENGINEER_TOKEN=(\S+)", demo.text).group(1)  # type: ignore[union-attr]
-    printed = [json.loads(shlex.split(x[4:])[-1]) for x in demo.lines if x.startswith("  $ curl -sS -X POST")]
+    sent = "  sent: POST /v1/commands "  # a record, not a line to paste (it would move the valve again)
+    printed = [json.loads(x.removeprefix(sent)) for x in demo.lines if x.startswith(sent)]
     stored = _api(api, engineer, "/v1/commands?station=st001&building=b03")["data"][::-1]  # oldest first
     assert [c["value"] for c in printed] == [70, 80, 90, 100]
     assert [(c["value"], c["reason"], c["ticket"], c["state"]) for c in stored] == [
