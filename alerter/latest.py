@@ -9,7 +9,7 @@ households) that changed since its last round to the alert store's ``latest`` ta
 (``alerting/latest.py``) every ``interval_s``, in a worker thread; the API's hotline reads them
 there instead of asking InfluxDB for ``last(*)`` and the room's 24 h on every call.
 
-Bounds: memory is one small dict per entity, ~250 bytes more a room sensor (``max_entities``,
+Bounds: memory is one small dict per entity, ~450 bytes more a room sensor (``max_entities``,
 beyond which new entities are counted and not kept); the write per round is at most one row per
 station and building, whatever the message rate. A failed write keeps the places dirty for the
 next round. A partition taken over brings its rows in (``adopt``, read by the caller from the

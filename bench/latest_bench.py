@@ -6,8 +6,11 @@ Decodes ``--stations`` load-generator messages (200 values: 150 station points, 
 points, 20 rooms), feeds them to ``alerter.latest.LatestValues`` ``--rounds`` times, flushing
 after each round. CPU is the thread's own (``thread_time``), so other work on the machine
 inflates it less than wall time; compare with the line encoder's CPU per value, printed beside.
+``--step-s`` apart (10 s) in sample time; ``--day`` first plays 48 unmeasured rounds 30 minutes
+apart, so every room's 24 h (``alerting.latest.RoomDay``) is full, its largest to keep and write.
 
     .venv/bin/python bench/latest_bench.py --stations 5000 --rounds 3
+    .venv/bin/python bench/latest_bench.py --stations 1000 --rounds 3 --day
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--stations", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--step-s", type=float, default=10)
+    ap.add_argument("--day", action="store_true", help="every room's 24 h full first")
     a = ap.parse_args()
     shape = Shape()
     tmp = Path(tempfile.mkdtemp(prefix="hw-latestbench-"))
@@ -41,9 +46,16 @@ def main() -> int:
         store.migrate()
         lv = LatestValues(store.latest)
         rounds = []
-        for r in range(a.rounds + 1):  # the first round creates the places and rows
-            frames = [decode_telemetry(message(shape, s, "gw", "0badc0de", r, 1_796_000_000_000 + r * 10_000))
-                      for s in range(a.stations)]
+        t0_ms = 1_796_000_000_000
+        if a.day:  # 48 rounds, 30 minutes apart: each room's means of a whole day (not measured)
+            for r in range(48):
+                for s in range(a.stations):
+                    lv.observe(decode_telemetry(message(shape, s, "gw", "0badc0de", r, t0_ms)))
+                t0_ms += 1_800_000
+            asyncio.run(lv.flush())
+        for r in range(a.rounds + 1):  # the first round creates the places and rows (or a bucket)
+            ts = t0_ms + int(r * a.step_s * 1000)
+            frames = [decode_telemetry(message(shape, s, "gw", "0badc0de", r, ts)) for s in range(a.stations)]
             values = sum(len(f.samples) for f in frames)
             t0 = thread_time_ns()
             for f in frames:
@@ -61,7 +73,8 @@ def main() -> int:
                                "rows": rows, "rows_per_message": round(rows / len(frames), 1),
                                "line_encoding_ns_per_value": round(encode_ns / values)})
         store.close()
-        print(orjson.dumps({"stations": a.stations, "values_per_message": shape.values, "rounds": rounds},
+        print(orjson.dumps({"stations": a.stations, "values_per_message": shape.values, "day": a.day,
+                            "rounds": rounds},
                            option=orjson.OPT_INDENT_2).decode())
         return 0
     finally:

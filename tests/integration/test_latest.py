@@ -428,7 +428,7 @@ def test_the_lookup_takes_a_rooms_24h_from_the_store_with_influxdb_stalled(tmp_p
         store.close()
     row_day = store.latest.household("HH-0001")
     assert row_day is not None
-    assert day["last_24h_complete"] is True and len(day["last_24h"]) == 49
+    assert day["last_24h_complete"] is True and len(day["last_24h"]) >= 48  # now's bucket may have none yet
     assert day["last_24h"] == [list(m) for m in day_means(row_day.room_day, now) or []]
     assert young["now"] == 17.5 and young["last_24h"] == [] and young["last_24h_complete"] is False
     assert asked == 1

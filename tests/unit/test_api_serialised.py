@@ -49,7 +49,7 @@ households = st.builds(
     station_state=st.none() | st.sampled_from(["online", "degraded", "offline"]),
     gateway_state=st.none() | st.sampled_from(["online", "offline"]), building_ts=opt_ms,
     building_points=points, room_ts=opt_ms, room_points=st.none() | st.fixed_dictionaries(
-        {}, optional={"room_temp": st.floats(-30, 40) | st.integers(-30, 40)}))
+        {}, optional={"room_temp": st.floats(-30, 40) | st.integers(-30, 40)}), room_day=st.none())
 
 
 def test_alert_row_is_alert_public_field_for_field() -> None:
@@ -72,7 +72,8 @@ class _History:
     def __init__(self, means: list[tuple[int, float]], complete: bool) -> None:
         self.means, self.complete = means, complete
 
-    async def last_24h(self, station: str, building: str, household: str) -> tuple[Any, bool]:
+    async def last_24h(self, station: str, building: str, household: str,
+                       day: dict[str, Any] | None = None) -> tuple[Any, bool]:
         return self.means, self.complete
 
 

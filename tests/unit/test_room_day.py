@@ -117,6 +117,12 @@ def test_redelivered_and_late_readings_are_not_counted_twice() -> None:
     assert ring(rs)["means"] == [19.0] and ring(rs)["n"] == 2
 
 
+def test_buckets_without_a_reading_are_stored_as_null() -> None:
+    stored = ring([(T0, 18.0), (T0 + 3 * BUCKET_MS, 19.0)])
+    assert stored["means"] == [18.0, None, None, 19.0]
+    assert RoomDay.from_json(stored) is not None
+
+
 def test_a_row_that_is_not_a_ring_starts_again() -> None:
     good = ring([(T0, 18.0), (T0 + BUCKET_MS, 19.0)])
     assert RoomDay.from_json(good) is not None
