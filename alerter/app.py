@@ -325,9 +325,11 @@ class Alerter:
             states = self.leases.load_states(parts)
             open_alerts = self.store.query(open_only=True, limit=10_000_000).rows
             places = []
+            want = set(parts)
             if self.latest is not None:
-                want = set(parts)
-                places = [pl for pl in self.store.latest.load() if part_of(pl.station) in want]
+                places = self.store.latest.load(lambda st: part_of(st) in want)
+            else:  # nobody keeps these stations' rows now: their rooms' 24 h is not to be trusted
+                self.store.latest.not_kept(lambda st: part_of(st) in want)
             return states, open_alerts, places
 
         states, open_alerts, places = await asyncio.to_thread(load)

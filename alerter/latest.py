@@ -30,7 +30,7 @@ from typing import Any
 import sqlalchemy.exc
 import structlog
 
-from alerting.latest import LatestTable, Place, RoomDay, Row
+from alerting.latest import NOT_KEPT, LatestTable, Place, RoomDay, Row
 from contract.errors import HeatwatchError
 from contract.influx import ROOM_POINT
 from contract.payload import Frame, GatewayStatus, StationStatus
@@ -39,6 +39,10 @@ log = structlog.get_logger("heatwatch.alerter.latest")
 MAX_ENTITIES = 2_000_000  # stations, buildings and households: a 5,000-station city has ~155,000
 
 _Key = tuple[str, str]
+
+
+def _station_last(k: _Key) -> bool:
+    return k[1] == ""
 
 
 @dataclass
@@ -100,6 +104,10 @@ class LatestValues:
         # per reading: readings of one entity come in runs, so the entity is looked up only when
         # (building, household) changes, as in contract.influx.telemetry_lines
         st, ts, places, dirty = frame.station, frame.ts, self.places, self.dirty
+        sp = places.get((st, "")) or self._place((st, ""))
+        if sp is not None:
+            self._sequence(sp, frame)
+            dirty.add(sp.key)
         cur_b: str | None = "\0"
         cur_h: str | None = "\0"
         ent: Place | dict[str, Any] | None = None  # a place, or a household's {"ts", "points"}
@@ -145,6 +153,27 @@ class LatestValues:
                 else:
                     day.add(ts, v)
 
+    @staticmethod
+    def _sequence(p: Place, f: Frame) -> None:
+        """The station's message sequence: a message after one this stage did not see (its
+        gateway numbers them 0, 1, 2 … per boot) marks a gap, and the rooms' 24 h kept here are
+        not the whole story until it is a day old (``alerting.latest.day_means``; the lookup asks
+        InfluxDB meanwhile). Missed: the latest values were off for a while, a broker queue
+        overflowed, a member was killed after acknowledging messages it had not flushed yet (up to
+        ``interval_s``), a message was lost and its gateway sends it again later. A station row
+        without a sequence (new, or written by an older version) counts its first message as after
+        a gap: harmless for a new station, whose rooms' 24 h start with it anyway."""
+        if p.gap_at == NOT_KEPT:  # kept by nobody for a while (``LatestTable.not_kept``)
+            p.gap_at = f.ts
+        elif p.boot == f.boot and p.seq is not None:
+            if f.seq <= p.seq:
+                return  # a redelivery, or a message sent again late: its gap is already marked
+            if f.seq != p.seq + 1:
+                p.gap_at = f.ts
+        elif f.seq != 0 or p.boot is None:  # a gateway restarted: its first message is seq 0
+            p.gap_at = f.ts
+        p.boot, p.seq = f.boot, f.seq
+
     def station_status(self, s: StationStatus) -> None:
         p = self._place((s.station, ""))
         if p is not None and (p.state_ts is None or s.ts >= p.state_ts):
@@ -166,7 +195,9 @@ class LatestValues:
         on changing them while a thread writes the rows)."""
         keys, self.dirty = self.dirty, set()
         places = self.places
-        return [places[k].row() for k in keys]
+        # stations last: the upsert commits in chunks, and a station's sequence in the table must
+        # never be ahead of its buildings' rooms (a gap would go unseen after a crash between)
+        return [places[k].row() for k in sorted(keys, key=_station_last)]
 
     async def flush(self) -> int:
         """One round: the changed places into the table; on failure they stay dirty."""

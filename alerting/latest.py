@@ -31,7 +31,7 @@ of them): its memory is the authority, loaded from here when it takes a partitio
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,14 +44,17 @@ from alerting.database import columns, connected
 from alerting.rows import HouseholdNow, HouseholdRow
 
 # what upsert writes: station, building, ts, points, households (JSON text or None), state,
-# state_ts, gateway_state — serialised by the caller, so the write is one executemany in the driver
-Row = tuple[str, str, int | None, str, str | None, str | None, int | None, str | None]
+# state_ts, gateway_state, boot, seq, gap_at — serialised by the caller, so the write is one
+# executemany in the driver
+Row = tuple[str, str, int | None, str, str | None, str | None, int | None, str | None, str | None,
+            int | None, int | None]
 _COLS = ("station", "building", "ts", "points", "households", "state", "state_ts", "gateway_state",
-         "written_at")
+         "boot", "seq", "gap_at", "written_at")
 BUCKET_MS = 1_800_000  # the hotline's 24 h: 30-minute means
 DAY_MS = 86_400_000
 DAY_BUCKETS = DAY_MS // BUCKET_MS + 1  # 24 h back from now: 48 whole buckets and the current one
 _NAN = float("nan")
+NOT_KEPT = 2**62  # a station row's gap_at while no alerter member keeps its row (``not_kept``)
 
 
 class RoomDay:
@@ -122,18 +125,23 @@ class RoomDay:
         return day if means and day.n > 0 else None
 
 
-def day_means(day: dict[str, Any] | None, now: int) -> list[tuple[int, float]] | None:
+def day_means(day: dict[str, Any] | None, now: int,
+              gap_at: int | None = None) -> list[tuple[int, float]] | None:
     """A stored ring's (``RoomDay.json``) means of the 24 h before ``now``: (bucket start ms, °C),
     oldest first, the bucket holding ``now`` - 24 h the first and whole (InfluxDB's first bucket
-    counts only the readings after it). None when the ring does not reach back 24 h (or there is
-    none): the readings before its ``since`` may be in InfluxDB only."""
-    if not day or day.get("since", now) > now - DAY_MS:
+    counts only the readings after it). None when the ring does not reach back 24 h, or its
+    station's messages had a gap (``gap_at``: the station row's) less than 24 h ago, or there is
+    none: the readings missing from it are in InfluxDB."""
+    try:
+        since = max(day["since"], gap_at or 0) if day else now
+        if since > now - DAY_MS:
+            return None
+        means, first = day["means"], day["bucket"] - len(day["means"]) + 1  # type: ignore[index]
+        lo, hi = (now - DAY_MS) // BUCKET_MS, now // BUCKET_MS
+        return [((first + i) * BUCKET_MS, m) for i, m in enumerate(means)
+                if m is not None and lo <= first + i <= hi]
+    except (KeyError, TypeError, ValueError):  # not a ring (another version's row): InfluxDB answers
         return None
-    means = day["means"]
-    first = day["bucket"] - len(means) + 1
-    lo, hi = (now - DAY_MS) // BUCKET_MS, now // BUCKET_MS
-    return [((first + i) * BUCKET_MS, m) for i, m in enumerate(means)
-            if m is not None and lo <= first + i <= hi]
 
 
 def _json(o: object) -> Any:
@@ -155,6 +163,11 @@ class Place:
     state: str | None = None  # stations: from the station status
     state_ts: int | None = None
     gateway_state: str | None = None  # stations: from their gateway's status
+    # stations: the newest message seen (its gateway's boot and sequence number), and the sample
+    # time of the first message after one the stage did not see (alerter/latest.py ``_sequence``)
+    boot: str | None = None
+    seq: int | None = None
+    gap_at: int | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -163,7 +176,7 @@ class Place:
     def row(self) -> Row:
         return (self.station, self.building, self.ts, orjson.dumps(self.points).decode(),
                 orjson.dumps(self.households, default=_json).decode() if self.building else None,
-                self.state, self.state_ts, self.gateway_state)
+                self.state, self.state_ts, self.gateway_state, self.boot, self.seq, self.gap_at)
 
 
 def _now_stmt() -> sa.Select[Any]:
@@ -175,6 +188,7 @@ def _now_stmt() -> sa.Select[Any]:
                       st.c.gateway,
                       ls.c.ts.label("station_ts"), ls.c.points.label("station_points"),
                       ls.c.state.label("station_state"), ls.c.gateway_state,
+                      ls.c.gap_at.label("station_gap_at"),
                       lb.c.ts.label("building_ts"), lb.c.points.label("building_points"),
                       lb.c.households.label("building_households"))
             .join(b, sa.and_(b.c.station == h.c.station, b.c.building == h.c.building))
@@ -208,13 +222,17 @@ class LatestTable:
             with connected(self.engine, self.WHAT, write=True) as conn:
                 conn.exec_driver_sql(self._sql, [(*r, now) for r in rows[i:i + chunk]])
 
-    def load(self) -> list[Place]:
+    def load(self, stations: Callable[[str], bool] = lambda _s: True) -> list[Place]:
+        """The rows of the ``stations`` wanted (a member taking partitions over)."""
         t = schema.latest
         with connected(self.engine, self.WHAT) as conn:
             rows = list(conn.execute(sa.select(t.c.station, t.c.building, t.c.ts, t.c.points, t.c.households,
-                                               t.c.state, t.c.state_ts, t.c.gateway_state)))
+                                               t.c.state, t.c.state_ts, t.c.gateway_state, t.c.boot, t.c.seq,
+                                               t.c.gap_at)))
         places = []
         for r in rows:
+            if not stations(r.station):
+                continue
             households = r.households or {}
             for e in households.values():
                 if "day" in e:
@@ -224,8 +242,21 @@ class LatestTable:
                     else:
                         e["day"] = day
             places.append(Place(r.station, r.building, r.ts, r.points, households, r.state, r.state_ts,
-                                r.gateway_state))
+                                r.gateway_state, r.boot, r.seq, r.gap_at))
         return places
+
+    def not_kept(self, stations: Callable[[str], bool]) -> int:
+        """Mark the rows of ``stations`` as kept by nobody (an alerter member with the latest
+        values off took them over): their rooms' 24 h is not served until a member keeping them
+        sees a message again, and a day has passed (its gap). Returns the stations marked."""
+        t = schema.latest
+        with connected(self.engine, self.WHAT, write=True) as conn:
+            mine = [s for s in conn.execute(sa.select(t.c.station).where(t.c.building == "")).scalars()
+                    if stations(s)]
+            for i in range(0, len(mine), 2000):
+                conn.execute(sa.update(t).where(t.c.building == "", t.c.station.in_(mine[i:i + 2000]))
+                             .values(gap_at=NOT_KEPT))
+        return len(mine)
 
     def gateway_offline(self) -> set[str]:
         """The stations whose gateway's latest status says offline: a dead gateway cannot report

@@ -209,6 +209,7 @@ class HouseholdNow(FoundHousehold):
     station_points: dict[str, Any] | None
     station_state: str | None
     gateway_state: str | None
+    station_gap_at: int | None  # its messages' last gap (alerting.latest.Place.gap_at)
     building_ts: int | None
     building_points: dict[str, Any] | None
     room_ts: int | None

@@ -208,6 +208,11 @@ latest = sa.Table(
     sa.Column("state", sa.String(16)),  # stations: online / degraded / offline, from the station status
     sa.Column("state_ts", sa.BigInteger),
     sa.Column("gateway_state", sa.String(16)),  # stations: online / offline, from the gateway status
+    # stations: the newest message the alerter's latest-value stage saw (its gateway's boot and
+    # sequence number), and the sample time of the first message after a gap (migration 0012)
+    sa.Column("boot", sa.String(64)),
+    sa.Column("seq", sa.BigInteger),
+    sa.Column("gap_at", sa.BigInteger),
     sa.Column("written_at", sa.BigInteger, nullable=False),  # when the alerter wrote the row
 )
 

@@ -7,8 +7,9 @@ influxd CPU per lookup, fixed, however few readings the room had (the series loo
 100,000 households), as much again in this process, and at 200 lookups/s a core between them
 (#20, bench/api_bench.py).
 
-InfluxDB answers only when the stored ring does not reach back 24 h (a sensor new today, the
-first day after an upgrade, the alerter's latest values switched off): counted
+InfluxDB answers only when the stored ring does not reach back 24 h or its station's messages
+had a gap in the last day (``alerting.latest.day_means``; a sensor new today, the first day after
+an upgrade, the alerter killed or its latest values off): counted
 (``heatwatch_api_lookup_history_influxdb_total``). That query must not hold the answer up. Under
 ingest, InfluxDB stalls queries for 0.5–1.2 s now and then here (new series being indexed, cache
 snapshots), while the rest of the screen — the room now, the building, the station, the alerts —
@@ -47,21 +48,22 @@ class RoomHistory:
     def __init__(self, influx: InfluxReader, *, timeout_s: float = 0.1, ttl_s: float = 60.0,
                  max_entries: int = 4096, max_running: int = 16,
                  incomplete: Callable[[], None] | None = None,
-                 asked: Callable[[], None] | None = None) -> None:
+                 asked: Callable[[], None] | None = None, clock: Callable[[], float] = time.time) -> None:
         """``incomplete``: called for each answer given without the complete history (the
         API's ``heatwatch_api_lookup_history_incomplete_total``); ``asked``: for each one the
         store's ring could not give (``…_history_influxdb_total``)."""
         self.influx, self.timeout_s, self.ttl_s, self.max_entries = influx, timeout_s, ttl_s, max_entries
-        self.max_running, self.incomplete, self.asked = max_running, incomplete, asked
+        self.max_running, self.incomplete, self.asked, self.clock = max_running, incomplete, asked, clock
         self._cache: OrderedDict[_Key, tuple[float, Means]] = OrderedDict()
         self._running: dict[_Key, asyncio.Task[Means]] = {}
 
     async def last_24h(self, station: str, building: str, household: str,
-                       day: dict[str, Any] | None = None) -> tuple[Means, bool]:
+                       day: dict[str, Any] | None = None, gap_at: int | None = None) -> tuple[Means, bool]:
         """Clock-aligned 30-minute means (ms, °C), oldest first, and whether they are complete
         (False: InfluxDB did not answer in time; these are what the cache had). ``day``: the
-        household's stored ring (``HouseholdNow.room_day``), the answer when it reaches back 24 h."""
-        means = day_means(day, int(time.time() * 1000))
+        household's stored ring (``HouseholdNow.room_day``), the answer when it reaches back 24 h
+        and its station's messages had no gap since (``gap_at``, ``HouseholdNow.station_gap_at``)."""
+        means = day_means(day, int(self.clock() * 1000), gap_at)
         if means is not None:
             return means, True
         if self.asked is not None:

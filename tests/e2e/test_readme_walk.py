@@ -8,7 +8,7 @@ README's walk block (from a folder laid out like a clone: `.venv`, `deploy`, `.d
 answers must be what a dispatcher and an engineer need: the household found by its address, an
 alert firing, the acknowledgement accepted, a new token that works, a valve command confirmed.
 The demo's own story must end with the cold building's alert resolved, its valve opened by
-confirmed commands that are the curls it printed.
+confirmed commands that are the ones it printed as sent.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from alerter.latest import LatestValues
 from alerting import schema
 from alerting.assets import parse
 from alerting.database import Database
-from alerting.latest import day_means
+from alerting.latest import NOT_KEPT, day_means
 from alerting.registry import SiteRegistry
 from alerting.store import Store
 from api.app import create_app
@@ -322,14 +322,14 @@ def test_the_rooms_24h_from_the_store_is_what_influxdb_answers(store: Store, inf
     time(30m)`` gives for the readings the collector wrote; only the oldest bucket differs, which
     the store keeps whole and InfluxDB cuts at now - 24 h."""
     now = int(time.time() * 1000)
-    frames, seq, ts = [], 0, now - 26 * 3_600_000
+    frames, i, ts = [], 0, now - 26 * 3_600_000
     while ts < now - 60_000:
-        seq += 1
+        i += 1
         if not 14 * 3_600_000 < now - ts < 16 * 3_600_000:  # the sensor silent for two hours
-            value = None if seq % 17 == 0 else round(17.0 + (seq % 9) * 0.37, 2)
+            value = None if i % 17 == 0 else round(17.0 + (i % 9) * 0.37, 2)
             frames.append(frame(ts, [v("room_temp", value, "°C", "b01", "b01-0301",
-                                       quality="good" if value is not None else "bad")], seq=seq))
-        ts += 1_200_000 + (seq * 7_919) % 300_000 - 150_000
+                                       quality="good" if value is not None else "bad")], seq=len(frames)))
+        ts += 1_200_000 + (i * 7_919) % 300_000 - 150_000
     half = len(frames) // 2
     first = LatestValues(store.latest)
     for f in frames[:half]:
@@ -356,27 +356,33 @@ def test_the_rooms_24h_from_the_store_is_what_influxdb_answers(store: Store, inf
         assert asked == [None]
         return got
 
-    influx, complete = asyncio.run(from_influxdb())
+    while True:  # InfluxDB's now() and ours in the same window (a bucket edge may pass between)
+        t0 = int(time.time() * 1000)
+        influx, complete = asyncio.run(from_influxdb())
+        t1 = int(time.time() * 1000)
+        if (t0 - 86_400_000) // 1_800_000 == (t1 - 86_400_000) // 1_800_000:
+            break
     row = store.latest.household("HH-0001")
     assert row is not None and row.room_day is not None
-    ring = day_means(row.room_day, now)
+    assert row.station_gap_at == frames[0].ts  # the first message of a station new to the table
+    ring = day_means(row.room_day, t1, row.station_gap_at)
     assert complete and ring is not None and len(ring) >= 40
     ring_t, influx_t = [tuple(m) for m in ring], [tuple(m) for m in influx]
-    oldest = (now - 86_400_000) // 1_800_000 * 1_800_000  # the bucket holding now - 24 h
+    oldest = (t1 - 86_400_000) // 1_800_000 * 1_800_000  # the bucket holding now - 24 h
     assert ring_t[0][0] == oldest  # the sensor reported in it (every ~20 min)
     if influx_t[0][0] == oldest:  # and after now - 24 h: InfluxDB has it, the mean of a part
         influx_t = influx_t[1:]
     assert ring_t[1:] == influx_t
     # the lookup's RoomHistory answers from the ring, InfluxDB not asked
-    assert asyncio.run(_from_the_ring(row.room_day)) == (ring, True)
+    assert asyncio.run(_from_the_ring(row.room_day, t1)) == (ring, True)
 
 
-async def _from_the_ring(day: dict[str, Any]) -> tuple[Any, bool]:
+async def _from_the_ring(day: dict[str, Any], now: int) -> tuple[Any, bool]:
     reader = InfluxReader(InfluxSettings(url=f"http://127.0.0.1:{free_port()}", database="none"))
     asked: list[None] = []
     try:
-        got = await RoomHistory(reader, asked=lambda: asked.append(None)).last_24h("st001", "b01", "b01-0301",
-                                                                                  day)
+        rooms = RoomHistory(reader, asked=lambda: asked.append(None), clock=lambda: now / 1000)
+        got = await rooms.last_24h("st001", "b01", "b01-0301", day)
     finally:
         await reader.close()
     assert asked == []
@@ -399,7 +405,7 @@ def test_the_lookup_takes_a_rooms_24h_from_the_store_with_influxdb_stalled(tmp_p
     for i in range(75):  # every 20 minutes for 25 hours
         ts = now - 25 * 3_600_000 + i * 1_200_000
         lv.observe(frame(ts, [v("room_temp", 18.0 + i % 4, "°C", "b01", "b01-0301")], seq=i))
-    lv.observe(frame(now - 60_000, [v("room_temp", 17.5, "°C", "b02", "b02-0101")], seq=100))
+    lv.observe(frame(now - 60_000, [v("room_temp", 17.5, "°C", "b02", "b02-0101")], seq=75))
     asyncio.run(lv.flush())
     token = registry.add_token(name="disp", role="dispatcher", actor="t", now=now)
     metrics = MetricsSettings(port=free_port())
@@ -418,7 +424,9 @@ def test_the_lookup_takes_a_rooms_24h_from_the_store_with_influxdb_stalled(tmp_p
             assert db.proc is not None
             stop(db.proc.pid)
             try:
+                t0 = int(time.time() * 1000)
                 day = lookup(client, "HH-0001")
+                t1 = int(time.time() * 1000)
                 young = lookup(client, "HH-0003")
             finally:
                 os.kill(db.proc.pid, signal.SIGCONT)
@@ -429,6 +437,121 @@ def test_the_lookup_takes_a_rooms_24h_from_the_store_with_influxdb_stalled(tmp_p
     row_day = store.latest.household("HH-0001")
     assert row_day is not None
     assert day["last_24h_complete"] is True and len(day["last_24h"]) >= 48  # now's bucket may have none yet
-    assert day["last_24h"] == [list(m) for m in day_means(row_day.room_day, now) or []]
+    # the window of the lookup's own clock, between t0 and t1 (a bucket edge may pass between)
+    assert day["last_24h"] in ([list(m) for m in day_means(row_day.room_day, t) or []] for t in (t0, t1))
     assert young["now"] == 17.5 and young["last_24h"] == [] and young["last_24h_complete"] is False
     assert asked == 1
+
+
+def test_a_gap_in_a_stations_messages_keeps_its_rooms_24h_from_the_store_for_a_day(store: Store) -> None:
+    """The rooms' 24 h in the table is only as complete as the messages the alerter saw: a gap
+    in a station's sequence (a message missed: the latest values off for a while, a broker queue
+    overflowing, a member killed before its flush, an older version's row) sends the lookup to
+    InfluxDB until the gap is a day old; a restart that carries on where it stopped, a
+    redelivery and a gateway's restart (seq 0 of a new boot) do not."""
+    step = 1_200_000
+    n = 0
+
+    def msg(seq: int, boot: str = "0badc0de") -> Frame:
+        nonlocal n
+        n += 1
+        return decode_telemetry(orjson.dumps({
+            "schema": 1, "station": "st001", "gateway": "gw1", "boot": boot, "seq": seq, "ts": T + n * step,
+            "values": [v("room_temp", 18.0 + n % 3, "°C", "b01", "b01-0301")]}))
+
+    def gap_at() -> int | None:
+        row = store.latest.household("HH-0001")
+        assert row is not None
+        return row.station_gap_at
+
+    def restart() -> LatestValues:  # the alerter again, with what its last flush left in the table
+        asyncio.run(lv.flush())
+        again = LatestValues(store.latest)
+        again.adopt(store.latest.load())
+        return again
+
+    lv = LatestValues(store.latest)
+    first = msg(0)
+    for f in [first] + [msg(s) for s in range(1, 80)]:  # 26 h, a message every 20 minutes
+        lv.observe(f)
+    lv = restart()
+    assert gap_at() == first.ts  # a station new to the table: nothing before its first message
+    day = store.latest.household("HH-0001").room_day  # type: ignore[union-attr]
+    assert day_means(day, T + n * step, gap_at()) is not None  # a day of rooms, no gap since
+
+    for f in (msg(79), msg(80), msg(81)):  # a restart carrying on, the last message redelivered
+        lv.observe(f)
+    lv = restart()
+    assert gap_at() == first.ts
+    lv.observe(msg(0, boot="f2e5b001"))  # the gateway restarted: its first message
+    lv = restart()
+    assert gap_at() == first.ts
+
+    missed = msg(1, boot="f2e5b001")  # acknowledged, then the member was killed before its flush
+    lv.observe(missed)
+    lv = LatestValues(store.latest)
+    lv.adopt(store.latest.load())
+    after = msg(2, boot="f2e5b001")
+    lv.observe(after)
+    lv = restart()
+    assert gap_at() == after.ts
+    now = T + n * step
+    day = store.latest.household("HH-0001").room_day  # type: ignore[union-attr]
+    assert day_means(day, now, gap_at()) is None and day_means(day, now) is not None
+    assert day_means(day, after.ts + 86_400_000, gap_at()) is not None  # a day later: complete again
+
+    lv.observe(missed)  # the missed message late (its gateway sends it again): nothing changes
+    for seq in (3, 4):
+        lv.observe(msg(seq, boot="f2e5b001"))
+    lv = restart()
+    assert gap_at() == after.ts
+
+    for seq in (5, 6, 7):  # the latest values switched off for an hour: nobody saw these
+        msg(seq, boot="f2e5b001")
+    back = msg(8, boot="f2e5b001")
+    lv.observe(back)
+    lv = restart()
+    assert gap_at() == back.ts
+
+    late_boot = msg(4, boot="07e2b002")  # a restarted gateway whose first messages were lost
+    lv.observe(late_boot)
+    lv = restart()
+    assert gap_at() == late_boot.ts
+
+    with store.engine.begin() as conn:  # the row as an older version wrote it: no sequence
+        conn.execute(sa.update(schema.latest).where(schema.latest.c.building == "").values(boot=None,
+                                                                                          seq=None))
+    lv = LatestValues(store.latest)
+    lv.adopt(store.latest.load())
+    old = msg(5, boot="07e2b002")
+    lv.observe(old)
+    lv = restart()
+    assert gap_at() == old.ts
+
+    # a member with the latest values off takes the station over: its row is kept by nobody,
+    # and stays so (whatever time passes) until a member keeping it sees a message again
+    assert store.latest.not_kept(lambda st: st == "st001") == 1
+    assert day_means(store.latest.household("HH-0001").room_day, T + 1000 * 86_400_000,  # type: ignore[union-attr]
+                     gap_at()) is None
+    lv = LatestValues(store.latest)
+    lv.adopt(store.latest.load())
+    kept = msg(6, boot="07e2b002")  # the next in sequence: nothing missed that the row can tell
+    lv.observe(kept)
+    lv = restart()
+    assert gap_at() == kept.ts
+
+
+def test_an_alerter_with_the_latest_values_off_marks_its_stations_rows_kept_by_nobody(
+        tmp_path: Path, mosquitto: Mosquitto, procs: Processes) -> None:
+    url = f"sqlite:///{tmp_path / 'alerts.sqlite'}"
+    store = Store(url)
+    store.migrate()
+    lv = LatestValues(store.latest)
+    lv.observe(frame(T, FAST))
+    asyncio.run(lv.flush())
+    assert rows(store)[("st001", "")]["gap_at"] == T
+    alerter = write_alerter_config(tmp_path, mqtt_port=mosquitto.port, store=url, alerts={"latest_s": None})
+    procs.start("alerter", "alerter", str(alerter))
+    procs.wait_log("alerter", '"partitions taken over"')
+    assert rows(store)[("st001", "")]["gap_at"] == NOT_KEPT
+    store.close()

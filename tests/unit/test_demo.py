@@ -370,7 +370,7 @@ def test_simulate_on_a_busy_port_is_one_line_naming_it(tmp_path: Path) -> None:
     assert f"127.0.0.1:{busy} " in r.stderr
 
 
-def test_the_curl_the_demo_prints_is_the_call_it_makes() -> None:
+def test_the_curl_the_demo_prints_to_paste_is_the_call_it_would_make() -> None:
     body = {"station": "st001", "device": "plc", "point": "building_valve_setpoint", "building": "b03",
             "value": 70, "reason": "幸福里小区3号楼: rooms below 18 °C (alert 5)", "ticket": "T-1001"}
     words = shlex.split(curl("http://127.0.0.1:8100", "/v1/commands", body))

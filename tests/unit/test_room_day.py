@@ -1,6 +1,7 @@
 """A room sensor's last 24 h kept by the alerter (``alerting.latest.RoomDay``) against the means
-computed from the readings themselves, the way InfluxDB's ``GROUP BY time(30m)`` computes them
-(tests/integration/test_latest.py compares it with a real influxd)."""
+computed from the readings it counted (each newer than the newest counted: a late one is the
+station's sequence gap, tests/integration/test_latest.py), bucket by bucket as InfluxDB's
+``GROUP BY time(30m)`` does (the same file compares it with a real influxd)."""
 
 from __future__ import annotations
 
