@@ -41,10 +41,6 @@ MAX_ENTITIES = 2_000_000  # stations, buildings and households: a 5,000-station 
 _Key = tuple[str, str]
 
 
-def _station_last(k: _Key) -> bool:
-    return k[1] == ""
-
-
 @dataclass
 class LatestStats:
     entities: int = 0  # stations, buildings and households held
@@ -62,6 +58,7 @@ class LatestValues:
         self.places: dict[_Key, Place] = {}
         self.dirty: set[_Key] = set()
         self.stats = LatestStats()
+        self._flushing = asyncio.Lock()
 
     def adopt(self, places: Iterable[Place]) -> None:
         """Rows read from the table (``table.load``, in a thread) for the stations just taken
@@ -159,20 +156,26 @@ class LatestValues:
         gateway numbers them 0, 1, 2 … per boot) marks a gap, and the rooms' 24 h kept here are
         not the whole story until it is a day old (``alerting.latest.day_means``; the lookup asks
         InfluxDB meanwhile). Missed: the latest values were off for a while, a broker queue
-        overflowed, a member was killed after acknowledging messages it had not flushed yet (up to
-        ``interval_s``), a message was lost and its gateway sends it again later. A station row
-        without a sequence (new, or written by an older version) counts its first message as after
-        a gap: harmless for a new station, whose rooms' 24 h start with it anyway."""
-        if p.gap_at == NOT_KEPT:  # kept by nobody for a while (``LatestTable.not_kept``)
-            p.gap_at = f.ts
-        elif p.boot == f.boot and p.seq is not None:
+        overflowed, a member was killed after acknowledging messages it had not flushed yet, a
+        message was lost and its gateway sends it again later, a message this alerter refused
+        (too old, malformed: InfluxDB has none of those either, a day of queries is the price).
+        Every change of boot is a gap too: the old boot's last messages may be the ones missed,
+        and a gateway restarts rarely. A station row without a sequence (new, or written by an
+        older version) counts its first message as after a gap: harmless for a new station, whose
+        rooms' 24 h start with it anyway. ``gap_at`` never moves back."""
+        if p.gap_at != NOT_KEPT and p.boot == f.boot and p.seq is not None:
             if f.seq <= p.seq:
                 return  # a redelivery, or a message sent again late: its gap is already marked
-            if f.seq != p.seq + 1:
-                p.gap_at = f.ts
-        elif f.seq != 0 or p.boot is None:  # a gateway restarted: its first message is seq 0
-            p.gap_at = f.ts
-        p.boot, p.seq = f.boot, f.seq
+            if f.seq == p.seq + 1:
+                p.seq, p.msg_ts = f.seq, max(p.msg_ts or 0, f.ts)
+                return
+        newest = p.msg_ts or 0
+        if p.gap_at == NOT_KEPT:  # kept by nobody for a while (``LatestTable.not_kept``)
+            p.gap_at = max(newest, f.ts)
+        else:
+            p.gap_at = max(p.gap_at or 0, newest, f.ts)
+        if f.ts >= newest:  # an older boot's message sent late does not become the sequence
+            p.boot, p.seq, p.msg_ts = f.boot, f.seq, f.ts
 
     def station_status(self, s: StationStatus) -> None:
         p = self._place((s.station, ""))
@@ -192,15 +195,23 @@ class LatestValues:
     # -- output --------------------------------------------------------------------------------
     def take(self) -> list[Row]:
         """The rows of the places changed since the last take, serialised here (the loop goes
-        on changing them while a thread writes the rows)."""
+        on changing them while a thread writes the rows); the stations' rows last."""
         keys, self.dirty = self.dirty, set()
         places = self.places
         # stations last: the upsert commits in chunks, and a station's sequence in the table must
-        # never be ahead of its buildings' rooms (a gap would go unseen after a crash between)
-        return [places[k].row() for k in sorted(keys, key=_station_last)]
+        # never be ahead of its buildings' rooms (a gap would go unseen after a crash between);
+        # a place forgotten since it was marked (a partition given up) has nothing to write
+        buildings = [places[k].row() for k in keys if k[1] and k in places]
+        return buildings + [places[k].row() for k in keys if not k[1] and k in places]
 
     async def flush(self) -> int:
-        """One round: the changed places into the table; on failure they stay dirty."""
+        """One round: the changed places into the table; on failure they stay dirty. One round
+        at a time, to its end: a round overtaking another would write older rows over newer
+        ones, and a station's sequence ahead of its rooms (``take``)."""
+        async with self._flushing:
+            return await self._flush()
+
+    async def _flush(self) -> int:
         c0 = thread_time_ns()
         rows = self.take()
         if not rows:
@@ -212,10 +223,14 @@ class LatestValues:
             self.table.upsert(rows, int(self.clock() * 1000))
             return thread_time_ns() - t0
 
+        fut = asyncio.get_running_loop().run_in_executor(None, write)
         try:
-            write_ns = await asyncio.to_thread(write)
+            write_ns = await asyncio.shield(fut)
+        except asyncio.CancelledError:  # the thread writes on: the next round waits for it
+            await asyncio.wait([fut])
+            raise
         except (HeatwatchError, sqlalchemy.exc.SQLAlchemyError) as exc:  # locked, disk, gone: next round
-            self.dirty.update((r[0], r[1]) for r in rows)
+            self.dirty.update(k for r in rows if (k := (r[0], r[1])) in self.places)
             self.stats.write_errors += 1
             if self.stats.write_errors == 1 or self.stats.write_errors % 100 == 0:
                 log.warning("could not write latest values; keeping them for the next round",

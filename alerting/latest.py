@@ -55,6 +55,11 @@ DAY_MS = 86_400_000
 DAY_BUCKETS = DAY_MS // BUCKET_MS + 1  # 24 h back from now: 48 whole buckets and the current one
 _NAN = float("nan")
 NOT_KEPT = 2**62  # a station row's gap_at while no alerter member keeps its row (``not_kept``)
+# the rooms' 24 h is served while their station's row was written this recently: a member keeping
+# it rewrites it at every flush (alerts.latest_s) that saw a message of the station, and a station
+# sends one every poll interval (10-60 s) or heartbeat; past this, the alerter is down or the
+# station silent, and InfluxDB answers (what the alerter has not seen, it has)
+KEPT_WITHIN_MS = 600_000
 
 
 class RoomDay:
@@ -125,16 +130,17 @@ class RoomDay:
         return day if means and day.n > 0 else None
 
 
-def day_means(day: dict[str, Any] | None, now: int,
-              gap_at: int | None = None) -> list[tuple[int, float]] | None:
+def day_means(day: dict[str, Any] | None, now: int, gap_at: int | None = None,
+              written_at: int | None = None) -> list[tuple[int, float]] | None:
     """A stored ring's (``RoomDay.json``) means of the 24 h before ``now``: (bucket start ms, °C),
     oldest first, the bucket holding ``now`` - 24 h the first and whole (InfluxDB's first bucket
-    counts only the readings after it). None when the ring does not reach back 24 h, or its
-    station's messages had a gap (``gap_at``: the station row's) less than 24 h ago, or there is
-    none: the readings missing from it are in InfluxDB."""
+    counts only the readings after it). None — the readings missing from it are in InfluxDB —
+    when there is none, it does not reach back 24 h, its station's messages had a gap
+    (``gap_at``, the station row's) less than 24 h ago, or that row was not written in the last
+    ``KEPT_WITHIN_MS`` (``written_at``, the row's: the alerter is down, or the station silent)."""
     try:
         since = max(day["since"], gap_at or 0) if day else now
-        if since > now - DAY_MS:
+        if since > now - DAY_MS or written_at is None or now - written_at > KEPT_WITHIN_MS:
             return None
         means, first = day["means"], day["bucket"] - len(day["means"]) + 1  # type: ignore[index]
         lo, hi = (now - DAY_MS) // BUCKET_MS, now // BUCKET_MS
@@ -168,6 +174,7 @@ class Place:
     boot: str | None = None
     seq: int | None = None
     gap_at: int | None = None
+    msg_ts: int | None = None  # the newest message's sample time (this process's memory only)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -188,7 +195,7 @@ def _now_stmt() -> sa.Select[Any]:
                       st.c.gateway,
                       ls.c.ts.label("station_ts"), ls.c.points.label("station_points"),
                       ls.c.state.label("station_state"), ls.c.gateway_state,
-                      ls.c.gap_at.label("station_gap_at"),
+                      ls.c.gap_at.label("station_gap_at"), ls.c.written_at.label("station_written_at"),
                       lb.c.ts.label("building_ts"), lb.c.points.label("building_points"),
                       lb.c.households.label("building_households"))
             .join(b, sa.and_(b.c.station == h.c.station, b.c.building == h.c.building))

@@ -210,6 +210,7 @@ class HouseholdNow(FoundHousehold):
     station_state: str | None
     gateway_state: str | None
     station_gap_at: int | None  # its messages' last gap (alerting.latest.Place.gap_at)
+    station_written_at: int | None  # when the alerter last wrote the station's row
     building_ts: int | None
     building_points: dict[str, Any] | None
     room_ts: int | None

@@ -178,7 +178,7 @@ async def _full(rooms: RoomHistory, chain: _Chain) -> bytes:
     if sensor:
         now = _float((row.room_points or {}).get("room_temp"))
         means, complete = await rooms.last_24h(row.station, row.building, sensor, row.room_day,
-                                               row.station_gap_at)
+                                               row.station_gap_at, row.station_written_at)
         room = {"now": now, "at": row.room_ts if now is not None else None, "last_24h": means,
                 "last_24h_complete": complete}
     ref = _ref(row)

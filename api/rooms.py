@@ -58,12 +58,14 @@ class RoomHistory:
         self._running: dict[_Key, asyncio.Task[Means]] = {}
 
     async def last_24h(self, station: str, building: str, household: str,
-                       day: dict[str, Any] | None = None, gap_at: int | None = None) -> tuple[Means, bool]:
+                       day: dict[str, Any] | None = None, gap_at: int | None = None,
+                       written_at: int | None = None) -> tuple[Means, bool]:
         """Clock-aligned 30-minute means (ms, °C), oldest first, and whether they are complete
         (False: InfluxDB did not answer in time; these are what the cache had). ``day``: the
-        household's stored ring (``HouseholdNow.room_day``), the answer when it reaches back 24 h
-        and its station's messages had no gap since (``gap_at``, ``HouseholdNow.station_gap_at``)."""
-        means = day_means(day, int(self.clock() * 1000), gap_at)
+        household's stored ring (``HouseholdNow.room_day``), the answer when it reaches back 24 h,
+        its station's messages had no gap since and its station's row is current
+        (``gap_at``, ``written_at``: ``HouseholdNow.station_gap_at``, ``.station_written_at``)."""
+        means = day_means(day, int(self.clock() * 1000), gap_at, written_at)
         if means is not None:
             return means, True
         if self.asked is not None:

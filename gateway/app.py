@@ -61,6 +61,7 @@ class Gateway:
         self.cfg = cfg
         self.boot = uuid.uuid4().hex
         self.seq = 0
+        self._appending = asyncio.Lock()
         try:
             self.outbox = DiskQueue(cfg.outbox.path, max_bytes=cfg.outbox.max_bytes,
                                      max_age_s=cfg.outbox.max_age_h * 3600)
@@ -168,12 +169,16 @@ class Gateway:
         if by_exception is not None:
             readings = by_exception.select(readings, ts)
             heartbeat = self.cfg.poll_groups[group].max_silence_s
-        msg = Telemetry(schema_=1, station=self.cfg.station, gateway=self.cfg.gateway, boot=self.boot,
-                        seq=self.seq, ts=ts, heartbeat_s=heartbeat, values=readings)
-        self.seq += 1
-        # boot and seq: how the collector's receipt names this row, also after a restart
-        await blocking(partial(self.outbox.append, boot=self.boot, seq=msg.seq), self.topic,
-                       msg.to_json(), ts)
+        # seq and the outbox row under one lock: two poll groups appending at once (each in its own
+        # worker thread) could otherwise commit 11 before 10, and the rows go out in row order; a
+        # consumer counting on 0, 1, 2 … (the alerter's latest values) would see a gap that is none
+        async with self._appending:
+            msg = Telemetry(schema_=1, station=self.cfg.station, gateway=self.cfg.gateway, boot=self.boot,
+                            seq=self.seq, ts=ts, heartbeat_s=heartbeat, values=readings)
+            self.seq += 1
+            # boot and seq: how the collector's receipt names this row, also after a restart
+            await blocking(partial(self.outbox.append, boot=self.boot, seq=msg.seq), self.topic,
+                           msg.to_json(), ts)
         if by_exception is not None:
             by_exception.sent_at(readings, ts)
         self.messages += 1

@@ -320,3 +320,30 @@ def test_a_refused_block_keeps_its_device_degraded_through_the_other_groups(
 
     asyncio.run(run())
     assert said.events["device rejects a request: check the register map"] == 1
+
+
+def test_messages_enter_the_outbox_in_sequence_when_poll_groups_finish_together(
+    station_config: GatewayConfig, simulator: SimThread,
+) -> None:
+    """Two poll groups finishing at once: the outbox rows (sent in row order) carry seq 0, 1 in
+    that order, even when the first one's disk write is the slower (a consumer that counts on
+    0, 1, 2 … — the alerter's latest values — would otherwise see a gap that is none)."""
+    async def poll() -> list[int | None]:
+        gw = Gateway(station_config)
+        real = gw.outbox.append
+
+        def slow_first(*args: Any, **kw: Any) -> Any:
+            if kw.get("seq") == 0:
+                time.sleep(0.3)  # a slow disk under the first message (fault injection)
+            return real(*args, **kw)
+
+        gw.outbox.append = slow_first  # type: ignore[method-assign]
+        try:
+            await asyncio.gather(gw.poll_once("fast"), gw.poll_once("slow"))
+            return [r.seq for r in gw.outbox.fetch_after(0, 10)]
+        finally:
+            for link in gw.links:
+                link.close()
+            gw.outbox.close()
+
+    assert asyncio.run(poll()) == [0, 1]

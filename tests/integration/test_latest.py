@@ -5,8 +5,10 @@ alerter process keeping it while the collector ingests, read back by the API's l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,14 +17,16 @@ import httpx
 import orjson
 import pytest
 import sqlalchemy as sa
+import sqlalchemy.exc
 from fastapi.testclient import TestClient
 
 from alerter.latest import LatestValues
 from alerting import schema
 from alerting.assets import parse
 from alerting.database import Database
-from alerting.latest import NOT_KEPT, day_means
+from alerting.latest import NOT_KEPT, LatestTable, day_means
 from alerting.registry import SiteRegistry
+from alerting.rows import HouseholdNow
 from alerting.store import Store
 from api.app import create_app
 from api.influx import InfluxReader
@@ -365,7 +369,7 @@ def test_the_rooms_24h_from_the_store_is_what_influxdb_answers(store: Store, inf
     row = store.latest.household("HH-0001")
     assert row is not None and row.room_day is not None
     assert row.station_gap_at == frames[0].ts  # the first message of a station new to the table
-    ring = day_means(row.room_day, t1, row.station_gap_at)
+    ring = day_means(row.room_day, t1, row.station_gap_at, row.station_written_at)
     assert complete and ring is not None and len(ring) >= 40
     ring_t, influx_t = [tuple(m) for m in ring], [tuple(m) for m in influx]
     oldest = (t1 - 86_400_000) // 1_800_000 * 1_800_000  # the bucket holding now - 24 h
@@ -374,15 +378,16 @@ def test_the_rooms_24h_from_the_store_is_what_influxdb_answers(store: Store, inf
         influx_t = influx_t[1:]
     assert ring_t[1:] == influx_t
     # the lookup's RoomHistory answers from the ring, InfluxDB not asked
-    assert asyncio.run(_from_the_ring(row.room_day, t1)) == (ring, True)
+    assert asyncio.run(_from_the_ring(row, t1)) == (ring, True)
 
 
-async def _from_the_ring(day: dict[str, Any], now: int) -> tuple[Any, bool]:
+async def _from_the_ring(row: HouseholdNow, now: int) -> tuple[Any, bool]:
     reader = InfluxReader(InfluxSettings(url=f"http://127.0.0.1:{free_port()}", database="none"))
     asked: list[None] = []
     try:
         rooms = RoomHistory(reader, asked=lambda: asked.append(None), clock=lambda: now / 1000)
-        got = await rooms.last_24h("st001", "b01", "b01-0301", day)
+        got = await rooms.last_24h("st001", "b01", "b01-0301", row.room_day, row.station_gap_at,
+                                   row.station_written_at)
     finally:
         await reader.close()
     assert asked == []
@@ -438,7 +443,9 @@ def test_the_lookup_takes_a_rooms_24h_from_the_store_with_influxdb_stalled(tmp_p
     assert row_day is not None
     assert day["last_24h_complete"] is True and len(day["last_24h"]) >= 48  # now's bucket may have none yet
     # the window of the lookup's own clock, between t0 and t1 (a bucket edge may pass between)
-    assert day["last_24h"] in ([list(m) for m in day_means(row_day.room_day, t) or []] for t in (t0, t1))
+    assert day["last_24h"] in ([list(m) for m in day_means(row_day.room_day, t, row_day.station_gap_at,
+                                                           row_day.station_written_at) or []]
+                               for t in (t0, t1))
     assert young["now"] == 17.5 and young["last_24h"] == [] and young["last_24h_complete"] is False
     assert asked == 1
 
@@ -448,7 +455,8 @@ def test_a_gap_in_a_stations_messages_keeps_its_rooms_24h_from_the_store_for_a_d
     in a station's sequence (a message missed: the latest values off for a while, a broker queue
     overflowing, a member killed before its flush, an older version's row) sends the lookup to
     InfluxDB until the gap is a day old; a restart that carries on where it stopped, a
-    redelivery and a gateway's restart (seq 0 of a new boot) do not."""
+    redelivery do not. A gateway's restart (a new boot) is a gap: the old boot's last messages
+    may be the ones missed; an old boot's message sent late never moves the sequence back."""
     step = 1_200_000
     n = 0
 
@@ -472,20 +480,23 @@ def test_a_gap_in_a_stations_messages_keeps_its_rooms_24h_from_the_store_for_a_d
 
     lv = LatestValues(store.latest)
     first = msg(0)
-    for f in [first] + [msg(s) for s in range(1, 80)]:  # 26 h, a message every 20 minutes
+    day1 = [first] + [msg(s) for s in range(1, 80)]  # 26 h, a message every 20 minutes
+    for f in day1:
         lv.observe(f)
     lv = restart()
     assert gap_at() == first.ts  # a station new to the table: nothing before its first message
     day = store.latest.household("HH-0001").room_day  # type: ignore[union-attr]
-    assert day_means(day, T + n * step, gap_at()) is not None  # a day of rooms, no gap since
+    now = T + n * step
+    assert day_means(day, now, gap_at(), now) not in (None, [])  # a day of rooms, no gap since
 
-    for f in (msg(79), msg(80), msg(81)):  # a restart carrying on, the last message redelivered
+    for f in (day1[-1], msg(80), msg(81)):  # a restart carrying on, the last message redelivered
         lv.observe(f)
     lv = restart()
     assert gap_at() == first.ts
-    lv.observe(msg(0, boot="f2e5b001"))  # the gateway restarted: its first message
+    reboot = msg(0, boot="f2e5b001")  # the gateway restarted: its first message
+    lv.observe(reboot)
     lv = restart()
-    assert gap_at() == first.ts
+    assert gap_at() == reboot.ts
 
     missed = msg(1, boot="f2e5b001")  # acknowledged, then the member was killed before its flush
     lv.observe(missed)
@@ -497,8 +508,9 @@ def test_a_gap_in_a_stations_messages_keeps_its_rooms_24h_from_the_store_for_a_d
     assert gap_at() == after.ts
     now = T + n * step
     day = store.latest.household("HH-0001").room_day  # type: ignore[union-attr]
-    assert day_means(day, now, gap_at()) is None and day_means(day, now) is not None
-    assert day_means(day, after.ts + 86_400_000, gap_at()) is not None  # a day later: complete again
+    assert day_means(day, now, gap_at(), now) is None and day_means(day, now, None, now) not in (None, [])
+    a_day_later = after.ts + 86_400_000
+    assert day_means(day, a_day_later, gap_at(), a_day_later) is not None  # complete again
 
     lv.observe(missed)  # the missed message late (its gateway sends it again): nothing changes
     for seq in (3, 4):
@@ -515,6 +527,8 @@ def test_a_gap_in_a_stations_messages_keeps_its_rooms_24h_from_the_store_for_a_d
 
     late_boot = msg(4, boot="07e2b002")  # a restarted gateway whose first messages were lost
     lv.observe(late_boot)
+    lv.observe(back)  # the old boot's message sent again late: the gap does not move back
+    lv.observe(msg(5, boot="07e2b002"))  # and the sequence is still the new boot's
     lv = restart()
     assert gap_at() == late_boot.ts
 
@@ -523,7 +537,7 @@ def test_a_gap_in_a_stations_messages_keeps_its_rooms_24h_from_the_store_for_a_d
                                                                                           seq=None))
     lv = LatestValues(store.latest)
     lv.adopt(store.latest.load())
-    old = msg(5, boot="07e2b002")
+    old = msg(6, boot="07e2b002")
     lv.observe(old)
     lv = restart()
     assert gap_at() == old.ts
@@ -531,11 +545,11 @@ def test_a_gap_in_a_stations_messages_keeps_its_rooms_24h_from_the_store_for_a_d
     # a member with the latest values off takes the station over: its row is kept by nobody,
     # and stays so (whatever time passes) until a member keeping it sees a message again
     assert store.latest.not_kept(lambda st: st == "st001") == 1
-    assert day_means(store.latest.household("HH-0001").room_day, T + 1000 * 86_400_000,  # type: ignore[union-attr]
-                     gap_at()) is None
+    far = T + 1000 * 86_400_000
+    assert day_means(store.latest.household("HH-0001").room_day, far, gap_at(), far) is None  # type: ignore[union-attr]
     lv = LatestValues(store.latest)
     lv.adopt(store.latest.load())
-    kept = msg(6, boot="07e2b002")  # the next in sequence: nothing missed that the row can tell
+    kept = msg(7, boot="07e2b002")  # the next in sequence: nothing missed that the row can tell
     lv.observe(kept)
     lv = restart()
     assert gap_at() == kept.ts
@@ -555,3 +569,64 @@ def test_an_alerter_with_the_latest_values_off_marks_its_stations_rows_kept_by_n
     procs.wait_log("alerter", '"partitions taken over"')
     assert rows(store)[("st001", "")]["gap_at"] == NOT_KEPT
     store.close()
+
+
+class _Held(LatestTable):
+    """The real table, whose writes wait for ``go`` (a slow disk) and are recorded in order."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        super().__init__(engine)
+        self.go, self.writing, self.written = threading.Event(), threading.Event(), []  # type: ignore[var-annotated]
+        self.fail = False
+
+    def upsert(self, rows: Any, now: int, chunk: int = 2000) -> None:
+        self.writing.set()
+        assert self.go.wait(20)
+        if self.fail:
+            raise sqlalchemy.exc.OperationalError("upsert", {}, Exception("disk I/O error"))
+        super().upsert(rows, now, chunk)
+        self.written.append([(r[0], r[1], r[2]) for r in rows])
+
+
+def test_flushes_run_one_at_a_time_to_their_end_even_when_cancelled(store: Store) -> None:
+    """A round never overtakes another (it would write older rows over newer ones, and a
+    station's sequence ahead of its rooms): a second flush waits for the first's write, also
+    when the first was cancelled (the alerter stopping) while its thread writes on."""
+    table = _Held(store.engine)
+    lv = LatestValues(table)
+
+    async def run() -> None:
+        lv.observe(frame(T, FAST, seq=0))
+        first = asyncio.create_task(lv.flush())
+        await asyncio.to_thread(table.writing.wait, 20)
+        lv.observe(frame(T + 1000, FAST, seq=1))
+        second = asyncio.create_task(lv.flush())
+        await asyncio.sleep(0)
+        first.cancel()
+        done, _ = await asyncio.wait([first, second], timeout=0.5)
+        assert not done and table.written == []  # both wait for the first's thread
+        table.go.set()
+        assert await second == 2
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+
+    asyncio.run(run())
+    assert [[ts for _s, _b, ts in w] for w in table.written] == [[T, T], [T + 1000, T + 1000]]
+
+
+def test_a_failed_flush_does_not_bring_back_places_given_up_meanwhile(store: Store) -> None:
+    table = _Held(store.engine)
+    table.fail = True
+    lv = LatestValues(table)
+
+    async def run() -> None:
+        lv.observe(frame(T, FAST, seq=0))
+        flushing = asyncio.create_task(lv.flush())
+        await asyncio.to_thread(table.writing.wait, 20)
+        lv.forget(lambda st: st == "st001")  # the partition given up while the write fails
+        table.go.set()
+        assert await flushing == 0
+        assert await lv.flush() == 0  # nothing to write, and no KeyError
+
+    asyncio.run(run())
+    assert lv.stats.write_errors == 1 and lv.places == {}

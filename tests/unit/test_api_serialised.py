@@ -73,7 +73,8 @@ class _History:
         self.means, self.complete = means, complete
 
     async def last_24h(self, station: str, building: str, household: str,
-                       day: dict[str, Any] | None = None, gap_at: int | None = None) -> tuple[Any, bool]:
+                       day: dict[str, Any] | None = None, gap_at: int | None = None,
+                       written_at: int | None = None) -> tuple[Any, bool]:
         return self.means, self.complete
 
 

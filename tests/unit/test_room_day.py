@@ -86,7 +86,7 @@ def test_the_ring_holds_the_means_of_what_it_counted(rs: list[tuple[int, float]]
     now = max(ts for ts, _ in rs) + after
     stored = ring(rs, store_at=data.draw(st.integers(0, len(rs))))
     assert stored == ring(rs)  # written and read back mid-way: the same as kept in memory
-    means = day_means(stored, now)
+    means = day_means(stored, now, written_at=now)
     if rs[0][0] > now - DAY_MS:
         assert means is None  # it does not reach back a day: the lookup asks InfluxDB
     else:
@@ -97,19 +97,41 @@ def test_the_ring_holds_the_means_of_what_it_counted(rs: list[tuple[int, float]]
 def test_a_sensor_every_20_minutes_for_two_days() -> None:
     rs = [(T0 + i * 1_200_000, 18.0 + (i % 5) / 10) for i in range(144)]
     now = rs[-1][0] + 60_000
-    means = day_means(ring(rs), now)
+    means = day_means(ring(rs), now, written_at=now)
     assert means is not None and len(means) == 49 and means == expected(rs, now)
     assert means[-1][0] == now - now % BUCKET_MS
 
 
 def test_a_young_ring_does_not_answer_and_a_silent_one_answers_nothing() -> None:
     rs = [(T0 + i * 1_200_000, 19.0) for i in range(10)]  # 3 h of readings
-    assert day_means(ring(rs), rs[-1][0]) is None
+    assert day_means(ring(rs), rs[-1][0], written_at=rs[-1][0]) is None
     # a day after its first reading it answers, the buckets without a reading left out
-    assert day_means(ring(rs), T0 + DAY_MS) == expected(rs, T0 + DAY_MS) != []
-    # silent for two days: an empty 24 h, complete (InfluxDB has nothing newer either)
-    assert day_means(ring(rs), rs[-1][0] + 2 * DAY_MS) == []
-    assert day_means(None, T0) is None
+    assert day_means(ring(rs), T0 + DAY_MS, written_at=T0 + DAY_MS) == expected(rs, T0 + DAY_MS) != []
+    # silent for two days (its station's row still written: other points): an empty 24 h,
+    # complete (InfluxDB has nothing newer either)
+    later = rs[-1][0] + 2 * DAY_MS
+    assert day_means(ring(rs), later, written_at=later - 60_000) == []
+    assert day_means(None, T0, written_at=T0) is None
+
+
+def test_a_ring_whose_station_row_is_not_current_or_had_a_gap_does_not_answer() -> None:
+    rs = [(T0 + i * 1_200_000, 19.0) for i in range(80)]
+    now = rs[-1][0] + 60_000
+    day = ring(rs)
+    assert day_means(day, now, written_at=now - 590_000) is not None
+    assert day_means(day, now, written_at=now - 610_000) is None  # the alerter down, or the station silent
+    assert day_means(day, now) is None  # no station row
+    assert day_means(day, now, gap_at=now - DAY_MS + 1, written_at=now) is None  # a gap less than a day ago
+    assert day_means(day, now, gap_at=now - DAY_MS, written_at=now) is not None
+
+
+def test_a_malformed_ring_does_not_answer() -> None:
+    good = ring([(T0 + i * 1_200_000, 19.0) for i in range(80)])
+    now = T0 + 2 * DAY_MS
+    assert day_means(good, now, written_at=now) is not None
+    for bad in ({**good, "since": None}, {k: v for k, v in good.items() if k != "means"},
+                {**good, "bucket": "x"}, {**good, "means": 5}):
+        assert day_means(bad, now, written_at=now) is None, bad
 
 
 def test_redelivered_and_late_readings_are_not_counted_twice() -> None:
