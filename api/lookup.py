@@ -9,7 +9,8 @@ down, leak, cold building) or this household alone.
 Cost per call: the store in one worker-thread hop (the household with its building's and
 station's latest values and state, and its room's 24 h, from the alerter's ``latest`` table in
 one query, then the chain's open alerts and their acknowledgements); InfluxDB only for a room
-whose stored 24 h does not reach back a day yet (``api/rooms.py``). Figures in docs/api.md.
+whose stored 24 h cannot answer (younger than a day, a gap, not current: ``api/rooms.py``).
+Figures in docs/api.md.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ class Room(BaseModel):
     at: int | None = Field(description="ms of that reading")
     last_24h: list[tuple[int, float]] = Field(description="30-minute means: (ms, °C)")
     last_24h_complete: bool = Field(default=True, description="false when InfluxDB was asked (the store's "
-                                    "24 h of the room does not reach back a day yet) and did not answer in "
-                                    "time (or is down): last_24h is what the API had, possibly nothing")
+                                    "24 h of the room is younger than a day, had a gap, or is not current) "
+                                    "and did not answer in time (or is down): last_24h is what the API "
+                                    "had, possibly nothing")
 
 
 class Place(BaseModel):

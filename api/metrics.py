@@ -57,10 +57,10 @@ class ApiMetrics:
         self.history_incomplete = Counter(P + "lookup_history_incomplete", "hotline lookups answered "
                                           "without the room's complete 24 h (InfluxDB slow or away)",
                                           registry=registry)
-        # the alerter's ring of the room's 24 h (alerting.latest.RoomDay) did not reach back a day
+        # the alerter's 24 h of the room (alerting.latest.RoomDay, day_means) could not answer
         self.history_influxdb = Counter(P + "lookup_history_influxdb", "hotline lookups whose room's "
-                                        "24 h was asked of InfluxDB (the alert store's does not reach "
-                                        "back a day yet)", registry=registry)
+                                        "24 h was asked of InfluxDB (the alert store's is younger than "
+                                        "a day, had a gap, or its row is not current)", registry=registry)
 
 
 class MetricsMiddleware:

@@ -7,9 +7,10 @@ influxd CPU per lookup, fixed, however few readings the room had (the series loo
 100,000 households), as much again in this process, and at 200 lookups/s a core between them
 (#20, bench/api_bench.py).
 
-InfluxDB answers only when the stored ring does not reach back 24 h or its station's messages
-had a gap in the last day (``alerting.latest.day_means``; a sensor new today, the first day after
-an upgrade, the alerter killed or its latest values off): counted
+InfluxDB answers only when the stored ring does not reach back 24 h, its station's messages
+had a gap in the last day, or its station's row was not written in the last 10 minutes
+(``alerting.latest.day_means``; a sensor new today, the first day after an upgrade, a gateway
+restart, the alerter down or killed or its latest values off, a silent station): counted
 (``heatwatch_api_lookup_history_influxdb_total``). That query must not hold the answer up. Under
 ingest, InfluxDB stalls queries for 0.5–1.2 s now and then here (new series being indexed, cache
 snapshots), while the rest of the screen — the room now, the building, the station, the alerts —
