@@ -162,8 +162,10 @@ def test_prometheus_scrapes_gateway_collector_and_api_and_the_rules_fire(
         assert prom.query('heatwatch_gateway_device_state{device="plc",state="online"} == 1')
         wait_for(lambda: prom.query("heatwatch_alerter_judged_total > 10"), 30, "the alerter judging")
         assert prom.query("sum(heatwatch_alerter_partitions_owned) == 64")
-        assert prom.query("histogram_quantile(0.5, rate(heatwatch_gateway_modbus_rtt_seconds_bucket[1m]))"
-                          " < 0.05")
+        # waited for, not asserted at once: the rate needs two scrapes with polls between, and on a
+        # loaded machine (a full suite on CI's 2 cores) the first minute's median can be above it
+        rtt = "histogram_quantile(0.5, rate(heatwatch_gateway_modbus_rtt_seconds_bucket[1m])) < 0.05"
+        wait_for(lambda: prom.query(rtt), 30, "the gateway's Modbus round trip median under 50 ms")
         # a healthy pipeline: every rule has been evaluated over twenty scrapes, none fires (with
         # three or four, HeatwatchCollectorInboxFull's old "never empty" form fired now and then: a
         # live collector's inbox holds the batch it is cutting at about half of the scrapes)
