@@ -73,7 +73,8 @@ class RoomDay:
     ring was introduced). Readings are counted when newer than the newest counted (``last``), the
     rooms rule's own test (``rule_rooms``): a redelivery or a takeover's replay is never counted
     twice. A reading older than that, which only a message lost on its way and sent again after
-    newer ones can be, is left out (InfluxDB has it).
+    newer ones can be, is left out: InfluxDB has it, and its station's sequence gap (the station
+    row's ``gap_at``) sends the lookup there for the day.
 
     Each mean is kept rounded to 0.01 °C, as the lookup shows it, in an ``array`` of doubles
     (~450 bytes a room; a list of floats would be 1.6 KB) that becomes the row's JSON in C
